@@ -1,0 +1,104 @@
+/**
+ * The reference storage adapter: a `Map` in the process's memory.
+ *
+ * Read it as the executable form of the `StorageAdapter` contract (src/storage/adapter.ts): every
+ * other adapter must be indistinguishable from this one through the conformance suite
+ * (test/conformance/suite.ts), except for what `capabilities` declares. Nothing survives the
+ * process, so `capabilities.durable` is `false`; use it for tests, demos, and standbys that
+ * rebuild their store from the relay.
+ */
+import { ClosedError } from '../../src/errors.js';
+import {
+  assertValidKey,
+  assertValidOps,
+  assertValidValue,
+  type StorageAdapter,
+} from '../../src/storage/adapter.js';
+
+/** Options of `memoryAdapter`. There are none yet; the parameter keeps the factory shape uniform. */
+export type MemoryAdapterOptions = Record<string, never>;
+
+/**
+ * Creates an empty in-memory store.
+ *
+ * Contract, beyond `StorageAdapter`: values are copied on the way in and on the way out, so a
+ * caller mutating a buffer it passed or received never changes the store; each instance has its
+ * own data (two `memoryAdapter()` calls never share keys).
+ */
+export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter {
+  const data = new Map<string, Uint8Array>();
+  let meta: Uint8Array | undefined;
+  let closed = false;
+
+  function assertOpen(): void {
+    if (closed) throw new ClosedError('the memory adapter is closed');
+  }
+
+  // `new Uint8Array(v)` always copies; `v.slice()` would not, because `Buffer#slice` is a view.
+  const copy = (v: Uint8Array): Uint8Array => new Uint8Array(v);
+
+  return {
+    kind: 'memory',
+    capabilities: { durable: false },
+
+    async open() {
+      assertOpen();
+    },
+
+    async get(key) {
+      assertOpen();
+      assertValidKey(key);
+      const value = data.get(key);
+      return value === undefined ? undefined : copy(value);
+    },
+
+    async put(key, value) {
+      assertOpen();
+      assertValidKey(key);
+      assertValidValue(value);
+      data.set(key, copy(value));
+    },
+
+    async delete(key) {
+      assertOpen();
+      assertValidKey(key);
+      data.delete(key);
+    },
+
+    async keys() {
+      assertOpen();
+      // The default sort compares UTF-16 code units: exactly the order the contract names.
+      return [...data.keys()].sort();
+    },
+
+    async commit(ops, newMeta) {
+      assertOpen();
+      // Everything is checked before the first change, so a rejected batch leaves no trace; the
+      // loop below never awaits, so no other call can observe the batch half-applied.
+      assertValidOps(ops);
+      assertValidValue(newMeta);
+      for (const op of ops) {
+        if (op.op === 'put') data.set(op.key, copy(op.value));
+        else data.delete(op.key);
+      }
+      meta = copy(newMeta);
+    },
+
+    async readMeta() {
+      assertOpen();
+      return meta === undefined ? undefined : copy(meta);
+    },
+
+    async clear() {
+      assertOpen();
+      data.clear();
+      meta = undefined;
+    },
+
+    async close() {
+      closed = true;
+      data.clear();
+      meta = undefined;
+    },
+  };
+}

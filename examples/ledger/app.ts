@@ -1,0 +1,177 @@
+/**
+ * The sample app of `restartpoint drill`: a small ledger that moves amounts between accounts.
+ *
+ * Every step writes a few account balances to `rp.store` (and sometimes deletes one), mirrors
+ * them in its state, and declares a restart point. The state holds a Map, a BigInt and a Date,
+ * so a resume exercises the image format, and its `mirror` says exactly what the store must hold
+ * at that restart point, so a resumed node can prove store and image agree.
+ *
+ * It speaks to the drill through JSON lines: events on stdout, commands on stdin. A command
+ * `{"cmd":"arm","point":"inside-checkpoint","afterSteps":7}` makes it stop at that kill point
+ * (announcing `at-killpoint`) so the drill's SIGKILL lands exactly there.
+ *
+ * Usage: node app.js --node a --dir ./data/a --store file|memory --app NAME [--nats URL] [--ttl MS]
+ */
+import { createHash } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { Restartpoint, type StorageAdapter } from 'restartpoint';
+import { fileAdapter } from 'restartpoint/adapters/file';
+import { memoryAdapter } from 'restartpoint/adapters/memory';
+
+/** The ledger's in-memory state: the execution image. */
+export interface LedgerState {
+  steps: number;
+  total: bigint;
+  mirror: Map<string, string>;
+  lastStepAt: Date;
+}
+
+type KillPoint = 'between-writes' | 'inside-checkpoint' | 'after-checkpoint';
+
+function emit(ev: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify({ ...ev, t: Date.now(), pid: process.pid })}\n`);
+}
+
+/** Digest of what the store must hold: the mirror's entries in key order. */
+export function mirrorDigest(mirror: Map<string, string>): string {
+  const h = createHash('sha256');
+  for (const k of [...mirror.keys()].sort()) h.update(`${k}\u0000${mirror.get(k)}\u0001`);
+  return h.digest('hex');
+}
+
+/** Digest of the whole image, in a canonical form. */
+export function stateDigest(s: LedgerState): string {
+  return createHash('sha256')
+    .update(`${s.steps}|${s.total.toString()}|${s.lastStepAt.toISOString()}|${mirrorDigest(s.mirror)}`)
+    .digest('hex');
+}
+
+async function storeDigest(adapter: StorageAdapter): Promise<string> {
+  const h = createHash('sha256');
+  for (const k of await adapter.keys()) {
+    const v = await adapter.get(k);
+    h.update(`${k}\u0000${Buffer.from(v ?? new Uint8Array()).toString('utf8')}\u0001`);
+  }
+  return h.digest('hex');
+}
+
+/** A small deterministic PRNG (mulberry32), seeded per step so runs are reproducible. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      node: { type: 'string' },
+      dir: { type: 'string' },
+      store: { type: 'string', default: 'file' },
+      app: { type: 'string' },
+      nats: { type: 'string', default: 'nats://127.0.0.1:4222' },
+      ttl: { type: 'string', default: '1000' },
+      accounts: { type: 'string', default: '50' },
+    },
+  });
+  if (!values.node || !values.app || (values.store === 'file' && !values.dir)) {
+    process.stderr.write(
+      'usage: app.js --node ID --app NAME --store file|memory [--dir DIR] [--nats URL] [--ttl MS]\n',
+    );
+    process.exit(2);
+  }
+  const accounts = Number(values.accounts);
+  const storage = values.store === 'memory' ? memoryAdapter() : fileAdapter({ dir: values.dir! });
+
+  let armed: { point: KillPoint; afterSteps: number } | undefined;
+  const lines = createInterface({ input: process.stdin });
+  lines.on('line', (line) => {
+    try {
+      const cmd = JSON.parse(line) as { cmd: string; point: KillPoint; afterSteps: number };
+      if (cmd.cmd === 'arm') armed = { point: cmd.point, afterSteps: cmd.afterSteps };
+    } catch {
+      emit({ ev: 'bad-command', line });
+    }
+  });
+
+  emit({ ev: 'starting', node: values.node });
+  const rp = await Restartpoint.start<LedgerState>({
+    app: values.app,
+    nodeId: values.node,
+    nats: { servers: values.nats },
+    storage,
+    initialState: () => ({ steps: 0, total: 0n, mirror: new Map(), lastStepAt: new Date(0) }),
+    leaseTtlMs: Number(values.ttl),
+    log: (e) => {
+      if (e.msg === 'standby') emit({ ev: 'standby', node: values.node });
+      else if (e.level === 'warn' || e.level === 'error') emit({ ev: 'log', ...e });
+    },
+  });
+  rp.on('demoted', (err) => {
+    emit({ ev: 'demoted', error: err.message });
+    process.exit(3);
+  });
+  const state = rp.state;
+  emit({
+    ev: 'primary',
+    node: values.node,
+    epoch: rp.epoch,
+    resumed: rp.resumedFrom?.checkpoint ?? 0,
+    resumedEpoch: rp.resumedFrom?.epoch ?? 0,
+    digest: stateDigest(state),
+    storeDigest: await storeDigest(storage),
+    mirrorDigest: mirrorDigest(state.mirror),
+    takeover: rp.takeover,
+  });
+
+  const hold = (point: KillPoint): Promise<never> => {
+    emit({ ev: 'at-killpoint', point, steps: state.steps });
+    return new Promise<never>(() => undefined);
+  };
+
+  let stepsHere = 0;
+  for (;;) {
+    const r = rng(state.steps * 7919 + 17);
+    const writes = 2 + Math.floor(r() * 6);
+    const killNow = armed !== undefined && stepsHere >= armed.afterSteps;
+    for (let i = 0; i < writes; i++) {
+      const key = `acct:${Math.floor(r() * accounts)}`;
+      if (r() < 0.1 && state.mirror.has(key)) {
+        await rp.store.delete(key);
+        state.mirror.delete(key);
+      } else {
+        const amount = BigInt(Math.floor(r() * 1000));
+        const value = `${amount}:${state.steps}`;
+        await rp.store.put(key, value);
+        state.mirror.set(key, value);
+        state.total += amount;
+      }
+      if (killNow && armed!.point === 'between-writes' && i === Math.floor(writes / 2))
+        await hold('between-writes');
+    }
+    state.steps++;
+    state.lastStepAt = new Date(1_700_000_000_000 + state.steps * 1000);
+    const digest = stateDigest(state);
+    emit({ ev: 'cp-begin', steps: state.steps, digest, mirrorDigest: mirrorDigest(state.mirror) });
+    const pending = rp.checkpoint(state);
+    if (killNow && armed!.point === 'inside-checkpoint') {
+      pending.catch(() => undefined);
+      await hold('inside-checkpoint');
+    }
+    const ack = await pending;
+    emit({ ev: 'acked', checkpoint: ack.checkpoint, epoch: ack.epoch, digest });
+    stepsHere++;
+    if (killNow && armed!.point === 'after-checkpoint') await hold('after-checkpoint');
+  }
+}
+
+main().catch((err: unknown) => {
+  emit({ ev: 'fatal', error: (err as Error).message, code: (err as { code?: string }).code });
+  process.exit(1);
+});

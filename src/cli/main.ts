@@ -1,0 +1,59 @@
+/**
+ * `restartpoint` command line: one file per command under commands/.
+ * Usage errors print the problem and a hint on stderr and exit 2.
+ */
+import { Command, CommanderError, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
+import { UsageError } from '../errors.js';
+import { drillCommand } from './commands/drill.js';
+import { statusCommand } from './commands/status.js';
+
+/** Builds the program (exported for tests). */
+export function buildProgram(): Command {
+  const program = new Command('restartpoint')
+    .description('Keep a stateful Node.js service alive when its host dies.')
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  program.addCommand(drillCommand());
+  program.addCommand(statusCommand());
+  return program;
+}
+
+/** Parses an integer flag in [min, max]; commander turns the throw into a usage error. */
+export function intFlag(name: string, min: number, max: number): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!/^-?\d+$/.test(v) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new CommanderInvalidArgument(`${name} must be an integer from ${min} to ${max}, got '${v}'`);
+    }
+    return n;
+  };
+}
+
+/** Runs the CLI with `argv` (without node and script) and returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (
+        err.code === 'commander.helpDisplayed' ||
+        err.code === 'commander.version' ||
+        err.code === 'commander.help'
+      ) {
+        return 0;
+      }
+      process.stderr.write("hint: run 'restartpoint --help' or 'restartpoint <command> --help'\n");
+      return 2;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`error: ${err.message}\n`);
+      if (err.hint) process.stderr.write(`hint: ${err.hint}\n`);
+      return 2;
+    }
+    process.stderr.write(`error: ${(err as Error).message}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,317 @@
+/**
+ * The failover drill: runs the sample ledger app as two real processes, SIGKILLs the primary
+ * at chosen moments, and after every takeover checks DESIGN.md's guarantees against a ledger of
+ * what the killed primary had been told was durable:
+ *
+ * 1. the resumed checkpoint is the last acknowledged one or later (no acknowledged restart point
+ *    lost);
+ * 2. the resumed image is exactly the one passed to that checkpoint, and the store holds exactly
+ *    the writes up to it (store and image agree);
+ * 3. the new primary's epoch is higher than every earlier one (one primary at a time, fenced).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+
+/** Where a kill lands. */
+export const KillPoints = ['between-writes', 'inside-checkpoint', 'after-checkpoint'] as const;
+export type KillPoint = (typeof KillPoints)[number];
+
+/** Options of a drill run. */
+export interface DrillOptions {
+  kills: number;
+  store: 'file' | 'memory';
+  seed: number;
+  nats: string;
+  leaseTtlMs: number;
+  /** Called with one line of progress per event worth telling. */
+  progress?: (line: string) => void;
+  /** Keep the temp folder and the NATS stream (for debugging). */
+  keep?: boolean;
+  /** Kill points to use in turn; default: chosen at random from the seed. */
+  points?: readonly KillPoint[];
+}
+
+/** One takeover as the `--json` contract reports it (docs/cli.md). */
+export interface TakeoverReport {
+  kill: number;
+  point: KillPoint;
+  killed: string;
+  newPrimary: string;
+  takeoverMs: number;
+  lastAcked: number;
+  resumed: number;
+  epoch: number;
+  storeMatches: boolean;
+  imageMatches: boolean;
+}
+
+/** The drill's result, as printed by `--json`. */
+export interface DrillReport {
+  ok: boolean;
+  kills: number;
+  seed: number;
+  store: string;
+  takeovers: TakeoverReport[];
+  violations: string[];
+}
+
+interface AppEvent {
+  ev: string;
+  t: number;
+  [k: string]: unknown;
+}
+
+/** The compiled sample app, found from the package root whether this runs from src/ or dist/. */
+export function sampleAppPath(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  const app = join(dir, 'dist', 'examples', 'ledger', 'app.js');
+  if (!existsSync(app)) throw new Error(`sample app not built: ${app} is missing; run 'npm run build'`);
+  return app;
+}
+
+/** A sample-app process the drill drives through JSON lines. */
+export class AppProcess {
+  readonly id: string;
+  child: ChildProcess | undefined;
+  #listeners: ((e: AppEvent) => void)[] = [];
+  stderr = '';
+
+  constructor(id: string) {
+    this.id = id;
+  }
+
+  start(args: string[]): void {
+    const appPath = sampleAppPath();
+    const child = spawn(process.execPath, [appPath, '--node', this.id, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.child = child;
+    this.stderr = '';
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      let e: AppEvent;
+      try {
+        e = JSON.parse(line) as AppEvent;
+      } catch {
+        return;
+      }
+      for (const l of [...this.#listeners]) l(e);
+    });
+    child.stderr!.on('data', (d: Buffer) => {
+      this.stderr = (this.stderr + d.toString()).slice(-4000);
+    });
+  }
+
+  on(fn: (e: AppEvent) => void): () => void {
+    this.#listeners.push(fn);
+    return () => {
+      this.#listeners = this.#listeners.filter((l) => l !== fn);
+    };
+  }
+
+  /** Resolves with the first event matching `pred`; rejects on timeout or process exit. */
+  waitFor(pred: (e: AppEvent) => boolean, what: string, timeoutMs = 30_000): Promise<AppEvent> {
+    return new Promise((resolve, reject) => {
+      const child = this.child!;
+      const done = (): void => {
+        off();
+        clearTimeout(timer);
+        child.off('exit', onExit);
+      };
+      const off = this.on((e) => {
+        if (e.ev === 'fatal') {
+          done();
+          reject(new Error(`node ${this.id} failed: ${String(e.error)}`));
+        } else if (pred(e)) {
+          done();
+          resolve(e);
+        }
+      });
+      const onExit = (code: number | null, sig: string | null): void => {
+        done();
+        reject(
+          new Error(
+            `node ${this.id} exited (${code ?? sig}) while waiting for ${what}: ${this.stderr.trim()}`,
+          ),
+        );
+      };
+      child.once('exit', onExit);
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`node ${this.id}: no ${what} within ${timeoutMs} ms`));
+      }, timeoutMs);
+    });
+  }
+
+  send(cmd: object): void {
+    this.child?.stdin?.write(`${JSON.stringify(cmd)}\n`);
+  }
+
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+function mulberry(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Runs a drill. Never throws for a guarantee violation: those are in `violations`. */
+export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
+  const say = opts.progress ?? (() => undefined);
+  const rand = mulberry(opts.seed);
+  const app = `drill-${randomBytes(4).toString('hex')}`;
+  const dir = await mkdtemp(join(tmpdir(), 'restartpoint-drill-'));
+  const nodes = { a: new AppProcess('a'), b: new AppProcess('b') };
+  const args = (id: string): string[] => [
+    '--app',
+    app,
+    '--store',
+    opts.store,
+    '--dir',
+    join(dir, id),
+    '--nats',
+    opts.nats,
+    '--ttl',
+    String(opts.leaseTtlMs),
+  ];
+  const report: DrillReport = {
+    ok: false,
+    kills: opts.kills,
+    seed: opts.seed,
+    store: opts.store,
+    takeovers: [],
+    violations: [],
+  };
+
+  // The ledger of what each primary was told: digests per checkpoint number, last acked.
+  const digests = new Map<number, { digest: string; mirrorDigest: string }>();
+  let lastAcked = 0;
+  let lastEpoch = 0;
+  let nextCp = 1;
+
+  const track = (node: AppProcess): void => {
+    node.on((e) => {
+      if (e.ev === 'primary') nextCp = Number(e.resumed) + 1;
+      if (e.ev === 'cp-begin')
+        digests.set(nextCp++, { digest: String(e.digest), mirrorDigest: String(e.mirrorDigest) });
+      if (e.ev === 'acked') lastAcked = Math.max(lastAcked, Number(e.checkpoint));
+    });
+  };
+
+  try {
+    track(nodes.a);
+    track(nodes.b);
+    say(
+      `drill: app ${app}, store ${opts.store}, seed ${opts.seed}, ${opts.kills} kill(s), lease ${opts.leaseTtlMs} ms`,
+    );
+    nodes.a.start(args('a'));
+    const first = await nodes.a.waitFor((e) => e.ev === 'primary', 'primary role');
+    lastEpoch = Number(first.epoch);
+    nodes.b.start(args('b'));
+    await nodes.b.waitFor((e) => e.ev === 'standby', 'standby role');
+    let primary = nodes.a;
+    let standby = nodes.b;
+
+    for (let kill = 1; kill <= opts.kills; kill++) {
+      const drawn = KillPoints[Math.floor(rand() * KillPoints.length)]!;
+      const point = opts.points?.length ? opts.points[(kill - 1) % opts.points.length]! : drawn;
+      const afterSteps = 3 + Math.floor(rand() * 20);
+      primary.send({ cmd: 'arm', point, afterSteps });
+      await primary.waitFor((e) => e.ev === 'at-killpoint', `kill point ${point}`);
+      const ackedAtKill = lastAcked;
+      const tKill = Date.now();
+      await primary.kill();
+      const took = await standby.waitFor((e) => e.ev === 'primary', 'takeover', 30_000 + opts.leaseTtlMs * 5);
+      const takeoverMs = took.t - tKill;
+      const resumed = Number(took.resumed);
+      const epoch = Number(took.epoch);
+      const expected = resumed === 0 ? undefined : digests.get(resumed);
+      const t: TakeoverReport = {
+        kill,
+        point,
+        killed: primary.id,
+        newPrimary: standby.id,
+        takeoverMs,
+        lastAcked: ackedAtKill,
+        resumed,
+        epoch,
+        imageMatches: expected !== undefined && expected.digest === took.digest,
+        storeMatches: expected !== undefined && expected.mirrorDigest === took.storeDigest,
+      };
+      if (resumed < ackedAtKill) {
+        report.violations.push(
+          `kill ${kill}: resumed checkpoint ${resumed} is older than the last acknowledged ${ackedAtKill}`,
+        );
+      }
+      if (expected === undefined) {
+        report.violations.push(
+          `kill ${kill}: resumed checkpoint ${resumed} was never issued by the killed primary`,
+        );
+      } else {
+        if (!t.imageMatches)
+          report.violations.push(`kill ${kill}: resumed image differs from checkpoint ${resumed}'s image`);
+        if (!t.storeMatches)
+          report.violations.push(`kill ${kill}: store differs from checkpoint ${resumed}'s writes`);
+      }
+      if (took.mirrorDigest !== took.storeDigest) {
+        report.violations.push(`kill ${kill}: the new primary's store and image disagree`);
+      }
+      if (!(epoch > lastEpoch))
+        report.violations.push(`kill ${kill}: epoch ${epoch} is not above ${lastEpoch}`);
+      lastEpoch = epoch;
+      report.takeovers.push(t);
+      say(
+        `kill ${kill}/${opts.kills}: ${point}, ${primary.id} killed, ${standby.id} took over in ${takeoverMs} ms (acked ${ackedAtKill}, resumed ${resumed}, epoch ${epoch})`,
+      );
+      // The killed node rejoins as the standby.
+      const killed = primary;
+      primary = standby;
+      standby = killed;
+      standby.start(args(standby.id));
+      await standby.waitFor((e) => e.ev === 'standby', 'standby role after restart');
+    }
+    report.ok = report.violations.length === 0 && report.takeovers.length === opts.kills;
+  } catch (err) {
+    report.violations.push(`drill aborted: ${(err as Error).message}`);
+    report.ok = false;
+  } finally {
+    await Promise.all([nodes.a.kill(), nodes.b.kill()]);
+    if (!opts.keep) {
+      await rm(dir, { recursive: true, force: true });
+      await deleteApp(opts.nats, app).catch(() => undefined);
+    }
+  }
+  return report;
+}
+
+/** Removes a drill app's stream and lease bucket. */
+async function deleteApp(servers: string, app: string): Promise<void> {
+  const nc = await connect({ servers, timeout: 3_000 });
+  try {
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.delete(`RP_${app}`).catch(() => undefined);
+    await jsm.streams.delete(`KV_rp-${app}-lease`).catch(() => undefined);
+  } finally {
+    await nc.close();
+  }
+}

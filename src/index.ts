@@ -1,0 +1,24 @@
+/**
+ * restartpoint: keep a stateful Node.js service alive when its host dies.
+ * Explicit named re-exports only.
+ */
+export { Restartpoint } from './sdk/restartpoint.js';
+export type { ResumedFrom, TakeoverStats, ReplicatedStore } from './sdk/restartpoint.js';
+export type { StartOptions, LogEvent } from './sdk/options.js';
+export type { CheckpointAck, CheckpointStats } from './primary/replicator.js';
+export type { StorageAdapter, WriteOp, AdapterCapabilities } from './storage/adapter.js';
+export {
+  ErrorCode,
+  RestartpointError,
+  ConfigError,
+  InvalidArgumentError,
+  FencedError,
+  ClosedError,
+  ReplicationError,
+  NatsUnavailableError,
+  SerializationError,
+  ImageError,
+  FrameError,
+  FrameRejectReason,
+  StorageError,
+} from './errors.js';

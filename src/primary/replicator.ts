@@ -1,0 +1,236 @@
+/**
+ * The primary's write path: the counterpart of standby/applier.ts.
+ *
+ * `put` / `delete` go to the local store and into the open write batch; full batches become
+ * write frames published at once, many in flight (seed claim 18: writes are sent
+ * asynchronously, not one round trip each). `checkpoint(state)` closes the open checkpoint:
+ * it flushes the batch, ships the image (keyframe or delta) and a seal naming how many frames
+ * the checkpoint holds, and resolves when the relay has acked every frame up to the seal and
+ * the lease was still valid at that moment.
+ *
+ * Frames that failed to publish are kept and sent again (same dedupe id) before the next seal,
+ * so a later checkpoint can only be acknowledged once every earlier frame is durable.
+ */
+import { FencedError, ReplicationError, RestartpointError } from '../errors.js';
+import { FrameKind, type Frame } from '../protocol/frame.js';
+import { encodeImage, encodeSeal, encodeWrites, encodedOpSize } from '../protocol/records.js';
+import type { EncodedImage, ImageEncoder } from '../image/chain.js';
+import type { StorageAdapter, WriteOp } from '../storage/adapter.js';
+import type { FramePublisher } from '../transport/publisher.js';
+
+/** A restart point the relay acknowledged. */
+export interface CheckpointAck {
+  readonly epoch: number;
+  readonly checkpoint: number;
+}
+
+/** Figures of the last checkpoint, for metrics and the drill. */
+export interface CheckpointStats {
+  readonly checkpoint: number;
+  readonly imageBytes: number;
+  readonly keyframe: boolean;
+  readonly writeOps: number;
+  readonly writeFrames: number;
+  readonly ms: number;
+}
+
+/** Options of a replicator. */
+export interface ReplicatorOptions {
+  readonly epoch: number;
+  /** The checkpoint number the first `checkpoint()` gets. */
+  readonly firstCheckpoint: number;
+  /** Sequence number of the first frame (the fence took 1). */
+  readonly firstSeq: number;
+  readonly adapter: StorageAdapter;
+  readonly publisher: FramePublisher;
+  readonly images: ImageEncoder;
+  /** Flush the write batch once it holds this many bytes. */
+  readonly batchBytes: number;
+  /** Whether the lease still allows acknowledging; checked after the acks arrive. */
+  readonly leaseValid: () => boolean;
+  /** The error explaining why this node is no longer primary. */
+  readonly fencedError: () => FencedError;
+}
+
+interface Pending {
+  readonly frame: Frame;
+  ack: Promise<unknown>;
+  failed: boolean;
+}
+
+/** One primary's run, from takeover to demotion or close. */
+export class Replicator {
+  readonly #o: ReplicatorOptions;
+  #seq: number;
+  /** Next checkpoint number `checkpoint()` hands out (call side). */
+  #next: number;
+  /** Checkpoint the writes now flowing through the chain belong to (chain side). */
+  #open: number;
+  #batch: WriteOp[] = [];
+  #batchBytes = 0;
+  #openWriteFrames = 0;
+  #openWriteOps = 0;
+  #flushTimer: NodeJS.Timeout | undefined;
+  /** Frames not yet acked. */
+  readonly #pending = new Set<Pending>();
+  /**
+   * Every write and every seal passes through this one chain, in call order: a checkpoint
+   * seals exactly the writes called before it, whatever the app awaits or not.
+   */
+  #chain: Promise<unknown> = Promise.resolve();
+  #stopped: RestartpointError | undefined;
+  lastStats: CheckpointStats | undefined;
+
+  constructor(opts: ReplicatorOptions) {
+    this.#o = opts;
+    this.#seq = opts.firstSeq;
+    this.#next = opts.firstCheckpoint;
+    this.#open = opts.firstCheckpoint;
+  }
+
+  /** The number the next `checkpoint()` call gets. */
+  get nextCheckpoint(): number {
+    return this.#next;
+  }
+
+  /** Frames published and not yet acknowledged. */
+  get unacked(): number {
+    return this.#pending.size;
+  }
+
+  /** Stops accepting work; later calls reject with `err`. */
+  stop(err: RestartpointError): void {
+    this.#stopped ??= err;
+    clearTimeout(this.#flushTimer);
+  }
+
+  /**
+   * Queues a write: applied to the local store in call order, then batched for the relay.
+   * Resolves when the local store has it (not the relay: only `checkpoint()` waits for that).
+   * A write the local store refuses is not replicated.
+   */
+  write(op: WriteOp): Promise<void> {
+    if (this.#stopped) return Promise.reject(this.#stopped);
+    const adapter = this.#o.adapter;
+    const applied = this.#chain.then(async () => {
+      await (op.op === 'put' ? adapter.put(op.key, op.value) : adapter.delete(op.key));
+      if (this.#stopped) throw this.#stopped;
+      this.#batch.push(op);
+      this.#batchBytes += encodedOpSize(op);
+      this.#openWriteOps++;
+      if (this.#batchBytes >= this.#o.batchBytes) this.#flush();
+      else this.#flushTimer ??= setTimeout(() => this.#flush(), 5);
+    });
+    this.#chain = applied.catch(() => undefined);
+    return applied.then(() => this.#o.publisher.ready());
+  }
+
+  /** Publishes the open batch as one write frame of the open checkpoint. */
+  #flush(): void {
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    if (this.#batch.length === 0 || this.#stopped) return;
+    const body = encodeWrites(this.#batch, this.#batchBytes);
+    this.#batch = [];
+    this.#batchBytes = 0;
+    this.#openWriteFrames++;
+    this.#send({
+      kind: FrameKind.Writes,
+      epoch: this.#o.epoch,
+      seq: this.#seq++,
+      checkpoint: this.#open,
+      body,
+    });
+  }
+
+  #send(frame: Frame): void {
+    const p: Pending = { frame, ack: Promise.resolve(), failed: false };
+    this.#publish(p);
+    this.#pending.add(p);
+  }
+
+  #publish(p: Pending): void {
+    p.failed = false;
+    p.ack = this.#o.publisher.publish(p.frame).then(
+      () => {
+        this.#pending.delete(p);
+      },
+      (err: unknown) => {
+        p.failed = true;
+        throw err;
+      },
+    );
+    // Handled when a checkpoint awaits it; keep Node from reporting it as unhandled meanwhile.
+    p.ack.catch(() => undefined);
+  }
+
+  /**
+   * Closes the open checkpoint with `state` as its image; see the class comment. The image is
+   * taken from `state` now, synchronously, so later mutations of `state` are not part of it.
+   */
+  checkpoint(state: unknown): Promise<CheckpointAck> {
+    if (this.#stopped) return Promise.reject(this.#stopped);
+    if (!this.#o.leaseValid()) return Promise.reject(this.#o.fencedError());
+    const t0 = performance.now();
+    const n = this.#next;
+    let image: EncodedImage;
+    try {
+      // A state that cannot be serialized leaves everything as it was: no number is used up.
+      image = this.#o.images.encode(state, n);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    image.advance();
+    this.#next = n + 1;
+    const sealed = this.#chain.then(() => {
+      if (this.#stopped) throw this.#stopped;
+      this.#flush();
+      const counts = { writeFrames: this.#openWriteFrames, writeOps: this.#openWriteOps, imageFrames: 1 };
+      // Re-send what failed before, with the same ids: the stream drops copies that did land.
+      for (const p of this.#pending) if (p.failed) this.#publish(p);
+      const epoch = this.#o.epoch;
+      this.#send({
+        kind: FrameKind.Image,
+        epoch,
+        seq: this.#seq++,
+        checkpoint: n,
+        body: encodeImage(image.record),
+      });
+      this.#send({ kind: FrameKind.Seal, epoch, seq: this.#seq++, checkpoint: n, body: encodeSeal(counts) });
+      this.#open = n + 1;
+      this.#openWriteFrames = 0;
+      this.#openWriteOps = 0;
+      return { counts, acks: [...this.#pending].map((p) => p.ack) };
+    });
+    this.#chain = sealed.catch(() => undefined);
+    return sealed.then(async ({ counts, acks }) => {
+      try {
+        await Promise.all(acks);
+      } catch (err) {
+        throw err instanceof RestartpointError
+          ? err
+          : new ReplicationError(`checkpoint ${n} not acknowledged: ${(err as Error).message}`, {
+              cause: err,
+            });
+      }
+      if (this.#stopped) throw this.#stopped;
+      // The lease must still be ours now: an ack that arrives after it ran out may sit behind the
+      // new primary's fence, and acknowledging it would promise what failover will not keep.
+      if (!this.#o.leaseValid()) throw this.#o.fencedError();
+      this.lastStats = {
+        checkpoint: n,
+        imageBytes: image.record.payload.byteLength,
+        keyframe: image.keyframe,
+        writeOps: counts.writeOps,
+        writeFrames: counts.writeFrames,
+        ms: performance.now() - t0,
+      };
+      return { epoch: this.#o.epoch, checkpoint: n };
+    });
+  }
+
+  /** Waits until every write and checkpoint called so far has been handed to the relay. */
+  async idle(): Promise<void> {
+    await this.#chain;
+  }
+}

@@ -1,0 +1,232 @@
+/**
+ * The wire spec of restartpoint, in code. docs/protocol.md describes the same bytes in prose;
+ * when the two disagree, this file is right and the doc is a bug.
+ *
+ * Every record travels as one or more **parts** (one NATS message each). A part is:
+ *
+ * ```text
+ * off  size  field
+ *   0     2  magic 0x52 0x50 ("RP")
+ *   2     1  version (1)
+ *   3     1  kind: 1 writes, 2 image, 3 seal, 4 fence
+ *   4     2  flags (reserved, 0)
+ *   6     1  L = length of the app name (1..64)
+ *   7     1  reserved (0)
+ *   8     4  epoch (>= 1), the fencing epoch of the primary that made the frame
+ *  12     8  seq (>= 1), the frame's number within its epoch (the fence is 1)
+ *  20     4  checkpoint: the checkpoint the frame belongs to (fence: the resumed checkpoint)
+ *  24     2  part index (0-based)
+ *  26     2  part count (>= 1)
+ *  28     4  B = body bytes in this part
+ *  32     L  app name, ASCII [A-Za-z0-9_-]
+ *  32+L   B  body bytes (the part's slice of the frame body)
+ *  32+L+B 4  CRC-32 (zlib) of bytes [0, 32+L+B)
+ * ```
+ *
+ * All integers are big-endian and unsigned. A frame's body is the concatenation of its parts'
+ * bodies in index order; bodies are described in `records.ts`.
+ */
+import { crc32 } from 'node:zlib';
+import { FrameError, FrameRejectReason } from '../errors.js';
+
+/** Record kinds. */
+export const FrameKind = { Writes: 1, Image: 2, Seal: 3, Fence: 4 } as const;
+export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+
+/** Current wire version. */
+export const PROTOCOL_VERSION = 1;
+/** Size of the fixed part header, before the app name. */
+export const HEADER_BYTES = 32;
+const MAGIC0 = 0x52;
+const MAGIC1 = 0x50;
+const TRAILER_BYTES = 4;
+const MAX_APP_BYTES = 64;
+/** Largest part count a frame may have (u16). */
+export const MAX_PARTS = 0xffff;
+
+/** The identity and place of a frame. */
+export interface FrameHeader {
+  readonly kind: FrameKind;
+  readonly epoch: number;
+  readonly seq: number;
+  readonly checkpoint: number;
+}
+
+/** A whole frame: header plus body bytes. */
+export interface Frame extends FrameHeader {
+  readonly body: Uint8Array;
+}
+
+/** One part as decoded from one message. */
+export interface FramePart extends FrameHeader {
+  readonly part: number;
+  readonly parts: number;
+  readonly body: Uint8Array;
+}
+
+/**
+ * Splits a frame into encoded parts whose total size is at most `maxPartBytes` each (use the
+ * server's max payload). Throws if the app name is invalid or the frame needs too many parts.
+ */
+export function encodeFrame(app: string, frame: Frame, maxPartBytes: number): Buffer[] {
+  const appBytes = Buffer.from(app, 'ascii');
+  const overhead = HEADER_BYTES + appBytes.length + TRAILER_BYTES;
+  const room = maxPartBytes - overhead;
+  if (room < 1) throw new RangeError(`maxPartBytes ${maxPartBytes} leaves no room for a body`);
+  const parts = Math.max(1, Math.ceil(frame.body.byteLength / room));
+  if (parts > MAX_PARTS) {
+    throw new RangeError(
+      `frame of ${frame.body.byteLength} bytes needs ${parts} parts; at most ${MAX_PARTS}`,
+    );
+  }
+  const out: Buffer[] = [];
+  for (let i = 0; i < parts; i++) {
+    const slice = frame.body.subarray(i * room, Math.min(frame.body.byteLength, (i + 1) * room));
+    const buf = Buffer.allocUnsafe(overhead + slice.byteLength);
+    buf[0] = MAGIC0;
+    buf[1] = MAGIC1;
+    buf[2] = PROTOCOL_VERSION;
+    buf[3] = frame.kind;
+    buf.writeUInt16BE(0, 4);
+    buf[6] = appBytes.length;
+    buf[7] = 0;
+    buf.writeUInt32BE(frame.epoch, 8);
+    buf.writeBigUInt64BE(BigInt(frame.seq), 12);
+    buf.writeUInt32BE(frame.checkpoint, 20);
+    buf.writeUInt16BE(i, 24);
+    buf.writeUInt16BE(parts, 26);
+    buf.writeUInt32BE(slice.byteLength, 28);
+    appBytes.copy(buf, HEADER_BYTES);
+    buf.set(slice, HEADER_BYTES + appBytes.length);
+    const end = HEADER_BYTES + appBytes.length + slice.byteLength;
+    buf.writeUInt32BE(crc32(buf.subarray(0, end)), end);
+    out.push(buf);
+  }
+  return out;
+}
+
+/**
+ * Decodes and verifies one part. Throws `FrameError` (with a reason the standby counts) when the
+ * bytes are truncated, carry the wrong magic, version or kind, fail the checksum, or belong to
+ * another app.
+ */
+export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (buf.length < HEADER_BYTES + 1 + TRAILER_BYTES) {
+    throw new FrameError(FrameRejectReason.Truncated, `${buf.length} bytes is shorter than any frame`);
+  }
+  if (buf[0] !== MAGIC0 || buf[1] !== MAGIC1) {
+    throw new FrameError(FrameRejectReason.Magic, 'not a restartpoint frame (bad magic)');
+  }
+  if (buf[2] !== PROTOCOL_VERSION) {
+    throw new FrameError(
+      FrameRejectReason.Version,
+      `wire version ${buf[2]} is not supported (this build speaks ${PROTOCOL_VERSION}); upgrade every node to the same release`,
+    );
+  }
+  const kind = buf[3]!;
+  if (kind < FrameKind.Writes || kind > FrameKind.Fence) {
+    throw new FrameError(FrameRejectReason.Kind, `unknown record kind ${kind}`);
+  }
+  const appLen = buf[6]!;
+  if (appLen < 1 || appLen > MAX_APP_BYTES) {
+    throw new FrameError(FrameRejectReason.Malformed, `app name length ${appLen} out of range`);
+  }
+  const bodyLen = buf.readUInt32BE(28);
+  const end = HEADER_BYTES + appLen + bodyLen;
+  if (end + TRAILER_BYTES !== buf.length) {
+    throw new FrameError(
+      end + TRAILER_BYTES > buf.length ? FrameRejectReason.Truncated : FrameRejectReason.Malformed,
+      `header says ${end + TRAILER_BYTES} bytes, message has ${buf.length}`,
+    );
+  }
+  if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) {
+    throw new FrameError(FrameRejectReason.Checksum, 'CRC-32 mismatch: the frame was corrupted');
+  }
+  const app = buf.toString('ascii', HEADER_BYTES, HEADER_BYTES + appLen);
+  if (app !== expectedApp) {
+    throw new FrameError(
+      FrameRejectReason.Foreign,
+      `frame of app '${app}' on the stream of app '${expectedApp}'`,
+    );
+  }
+  const epoch = buf.readUInt32BE(8);
+  const seq = Number(buf.readBigUInt64BE(12));
+  const part = buf.readUInt16BE(24);
+  const parts = buf.readUInt16BE(26);
+  if (epoch < 1 || seq < 1 || !Number.isSafeInteger(seq) || parts < 1 || part >= parts) {
+    throw new FrameError(
+      FrameRejectReason.Malformed,
+      `bad header fields (epoch ${epoch}, seq ${seq}, part ${part}/${parts})`,
+    );
+  }
+  return {
+    kind: kind as FrameKind,
+    epoch,
+    seq,
+    checkpoint: buf.readUInt32BE(20),
+    part,
+    parts,
+    body: buf.subarray(HEADER_BYTES + appLen, end),
+  };
+}
+
+/** Bytes of a part's framing around its body, for an app name of `appLength` characters. */
+export function partOverhead(appLength: number): number {
+  return HEADER_BYTES + appLength + TRAILER_BYTES;
+}
+
+/**
+ * Reassembles multi-part frames. Single-part frames pass straight through. Parts of one frame
+ * may arrive in any order and more than once; a part whose header disagrees with its siblings
+ * is rejected. Incomplete frames are held until `discardBefore()` drops them.
+ */
+export class PartAssembler {
+  readonly #pending = new Map<
+    string,
+    { first: FramePart; bodies: (Uint8Array | undefined)[]; have: number }
+  >();
+  /** Ids of recently completed multi-part frames, so a late duplicate part is not held forever. */
+  readonly #done = new Set<string>();
+
+  /** Adds a part; returns the whole frame once its last missing part is in. */
+  add(p: FramePart): Frame | undefined {
+    if (p.parts === 1)
+      return { kind: p.kind, epoch: p.epoch, seq: p.seq, checkpoint: p.checkpoint, body: p.body };
+    const id = `${p.epoch}:${p.seq}`;
+    if (this.#done.has(id)) return undefined;
+    let entry = this.#pending.get(id);
+    if (!entry) {
+      entry = { first: p, bodies: new Array<Uint8Array | undefined>(p.parts), have: 0 };
+      this.#pending.set(id, entry);
+    } else if (
+      entry.first.parts !== p.parts ||
+      entry.first.kind !== p.kind ||
+      entry.first.checkpoint !== p.checkpoint
+    ) {
+      throw new FrameError(
+        FrameRejectReason.Malformed,
+        `part ${p.part} of frame ${id} disagrees with its siblings`,
+      );
+    }
+    if (entry.bodies[p.part] !== undefined) return undefined; // a duplicate part
+    entry.bodies[p.part] = p.body;
+    entry.have++;
+    if (entry.have < p.parts) return undefined;
+    this.#pending.delete(id);
+    this.#done.add(id);
+    if (this.#done.size > 1024) this.#done.delete(this.#done.values().next().value!);
+    const body = Buffer.concat(entry.bodies as Uint8Array[]);
+    return { kind: p.kind, epoch: p.epoch, seq: p.seq, checkpoint: p.checkpoint, body };
+  }
+
+  /** Drops incomplete frames of epochs older than `epoch` (after a fence). */
+  discardBefore(epoch: number): void {
+    for (const [id, e] of this.#pending) if (e.first.epoch < epoch) this.#pending.delete(id);
+  }
+
+  /** Number of frames waiting for parts. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+}

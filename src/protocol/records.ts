@@ -1,0 +1,174 @@
+/**
+ * Record bodies (the bytes inside a frame, after its parts are joined). Integers big-endian.
+ *
+ * ```text
+ * writes (kind 1):  u32 count, then count ops:
+ *                     u8 op (1 put, 2 delete) | u32 keyLen | key UTF-8 | put only: u32 valueLen | value
+ * image  (kind 2):  u8 format (1 = full node:v8 image, 2 = delta, UTF-8 JSON over the typed tree)
+ *                   | u32 base checkpoint (the image a delta applies to; 0 for a full image)
+ *                   | payload
+ * seal   (kind 3):  u32 write frames in the checkpoint | u32 write ops | u32 image frames (0 or 1)
+ * fence  (kind 4):  u8 nodeIdLen | node id UTF-8 of the new primary. Its header's checkpoint is 0:
+ *                   the cut is the fence's place in the stream, and every applier that reaches
+ *                   it holds the same last sealed checkpoint, so the fence need not name it.
+ * ```
+ */
+import { FrameError, FrameRejectReason } from '../errors.js';
+import type { WriteOp } from '../storage/adapter.js';
+
+/** Image payload formats. */
+export const ImageFormat = { Full: 1, Delta: 2 } as const;
+export type ImageFormat = (typeof ImageFormat)[keyof typeof ImageFormat];
+
+/** Body of an image record. */
+export interface ImageRecord {
+  readonly format: ImageFormat;
+  readonly base: number;
+  readonly payload: Uint8Array;
+}
+
+/** Body of a seal record: what the standby must hold before it commits the checkpoint. */
+export interface SealRecord {
+  readonly writeFrames: number;
+  readonly writeOps: number;
+  readonly imageFrames: number;
+}
+
+/** Body of a fence record. */
+export interface FenceRecord {
+  readonly nodeId: string;
+}
+
+const OP_PUT = 1;
+const OP_DELETE = 2;
+
+/** Bytes `op` takes in a writes body; lets the batcher size frames without encoding twice. */
+export function encodedOpSize(op: WriteOp): number {
+  const k = Buffer.byteLength(op.key, 'utf8');
+  return op.op === 'put' ? 9 + k + op.value.byteLength : 5 + k;
+}
+
+/** Encodes a batch of store writes. `sizeHint` is the sum of `encodedOpSize` if known. */
+export function encodeWrites(ops: readonly WriteOp[], sizeHint?: number): Buffer {
+  let size = 4;
+  if (sizeHint === undefined) for (const op of ops) size += encodedOpSize(op);
+  else size += sizeHint;
+  const buf = Buffer.allocUnsafe(size);
+  buf.writeUInt32BE(ops.length, 0);
+  let o = 4;
+  for (const op of ops) {
+    buf[o++] = op.op === 'put' ? OP_PUT : OP_DELETE;
+    const klen = buf.write(op.key, o + 4, 'utf8');
+    buf.writeUInt32BE(klen, o);
+    o += 4 + klen;
+    if (op.op === 'put') {
+      buf.writeUInt32BE(op.value.byteLength, o);
+      buf.set(op.value, o + 4);
+      o += 4 + op.value.byteLength;
+    }
+  }
+  if (o !== size) throw new Error(`internal: writes body size ${o} != ${size}`);
+  return buf;
+}
+
+function malformed(what: string): FrameError {
+  return new FrameError(FrameRejectReason.Malformed, what);
+}
+
+/** Decodes a writes body; throws `FrameError` on any inconsistency. Values are copies. */
+export function decodeWrites(body: Uint8Array): WriteOp[] {
+  const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (buf.length < 4) throw malformed('writes body shorter than its count');
+  const count = buf.readUInt32BE(0);
+  // Each op takes at least 5 bytes: a count larger than that is a lie, refuse before allocating.
+  if (count > (buf.length - 4) / 5) throw malformed(`writes body claims ${count} ops in ${buf.length} bytes`);
+  const ops: WriteOp[] = new Array(count);
+  let o = 4;
+  const need = (n: number): void => {
+    if (o + n > buf.length) throw malformed('writes body truncated');
+  };
+  for (let i = 0; i < count; i++) {
+    need(5);
+    const kind = buf[o]!;
+    const klen = buf.readUInt32BE(o + 1);
+    o += 5;
+    need(klen);
+    const key = buf.toString('utf8', o, o + klen);
+    o += klen;
+    if (klen === 0) throw malformed('empty key in writes body');
+    if (kind === OP_PUT) {
+      need(4);
+      const vlen = buf.readUInt32BE(o);
+      o += 4;
+      need(vlen);
+      ops[i] = { op: 'put', key, value: new Uint8Array(buf.subarray(o, o + vlen)) };
+      o += vlen;
+    } else if (kind === OP_DELETE) {
+      ops[i] = { op: 'delete', key };
+    } else {
+      throw malformed(`unknown write op ${kind}`);
+    }
+  }
+  if (o !== buf.length) throw malformed(`${buf.length - o} trailing bytes after writes`);
+  return ops;
+}
+
+/** Encodes an image record. */
+export function encodeImage(rec: ImageRecord): Buffer {
+  const buf = Buffer.allocUnsafe(5 + rec.payload.byteLength);
+  buf[0] = rec.format;
+  buf.writeUInt32BE(rec.base, 1);
+  buf.set(rec.payload, 5);
+  return buf;
+}
+
+/** Decodes an image record. */
+export function decodeImage(body: Uint8Array): ImageRecord {
+  if (body.byteLength < 5) throw malformed('image body truncated');
+  const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  const format = buf[0]!;
+  if (format !== ImageFormat.Full && format !== ImageFormat.Delta)
+    throw malformed(`unknown image format ${format}`);
+  return { format, base: buf.readUInt32BE(1), payload: buf.subarray(5) };
+}
+
+/** Encodes a seal record. */
+export function encodeSeal(rec: SealRecord): Buffer {
+  const buf = Buffer.allocUnsafe(12);
+  buf.writeUInt32BE(rec.writeFrames, 0);
+  buf.writeUInt32BE(rec.writeOps, 4);
+  buf.writeUInt32BE(rec.imageFrames, 8);
+  return buf;
+}
+
+/** Decodes a seal record. */
+export function decodeSeal(body: Uint8Array): SealRecord {
+  if (body.byteLength !== 12) throw malformed(`seal body is ${body.byteLength} bytes, expected 12`);
+  const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  const rec = {
+    writeFrames: buf.readUInt32BE(0),
+    writeOps: buf.readUInt32BE(4),
+    imageFrames: buf.readUInt32BE(8),
+  };
+  if (rec.imageFrames > 1) throw malformed(`seal names ${rec.imageFrames} images; at most 1`);
+  return rec;
+}
+
+/** Encodes a fence record. */
+export function encodeFence(rec: FenceRecord): Buffer {
+  const id = Buffer.from(rec.nodeId, 'utf8');
+  if (id.length > 255) throw new RangeError('nodeId longer than 255 bytes');
+  const buf = Buffer.allocUnsafe(1 + id.length);
+  buf[0] = id.length;
+  id.copy(buf, 1);
+  return buf;
+}
+
+/** Decodes a fence record. */
+export function decodeFence(body: Uint8Array): FenceRecord {
+  if (body.byteLength < 2) throw malformed('fence body truncated');
+  const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  const idLen = buf[0]!;
+  if (idLen < 1 || buf.length !== 1 + idLen) throw malformed('fence body length does not match its node id');
+  return { nodeId: buf.toString('utf8', 1) };
+}

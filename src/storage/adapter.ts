@@ -1,0 +1,130 @@
+/**
+ * The one interface every store is reached through. Adapters (`adapters/<name>/index.ts`) are
+ * factories returning a plain object of this shape; they import nothing of the core but this
+ * file and `src/errors.ts`. The memory adapter is the reference implementation: read it as the
+ * executable form of this contract. docs/adapters.md explains it for adapter authors.
+ *
+ * Two paths use an adapter:
+ * - the **primary** writes through `put` / `delete` as the app calls `rp.store.put`; these need
+ *   not be atomic together nor durable on their own (the relay is the durability point);
+ * - the **standby** applies whole checkpoints through `commit(ops, meta)`, which must be atomic:
+ *   after any crash, SIGKILL included, the store shows either all of the batch and its meta, or
+ *   none of it.
+ */
+import { InvalidArgumentError } from '../errors.js';
+
+/** One store write, as carried in write frames and applied by `commit`. */
+export type WriteOp =
+  | { readonly op: 'put'; readonly key: string; readonly value: Uint8Array }
+  | { readonly op: 'delete'; readonly key: string };
+
+/** What an adapter can do beyond the required contract. Declared, never thrown as "not implemented". */
+export interface AdapterCapabilities {
+  /** Committed data survives a process crash (file, redis with persistence, postgres). */
+  readonly durable: boolean;
+}
+
+/** The storage adapter contract. */
+export interface StorageAdapter {
+  /** Short adapter name, like `memory` or `file`, used in logs and the drill. */
+  readonly kind: string;
+  /** Optional capabilities. */
+  readonly capabilities: AdapterCapabilities;
+  /**
+   * Prepares the store. Idempotent. Finishes or undoes a commit that a crash interrupted, so that
+   * after `open()` the store is exactly at the last completed commit (plus any direct writes).
+   */
+  open(): Promise<void>;
+  /** The value of `key`, or `undefined` when it is absent. Never throws for a missing key. */
+  get(key: string): Promise<Uint8Array | undefined>;
+  /** Sets `key` (primary path). Not required to be durable or atomic with other calls. */
+  put(key: string, value: Uint8Array): Promise<void>;
+  /** Removes `key` (primary path). Deleting a missing key is not an error. */
+  delete(key: string): Promise<void>;
+  /** Every key present, in ascending code-unit order. */
+  keys(): Promise<string[]>;
+  /**
+   * Applies `ops` in order and replaces the store's meta with `meta`, atomically and (when
+   * `capabilities.durable`) durably before resolving. Applying the same batch twice leaves the
+   * same store. An empty `ops` just replaces the meta.
+   */
+  commit(ops: readonly WriteOp[], meta: Uint8Array): Promise<void>;
+  /** The meta of the last commit, or `undefined` on a store never committed to (or cleared). */
+  readMeta(): Promise<Uint8Array | undefined>;
+  /** Removes every key and the meta, durably. */
+  clear(): Promise<void>;
+  /** Releases resources. Idempotent. Other calls after `close()` reject. */
+  close(): Promise<void>;
+}
+
+/** Largest key accepted, in UTF-8 bytes. */
+export const MAX_KEY_BYTES = 1024;
+/** Largest value accepted, in bytes. */
+export const MAX_VALUE_BYTES = 64 * 1024 * 1024;
+
+/** A high surrogate not followed by a low one, or a low surrogate not preceded by a high one. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/**
+ * Throws `InvalidArgumentError` unless `key` is a non-empty, well-formed (no lone surrogate)
+ * string of at most 1 KiB of UTF-8.
+ */
+export function assertValidKey(key: unknown): asserts key is string {
+  if (typeof key !== 'string') {
+    throw new InvalidArgumentError(`store key must be a string, got ${typeof key}`);
+  }
+  if (key.length === 0) throw new InvalidArgumentError('store key must not be empty');
+  // Keys travel and rest as UTF-8 (frames, file names, Redis, Postgres). A lone surrogate has no
+  // UTF-8 form and would silently become U+FFFD on the standby: a different key than the primary's.
+  if (LONE_SURROGATE.test(key)) {
+    throw new InvalidArgumentError(
+      'store key must be well-formed Unicode; it holds a lone surrogate (U+D800-U+DFFF)',
+    );
+  }
+  const bytes = Buffer.byteLength(key, 'utf8');
+  if (bytes > MAX_KEY_BYTES) {
+    throw new InvalidArgumentError(`store key is ${bytes} bytes; keys are limited to ${MAX_KEY_BYTES} bytes`);
+  }
+}
+
+/** Throws `InvalidArgumentError` unless `value` is a `Uint8Array` of at most `MAX_VALUE_BYTES`. */
+export function assertValidValue(value: unknown): asserts value is Uint8Array {
+  if (!(value instanceof Uint8Array)) {
+    throw new InvalidArgumentError(
+      `store value must be a Uint8Array (or a string through rp.store.put), got ${value === null ? 'null' : typeof value}`,
+    );
+  }
+  if (value.byteLength > MAX_VALUE_BYTES) {
+    throw new InvalidArgumentError(
+      `store value is ${value.byteLength} bytes; values are limited to ${MAX_VALUE_BYTES} bytes`,
+    );
+  }
+}
+
+/**
+ * Throws `InvalidArgumentError` unless `ops` is an array of well-formed `WriteOp`s (valid keys and
+ * values). Adapters call it before touching the store, so that a batch with one bad op is
+ * rejected whole and leaves no trace.
+ */
+export function assertValidOps(ops: unknown): asserts ops is readonly WriteOp[] {
+  if (!Array.isArray(ops)) {
+    throw new InvalidArgumentError(
+      `commit ops must be an array of write ops, got ${ops === null ? 'null' : typeof ops}`,
+    );
+  }
+  for (let i = 0; i < ops.length; i++) {
+    const op: unknown = ops[i];
+    const kind = typeof op === 'object' && op !== null ? (op as { op?: unknown }).op : undefined;
+    if (kind !== 'put' && kind !== 'delete') {
+      throw new InvalidArgumentError(
+        `commit ops[${i}] must be { op: 'put', key, value } or { op: 'delete', key }`,
+      );
+    }
+    try {
+      assertValidKey((op as { key?: unknown }).key);
+      if (kind === 'put') assertValidValue((op as { value?: unknown }).value);
+    } catch (err) {
+      throw new InvalidArgumentError(`commit ops[${i}]: ${(err as Error).message}`, { cause: err });
+    }
+  }
+}

@@ -1,0 +1,71 @@
+/**
+ * Reading the app's stream in order from a given sequence, with an ordered consumer (ephemeral,
+ * flow-controlled, recreated by the client after a reconnect without losing its place).
+ */
+import { DeliverPolicy, type ConsumerMessages } from '@nats-io/jetstream';
+import type { NatsLink } from './connection.js';
+
+/** One stored message. */
+export interface StreamMessage {
+  readonly streamSeq: number;
+  readonly data: Uint8Array;
+}
+
+/** Reads a stream from `startSeq` (1 = the beginning) and hands each message to `onMessage`. */
+export class StreamReader {
+  readonly #link: NatsLink;
+  readonly #stream: string;
+  #messages: ConsumerMessages | undefined;
+  #done: Promise<void> | undefined;
+  #stopped = false;
+
+  constructor(link: NatsLink, stream: string) {
+    this.#link = link;
+    this.#stream = stream;
+  }
+
+  /**
+   * Starts reading. `onMessage` is awaited before the next message is handed over, so the
+   * handler sees messages strictly in stream order. `onError` gets a handler or consumer failure;
+   * reading stops after it.
+   */
+  async start(
+    startSeq: number,
+    onMessage: (m: StreamMessage) => Promise<void> | void,
+    onError: (err: unknown) => void,
+  ): Promise<void> {
+    const consumer = await this.#link.js.consumers.get(
+      this.#stream,
+      startSeq <= 1 ? { deliver_policy: DeliverPolicy.All } : { opt_start_seq: startSeq },
+    );
+    const messages = await consumer.consume({ max_messages: 512 });
+    this.#messages = messages;
+    this.#done = (async () => {
+      try {
+        for await (const m of messages) {
+          if (this.#stopped) break;
+          await onMessage({ streamSeq: m.seq, data: m.data });
+        }
+      } catch (err) {
+        if (!this.#stopped) onError(err);
+      }
+    })();
+  }
+
+  /** Stops reading; resolves once the handler is no longer running. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    try {
+      await this.#messages?.close();
+    } catch {
+      // already closed with the connection
+    }
+    await this.#done;
+  }
+}
+
+/** The stream's last sequence (0 when empty). */
+export async function lastStreamSeq(link: NatsLink, stream: string): Promise<number> {
+  const info = await link.jsm.streams.info(stream);
+  return info.state.last_seq;
+}

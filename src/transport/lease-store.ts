@@ -1,0 +1,89 @@
+/**
+ * The lease record in its JetStream KV bucket: read, create, compare-and-set, release. Only
+ * the mechanics live here; the policy (when to renew, when to claim) is in failover/.
+ */
+import type { KV } from '@nats-io/kv';
+
+/** What the lease record holds. */
+export interface LeaseValue {
+  /** Node id of the primary. */
+  readonly holder: string;
+  /** Fencing epoch of that primary. */
+  readonly epoch: number;
+}
+
+/** A read of the lease: its value (undefined when absent or released) and KV revision. */
+export interface LeaseRead {
+  readonly value: LeaseValue | undefined;
+  /** KV revision to compare-and-set against (0 when the key never existed). */
+  readonly revision: number;
+}
+
+/** Another node changed the lease first. */
+export class LeaseConflict extends Error {}
+
+function isConflict(err: unknown): boolean {
+  const e = err as { code?: unknown; api_error?: { err_code?: number }; message?: string };
+  return (
+    e?.api_error?.err_code === 10071 ||
+    e?.code === 10071 ||
+    /wrong last sequence|key exists/i.test(String(e?.message ?? ''))
+  );
+}
+
+function parse(bytes: Uint8Array): LeaseValue | undefined {
+  try {
+    const v = JSON.parse(Buffer.from(bytes).toString('utf8')) as Partial<LeaseValue>;
+    if (typeof v.holder === 'string' && Number.isSafeInteger(v.epoch) && (v.epoch as number) >= 1) {
+      return { holder: v.holder, epoch: v.epoch as number };
+    }
+  } catch {
+    // fall through: an unreadable lease is treated as absent but keeps its revision for CAS
+  }
+  return undefined;
+}
+
+/** CAS access to one lease key. */
+export class LeaseStore {
+  readonly #kv: KV;
+  readonly #key: string;
+
+  constructor(kv: KV, key: string) {
+    this.#kv = kv;
+    this.#key = key;
+  }
+
+  /** Reads the lease. */
+  async read(): Promise<LeaseRead> {
+    const e = await this.#kv.get(this.#key);
+    if (!e) return { value: undefined, revision: 0 };
+    if (e.operation !== 'PUT') return { value: undefined, revision: e.revision };
+    return { value: parse(e.value), revision: e.revision };
+  }
+
+  /**
+   * Writes `value` if the lease is still at `revision` (0: only if the key does not exist or
+   * was released). Returns the new revision; throws `LeaseConflict` if someone else wrote first.
+   */
+  async write(value: LeaseValue, revision: number): Promise<number> {
+    const bytes = Buffer.from(JSON.stringify(value));
+    try {
+      if (revision === 0) return await this.#kv.create(this.#key, bytes);
+      return await this.#kv.update(this.#key, bytes, revision);
+    } catch (err) {
+      if (isConflict(err))
+        throw new LeaseConflict(`lease changed under revision ${revision}`, { cause: err });
+      throw err;
+    }
+  }
+
+  /** Releases the lease if it is still at `revision`, so a standby can claim it at once. */
+  async release(revision: number): Promise<void> {
+    try {
+      await this.#kv.delete(this.#key, { previousSeq: revision });
+    } catch (err) {
+      if (isConflict(err)) throw new LeaseConflict('lease changed before release', { cause: err });
+      throw err;
+    }
+  }
+}

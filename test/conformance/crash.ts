@@ -1,0 +1,209 @@
+/**
+ * SIGKILL during `commit`: the atomicity half of the `StorageAdapter` contract, tested with real
+ * processes. Any durable adapter plugs in with a few lines:
+ *
+ * ```ts
+ * testCrashDuringCommit('file', async () => {
+ *   const dir = await mkdtemp(join(tmpdir(), 'rp-file-'));
+ *   return { adapter: 'file', options: { dir }, open: () => fileAdapter({ dir }), cleanup: () => rm(...) };
+ * });
+ * ```
+ *
+ * A child process (test/helpers/adapter-commit-child.mjs, running the compiled adapter from
+ * dist/) commits generation g+1 of every key over a store holding generation g, printing
+ * "committing" just before `commit()`. The test kills it with SIGKILL a random delay after that
+ * line (delays spread over the measured commit time, one at 0 ms, one after "committed"), then
+ * reopens the store in this process and requires every key to be of one generation, the same
+ * one the meta names.
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
+
+/** One store that a child process and this process can both open. */
+export interface CrashTarget {
+  /** Folder under `dist/adapters/`; the child calls its `<adapter>Adapter(options)`. */
+  readonly adapter: string;
+  /** Options for that factory, as JSON. */
+  readonly options: Readonly<Record<string, unknown>>;
+  /** A new, unopened instance over the same store, in this process. */
+  readonly open: () => Promise<StorageAdapter>;
+  /** Optional: a short description of the store's leftovers after a kill, for the run log. */
+  readonly inspect?: () => Promise<string>;
+  /** Deletes the store. */
+  readonly cleanup: () => Promise<void>;
+}
+
+/** Options of `testCrashDuringCommit`. */
+export interface CrashOptions {
+  /** Keys per generation (default 10 000). */
+  readonly keys?: number;
+  /** Bytes per value (default 1024). */
+  readonly valueBytes?: number;
+  /** Killed commits after the calibration run (default 5). */
+  readonly kills?: number;
+}
+
+const CHILD = fileURLToPath(new URL('../helpers/adapter-commit-child.mjs', import.meta.url));
+
+/** Registers the SIGKILL-during-commit test for one durable adapter. */
+export function testCrashDuringCommit(
+  name: string,
+  make: () => Promise<CrashTarget>,
+  opts: CrashOptions = {},
+): void {
+  const keys = opts.keys ?? 10_000;
+  const valueBytes = opts.valueBytes ?? 1024;
+  const kills = opts.kills ?? 5;
+
+  describe(`storage adapter ${name}: SIGKILL during commit`, () => {
+    it(`a commit of ${keys} keys killed at any instant reopens all-old or all-new`, async () => {
+      const target = await make();
+      try {
+        const seed = await target.open();
+        await seed.open();
+        await seed.commit(generationOps(0, keys, valueBytes), generationMeta(0));
+        await seed.close();
+
+        const log: string[] = [];
+        let gen = 0;
+        const runOnce = async (kill: KillPlan): Promise<number> => {
+          const run = await runChild(target, gen + 1, keys, valueBytes, kill);
+          const leftovers = target.inspect === undefined ? '' : `, left ${await target.inspect()}`;
+          const found = await expectOneGeneration(target, [gen, gen + 1], keys, valueBytes);
+          log.push(`${run.killedAfter}${leftovers} → ${found === gen ? 'old' : 'new'} (gen ${found})`);
+          gen = found;
+          return run.commitMs ?? 0;
+        };
+
+        // Calibration: let the commit finish and kill after "committed"; its duration spreads the
+        // later kills over the whole commit (journal write, commit point, apply, cleanup).
+        const commitMs = await runOnce({ after: 'committed' });
+        expect(gen).toBe(1);
+        await runOnce({ delayMs: 0 });
+        for (let k = 0; k < kills - 1; k++) {
+          await runOnce({ delayMs: Math.round(((k + Math.random()) / (kills - 1)) * commitMs) });
+        }
+        console.log(`${name}: SIGKILL runs (an uninterrupted commit took ${commitMs} ms)\n  ${log.join('\n  ')}`);
+      } finally {
+        await target.cleanup();
+      }
+    });
+  });
+}
+
+type KillPlan = { readonly after: 'committed' } | { readonly delayMs: number };
+
+interface ChildRun {
+  /** "3 ms after committing", "after committed", … */
+  readonly killedAfter: string;
+  /** Time from "committing" to "committed", when the child got that far. */
+  readonly commitMs: number | undefined;
+}
+
+/** Starts the child, kills it with SIGKILL as planned, and resolves once it is dead. */
+async function runChild(
+  target: CrashTarget,
+  gen: number,
+  keys: number,
+  valueBytes: number,
+  kill: KillPlan,
+): Promise<ChildRun> {
+  const child = spawn(
+    process.execPath,
+    [CHILD, target.adapter, JSON.stringify(target.options), String(gen), String(keys), String(valueBytes)],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  const pid = child.pid;
+  if (pid === undefined) throw new Error('could not start the commit child');
+  let committingAt: number | undefined;
+  let commitMs: number | undefined;
+  let killedAfter = '';
+  const killNow = (): void => {
+    killedAfter =
+      'delayMs' in kill
+        ? `killed ${Math.round(performance.now() - committingAt!)} ms (planned ${kill.delayMs}) after committing`
+        : `killed after committed`;
+    process.kill(pid, 'SIGKILL');
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const lines = createInterface({ input: child.stdout });
+  lines.on('line', (line) => {
+    if (line === 'committing') {
+      committingAt = performance.now();
+      // The random delay is the point of the test; the "committing" line is the event it counts from.
+      if ('delayMs' in kill) timer = setTimeout(killNow, kill.delayMs);
+    } else if (line === 'committed') {
+      commitMs = Math.round(performance.now() - (committingAt ?? 0));
+      if (!('delayMs' in kill)) killNow();
+    }
+  });
+  const [code, signal] = await exited;
+  clearTimeout(timer);
+  lines.close();
+  child.stdin.destroy();
+  if (signal !== 'SIGKILL') {
+    throw new Error(`the commit child exited by itself (code ${code}, signal ${signal}) instead of being killed`);
+  }
+  return { killedAfter, commitMs };
+}
+
+/** Reopens the store and asserts that every key and the meta are of one of `gens`; returns it. */
+async function expectOneGeneration(
+  target: CrashTarget,
+  gens: readonly number[],
+  keys: number,
+  valueBytes: number,
+): Promise<number> {
+  const a = await target.open();
+  await a.open();
+  try {
+    const meta = await a.readMeta();
+    const gen = Number(/^gen:(\d+)$/.exec(meta === undefined ? '' : Buffer.from(meta).toString('utf8'))?.[1]);
+    expect(gens, `meta names a generation it should not: ${String(meta && Buffer.from(meta))}`).toContain(gen);
+
+    const listed = await a.keys();
+    expect(listed.length, 'number of keys after the kill').toBe(keys);
+    const counts = new Map<string, number>();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < keys) {
+        const key = `crash/${next++}`;
+        const got = await a.get(key);
+        const which =
+          gens.find((g) => got !== undefined && Buffer.from(generationValue(g, key, valueBytes)).equals(got)) ??
+          'torn or missing';
+        counts.set(String(which), (counts.get(String(which)) ?? 0) + 1);
+      }
+    };
+    await Promise.all(Array.from({ length: 16 }, worker));
+    expect(Object.fromEntries(counts), `every key must be of generation ${gen}, as the meta says`).toEqual({
+      [String(gen)]: keys,
+    });
+    return gen;
+  } finally {
+    await a.close();
+  }
+}
+
+function generationOps(gen: number, keys: number, valueBytes: number): WriteOp[] {
+  return Array.from({ length: keys }, (_, i) => {
+    const key = `crash/${i}`;
+    return { op: 'put', key, value: generationValue(gen, key, valueBytes) };
+  });
+}
+
+function generationMeta(gen: number): Uint8Array {
+  return new TextEncoder().encode(`gen:${gen}`);
+}
+
+/** Must produce the bytes of generationValue() in test/helpers/adapter-commit-child.mjs. */
+function generationValue(gen: number, key: string, size: number): Uint8Array {
+  const out = Buffer.alloc(size, 97 + (gen % 26));
+  out.write(`${gen}|${key}|`, 0, 'utf8');
+  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}

@@ -1,0 +1,614 @@
+/**
+ * The one conformance suite every storage adapter runs: the `StorageAdapter` contract
+ * (src/storage/adapter.ts) as executable cases. An adapter's test file is a few lines:
+ *
+ * ```ts
+ * testAdapter('memory', async () => ({ adapter: memoryAdapter(), cleanup: async () => {} }));
+ * ```
+ *
+ * A case an adapter cannot pass is listed by its exact title in `gaps` with the reason; it then
+ * shows as skipped with the reason in its title, so gaps stay visible in every run. A gap naming
+ * no case fails the run (titles change; stale gaps must not hide anything). Cases about
+ * surviving a restart run only when the adapter declares `capabilities.durable`, and say so in
+ * their titles: a non-durable adapter needs no gap for them.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it, type TestContext } from 'vitest';
+import { ClosedError, InvalidArgumentError } from '../../src/errors.js';
+import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
+
+/** What an adapter's `make` returns: a fresh, empty store (not opened yet). */
+export interface AdapterUnderTest {
+  /** The store under test. The suite calls `open()` first and `close()` at the end. */
+  readonly adapter: StorageAdapter;
+  /**
+   * A new instance over the same underlying store, as a restarted process would create.
+   * Required when `capabilities.durable` is true. The suite closes the old instance first.
+   */
+  readonly reopen?: () => Promise<StorageAdapter>;
+  /** Deletes the store (directory, database schema, key prefix). Runs after `close()`. */
+  readonly cleanup: () => Promise<void>;
+}
+
+/** Options of `testAdapter`. */
+export interface ConformanceOptions {
+  /** Case title → why this adapter cannot pass it. */
+  readonly gaps?: Readonly<Record<string, string>>;
+}
+
+/**
+ * Registers the conformance cases for one adapter under `describe('storage adapter <name>')`.
+ * `make` is called before every case and must return an empty store.
+ */
+export function testAdapter(
+  name: string,
+  make: () => Promise<AdapterUnderTest>,
+  opts: ConformanceOptions = {},
+): void {
+  const gaps = new Map(Object.entries(opts.gaps ?? {}));
+  const titles = new Set<string>();
+
+  describe(`storage adapter ${name}`, () => {
+    let under: AdapterUnderTest;
+    let a: StorageAdapter;
+
+    beforeEach(async () => {
+      under = await make();
+      a = under.adapter;
+      await a.open();
+    });
+
+    afterEach(async () => {
+      await a.close();
+      await under.cleanup();
+    });
+
+    /** Registers a case, or its skipped stand-in when the adapter lists it as a gap. */
+    function kase(title: string, fn: (ctx: TestContext) => Promise<void>): void {
+      if (titles.has(title)) throw new Error(`conformance suite: duplicate case title ${JSON.stringify(title)}`);
+      titles.add(title);
+      const gap = gaps.get(title);
+      if (gap !== undefined) it.skip(`${title} [gap: ${gap}]`, fn);
+      else it(title, fn);
+    }
+
+    /** A case about restarts; skipped (with the reason) unless the adapter is durable. */
+    function durableCase(title: string, fn: (reopen: () => Promise<StorageAdapter>) => Promise<void>): void {
+      kase(`${title} (runs when capabilities.durable)`, async (ctx) => {
+        if (!a.capabilities.durable) ctx.skip(`${name} declares capabilities.durable = false`);
+        const reopenFn = under.reopen;
+        if (reopenFn === undefined) {
+          throw new Error(`${name} declares capabilities.durable but its make() returns no reopen()`);
+        }
+        await fn(async () => {
+          await a.close();
+          a = await reopenFn();
+          await a.open();
+          return a;
+        });
+      });
+    }
+
+    // -- basic reads and writes ---------------------------------------------------------------
+
+    kase('get of a missing key resolves undefined', async () => {
+      expect(await a.get('missing')).toBeUndefined();
+      expect(await a.keys()).toEqual([]);
+    });
+
+    kase('put then get returns the bytes; put overwrites', async () => {
+      await a.put('k', bytes('one'));
+      expectBytes(await a.get('k'), bytes('one'));
+      await a.put('k', bytes('two, longer'));
+      expectBytes(await a.get('k'), bytes('two, longer'));
+      await a.put('k', bytes('3'));
+      expectBytes(await a.get('k'), bytes('3'));
+    });
+
+    kase('get returns a Uint8Array even when a Buffer was put', async () => {
+      await a.put('buf', Buffer.from('from a Buffer'));
+      const got = await a.get('buf');
+      expect(got).toBeInstanceOf(Uint8Array);
+      expectBytes(got, bytes('from a Buffer'));
+    });
+
+    kase('delete removes a key; deleting a missing key is not an error', async () => {
+      await a.put('k', bytes('v'));
+      await a.put('other', bytes('w'));
+      await a.delete('k');
+      expect(await a.get('k')).toBeUndefined();
+      await a.delete('k');
+      await a.delete('never-written');
+      expect(await a.keys()).toEqual(['other']);
+    });
+
+    kase('keys() lists every key once, in ascending UTF-16 code-unit order', async () => {
+      // U+FF5E sorts after U+1F600 by code unit (0xFF5E > 0xD83D) but before it by code point or
+      // UTF-8 bytes: an adapter sorting bytes (a C-collated database) gets this wrong.
+      const keys = ['b', 'a', 'B', 'a/b', 'a:b', 'ab', '\uFF5E', '😀', 'é', 'e', 'z', '10', '9', ' '];
+      for (const k of keys) await a.put(k, bytes(k));
+      await a.put('a', bytes('again'));
+      expect(await a.keys()).toEqual([...new Set(keys)].sort());
+      expect((await a.keys()).indexOf('😀')).toBeLessThan((await a.keys()).indexOf('\uFF5E'));
+    });
+
+    kase('values are copied on the way in and on the way out', async () => {
+      const input = bytes('original');
+      await a.put('k', input);
+      input.fill(0);
+      expectBytes(await a.get('k'), bytes('original'));
+
+      const out = await a.get('k');
+      out!.fill(1);
+      expectBytes(await a.get('k'), bytes('original'));
+
+      const value = bytes('committed');
+      const meta = bytes('meta-1');
+      await a.commit([{ op: 'put', key: 'c', value }], meta);
+      value.fill(0);
+      meta.fill(0);
+      expectBytes(await a.get('c'), bytes('committed'));
+      const readBack = await a.readMeta();
+      expectBytes(readBack, bytes('meta-1'));
+      readBack!.fill(2);
+      expectBytes(await a.readMeta(), bytes('meta-1'));
+    });
+
+    // -- commit -------------------------------------------------------------------------------
+
+    kase('readMeta() is undefined on a fresh store', async () => {
+      expect(await a.readMeta()).toBeUndefined();
+      await a.put('direct', bytes('x'));
+      expect(await a.readMeta()).toBeUndefined();
+    });
+
+    kase('commit applies ops in order and sets the meta', async () => {
+      await a.put('pre-deleted', bytes('old'));
+      await a.put('pre-kept', bytes('kept'));
+      await a.put('pre-replaced', bytes('old'));
+      const ops: WriteOp[] = [
+        put('put-then-delete', 'x'),
+        del('put-then-delete'),
+        del('delete-then-put'),
+        put('delete-then-put', 'back'),
+        put('thrice', '1'),
+        put('thrice', '2'),
+        put('thrice', '3'),
+        del('pre-deleted'),
+        put('pre-replaced', 'new'),
+        del('never-existed'),
+        put('fresh', 'f'),
+      ];
+      await a.commit(ops, bytes('cp-1'));
+      expect(await dump(a)).toEqual({
+        data: {
+          'delete-then-put': 'back',
+          fresh: 'f',
+          'pre-kept': 'kept',
+          'pre-replaced': 'new',
+          thrice: '3',
+        },
+        meta: 'cp-1',
+      });
+    });
+
+    kase('committing the same batch twice leaves the same store', async () => {
+      await a.put('p', bytes('before'));
+      const ops = [put('a', '1'), del('p'), put('b', '2'), del('a'), put('a', '3')];
+      await a.commit(ops, bytes('cp-7'));
+      const once = await dump(a);
+      await a.commit(ops, bytes('cp-7'));
+      expect(await dump(a)).toEqual(once);
+      expect(once).toEqual({ data: { a: '3', b: '2' }, meta: 'cp-7' });
+    });
+
+    kase('a commit with no ops replaces only the meta', async () => {
+      await a.commit([put('a', '1')], bytes('cp-1'));
+      await a.commit([], bytes('cp-2'));
+      expect(await dump(a)).toEqual({ data: { a: '1' }, meta: 'cp-2' });
+      await a.commit([], new Uint8Array(0));
+      expect(await dump(a)).toEqual({ data: { a: '1' }, meta: '' });
+    });
+
+    kase('clear() removes every key and the meta; clearing an empty store is fine', async () => {
+      await a.commit([put('a', '1'), put('b', '2')], bytes('cp-1'));
+      await a.put('c', bytes('3'));
+      await a.clear();
+      expect(await dump(a)).toEqual({ data: {}, meta: undefined });
+      await a.clear();
+      expect(await dump(a)).toEqual({ data: {}, meta: undefined });
+      // The store stays usable.
+      await a.commit([put('d', '4')], bytes('cp-2'));
+      await a.put('e', bytes('5'));
+      expect(await dump(a)).toEqual({ data: { d: '4', e: '5' }, meta: 'cp-2' });
+    });
+
+    // -- values and keys ----------------------------------------------------------------------
+
+    kase('0-byte, binary and 8 MiB values round-trip through put and commit', async () => {
+      const empty = new Uint8Array(0);
+      const everyByte = Uint8Array.from({ length: 512 }, (_, i) => i % 256);
+      const big = new Uint8Array(randomBytes(8 * 1024 * 1024));
+      const big2 = new Uint8Array(randomBytes(8 * 1024 * 1024 - 1));
+      await a.put('empty', empty);
+      await a.put('every-byte', everyByte);
+      await a.put('big', big);
+      await a.commit(
+        [
+          { op: 'put', key: 'c-empty', value: empty },
+          { op: 'put', key: 'c-big', value: big2 },
+          { op: 'put', key: 'c-every-byte', value: everyByte },
+        ],
+        everyByte,
+      );
+      const gotEmpty = await a.get('empty');
+      expect(gotEmpty).toBeInstanceOf(Uint8Array);
+      expect(gotEmpty!.byteLength).toBe(0);
+      expect((await a.get('c-empty'))?.byteLength).toBe(0);
+      expectBytes(await a.get('every-byte'), everyByte);
+      expectBytes(await a.get('c-every-byte'), everyByte);
+      expectBytes(await a.get('big'), big);
+      expectBytes(await a.get('c-big'), big2);
+      expectBytes(await a.readMeta(), everyByte);
+      expect(await a.keys()).toEqual(['big', 'c-big', 'c-empty', 'c-every-byte', 'empty', 'every-byte']);
+    });
+
+    kase('awkward keys round-trip: separators, dots, case, non-ASCII, up to 1024 bytes', async () => {
+      const keys = awkwardKeys();
+      for (const k of keys.slice(0, keys.length / 2)) await a.put(k, bytes(`v:${k}`));
+      await a.commit(
+        keys.slice(keys.length / 2).map((k) => put(k, `v:${k}`)),
+        bytes('cp'),
+      );
+      expect(await a.keys()).toEqual([...keys].sort());
+      for (const k of keys) expectBytes(await a.get(k), bytes(`v:${k}`), k);
+      for (const k of keys) await a.delete(k);
+      expect(await a.keys()).toEqual([]);
+    });
+
+    kase('100 000 keys written by batched commits are all listed and readable', async () => {
+      const total = 100_000;
+      const batch = 10_000;
+      const keyOf = (i: number): string => `bulk/${i.toString(36)}`;
+      for (let start = 0; start < total; start += batch) {
+        const ops: WriteOp[] = [];
+        for (let i = start; i < start + batch; i++) ops.push({ op: 'put', key: keyOf(i), value: u32(i) });
+        await a.commit(ops, u32(start));
+      }
+      const listed = await a.keys();
+      expect(listed.length).toBe(total);
+      const expected = Array.from({ length: total }, (_, i) => keyOf(i)).sort();
+      expect(firstDifference(listed, expected)).toBeUndefined();
+      for (let n = 0; n < 500; n++) {
+        const i = Math.floor(Math.random() * total);
+        expectBytes(await a.get(keyOf(i)), u32(i), keyOf(i));
+      }
+      expectBytes(await a.readMeta(), u32(total - batch));
+    });
+
+    // -- bad input ----------------------------------------------------------------------------
+
+    kase('invalid keys are rejected with InvalidArgumentError and change nothing', async () => {
+      await a.commit([put('a', '1')], bytes('cp-1'));
+      const before = await dump(a);
+      for (const key of invalidKeys()) {
+        const what = describeValue(key);
+        await expectInvalid(a.get(key as string), `get(${what})`);
+        await expectInvalid(a.put(key as string, bytes('x')), `put(${what})`);
+        await expectInvalid(a.delete(key as string), `delete(${what})`);
+        await expectInvalid(a.commit([{ op: 'put', key: key as string, value: bytes('x') }], bytes('m')), `commit put ${what}`);
+        await expectInvalid(a.commit([{ op: 'delete', key: key as string }], bytes('m')), `commit delete ${what}`);
+      }
+      expect(await dump(a)).toEqual(before);
+    });
+
+    kase('invalid values are rejected with InvalidArgumentError and change nothing', async () => {
+      await a.commit([put('a', '1')], bytes('cp-1'));
+      const before = await dump(a);
+      for (const value of invalidValues()) {
+        const what = describeValue(value);
+        await expectInvalid(a.put('a', value as Uint8Array), `put(a, ${what})`);
+        await expectInvalid(a.put('new', value as Uint8Array), `put(new, ${what})`);
+        await expectInvalid(a.commit([{ op: 'put', key: 'a', value: value as Uint8Array }], bytes('m')), `commit ${what}`);
+        await expectInvalid(a.commit([put('b', '2')], value as Uint8Array), `commit with meta ${what}`);
+      }
+      expect(await dump(a)).toEqual(before);
+    });
+
+    kase('a commit with one bad op anywhere is rejected whole', async () => {
+      await a.commit([put('a', '1')], bytes('cp-1'));
+      const before = await dump(a);
+      const good = [put('a', 'changed'), del('a'), put('b', '2')];
+      const badOps: unknown[] = [
+        null,
+        'put',
+        {},
+        { op: 'merge', key: 'a', value: bytes('x') },
+        { op: 'put', key: 'a' },
+        { op: 'put', value: bytes('x') },
+        { op: 'delete' },
+        { op: 'delete', key: '' },
+      ];
+      for (const bad of badOps) {
+        for (const ops of [
+          [bad, ...good],
+          [...good, bad],
+          [good[0], bad, good[2]],
+        ]) {
+          await expectInvalid(a.commit(ops as WriteOp[], bytes('cp-2')), `commit with ${describeValue(bad)}`);
+        }
+      }
+      for (const notOps of [undefined, null, 'ops', { length: 1, 0: put('a', 'x') }]) {
+        await expectInvalid(a.commit(notOps as unknown as WriteOp[], bytes('cp-2')), `commit(${describeValue(notOps)})`);
+      }
+      expect(await dump(a)).toEqual(before);
+    });
+
+    // -- lifecycle ----------------------------------------------------------------------------
+
+    kase('open() is idempotent and keeps the data', async () => {
+      await a.commit([put('a', '1')], bytes('cp-1'));
+      await a.open();
+      await a.open();
+      expect(await dump(a)).toEqual({ data: { a: '1' }, meta: 'cp-1' });
+    });
+
+    kase('after close() every call rejects with ClosedError; close() is idempotent', async () => {
+      await a.put('a', bytes('1'));
+      await a.close();
+      await a.close();
+      const calls: [string, () => Promise<unknown>][] = [
+        ['open', () => a.open()],
+        ['get', () => a.get('a')],
+        ['put', () => a.put('a', bytes('2'))],
+        ['delete', () => a.delete('a')],
+        ['keys', () => a.keys()],
+        ['commit', () => a.commit([put('a', '3')], bytes('m'))],
+        ['readMeta', () => a.readMeta()],
+        ['clear', () => a.clear()],
+      ];
+      for (const [what, call] of calls) {
+        await expect(call(), what).rejects.toBeInstanceOf(ClosedError);
+      }
+    });
+
+    // -- concurrency --------------------------------------------------------------------------
+
+    kase('reads during a commit see each key old or new, never torn', async () => {
+      const n = 400;
+      const size = 16 * 1024;
+      const key = (i: number): string => `rw/${i}`;
+      // Old and new differ in every byte, so any mix of the two is detected.
+      const value = (i: number, gen: number): Uint8Array => new Uint8Array(size).fill((i * 2 + gen) % 251);
+      await a.commit(
+        Array.from({ length: n }, (_, i) => ({ op: 'put', key: key(i), value: value(i, 0) })),
+        bytes('gen-0'),
+      );
+      // The new batch rewrites every even key, deletes every odd one and adds n/2 new keys.
+      const ops: WriteOp[] = [];
+      for (let i = 0; i < n; i++) ops.push(i % 2 === 0 ? { op: 'put', key: key(i), value: value(i, 1) } : del(key(i)));
+      for (let i = n; i < n + n / 2; i++) ops.push({ op: 'put', key: key(i), value: value(i, 1) });
+
+      const seen = (i: number, got: Uint8Array | undefined): boolean => {
+        const old = i < n ? value(i, 0) : undefined;
+        const neu = i < n && i % 2 === 1 ? undefined : value(i, 1);
+        return sameBytes(got, old) || sameBytes(got, neu);
+      };
+      let committing = true;
+      const torn: string[] = [];
+      let reads = 0;
+      const reader = async (): Promise<void> => {
+        while (committing) {
+          const i = Math.floor(Math.random() * (n + n / 2));
+          const got = await a.get(key(i));
+          reads++;
+          if (!seen(i, got)) torn.push(`${key(i)}: ${got?.byteLength} bytes starting ${got?.[0]}`);
+          const meta = decode(await a.readMeta());
+          if (meta !== 'gen-0' && meta !== 'gen-1') torn.push(`meta ${meta}`);
+        }
+      };
+      const readers = Array.from({ length: 4 }, reader);
+      await a.commit(ops, bytes('gen-1')).finally(() => {
+        committing = false;
+      });
+      await Promise.all(readers);
+      expect(torn).toEqual([]);
+      expect(reads).toBeGreaterThan(0);
+      for (let i = 0; i < n + n / 2; i++) {
+        expectBytes(await a.get(key(i)), i < n && i % 2 === 1 ? undefined : value(i, 1), key(i));
+      }
+      expect(decode(await a.readMeta())).toBe('gen-1');
+    });
+
+    kase('direct writes issued without awaiting apply in call order', async () => {
+      const pending: Promise<void>[] = [];
+      for (let i = 0; i < 50; i++) pending.push(a.put('k', bytes(`v${i}`)));
+      pending.push(a.delete('gone'), a.put('gone', bytes('x')), a.delete('gone'));
+      await Promise.all(pending);
+      expectBytes(await a.get('k'), bytes('v49'));
+      expect(await a.get('gone')).toBeUndefined();
+    });
+
+    // -- durability ---------------------------------------------------------------------------
+
+    durableCase('a commit and its meta survive close and reopen', async (reopen) => {
+      const big = new Uint8Array(randomBytes(3 * 1024 * 1024));
+      await a.commit([put('a', '1'), put('b', '2'), { op: 'put', key: 'big', value: big }], bytes('cp-1'));
+      await a.commit([del('a'), put('c', '3')], bytes('cp-2'));
+      const before = await dump(a);
+      const again = await reopen();
+      expect(await dump(again)).toEqual(before);
+      expectBytes(await again.get('big'), big);
+      expect(before.meta).toBe('cp-2');
+    });
+
+    durableCase('direct puts and deletes survive close and reopen', async (reopen) => {
+      await a.put('a', bytes('1'));
+      await a.put('b', bytes('2'));
+      await a.delete('a');
+      const again = await reopen();
+      expect(await dump(again)).toEqual({ data: { b: '2' }, meta: undefined });
+    });
+
+    durableCase('clear survives close and reopen', async (reopen) => {
+      await a.commit([put('a', '1')], bytes('cp-1'));
+      await a.clear();
+      const again = await reopen();
+      expect(await dump(again)).toEqual({ data: {}, meta: undefined });
+    });
+
+    durableCase('awkward keys and 0-byte values survive close and reopen', async (reopen) => {
+      const keys = awkwardKeys();
+      await a.commit(
+        keys.map((k) => ({ op: 'put', key: k, value: new Uint8Array(0) })),
+        bytes('cp'),
+      );
+      const again = await reopen();
+      expect(await again.keys()).toEqual([...keys].sort());
+      for (const k of keys) expect((await again.get(k))?.byteLength, k).toBe(0);
+    });
+
+    // Gaps must name cases that exist: a renamed case must not leave a stale gap hiding nothing.
+    const unknown = [...gaps.keys()].filter((g) => !titles.has(g));
+    if (unknown.length > 0) {
+      it('gaps name existing cases', () => {
+        throw new Error(`gaps name no case of the suite: ${unknown.map((g) => JSON.stringify(g)).join(', ')}`);
+      });
+    }
+  });
+}
+
+// -----------------------------------------------------------------------------------------------
+// Helpers
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+function bytes(s: string): Uint8Array {
+  return encoder.encode(s);
+}
+
+function decode(b: Uint8Array | undefined): string | undefined {
+  return b === undefined ? undefined : decoder.decode(b);
+}
+
+function u32(n: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n);
+  return b;
+}
+
+function put(key: string, value: string): WriteOp {
+  return { op: 'put', key, value: bytes(value) };
+}
+
+function del(key: string): WriteOp {
+  return { op: 'delete', key };
+}
+
+function sameBytes(x: Uint8Array | undefined, y: Uint8Array | undefined): boolean {
+  if (x === undefined || y === undefined) return x === y;
+  return Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength));
+}
+
+/** Byte equality without vitest's element-by-element diff, which is slow on 8 MiB. */
+function expectBytes(got: Uint8Array | undefined, want: Uint8Array | undefined, what = 'value'): void {
+  if (sameBytes(got, want)) return;
+  const show = (b: Uint8Array | undefined): string =>
+    b === undefined ? 'undefined' : `${b.byteLength} bytes ${Buffer.from(b.subarray(0, 24)).toString('hex')}…`;
+  expect.fail(`${what}: got ${show(got)}, want ${show(want)}`);
+}
+
+/** The whole store as plain JSON: keys in order with UTF-8 values, and the meta. */
+async function dump(a: StorageAdapter): Promise<{ data: Record<string, string>; meta: string | undefined }> {
+  const data: Record<string, string> = {};
+  for (const k of await a.keys()) {
+    const v = await a.get(k);
+    data[k] = v === undefined ? '<listed but missing>' : Buffer.from(v).toString('utf8');
+  }
+  const meta = await a.readMeta();
+  return { data, meta: meta === undefined ? undefined : Buffer.from(meta).toString('utf8') };
+}
+
+function firstDifference(x: readonly string[], y: readonly string[]): string | undefined {
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return `at ${i}: ${JSON.stringify(x[i])} vs ${JSON.stringify(y[i])}`;
+  }
+  return undefined;
+}
+
+async function expectInvalid(call: Promise<unknown>, what: string): Promise<void> {
+  await expect(call, what).rejects.toBeInstanceOf(InvalidArgumentError);
+}
+
+function describeValue(v: unknown): string {
+  if (typeof v === 'string') return v.length > 20 ? `string(${v.length})` : JSON.stringify(v);
+  if (v instanceof Uint8Array || v instanceof ArrayBuffer) return `${v.constructor.name}(${v.byteLength})`;
+  if (typeof v === 'object' && v !== null) return v.constructor?.name ?? 'object';
+  return String(v);
+}
+
+/** Keys that break naive path, URL or byte handling; all valid. */
+function awkwardKeys(): string[] {
+  return [
+    'with space',
+    ' leading and trailing ',
+    'a:b:c',
+    'a/b/c',
+    '/leading/slash',
+    'trailing/',
+    '..',
+    '.',
+    '../../etc/passwd',
+    'back\\slash',
+    'CaseSensitive',
+    'casesensitive',
+    'nul\u0000inside',
+    'new\nline',
+    'tab\there',
+    '?query=1&x=2#hash',
+    '%2F%2e%2E',
+    '*',
+    'ключ',
+    '键',
+    'emoji 🔑',
+    'combining e\u0301',
+    'precomposed \u00e9',
+    'x'.repeat(100),
+    'x'.repeat(101),
+    'x'.repeat(255),
+    'x'.repeat(256),
+    'y'.repeat(1024),
+    'é'.repeat(512),
+    '😀'.repeat(256),
+  ];
+}
+
+function invalidKeys(): unknown[] {
+  return [
+    undefined,
+    null,
+    42,
+    { toString: () => 'k' },
+    '',
+    'z'.repeat(1025),
+    'é'.repeat(513),
+    'lone \uD800 high surrogate',
+    'lone \uDC00 low surrogate',
+  ];
+}
+
+function invalidValues(): unknown[] {
+  return [
+    undefined,
+    null,
+    'a string',
+    42,
+    [1, 2, 3],
+    new ArrayBuffer(4),
+    new Uint16Array(2),
+    new Int8Array(2),
+    new DataView(new ArrayBuffer(2)),
+    { byteLength: 0 },
+  ];
+}

@@ -1,0 +1,46 @@
+// Child process of the SIGKILL-during-commit test (test/conformance/crash.ts).
+//
+//   node adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes>
+//
+// Opens `<adapter>Adapter(options)` from the compiled dist/ (the code restartpoint ships), prints
+// "committing" on the line before commit() starts and "committed" after it resolves, then waits
+// to be killed. It exits by itself only when its stdin closes (the test runner went away), so a
+// kill always finds it alive. Values must match generationValue() in crash.ts.
+const [adapterName, optionsJson, genArg, keysArg, sizeArg] = process.argv.slice(2);
+if (sizeArg === undefined) {
+  process.stderr.write('usage: adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes>\n');
+  process.exit(2);
+}
+const gen = Number(genArg);
+const count = Number(keysArg);
+const size = Number(sizeArg);
+
+process.stdin.resume();
+process.stdin.on('end', () => process.exit(0));
+
+const mod = await import(new URL(`../../dist/adapters/${adapterName}/index.js`, import.meta.url).href);
+const factory = mod[`${adapterName}Adapter`];
+if (typeof factory !== 'function') throw new Error(`dist/adapters/${adapterName} exports no ${adapterName}Adapter`);
+const adapter = factory(JSON.parse(optionsJson));
+await adapter.open();
+
+const ops = [];
+for (let i = 0; i < count; i++) {
+  const key = `crash/${i}`;
+  ops.push({ op: 'put', key, value: generationValue(gen, key, size) });
+}
+const meta = new TextEncoder().encode(`gen:${gen}`);
+
+// Pipes to a parent are written synchronously on POSIX: the line is out before commit() starts.
+process.stdout.write('committing\n');
+await adapter.commit(ops, meta);
+process.stdout.write('committed\n');
+await adapter.close();
+// Stays alive (stdin is open) until killed, so that a kill after 'committed' is a real kill.
+
+/** `<gen>|<key>|` then a filler letter that changes with the generation, `size` bytes in all. */
+function generationValue(g, key, n) {
+  const out = Buffer.alloc(n, 97 + (g % 26));
+  out.write(`${g}|${key}|`, 0, 'utf8');
+  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}

@@ -1,0 +1,163 @@
+import { describe, expect, it } from 'vitest';
+import { memoryAdapter } from '../../adapters/memory/index.js';
+import { ImageChain, ImageEncoder } from '../../src/image/chain.js';
+import { FrameKind, encodeFrame, type Frame } from '../../src/protocol/frame.js';
+import { encodeFence, encodeImage, encodeSeal, encodeWrites } from '../../src/protocol/records.js';
+import { Applier, decodeMeta } from '../../src/standby/applier.js';
+import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
+
+const APP = 'unit';
+
+/** Builds the frames a primary of `epoch` would publish, numbering them like the replicator. */
+class FakePrimary {
+  seq = 1;
+  readonly images = new ImageEncoder({ keyframeEvery: 4, maxChainShare: 10 });
+  constructor(readonly epoch: number) {}
+  fence(): Frame {
+    return {
+      kind: FrameKind.Fence,
+      epoch: this.epoch,
+      seq: this.seq++,
+      checkpoint: 0,
+      body: encodeFence({ nodeId: `n${this.epoch}` }),
+    };
+  }
+  writes(cp: number, ops: WriteOp[]): Frame {
+    return {
+      kind: FrameKind.Writes,
+      epoch: this.epoch,
+      seq: this.seq++,
+      checkpoint: cp,
+      body: encodeWrites(ops),
+    };
+  }
+  image(cp: number, state: unknown): Frame {
+    const img = this.images.encode(state, cp);
+    img.advance();
+    return {
+      kind: FrameKind.Image,
+      epoch: this.epoch,
+      seq: this.seq++,
+      checkpoint: cp,
+      body: encodeImage(img.record),
+    };
+  }
+  seal(cp: number, writeFrames: number, writeOps: number): Frame {
+    return {
+      kind: FrameKind.Seal,
+      epoch: this.epoch,
+      seq: this.seq++,
+      checkpoint: cp,
+      body: encodeSeal({ writeFrames, writeOps, imageFrames: 1 }),
+    };
+  }
+}
+
+const put = (key: string, v: string): WriteOp => ({ op: 'put', key, value: Buffer.from(v) });
+
+async function setup(): Promise<{
+  adapter: StorageAdapter;
+  chain: ImageChain;
+  applier: Applier;
+  feed: (...f: Frame[]) => Promise<void>;
+}> {
+  const adapter = memoryAdapter();
+  await adapter.open();
+  const chain = new ImageChain();
+  const applier = new Applier({ app: APP, adapter, images: chain });
+  let streamSeq = 0;
+  const feed = async (...frames: Frame[]): Promise<void> => {
+    for (const f of frames)
+      for (const part of encodeFrame(APP, f, 1 << 20)) await applier.handle(++streamSeq, part);
+  };
+  return { adapter, chain, applier, feed };
+}
+
+async function dump(adapter: StorageAdapter): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const k of await adapter.keys()) out[k] = Buffer.from((await adapter.get(k))!).toString();
+  return out;
+}
+
+describe('applier (delay-write)', () => {
+  it('stages writes and commits them with the image only when the seal arrives', async () => {
+    const { adapter, chain, applier, feed } = await setup();
+    const p = new FakePrimary(1);
+    await feed(p.fence(), p.writes(1, [put('a', '1'), put('b', '2')]));
+    expect(await dump(adapter)).toEqual({});
+    await feed(p.image(1, { n: 1, m: new Map([['x', 1n]]) }), p.seal(1, 1, 2));
+    expect(await dump(adapter)).toEqual({ a: '1', b: '2' });
+    expect(chain.materialize()).toEqual({ n: 1, m: new Map([['x', 1n]]) });
+    expect(applier.position.checkpoint).toBe(1);
+    expect(decodeMeta(await adapter.readMeta())).toMatchObject({
+      app: APP,
+      epoch: 1,
+      checkpoint: 1,
+      role: 'standby',
+    });
+    // A delta-encoded second checkpoint.
+    await feed(
+      p.writes(2, [{ op: 'delete', key: 'a' }]),
+      p.image(2, { n: 2, m: new Map([['x', 2n]]) }),
+      p.seal(2, 1, 1),
+    );
+    expect(await dump(adapter)).toEqual({ b: '2' });
+    expect(chain.materialize()).toEqual({ n: 2, m: new Map([['x', 2n]]) });
+  });
+
+  it('waits for frames a seal names that arrive after it (a re-sent frame), applying in seq order', async () => {
+    const { adapter, applier, feed } = await setup();
+    const p = new FakePrimary(1);
+    const w1 = p.writes(1, [put('k', 'first')]);
+    const w2 = p.writes(1, [put('k', 'second')]);
+    await feed(p.fence(), w2, p.image(1, {}), p.seal(1, 2, 2));
+    expect(applier.position.checkpoint).toBe(0);
+    await feed(w1);
+    expect(applier.position.checkpoint).toBe(1);
+    expect(await dump(adapter)).toEqual({ k: 'second' });
+  });
+
+  it('a fence rolls back unsealed writes of the old epoch and drops its later frames as stale', async () => {
+    const { adapter, chain, applier, feed } = await setup();
+    const old = new FakePrimary(1);
+    await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, { v: 1 }), old.seal(1, 1, 1));
+    await feed(old.writes(2, [put('a', 'unsealed')]), old.image(2, { v: 2 }));
+    const next = new FakePrimary(2);
+    await feed(next.fence());
+    // The deposed primary's seal arrives after the fence: it must not commit checkpoint 2.
+    await feed(old.seal(2, 1, 1));
+    expect(applier.counters.rejected.stale).toBe(1);
+    expect(applier.position).toMatchObject({ epoch: 1, checkpoint: 1 });
+    expect(await dump(adapter)).toEqual({ a: '1' });
+    await feed(next.writes(2, [put('b', 'new')]), next.image(2, { v: 'new' }), next.seal(2, 1, 1));
+    expect(await dump(adapter)).toEqual({ a: '1', b: 'new' });
+    expect(chain.materialize()).toEqual({ v: 'new' });
+    expect(applier.position).toMatchObject({ epoch: 2, checkpoint: 2 });
+  });
+
+  it('ignores replays of committed checkpoints and counts corrupt frames without applying them', async () => {
+    const { adapter, applier, feed } = await setup();
+    const p = new FakePrimary(1);
+    const frames = [p.fence(), p.writes(1, [put('a', '1')]), p.image(1, { v: 1 }), p.seal(1, 1, 1)];
+    await feed(...frames);
+    await feed(...frames.slice(1));
+    expect(applier.counters.rejected.duplicate).toBe(3);
+    const [bad] = encodeFrame(APP, p.writes(2, [put('a', 'evil')]), 1 << 20);
+    bad![bad!.length - 5]! ^= 1;
+    await applier.handle(100, bad!);
+    await applier.handle(101, Buffer.from('not a frame at all'));
+    const [foreign] = encodeFrame('other-app', p.writes(2, [put('a', 'evil')]), 1 << 20);
+    await applier.handle(102, foreign!);
+    expect(applier.counters.rejected).toMatchObject({ checksum: 1, foreign: 1, duplicate: 3 });
+    expect(await dump(adapter)).toEqual({ a: '1' });
+  });
+
+  it('refuses a seal whose counts disagree with what was staged', async () => {
+    const { adapter, applier, feed } = await setup();
+    const p = new FakePrimary(1);
+    await feed(p.fence(), p.writes(1, [put('a', '1'), put('b', '2')]), p.image(1, {}), p.seal(1, 1, 3));
+    expect(applier.counters.rejected.malformed).toBe(1);
+    expect(applier.position.checkpoint).toBe(0);
+    expect(await dump(adapter)).toEqual({});
+  });
+});
