@@ -14,8 +14,11 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  program.addCommand(drillCommand());
-  program.addCommand(statusCommand());
+  for (const cmd of [drillCommand(), statusCommand()]) {
+    // addCommand does not pass settings down: usage errors must reach main() to exit 2 with a hint.
+    cmd.copyInheritedSettings(program);
+    program.addCommand(cmd);
+  }
   return program;
 }
 

@@ -1,0 +1,167 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { memoryAdapter } from '../../adapters/memory/index.js';
+import {
+  ConfigError,
+  NatsUnavailableError,
+  Restartpoint,
+  SerializationError,
+  type StartOptions,
+} from '../../src/index.js';
+import { appNames } from '../../src/protocol/subjects.js';
+import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+
+let nc: NatsConnection;
+const apps: string[] = [];
+const open: Restartpoint<any>[] = [];
+
+beforeAll(async () => {
+  nc = await requireNats();
+});
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((rp) => rp.close().catch(() => undefined)));
+});
+afterAll(async () => {
+  for (const app of apps) await deleteApp(nc, app);
+  await nc?.close();
+});
+
+function opts<S>(app: string, nodeId: string, extra: Partial<StartOptions<S>> = {}): StartOptions<S> {
+  return { app, nodeId, nats: { servers: NATS_URL }, storage: memoryAdapter(), leaseTtlMs: 600, ...extra };
+}
+
+async function start<S>(o: StartOptions<S>): Promise<Restartpoint<S>> {
+  const rp = await Restartpoint.start(o);
+  open.push(rp);
+  return rp;
+}
+
+describe('Restartpoint SDK on a real nats-server', () => {
+  it('a fresh app starts as primary with initialState, numbers checkpoints 1, 2, 3 and serves its store', async () => {
+    const app = freshApp();
+    apps.push(app);
+    const rp = await start(opts(app, 'a', { initialState: () => ({ hello: 'world' }) }));
+    expect(rp.state).toEqual({ hello: 'world' });
+    expect(rp.resumedFrom).toBeUndefined();
+    expect(rp.epoch).toBeGreaterThanOrEqual(1);
+    await rp.store.put('s', 'text');
+    await rp.store.put('b', new Uint8Array([0, 255]));
+    expect(Buffer.from((await rp.store.get('s'))!).toString()).toBe('text');
+    await rp.store.delete('s');
+    expect(await rp.store.get('s')).toBeUndefined();
+    const acks = [
+      await rp.checkpoint({ i: 1 }),
+      await rp.checkpoint({ i: 2 }),
+      await rp.checkpoint({ i: 3 }),
+    ];
+    expect(acks.map((a) => a.checkpoint)).toEqual([1, 2, 3]);
+    expect(acks.every((a) => a.epoch === rp.epoch)).toBe(true);
+  });
+
+  it('rejects an unserializable state with the path, keeps running, and uses no checkpoint number', async () => {
+    const app = freshApp();
+    apps.push(app);
+    const rp = await start(opts<Record<string, unknown>>(app, 'a'));
+    await rp.checkpoint({ ok: 1 });
+    const bad = { nested: { list: [1, { onTick: () => 1 }] } };
+    const err = await rp.checkpoint(bad).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SerializationError);
+    expect((err as SerializationError).path).toMatch(/nested\.list\[1\]\.onTick/);
+    expect((err as SerializationError).code).toBe('ERR_SERIALIZE');
+    expect((await rp.checkpoint({ ok: 2 })).checkpoint).toBe(2);
+  });
+
+  it('close() hands over at once: the standby resumes the last checkpoint with its writes, rejecting junk on the stream', async () => {
+    const app = freshApp();
+    apps.push(app);
+    const a = await start(opts(app, 'a', { initialState: () => ({ n: 0, m: new Map<string, bigint>() }) }));
+    const standbyStore = memoryAdapter();
+    const rejected: string[] = [];
+    const bPromise = Restartpoint.start(
+      opts<{ n: number; m: Map<string, bigint> }>(app, 'b', {
+        storage: standbyStore,
+        log: (e) => {
+          if (e.msg === 'frame rejected') rejected.push(String(e.reason));
+        },
+      }),
+    );
+    for (let i = 1; i <= 20; i++) {
+      await a.store.put(`k${i % 7}`, `v${i}`);
+      if (i % 5 === 0) await a.checkpoint({ n: i, m: new Map([[`k${i}`, BigInt(i) ** 20n]]) });
+    }
+    await a.store.put('after-last-checkpoint', 'rolled back');
+    // Junk on the app's subject: the standby must count it and carry on.
+    const js = jetstream(nc);
+    await js.publish(appNames(app).subject, Buffer.alloc(64, 'x'));
+    await a.close();
+    const b = await bPromise;
+    open.push(b);
+    expect(b.resumedFrom).toEqual({ epoch: a.epoch, checkpoint: 4 });
+    expect(b.epoch).toBe(a.epoch + 1);
+    expect(b.state).toEqual({ n: 20, m: new Map([['k20', 20n ** 20n]]) });
+    expect(await b.store.get('after-last-checkpoint')).toBeUndefined();
+    const keys = await standbyStore.keys();
+    expect(keys).toEqual(['k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6']);
+    expect(Buffer.from((await b.store.get('k6'))!).toString()).toBe('v20');
+    expect(rejected).toContain('magic');
+    expect((await b.checkpoint(b.state)).checkpoint).toBe(5);
+  });
+
+  it('a deposed primary rejects checkpoints and writes with FencedError and emits demoted', async () => {
+    const app = freshApp();
+    apps.push(app);
+    const a = await start(opts(app, 'a'));
+    const demoted = new Promise<Error>((resolve) => a.on('demoted', resolve));
+    // Steal the lease the way a standby would after a pause: CAS over the current revision.
+    const { Kvm } = await import('@nats-io/kv');
+    const kv = await new Kvm(nc).open(appNames(app).leaseBucket);
+    const cur = await kv.get('leader');
+    await kv.update('leader', JSON.stringify({ holder: 'thief', epoch: a.epoch + 1 }), cur!.revision);
+    const err = await demoted;
+    expect(err.message).toMatch(/no longer primary/);
+    await expect(a.checkpoint({})).rejects.toMatchObject({ code: 'ERR_FENCED' });
+    await expect(a.store.put('k', 'v')).rejects.toMatchObject({ code: 'ERR_FENCED' });
+    expect(a.isPrimary).toBe(false);
+  });
+});
+
+describe('start() option validation', () => {
+  const base = { app: 'ok', nats: { servers: NATS_URL }, storage: memoryAdapter() };
+  it.each([
+    [{ ...base, app: 'has space' }, 'app'],
+    [{ ...base, app: '' }, 'app'],
+    [{ ...base, nats: { servers: [] } }, 'nats.servers'],
+    [{ ...base, nats: undefined }, 'nats'],
+    [{ ...base, storage: {} }, 'storage'],
+    [{ ...base, mode: 'snapshot' }, 'mode'],
+    [{ ...base, mode: 'fast' }, 'mode'],
+    [{ ...base, leaseTtlMs: 5 }, 'leaseTtlMs'],
+    [{ ...base, leaseTtlMs: 1.5 }, 'leaseTtlMs'],
+    [{ ...base, initialState: 42 }, 'initialState'],
+    [{ ...base, nodeId: '' }, 'nodeId'],
+    [{ ...base, leaseTTL: 1000 }, 'leaseTTL'],
+  ])('rejects %j naming %s', async (o, option) => {
+    const err = await Restartpoint.start(o as never).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).option).toBe(option);
+    expect((err as Error).message).toContain(`'${option}'`);
+  });
+
+  it('says snapshot mode is not available yet and what to use', async () => {
+    await expect(Restartpoint.start({ ...base, mode: 'snapshot' } as never)).rejects.toThrow(
+      /use 'delay-write'/,
+    );
+  });
+
+  it('fails with a clear error when NATS is not there', async () => {
+    const err = await Restartpoint.start({
+      ...base,
+      nats: { servers: 'nats://127.0.0.1:1', reconnect: false } as never,
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NatsUnavailableError);
+    expect((err as Error).message).toMatch(
+      /cannot connect to NATS at nats:\/\/127\.0\.0\.1:1.*nats-server -js/,
+    );
+  });
+});
