@@ -70,7 +70,7 @@ export class LeaseKeeper {
     this.#stopped = true;
     clearTimeout(this.#timer);
     if (release && !this.#lost) {
-      await this.#store.release(this.#revision).catch(() => undefined);
+      await this.#store.release(this.#epoch, this.#revision).catch(() => undefined);
     }
   }
 
@@ -139,6 +139,11 @@ export async function claimWhenVacant(opts: {
   ttlMs: number;
   /** Highest epoch this node has seen anywhere (fences in the stream), so epochs never repeat. */
   knownEpoch: () => number;
+  /**
+   * Runs once the lease looks vacant, before the claim: the standby catches up with the stream
+   * so that `knownEpoch` covers every fence in it (a new epoch must be above all of them).
+   */
+  beforeClaim?: () => Promise<void>;
   signal: AbortSignal;
   onError?: (err: unknown) => void;
 }): Promise<Claim> {
@@ -158,8 +163,10 @@ export async function claimWhenVacant(opts: {
         lastChange = now();
       }
       last = read;
-      const vacant = read.value === undefined || now() - lastChange >= opts.ttlMs;
+      const vacant =
+        read.value === undefined || read.value.holder === null || now() - lastChange >= opts.ttlMs;
       if (vacant) {
+        await opts.beforeClaim?.();
         const epoch = Math.max(read.value?.epoch ?? 0, opts.knownEpoch()) + 1;
         const sentAt = now();
         try {
@@ -169,7 +176,7 @@ export async function claimWhenVacant(opts: {
             epoch,
             revision,
             sentAt,
-            previous: read.value?.holder,
+            previous: read.value?.holder ?? undefined,
             vacantSince: lastChange,
           };
         } catch (err) {

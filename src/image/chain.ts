@@ -32,7 +32,10 @@ export interface EncodedImage {
   readonly record: ImageRecord;
   /** Whole image (true) or delta. */
   readonly keyframe: boolean;
-  /** Makes this image the base of the next delta. Call once its frames are handed to the relay. */
+  /**
+   * Makes this image the base of the next delta. The replicator calls it as soon as the number is
+   * taken: the frames then go out before any later checkpoint's, and a failed publish is re-sent.
+   */
   advance(): void;
 }
 

@@ -173,7 +173,7 @@ function keyedArrayDelta(
       result[`_${i}`] = [0, 0, 0];
       continue;
     }
-    if (!inOrder.has(x)) result[`_${i}`] = ['', j, ARRAY_MOVE];
+    if (!inOrder.has(x) && x % 2 === 0) result[`_${i}`] = ['', j, ARRAY_MOVE];
     putNested(result, j, a[i] as TreeNode, b[j] as TreeNode);
   }
   for (let j = head; j < end2; j++) {

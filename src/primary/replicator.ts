@@ -229,8 +229,12 @@ export class Replicator {
     });
   }
 
-  /** Waits until every write and checkpoint called so far has been handed to the relay. */
-  async idle(): Promise<void> {
+  /**
+   * Waits until every write and checkpoint called so far has been handed to the relay and every
+   * frame sent has been acknowledged or has failed. Never rejects.
+   */
+  async drain(): Promise<void> {
     await this.#chain;
+    await Promise.allSettled([...this.#pending].map((p) => p.ack));
   }
 }

@@ -14,7 +14,7 @@
  *   7     1  reserved (0)
  *   8     4  epoch (>= 1), the fencing epoch of the primary that made the frame
  *  12     8  seq (>= 1), the frame's number within its epoch (the fence is 1)
- *  20     4  checkpoint: the checkpoint the frame belongs to (fence: the resumed checkpoint)
+ *  20     4  checkpoint: the checkpoint the frame belongs to (fence: 0)
  *  24     2  part index (0-based)
  *  26     2  part count (>= 1)
  *  28     4  B = body bytes in this part
@@ -23,7 +23,9 @@
  *  32+L+B 4  CRC-32 (zlib) of bytes [0, 32+L+B)
  * ```
  *
- * All integers are big-endian and unsigned. A frame's body is the concatenation of its parts'
+ * All integers are big-endian and unsigned. Every future version keeps the magic, the version
+ * byte, the L and B fields at these offsets and the CRC-32 trailer, so the checksum is verified
+ * before the version is believed: a corrupted version byte reads as corruption. A frame's body is the concatenation of its parts'
  * bodies in index order; bodies are described in `records.ts`.
  */
 import { crc32 } from 'node:zlib';
@@ -118,23 +120,13 @@ export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
   if (buf[0] !== MAGIC0 || buf[1] !== MAGIC1) {
     throw new FrameError(FrameRejectReason.Magic, 'not a restartpoint frame (bad magic)');
   }
-  if (buf[2] !== PROTOCOL_VERSION) {
-    throw new FrameError(
-      FrameRejectReason.Version,
-      `wire version ${buf[2]} is not supported (this build speaks ${PROTOCOL_VERSION}); upgrade every node to the same release`,
-    );
-  }
-  const kind = buf[3]!;
-  if (kind < FrameKind.Writes || kind > FrameKind.Fence) {
-    throw new FrameError(FrameRejectReason.Kind, `unknown record kind ${kind}`);
-  }
+  // The checksum is verified before any other field is believed, so a flipped version or kind
+  // byte reads as corruption, not as a request to upgrade.
   const appLen = buf[6]!;
-  if (appLen < 1 || appLen > MAX_APP_BYTES) {
-    throw new FrameError(FrameRejectReason.Malformed, `app name length ${appLen} out of range`);
-  }
   const bodyLen = buf.readUInt32BE(28);
   const end = HEADER_BYTES + appLen + bodyLen;
   if (end + TRAILER_BYTES !== buf.length) {
+    if (buf[2] !== PROTOCOL_VERSION) throw versionError(buf[2]!);
     throw new FrameError(
       end + TRAILER_BYTES > buf.length ? FrameRejectReason.Truncated : FrameRejectReason.Malformed,
       `header says ${end + TRAILER_BYTES} bytes, message has ${buf.length}`,
@@ -142,6 +134,17 @@ export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
   }
   if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) {
     throw new FrameError(FrameRejectReason.Checksum, 'CRC-32 mismatch: the frame was corrupted');
+  }
+  if (buf[2] !== PROTOCOL_VERSION) throw versionError(buf[2]!);
+  const kind = buf[3]!;
+  if (kind < FrameKind.Writes || kind > FrameKind.Fence) {
+    throw new FrameError(FrameRejectReason.Kind, `unknown record kind ${kind}`);
+  }
+  if (appLen < 1 || appLen > MAX_APP_BYTES || buf.readUInt16BE(4) !== 0 || buf[7] !== 0) {
+    throw new FrameError(
+      FrameRejectReason.Malformed,
+      `bad app name length ${appLen} or non-zero reserved bytes`,
+    );
   }
   const app = buf.toString('ascii', HEADER_BYTES, HEADER_BYTES + appLen);
   if (app !== expectedApp) {
@@ -169,6 +172,13 @@ export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
     parts,
     body: buf.subarray(HEADER_BYTES + appLen, end),
   };
+}
+
+function versionError(v: number): FrameError {
+  return new FrameError(
+    FrameRejectReason.Version,
+    `wire version ${v} is not supported (this build speaks ${PROTOCOL_VERSION}); upgrade every node to the same release`,
+  );
 }
 
 /** Bytes of a part's framing around its body, for an app name of `appLength` characters. */

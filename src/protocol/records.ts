@@ -7,7 +7,7 @@
  * image  (kind 2):  u8 format (1 = full node:v8 image, 2 = delta, UTF-8 JSON over the typed tree)
  *                   | u32 base checkpoint (the image a delta applies to; 0 for a full image)
  *                   | payload
- * seal   (kind 3):  u32 write frames in the checkpoint | u32 write ops | u32 image frames (0 or 1)
+ * seal   (kind 3):  u32 write frames in the checkpoint | u32 write ops | u32 image frames (always 1)
  * fence  (kind 4):  u8 nodeIdLen | node id UTF-8 of the new primary. Its header's checkpoint is 0:
  *                   the cut is the fence's place in the stream, and every applier that reaches
  *                   it holds the same last sealed checkpoint, so the fence need not name it.
@@ -150,7 +150,8 @@ export function decodeSeal(body: Uint8Array): SealRecord {
     writeOps: buf.readUInt32BE(4),
     imageFrames: buf.readUInt32BE(8),
   };
-  if (rec.imageFrames > 1) throw malformed(`seal names ${rec.imageFrames} images; at most 1`);
+  // Every checkpoint carries its image: a seal without one would let store and image disagree.
+  if (rec.imageFrames !== 1) throw malformed(`seal names ${rec.imageFrames} images; exactly 1 is required`);
   return rec;
 }
 

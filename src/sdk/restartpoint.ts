@@ -27,6 +27,7 @@ import {
   openLink,
   type NatsLink,
 } from '../transport/connection.js';
+import { lastStreamSeq } from '../transport/consumer.js';
 import { LeaseStore } from '../transport/lease-store.js';
 import { FramePublisher } from '../transport/publisher.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';
@@ -187,6 +188,10 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             holder: o.nodeId,
             ttlMs: o.leaseTtlMs,
             knownEpoch: () => standby.applier.fenceEpoch,
+            beforeClaim: async () => {
+              const last = await lastStreamSeq(link, names.stream);
+              await Promise.race([standby.waitFor(last), standby.failed()]);
+            },
             signal: stop.signal,
             onError: (err) => o.log({ level: 'warn', msg: 'lease read failed', error: String(err) }),
           }),
@@ -313,17 +318,18 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   }
 
   /**
-   * Stops this node. A primary waits for checkpoints in flight, then releases its lease so a
-   * standby takes over at once (from the last acknowledged checkpoint: writes after it are
-   * rolled back). Idempotent.
+   * Stops this node. A primary first waits until every checkpoint already called has been
+   * acknowledged or has failed, then releases its lease so a standby takes over at once (from
+   * the last sealed checkpoint: writes after it are rolled back). Idempotent.
    */
   async close(): Promise<void> {
     if (this.#closed) return;
-    await this.#replicator.idle();
     this.#closed = true;
+    await this.#replicator.drain();
     const err: RestartpointError = new ClosedError();
     this.#replicator.stop(err);
-    await this.#keeper.stop(!this.#fenced);
+    // Release only while the lease is still ours: a lease that ran out may already be another's.
+    await this.#keeper.stop(!this.#fenced && this.#keeper.isValid());
     await closeLink(this.#link);
     await this.#o.storage.close();
   }

@@ -6,13 +6,13 @@ import type { KV } from '@nats-io/kv';
 
 /** What the lease record holds. */
 export interface LeaseValue {
-  /** Node id of the primary. */
-  readonly holder: string;
+  /** Node id of the primary; `null` once released by a clean shutdown (the epoch stays). */
+  readonly holder: string | null;
   /** Fencing epoch of that primary. */
   readonly epoch: number;
 }
 
-/** A read of the lease: its value (undefined when absent or released) and KV revision. */
+/** A read of the lease: its value (undefined when the key never existed or was purged) and KV revision. */
 export interface LeaseRead {
   readonly value: LeaseValue | undefined;
   /** KV revision to compare-and-set against (0 when the key never existed). */
@@ -31,16 +31,25 @@ function isConflict(err: unknown): boolean {
   );
 }
 
-function parse(bytes: Uint8Array): LeaseValue | undefined {
+/** Holder name given to a lease value this build cannot read: it counts as held, never as vacant. */
+export const UNREADABLE_HOLDER = '(unreadable lease value)';
+
+function parse(bytes: Uint8Array): LeaseValue {
   try {
     const v = JSON.parse(Buffer.from(bytes).toString('utf8')) as Partial<LeaseValue>;
-    if (typeof v.holder === 'string' && Number.isSafeInteger(v.epoch) && (v.epoch as number) >= 1) {
+    if (
+      (typeof v.holder === 'string' || v.holder === null) &&
+      Number.isSafeInteger(v.epoch) &&
+      (v.epoch as number) >= 1
+    ) {
       return { holder: v.holder, epoch: v.epoch as number };
     }
   } catch {
-    // fall through: an unreadable lease is treated as absent but keeps its revision for CAS
+    // fall through
   }
-  return undefined;
+  // Something else wrote the key. Treating it as vacant would let a standby claim without
+  // waiting a TTL; treating it as held makes the usual "no change for a TTL" rule apply.
+  return { holder: UNREADABLE_HOLDER, epoch: 0 };
 }
 
 /** CAS access to one lease key. */
@@ -77,13 +86,12 @@ export class LeaseStore {
     }
   }
 
-  /** Releases the lease if it is still at `revision`, so a standby can claim it at once. */
-  async release(revision: number): Promise<void> {
-    try {
-      await this.#kv.delete(this.#key, { previousSeq: revision });
-    } catch (err) {
-      if (isConflict(err)) throw new LeaseConflict('lease changed before release', { cause: err });
-      throw err;
-    }
+  /**
+   * Releases the lease if it is still at `revision`, so a standby can claim it at once. The
+   * record stays, with no holder and the same epoch: epochs never go back, even across a
+   * clean shutdown of every node.
+   */
+  async release(epoch: number, revision: number): Promise<void> {
+    await this.write({ holder: null, epoch }, revision);
   }
 }

@@ -108,6 +108,21 @@ describe('Restartpoint SDK on a real nats-server', () => {
     expect((await b.checkpoint(b.state)).checkpoint).toBe(5);
   });
 
+  it('clean restarts never reuse an epoch and each run resumes from the last acknowledged checkpoint', async () => {
+    const app = freshApp();
+    apps.push(app);
+    let last: { epoch: number; checkpoint: number } | undefined;
+    for (let run = 1; run <= 4; run++) {
+      const rp = await Restartpoint.start(opts<{ run: number }>(app, `n${run}`, { initialState: () => ({ run: 0 }) }));
+      expect(rp.resumedFrom).toEqual(last);
+      expect(rp.state).toEqual({ run: run - 1 });
+      if (last) expect(rp.epoch).toBeGreaterThan(last.epoch);
+      await rp.store.put(`run${run}`, 'x');
+      last = await rp.checkpoint({ run });
+      await rp.close();
+    }
+  });
+
   it('a deposed primary rejects checkpoints and writes with FencedError and emits demoted', async () => {
     const app = freshApp();
     apps.push(app);

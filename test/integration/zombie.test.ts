@@ -67,7 +67,7 @@ describe('zombie primary (SIGSTOP, takeover, SIGCONT)', () => {
       {
         kind: FrameKind.Seal,
         seq: 900_002,
-        body: encodeSeal({ writeFrames: 1, writeOps: 1, imageFrames: 0 }),
+        body: encodeSeal({ writeFrames: 1, writeOps: 1, imageFrames: 1 }),
       },
     ] as const;
     for (const f of frames) {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { crc32 } from 'node:zlib';
 import { FrameError } from '../../src/errors.js';
 import { FrameKind, PartAssembler, decodePart, encodeFrame, type Frame } from '../../src/protocol/frame.js';
 import {
@@ -77,7 +78,9 @@ describe('frame codec', () => {
     expect(reason(() => decodePart(magic, 'ledger'))).toBe('magic');
     const version = Buffer.from(good!);
     version[2] = 9;
-    expect(reason(() => decodePart(version, 'ledger'))).toBe('version');
+    expect(reason(() => decodePart(version, 'ledger'))).toBe('checksum'); // a flipped byte is corruption
+    version.writeUInt32BE(crc32(version.subarray(0, version.length - 4)), version.length - 4);
+    expect(reason(() => decodePart(version, 'ledger'))).toBe('version'); // a well-formed frame of another version
   });
 
   it('never throws anything but FrameError on arbitrary or mutated bytes', () => {

@@ -49,9 +49,13 @@ export async function readStatus(servers: string, app: string): Promise<StatusRe
     const kv = await new Kvm(nc).open(names.leaseBucket).catch(() => undefined);
     const e = await kv?.get(names.leaseKey).catch(() => null);
     if (e && e.operation === 'PUT') {
-      const v = e.json<{ holder: string; epoch: number }>();
-      report.leader = v.holder;
-      report.epoch = v.epoch;
+      try {
+        const v = e.json<{ holder: string | null; epoch: number }>();
+        report.leader = typeof v.holder === 'string' ? v.holder : null;
+        report.epoch = Number.isSafeInteger(v.epoch) ? v.epoch : null;
+      } catch {
+        // an unreadable lease value: report no leader rather than fail the whole command
+      }
     }
     // Walk back from the end to the newest seal (a few messages at most on a live app).
     for (
