@@ -62,6 +62,13 @@ export function batchBodyLength(
   return n;
 }
 
+/** Start of a batch body: its op count. */
+export function encodeBatchCount(count: number): Buffer {
+  const out = Buffer.allocUnsafe(4);
+  out.writeUInt32BE(count, 0);
+  return out;
+}
+
 /** Header of one op inside a batch: kind, key, and for a put the value length. */
 export function encodeBatchOp(keyBytes: Buffer, valueBytes: number | null): Buffer {
   const out = Buffer.allocUnsafe(1 + 2 + keyBytes.length + (valueBytes === null ? 0 : 4));

@@ -173,7 +173,7 @@ function keyedArrayDelta(
       result[`_${i}`] = [0, 0, 0];
       continue;
     }
-    if (!inOrder.has(x) && x % 2 === 0) result[`_${i}`] = ['', j, ARRAY_MOVE];
+    if (!inOrder.has(x)) result[`_${i}`] = ['', j, ARRAY_MOVE];
     putNested(result, j, a[i] as TreeNode, b[j] as TreeNode);
   }
   for (let j = head; j < end2; j++) {
@@ -407,7 +407,7 @@ function errorText(e: unknown): string {
  * that jsondiffpatch never meets a shape it would skip, misread, log, or turn into `undefined`.
  */
 function checkDelta(delta: unknown): asserts delta is ImageDelta {
-  const problem = deltaProblem(delta, '', 'root');
+  const problem = deltaProblem(delta);
   if (problem !== undefined) throw new ImageError(`image delta is malformed: ${problem}`);
 }
 
@@ -417,43 +417,40 @@ function checkDelta(delta: unknown): asserts delta is ImageDelta {
  */
 type Slot = 'root' | 'member' | 'item' | 'removed';
 
-function deltaProblem(delta: unknown, at: string, slot: Slot): string | undefined {
-  const where = at === '' ? '(root)' : at;
-  if (Array.isArray(delta)) {
-    if (slot === 'removed') {
-      if (delta.length !== 3) return `only removals and moves may sit at ${where}`;
-      if (delta[2] === 0) return undefined;
-      if (delta[2] === ARRAY_MOVE && Number.isSafeInteger(delta[1]) && (delta[1] as number) >= 0)
-        return undefined;
-      return `bad removal or move at ${where}`;
+/** What is wrong with a delta's structure, or undefined. Iterative: any depth. */
+function deltaProblem(root: unknown): string | undefined {
+  const pending: [unknown, string, Slot][] = [[root, '', 'root']];
+  while (pending.length > 0) {
+    const [delta, at, slot] = pending.pop() as [unknown, string, Slot];
+    const where = at === '' ? '(root)' : at;
+    if (Array.isArray(delta)) {
+      if (slot === 'removed') {
+        if (delta.length !== 3) return `only removals and moves may sit at ${where}`;
+        if (delta[2] === 0) continue;
+        if (delta[2] === ARRAY_MOVE && Number.isSafeInteger(delta[1]) && (delta[1] as number) >= 0) continue;
+        return `bad removal or move at ${where}`;
+      }
+      if (delta.length === 1 || delta.length === 2) continue;
+      // Deleting the root or an array item by its new index would leave `undefined` in the tree.
+      if (delta.length === 3 && delta[2] === 0 && slot === 'member') continue;
+      return `unsupported change ${JSON.stringify(delta.slice(1))} at ${where}`;
     }
-    if (delta.length === 1 || delta.length === 2) return undefined;
-    // Deleting the root or an array item by its new index would leave `undefined` in the tree.
-    if (delta.length === 3 && delta[2] === 0 && slot === 'member') return undefined;
-    return `unsupported change ${JSON.stringify(delta.slice(1))} at ${where}`;
-  }
-  if (typeof delta !== 'object' || delta === null)
-    return `${typeof delta} where a change belongs at ${where}`;
-  if (slot === 'removed') return `only removals and moves may sit at ${where}`;
-  const record = delta as Record<string, unknown>;
-  if (Object.hasOwn(record, '_t')) {
-    if (record._t !== 'a') return `unknown container marker at ${where}`;
+    if (typeof delta !== 'object' || delta === null)
+      return `${typeof delta} where a change belongs at ${where}`;
+    if (slot === 'removed') return `only removals and moves may sit at ${where}`;
+    const record = delta as Record<string, unknown>;
+    const isArrayDelta = Object.hasOwn(record, '_t');
+    if (isArrayDelta && record._t !== 'a') return `unknown container marker at ${where}`;
     for (const key of Object.keys(record)) {
-      if (key === '_t') continue;
-      if (!/^_?(?:0|[1-9]\d*)$/.test(key)) return `bad array index ${JSON.stringify(key)} at ${where}`;
-      const problem = deltaProblem(
-        record[key],
-        `${at}/${key}`,
-        key.charCodeAt(0) === 0x5f ? 'removed' : 'item',
-      );
-      if (problem !== undefined) return problem;
+      if (isArrayDelta) {
+        if (key === '_t') continue;
+        if (!/^_?(?:0|[1-9]\d*)$/.test(key)) return `bad array index ${JSON.stringify(key)} at ${where}`;
+        pending.push([record[key], `${at}/${key}`, key.charCodeAt(0) === 0x5f ? 'removed' : 'item']);
+      } else {
+        if (key === '__proto__') return `forbidden key __proto__ at ${where}`;
+        pending.push([record[key], `${at}/${key}`, 'member']);
+      }
     }
-    return undefined;
-  }
-  for (const key of Object.keys(record)) {
-    if (key === '__proto__') return `forbidden key __proto__ at ${where}`;
-    const problem = deltaProblem(record[key], `${at}/${key}`, 'member');
-    if (problem !== undefined) return problem;
   }
   return undefined;
 }

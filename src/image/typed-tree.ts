@@ -196,13 +196,10 @@ const INTL_CLASSES = classesOf(Intl);
 const WASM_CLASSES = classesOf((globalThis as { WebAssembly?: object }).WebAssembly);
 
 /**
- * Thrown inside the walks and caught by every enclosing frame, which adds its path segment;
- * the entry points turn it into a SerializationError or ImageError. Building the path while
- * unwinding keeps the hot path free of path bookkeeping.
+ * Thrown inside the walks; the walk adds the path from its frame stack and the entry point
+ * turns it into a SerializationError or ImageError.
  */
 class PathFault extends Error {
-  /** Path segments, innermost first. */
-  readonly segments: string[] = [];
   constructor(
     readonly reason: string,
     options?: ErrorOptions,
@@ -211,25 +208,8 @@ class PathFault extends Error {
   }
 }
 
-function isStackOverflow(e: unknown): boolean {
-  return e instanceof RangeError && /call stack/i.test(e.message);
-}
-
 function errorText(e: unknown): string {
   return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-}
-
-/** Adds `segment` to a fault unwinding through a frame; other errors become faults here. */
-function withSegment(e: unknown, segment: string, describe: (e: unknown) => string): PathFault {
-  const fault = e instanceof PathFault ? e : new PathFault(describe(e), { cause: e });
-  fault.segments.push(segment);
-  return fault;
-}
-
-function faultPath(fault: PathFault): string {
-  let path = ROOT;
-  for (let i = fault.segments.length - 1; i >= 0; i--) path += fault.segments[i];
-  return path;
 }
 
 /** Paths of deep values can be huge; messages show both ends, `error.path` keeps all of it. */
@@ -264,13 +244,12 @@ function mapValueSegment(key: unknown, entry: number): string {
   return described === undefined ? `<Map entry ${entry} value>` : `<Map key ${described}>`;
 }
 
+/** Turns whatever a walk threw into a fault: ours as is, anything else (a getter) described. */
+function toFault(e: unknown, describe: (e: unknown) => string): PathFault {
+  return e instanceof PathFault ? e : new PathFault(describe(e), { cause: e });
+}
+
 function describeThrownWhileReading(e: unknown): string {
-  if (isStackOverflow(e)) {
-    return (
-      'nests too deeply (the call stack ran out here): flatten long chains, for example keep ' +
-      'linked-list nodes in an array and link them by index'
-    );
-  }
   return (
     `threw while being read (${errorText(e)}): make it a plain data property, ` +
     'or keep it out of the state'
@@ -278,7 +257,7 @@ function describeThrownWhileReading(e: unknown): string {
 }
 
 function describeMalformed(e: unknown): string {
-  return isStackOverflow(e) ? 'nests too deeply to decode' : `is malformed (${errorText(e)})`;
+  return `is malformed (${errorText(e)})`;
 }
 
 function className(o: object): string {
@@ -386,27 +365,237 @@ function base64Of(buffer: ArrayBufferLike, byteOffset: number, byteLength: numbe
   return Buffer.from(buffer, byteOffset, byteLength).toString('base64');
 }
 
+/** What a frame of a walk is filling. */
+const Fill = {
+  Plain: 0,
+  Array: 1,
+  Sparse: 2,
+  Map: 3,
+  Set: 4,
+  Cause: 5,
+} as const;
+type Fill = (typeof Fill)[keyof typeof Fill];
+
+/**
+ * One container being filled by a walk. The walks are iterative (a stack of these, reused),
+ * so that nesting is limited by memory rather than by the call stack: node:v8 itself stops
+ * near 3000 levels, and a recursive walk would stop earlier still.
+ */
+class Frame {
+  fill: Fill = Fill.Plain;
+  /** The container read from. */
+  src: unknown = undefined;
+  /** The container written to (for a Map being decoded: the Map). */
+  out: unknown = undefined;
+  /** Own keys (plain objects, sparse arrays), or undefined. */
+  keys: string[] | undefined = undefined;
+  /** Next child to visit; the child being visited is the one before. */
+  next = 0;
+  end = 0;
+  /** Offset of the first item (1 when an array starts with its id marker). */
+  start = 0;
+  iterator: Iterator<unknown> | undefined = undefined;
+  /** Map and Set walks: whether the child being visited is a Map key (else a value). */
+  onKey = false;
+  /** Map walks: the current entry's key (source value or decoded key) and its pair node. */
+  key: unknown = undefined;
+  value: unknown = undefined;
+  pair: TreeNode[] | undefined = undefined;
+
+  set(fill: Fill, src: unknown, out: unknown, keys: string[] | undefined, end: number, start: number): void {
+    this.fill = fill;
+    this.src = src;
+    this.out = out;
+    this.keys = keys;
+    this.next = start;
+    this.end = end;
+    this.start = start;
+    this.iterator = undefined;
+    this.onKey = false;
+    this.key = undefined;
+    this.value = undefined;
+    this.pair = undefined;
+  }
+
+  /** The path segment of the child being visited (`.name`, `[3]`, `<Map key "x">`). */
+  segment(treeKeys: boolean): string {
+    const at = this.next - 1;
+    switch (this.fill) {
+      case Fill.Plain: {
+        const key = (this.keys as string[])[at] as string;
+        return propSegment(treeKeys ? unescapeKey(key) : key);
+      }
+      case Fill.Array:
+        return `[${at - this.start}]`;
+      case Fill.Sparse: {
+        if (this.keys !== undefined) return `[${this.keys[at] as string}]`;
+        const entry = (this.src as TreeNode[])[at];
+        return Array.isArray(entry) && typeof entry[0] === 'number'
+          ? `[${entry[0]}]`
+          : `<sparse entry ${at}>`;
+      }
+      case Fill.Map:
+        return this.onKey ? `<Map entry ${at} key>` : mapValueSegment(this.key, at);
+      case Fill.Set:
+        return `<Set entry ${at}>`;
+      default:
+        return '.cause';
+    }
+  }
+}
+
+/** A reusable stack of frames. */
+class FrameStack {
+  private readonly frames: Frame[] = [];
+  depth = 0;
+
+  /** @param treeKeys whether plain-object keys are tree keys (escaped) rather than source keys. */
+  constructor(private readonly treeKeys = false) {}
+
+  push(fill: Fill, src: unknown, out: unknown, keys: string[] | undefined, end: number, start = 0): void {
+    let frame = this.frames[this.depth];
+    if (frame === undefined) {
+      frame = new Frame();
+      this.frames.push(frame);
+    }
+    frame.set(fill, src, out, keys, end, start);
+    this.depth++;
+  }
+
+  top(): Frame {
+    return this.frames[this.depth - 1] as Frame;
+  }
+
+  /** The path from the root to the child being visited at the top. */
+  path(): string {
+    let path = ROOT;
+    for (let i = 0; i < this.depth; i++) path += (this.frames[i] as Frame).segment(this.treeKeys);
+    return path;
+  }
+
+  /** Lets go of the values held, so a walk that threw does not pin them. */
+  clear(): void {
+    for (const frame of this.frames) frame.set(Fill.Plain, undefined, undefined, undefined, 0, 0);
+    this.depth = 0;
+  }
+}
+
 /** One toTree walk: remembers every object it met so that shared ones get ids. */
 class Encoder {
   private readonly seen = new Map<object, TreeNode>();
-  /** Arrays met twice: their id markers go in front once the walk is over (see `finish`). */
+  /** Arrays met twice: their id markers go in front once the walk is over (see `run`). */
   private readonly arrayIds = new Map<TreeNode[], number>();
   private readonly keyedIds = new Set<string>();
+  private readonly stack = new FrameStack();
   private nextId = 1;
 
   /** @param hostObject an object node:v8 refused as a host object; reported where it is met. */
   constructor(private readonly hostObject?: object) {}
 
-  /** Encodes a whole value. */
+  /** Encodes a whole value; throws PathFault with `path` set on the way out. */
   run(value: unknown): TreeNode {
-    const root = this.encode(value);
-    // Inserting the markers only now lets arrays be filled by index while they are encoded
-    // (a self-reference found mid-array would otherwise shift the items still to come).
-    for (const [node, id] of this.arrayIds) node.unshift({ [TREE_TAG]: TreeTag.ArrayId, id });
-    return root;
+    const stack = this.stack;
+    try {
+      const root = this.enter(value);
+      while (stack.depth > 0) {
+        if (!this.step(stack.top())) stack.depth--;
+      }
+      // Inserting the markers only now lets arrays be filled by index while they are encoded.
+      for (const [node, id] of this.arrayIds) node.unshift({ [TREE_TAG]: TreeTag.ArrayId, id });
+      return root;
+    } catch (e) {
+      const fault = toFault(e, describeThrownWhileReading);
+      throw new WalkFault(stack.path(), fault);
+    } finally {
+      stack.clear();
+    }
   }
 
-  encode(v: unknown): TreeNode {
+  /**
+   * Visits children of `f` until one opens a frame of its own (true: go fill that first) or `f`
+   * is complete (false).
+   */
+  private step(f: Frame): boolean {
+    const stack = this.stack;
+    const depth = stack.depth;
+    switch (f.fill) {
+      case Fill.Plain: {
+        const src = f.src as Record<string, unknown>;
+        const out = f.out as TreeObject;
+        const keys = f.keys as string[];
+        while (f.next < f.end) {
+          const key = keys[f.next++] as string;
+          out[escapeKey(key)] = this.enter(src[key]);
+          if (stack.depth !== depth) return true;
+        }
+        return false;
+      }
+      case Fill.Array: {
+        const src = f.src as unknown[];
+        const out = f.out as TreeNode[];
+        while (f.next < f.end) {
+          const i = f.next++;
+          out[i] = this.enter(src[i]);
+          if (stack.depth !== depth) return true;
+        }
+        return false;
+      }
+      case Fill.Sparse: {
+        const src = f.src as unknown[];
+        const out = f.out as TreeNode[];
+        const keys = f.keys as string[];
+        while (f.next < f.end) {
+          const i = Number(keys[f.next++]);
+          out.push([i, this.enter(src[i])]);
+          if (stack.depth !== depth) return true;
+        }
+        return false;
+      }
+      case Fill.Map: {
+        const iterator = f.iterator as Iterator<[unknown, unknown]>;
+        const out = f.out as TreeNode[];
+        for (;;) {
+          if (f.onKey) {
+            // The key is done (a frame for it may just have closed); now the value.
+            f.onKey = false;
+            (f.pair as TreeNode[])[1] = this.enter(f.value);
+            if (stack.depth !== depth) return true;
+          }
+          const entry = iterator.next();
+          if (entry.done === true) return false;
+          f.next++;
+          f.key = entry.value[0];
+          f.value = entry.value[1];
+          f.onKey = true;
+          const pair: TreeNode[] = [null, null];
+          f.pair = pair;
+          out.push(pair);
+          pair[0] = this.enter(f.key);
+          if (stack.depth !== depth) return true;
+        }
+      }
+      case Fill.Set: {
+        const iterator = f.iterator as Iterator<unknown>;
+        const out = f.out as TreeNode[];
+        for (;;) {
+          const item = iterator.next();
+          if (item.done === true) return false;
+          f.next++;
+          out.push(this.enter(item.value));
+          if (stack.depth !== depth) return true;
+        }
+      }
+      default: {
+        if (f.next >= f.end) return false;
+        f.next++;
+        (f.out as TreeObject).c = this.enter(f.src);
+        return stack.depth !== depth;
+      }
+    }
+  }
+
+  /** The node for `v`; a container comes back empty with a frame pushed to fill it. */
+  private enter(v: unknown): TreeNode {
     switch (typeof v) {
       case 'string':
       case 'boolean':
@@ -497,14 +686,7 @@ class Encoder {
     const out: TreeObject = {};
     this.seen.set(o, out);
     const keys = Object.keys(o);
-    for (let i = 0; i < keys.length; i++) {
-      const key = keys[i] as string;
-      try {
-        out[escapeKey(key)] = this.encode((o as Record<string, unknown>)[key]);
-      } catch (e) {
-        throw withSegment(e, propSegment(key), describeThrownWhileReading);
-      }
-    }
+    if (keys.length > 0) this.stack.push(Fill.Plain, o, out, keys, keys.length);
     return out;
   }
 
@@ -518,13 +700,7 @@ class Encoder {
     // subclass instance for an Array subclass, hence the check.
     const out = (a.constructor === Array ? a.slice() : new Array<TreeNode>(length)) as TreeNode[];
     this.seen.set(a, out);
-    for (let i = 0; i < length; i++) {
-      try {
-        out[i] = this.encode(a[i]);
-      } catch (e) {
-        throw withSegment(e, `[${i}]`, describeThrownWhileReading);
-      }
-    }
+    if (length > 0) this.stack.push(Fill.Array, a, out, undefined, length);
     return out;
   }
 
@@ -532,15 +708,9 @@ class Encoder {
     const entries: TreeNode[] = [];
     const node: TreeObject = { [TREE_TAG]: TreeTag.Sparse, l: a.length, e: entries };
     this.seen.set(a, node);
-    for (const key of Object.keys(a)) {
-      if (!isArrayIndex(key)) continue; // extra named properties are not carried
-      const i = Number(key);
-      try {
-        entries.push([i, this.encode(a[i])]);
-      } catch (e) {
-        throw withSegment(e, `[${i}]`, describeThrownWhileReading);
-      }
-    }
+    // Extra named properties are not carried.
+    const indices = Object.keys(a).filter(isArrayIndex);
+    if (indices.length > 0) this.stack.push(Fill.Sparse, a, entries, indices, indices.length);
     return node;
   }
 
@@ -550,8 +720,9 @@ class Encoder {
       const t = dateGetTime.call(o);
       return this.leaf(o, { [TREE_TAG]: TreeTag.Date, v: Number.isNaN(t) ? null : t });
     }
-    if (types.isMap(o)) return this.map(o as Map<unknown, unknown>);
-    if (types.isSet(o)) return this.set(o as Set<unknown>);
+    if (types.isMap(o))
+      return this.collection(o, TreeTag.Map, Fill.Map, (o as Map<unknown, unknown>).entries());
+    if (types.isSet(o)) return this.collection(o, TreeTag.Set, Fill.Set, (o as Set<unknown>).values());
     if (ArrayBuffer.isView(o)) return this.view(o);
     if (types.isRegExp(o)) {
       return this.leaf(o, {
@@ -563,7 +734,7 @@ class Encoder {
     if (types.isArrayBuffer(o)) return this.arrayBuffer(o as ArrayBuffer);
     if (types.isNativeError(o)) return this.error(o as Error);
     if (types.isBoxedPrimitive(o) && !types.isSymbolObject(o)) {
-      return this.leaf(o, { [TREE_TAG]: TreeTag.Boxed, v: this.encode(unbox(o)) });
+      return this.leaf(o, { [TREE_TAG]: TreeTag.Boxed, v: this.enter(unbox(o)) });
     }
     const refused = refusal(o);
     if (refused !== undefined) throw new PathFault(refused);
@@ -575,41 +746,12 @@ class Encoder {
     return node;
   }
 
-  private map(m: Map<unknown, unknown>): TreeObject {
+  private collection(o: object, tag: TreeTag, fill: Fill, iterator: Iterator<unknown>): TreeObject {
     const entries: TreeNode[] = [];
-    const node: TreeObject = { [TREE_TAG]: TreeTag.Map, e: entries };
-    this.seen.set(m, node);
-    let i = 0;
-    for (const [key, value] of m) {
-      let k: TreeNode;
-      try {
-        k = this.encode(key);
-      } catch (e) {
-        throw withSegment(e, `<Map entry ${i} key>`, describeThrownWhileReading);
-      }
-      try {
-        entries.push([k, this.encode(value)]);
-      } catch (e) {
-        throw withSegment(e, mapValueSegment(key, i), describeThrownWhileReading);
-      }
-      i++;
-    }
-    return node;
-  }
-
-  private set(s: Set<unknown>): TreeObject {
-    const entries: TreeNode[] = [];
-    const node: TreeObject = { [TREE_TAG]: TreeTag.Set, e: entries };
-    this.seen.set(s, node);
-    let i = 0;
-    for (const value of s) {
-      try {
-        entries.push(this.encode(value));
-      } catch (e) {
-        throw withSegment(e, `<Set entry ${i}>`, describeThrownWhileReading);
-      }
-      i++;
-    }
+    const node: TreeObject = { [TREE_TAG]: tag, e: entries };
+    this.seen.set(o, node);
+    this.stack.push(fill, o, entries, undefined, 0);
+    this.stack.top().iterator = iterator;
     return node;
   }
 
@@ -647,25 +789,25 @@ class Encoder {
   private error(err: Error): TreeObject {
     const node: TreeObject = { [TREE_TAG]: TreeTag.Error, n: 'Error' };
     this.seen.set(err, node);
-    try {
-      const name: unknown = err.name;
-      if (typeof name === 'string' && ERROR_CTORS.has(name)) node.n = name;
-      const message = Object.getOwnPropertyDescriptor(err, 'message');
-      if (message !== undefined && 'value' in message) node.m = String(message.value);
-      const stack: unknown = err.stack;
-      if (typeof stack === 'string') node.s = stack;
-    } catch (e) {
-      throw withSegment(e, '', describeThrownWhileReading);
-    }
+    const name: unknown = err.name;
+    if (typeof name === 'string' && ERROR_CTORS.has(name)) node.n = name;
+    const message = Object.getOwnPropertyDescriptor(err, 'message');
+    if (message !== undefined && 'value' in message) node.m = String(message.value);
+    const stack: unknown = err.stack;
+    if (typeof stack === 'string') node.s = stack;
     const cause = Object.getOwnPropertyDescriptor(err, 'cause');
-    if (cause !== undefined && 'value' in cause) {
-      try {
-        node.c = this.encode(cause.value);
-      } catch (e) {
-        throw withSegment(e, '.cause', describeThrownWhileReading);
-      }
-    }
+    if (cause !== undefined && 'value' in cause) this.stack.push(Fill.Cause, cause.value, node, undefined, 1);
     return node;
+  }
+}
+
+/** A fault with the path where it happened. */
+class WalkFault extends Error {
+  constructor(
+    readonly path: string,
+    readonly fault: PathFault,
+  ) {
+    super(fault.reason);
   }
 }
 
@@ -737,9 +879,8 @@ function encodeTree(value: unknown, hostObject: object | undefined): TreeNode {
   try {
     return new Encoder(hostObject).run(value);
   } catch (e) {
-    const fault = e instanceof PathFault ? e : withSegment(e, '', describeThrownWhileReading);
-    const path = faultPath(fault);
-    throw new SerializationError(path, `${shortPath(path)} ${fault.reason}`, { cause: fault.cause });
+    if (!(e instanceof WalkFault)) throw e;
+    throw new SerializationError(e.path, `${shortPath(e.path)} ${e.fault.reason}`, { cause: e.fault.cause });
   }
 }
 
@@ -764,10 +905,115 @@ export function findUnserializable(value: unknown, hostObject?: object): Seriali
 class Decoder {
   private readonly byId = new Map<RefId, object>();
   private definitions: Map<RefId, TreeNode> | undefined;
+  private readonly stack = new FrameStack(true);
 
   constructor(private readonly root: TreeNode) {}
 
-  decode(n: TreeNode): unknown {
+  /** Decodes the whole tree; throws WalkFault on a malformed node. */
+  run(): unknown {
+    const stack = this.stack;
+    try {
+      const value = this.enter(this.root);
+      while (stack.depth > 0) {
+        if (!this.step(stack.top())) stack.depth--;
+      }
+      return value;
+    } catch (e) {
+      throw new WalkFault(stack.path(), toFault(e, describeMalformed));
+    } finally {
+      stack.clear();
+    }
+  }
+
+  /** As Encoder.step: visits children until one opens a frame (true) or `f` is done (false). */
+  private step(f: Frame): boolean {
+    const stack = this.stack;
+    const depth = stack.depth;
+    switch (f.fill) {
+      case Fill.Plain: {
+        const src = f.src as TreeObject;
+        const out = f.out as Record<string, unknown>;
+        const keys = f.keys as string[];
+        while (f.next < f.end) {
+          const k = keys[f.next++] as string;
+          const value = this.enter(src[k] as TreeNode);
+          const key = unescapeKey(k);
+          if (key === '__proto__') {
+            Object.defineProperty(out, key, { value, writable: true, enumerable: true, configurable: true });
+          } else {
+            out[key] = value;
+          }
+          if (stack.depth !== depth) return true;
+        }
+        return false;
+      }
+      case Fill.Array: {
+        const src = f.src as TreeNode[];
+        const out = f.out as unknown[];
+        const start = f.start;
+        while (f.next < f.end) {
+          const i = f.next++;
+          out[i - start] = this.enter(src[i] as TreeNode);
+          if (stack.depth !== depth) return true;
+        }
+        return false;
+      }
+      case Fill.Sparse: {
+        const src = f.src as TreeNode[];
+        const out = f.out as unknown[];
+        while (f.next < f.end) {
+          const entry = src[f.next++];
+          if (!Array.isArray(entry) || entry.length !== 2)
+            throw new PathFault('is not an [index, value] pair');
+          const index = entry[0];
+          if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index >= out.length) {
+            throw new PathFault(`has a bad index ${JSON.stringify(index)}`);
+          }
+          out[index] = this.enter(entry[1] as TreeNode);
+          if (stack.depth !== depth) return true;
+        }
+        return false;
+      }
+      case Fill.Map: {
+        const src = f.src as TreeNode[];
+        const out = f.out as Map<unknown, unknown>;
+        for (;;) {
+          if (f.onKey) {
+            // The key is done (a frame for it may just have closed); now the value.
+            f.onKey = false;
+            out.set(f.key, this.enter((f.pair as TreeNode[])[1] as TreeNode));
+            if (stack.depth !== depth) return true;
+          }
+          if (f.next >= f.end) return false;
+          const pair = src[f.next++];
+          f.onKey = true;
+          if (!Array.isArray(pair) || pair.length !== 2) throw new PathFault('is not a [key, value] pair');
+          f.pair = pair;
+          f.key = undefined;
+          f.key = this.enter(pair[0] as TreeNode);
+          if (stack.depth !== depth) return true;
+        }
+      }
+      case Fill.Set: {
+        const src = f.src as TreeNode[];
+        const out = f.out as Set<unknown>;
+        while (f.next < f.end) {
+          out.add(this.enter(src[f.next++] as TreeNode));
+          if (stack.depth !== depth) return true;
+        }
+        return false;
+      }
+      default: {
+        if (f.next >= f.end) return false;
+        f.next++;
+        defineHidden(f.out as object, 'cause', this.enter(f.src as TreeNode));
+        return stack.depth !== depth;
+      }
+    }
+  }
+
+  /** The value for node `n`; a container comes back empty with a frame pushed to fill it. */
+  private enter(n: TreeNode): unknown {
     switch (typeof n) {
       case 'string':
       case 'number':
@@ -795,9 +1041,9 @@ class Decoder {
       case TreeTag.Ref:
         return this.ref(checkId(n.id));
       case TreeTag.Map:
-        return this.map(n);
+        return this.collection(n, new Map(), Fill.Map);
       case TreeTag.Set:
-        return this.set(n);
+        return this.collection(n, new Set(), Fill.Set);
       case TreeTag.Date:
         return this.leaf(n, () => {
           const time = n.v;
@@ -817,7 +1063,12 @@ class Decoder {
         return this.leaf(n, () => decodeArrayBuffer(n));
       case TreeTag.Boxed:
         return this.leaf(n, () => {
-          const primitive = this.decode(n.v);
+          const v = n.v;
+          // Only primitives box; their nodes never open a frame.
+          if (typeof v === 'object' && v !== null && (Array.isArray(v) || !isPrimitiveTag(v[TREE_TAG]))) {
+            throw new PathFault('is a boxed value that is not a number, string, boolean or BigInt');
+          }
+          const primitive = this.enter(v);
           const t = typeof primitive;
           if (t !== 'number' && t !== 'string' && t !== 'boolean' && t !== 'bigint') {
             throw new PathFault('is a boxed value that is not a number, string, boolean or BigInt');
@@ -861,22 +1112,8 @@ class Decoder {
     const out: Record<string, unknown> = {};
     if (id !== undefined) this.byId.set(id, out);
     const keys = Object.keys(n);
-    for (let i = 0; i < keys.length; i++) {
-      const k = keys[i] as string;
-      if (k === TREE_TAG) continue;
-      const key = unescapeKey(k);
-      let value: unknown;
-      try {
-        value = this.decode(n[k] as TreeNode);
-      } catch (e) {
-        throw withSegment(e, propSegment(key), describeMalformed);
-      }
-      if (key === '__proto__') {
-        Object.defineProperty(out, key, { value, writable: true, enumerable: true, configurable: true });
-      } else {
-        out[key] = value;
-      }
-    }
+    if (id !== undefined) keys.splice(keys.indexOf(TREE_TAG), 1);
+    if (keys.length > 0) this.stack.push(Fill.Plain, n, out, keys, keys.length);
     return out;
   }
 
@@ -890,13 +1127,7 @@ class Decoder {
     // An exactly sized packed copy, overwritten in place (see Encoder.array).
     const out: unknown[] = (n.constructor === Array ? n : Array.from(n)).slice(start);
     if (start === 1) this.byId.set((first as TreeObject).id as RefId, out);
-    for (let i = start; i < n.length; i++) {
-      try {
-        out[i - start] = this.decode(n[i] as TreeNode);
-      } catch (e) {
-        throw withSegment(e, `[${i - start}]`, describeMalformed);
-      }
-    }
+    if (n.length > start) this.stack.push(Fill.Array, n, out, undefined, n.length, start);
     return out;
   }
 
@@ -911,62 +1142,18 @@ class Decoder {
     if (!Array.isArray(entries)) throw new PathFault('is a sparse array node without entries');
     const out: unknown[] = new Array<unknown>(length);
     this.register(n.id, out);
-    for (const entry of entries) {
-      if (!Array.isArray(entry) || entry.length !== 2) throw new PathFault('has a malformed sparse entry');
-      const index = entry[0];
-      if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index >= length) {
-        throw new PathFault('has a sparse entry with a bad index');
-      }
-      try {
-        out[index] = this.decode(entry[1] as TreeNode);
-      } catch (e) {
-        throw withSegment(e, `[${index}]`, describeMalformed);
-      }
-    }
+    if (entries.length > 0) this.stack.push(Fill.Sparse, entries, out, undefined, entries.length);
     return out;
   }
 
-  private map(n: TreeObject): object {
+  private collection(n: TreeObject, out: Map<unknown, unknown> | Set<unknown>, fill: Fill): object {
     const prior = this.existing(n);
     if (prior !== undefined) return prior;
     const entries = n.e;
-    if (!Array.isArray(entries)) throw new PathFault('is a Map node without entries');
-    const out = new Map<unknown, unknown>();
+    if (!Array.isArray(entries))
+      throw new PathFault(`is a ${n[TREE_TAG] === TreeTag.Map ? 'Map' : 'Set'} node without entries`);
     this.register(n.id, out);
-    for (let i = 0; i < entries.length; i++) {
-      const entry = entries[i];
-      if (!Array.isArray(entry) || entry.length !== 2) {
-        throw withSegment(new PathFault('is not a [key, value] pair'), `<Map entry ${i}>`, describeMalformed);
-      }
-      let key: unknown;
-      try {
-        key = this.decode(entry[0] as TreeNode);
-      } catch (e) {
-        throw withSegment(e, `<Map entry ${i} key>`, describeMalformed);
-      }
-      try {
-        out.set(key, this.decode(entry[1] as TreeNode));
-      } catch (e) {
-        throw withSegment(e, mapValueSegment(key, i), describeMalformed);
-      }
-    }
-    return out;
-  }
-
-  private set(n: TreeObject): object {
-    const prior = this.existing(n);
-    if (prior !== undefined) return prior;
-    const entries = n.e;
-    if (!Array.isArray(entries)) throw new PathFault('is a Set node without entries');
-    const out = new Set<unknown>();
-    this.register(n.id, out);
-    for (let i = 0; i < entries.length; i++) {
-      try {
-        out.add(this.decode(entries[i] as TreeNode));
-      } catch (e) {
-        throw withSegment(e, `<Set entry ${i}>`, describeMalformed);
-      }
-    }
+    if (entries.length > 0) this.stack.push(fill, entries, out, undefined, entries.length);
     return out;
   }
 
@@ -983,13 +1170,7 @@ class Decoder {
     if (n.m !== undefined) defineHidden(err, 'message', n.m);
     defineHidden(err, 'stack', n.s);
     this.register(n.id, err);
-    if (hasOwn(n, 'c')) {
-      try {
-        defineHidden(err, 'cause', this.decode(n.c as TreeNode));
-      } catch (e) {
-        throw withSegment(e, '.cause', describeMalformed);
-      }
-    }
+    if (hasOwn(n, 'c')) this.stack.push(Fill.Cause, n.c, err, undefined, 1);
     return err;
   }
 
@@ -997,18 +1178,25 @@ class Decoder {
     const value = this.byId.get(id);
     if (value !== undefined) return value;
     // The definition comes later in walk order: a tree toTree made never does this, but a tree
-    // patched by hand might. Index every definition once and decode this one now; when the walk
-    // reaches it, `existing` hands back the same object.
+    // edited by other means might. Index every definition once and enter this one now (its
+    // object exists at once; a frame fills it); when the walk reaches it, `existing` hands back
+    // the same object.
     this.definitions ??= indexDefinitions(this.root);
     const definition = this.definitions.get(id);
-    if (definition === undefined)
+    if (definition === undefined) {
       throw new PathFault(`refers to id ${JSON.stringify(id)}, which no node defines`);
-    const decoded = this.decode(definition);
-    if (typeof decoded !== 'object' || decoded === null) {
+    }
+    const entered = this.enter(definition);
+    if (typeof entered !== 'object' || entered === null) {
       throw new PathFault(`refers to id ${JSON.stringify(id)}, which is not an object`);
     }
-    return decoded;
+    return entered;
   }
+}
+
+/** Tags whose node is a primitive value (the only ones a boxed node may hold). */
+function isPrimitiveTag(tag: TreeNode | undefined): boolean {
+  return tag === TreeTag.Number || tag === TreeTag.BigInt;
 }
 
 function defineHidden(target: object, key: string, value: unknown): void {
@@ -1121,61 +1309,99 @@ function indexDefinitions(root: TreeNode): Map<RefId, TreeNode> {
  */
 export function fromTree(node: TreeNode): unknown {
   try {
-    return new Decoder(node).decode(node);
+    return new Decoder(node).run();
   } catch (e) {
-    const fault = e instanceof PathFault ? e : withSegment(e, '', describeMalformed);
-    const path = faultPath(fault);
-    throw new ImageError(`image tree is malformed: ${shortPath(path)} ${fault.reason}`, {
-      cause: fault.cause,
+    if (!(e instanceof WalkFault)) throw e;
+    throw new ImageError(`image tree is malformed: ${shortPath(e.path)} ${e.fault.reason}`, {
+      cause: e.fault.cause,
     });
   }
 }
 
 /**
  * A deep copy of a typed tree, sharing nothing with it. Trees are plain JSON without shared
- * nodes, which makes this several times faster than structuredClone.
+ * nodes, which makes this several times faster than structuredClone. Iterative: any depth.
  */
 export function cloneTree(node: TreeNode): TreeNode {
   if (typeof node !== 'object' || node === null) return node;
-  if (Array.isArray(node)) {
-    const out = node.slice();
-    for (let i = 0; i < out.length; i++) out[i] = cloneTree(out[i] as TreeNode);
-    return out;
+  const root = shallowCopy(node);
+  // Copies whose children still point into the original.
+  const pending: (TreeNode[] | TreeObject)[] = [root];
+  while (pending.length > 0) {
+    const copy = pending.pop() as TreeNode[] | TreeObject;
+    if (Array.isArray(copy)) {
+      for (let i = 0; i < copy.length; i++) {
+        const child = copy[i] as TreeNode;
+        if (typeof child === 'object' && child !== null) pending.push((copy[i] = shallowCopy(child)));
+      }
+    } else {
+      const keys = Object.keys(copy);
+      for (let i = 0; i < keys.length; i++) {
+        const key = keys[i] as string;
+        const child = copy[key] as TreeNode;
+        if (typeof child === 'object' && child !== null) pending.push((copy[key] = shallowCopy(child)));
+      }
+    }
   }
+  return root;
+}
+
+function shallowCopy(node: TreeNode[] | TreeObject): TreeNode[] | TreeObject {
+  if (Array.isArray(node)) return node.slice();
   const out: TreeObject = {};
   const keys = Object.keys(node);
   for (let i = 0; i < keys.length; i++) {
     const key = keys[i] as string;
-    const value = cloneTree(node[key] as TreeNode);
     // A tree parsed from JSON may hold an own "__proto__": keep it a member, never a prototype.
     if (key === '__proto__') {
-      Object.defineProperty(out, key, { value, writable: true, enumerable: true, configurable: true });
+      Object.defineProperty(out, key, {
+        value: node[key],
+        writable: true,
+        enumerable: true,
+        configurable: true,
+      });
     } else {
-      out[key] = value;
+      out[key] = node[key] as TreeNode;
     }
   }
   return out;
 }
 
 /**
- * Whether two typed trees are equal (same JSON, key order included). Stops at the first
- * difference.
+ * Whether two typed trees are equal: same JSON, key order included. Stops at the first
+ * difference. Iterative: any depth.
  */
 export function treesEqual(a: TreeNode, b: TreeNode): boolean {
-  if (a === b) return true;
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
-  if (Array.isArray(a)) {
-    if (!Array.isArray(b) || a.length !== b.length) return false;
-    for (let i = 0; i < a.length; i++) if (!treesEqual(a[i] as TreeNode, b[i] as TreeNode)) return false;
-    return true;
-  }
-  if (Array.isArray(b)) return false;
-  const keys = Object.keys(a);
-  const otherKeys = Object.keys(b);
-  if (keys.length !== otherKeys.length) return false;
-  for (let i = 0; i < keys.length; i++) {
-    const key = keys[i] as string;
-    if (key !== otherKeys[i] || !treesEqual(a[key] as TreeNode, b[key] as TreeNode)) return false;
+  const pending: TreeNode[] = [a, b];
+  while (pending.length > 0) {
+    const y = pending.pop() as TreeNode;
+    const x = pending.pop() as TreeNode;
+    if (x === y) continue;
+    if (typeof x !== 'object' || typeof y !== 'object' || x === null || y === null) return false;
+    if (Array.isArray(x)) {
+      if (!Array.isArray(y) || x.length !== y.length) return false;
+      for (let i = x.length - 1; i >= 0; i--) {
+        const xi = x[i] as TreeNode;
+        const yi = y[i] as TreeNode;
+        if (xi === yi) continue;
+        if (typeof xi !== 'object' || xi === null) return false;
+        pending.push(xi, yi);
+      }
+      continue;
+    }
+    if (Array.isArray(y)) return false;
+    const keys = Object.keys(x);
+    const otherKeys = Object.keys(y);
+    if (keys.length !== otherKeys.length) return false;
+    for (let i = keys.length - 1; i >= 0; i--) {
+      const key = keys[i] as string;
+      if (key !== otherKeys[i]) return false;
+      const xk = x[key] as TreeNode;
+      const yk = y[key] as TreeNode;
+      if (xk === yk) continue;
+      if (typeof xk !== 'object' || xk === null) return false;
+      pending.push(xk, yk);
+    }
   }
   return true;
 }

@@ -52,6 +52,13 @@ export interface ReplicatorOptions {
   readonly fencedError: () => FencedError;
 }
 
+type QueueItem =
+  | { readonly kind: 'write'; readonly op: WriteOp; resolve(): void; reject(err: unknown): void }
+  | { readonly kind: 'mark'; run(): void };
+
+/** Most ops handed to the store in one `apply` call. */
+const MAX_APPLY_OPS = 1000;
+
 interface Pending {
   readonly frame: Frame;
   ack: Promise<unknown>;
@@ -74,10 +81,13 @@ export class Replicator {
   /** Frames not yet acked. */
   readonly #pending = new Set<Pending>();
   /**
-   * Every write and every seal passes through this one chain, in call order: a checkpoint
-   * seals exactly the writes called before it, whatever the app awaits or not.
+   * Every write and every seal passes through this one queue, in call order: a checkpoint
+   * seals exactly the writes called before it, whatever the app awaits or not. Writes queued
+   * together reach the store in one `adapter.apply` call when the adapter has it (a Redis
+   * pipeline, a multi-row insert), so an app that does not await each put gets group commits.
    */
-  #chain: Promise<unknown> = Promise.resolve();
+  readonly #queue: QueueItem[] = [];
+  #draining: Promise<void> | undefined;
   #stopped: RestartpointError | undefined;
   lastStats: CheckpointStats | undefined;
 
@@ -107,22 +117,92 @@ export class Replicator {
   /**
    * Queues a write: applied to the local store in call order, then batched for the relay.
    * Resolves when the local store has it (not the relay: only `checkpoint()` waits for that).
-   * A write the local store refuses is not replicated.
+   * A write the local store refuses is rejected and not replicated.
    */
   write(op: WriteOp): Promise<void> {
     if (this.#stopped) return Promise.reject(this.#stopped);
-    const adapter = this.#o.adapter;
-    const applied = this.#chain.then(async () => {
-      await (op.op === 'put' ? adapter.put(op.key, op.value) : adapter.delete(op.key));
-      if (this.#stopped) throw this.#stopped;
-      this.#batch.push(op);
-      this.#batchBytes += encodedOpSize(op);
-      this.#openWriteOps++;
-      if (this.#batchBytes >= this.#o.batchBytes) this.#flush();
-      else this.#flushTimer ??= setTimeout(() => this.#flush(), 5);
-    });
-    this.#chain = applied.catch(() => undefined);
+    const applied = new Promise<void>((resolve, reject) => this.#queue.push({ kind: 'write', op, resolve, reject }));
+    this.#kick();
     return applied.then(() => this.#o.publisher.ready());
+  }
+
+  /** Runs `run` after every write queued before it reached the store; resolves with its result. */
+  #mark<T>(run: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#queue.push({
+        kind: 'mark',
+        run: () => {
+          try {
+            resolve(run());
+          } catch (err) {
+            reject(err);
+          }
+        },
+      });
+      this.#kick();
+    });
+  }
+
+  #kick(): void {
+    this.#draining ??= this.#drain().finally(() => {
+      this.#draining = undefined;
+      if (this.#queue.length > 0) this.#kick();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0]!;
+      if (head.kind === 'mark') {
+        this.#queue.shift();
+        head.run();
+        continue;
+      }
+      let n = 0;
+      while (n < this.#queue.length && n < MAX_APPLY_OPS && this.#queue[n]!.kind === 'write') n++;
+      const group = this.#queue.splice(0, n) as Extract<QueueItem, { kind: 'write' }>[];
+      const ok = await this.#applyLocally(group.map((g) => g.op));
+      for (let i = 0; i < group.length; i++) {
+        const g = group[i]!;
+        const err = this.#stopped ?? ok[i];
+        if (err !== undefined) {
+          g.reject(err);
+          continue;
+        }
+        this.#batch.push(g.op);
+        this.#batchBytes += encodedOpSize(g.op);
+        this.#openWriteOps++;
+        if (this.#batchBytes >= this.#o.batchBytes) this.#flush();
+        g.resolve();
+      }
+      if (this.#batch.length > 0) this.#flushTimer ??= setTimeout(() => this.#flush(), 5);
+    }
+  }
+
+  /**
+   * Applies ops to the local store in order; returns, per op, `undefined` or the error that
+   * refused it. A failed group call is retried op by op, so each op gets its own answer.
+   */
+  async #applyLocally(ops: WriteOp[]): Promise<(unknown | undefined)[]> {
+    const adapter = this.#o.adapter;
+    if (adapter.apply && ops.length > 1) {
+      try {
+        await adapter.apply(ops);
+        return new Array<undefined>(ops.length);
+      } catch {
+        // fall through: find out which op the store refuses
+      }
+    }
+    const out: (unknown | undefined)[] = [];
+    for (const op of ops) {
+      try {
+        await (op.op === 'put' ? adapter.put(op.key, op.value) : adapter.delete(op.key));
+        out.push(undefined);
+      } catch (err) {
+        out.push(err);
+      }
+    }
+    return out;
   }
 
   /** Publishes the open batch as one write frame of the open checkpoint. */
@@ -182,7 +262,7 @@ export class Replicator {
     }
     image.advance();
     this.#next = n + 1;
-    const sealed = this.#chain.then(() => {
+    const sealed = this.#mark(() => {
       if (this.#stopped) throw this.#stopped;
       this.#flush();
       const counts = { writeFrames: this.#openWriteFrames, writeOps: this.#openWriteOps, imageFrames: 1 };
@@ -202,7 +282,6 @@ export class Replicator {
       this.#openWriteOps = 0;
       return { counts, acks: [...this.#pending].map((p) => p.ack) };
     });
-    this.#chain = sealed.catch(() => undefined);
     return sealed.then(async ({ counts, acks }) => {
       try {
         await Promise.all(acks);
@@ -234,7 +313,7 @@ export class Replicator {
    * frame sent has been acknowledged or has failed. Never rejects.
    */
   async drain(): Promise<void> {
-    await this.#chain;
+    await this.#mark(() => undefined);
     await Promise.allSettled([...this.#pending].map((p) => p.ack));
   }
 }

@@ -8,8 +8,12 @@ import { APP_NAME_PATTERN } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsOptions } from '../transport/connection.js';
 
-/** Standby modes. `snapshot` arrives with the adapters issue. */
-export const Mode = { DelayWrite: 'delay-write' } as const;
+/**
+ * Standby modes. `delay-write`: the standby stages writes and commits each checkpoint at its
+ * seal (its store never holds unsealed data). `snapshot`: the standby writes as frames arrive
+ * into version areas and the seal forms a snapshot (needs an adapter with `capabilities.snapshot`).
+ */
+export const Mode = { DelayWrite: 'delay-write', Snapshot: 'snapshot' } as const;
 export type Mode = (typeof Mode)[keyof typeof Mode];
 
 /** Options of `Restartpoint.start()`. */
@@ -23,7 +27,7 @@ export interface StartOptions<S> {
   /** This node's store. */
   storage: StorageAdapter;
   /** Standby mode. Default `'delay-write'`. */
-  mode?: 'delay-write';
+  mode?: Mode;
   /** The state of a fresh app (no checkpoint yet). Default: `() => ({})`. */
   initialState?: () => S;
   /** Lease time-to-live in ms: a standby takes over after this long without renewal. Default 2000. */
@@ -156,11 +160,19 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     }
   }
   const mode = opts.mode ?? Mode.DelayWrite;
-  if ((mode as string) === 'snapshot') {
-    throw new ConfigError('mode', `'snapshot' is not available in this release yet; use 'delay-write'`);
+  if (mode !== Mode.DelayWrite && mode !== Mode.Snapshot) {
+    throw new ConfigError('mode', `must be 'delay-write' or 'snapshot', got ${show(mode)}`);
   }
-  if (mode !== Mode.DelayWrite) {
-    throw new ConfigError('mode', `must be 'delay-write', got ${show(mode)}`);
+  if (mode === Mode.Snapshot) {
+    const missing = (['writeArea', 'formSnapshot', 'releaseAreas'] as const).filter(
+      (m) => typeof storage[m] !== 'function',
+    );
+    if (!storage.capabilities?.snapshot || missing.length > 0) {
+      throw new ConfigError(
+        'mode',
+        `'snapshot' needs an adapter with the snapshot capability; the ${storage.kind} adapter has none${missing.length ? ` (no ${missing.join(', ')})` : ''}: use mode 'delay-write'`,
+      );
+    }
   }
   const initialState = opts.initialState ?? ((() => ({})) as () => S);
   if (typeof initialState !== 'function') {

@@ -165,6 +165,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         names,
         app: o.app,
         adapter: o.storage,
+        mode: o.mode,
         onReject: (err, seq) =>
           o.log({
             level: 'warn',

@@ -8,7 +8,7 @@ import type { AppNames } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
 import { StreamReader } from '../transport/consumer.js';
-import { Applier, type ApplierOptions } from './applier.js';
+import { Applier, type ApplierOptions, type ApplyMode } from './applier.js';
 
 /** Options of a standby run. */
 export interface StandbyOptions {
@@ -16,6 +16,7 @@ export interface StandbyOptions {
   readonly names: AppNames;
   readonly app: string;
   readonly adapter: StorageAdapter;
+  readonly mode: ApplyMode;
   readonly onReject?: ApplierOptions['onReject'];
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
@@ -37,6 +38,7 @@ export class StandbyRunner {
       app: opts.app,
       adapter: opts.adapter,
       images: this.images,
+      mode: opts.mode,
       onReject: opts.onReject,
       onCommit: opts.onCommit,
       onFence: opts.onFence,

@@ -22,10 +22,42 @@ export type WriteOp =
 export interface AdapterCapabilities {
   /** Committed data survives a process crash (file, redis with persistence, postgres). */
   readonly durable: boolean;
+  /** The adapter implements `SnapshotStore` (mode `'snapshot'`). */
+  readonly snapshot?: boolean;
+}
+
+/**
+ * Snapshot mode (seed claims 20–23), an optional capability: the standby writes each
+ * checkpoint's writes as they arrive into a **version area** of that checkpoint, invisible to
+ * `get` / `keys`, never overwriting the data of a formed snapshot (redirect-on-write). A seal
+ * **forms** the snapshot; a takeover **releases** the areas written after the last snapshot.
+ *
+ * Visible content (what `get` / `keys` return) is always exactly the last formed snapshot, plus
+ * direct `put` / `delete` calls (which only a primary makes, and a primary has no areas).
+ */
+export interface SnapshotStore {
+  /**
+   * Writes `ops` into the version area of checkpoint `area`, after what earlier calls wrote
+   * there (later ops on the same key win). `area` is above the last formed snapshot. Invisible
+   * until `formSnapshot(area)`. Not required to be durable before `formSnapshot` resolves.
+   */
+  writeArea(area: number, ops: readonly WriteOp[]): Promise<void>;
+  /**
+   * Forms the snapshot of checkpoint `area`, atomically and (when durable) durably: visible
+   * content becomes the previous snapshot with the area's writes applied, and the meta becomes
+   * `meta`. Every area below `area` was formed before. Forming an area with no writes is valid
+   * (only the meta changes). Old versions no newer snapshot needs are reclaimed.
+   */
+  formSnapshot(area: number, meta: Uint8Array): Promise<void>;
+  /**
+   * Releases every area above the last formed snapshot (the rollback on takeover): afterwards
+   * the store is exactly the last snapshot. Idempotent. `clear()` also drops every area.
+   */
+  releaseAreas(): Promise<void>;
 }
 
 /** The storage adapter contract. */
-export interface StorageAdapter {
+export interface StorageAdapter extends Partial<SnapshotStore> {
   /** Short adapter name, like `memory` or `file`, used in logs and the drill. */
   readonly kind: string;
   /** Optional capabilities. */
@@ -41,6 +73,13 @@ export interface StorageAdapter {
   put(key: string, value: Uint8Array): Promise<void>;
   /** Removes `key` (primary path). Deleting a missing key is not an error. */
   delete(key: string): Promise<void>;
+  /**
+   * Optional, primary path: applies `ops` in order, like the same `put` / `delete` calls one
+   * after the other, in one round trip where the store allows (a pipeline, a multi-row
+   * statement). Not atomic, not necessarily durable. The primary uses it to group writes the
+   * app did not await one by one; without it, the ops go through `put` / `delete`.
+   */
+  apply?(ops: readonly WriteOp[]): Promise<void>;
   /** Every key present, in ascending code-unit order. */
   keys(): Promise<string[]>;
   /**

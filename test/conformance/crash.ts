@@ -11,10 +11,12 @@
  *
  * A child process (test/helpers/adapter-commit-child.mjs, running the compiled adapter from
  * dist/) commits generation g+1 of every key over a store holding generation g, printing
- * "committing" just before `commit()`. The test kills it with SIGKILL a random delay after that
- * line (delays spread over the measured commit time, one at 0 ms, one after "committed"), then
- * reopens the store in this process and requires every key to be of one generation, the same
- * one the meta names.
+ * "committing" just before `commit()`, "committed" when it resolves and "closed" when `close()`
+ * (which waits for work queued behind the commit, like a compaction) resolves. The test kills it
+ * with SIGKILL: once after "closed" (this run measures the time T from "committing" to
+ * "closed"), once right at "committed", then at random delays after "committing" spread over
+ * [0, T]. After each kill it reopens the store in this process and requires every key to be of
+ * one generation, the same one the meta names.
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -43,7 +45,7 @@ export interface CrashOptions {
   readonly keys?: number;
   /** Bytes per value (default 1024). */
   readonly valueBytes?: number;
-  /** Killed commits after the calibration run (default 5). */
+  /** Kills at random delays after the calibration run (default 8). */
   readonly kills?: number;
 }
 
@@ -57,7 +59,7 @@ export function testCrashDuringCommit(
 ): void {
   const keys = opts.keys ?? 10_000;
   const valueBytes = opts.valueBytes ?? 1024;
-  const kills = opts.kills ?? 5;
+  const kills = opts.kills ?? 8;
 
   describe(`storage adapter ${name}: SIGKILL during commit`, () => {
     it(`a commit of ${keys} keys killed at any instant reopens all-old or all-new`, async () => {
@@ -70,24 +72,28 @@ export function testCrashDuringCommit(
 
         const log: string[] = [];
         let gen = 0;
-        const runOnce = async (kill: KillPlan): Promise<number> => {
+        const runOnce = async (kill: KillPlan): Promise<ChildRun> => {
           const run = await runChild(target, gen + 1, keys, valueBytes, kill);
           const leftovers = target.inspect === undefined ? '' : `, left ${await target.inspect()}`;
           const found = await expectOneGeneration(target, [gen, gen + 1], keys, valueBytes);
           log.push(`${run.killedAfter}${leftovers} → ${found === gen ? 'old' : 'new'} (gen ${found})`);
           gen = found;
-          return run.commitMs ?? 0;
+          return run;
         };
 
-        // Calibration: let the commit finish and kill after "committed"; its duration spreads the
-        // later kills over the whole commit (journal write, commit point, apply, cleanup).
-        const commitMs = await runOnce({ after: 'committed' });
-        expect(gen).toBe(1);
-        await runOnce({ delayMs: 0 });
-        for (let k = 0; k < kills - 1; k++) {
-          await runOnce({ delayMs: Math.round(((k + Math.random()) / (kills - 1)) * commitMs) });
+        // Calibration: everything finishes; T spreads the later kills over the whole commit and
+        // whatever follows it before close() resolves.
+        const calibration = await runOnce({ at: 'closed' });
+        expect(gen, 'an uninterrupted commit must be all there').toBe(1);
+        const spanMs = Math.max(1, calibration.closedMs ?? 1);
+        await runOnce({ at: 'committed' });
+        expect(gen, 'a resolved commit must survive SIGKILL').toBe(2);
+        for (let k = 0; k < kills; k++) {
+          await runOnce({ delayMs: Math.floor(((k + Math.random()) / kills) * spanMs) });
         }
-        console.log(`${name}: SIGKILL runs (an uninterrupted commit took ${commitMs} ms)\n  ${log.join('\n  ')}`);
+        console.log(
+          `${name}: SIGKILL runs (uninterrupted: commit ${calibration.commitMs} ms, close ${spanMs} ms after committing)\n  ${log.join('\n  ')}`,
+        );
       } finally {
         await target.cleanup();
       }
@@ -95,13 +101,15 @@ export function testCrashDuringCommit(
   });
 }
 
-type KillPlan = { readonly after: 'committed' } | { readonly delayMs: number };
+type KillPlan = { readonly at: 'committed' | 'closed' } | { readonly delayMs: number };
 
 interface ChildRun {
-  /** "3 ms after committing", "after committed", … */
+  /** "killed 3 ms (planned 2) after committing", "killed at committed", … */
   readonly killedAfter: string;
   /** Time from "committing" to "committed", when the child got that far. */
   readonly commitMs: number | undefined;
+  /** Time from "committing" to "closed", when the child got that far. */
+  readonly closedMs: number | undefined;
 }
 
 /** Starts the child, kills it with SIGKILL as planned, and resolves once it is dead. */
@@ -120,14 +128,15 @@ async function runChild(
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   const pid = child.pid;
   if (pid === undefined) throw new Error('could not start the commit child');
-  let committingAt: number | undefined;
+  let committingAt = 0;
   let commitMs: number | undefined;
+  let closedMs: number | undefined;
   let killedAfter = '';
   const killNow = (): void => {
     killedAfter =
       'delayMs' in kill
-        ? `killed ${Math.round(performance.now() - committingAt!)} ms (planned ${kill.delayMs}) after committing`
-        : `killed after committed`;
+        ? `killed ${Math.round(performance.now() - committingAt)} ms (planned ${kill.delayMs}) after committing`
+        : `killed at ${kill.at}`;
     process.kill(pid, 'SIGKILL');
   };
   let timer: NodeJS.Timeout | undefined;
@@ -138,8 +147,11 @@ async function runChild(
       // The random delay is the point of the test; the "committing" line is the event it counts from.
       if ('delayMs' in kill) timer = setTimeout(killNow, kill.delayMs);
     } else if (line === 'committed') {
-      commitMs = Math.round(performance.now() - (committingAt ?? 0));
-      if (!('delayMs' in kill)) killNow();
+      commitMs = Math.round(performance.now() - committingAt);
+      if (!('delayMs' in kill) && kill.at === 'committed') killNow();
+    } else if (line === 'closed') {
+      closedMs = Math.round(performance.now() - committingAt);
+      if (!('delayMs' in kill) && kill.at === 'closed') killNow();
     }
   });
   const [code, signal] = await exited;
@@ -149,7 +161,7 @@ async function runChild(
   if (signal !== 'SIGKILL') {
     throw new Error(`the commit child exited by itself (code ${code}, signal ${signal}) instead of being killed`);
   }
-  return { killedAfter, commitMs };
+  return { killedAfter, commitMs, closedMs };
 }
 
 /** Reopens the store and asserts that every key and the meta are of one of `gens`; returns it. */

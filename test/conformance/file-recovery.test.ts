@@ -1,26 +1,19 @@
 /**
  * What the file adapter promises beyond the shared suite: its options, its refusal to take over a
- * directory that is not a store, its on-disk layout (docs/adapters.md), and each branch of crash
- * recovery, driven deterministically. These run with the default `fsync: true`.
+ * directory that is not a store, its on-disk layout (docs/adapters.md), compaction, and each
+ * branch of crash recovery, driven deterministically by cutting and damaging real log files.
+ * These run with the default `fsync: true`.
  */
-import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { fileAdapter } from '../../adapters/file/index.js';
+import { fileAdapter, type FileAdapterOptions } from '../../adapters/file/index.js';
 import { ConfigError, StorageError } from '../../src/errors.js';
 import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 const str = (b: Uint8Array | undefined): string | undefined => (b === undefined ? undefined : Buffer.from(b).toString());
-
-/** The path the layout gives `key` (see the header of adapters/file/index.ts). */
-function keyPath(dir: string, key: string): string {
-  const k = Buffer.from(key, 'utf8');
-  const hash = createHash('sha256').update(k).digest('hex');
-  return join(dir, 'data', hash.slice(0, 2), k.length <= 100 ? `k${k.toString('hex')}` : `h${hash}`);
-}
 
 function batch(gen: string, n = 50): WriteOp[] {
   return Array.from({ length: n }, (_, i) => ({ op: 'put', key: `k${i}`, value: text(`${gen}-${i}`) }));
@@ -28,35 +21,63 @@ function batch(gen: string, n = 50): WriteOp[] {
 
 async function expectGeneration(a: StorageAdapter, gen: string, n = 50): Promise<void> {
   expect(str(await a.readMeta())).toBe(gen);
+  expect((await a.keys()).length).toBe(n);
   for (let i = 0; i < n; i++) expect(str(await a.get(`k${i}`)), `k${i}`).toBe(`${gen}-${i}`);
 }
 
-describe('file adapter: options and layout', () => {
-  let dir: string;
-  beforeEach(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'rp-file-recovery-'));
-  });
-  afterEach(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+let dir: string;
+const opened: StorageAdapter[] = [];
 
-  it('rejects a missing or empty dir, and a non-boolean fsync, with ConfigError naming the option', () => {
+/** Opens an adapter over `dir` (closed after the test). */
+async function openStore(options: Partial<FileAdapterOptions> = {}): Promise<StorageAdapter> {
+  const a = fileAdapter({ dir, ...options });
+  opened.push(a);
+  await a.open();
+  return a;
+}
+
+async function logFiles(): Promise<string[]> {
+  return (await readdir(dir)).filter((n) => n.startsWith('log-')).sort();
+}
+
+async function onlyLog(): Promise<string> {
+  const logs = await logFiles();
+  expect(logs).toHaveLength(1);
+  return join(dir, logs[0]!);
+}
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'rp-file-recovery-'));
+});
+
+afterEach(async () => {
+  for (const a of opened.splice(0)) await a.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('file adapter: options and layout', () => {
+  it('rejects a bad dir, fsync or compactBytes with ConfigError naming the option', () => {
     for (const bad of [undefined, {}, { dir: '' }, { dir: 42 }]) {
-      expect(() => fileAdapter(bad as never)).toThrow(ConfigError);
+      let caught: unknown;
       try {
         fileAdapter(bad as never);
       } catch (err) {
-        expect((err as ConfigError).option).toBe('storage.dir');
-        expect((err as Error).message).toContain('fileAdapter({ dir: "./data/a" })');
+        caught = err;
       }
+      expect(caught).toBeInstanceOf(ConfigError);
+      expect((caught as ConfigError).option).toBe('storage.dir');
+      expect((caught as Error).message).toContain('fileAdapter({ dir: "./data/a" })');
     }
     expect(() => fileAdapter({ dir, fsync: 'yes' as never })).toThrow(/'storage.fsync'/);
+    for (const compactBytes of [0, -1, 1.5, Number.NaN, '1' as never]) {
+      expect(() => fileAdapter({ dir, compactBytes })).toThrow(/'storage.compactBytes'/);
+    }
   });
 
-  it('creates a missing directory, and refuses one that holds files of its own', async () => {
-    const fresh = fileAdapter({ dir: join(dir, 'a', 'b') });
-    await fresh.open();
-    await fresh.close();
+  it('creates a missing directory, and refuses one holding files that are not a store', async () => {
+    const nested = fileAdapter({ dir: join(dir, 'a', 'b') });
+    await nested.open();
+    await nested.close();
 
     const foreign = join(dir, 'foreign');
     await mkdir(foreign);
@@ -64,150 +85,176 @@ describe('file adapter: options and layout', () => {
     const a = fileAdapter({ dir: foreign });
     await expect(a.open()).rejects.toThrow(ConfigError);
     await expect(a.get('x')).rejects.toThrow(/not a restartpoint file store/);
-    expect(await readdir(foreign)).toEqual(['notes.txt']);
     await a.close();
+    expect(await readdir(foreign)).toEqual(['notes.txt']);
   });
 
   it('refuses a store of another format version', async () => {
-    const a = fileAdapter({ dir });
-    await a.open();
-    await a.close();
+    await (await openStore()).close();
     await writeFile(join(dir, 'FORMAT'), 'restartpoint-file-store 999\n');
-    const b = fileAdapter({ dir });
-    await expect(b.open()).rejects.toThrow(StorageError);
-    await b.close();
+    await expect(fileAdapter({ dir }).open()).rejects.toThrow(StorageError);
   });
 
-  it('stores a key as data/<sha256 prefix>/k<hex key> (or h<sha256> when long), with the key in a header', async () => {
-    const a = fileAdapter({ dir });
-    await a.open();
-    const long = 'L'.repeat(101);
+  it('keeps FORMAT and one log, which starts with the log magic', async () => {
+    const a = await openStore();
     await a.put('a/b', text('v1'));
-    await a.put(long, text('v2'));
-    await a.commit([], text('meta'));
-    await a.close();
-    const short = await readFile(keyPath(dir, 'a/b'));
-    expect(short.readUInt32BE(0)).toBe(3);
-    expect(short.subarray(4).toString()).toBe('a/bv1');
-    expect((await readFile(keyPath(dir, long))).subarray(4).toString()).toBe(`${long}v2`);
-    expect(keyPath(dir, long)).toMatch(/[/\\]h[0-9a-f]{64}$/);
-    expect((await readdir(dir)).sort()).toEqual(['FORMAT', 'data', 'meta', 'tmp']);
+    await a.commit(batch('gen-1'), text('gen-1'));
+    expect((await readdir(dir)).sort()).toEqual(['FORMAT', 'log-0000000001']);
     expect(await readFile(join(dir, 'FORMAT'), 'utf8')).toBe('restartpoint-file-store 1\n');
+    const log = await readFile(await onlyLog());
+    expect(log.subarray(0, 8).toString('latin1')).toBe('RPLOG\0\0\x01');
+    // Type 1 (snapshot) comes first, in every log.
+    expect(log[8]).toBe(1);
   });
 });
 
 describe('file adapter: crash recovery', () => {
-  let dir: string;
-  let a: StorageAdapter;
-  /** The journal of batch('gen-2') plus meta 'gen-2', captured from a commit made to fail. */
-  let committedJournal: Buffer;
-
-  beforeEach(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'rp-file-recovery-'));
-    a = fileAdapter({ dir });
-    await a.open();
+  /** A log holding gen-1 (complete), then the gen-2 commit record, and where that record starts. */
+  async function twoGenerations(): Promise<{ path: string; full: Buffer; gen1End: number }> {
+    const a = await openStore();
     await a.commit(batch('gen-1'), text('gen-1'));
-  });
-  afterEach(async () => {
+    const path = await onlyLog();
+    const gen1End = (await stat(path)).size;
+    await a.commit(batch('gen-2'), text('gen-2'));
     await a.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-
-  /** Makes the next commit fail after its commit point: a directory sits where a value file goes. */
-  async function blockKey(key: string): Promise<() => Promise<void>> {
-    const path = keyPath(dir, key);
-    await mkdir(path);
-    await writeFile(join(path, 'obstacle'), '');
-    return () => rm(path, { recursive: true, force: true });
+    return { path, full: await readFile(path), gen1End };
   }
 
-  async function failAfterCommitPoint(): Promise<void> {
-    const unblock = await blockKey('blocked');
-    await expect(a.commit([...batch('gen-2'), { op: 'put', key: 'blocked', value: text('b') }], text('gen-2'))).rejects.toThrow(
-      StorageError,
-    );
-    expect(await readdir(dir)).toContain('journal');
-    committedJournal = await readFile(join(dir, 'journal'));
-    // Until the batch is finished the meta still names the old checkpoint.
-    expect(str(await a.readMeta())).toBe('gen-1');
-    await unblock();
-  }
-
-  it('a commit that failed after its commit point is finished by the next mutating call', async () => {
-    await failAfterCommitPoint();
-    await a.put('later', text('x'));
-    await expectGeneration(a, 'gen-2');
-    expect(str(await a.get('blocked'))).toBe('b');
-    expect(await readdir(dir)).not.toContain('journal');
-  });
-
-  it('a commit that failed after its commit point is finished by open() after a restart', async () => {
-    await failAfterCommitPoint();
-    await a.close();
-    a = fileAdapter({ dir });
-    await a.open();
-    await expectGeneration(a, 'gen-2');
-    expect(await readdir(dir)).not.toContain('journal');
-  });
-
-  it('a journal.tmp (never committed) is discarded, even when complete', async () => {
-    await failAfterCommitPoint();
-    await a.close();
-    // Back to gen-1, then plant the complete gen-2 journal as journal.tmp: it never got renamed,
-    // so it is not committed, however whole it looks.
-    await rm(dir, { recursive: true, force: true });
-    a = fileAdapter({ dir });
-    await a.commit(batch('gen-1'), text('gen-1'));
-    await a.close();
-    await writeFile(join(dir, 'journal.tmp'), committedJournal);
-    await writeFile(join(dir, 'tmp', 'leftover'), 'half a value');
-    a = fileAdapter({ dir });
-    await a.open();
-    await expectGeneration(a, 'gen-1');
-    expect(await readdir(dir)).not.toContain('journal.tmp');
-    expect(await readdir(join(dir, 'tmp'))).toEqual([]);
-  });
-
-  it('a truncated or corrupt journal is set aside and the store stays at the previous checkpoint', async () => {
-    await failAfterCommitPoint();
-    await a.close();
-    for (const damage of [
-      (j: Buffer) => j.subarray(0, j.length - 1),
-      (j: Buffer) => j.subarray(0, 40),
-      (j: Buffer) => {
-        const c = Buffer.from(j);
-        c[Math.floor(c.length / 2)] ^= 0xff;
-        return c;
-      },
-      () => Buffer.alloc(0),
-    ]) {
-      await rm(dir, { recursive: true, force: true });
-      a = fileAdapter({ dir });
-      await a.commit(batch('gen-1'), text('gen-1'));
-      await a.close();
-      await writeFile(join(dir, 'journal'), damage(committedJournal));
-      a = fileAdapter({ dir });
-      await a.open();
+  it('a commit record cut anywhere (as SIGKILL would) leaves the previous commit, and is cut off', async () => {
+    const { path, full, gen1End } = await twoGenerations();
+    const cuts = new Set([gen1End + 1, gen1End + 9, gen1End + 10, full.length - 4, full.length - 1]);
+    while (cuts.size < 25) cuts.add(gen1End + 1 + Math.floor(Math.random() * (full.length - gen1End - 1)));
+    for (const cut of cuts) {
+      await writeFile(path, full.subarray(0, cut));
+      const a = await openStore();
       await expectGeneration(a, 'gen-1');
-      expect(await a.get('blocked')).toBeUndefined();
-      const names = await readdir(dir);
-      expect(names).not.toContain('journal');
-      expect(names).toContain('journal.corrupt');
+      expect((await stat(path)).size, `cut at ${cut}`).toBe(gen1End);
       await a.close();
     }
-    a = fileAdapter({ dir });
+    await writeFile(path, full);
+    await expectGeneration(await openStore(), 'gen-2');
   });
 
-  it('the captured journal itself replays: the corruption test above damages a valid one', async () => {
-    await failAfterCommitPoint();
+  it('a damaged byte in the last record, or garbage after it, is detected by the CRC', async () => {
+    const { path, full, gen1End } = await twoGenerations();
+    for (const at of [gen1End, gen1End + 3, gen1End + 20, Math.floor((gen1End + full.length) / 2), full.length - 2]) {
+      const damaged = Buffer.from(full);
+      damaged[at]! ^= 0x5a;
+      await writeFile(path, damaged);
+      const a = await openStore();
+      await expectGeneration(a, 'gen-1');
+      await a.close();
+    }
+    await writeFile(path, Buffer.concat([full, Buffer.from('garbage after the last record')]));
+    const a = await openStore();
+    await expectGeneration(a, 'gen-2');
+    expect((await stat(path)).size).toBe(full.length);
+  });
+
+  it('a direct put cut short is lost alone; earlier writes stay', async () => {
+    const a = await openStore();
+    await a.commit(batch('gen-1'), text('gen-1'));
+    await a.put('direct', text('first'));
+    const path = await onlyLog();
+    const before = (await stat(path)).size;
+    await a.put('direct', text('second, longer value'));
     await a.close();
+    const full = await readFile(path);
+    await writeFile(path, full.subarray(0, full.length - 3));
+    const b = await openStore();
+    expect(str(await b.get('direct'))).toBe('first');
+    expect((await stat(path)).size).toBe(before);
+    await expectGeneration(b, 'gen-1');
+  });
+
+  it('a leftover log-*.tmp (a compaction or clear that never reached its rename) is ignored and deleted', async () => {
+    const a = await openStore();
+    await a.clear(); // log-0000000002: an empty snapshot
+    await a.commit(batch('gen-2'), text('gen-2'));
+    await a.close();
+    const gen2Log = await readFile(await onlyLog());
     await rm(dir, { recursive: true, force: true });
-    a = fileAdapter({ dir });
+
+    const b = await openStore();
+    await b.commit(batch('gen-1'), text('gen-1'));
+    await b.close();
+    // Complete and valid, but never renamed: not committed.
+    await writeFile(join(dir, 'log-0000000002.tmp'), gen2Log);
+    await expectGeneration(await openStore(), 'gen-1');
+    expect(await logFiles()).toEqual(['log-0000000001']);
+  });
+
+  it('two logs (a crash between a compaction rename and the old log delete): the newer wins', async () => {
+    const a = await openStore();
+    await a.commit(batch('gen-1'), text('gen-1'));
+    await a.clear();
+    await a.commit(batch('gen-2'), text('gen-2'));
+    await a.close();
+    const gen2Log = await readFile(join(dir, 'log-0000000002'));
+    await rm(dir, { recursive: true, force: true });
+
+    const b = await openStore();
+    await b.commit(batch('gen-1'), text('gen-1'));
+    await b.close();
+    await writeFile(join(dir, 'log-0000000002'), gen2Log);
+    await expectGeneration(await openStore(), 'gen-2');
+    expect(await logFiles()).toEqual(['log-0000000002']);
+  });
+
+  it('an unreadable newest log is set aside when an older one is whole; with none whole, open fails', async () => {
+    const a = await openStore();
     await a.commit(batch('gen-1'), text('gen-1'));
     await a.close();
-    await writeFile(join(dir, 'journal'), committedJournal);
-    a = fileAdapter({ dir });
-    await a.open();
-    await expectGeneration(a, 'gen-2');
+    await writeFile(join(dir, 'log-0000000002'), 'not a log');
+    await expectGeneration(await openStore(), 'gen-1');
+    expect(await logFiles()).toEqual(['log-0000000001', 'log-0000000002.corrupt']);
+    for (const a of opened.splice(0)) await a.close();
+
+    const log = await readFile(join(dir, 'log-0000000001'));
+    log[2]! ^= 0xff; // the magic
+    await writeFile(join(dir, 'log-0000000001'), log);
+    await expect(fileAdapter({ dir }).open()).rejects.toThrow(/no readable log/);
+    // Nothing was moved or deleted: the operator decides.
+    expect(await logFiles()).toEqual(['log-0000000001', 'log-0000000002.corrupt']);
+  });
+});
+
+describe('file adapter: compaction', () => {
+  it('rewrites a mostly stale log into a new one, keeping data and meta, reads staying whole', async () => {
+    const a = await openStore({ compactBytes: 64 * 1024 });
+    const value = (gen: number, i: number): Uint8Array => new Uint8Array(512).fill((gen * 7 + i) % 251);
+    let gen = 0;
+    let reading = true;
+    const bad: string[] = [];
+    const reader = async (): Promise<void> => {
+      while (reading) {
+        const i = Math.floor(Math.random() * 40);
+        const got = await a.get(`c${i}`);
+        // Every generation commits all keys at once: a value must be whole, of some generation.
+        if (got !== undefined && !Array.from({ length: gen + 1 }, (_, g) => value(g, i)).some((v) => Buffer.from(v).equals(got))) {
+          bad.push(`c${i}`);
+        }
+      }
+    };
+    const readers = [reader(), reader()];
+    for (gen = 0; gen < 60; gen++) {
+      await a.commit(
+        Array.from({ length: 40 }, (_, i) => ({ op: 'put', key: `c${i}`, value: value(gen, i) })),
+        text(`gen-${gen}`),
+      );
+    }
+    gen--;
+    reading = false;
+    await Promise.all(readers);
+    expect(bad).toEqual([]);
+    await a.close();
+    const logs = await logFiles();
+    expect(logs).toHaveLength(1);
+    expect(logs[0]).not.toBe('log-0000000001');
+    expect((await stat(join(dir, logs[0]!))).size).toBeLessThan(3 * 64 * 1024);
+
+    const b = await openStore();
+    expect(str(await b.readMeta())).toBe(`gen-${gen}`);
+    for (let i = 0; i < 40; i++) expect(Buffer.from((await b.get(`c${i}`))!).equals(value(gen, i))).toBe(true);
   });
 });

@@ -3,8 +3,8 @@
 //   node adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes>
 //
 // Opens `<adapter>Adapter(options)` from the compiled dist/ (the code restartpoint ships), prints
-// "committing" on the line before commit() starts and "committed" after it resolves, then waits
-// to be killed. It exits by itself only when its stdin closes (the test runner went away), so a
+// "committing" on the line before commit() starts, "committed" after it resolves and "closed"
+// after close() resolves, then waits to be killed. It exits by itself only when its stdin closes (the test runner went away), so a
 // kill always finds it alive. Values must match generationValue() in crash.ts.
 const [adapterName, optionsJson, genArg, keysArg, sizeArg] = process.argv.slice(2);
 if (sizeArg === undefined) {
@@ -35,8 +35,10 @@ const meta = new TextEncoder().encode(`gen:${gen}`);
 process.stdout.write('committing\n');
 await adapter.commit(ops, meta);
 process.stdout.write('committed\n');
+// Work queued behind the commit (a compaction, say) runs until close() resolves.
 await adapter.close();
-// Stays alive (stdin is open) until killed, so that a kill after 'committed' is a real kill.
+process.stdout.write('closed\n');
+// Stays alive (stdin is open) until killed, so that every kill is a real kill.
 
 /** `<gen>|<key>|` then a filler letter that changes with the generation, `size` bytes in all. */
 function generationValue(g, key, n) {

@@ -9,6 +9,7 @@ import {
   SerializationError,
   type StartOptions,
 } from '../../src/index.js';
+import type { StorageAdapter } from '../../src/storage/adapter.js';
 import { appNames } from '../../src/protocol/subjects.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 
@@ -41,7 +42,7 @@ describe('Restartpoint SDK on a real nats-server', () => {
   it('a fresh app starts as primary with initialState, numbers checkpoints 1, 2, 3 and serves its store', async () => {
     const app = freshApp();
     apps.push(app);
-    const rp = await start(opts(app, 'a', { initialState: () => ({ hello: 'world' }) }));
+    const rp = await start(opts<Record<string, unknown>>(app, 'a', { initialState: () => ({ hello: 'world' }) }));
     expect(rp.state).toEqual({ hello: 'world' });
     expect(rp.resumedFrom).toBeUndefined();
     expect(rp.epoch).toBeGreaterThanOrEqual(1);
@@ -141,6 +142,12 @@ describe('Restartpoint SDK on a real nats-server', () => {
   });
 });
 
+/** A store with every required method but no snapshot capability. */
+function withoutSnapshot(): StorageAdapter {
+  const { writeArea: _w, formSnapshot: _f, releaseAreas: _r, ...rest } = memoryAdapter();
+  return { ...rest, capabilities: { durable: false } };
+}
+
 describe('start() option validation', () => {
   const base = { app: 'ok', nats: { servers: NATS_URL }, storage: memoryAdapter() };
   it.each([
@@ -149,7 +156,7 @@ describe('start() option validation', () => {
     [{ ...base, nats: { servers: [] } }, 'nats.servers'],
     [{ ...base, nats: undefined }, 'nats'],
     [{ ...base, storage: {} }, 'storage'],
-    [{ ...base, mode: 'snapshot' }, 'mode'],
+    [{ ...base, mode: 'snapshot', storage: withoutSnapshot() }, 'mode'],
     [{ ...base, mode: 'fast' }, 'mode'],
     [{ ...base, leaseTtlMs: 5 }, 'leaseTtlMs'],
     [{ ...base, leaseTtlMs: 1.5 }, 'leaseTtlMs'],
@@ -163,9 +170,9 @@ describe('start() option validation', () => {
     expect((err as Error).message).toContain(`'${option}'`);
   });
 
-  it('says snapshot mode is not available yet and what to use', async () => {
-    await expect(Restartpoint.start({ ...base, mode: 'snapshot' } as never)).rejects.toThrow(
-      /use 'delay-write'/,
+  it("refuses 'snapshot' on an adapter without the capability and says what to use", async () => {
+    await expect(Restartpoint.start({ ...base, mode: 'snapshot', storage: withoutSnapshot() } as never)).rejects.toThrow(
+      /snapshot capability.*use mode 'delay-write'/,
     );
   });
 

@@ -48,11 +48,13 @@ function graphDiff(left: unknown, right: unknown): string | undefined {
     }
     const yo = y as object;
     const paired = pairs.get(x);
-    if (paired !== undefined || reverse.has(yo)) return paired === yo ? undefined : `${path}: sharing differs`;
+    if (paired !== undefined || reverse.has(yo))
+      return paired === yo ? undefined : `${path}: sharing differs`;
     pairs.set(x, yo);
     reverse.set(yo, x);
     const tag = Object.prototype.toString.call(x);
-    if (tag !== Object.prototype.toString.call(yo)) return `${path}: ${tag} vs ${Object.prototype.toString.call(yo)}`;
+    if (tag !== Object.prototype.toString.call(yo))
+      return `${path}: ${tag} vs ${Object.prototype.toString.call(yo)}`;
     if (Object.getPrototypeOf(x) !== Object.getPrototypeOf(yo)) return `${path}: prototypes differ`;
     if (ArrayBuffer.isView(x) || x instanceof ArrayBuffer) {
       const same = bytes(x).equals(bytes(yo as ArrayBuffer));
@@ -61,7 +63,8 @@ function graphDiff(left: unknown, right: unknown): string | undefined {
       if (x instanceof ArrayBuffer && resizable(x) !== resizable(yo)) return `${path}: maxByteLength differs`;
       return undefined;
     }
-    if (x instanceof Date) return Object.is(x.getTime(), (yo as Date).getTime()) ? undefined : `${path}: time`;
+    if (x instanceof Date)
+      return Object.is(x.getTime(), (yo as Date).getTime()) ? undefined : `${path}: time`;
     if (x instanceof RegExp) {
       const r = yo as RegExp;
       return x.source === r.source && x.flags === r.flags ? undefined : `${path}: regexp`;
@@ -244,7 +247,6 @@ describe('typed tree round trip', () => {
   });
 
   it('keeps undefined, NaN, -0, infinities and sparse arrays', () => {
-    // eslint-disable-next-line no-sparse-arrays
     const holes = [1, , 3, , ,];
     const huge: unknown[] = [];
     huge[1e9] = 'far';
@@ -275,7 +277,10 @@ describe('typed tree round trip', () => {
       bu64: BigUint64Array.of(2n ** 64n - 1n),
       dv: new DataView(Uint8Array.of(9, 8, 7, 6).buffer, 1, 2),
       ab: Uint8Array.of(1, 2, 3).buffer,
-      resizable: new ArrayBuffer(2, { maxByteLength: 16 }),
+      // (the ES2024 constructor overload is missing from this project's lib)
+      resizable: new (ArrayBuffer as new (n: number, o: { maxByteLength: number }) => ArrayBuffer)(2, {
+        maxByteLength: 16,
+      }),
       buf: Buffer.from('hello'),
       // A view into the middle of a larger buffer carries only its own bytes.
       window: new Uint16Array(Uint8Array.of(0, 0, 1, 0, 2, 0, 9, 9).buffer, 2, 2),
@@ -309,7 +314,12 @@ describe('typed tree round trip', () => {
       nullProto: Object.assign(Object.create(null) as object, { a: 1 }),
       awkward: { $rp: 1, _t: 'a', '~': 2, '~~x': 3, constructor: 4, toString: 5, 'a b': 6, '': 7 },
     };
-    Object.defineProperty(value.awkward, '__proto__', { value: 8, enumerable: true, configurable: true, writable: true });
+    Object.defineProperty(value.awkward, '__proto__', {
+      value: 8,
+      enumerable: true,
+      configurable: true,
+      writable: true,
+    });
     const back = roundTrip(value) as Record<string, Record<string, unknown>>;
     expect(Object.keys(back.awkward as object)).toEqual(Object.keys(value.awkward as object));
     expect(Object.getPrototypeOf(back.awkward)).toBe(Object.prototype);
@@ -394,7 +404,14 @@ describe('typed tree round trip', () => {
   });
 
   it('decodes a reference that comes before its definition', () => {
-    const tree: TreeNode = { x: { $rp: 'ref', id: 1 }, y: { $rp: 1, k: 2 }, z: [{ $rp: 'ref', id: '#s:q' }, { $rp: '#s:q', id: 'q' }] };
+    const tree: TreeNode = {
+      x: { $rp: 'ref', id: 1 },
+      y: { $rp: 1, k: 2 },
+      z: [
+        { $rp: 'ref', id: '#s:q' },
+        { $rp: '#s:q', id: 'q' },
+      ],
+    };
     const back = fromTree(tree) as Record<string, unknown>;
     expect(back.x).toBe(back.y);
     expect(back.y).toEqual({ k: 2 });
@@ -402,18 +419,24 @@ describe('typed tree round trip', () => {
     expect(z[0]).toBe(z[1]);
   });
 
-  it('nests as deep as node:v8 does, and fails cleanly far deeper', () => {
+  it('nests deeper than node:v8 can, which then fails cleanly', () => {
     let deep: unknown = 'leaf';
-    for (let i = 0; i < 2000; i++) deep = i % 2 === 0 ? { d: deep } : [deep];
-    expect(() => v8.serialize(deep)).not.toThrow();
-    expect(graphDiff(roundTrip(deep), deep)).toBeUndefined();
-
-    let deeper: unknown = 'leaf';
-    for (let i = 0; i < 200_000; i++) deeper = { d: deeper };
-    const err = serializationError(() => toTree(deeper));
-    expect(err.message).toMatch(/nests too deeply/);
-    expect(err.path.startsWith('state.d.d.d')).toBe(true);
-    expect(serializationError(() => serializeImage(deeper)).message).toMatch(/nests too deeply/);
+    for (let i = 0; i < 200_000; i++) {
+      deep = i % 3 === 0 ? { d: deep } : i % 3 === 1 ? [deep] : new Map([['k', deep]]);
+    }
+    const tree = toTree(deep);
+    expect(treesEqual(cloneTree(tree), tree)).toBe(true);
+    let back = fromTree(tree);
+    for (let i = 200_000 - 1; i >= 0; i--) {
+      back =
+        i % 3 === 0
+          ? (back as { d: unknown }).d
+          : i % 3 === 1
+            ? (back as unknown[])[0]
+            : (back as Map<string, unknown>).get('k');
+    }
+    expect(back).toBe('leaf');
+    expect(serializationError(() => serializeImage(deep)).message).toMatch(/nests too deeply/);
   });
 });
 
@@ -425,16 +448,24 @@ describe('unserializable values', () => {
       'state.handlers.onTick is a function; functions cannot be part of a checkpoint image: keep them ' +
         'out of the state and rebuild them on resume',
     );
-    expect(serializationError(() => toTree({ items: [0, 1, 2, function named() {}] })).path).toBe('state.items[3]');
+    expect(serializationError(() => toTree({ items: [0, 1, 2, function named() {}] })).path).toBe(
+      'state.items[3]',
+    );
     expect(serializationError(() => toTree({ byId: new Map([['x', { f: () => 1 }]]) })).path).toBe(
       'state.byId<Map key "x">.f',
     );
-    expect(serializationError(() => toTree({ m: new Map([[() => 1, 1]]) })).path).toBe('state.m<Map entry 0 key>');
-    expect(serializationError(() => toTree({ m: new Map([[{}, () => 1]]) })).path).toBe('state.m<Map entry 0 value>');
+    expect(serializationError(() => toTree({ m: new Map([[() => 1, 1]]) })).path).toBe(
+      'state.m<Map entry 0 key>',
+    );
+    expect(serializationError(() => toTree({ m: new Map([[{}, () => 1]]) })).path).toBe(
+      'state.m<Map entry 0 value>',
+    );
     expect(serializationError(() => toTree({ m: new Map([[7, () => 1]]) })).path).toBe('state.m<Map key 7>');
     expect(serializationError(() => toTree({ s: new Set([1, () => 1]) })).path).toBe('state.s<Set entry 1>');
     expect(serializationError(() => toTree({ 'a b': [{ c: () => 1 }] })).path).toBe('state["a b"][0].c');
-    expect(serializationError(() => toTree({ e: new Error('x', { cause: () => 1 }) })).path).toBe('state.e.cause');
+    expect(serializationError(() => toTree({ e: new Error('x', { cause: () => 1 }) })).path).toBe(
+      'state.e.cause',
+    );
     expect(serializationError(() => toTree({ sparse: [, , () => 1] })).path).toBe('state.sparse[2]');
     expect(serializationError(() => toTree(() => 1)).path).toBe('state');
   });
@@ -471,10 +502,14 @@ describe('unserializable values', () => {
     expect(message(new SharedArrayBuffer(1))).toMatch(/SharedArrayBuffer/);
     expect(message(new Map().keys())).toMatch(/iterator; .*Array\.from/);
     expect(message(new Intl.Collator())).toMatch(/Intl\.Collator/);
-    const getter = { get boom(): number {
-      throw new Error('nope');
-    } };
-    expect(serializationError(() => toTree({ o: getter })).message).toMatch(/^state\.o\.boom threw while being read \(Error: nope\)/);
+    const getter = {
+      get boom(): number {
+        throw new Error('nope');
+      },
+    };
+    expect(serializationError(() => toTree({ o: getter })).message).toMatch(
+      /^state\.o\.boom threw while being read \(Error: nope\)/,
+    );
   });
 
   it('accepts and refuses exactly what node:v8 does', async () => {
@@ -501,10 +536,13 @@ describe('unserializable values', () => {
       ['generator', (function* gen() {})()],
       ['Map iterator', new Map().entries()],
       ['Array iterator', [][Symbol.iterator]()],
-      ['arguments', (function args() {
-        // eslint-disable-next-line prefer-rest-params
-        return arguments;
-      })()],
+      [
+        'arguments',
+        (function args() {
+          // eslint-disable-next-line prefer-rest-params
+          return arguments;
+        })(),
+      ],
       ['boxed symbol', Object(Symbol('b'))],
       ['SharedArrayBuffer', new SharedArrayBuffer(2)],
       ['Intl.NumberFormat', new Intl.NumberFormat()],
@@ -514,7 +552,7 @@ describe('unserializable values', () => {
       ['MessagePort', channel.port1],
       ['KeyObject', createSecretKey(Buffer.alloc(8))],
       ['BlockList', new BlockList()],
-      ['SocketAddress', new SocketAddress()],
+      ['SocketAddress', new SocketAddress({ address: '127.0.0.1' })],
       ['Histogram', createHistogram()],
       ['URL', new URL('http://x/')],
       ['AbortSignal', new AbortController().signal],
@@ -522,7 +560,7 @@ describe('unserializable values', () => {
       ['TextDecoder', new TextDecoder()],
       ['class with private fields', new WithPrivate()],
       ['Array subclass', new (class List extends Array {})()],
-      ['Map subclass', new (class Registry extends Map {})([[1, 2]])],
+      ['Map subclass', new (class Registry extends Map<number, number> {})([[1, 2]])],
       ['AggregateError', new AggregateError([1], 'all')],
     ];
     try {
@@ -533,8 +571,14 @@ describe('unserializable values', () => {
         });
         const refused = (v8Refuses as Error).message !== 'accepted';
         if (refused) {
-          expect(thrown(() => toTree({ v: value })), name).toBeInstanceOf(SerializationError);
-          expect(thrown(() => serializeImage({ v: value })), name).toBeInstanceOf(SerializationError);
+          expect(
+            thrown(() => toTree({ v: value })),
+            name,
+          ).toBeInstanceOf(SerializationError);
+          expect(
+            thrown(() => serializeImage({ v: value })),
+            name,
+          ).toBeInstanceOf(SerializationError);
         } else {
           expect(graphDiff(roundTrip({ v: value }), viaV8({ v: value })), name).toBeUndefined();
         }
@@ -552,7 +596,11 @@ describe('serializeImage and deserializeImage', () => {
   });
 
   it('gives typed arrays memory of their own, so the input can be reused', () => {
-    const bytes = serializeImage({ u8: Uint8Array.of(1, 2, 3), buf: Buffer.from('abc'), dv: new DataView(new ArrayBuffer(2)) });
+    const bytes = serializeImage({
+      u8: Uint8Array.of(1, 2, 3),
+      buf: Buffer.from('abc'),
+      dv: new DataView(new ArrayBuffer(2)),
+    });
     const back = deserializeImage(bytes) as { u8: Uint8Array; buf: Buffer; dv: DataView };
     bytes.fill(0);
     expect([...back.u8]).toEqual([1, 2, 3]);
@@ -648,7 +696,10 @@ describe('image deltas', () => {
     const next = rows.slice(1);
     next.splice(1000, 0, { id: 'new', n: -1, at: new Date(0) });
     next.push({ id: 'tail', n: 0, at: new Date(1) });
-    const delta = diffTrees(toTree(stateOf(rows as unknown as Row[])), toTree(stateOf(next as unknown as Row[])));
+    const delta = diffTrees(
+      toTree(stateOf(rows as unknown as Row[])),
+      toTree(stateOf(next as unknown as Row[])),
+    );
     expect(encodeDelta(delta as ImageDelta).byteLength).toBeLessThan(600);
     expectDeltaWorks(stateOf(rows as unknown as Row[]), stateOf(next as unknown as Row[]));
   });
@@ -713,13 +764,19 @@ describe('image deltas', () => {
     expect(thrown(() => decodeDelta(Buffer.from('{"a":[1,2,3,4]}')))).toBeInstanceOf(ImageError);
     expect(thrown(() => decodeDelta(Buffer.from('{"_t":"b"}')))).toBeInstanceOf(ImageError);
     fc.assert(
-      fc.property(fc.oneof(fc.uint8Array({ maxLength: 64 }), fc.json().map((j) => Buffer.from(j))), (bytes) => {
-        try {
-          decodeDelta(bytes);
-        } catch (err) {
-          expect(err).toBeInstanceOf(ImageError);
-        }
-      }),
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 64 }),
+          fc.json().map((j) => Buffer.from(j)),
+        ),
+        (bytes) => {
+          try {
+            decodeDelta(bytes);
+          } catch (err) {
+            expect(err).toBeInstanceOf(ImageError);
+          }
+        },
+      ),
       { numRuns: 500 },
     );
   });
@@ -759,7 +816,9 @@ describe('malformed trees', () => {
     expect(unknownTag).toBeInstanceOf(ImageError);
     expect((unknownTag as Error).message).toMatch(/state\.a\[0\] has an unknown tag "nope"/);
     const dangling = thrown(() => fromTree({ m: { $rp: 'map', e: [['k', { $rp: 'ref', id: 9 }]] } }));
-    expect((dangling as Error).message).toMatch(/state\.m<Map key "k"> refers to id 9, which no node defines/);
+    expect((dangling as Error).message).toMatch(
+      /state\.m<Map key "k"> refers to id 9, which no node defines/,
+    );
     const badView = thrown(() => fromTree({ $rp: 'view', t: 'Float64Array', b: 'AAA=' }));
     expect((badView as Error).message).toMatch(/not a whole number of Float64Array elements/);
   });

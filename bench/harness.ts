@@ -1,0 +1,59 @@
+/**
+ * The benchmark harness behind `npm run bench`. Every suite measures its subject next to a
+ * baseline in the same run and reports named ratios (`"ratios"` in `--json`). Figures are
+ * medians of `repeat` runs.
+ */
+
+/** One row of the printed table. */
+export interface BenchRow {
+  readonly name: string;
+  readonly value: number;
+  readonly unit: string;
+  readonly note?: string;
+}
+
+/** What a suite returns. */
+export interface SuiteResult {
+  readonly rows: BenchRow[];
+  /** Headline ratios by stable dotted name: add, never rename. */
+  readonly ratios: Record<string, number>;
+}
+
+/** A suite: a name prefix (for `--only`) and a run function. */
+export interface Suite {
+  readonly prefix: string;
+  readonly description: string;
+  run(ctx: BenchContext): Promise<SuiteResult>;
+}
+
+/** Shared settings. */
+export interface BenchContext {
+  readonly nats: string;
+  readonly redisUrl: string;
+  readonly postgresUrl: string;
+  readonly repeat: number;
+  /** Progress on stderr (never stdout: `--json` owns it). */
+  progress(line: string): void;
+}
+
+/** Median of a list of numbers. */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Runs `fn` `n` times and returns the median of what it returns. */
+export async function medianOf(n: number, fn: () => Promise<number>): Promise<number> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) out.push(await fn());
+  return median(out);
+}
+
+/** Rounds for display and JSON: 3 significant digits. */
+export function round(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const d = Math.max(0, 2 - Math.floor(Math.log10(Math.abs(x))));
+  return Number(x.toFixed(Math.min(d, 6)));
+}

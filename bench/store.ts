@@ -1,0 +1,196 @@
+/**
+ * store.*: replicated writes per second through `rp.store.put` (1 KiB values, a checkpoint
+ * every 1 000 writes, 100 puts in flight) next to the same store's raw write path in the same
+ * run (100 in flight too), for every adapter; the standby's apply rate; and, for adapters with
+ * snapshot mode, the time to form a snapshot of and to roll back 10 000 unsealed writes.
+ *
+ * Ratios: `store.<adapter>.replicated_over_raw` = replicated writes/s ÷ raw writes/s.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { fileAdapter } from '../adapters/file/index.js';
+import { memoryAdapter } from '../adapters/memory/index.js';
+import { Restartpoint } from '../src/index.js';
+import type { StorageAdapter, WriteOp } from '../src/storage/adapter.js';
+import { medianOf, type BenchContext, type BenchRow, type Suite } from './harness.js';
+
+const WRITES = 20_000;
+const IN_FLIGHT = 100;
+const CHECKPOINT_EVERY = 1_000;
+const VALUE = randomBytes(1024);
+
+/** A store kind under test: how to make a fresh one, and its raw write path. */
+export interface StoreKind {
+  readonly name: string;
+  make(ctx: BenchContext): Promise<{ adapter: StorageAdapter; cleanup(): Promise<void> }>;
+  /** Writes `n` 1 KiB values through the store's own client, `IN_FLIGHT` at a time; returns ms. */
+  raw(ctx: BenchContext, n: number): Promise<number>;
+}
+
+const tempDir = (): Promise<string> => mkdtemp(join(tmpdir(), 'rp-bench-'));
+
+/** Memory and file, whose raw path is the adapter's own put. */
+export const localKinds: StoreKind[] = [
+  {
+    name: 'memory',
+    make: async () => ({ adapter: memoryAdapter(), cleanup: async () => undefined }),
+    raw: async (_ctx, n) => {
+      const a = memoryAdapter();
+      await a.open();
+      return timeInFlight(n, (i) => a.put(`k${i % 5000}`, VALUE));
+    },
+  },
+  {
+    name: 'file',
+    make: async () => {
+      const dir = await tempDir();
+      return { adapter: fileAdapter({ dir }), cleanup: () => rm(dir, { recursive: true, force: true }) };
+    },
+    raw: async (_ctx, n) => {
+      const dir = await tempDir();
+      const a = fileAdapter({ dir });
+      await a.open();
+      try {
+        return await timeSerial(n, (i) => a.put(`k${i % 5000}`, VALUE));
+      } finally {
+        await a.close();
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  },
+];
+
+/** Extra kinds registered by other bench files (redis, postgres). */
+export const extraKinds: StoreKind[] = [];
+
+async function timeInFlight(n: number, op: (i: number) => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  for (let i = 0; i < n; i += IN_FLIGHT) {
+    const batch: Promise<unknown>[] = [];
+    for (let j = i; j < Math.min(n, i + IN_FLIGHT); j++) batch.push(op(j));
+    await Promise.all(batch);
+  }
+  return performance.now() - t0;
+}
+
+async function timeSerial(n: number, op: (i: number) => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) await op(i);
+  return performance.now() - t0;
+}
+
+async function dropApp(servers: string, app: string): Promise<void> {
+  const nc = await connect({ servers });
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.delete(`RP_${app}`).catch(() => undefined);
+  await jsm.streams.delete(`KV_rp-${app}-lease`).catch(() => undefined);
+  await nc.close();
+}
+
+/** Replicated writes: returns ms for `n` puts with a checkpoint every 1 000. */
+async function replicated(ctx: BenchContext, kind: StoreKind, n: number): Promise<number> {
+  const app = `bench-${randomBytes(4).toString('hex')}`;
+  const { adapter, cleanup } = await kind.make(ctx);
+  const rp = await Restartpoint.start({ app, nodeId: 'bench', nats: { servers: ctx.nats }, storage: adapter });
+  try {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i += IN_FLIGHT) {
+      const batch: Promise<void>[] = [];
+      for (let j = i; j < Math.min(n, i + IN_FLIGHT); j++) batch.push(rp.store.put(`k${j % 5000}`, VALUE));
+      await Promise.all(batch);
+      if ((i + IN_FLIGHT) % CHECKPOINT_EVERY === 0) await rp.checkpoint({ i });
+    }
+    await rp.checkpoint({ done: true });
+    return performance.now() - t0;
+  } finally {
+    await rp.close();
+    await cleanup();
+    await dropApp(ctx.nats, app);
+  }
+}
+
+/** Standby apply rate: a primary writes `n` puts, then a fresh standby replays them; returns writes/s. */
+async function applyRate(ctx: BenchContext, kind: StoreKind, n: number): Promise<number> {
+  const app = `bench-${randomBytes(4).toString('hex')}`;
+  const a = await kind.make(ctx);
+  const b = await kind.make(ctx);
+  const rp = await Restartpoint.start({ app, nodeId: 'p', nats: { servers: ctx.nats }, storage: a.adapter });
+  try {
+    for (let i = 0; i < n; i += IN_FLIGHT) {
+      const batch: Promise<void>[] = [];
+      for (let j = i; j < Math.min(n, i + IN_FLIGHT); j++) batch.push(rp.store.put(`k${j}`, VALUE));
+      await Promise.all(batch);
+      if ((i + IN_FLIGHT) % CHECKPOINT_EVERY === 0) await rp.checkpoint({ i });
+    }
+    await rp.checkpoint({ done: true });
+    const t0 = performance.now();
+    const standby = Restartpoint.start({ app, nodeId: 's', nats: { servers: ctx.nats }, storage: b.adapter });
+    // close() releases the lease: the standby takes over once it has applied the whole stream.
+    await rp.close();
+    const s = await standby;
+    const ms = performance.now() - t0;
+    await s.close();
+    return (n / ms) * 1000;
+  } finally {
+    await rp.close();
+    await a.cleanup();
+    await b.cleanup();
+    await dropApp(ctx.nats, app);
+  }
+}
+
+/** Snapshot mode: ms to form a snapshot of, and to roll back, 10 000 unsealed writes. */
+async function snapshotTimes(ctx: BenchContext, kind: StoreKind): Promise<{ form: number; rollback: number } | undefined> {
+  const { adapter, cleanup } = await kind.make(ctx);
+  try {
+    await adapter.open();
+    if (!adapter.capabilities.snapshot || !adapter.writeArea || !adapter.formSnapshot || !adapter.releaseAreas) {
+      return undefined;
+    }
+    const ops: WriteOp[] = Array.from({ length: 10_000 }, (_, i) => ({ op: 'put', key: `k${i}`, value: VALUE }));
+    for (let i = 0; i < ops.length; i += 1000) await adapter.writeArea(1, ops.slice(i, i + 1000));
+    let t0 = performance.now();
+    await adapter.formSnapshot(1, Buffer.from('{}'));
+    const form = performance.now() - t0;
+    for (let i = 0; i < ops.length; i += 1000) await adapter.writeArea(2, ops.slice(i, i + 1000));
+    t0 = performance.now();
+    await adapter.releaseAreas();
+    const rollback = performance.now() - t0;
+    return { form, rollback };
+  } finally {
+    await adapter.close();
+    await cleanup();
+  }
+}
+
+/** The store suite. */
+export const storeSuite: Suite = {
+  prefix: 'store',
+  description: 'replicated rp.store.put vs the raw store client, standby apply rate, snapshot form/rollback',
+  async run(ctx) {
+    const rows: BenchRow[] = [];
+    const ratios: Record<string, number> = {};
+    for (const kind of [...localKinds, ...extraKinds]) {
+      ctx.progress(`  store.${kind.name}: raw vs replicated, ${WRITES} writes x ${ctx.repeat}`);
+      const rawMs = await medianOf(ctx.repeat, () => kind.raw(ctx, WRITES));
+      const repMs = await medianOf(ctx.repeat, () => replicated(ctx, kind, WRITES));
+      const raw = (WRITES / rawMs) * 1000;
+      const rep = (WRITES / repMs) * 1000;
+      rows.push({ name: `store.${kind.name}.raw`, value: raw, unit: 'writes/s' });
+      rows.push({ name: `store.${kind.name}.replicated`, value: rep, unit: 'writes/s' });
+      ratios[`store.${kind.name}.replicated_over_raw`] = rep / raw;
+      const apply = await medianOf(ctx.repeat, () => applyRate(ctx, kind, 10_000));
+      rows.push({ name: `store.${kind.name}.standby_apply`, value: apply, unit: 'writes/s', note: 'replay from the stream' });
+      const snap = await snapshotTimes(ctx, kind);
+      if (snap) {
+        rows.push({ name: `store.${kind.name}.snapshot_form_10k`, value: snap.form, unit: 'ms' });
+        rows.push({ name: `store.${kind.name}.rollback_10k`, value: snap.rollback, unit: 'ms' });
+      }
+    }
+    return { rows, ratios };
+  },
+};
