@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the local services restartpoint's tests and drill need are up:
-#   NATS with JetStream on 127.0.0.1:4222.
+#   NATS with JetStream on 127.0.0.1:4222, Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432
+#   (with a database `test` that the user `postgres` reaches without a password).
 # A running server is used as is. A missing one is started; a missing binary is installed from
 # Debian's packages when running as root, otherwise this stops and says what to install.
 set -euo pipefail
@@ -36,3 +37,36 @@ if ! port_open 4222; then
 fi
 # Tests start extra nats-servers for relays from the same binary.
 need_pkg nats-server nats-server
+
+if ! port_open 6379; then
+  need_pkg redis-server redis-server
+  echo "ensure-services: starting redis-server on 127.0.0.1:6379" >&2
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --logfile /tmp/restartpoint-redis.log >/dev/null
+  wait_port 6379 redis-server
+fi
+
+if ! port_open 5432; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    need_pkg psql postgresql
+    need_pkg pg_ctlcluster postgresql
+  fi
+  ver=$(ls /etc/postgresql | sort -n | tail -1)
+  if [ -z "$ver" ]; then
+    echo "ensure-services: PostgreSQL is installed but has no cluster; create one with pg_createcluster" >&2
+    exit 1
+  fi
+  conf=/etc/postgresql/$ver/main/pg_hba.conf
+  # Tests connect as postgres over TCP without a password: trust on loopback only.
+  if ! grep -q '^host all all 127.0.0.1/32 trust' "$conf"; then
+    sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$conf"
+  fi
+  echo "ensure-services: starting PostgreSQL $ver on 127.0.0.1:5432" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+  wait_port 5432 postgresql
+fi
+if command -v psql >/dev/null 2>&1 &&
+  ! psql -h 127.0.0.1 -U postgres -tAc "select 1 from pg_database where datname='test'" 2>/dev/null | grep -q 1; then
+  psql -h 127.0.0.1 -U postgres -c 'create database test' >/dev/null 2>&1 ||
+    echo "ensure-services: could not create database 'test' (is trust auth on for 127.0.0.1?)" >&2
+fi

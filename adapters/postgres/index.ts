@@ -127,7 +127,12 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       const b: DirectBatch = { ops: new Map(), bytes: 0, done: Promise.resolve() };
       b.done = mutate(async (p) => {
         if (batch === b) batch = undefined; // started: later writes form a new batch
-        await applyDirect(p, n, o.where, b.ops);
+        await applyDirect(
+          p,
+          n,
+          o.where,
+          [...b.ops].map(([key, value]) => [Buffer.from(key, 'utf8'), value]),
+        );
       });
       batch = b;
     }
@@ -173,6 +178,14 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       assertOpen();
       assertValidKey(key);
       await direct(key, null);
+    },
+
+    async apply(ops) {
+      assertOpen();
+      assertValidOps(ops);
+      // Collapsed now, sent while this call runs: the values need no copy.
+      const rows = collapse(ops);
+      await mutate((p) => applyDirect(p, n, o.where, rows));
     },
 
     async keys() {
@@ -402,16 +415,16 @@ interface DirectBatch {
 const BATCH_OPS = 10_000;
 const BATCH_BYTES = 32 * 1024 * 1024;
 
-async function applyDirect(p: Pool, n: Names, where: string, ops: Map<string, Buffer | null>): Promise<void> {
-  if (ops.size === 1) {
+/** Writes `rows` (distinct keys) as visible data: one statement for one row, else one transaction. */
+async function applyDirect(p: Pool, n: Names, where: string, rows: readonly Row[]): Promise<void> {
+  if (rows.length === 1) {
     // The common case, one round trip: a single statement reads the formed mark in its own
     // snapshot, drops older visible versions and writes the key at the mark (or drops it).
-    const [[key, value]] = ops;
-    const k = Buffer.from(key, 'utf8');
+    const [key, value] = rows[0]!;
     if (value === null) {
       await p.query(
         `DELETE FROM ${n.data} WHERE key = $1 AND area <= (SELECT formed FROM ${n.meta} WHERE id = 1)`,
-        [k],
+        [key],
       );
     } else {
       await p.query(
@@ -419,13 +432,15 @@ async function applyDirect(p: Pool, n: Names, where: string, ops: Map<string, Bu
               older AS (DELETE FROM ${n.data} AS d USING f WHERE d.key = $1::bytea AND d.area < f.formed)
          INSERT INTO ${n.data} (key, area, value) SELECT $1::bytea, f.formed, $2::bytea FROM f
          ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
-        [k, value],
+        [key, value],
       );
     }
     return;
   }
-  const rows: Row[] = [...ops].map(([key, value]) => [Buffer.from(key, 'utf8'), value]);
+  if (rows.length === 0) return;
   await inTransaction(p, async (c) => {
+    // FOR SHARE keeps the mark still until this commits (each statement of a READ COMMITTED
+    // transaction takes a new snapshot); it does not block readers.
     const r = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1 FOR SHARE`);
     await writeVisible(c, n, rows, formedOf(r.rows, where));
   });

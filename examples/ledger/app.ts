@@ -10,7 +10,9 @@
  * `{"cmd":"arm","point":"inside-checkpoint","afterSteps":7}` makes it stop at that kill point
  * (announcing `at-killpoint`) so the drill's SIGKILL lands exactly there.
  *
- * Usage: node app.js --node a --dir ./data/a --store file|memory --app NAME [--nats URL] [--ttl MS]
+ * Usage: node app.js --node a --app NAME --store file|memory|redis|postgres [--dir DIR]
+ *          [--mode delay-write|snapshot] [--redis-url URL] [--postgres-url URL] [--nats URL] [--ttl MS]
+ * Redis keys live under the prefix `<app>:<node>`, Postgres rows in the table `rp_<app>_<node>`.
  */
 import { createHash } from 'node:crypto';
 import { createInterface } from 'node:readline';
@@ -18,6 +20,8 @@ import { parseArgs } from 'node:util';
 import { Restartpoint, type StorageAdapter } from 'restartpoint';
 import { fileAdapter } from 'restartpoint/adapters/file';
 import { memoryAdapter } from 'restartpoint/adapters/memory';
+import { postgresAdapter } from 'restartpoint/adapters/postgres';
+import { redisAdapter } from 'restartpoint/adapters/redis';
 
 /** The ledger's in-memory state: the execution image. */
 export interface LedgerState {
@@ -68,6 +72,25 @@ function rng(seed: number): () => number {
   };
 }
 
+/** The store a node runs on. */
+export function makeStore(
+  kind: string,
+  o: { dir: string | undefined; redisUrl: string; postgresUrl: string; name: string },
+): StorageAdapter {
+  switch (kind) {
+    case 'memory':
+      return memoryAdapter();
+    case 'file':
+      return fileAdapter({ dir: o.dir! });
+    case 'redis':
+      return redisAdapter({ url: o.redisUrl, prefix: `rp:${o.name}` });
+    case 'postgres':
+      return postgresAdapter({ connectionString: o.postgresUrl, table: `rp_${o.name.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 40) });
+    default:
+      throw new Error(`unknown store '${kind}': use file, memory, redis or postgres`);
+  }
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -78,6 +101,10 @@ async function main(): Promise<void> {
       nats: { type: 'string', default: 'nats://127.0.0.1:4222' },
       ttl: { type: 'string', default: '1000' },
       accounts: { type: 'string', default: '50' },
+      mode: { type: 'string', default: 'delay-write' },
+      clear: { type: 'boolean', default: false },
+      'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
+      'postgres-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     },
   });
   if (!values.node || !values.app || (values.store === 'file' && !values.dir)) {
@@ -87,9 +114,22 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const accounts = Number(values.accounts);
-  const storage = values.store === 'memory' ? memoryAdapter() : fileAdapter({ dir: values.dir! });
+  const storage = makeStore(values.store!, {
+    dir: values.dir,
+    redisUrl: values['redis-url']!,
+    postgresUrl: values['postgres-url']!,
+    // Per node: each node has its own store, as two hosts would.
+    name: `${values.app}_${values.node}`,
+  });
 
   let armed: { point: KillPoint; afterSteps: number } | undefined;
+  if (values.clear) {
+    // Drill clean-up: empty this node's store (its Redis keys or Postgres rows) and leave.
+    await storage.open();
+    await storage.clear();
+    await storage.close();
+    return;
+  }
   const lines = createInterface({ input: process.stdin });
   lines.on('line', (line) => {
     try {
@@ -108,6 +148,7 @@ async function main(): Promise<void> {
     storage,
     initialState: () => ({ steps: 0, total: 0n, mirror: new Map(), lastStepAt: new Date(0) }),
     leaseTtlMs: Number(values.ttl),
+    mode: values.mode as 'delay-write' | 'snapshot',
     log: (e) => {
       if (e.msg === 'standby') emit({ ev: 'standby', node: values.node });
       else if (e.level === 'warn' || e.level === 'error') emit({ ev: 'log', ...e });

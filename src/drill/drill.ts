@@ -20,6 +20,10 @@ import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 
+/** Stores the drill can run the sample app on. */
+export const DrillStores = ['file', 'memory', 'redis', 'postgres'] as const;
+export type DrillStore = (typeof DrillStores)[number];
+
 /** Where a kill lands. */
 export const KillPoints = ['between-writes', 'inside-checkpoint', 'after-checkpoint'] as const;
 export type KillPoint = (typeof KillPoints)[number];
@@ -27,7 +31,13 @@ export type KillPoint = (typeof KillPoints)[number];
 /** Options of a drill run. */
 export interface DrillOptions {
   kills: number;
-  store: 'file' | 'memory';
+  store: DrillStore;
+  /** Standby mode of the nodes. Default `'delay-write'`. */
+  mode?: 'delay-write' | 'snapshot';
+  /** Redis for `store: 'redis'`. Default `redis://127.0.0.1:6379`. */
+  redisUrl?: string;
+  /** PostgreSQL for `store: 'postgres'`. Default `postgres://postgres@127.0.0.1:5432/test`. */
+  postgresUrl?: string;
   seed: number;
   nats: string;
   leaseTtlMs: number;
@@ -59,6 +69,7 @@ export interface DrillReport {
   kills: number;
   seed: number;
   store: string;
+  mode: string;
   takeovers: TakeoverReport[];
   violations: string[];
 }
@@ -193,12 +204,19 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     opts.nats,
     '--ttl',
     String(opts.leaseTtlMs),
+    '--mode',
+    opts.mode ?? 'delay-write',
+    '--redis-url',
+    opts.redisUrl ?? 'redis://127.0.0.1:6379',
+    '--postgres-url',
+    opts.postgresUrl ?? 'postgres://postgres@127.0.0.1:5432/test',
   ];
   const report: DrillReport = {
     ok: false,
     kills: opts.kills,
     seed: opts.seed,
     store: opts.store,
+    mode: opts.mode ?? 'delay-write',
     takeovers: [],
     violations: [],
   };
@@ -297,11 +315,25 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   } finally {
     await Promise.all([nodes.a.kill(), nodes.b.kill()]);
     if (!opts.keep) {
+      if (opts.store === 'redis' || opts.store === 'postgres') {
+        await Promise.all(['a', 'b'].map((id) => clearStore(id, args(id)))).catch((err: unknown) => {
+          say(`drill: could not clear the ${opts.store} store: ${(err as Error).message}`);
+        });
+      }
       await rm(dir, { recursive: true, force: true });
       await deleteApp(opts.nats, app).catch(() => undefined);
     }
   }
   return report;
+}
+
+/** Runs the sample app in `--clear` mode: it empties one node's store and exits. */
+function clearStore(id: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [sampleAppPath(), '--node', id, ...args, '--clear'], { stdio: 'ignore' });
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`clear of node ${id} exited ${code}`))));
+  });
 }
 
 /** Removes a drill app's stream and lease bucket. */

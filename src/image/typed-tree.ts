@@ -486,6 +486,8 @@ class Encoder {
   /** Arrays met twice: their id markers go in front once the walk is over (see `run`). */
   private readonly arrayIds = new Map<TreeNode[], number>();
   private readonly keyedIds = new Set<string>();
+  /** Errors whose cause is being walked (see `object`). */
+  private readonly openErrors = new Set<TreeNode>();
   private readonly stack = new FrameStack();
   private nextId = 1;
 
@@ -586,10 +588,15 @@ class Encoder {
         }
       }
       default: {
-        if (f.next >= f.end) return false;
+        if (f.next >= f.end) {
+          this.openErrors.delete(f.out as TreeNode);
+          return false;
+        }
         f.next++;
         (f.out as TreeObject).c = this.enter(f.src);
-        return stack.depth !== depth;
+        if (stack.depth !== depth) return true;
+        this.openErrors.delete(f.out as TreeNode);
+        return false;
       }
     }
   }
@@ -623,7 +630,17 @@ class Encoder {
 
   private object(o: object): TreeNode {
     const prior = this.seen.get(o);
-    if (prior !== undefined) return { [TREE_TAG]: TreeTag.Ref, id: this.idOf(prior) };
+    if (prior !== undefined) {
+      if (this.openErrors.has(prior)) {
+        // node:v8 (Node 20) writes this but cannot read it back ("Unable to deserialize cloned
+        // data"): an image that was acknowledged but cannot be restored is worse than an error.
+        throw new PathFault(
+          "refers back to an Error from inside that error's own cause; node:v8 cannot restore " +
+            'such an image: break the cycle, for example keep an id of the error in the cause',
+        );
+      }
+      return { [TREE_TAG]: TreeTag.Ref, id: this.idOf(prior) };
+    }
     if (o === this.hostObject) throw new PathFault(describeHostObject(o));
     if (types.isProxy(o)) {
       throw new PathFault(
@@ -796,7 +813,10 @@ class Encoder {
     const stack: unknown = err.stack;
     if (typeof stack === 'string') node.s = stack;
     const cause = Object.getOwnPropertyDescriptor(err, 'cause');
-    if (cause !== undefined && 'value' in cause) this.stack.push(Fill.Cause, cause.value, node, undefined, 1);
+    if (cause !== undefined && 'value' in cause) {
+      this.openErrors.add(node);
+      this.stack.push(Fill.Cause, cause.value, node, undefined, 1);
+    }
     return node;
   }
 }

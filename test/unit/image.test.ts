@@ -339,8 +339,7 @@ describe('typed tree round trip', () => {
       ['node', node],
     ]);
     const set = new Set<unknown>([shared, list, map]);
-    const err = new Error('loop');
-    Object.defineProperty(err, 'cause', { value: node, configurable: true, writable: true });
+    const err = new Error('loop', { cause: node });
     const date = new Date(5);
     const bytes = Uint8Array.of(1);
     const value = { node, map, set, again: shared, list, err, dates: [date, date], bytes: [bytes, bytes] };
@@ -468,6 +467,21 @@ describe('unserializable values', () => {
     );
     expect(serializationError(() => toTree({ sparse: [, , () => 1] })).path).toBe('state.sparse[2]');
     expect(serializationError(() => toTree(() => 1)).path).toBe('state');
+  });
+
+  it('refuses an error caused by itself, which node:v8 writes but cannot read back', () => {
+    const err = new Error('loop');
+    err.cause = { wrapped: [err] };
+    expect(() => v8.serialize(err)).not.toThrow();
+    expect(() => v8.deserialize(v8.serialize(err))).toThrow();
+    const refused = serializationError(() => toTree({ e: err }));
+    expect(refused.path).toBe('state.e.cause.wrapped[0]');
+    expect(refused.message).toMatch(/refers back to an Error from inside that error's own cause/);
+    // Not a cycle through the cause: fine.
+    const fine = new Error('ok');
+    const holder = { fine, list: [fine] };
+    fine.cause = holder;
+    expectFaithful(holder);
   });
 
   it('names the path in serializeImage too', () => {

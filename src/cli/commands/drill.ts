@@ -4,7 +4,20 @@
  * stdout and nothing else (docs/cli.md). Exit 0 only when `ok`.
  */
 import { Command, Option } from 'commander';
-import { runDrill, type DrillReport } from '../../drill/drill.js';
+import { DrillStores, runDrill, type DrillReport, type DrillStore } from '../../drill/drill.js';
+
+interface DrillFlags {
+  kills: number;
+  store: DrillStore;
+  mode: 'delay-write' | 'snapshot';
+  redisUrl: string;
+  postgresUrl: string;
+  seed?: number;
+  nats: string;
+  leaseTtl: number;
+  keep: boolean;
+  json: boolean;
+}
 import { intFlag } from '../main.js';
 
 function table(report: DrillReport): string {
@@ -38,9 +51,12 @@ export function drillCommand(): Command {
   return new Command('drill')
     .description('run the sample app as two nodes, SIGKILL the primary N times, check every takeover')
     .option('--kills <n>', 'how many times to kill the primary', intFlag('--kills', 1, 1000), 3)
+    .addOption(new Option('--store <kind>', 'store of the sample app').choices([...DrillStores]).default('file'))
     .addOption(
-      new Option('--store <kind>', 'store of the sample app').choices(['file', 'memory']).default('file'),
+      new Option('--mode <mode>', 'standby mode of the nodes').choices(['delay-write', 'snapshot']).default('delay-write'),
     )
+    .option('--redis-url <url>', 'Redis for --store redis', 'redis://127.0.0.1:6379')
+    .option('--postgres-url <url>', 'PostgreSQL for --store postgres', 'postgres://postgres@127.0.0.1:5432/test')
     .option(
       '--seed <s>',
       'seed for kill points and timing (default: random)',
@@ -51,19 +67,14 @@ export function drillCommand(): Command {
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
     .option('--json', 'print one JSON object (docs/cli.md) and nothing else on stdout', false)
     .action(
-      async (o: {
-        kills: number;
-        store: 'file' | 'memory';
-        seed?: number;
-        nats: string;
-        leaseTtl: number;
-        keep: boolean;
-        json: boolean;
-      }) => {
+      async (o: DrillFlags) => {
         const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
         const report = await runDrill({
           kills: o.kills,
           store: o.store,
+          mode: o.mode,
+          redisUrl: o.redisUrl,
+          postgresUrl: o.postgresUrl,
           seed,
           nats: o.nats,
           leaseTtlMs: o.leaseTtl,
