@@ -32,6 +32,10 @@ export interface BenchContext {
   readonly redisUrl: string;
   readonly postgresUrl: string;
   readonly repeat: number;
+  /** The `--only` prefix, if any: suites skip their parts whose names it excludes. */
+  readonly only: string | undefined;
+  /** Whether a measurement named `name` is wanted under `--only`. */
+  wants(name: string): boolean;
   /** Progress on stderr (never stdout: `--json` owns it). */
   progress(line: string): void;
 }

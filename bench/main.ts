@@ -46,6 +46,8 @@ async function main(): Promise<number> {
     redisUrl: args['redis-url'],
     postgresUrl: args['postgres-url'],
     repeat,
+    only: args.only,
+    wants: (name) => !args.only || name.startsWith(args.only) || args.only.startsWith(name),
     progress: (line) => process.stderr.write(`${line}\n`),
   };
   const ratios: Record<string, number> = {};

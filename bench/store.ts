@@ -14,6 +14,8 @@ import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { fileAdapter } from '../adapters/file/index.js';
 import { memoryAdapter } from '../adapters/memory/index.js';
+import { postgresAdapter } from '../adapters/postgres/index.js';
+import { redisAdapter } from '../adapters/redis/index.js';
 import { Restartpoint } from '../src/index.js';
 import type { StorageAdapter, WriteOp } from '../src/storage/adapter.js';
 import { medianOf, type BenchContext, type BenchRow, type Suite } from './harness.js';
@@ -174,7 +176,7 @@ export const storeSuite: Suite = {
   async run(ctx) {
     const rows: BenchRow[] = [];
     const ratios: Record<string, number> = {};
-    for (const kind of [...localKinds, ...extraKinds]) {
+    for (const kind of [...localKinds, ...extraKinds].filter((k) => ctx.wants(`store.${k.name}`))) {
       ctx.progress(`  store.${kind.name}: raw vs replicated, ${WRITES} writes x ${ctx.repeat}`);
       const rawMs = await medianOf(ctx.repeat, () => kind.raw(ctx, WRITES));
       const repMs = await medianOf(ctx.repeat, () => replicated(ctx, kind, WRITES));
@@ -194,3 +196,95 @@ export const storeSuite: Suite = {
     return { rows, ratios };
   },
 };
+
+/** Redis: raw = ioredis pipelined SET in batches of 100. */
+const redisKind: StoreKind = {
+  name: 'redis',
+  make: async (ctx) => {
+    const prefix = `rp-bench-${randomBytes(4).toString('hex')}`;
+    const adapter = redisAdapter({ url: ctx.redisUrl, prefix });
+    return {
+      adapter,
+      cleanup: async () => {
+        const a = redisAdapter({ url: ctx.redisUrl, prefix });
+        await a.open();
+        await a.clear();
+        await a.close();
+      },
+    };
+  },
+  raw: async (ctx, n) => {
+    const { Redis } = await import('ioredis');
+    const c = new Redis(ctx.redisUrl);
+    const prefix = `rp-bench-raw-${randomBytes(4).toString('hex')}`;
+    try {
+      const t0 = performance.now();
+      for (let i = 0; i < n; i += IN_FLIGHT) {
+        const p = c.pipeline();
+        for (let j = i; j < Math.min(n, i + IN_FLIGHT); j++) p.set(`${prefix}:k${j % 5000}`, VALUE);
+        await p.exec();
+      }
+      return performance.now() - t0;
+    } finally {
+      const keys = await c.keys(`${prefix}:*`);
+      for (let i = 0; i < keys.length; i += 1000) await c.del(...keys.slice(i, i + 1000));
+      c.disconnect();
+    }
+  },
+};
+
+/** PostgreSQL: raw = pg multi-row INSERT … ON CONFLICT in batches of 100. */
+const postgresKind: StoreKind = {
+  name: 'postgres',
+  make: async (ctx) => {
+    const table = `rp_bench_${randomBytes(4).toString('hex')}`;
+    return {
+      adapter: postgresAdapter({ connectionString: ctx.postgresUrl, table }),
+      cleanup: () => dropTables(ctx.postgresUrl, table),
+    };
+  },
+  raw: async (ctx, n) => {
+    const pg = await import('pg');
+    const client = new pg.default.Client({ connectionString: ctx.postgresUrl });
+    await client.connect();
+    const table = `rp_bench_raw_${randomBytes(4).toString('hex')}`;
+    try {
+      await client.query(`CREATE TABLE ${table} (key text PRIMARY KEY, value bytea NOT NULL)`);
+      const t0 = performance.now();
+      for (let i = 0; i < n; i += IN_FLIGHT) {
+        const keys: string[] = [];
+        const values: Buffer[] = [];
+        for (let j = i; j < Math.min(n, i + IN_FLIGHT); j++) {
+          keys.push(`k${j % 5000}`);
+          values.push(VALUE);
+        }
+        await client.query(
+          `INSERT INTO ${table} (key, value) SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value`,
+          [keys, values],
+        );
+      }
+      return performance.now() - t0;
+    } finally {
+      await client.query(`DROP TABLE IF EXISTS ${table}`);
+      await client.end();
+    }
+  },
+};
+
+/** Drops a bench table and whatever side tables the adapter made with its name as prefix. */
+async function dropTables(url: string, table: string): Promise<void> {
+  const pg = await import('pg');
+  const client = new pg.default.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const r = await client.query<{ tablename: string }>(
+      `SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE $1`,
+      [`${table}%`],
+    );
+    for (const { tablename } of r.rows) await client.query(`DROP TABLE IF EXISTS "${tablename}" CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+extraKinds.push(redisKind, postgresKind);

@@ -20,7 +20,13 @@
  *   run at once, on the pool.
  */
 import type { Pool, PoolClient } from 'pg';
-import { ClosedError, ConfigError, InvalidArgumentError, RestartpointError, StorageError } from '../../src/errors.js';
+import {
+  ClosedError,
+  ConfigError,
+  InvalidArgumentError,
+  RestartpointError,
+  StorageError,
+} from '../../src/errors.js';
 import {
   assertValidKey,
   assertValidOps,
@@ -28,7 +34,17 @@ import {
   type StorageAdapter,
   type WriteOp,
 } from '../../src/storage/adapter.js';
-import { chunkRows, ensureSchema, NAME_RE, names, writeArea, writeVisible, type Names, type Queryable, type Row } from './sql.js';
+import {
+  chunkRows,
+  ensureSchema,
+  NAME_RE,
+  names,
+  writeArea,
+  writeVisible,
+  type Names,
+  type Queryable,
+  type Row,
+} from './sql.js';
 
 /** Options of `postgresAdapter`. */
 export interface PostgresAdapterOptions {
@@ -66,7 +82,7 @@ export const DEFAULT_POSTGRES_TABLE = 'restartpoint_store';
  * a crash of this process at any instant (and durable as the server's `synchronous_commit`
  * makes them: on by default); reads running beside them see all of it or none. Mutating calls
  * run one at a time in call order; reads run at once. `put` copies its value before returning;
- * buffers passed to `commit` and `writeArea` must not change until the call settles. One
+ * buffers passed to `commit`, `apply` and `writeArea` must not change until the call settles. One
  * adapter instance (in any process) per table at a time. Errors from the database are
  * `StorageError`s, `retryable` when the connection failed (then a `commit` may or may not have
  * happened; committing the same batch again is safe).
@@ -88,6 +104,11 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
   /** Connects and checks the schema once; a failure is not cached, the next call tries again. */
   function ready(): Promise<Pool> {
     assertOpen();
+    return connected();
+  }
+
+  /** `ready()` without the closed check: mutations queued before `close()` still run. */
+  function connected(): Promise<Pool> {
     if (pool !== undefined) return Promise.resolve(pool);
     opening ??= (async () => {
       const p = o.pool ?? (await createPool(o));
@@ -110,7 +131,7 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
   /** Runs `fn` after every earlier mutation. */
   function mutate<T>(fn: (p: Pool) => Promise<T>): Promise<T> {
     batch = undefined; // a direct write after this call must not overtake it
-    const run = tail.then(async () => fn(await ready()));
+    const run = tail.then(async () => fn(await connected()));
     tail = run.catch(() => undefined);
     return run.catch((err: unknown) => {
       throw storageError(o.where, err);
@@ -210,7 +231,9 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       await mutate((p) =>
         inTransaction(p, async (c) => {
           // Locks the meta row first: it serializes this with every other transactional write.
-          const r = await c.query(`UPDATE ${n.meta} SET meta = $1 WHERE id = 1 RETURNING formed`, [view(meta)]);
+          const r = await c.query(`UPDATE ${n.meta} SET meta = $1 WHERE id = 1 RETURNING formed`, [
+            view(meta),
+          ]);
           await writeVisible(c, n, rows, formedOf(r.rows, o.where));
         }),
       );
@@ -331,7 +354,10 @@ interface Options {
 
 function checkOptions(opts: PostgresAdapterOptions): Options {
   if (typeof opts !== 'object' || opts === null) {
-    throw new ConfigError('storage', 'must be an object like postgresAdapter({ connectionString: "postgres://..." })');
+    throw new ConfigError(
+      'storage',
+      'must be an object like postgresAdapter({ connectionString: "postgres://..." })',
+    );
   }
   const table: unknown = opts.table ?? DEFAULT_POSTGRES_TABLE;
   if (typeof table !== 'string' || !NAME_RE.test(table)) {
@@ -342,7 +368,10 @@ function checkOptions(opts: PostgresAdapterOptions): Options {
   }
   const pool: unknown = opts.pool;
   if (pool !== undefined && !isPoolLike(pool)) {
-    throw new ConfigError('storage.pool', `must be a pg.Pool (an object with query() and connect()), got ${show(pool)}`);
+    throw new ConfigError(
+      'storage.pool',
+      `must be a pg.Pool (an object with query() and connect()), got ${show(pool)}`,
+    );
   }
   const cs: unknown = opts.connectionString;
   if (pool === undefined || cs !== undefined) {
@@ -355,7 +384,10 @@ function checkOptions(opts: PostgresAdapterOptions): Options {
   }
   const lib: unknown = opts.lib;
   if (lib !== undefined && pgPool(lib) === undefined) {
-    throw new ConfigError('storage.lib', `must be the 'pg' module (an object with a Pool class), got ${show(lib)}`);
+    throw new ConfigError(
+      'storage.lib',
+      `must be the 'pg' module (an object with a Pool class), got ${show(lib)}`,
+    );
   }
   const connectionString = typeof cs === 'string' ? cs : undefined;
   const at = connectionString === undefined ? 'a caller-provided pool' : redact(connectionString);
@@ -364,7 +396,9 @@ function checkOptions(opts: PostgresAdapterOptions): Options {
 
 function isPoolLike(v: unknown): boolean {
   const p = v as { query?: unknown; connect?: unknown } | null;
-  return typeof p === 'object' && p !== null && typeof p.query === 'function' && typeof p.connect === 'function';
+  return (
+    typeof p === 'object' && p !== null && typeof p.query === 'function' && typeof p.connect === 'function'
+  );
 }
 
 type PoolClass = new (config: Record<string, unknown>) => Pool;
@@ -392,9 +426,20 @@ async function createPool(o: Options): Promise<Pool> {
   }
   const PoolClass = pgPool(lib);
   if (PoolClass === undefined) {
-    throw new ConfigError('storage.lib', `the imported 'pg' module has no Pool class; the postgres adapter needs pg 8: npm install pg`);
+    throw new ConfigError(
+      'storage.lib',
+      `the imported 'pg' module has no Pool class; the postgres adapter needs pg 8: npm install pg`,
+    );
   }
-  const pool = new PoolClass({ connectionString: o.connectionString, application_name: 'restartpoint' });
+  const pool = new PoolClass({
+    connectionString: o.connectionString,
+    application_name: 'restartpoint',
+    keepAlive: true,
+    // A client that dies inside a transaction (its host gone, not just its process) would keep
+    // the meta row locked until TCP gave up, hours later, stalling the node that replaces it.
+    // Our transactions never wait on the client between statements for anything like this long.
+    idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_MS,
+  });
   // An idle connection that dies (server restart) is reported here; without a listener Node
   // would crash the process. The next query opens a new connection and reports its own failure.
   pool.on('error', () => undefined);
@@ -403,6 +448,9 @@ async function createPool(o: Options): Promise<Pool> {
 
 // ---------------------------------------------------------------------------------------------
 // Writing
+
+/** The server ends a session of ours idle inside a transaction for this long (see createPool). */
+const IDLE_IN_TRANSACTION_MS = 60_000;
 
 /** Direct writes applied as one batch: key → value (`null`: delete). */
 interface DirectBatch {
@@ -481,13 +529,16 @@ function formedOf(rows: any[], where: string): number {
   const formed: unknown = rows[0]?.formed;
   // bigint arrives as a string; areas are checkpoint numbers, far below 2^53.
   const value = typeof formed === 'string' || typeof formed === 'number' ? Number(formed) : NaN;
-  if (!Number.isSafeInteger(value)) throw new StorageError(`postgres store ${where}: the meta row is missing or damaged`);
+  if (!Number.isSafeInteger(value))
+    throw new StorageError(`postgres store ${where}: the meta row is missing or damaged`);
   return value;
 }
 
 function assertArea(what: string, area: unknown): asserts area is number {
   if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 1) {
-    throw new InvalidArgumentError(`${what}: the area must be a positive integer (a checkpoint number), got ${show(area)}`);
+    throw new InvalidArgumentError(
+      `${what}: the area must be a positive integer (a checkpoint number), got ${show(area)}`,
+    );
   }
 }
 
@@ -518,7 +569,15 @@ async function run<T>(where: string, fn: () => Promise<T>): Promise<T> {
 
 /** SQLSTATE classes and codes after which the same call may succeed later, unchanged. */
 const RETRYABLE_SQLSTATE = /^(08|53|57P0[123]|40001|40P01|55P03)/;
-const RETRYABLE_ERRNO = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
+const RETRYABLE_ERRNO = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+]);
 
 /** Our own errors pass through; driver and server errors become `StorageError`s naming the store. */
 function storageError(where: string, err: unknown): Error {
@@ -528,10 +587,13 @@ function storageError(where: string, err: unknown): Error {
   const retryable =
     (typeof code === 'string' && (RETRYABLE_SQLSTATE.test(code) || RETRYABLE_ERRNO.has(code))) ||
     /connection terminated|terminating connection|timeout/i.test(message);
-  return new StorageError(`postgres store ${where}: ${message}${typeof code === 'string' ? ` (${code})` : ''}`, {
-    cause: err,
-    retryable,
-  });
+  return new StorageError(
+    `postgres store ${where}: ${message}${typeof code === 'string' ? ` (${code})` : ''}`,
+    {
+      cause: err,
+      retryable,
+    },
+  );
 }
 
 /** The connection string without its password. */

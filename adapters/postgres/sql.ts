@@ -80,19 +80,27 @@ export async function ensureSchema(c: Queryable, n: Names, where: string): Promi
     const v = await c.query(`SELECT version FROM ${n.schema} WHERE id = 1`);
     const version: unknown = v.rows[0]?.version;
     if (typeof version !== 'number' || !Number.isInteger(version) || version < 1) {
-      throw new StorageError(`${where}: ${n.schema} holds no valid schema version (${String(version)}); the store is damaged`);
+      throw new StorageError(
+        `postgres store ${where}: ${n.schema} holds no valid schema version (${String(version)}); the store is damaged`,
+      );
     }
     if (version > SCHEMA_VERSION) {
       throw new StorageError(
-        `${where}: the store has schema version ${version}, newer than this restartpoint build reads (${SCHEMA_VERSION}); ` +
+        `postgres store ${where}: the store has schema version ${version}, newer than this restartpoint build reads (${SCHEMA_VERSION}); ` +
           `upgrade restartpoint, or point 'storage.table' at another table`,
       );
     }
     // Version 1 is the only one so far; a later release migrates older versions here, in this
     // same locked transaction.
     if (!has.data || !has.meta) {
-      throw new StorageError(`${where}: ${n.schema} exists but ${!has.data ? n.data : n.meta} is missing; the store is damaged`);
+      throw new StorageError(
+        `postgres store ${where}: ${n.schema} exists but ${!has.data ? n.data : n.meta} is missing; the store is damaged`,
+      );
     }
+    // Without its row every read would see an empty store: refuse instead.
+    const meta = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1`);
+    if (meta.rows.length !== 1)
+      throw new StorageError(`postgres store ${where}: ${n.meta} has no row; the store is damaged`);
     return;
   }
   if (has.data || has.meta) {
@@ -161,7 +169,12 @@ function chunkKeys(keys: readonly Buffer[]): Buffer[][] {
  * Unformed areas (above `formed`) are untouched. The caller holds the meta row locked, in the
  * transaction these statements run in, so `formed` cannot change under them. Keys are distinct.
  */
-export async function writeVisible(c: Queryable, n: Names, rows: readonly Row[], formed: number): Promise<void> {
+export async function writeVisible(
+  c: Queryable,
+  n: Names,
+  rows: readonly Row[],
+  formed: number,
+): Promise<void> {
   const puts: Row[] = [];
   const deletes: Buffer[] = [];
   for (const row of rows) {
@@ -180,7 +193,9 @@ export async function writeVisible(c: Queryable, n: Names, rows: readonly Row[],
     // In a data-modifying CTE both parts see the same snapshot; they touch disjoint rows (areas
     // below `formed` / at `formed`), so the order between them does not matter.
     const reclaim =
-      formed > 0 ? `WITH older AS (DELETE FROM ${n.data} WHERE key IN (${keyParams.join(', ')}) AND area < ${formed}) ` : '';
+      formed > 0
+        ? `WITH older AS (DELETE FROM ${n.data} WHERE key IN (${keyParams.join(', ')}) AND area < ${formed}) `
+        : '';
     await c.query(
       `${reclaim}INSERT INTO ${n.data} (key, area, value) VALUES ${tuples.join(', ')}
        ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
@@ -197,7 +212,12 @@ export async function writeVisible(c: Queryable, n: Names, rows: readonly Row[],
  * formed snapshot: each statement checks that itself, so a one-chunk write needs no
  * transaction. Resolves `false` (having written nothing) when it is not.
  */
-export async function writeArea(c: Queryable, n: Names, area: number, rows: readonly Row[]): Promise<boolean> {
+export async function writeArea(
+  c: Queryable,
+  n: Names,
+  area: number,
+  rows: readonly Row[],
+): Promise<boolean> {
   for (const chunk of chunkRows(rows)) {
     const values: unknown[] = [];
     const tuples: string[] = [];

@@ -11,11 +11,18 @@
  * - `omitRemovedValues`: the standby only patches forward, so old values are not shipped;
  * - array items match by `id`/`_id` for records and by key for Map entries, by position
  *   otherwise; moves are detected (a re-sorted list ships indices, not items);
- * - arrays whose changed middle is too large for jsondiffpatch's quadratic LCS are replaced
- *   whole instead (memory stays bounded);
+ * - equal subtrees are skipped before jsondiffpatch builds its per-node contexts (a 1 % change
+ *   to 100k records diffs several times faster);
+ * - long arrays are matched by item key in O(n log n) instead of jsondiffpatch's quadratic
+ *   LCS (a queue that shifts one item and pushes one ships two items, not the queue); when
+ *   items have no distinct keys and the LCS matrix would be too large, the array is replaced
+ *   whole (memory stays bounded);
  * - an object whose key order the patch would not reproduce is replaced whole, so that a
  *   patched tree equals the new tree exactly, key order included (fromTree restores objects
  *   with the keys in tree order, and shared-reference ids rely on walk order).
+ *
+ * jsondiffpatch itself walks iteratively; JSON.stringify in `encodeDelta` recurses, so a delta
+ * nested many thousands of levels deep cannot be encoded (node:v8 keyframes fail far earlier).
  */
 import { Buffer } from 'node:buffer';
 import { create, type Delta, type DiffContext, type Filter, type PatchContext } from 'jsondiffpatch';

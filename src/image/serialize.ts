@@ -60,6 +60,9 @@ const V8_VERSION_TAG = 0xff;
  * Throws `SerializationError` when v8 refuses a value, with `path` naming the first offending
  * value (`state.handlers.onTick`) and a message saying how to fix it. When the walk cannot pin
  * the value down (v8 ran out of stack, say), the path is `state` and the message carries v8's.
+ *
+ * node:v8 (Node 20) writes, but cannot read back, an Error reached again from inside its own
+ * `cause`; this function does not walk the state to look for that, `toTree` does and refuses it.
  */
 export function serializeImage(state: unknown): Buffer {
   const serializer = new ImageSerializer();

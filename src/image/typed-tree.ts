@@ -395,11 +395,12 @@ class Frame {
   /** Offset of the first item (1 when an array starts with its id marker). */
   start = 0;
   iterator: Iterator<unknown> | undefined = undefined;
-  /** Map and Set walks: whether the child being visited is a Map key (else a value). */
+  /** Map walks: whether the child being visited is the entry's key (else its value). */
   onKey = false;
-  /** Map walks: the current entry's key (source value or decoded key) and its pair node. */
+  /** Map walks: the current entry's key (source value, or decoded key) and value (source). */
   key: unknown = undefined;
   value: unknown = undefined;
+  /** Map walks: the current entry's [key, value] node (being written, or being read). */
   pair: TreeNode[] | undefined = undefined;
 
   set(fill: Fill, src: unknown, out: unknown, keys: string[] | undefined, end: number, start: number): void {
@@ -494,7 +495,7 @@ class Encoder {
   /** @param hostObject an object node:v8 refused as a host object; reported where it is met. */
   constructor(private readonly hostObject?: object) {}
 
-  /** Encodes a whole value; throws PathFault with `path` set on the way out. */
+  /** Encodes a whole value; a failure comes out as a WalkFault carrying the path. */
   run(value: unknown): TreeNode {
     const stack = this.stack;
     try {
@@ -884,12 +885,15 @@ function isArrayIdMarker(node: TreeNode | undefined): node is TreeObject {
  *
  * Accepts what `node:v8` serializes (see the module comment for the few differences) and
  * throws `SerializationError` for anything else, with `path` naming the first offending value
- * in v8's walk order (`state.handlers.onTick`, `state.items[3]`, `state.byId<Map key "x">`).
- * Objects that are native handles of some library (not Node's own) cannot be recognized
- * here; `serializeImage` reports those.
+ * in v8's walk order (`state.handlers.onTick`, `state.items[3]`, `state.byId<Map key "x">`)
+ * and a message saying how to fix it. Two deliberate differences: an Error reached again from
+ * inside its own `cause` is refused (node:v8 writes it but cannot read it back), and nesting
+ * is not limited by the call stack (node:v8 stops near 3000 levels; `serializeImage` then
+ * fails). Objects that are native handles of some addon (not Node's own classes) cannot be
+ * recognized here and are walked as plain objects; `serializeImage` reports those.
  *
- * Linear in the size of `value`. The returned tree is fresh: nothing in it is shared with
- * `value` or with itself.
+ * Linear in the size of `value`, invoking getters once, like node:v8. The returned tree is
+ * fresh: nothing in it is shared with `value` or with itself.
  */
 export function toTree(value: unknown): TreeNode {
   return encodeTree(value, undefined);
@@ -929,7 +933,7 @@ class Decoder {
 
   constructor(private readonly root: TreeNode) {}
 
-  /** Decodes the whole tree; throws WalkFault on a malformed node. */
+  /** Decodes the whole tree; a malformed node comes out as a WalkFault carrying the path. */
   run(): unknown {
     const stack = this.stack;
     try {

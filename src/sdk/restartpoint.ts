@@ -111,10 +111,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       put: (key, value) => {
         try {
           assertValidKey(key);
-          const bytes = typeof value === 'string' ? Buffer.from(value, 'utf8') : value;
-          assertValidValue(bytes);
+          if (typeof value === 'string') {
+            const bytes = Buffer.from(value, 'utf8');
+            assertValidValue(bytes);
+            return this.#guard() ?? rep.write({ op: 'put', key, value: bytes });
+          }
+          assertValidValue(value);
           // Copy: the app may reuse its buffer before the batch is encoded.
-          return this.#guard() ?? rep.write({ op: 'put', key, value: new Uint8Array(bytes) });
+          return this.#guard() ?? rep.write({ op: 'put', key, value: Uint8Array.prototype.slice.call(value) });
         } catch (err) {
           return Promise.reject(err);
         }
