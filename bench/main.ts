@@ -28,7 +28,9 @@ async function main(): Promise<number> {
       },
     }).values;
   } catch (err) {
-    process.stderr.write(`error: ${(err as Error).message}\nhint: npm run bench -- [--json] [--only PREFIX] [--repeat N]\n`);
+    process.stderr.write(
+      `error: ${(err as Error).message}\nhint: npm run bench -- [--json] [--only PREFIX] [--repeat N]\n`,
+    );
     return 2;
   }
   const repeat = Number(args.repeat);
@@ -36,9 +38,13 @@ async function main(): Promise<number> {
     process.stderr.write(`error: --repeat must be an integer from 1 to 50, got '${args.repeat}'\n`);
     return 2;
   }
-  const suites = SUITES.filter((s) => !args.only || s.prefix.startsWith(args.only) || args.only.startsWith(s.prefix));
+  const suites = SUITES.filter(
+    (s) => !args.only || s.prefix.startsWith(args.only) || args.only.startsWith(s.prefix),
+  );
   if (suites.length === 0) {
-    process.stderr.write(`error: no suite matches --only ${args.only}\nhint: suites: ${SUITES.map((s) => s.prefix).join(', ')}\n`);
+    process.stderr.write(
+      `error: no suite matches --only ${args.only}\nhint: suites: ${SUITES.map((s) => s.prefix).join(', ')}\n`,
+    );
     return 2;
   }
   const ctx: BenchContext = {
@@ -61,12 +67,16 @@ async function main(): Promise<number> {
     for (const row of r.rows) rows.push({ ...row, value: round(row.value), suite: suite.prefix });
   }
   if (args.json) {
-    process.stdout.write(`${JSON.stringify({ ratios, rows, repeat, suites: suites.map((s) => s.prefix) })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ ratios, rows, repeat, suites: suites.map((s) => s.prefix) })}\n`,
+    );
     return 0;
   }
   const w = Math.max(...rows.map((r) => r.name.length), 10);
   for (const r of rows) {
-    process.stdout.write(`${r.name.padEnd(w)}  ${String(r.value).padStart(12)} ${r.unit}${r.note ? `  (${r.note})` : ''}\n`);
+    process.stdout.write(
+      `${r.name.padEnd(w)}  ${String(r.value).padStart(12)} ${r.unit}${r.note ? `  (${r.note})` : ''}\n`,
+    );
   }
   process.stdout.write('\nratios (median of ' + repeat + ' runs)\n');
   for (const [k, v] of Object.entries(ratios)) process.stdout.write(`  ${k.padEnd(w)}  ${v}\n`);

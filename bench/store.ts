@@ -97,7 +97,12 @@ async function dropApp(servers: string, app: string): Promise<void> {
 async function replicated(ctx: BenchContext, kind: StoreKind, n: number): Promise<number> {
   const app = `bench-${randomBytes(4).toString('hex')}`;
   const { adapter, cleanup } = await kind.make(ctx);
-  const rp = await Restartpoint.start({ app, nodeId: 'bench', nats: { servers: ctx.nats }, storage: adapter });
+  const rp = await Restartpoint.start({
+    app,
+    nodeId: 'bench',
+    nats: { servers: ctx.nats },
+    storage: adapter,
+  });
   try {
     const t0 = performance.now();
     for (let i = 0; i < n; i += IN_FLIGHT) {
@@ -146,14 +151,26 @@ async function applyRate(ctx: BenchContext, kind: StoreKind, n: number): Promise
 }
 
 /** Snapshot mode: ms to form a snapshot of, and to roll back, 10 000 unsealed writes. */
-async function snapshotTimes(ctx: BenchContext, kind: StoreKind): Promise<{ form: number; rollback: number } | undefined> {
+async function snapshotTimes(
+  ctx: BenchContext,
+  kind: StoreKind,
+): Promise<{ form: number; rollback: number } | undefined> {
   const { adapter, cleanup } = await kind.make(ctx);
   try {
     await adapter.open();
-    if (!adapter.capabilities.snapshot || !adapter.writeArea || !adapter.formSnapshot || !adapter.releaseAreas) {
+    if (
+      !adapter.capabilities.snapshot ||
+      !adapter.writeArea ||
+      !adapter.formSnapshot ||
+      !adapter.releaseAreas
+    ) {
       return undefined;
     }
-    const ops: WriteOp[] = Array.from({ length: 10_000 }, (_, i) => ({ op: 'put', key: `k${i}`, value: VALUE }));
+    const ops: WriteOp[] = Array.from({ length: 10_000 }, (_, i) => ({
+      op: 'put',
+      key: `k${i}`,
+      value: VALUE,
+    }));
     for (let i = 0; i < ops.length; i += 1000) await adapter.writeArea(1, ops.slice(i, i + 1000));
     let t0 = performance.now();
     await adapter.formSnapshot(1, Buffer.from('{}'));
@@ -186,7 +203,12 @@ export const storeSuite: Suite = {
       rows.push({ name: `store.${kind.name}.replicated`, value: rep, unit: 'writes/s' });
       ratios[`store.${kind.name}.replicated_over_raw`] = rep / raw;
       const apply = await medianOf(ctx.repeat, () => applyRate(ctx, kind, 10_000));
-      rows.push({ name: `store.${kind.name}.standby_apply`, value: apply, unit: 'writes/s', note: 'replay from the stream' });
+      rows.push({
+        name: `store.${kind.name}.standby_apply`,
+        value: apply,
+        unit: 'writes/s',
+        note: 'replay from the stream',
+      });
       const snap = await snapshotTimes(ctx, kind);
       if (snap) {
         rows.push({ name: `store.${kind.name}.snapshot_form_10k`, value: snap.form, unit: 'ms' });

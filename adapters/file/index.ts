@@ -85,6 +85,7 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
   const o = checkOptions(opts);
   let store: Store | undefined;
   let closed = false;
+  let closing: Promise<void> | undefined;
   // Set when a mutation failed: the file may hold a partial record, so re-read it before the next.
   let needsRecovery = false;
   let tail: Promise<unknown> = Promise.resolve();
@@ -122,15 +123,28 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
     return size >= o.compactBytes && size > 2 * s.liveBytes && size >= 2 * compactFailedAt;
   }
 
+  /**
+   * Makes a freshly written log the live one, then retires and deletes the old. In this order: a
+   * read that takes the store in the meantime must find a log that is still open.
+   */
+  async function install(next: Store): Promise<void> {
+    const old = store;
+    store = next;
+    if (old === undefined) return;
+    retire(old.log);
+    // Best effort: a leftover older log is superseded by the new one and deleted by the next load.
+    await unlink(old.log.path).catch(() => undefined);
+  }
+
   /** Queues a compaction when the log has grown mostly stale. Runs after the caller's call resolves. */
   function maybeCompact(s: Store): void {
-    if (!shouldCompact(s)) return;
+    if (closed || !shouldCompact(s)) return;
     // Queued like any mutation, so close() waits for it. Its failure is not the caller's (their
     // write is already durable): the store is reloaded from disk, which holds either log whole.
     void mutate(async (current) => {
       if (!shouldCompact(current)) return;
       try {
-        store = await rewrite(o, current, true);
+        await install(await rewrite(o, current, true));
         compactFailedAt = 0;
       } catch {
         compactFailedAt = current.log.size;
@@ -139,11 +153,17 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
     }).catch(() => undefined);
   }
 
-  /** Reads need no queue, but they must wait for the first load. */
-  async function loaded(): Promise<Store> {
+  /**
+   * Runs a read against the loaded store. Reads need no queue, but `fn` must start its file
+   * reads in the same turn as it is given the store (readRange counts them at once): a turn
+   * later, a compaction may have retired that store's log.
+   */
+  async function withStore<T>(fn: (s: Store) => T): Promise<T> {
     assertOpen();
-    if (store === undefined) await mutate(async () => undefined);
-    return store!;
+    // Not loaded yet, or reloading after a failed mutation: wait behind the load.
+    while (store === undefined) await mutate(async () => undefined);
+    assertOpen();
+    return fn(store);
   }
 
   return {
@@ -157,9 +177,10 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
 
     async get(key) {
       assertValidKey(key);
-      const s = await loaded();
-      const at = s.index.get(key);
-      return at === undefined ? undefined : readRange(o.root, s.log, at);
+      return withStore((s) => {
+        const at = s.index.get(key);
+        return at === undefined ? undefined : readRange(o.root, s.log, at);
+      });
     },
 
     async put(key, value) {
@@ -186,10 +207,32 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
       });
     },
 
+    async apply(ops) {
+      assertOpen();
+      assertValidOps(ops);
+      // One append for the whole group, encoded (so copied) now like put.
+      const records = ops.map((op) => {
+        const key = Buffer.from(op.key, 'utf8');
+        return op.op === 'put'
+          ? encodePutRecord(key, op.value)
+          : { record: encodeDeleteRecord(key), valueOffset: 0 };
+      });
+      const all = Buffer.concat(records.map((r) => r.record));
+      await mutate(async (s) => {
+        let at = await append(s.log, all);
+        for (let i = 0; i < ops.length; i++) {
+          const op = ops[i]!;
+          const { record, valueOffset } = records[i]!;
+          setKey(s, op.key, op.op === 'put' ? { offset: at + valueOffset, length: op.value.length } : null);
+          at += record.length;
+        }
+        maybeCompact(s);
+      });
+    },
+
     async keys() {
-      const s = await loaded();
       // Code-unit order, as the contract says: the default string sort.
-      return [...s.index.keys()].sort();
+      return withStore((s) => [...s.index.keys()].sort());
     },
 
     async commit(ops, meta) {
@@ -203,23 +246,26 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
     },
 
     async readMeta() {
-      const s = await loaded();
-      return s.meta === undefined ? undefined : readRange(o.root, s.log, s.meta);
+      return withStore((s) => (s.meta === undefined ? undefined : readRange(o.root, s.log, s.meta)));
     },
 
     async clear() {
       assertOpen();
-      await mutate(async (s) => {
-        store = await rewrite(o, s, false);
-      });
+      await mutate(async (s) => install(await rewrite(o, s, false)));
     },
 
-    async close() {
-      if (closed) return;
+    close() {
       closed = true;
-      // Let queued mutations finish: a caller that did not await a put still expects it done.
-      await tail;
-      if (store !== undefined) retire(store.log);
+      closing ??= (async () => {
+        // Let queued mutations finish (a caller that did not await a put still expects it done),
+        // including work one of them queues on its way out.
+        for (let t = tail; ; t = tail) {
+          await t;
+          if (t === tail) break;
+        }
+        if (store !== undefined) retire(store.log);
+      })();
+      return closing;
     },
   };
 }
@@ -276,7 +322,10 @@ function checkOptions(opts: FileAdapterOptions): Options {
   }
   const compactBytes: unknown = opts.compactBytes ?? DEFAULT_COMPACT_BYTES;
   if (typeof compactBytes !== 'number' || !Number.isSafeInteger(compactBytes) || compactBytes < 1) {
-    throw new ConfigError('storage.compactBytes', `must be a positive integer (bytes), got ${String(compactBytes)}`);
+    throw new ConfigError(
+      'storage.compactBytes',
+      `must be a positive integer (bytes), got ${String(compactBytes)}`,
+    );
   }
   return { root: resolve(dir), fsync, compactBytes };
 }
@@ -367,9 +416,9 @@ async function appendCommit(o: Options, s: Store, ops: readonly WriteOp[], meta:
 }
 
 /**
- * Writes a new log holding only a snapshot (of `s` when `keep`, else empty), makes it the live log
- * by renaming it into place, and deletes the old one. The rename is the commit point: a crash
- * before it leaves a `.tmp` that `load` deletes, a crash after it leaves the new log in use.
+ * Writes a new log holding only a snapshot (of `s` when `keep`, else empty) and renames it into
+ * place; the caller then installs it and drops the old one. The rename is the commit point: a
+ * crash before it leaves a `.tmp` that `load` deletes, a crash after it leaves the new log in use.
  */
 async function rewrite(o: Options, s: Store | undefined, keep: boolean): Promise<Store> {
   const id = (s?.log.id ?? 0) + 1;
@@ -383,7 +432,12 @@ async function rewrite(o: Options, s: Store | undefined, keep: boolean): Promise
     await writeFully(fh, LOG_MAGIC, 0);
     const keys = entries.map(([key]) => Buffer.from(key, 'utf8'));
     const sizes = entries.map(([, at], i) => [keys[i]!.length, at.length] as const);
-    const w = new RecordWriter(fh, LOG_MAGIC.length, RecordType.Snapshot, batchBodyLength(sizes, meta?.length));
+    const w = new RecordWriter(
+      fh,
+      LOG_MAGIC.length,
+      RecordType.Snapshot,
+      batchBodyLength(sizes, meta?.length),
+    );
     await w.add(encodeBatchCount(entries.length));
     const index = new Map<string, Range>();
     let liveBytes = 0;
@@ -423,11 +477,6 @@ async function rewrite(o: Options, s: Store | undefined, keep: boolean): Promise
     await rm(tmp, { force: true });
     throw err;
   }
-  if (s !== undefined) {
-    retire(s.log);
-    // Best effort: a leftover older log is superseded by this one and deleted by the next load.
-    await unlink(s.log.path).catch(() => undefined);
-  }
   return next;
 }
 
@@ -441,7 +490,7 @@ async function copyValue(
 ): Promise<number> {
   if (prefetched !== undefined) return w.add(prefetched);
   let offset: number | undefined;
-  for (let done = 0; done < at.length || offset === undefined; ) {
+  for (let done = 0; done < at.length || offset === undefined;) {
     const n = Math.min(CHUNK, at.length - done);
     const piece = await readRange(root, from, { offset: at.offset + done, length: n });
     const landed = await w.add(piece);
@@ -498,7 +547,9 @@ async function load(o: Options): Promise<Store> {
   }
   if (store === undefined) {
     if (ids.length > 0) {
-      throw new StorageError(`file store: ${o.root} has no readable log (${ids.map((id) => logPath(o, id)).join(', ')})`);
+      throw new StorageError(
+        `file store: ${o.root} has no readable log (${ids.map((id) => logPath(o, id)).join(', ')})`,
+      );
     }
     return rewrite(o, undefined, false);
   }

@@ -89,7 +89,10 @@ export function encodeBatchMetaHead(metaBytes: number | undefined): Buffer {
 }
 
 /** A whole put record, value copied in. */
-export function encodePutRecord(keyBytes: Buffer, value: Uint8Array): { record: Buffer; valueOffset: number } {
+export function encodePutRecord(
+  keyBytes: Buffer,
+  value: Uint8Array,
+): { record: Buffer; valueOffset: number } {
   const body = 2 + keyBytes.length + value.length;
   const record = Buffer.allocUnsafe(HEAD_BYTES + body + CRC_BYTES);
   writeHead(record, RecordType.Put, body);
@@ -320,7 +323,7 @@ class Reader {
 
   /** Consumes `n` bytes into the CRC without keeping them; `false` past the end. */
   async pass(n: number): Promise<boolean> {
-    for (let left = n; left > 0; ) {
+    for (let left = n; left > 0;) {
       const step = Math.min(left, CHUNK);
       if ((await this.take(step)) === undefined) return false;
       left -= step;
@@ -331,7 +334,7 @@ class Reader {
 
 /** Reads exactly `buf.length` bytes at `position`. */
 export async function readFully(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
-  for (let done = 0; done < buf.length; ) {
+  for (let done = 0; done < buf.length;) {
     const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
     if (bytesRead === 0) throw new Error(`unexpected end of log file at ${position + done}`);
     done += bytesRead;
@@ -340,7 +343,7 @@ export async function readFully(fh: FileHandle, buf: Uint8Array, position: numbe
 
 /** Writes all of `buf` at `position`. */
 export async function writeFully(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
-  for (let done = 0; done < buf.length; ) {
+  for (let done = 0; done < buf.length;) {
     const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
     done += bytesWritten;
   }

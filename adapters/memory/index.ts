@@ -65,6 +65,15 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       data.delete(key);
     },
 
+    async apply(ops) {
+      assertOpen();
+      assertValidOps(ops);
+      for (const op of ops) {
+        if (op.op === 'put') data.set(op.key, copy(op.value));
+        else data.delete(op.key);
+      }
+    },
+
     async keys() {
       assertOpen();
       // The default sort compares UTF-16 code units: exactly the order the contract names.

@@ -15,9 +15,13 @@
  *   last formed snapshot are invisible. `formSnapshot` is one transaction that moves the
  *   `formed` mark and deletes the versions the new snapshot supersedes; no value is copied.
  *   `releaseAreas` deletes everything above the mark.
- * - Mutations run one at a time, in call order (one queue per adapter instance); direct
- *   `put`/`delete` calls queued behind a running one are applied together as one batch. Reads
- *   run at once, on the pool.
+ * - Mutations run one at a time, in call order, on one **writer session** that holds a
+ *   session-level advisory lock on the table name (the owner lock). A new instance waits for
+ *   that lock, so the session of a killed predecessor has ended on the server, and nothing it
+ *   sent (a COMMIT already on the wire, say) can still land, before `open()` resolves. It also
+ *   keeps two processes from writing one table. Direct `put`/`delete` calls queued behind a
+ *   running mutation are applied together as one batch. Reads run at once, on other pooled
+ *   connections.
  */
 import type { Pool, PoolClient } from 'pg';
 import {
@@ -41,6 +45,7 @@ import {
   names,
   writeArea,
   writeVisible,
+  writeVisibleOnce,
   type Names,
   type Queryable,
   type Row,
@@ -82,16 +87,23 @@ export const DEFAULT_POSTGRES_TABLE = 'restartpoint_store';
  * a crash of this process at any instant (and durable as the server's `synchronous_commit`
  * makes them: on by default); reads running beside them see all of it or none. Mutating calls
  * run one at a time in call order; reads run at once. `put` copies its value before returning;
- * buffers passed to `commit`, `apply` and `writeArea` must not change until the call settles. One
- * adapter instance (in any process) per table at a time. Errors from the database are
- * `StorageError`s, `retryable` when the connection failed (then a `commit` may or may not have
- * happened; committing the same batch again is safe).
+ * buffers passed to `commit`, `apply` and `writeArea` must not change until the call settles.
+ * One adapter instance (in any process) per table at a time: a second one's `open()` waits up
+ * to 60 s for the first to close (or its process to die), then rejects with a retryable
+ * `StorageError`. A passed `pool` must allow at least 2 connections (one is the writer
+ * session). Errors from the database are `StorageError`s, `retryable` when the connection
+ * failed (then a `commit` may or may not have happened: the next call reconnects, waiting
+ * until the server has settled it, and committing the same batch again is safe).
  */
 export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
   const o = checkOptions(opts);
   const n = names(o.table);
   let pool: Pool | undefined;
-  let opening: Promise<Pool> | undefined;
+  let poolMade: Promise<Pool> | undefined;
+  let writer: Writer | undefined;
+  let connecting: Promise<Writer> | undefined;
+  /** Set once the store was first reached and checked; reads wait for nothing else. */
+  let opened: Promise<Pool> | undefined;
   let closed = false;
   let tail: Promise<unknown> = Promise.resolve();
   // Direct writes waiting in the queue; later ones join it until it starts.
@@ -101,59 +113,107 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
     if (closed) throw new ClosedError(`the postgres store ${o.where} is closed`);
   }
 
-  /** Connects and checks the schema once; a failure is not cached, the next call tries again. */
-  function ready(): Promise<Pool> {
-    assertOpen();
-    return connected();
+  function getPool(): Promise<Pool> {
+    poolMade ??= (async () => o.pool ?? (await createPool(o)))().catch((err: unknown) => {
+      poolMade = undefined;
+      throw err;
+    });
+    return poolMade.then((p) => (pool = p));
   }
 
-  /** `ready()` without the closed check: mutations queued before `close()` still run. */
-  function connected(): Promise<Pool> {
-    if (pool !== undefined) return Promise.resolve(pool);
-    opening ??= (async () => {
-      const p = o.pool ?? (await createPool(o));
+  /**
+   * The writer session, (re)connected when missing or broken: it takes the store's owner lock,
+   * which waits until every earlier writer session of this table (a killed process, our own
+   * dropped connection) has ended on the server, so nothing they sent can still land; then it
+   * creates or checks the schema.
+   */
+  function getWriter(): Promise<Writer> {
+    if (writer !== undefined && !writer.broken) return Promise.resolve(writer);
+    if (writer !== undefined) {
+      writer.c.release(true);
+      writer = undefined;
+    }
+    connecting ??= (async () => {
+      const p = await getPool();
+      const c = await p.connect();
+      const w: Writer = { c, broken: false, durableCommit: 'on' };
+      // A connection error between statements arrives as an event; without a listener Node
+      // would crash the process. The next mutation sees `broken` and reconnects.
+      c.on('error', () => {
+        w.broken = true;
+      });
       try {
-        await inTransaction(p, (c) => ensureSchema(c, n, o.where));
+        // The writer session only (SET, not startup parameters: poolers in session mode refuse
+        // those). A client whose host vanishes inside a transaction would otherwise keep its
+        // locks until TCP gave up, hours later, stalling the process that replaces it: the
+        // server drops a session idle in a transaction after a minute (ours never idle there),
+        // and probes an idle one every few seconds.
+        await c.query(
+          `SET idle_in_transaction_session_timeout = ${IDLE_IN_TRANSACTION_MS};
+           SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3`,
+        );
+        // Direct writes and area writes need not be durable (the relay is), so they skip the
+        // WAL flush; the transactions that must be durable restore the server's own setting.
+        // WAL is one sequence: flushing a durable commit flushes every write before it too.
+        const sc = (await c.query('SHOW synchronous_commit')).rows[0]?.synchronous_commit as unknown;
+        if (typeof sc === 'string' && SYNCHRONOUS_COMMIT.test(sc)) w.durableCommit = sc;
+        await c.query('SET synchronous_commit = off');
+        await takeOwnerLock(c, n, o.where);
+        await inTransaction(w, (q) => ensureSchema(q, n, o.where), true);
       } catch (err) {
-        if (o.pool === undefined) await p.end().catch(() => undefined);
+        c.release(true);
         throw err;
       }
-      pool = p;
-      return p;
+      writer = w;
+      return w;
     })().finally(() => {
-      opening = undefined;
+      connecting = undefined;
     });
-    return opening.catch((err: unknown) => {
-      throw storageError(o.where, err);
-    });
+    return connecting;
   }
 
-  /** Runs `fn` after every earlier mutation. */
-  function mutate<T>(fn: (p: Pool) => Promise<T>): Promise<T> {
+  /** The pool for reads, once the store was reached and checked a first time. */
+  function ready(): Promise<Pool> {
+    assertOpen();
+    opened ??= getWriter()
+      .then(() => pool!)
+      .catch((err: unknown) => {
+        opened = undefined;
+        throw storageError(o.where, err);
+      });
+    return opened;
+  }
+
+  /** Runs `fn` on the writer session after every earlier mutation. */
+  function mutate<T>(fn: (w: Writer) => Promise<T>): Promise<T> {
     batch = undefined; // a direct write after this call must not overtake it
-    const run = tail.then(async () => fn(await connected()));
+    const run = tail.then(async () => {
+      const w = await getWriter();
+      try {
+        return await fn(w);
+      } catch (err) {
+        if (isConnectionError(err)) w.broken = true;
+        throw err;
+      }
+    });
     tail = run.catch(() => undefined);
     return run.catch((err: unknown) => {
       throw storageError(o.where, err);
     });
   }
 
-  async function formedNow(p: Pool): Promise<number> {
-    return formedOf((await p.query(`SELECT formed FROM ${n.meta} WHERE id = 1`)).rows, o.where);
+  async function formedNow(w: Writer): Promise<number> {
+    return formedOf((await w.c.query(`SELECT formed FROM ${n.meta} WHERE id = 1`)).rows, o.where);
   }
 
   /** Queues a direct write, joining the batch still waiting at the end of the queue if any. */
   function direct(key: string, value: Buffer | null): Promise<void> {
     if (batch === undefined || batch.ops.size >= BATCH_OPS || batch.bytes >= BATCH_BYTES) {
       const b: DirectBatch = { ops: new Map(), bytes: 0, done: Promise.resolve() };
-      b.done = mutate(async (p) => {
+      b.done = mutate(async (w) => {
         if (batch === b) batch = undefined; // started: later writes form a new batch
-        await applyDirect(
-          p,
-          n,
-          o.where,
-          [...b.ops].map(([key, value]) => [Buffer.from(key, 'utf8'), value]),
-        );
+        const rows: Row[] = [...b.ops].map(([k, v]) => [Buffer.from(k, 'utf8'), v]);
+        await applyDirect(w, n, o.where, rows);
       });
       batch = b;
     }
@@ -204,9 +264,8 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
     async apply(ops) {
       assertOpen();
       assertValidOps(ops);
-      // Collapsed now, sent while this call runs: the values need no copy.
       const rows = collapse(ops);
-      await mutate((p) => applyDirect(p, n, o.where, rows));
+      await mutate((w) => applyDirect(w, n, o.where, rows));
     },
 
     async keys() {
@@ -228,14 +287,18 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       assertValidOps(ops);
       assertValidValue(meta);
       const rows = collapse(ops);
-      await mutate((p) =>
-        inTransaction(p, async (c) => {
-          // Locks the meta row first: it serializes this with every other transactional write.
-          const r = await c.query(`UPDATE ${n.meta} SET meta = $1 WHERE id = 1 RETURNING formed`, [
-            view(meta),
-          ]);
-          await writeVisible(c, n, rows, formedOf(r.rows, o.where));
-        }),
+      await mutate((w) =>
+        inTransaction(
+          w,
+          async (c) => {
+            // The meta row first: its lock orders this against every other transactional write.
+            const r = await c.query(`UPDATE ${n.meta} SET meta = $1 WHERE id = 1 RETURNING formed`, [
+              view(meta),
+            ]);
+            await writeVisible(c, n, rows, formedOf(r.rows, o.where));
+          },
+          true,
+        ),
       );
     },
 
@@ -249,11 +312,15 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
 
     async clear() {
       assertOpen();
-      await mutate((p) =>
-        inTransaction(p, async (c) => {
-          await c.query(`TRUNCATE ${n.data}`);
-          await c.query(`UPDATE ${n.meta} SET formed = 0, meta = NULL WHERE id = 1`);
-        }),
+      await mutate((w) =>
+        inTransaction(
+          w,
+          async (c) => {
+            await c.query(`UPDATE ${n.meta} SET formed = 0, meta = NULL WHERE id = 1`);
+            await c.query(`TRUNCATE ${n.data}`);
+          },
+          true,
+        ),
       );
     },
 
@@ -262,9 +329,12 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       closed = true;
       // Let queued mutations finish: a caller that did not await a put still expects it done.
       await tail;
-      await opening?.catch(() => undefined);
-      if (pool !== undefined && o.pool === undefined) await pool.end();
-      pool = undefined;
+      await connecting?.catch(() => undefined);
+      // Destroyed, not returned to the pool: ending the session releases the owner lock.
+      writer?.c.release(true);
+      writer = undefined;
+      const p = await poolMade?.catch(() => undefined);
+      if (p !== undefined && o.pool === undefined) await p.end();
     },
 
     async writeArea(area, ops) {
@@ -272,13 +342,13 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       assertArea('writeArea', area);
       assertValidOps(ops);
       const rows = collapse(ops);
-      await mutate(async (p) => {
+      await mutate(async (w) => {
         let written: boolean;
-        if (rows.length === 0) written = (await formedNow(p)) < area;
-        else if (chunkRows(rows).length === 1) written = await writeArea(p, n, area, rows);
+        if (rows.length === 0) written = (await formedNow(w)) < area;
+        else if (chunkRows(rows).length === 1) written = await writeArea(w.c, n, area, rows);
         else {
           // Several statements: one transaction, so that a refused area leaves no partial write.
-          written = await inTransaction(p, async (c) => {
+          written = await inTransaction(w, async (c) => {
             if (!(await writeArea(c, n, area, rows))) throw new AreaRefused();
             return true;
           }).catch((err: unknown) => {
@@ -288,7 +358,7 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
         }
         if (!written) {
           throw new InvalidArgumentError(
-            `writeArea(${area}): the area must be above the last formed snapshot, which is ${await formedNow(p)}`,
+            `writeArea(${area}): the area must be above the last formed snapshot, which is ${await formedNow(w)}`,
           );
         }
       });
@@ -298,44 +368,53 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       assertOpen();
       assertArea('formSnapshot', area);
       assertValidValue(meta);
-      await mutate((p) =>
-        inTransaction(p, async (c) => {
-          const r = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1 FOR UPDATE`);
-          const formed = formedOf(r.rows, o.where);
-          if (area <= formed) {
-            throw new InvalidArgumentError(
-              `formSnapshot(${area}): the area must be above the last formed snapshot, which is ${formed}`,
+      await mutate((w) =>
+        inTransaction(
+          w,
+          async (c) => {
+            const r = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1 FOR UPDATE`);
+            const formed = formedOf(r.rows, o.where);
+            if (area <= formed) {
+              throw new InvalidArgumentError(
+                `formSnapshot(${area}): the area must be above the last formed snapshot, which is ${formed}`,
+              );
+            }
+            const skipped = await c.query(
+              `SELECT min(area) AS area FROM ${n.data} WHERE area > 0 AND area > ${formed} AND area < ${area}`,
             );
-          }
-          const skipped = await c.query(
-            `SELECT min(area) AS area FROM ${n.data} WHERE area > 0 AND area > ${formed} AND area < ${area}`,
-          );
-          const below: unknown = skipped.rows[0]?.area;
-          if (below !== null && below !== undefined) {
-            throw new InvalidArgumentError(
-              `formSnapshot(${area}): area ${String(below)} below it holds writes and was never formed; form it first or releaseAreas()`,
-            );
-          }
-          await c.query(`UPDATE ${n.meta} SET formed = ${area}, meta = $1 WHERE id = 1`, [view(meta)]);
-          // Reclaim: the versions the new snapshot supersedes, then its tombstones (which now
-          // shadow nothing). What stays is one visible row per key: the invariant of ./sql.ts.
-          await c.query(
-            `DELETE FROM ${n.data} AS old USING ${n.data} AS new
+            const below: unknown = skipped.rows[0]?.area;
+            if (below !== null && below !== undefined) {
+              throw new InvalidArgumentError(
+                `formSnapshot(${area}): area ${String(below)} below it holds writes and was never formed; form it first or releaseAreas()`,
+              );
+            }
+            await c.query(`UPDATE ${n.meta} SET formed = ${area}, meta = $1 WHERE id = 1`, [view(meta)]);
+            // Reclaim: the versions the new snapshot supersedes, then its tombstones (which now
+            // shadow nothing). What stays is one visible row per key: the invariant of ./sql.ts.
+            await c.query(
+              `DELETE FROM ${n.data} AS old USING ${n.data} AS new
              WHERE new.area = ${area} AND new.area > 0 AND old.key = new.key AND old.area < ${area}`,
-          );
-          await c.query(`DELETE FROM ${n.data} WHERE area = ${area} AND area > 0 AND value IS NULL`);
-        }),
+            );
+            await c.query(`DELETE FROM ${n.data} WHERE area = ${area} AND area > 0 AND value IS NULL`);
+          },
+          true,
+        ),
       );
     },
 
     async releaseAreas() {
       assertOpen();
-      await mutate(async (p) => {
-        // One statement: atomic on its own, and the formed mark is read in its snapshot.
-        await p.query(
-          `DELETE FROM ${n.data} WHERE area > 0 AND area > (SELECT formed FROM ${n.meta} WHERE id = 1)`,
-        );
-      });
+      await mutate((w) =>
+        // Durable: areas that came back after a server crash would be formed with the next ones.
+        inTransaction(
+          w,
+          (c) =>
+            c.query(
+              `DELETE FROM ${n.data} WHERE area > 0 AND area > (SELECT formed FROM ${n.meta} WHERE id = 1)`,
+            ),
+          true,
+        ),
+      );
     },
   };
 }
@@ -371,6 +450,13 @@ function checkOptions(opts: PostgresAdapterOptions): Options {
     throw new ConfigError(
       'storage.pool',
       `must be a pg.Pool (an object with query() and connect()), got ${show(pool)}`,
+    );
+  }
+  const max: unknown = (pool as { options?: { max?: unknown } } | undefined)?.options?.max;
+  if (typeof max === 'number' && max < 2) {
+    throw new ConfigError(
+      'storage.pool',
+      `has max ${max} connections; the adapter keeps one for its writes and reads on others: use max >= 2`,
     );
   }
   const cs: unknown = opts.connectionString;
@@ -435,10 +521,6 @@ async function createPool(o: Options): Promise<Pool> {
     connectionString: o.connectionString,
     application_name: 'restartpoint',
     keepAlive: true,
-    // A client that dies inside a transaction (its host gone, not just its process) would keep
-    // the meta row locked until TCP gave up, hours later, stalling the node that replaces it.
-    // Our transactions never wait on the client between statements for anything like this long.
-    idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_MS,
   });
   // An idle connection that dies (server restart) is reported here; without a listener Node
   // would crash the process. The next query opens a new connection and reports its own failure.
@@ -449,8 +531,24 @@ async function createPool(o: Options): Promise<Pool> {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-/** The server ends a session of ours idle inside a transaction for this long (see createPool). */
+/** The server ends our writer session when idle inside a transaction this long (see getWriter). */
 const IDLE_IN_TRANSACTION_MS = 60_000;
+/** First key of the session-level advisory lock held by a store's writer session ("RPOW"). */
+const OWNER_LOCK_CLASS = 0x52504f57;
+/** How long opening waits for an earlier writer session of the same table to end. */
+const OWNER_WAIT_MS = 60_000;
+
+/** The one session a store's mutations run on; it holds the owner lock while it lives. */
+interface Writer {
+  readonly c: PoolClient;
+  /** The connection failed: destroy it and connect again before the next mutation. */
+  broken: boolean;
+  /** The server's `synchronous_commit` for this session, restored by durable transactions. */
+  durableCommit: string;
+}
+
+/** Values of `synchronous_commit` that may be written back into a SET. */
+const SYNCHRONOUS_COMMIT = /^(on|off|local|remote_write|remote_apply)$/;
 
 /** Direct writes applied as one batch: key → value (`null`: delete). */
 interface DirectBatch {
@@ -464,29 +562,12 @@ const BATCH_OPS = 10_000;
 const BATCH_BYTES = 32 * 1024 * 1024;
 
 /** Writes `rows` (distinct keys) as visible data: one statement for one row, else one transaction. */
-async function applyDirect(p: Pool, n: Names, where: string, rows: readonly Row[]): Promise<void> {
-  if (rows.length === 1) {
-    // The common case, one round trip: a single statement reads the formed mark in its own
-    // snapshot, drops older visible versions and writes the key at the mark (or drops it).
-    const [key, value] = rows[0]!;
-    if (value === null) {
-      await p.query(
-        `DELETE FROM ${n.data} WHERE key = $1 AND area <= (SELECT formed FROM ${n.meta} WHERE id = 1)`,
-        [key],
-      );
-    } else {
-      await p.query(
-        `WITH f AS (SELECT formed FROM ${n.meta} WHERE id = 1),
-              older AS (DELETE FROM ${n.data} AS d USING f WHERE d.key = $1::bytea AND d.area < f.formed)
-         INSERT INTO ${n.data} (key, area, value) SELECT $1::bytea, f.formed, $2::bytea FROM f
-         ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
-        [key, value],
-      );
-    }
-    return;
-  }
+async function applyDirect(w: Writer, n: Names, where: string, rows: readonly Row[]): Promise<void> {
   if (rows.length === 0) return;
-  await inTransaction(p, async (c) => {
+  // The common case, one round trip: a single statement reads the formed mark in its own
+  // snapshot, drops older visible versions and writes the keys at the mark (or drops them).
+  if (await writeVisibleOnce(w.c, n, rows)) return;
+  await inTransaction(w, async (c) => {
     // FOR SHARE keeps the mark still until this commits (each statement of a READ COMMITTED
     // transaction takes a new snapshot); it does not block readers.
     const r = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1 FOR SHARE`);
@@ -504,25 +585,63 @@ function collapse(ops: readonly WriteOp[]): Row[] {
   return [...last].map(([key, value]) => [Buffer.from(key, 'utf8'), value === null ? null : view(value)]);
 }
 
-/** Runs `fn` in a transaction on one pooled connection; rolls back if it throws. */
-async function inTransaction<T>(p: Pool, fn: (c: PoolClient & Queryable) => Promise<T>): Promise<T> {
-  const c = await p.connect();
-  let broken: Error | undefined;
+/**
+ * Runs `fn` in a transaction on the writer session; rolls back if it throws. A `durable` one
+ * commits with the server's own `synchronous_commit` (waits for the WAL flush), others without.
+ */
+async function inTransaction<T>(w: Writer, fn: (c: Queryable) => Promise<T>, durable = false): Promise<T> {
+  const c = w.c as PoolClient & Queryable;
+  await c.query(durable ? `BEGIN; SET LOCAL synchronous_commit = ${w.durableCommit}` : 'BEGIN');
   try {
-    await c.query('BEGIN');
-    const out = await fn(c as PoolClient & Queryable);
+    const out = await fn(c);
     await c.query('COMMIT');
     return out;
   } catch (err) {
-    // A connection that cannot roll back is broken: the pool must not hand it out again (the
-    // server rolls the transaction back when it goes).
-    await c.query('ROLLBACK').catch((e: unknown) => {
-      broken = e instanceof Error ? e : new Error(String(e));
+    // A session that cannot roll back is unusable: reconnect before the next mutation (the
+    // server rolls the transaction back when the session ends).
+    await c.query('ROLLBACK').catch(() => {
+      w.broken = true;
     });
     throw err;
-  } finally {
-    c.release(broken);
   }
+}
+
+/**
+ * Takes the session-level advisory lock that makes this session the store's only writer,
+ * waiting up to OWNER_WAIT_MS for a previous holder's session to end. Throws a retryable
+ * `StorageError` naming the holder when it does not.
+ */
+async function takeOwnerLock(c: Queryable, n: Names, where: string): Promise<void> {
+  const deadline = Date.now() + OWNER_WAIT_MS;
+  for (let delay = 10; ; delay = Math.min(delay * 2, 250)) {
+    const r = await c.query('SELECT pg_try_advisory_lock($1, hashtext($2)) AS ok', [
+      OWNER_LOCK_CLASS,
+      n.table,
+    ]);
+    if (r.rows[0]?.ok === true) return;
+    if (Date.now() >= deadline) break;
+    await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+  let holder = '';
+  try {
+    const h = await c.query(
+      `SELECT a.pid, a.application_name AS app, coalesce(host(a.client_addr), 'local') AS addr
+       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+       WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int::oid
+         AND l.objid = hashtext($2)::oid AND l.objsubid = 2`,
+      [OWNER_LOCK_CLASS, n.table],
+    );
+    const row = h.rows[0] as { pid: number; app: string; addr: string } | undefined;
+    if (row !== undefined) holder = ` (server pid ${row.pid}, application "${row.app}", client ${row.addr})`;
+  } catch {
+    // Only for the message.
+  }
+  throw new StorageError(
+    `postgres store ${where}: another session${holder} still holds the table after ${OWNER_WAIT_MS / 1000} s. ` +
+      `Only one adapter instance may use a table at a time: give each node its own 'storage.table'. ` +
+      `If that process is gone, PostgreSQL ends its session once it notices (TCP keepalive).`,
+    { retryable: true },
+  );
 }
 
 function formedOf(rows: any[], where: string): number {
@@ -565,6 +684,15 @@ async function run<T>(where: string, fn: () => Promise<T>): Promise<T> {
   } catch (err) {
     throw storageError(where, err);
   }
+}
+
+/** Whether `err` means the session is gone (a dropped connection, the server shutting down). */
+function isConnectionError(err: unknown): boolean {
+  if (err instanceof RestartpointError) return false;
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string') return /^(08|57P0[123])/.test(code) || RETRYABLE_ERRNO.has(code);
+  // The driver's own "Connection terminated", "Client was closed", … carry no code.
+  return true;
 }
 
 /** SQLSTATE classes and codes after which the same call may succeed later, unchanged. */

@@ -51,6 +51,7 @@ export interface Names {
 /** Table names the adapter accepts: lower-case, unquoted-safe, short enough for the suffixes. */
 export const NAME_RE = /^[a-z_][a-z0-9_]{0,40}$/;
 
+/** The quoted names of the relations of the store in `table` (already checked against NAME_RE). */
 export function names(table: string): Names {
   const q = (s: string): string => `"${s}"`;
   return {
@@ -205,6 +206,49 @@ export async function writeVisible(
   for (const chunk of chunkKeys(deletes)) {
     await c.query(`DELETE FROM ${n.data} WHERE key = ANY($1::bytea[]) AND area <= ${formed}`, [chunk]);
   }
+}
+
+/**
+ * Writes `rows` as visible data in ONE statement (atomic on its own, one round trip), reading
+ * the formed mark in the statement's own snapshot: puts land at the mark replacing older
+ * visible versions, deletes remove every visible version. Resolves `false`, having done
+ * nothing, when `rows` do not fit one statement (then use `writeVisible` in a transaction).
+ * Keys are distinct.
+ */
+export async function writeVisibleOnce(c: Queryable, n: Names, rows: readonly Row[]): Promise<boolean> {
+  const puts = rows.filter((r) => r[1] !== null);
+  const deletes = rows.filter((r) => r[1] === null).map((r) => r[0]);
+  if (chunkRows(puts).length > 1 || deletes.length > CHUNK_KEYS) return false;
+  const values: unknown[] = [];
+  const tuples: string[] = [];
+  const keyParams: string[] = [];
+  for (const [key, value] of puts) {
+    values.push(key, value);
+    tuples.push(`($${values.length - 1}::bytea, $${values.length}::bytea)`);
+    keyParams.push(`$${values.length - 1}::bytea`);
+  }
+  const parts = [`f AS (SELECT formed FROM ${n.meta} WHERE id = 1)`];
+  if (deletes.length > 0) {
+    values.push(deletes);
+    parts.push(
+      `gone AS (DELETE FROM ${n.data} AS d USING f WHERE d.key = ANY($${values.length}::bytea[]) AND d.area <= f.formed)`,
+    );
+  }
+  if (puts.length === 0) {
+    await c.query(`WITH ${parts.join(', ')} SELECT 1`, values);
+    return true;
+  }
+  // All parts see one snapshot and touch disjoint rows: other keys, or areas below the mark.
+  parts.push(
+    `older AS (DELETE FROM ${n.data} AS d USING f WHERE d.key IN (${keyParams.join(', ')}) AND d.area < f.formed)`,
+  );
+  await c.query(
+    `WITH ${parts.join(', ')}
+     INSERT INTO ${n.data} (key, area, value) SELECT v.key, f.formed, v.value FROM (VALUES ${tuples.join(', ')}) AS v (key, value), f
+     ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
+    values,
+  );
+  return true;
 }
 
 /**

@@ -85,7 +85,10 @@ export function makeStore(
     case 'redis':
       return redisAdapter({ url: o.redisUrl, prefix: `rp:${o.name}` });
     case 'postgres':
-      return postgresAdapter({ connectionString: o.postgresUrl, table: `rp_${o.name.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 40) });
+      return postgresAdapter({
+        connectionString: o.postgresUrl,
+        table: `rp_${o.name.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 40),
+      });
     default:
       throw new Error(`unknown store '${kind}': use file, memory, redis or postgres`);
   }

@@ -330,9 +330,13 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
 /** Runs the sample app in `--clear` mode: it empties one node's store and exits. */
 function clearStore(id: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [sampleAppPath(), '--node', id, ...args, '--clear'], { stdio: 'ignore' });
+    const child = spawn(process.execPath, [sampleAppPath(), '--node', id, ...args, '--clear'], {
+      stdio: 'ignore',
+    });
     child.once('error', reject);
-    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`clear of node ${id} exited ${code}`))));
+    child.once('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`clear of node ${id} exited ${code}`)),
+    );
   });
 }
 

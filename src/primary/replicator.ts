@@ -121,7 +121,9 @@ export class Replicator {
    */
   write(op: WriteOp): Promise<void> {
     if (this.#stopped) return Promise.reject(this.#stopped);
-    const applied = new Promise<void>((resolve, reject) => this.#queue.push({ kind: 'write', op, resolve, reject }));
+    const applied = new Promise<void>((resolve, reject) =>
+      this.#queue.push({ kind: 'write', op, resolve, reject }),
+    );
     this.#kick();
     return applied.then(() => this.#o.publisher.ready());
   }

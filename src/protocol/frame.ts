@@ -7,7 +7,7 @@
  * ```text
  * off  size  field
  *   0     2  magic 0x52 0x50 ("RP")
- *   2     1  version (1)
+ *   2     1  version (2; 1 was the image body without codec and state version)
  *   3     1  kind: 1 writes, 2 image, 3 seal, 4 fence
  *   4     2  flags (reserved, 0)
  *   6     1  L = length of the app name (1..64)
@@ -35,8 +35,8 @@ import { FrameError, FrameRejectReason } from '../errors.js';
 export const FrameKind = { Writes: 1, Image: 2, Seal: 3, Fence: 4 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 
-/** Current wire version. */
-export const PROTOCOL_VERSION = 1;
+/** Current wire version. 2: image bodies carry a codec, the state version and the raw length. */
+export const PROTOCOL_VERSION = 2;
 /** Size of the fixed part header, before the app name. */
 export const HEADER_BYTES = 32;
 const MAGIC0 = 0x52;

@@ -11,6 +11,8 @@ export {
 export type { Frame, FrameHeader, FramePart } from './frame.js';
 export {
   ImageFormat,
+  ImageCodec,
+  IMAGE_HEADER_BYTES,
   encodedOpSize,
   encodeWrites,
   decodeWrites,

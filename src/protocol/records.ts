@@ -5,7 +5,10 @@
  * writes (kind 1):  u32 count, then count ops:
  *                     u8 op (1 put, 2 delete) | u32 keyLen | key UTF-8 | put only: u32 valueLen | value
  * image  (kind 2):  u8 format (1 = full node:v8 image, 2 = delta, UTF-8 JSON over the typed tree)
+ *                   | u8 codec of the payload (0 = none, 1 = brotli)
  *                   | u32 base checkpoint (the image a delta applies to; 0 for a full image)
+ *                   | u32 stateVersion (>= 1, the app's declared version of its state's shape)
+ *                   | u32 raw length (payload bytes once decoded; equals the stored length for codec 0)
  *                   | payload
  * seal   (kind 3):  u32 write frames in the checkpoint | u32 write ops | u32 image frames (always 1)
  * fence  (kind 4):  u8 nodeIdLen | node id UTF-8 of the new primary. Its header's checkpoint is 0:
@@ -13,6 +16,7 @@
  *                   it holds the same last sealed checkpoint, so the fence need not name it.
  * ```
  */
+import buffer from 'node:buffer';
 import { FrameError, FrameRejectReason } from '../errors.js';
 import type { WriteOp } from '../storage/adapter.js';
 
@@ -20,10 +24,28 @@ import type { WriteOp } from '../storage/adapter.js';
 export const ImageFormat = { Full: 1, Delta: 2 } as const;
 export type ImageFormat = (typeof ImageFormat)[keyof typeof ImageFormat];
 
+/** How an image payload is compressed (decided per frame by the primary). */
+export const ImageCodec = { None: 0, Brotli: 1 } as const;
+export type ImageCodec = (typeof ImageCodec)[keyof typeof ImageCodec];
+
+/** Bytes of an image body before its payload. */
+export const IMAGE_HEADER_BYTES = 14;
+
+/** Largest raw (decoded) payload an image record may announce: the largest Buffer Node makes. */
+const MAX_RAW_LENGTH = Math.min(0xffffffff, buffer.constants.MAX_LENGTH);
+
 /** Body of an image record. */
 export interface ImageRecord {
   readonly format: ImageFormat;
+  /** How `payload` is compressed. */
+  readonly codec: ImageCodec;
+  /** The checkpoint whose image a delta applies to; 0 for a full image. */
   readonly base: number;
+  /** The app's `stateVersion` when it took the image (>= 1). */
+  readonly stateVersion: number;
+  /** Bytes of the payload once decoded (its own length when `codec` is none). */
+  readonly rawLength: number;
+  /** The payload as stored: compressed per `codec`. */
   readonly payload: Uint8Array;
 }
 
@@ -115,21 +137,40 @@ export function decodeWrites(body: Uint8Array): WriteOp[] {
 
 /** Encodes an image record. */
 export function encodeImage(rec: ImageRecord): Buffer {
-  const buf = Buffer.allocUnsafe(5 + rec.payload.byteLength);
+  const buf = Buffer.allocUnsafe(IMAGE_HEADER_BYTES + rec.payload.byteLength);
   buf[0] = rec.format;
-  buf.writeUInt32BE(rec.base, 1);
-  buf.set(rec.payload, 5);
+  buf[1] = rec.codec;
+  buf.writeUInt32BE(rec.base, 2);
+  buf.writeUInt32BE(rec.stateVersion, 6);
+  buf.writeUInt32BE(rec.rawLength, 10);
+  buf.set(rec.payload, IMAGE_HEADER_BYTES);
   return buf;
 }
 
-/** Decodes an image record. */
+/**
+ * Decodes an image record. Throws `FrameError` (`malformed`) for an unknown format or codec, a
+ * full image with a base, a state version of 0, or a raw length that an uncompressed payload
+ * does not have. The payload is not decompressed here (see image/compression.ts).
+ */
 export function decodeImage(body: Uint8Array): ImageRecord {
-  if (body.byteLength < 5) throw malformed('image body truncated');
+  if (body.byteLength < IMAGE_HEADER_BYTES) throw malformed('image body truncated');
   const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const format = buf[0]!;
   if (format !== ImageFormat.Full && format !== ImageFormat.Delta)
     throw malformed(`unknown image format ${format}`);
-  return { format, base: buf.readUInt32BE(1), payload: buf.subarray(5) };
+  const codec = buf[1]!;
+  if (codec !== ImageCodec.None && codec !== ImageCodec.Brotli) throw malformed(`unknown image codec ${codec}`);
+  const base = buf.readUInt32BE(2);
+  if (format === ImageFormat.Full && base !== 0) throw malformed(`full image names base ${base}; it must be 0`);
+  const stateVersion = buf.readUInt32BE(6);
+  if (stateVersion < 1) throw malformed('image state version 0; versions start at 1');
+  const rawLength = buf.readUInt32BE(10);
+  const payload = buf.subarray(IMAGE_HEADER_BYTES);
+  if (codec === ImageCodec.None && rawLength !== payload.byteLength) {
+    throw malformed(`uncompressed image of ${payload.byteLength} bytes says it has ${rawLength}`);
+  }
+  if (rawLength > MAX_RAW_LENGTH) throw malformed(`image announces ${rawLength} bytes, more than this Node.js can hold`);
+  return { format, codec, base, stateVersion, rawLength, payload };
 }
 
 /** Encodes a seal record. */

@@ -118,7 +118,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           }
           assertValidValue(value);
           // Copy: the app may reuse its buffer before the batch is encoded.
-          return this.#guard() ?? rep.write({ op: 'put', key, value: Uint8Array.prototype.slice.call(value) });
+          return (
+            this.#guard() ?? rep.write({ op: 'put', key, value: Uint8Array.prototype.slice.call(value) })
+          );
         } catch (err) {
           return Promise.reject(err);
         }

@@ -266,7 +266,15 @@ export class Applier {
   #stage(checkpoint: number, epoch: number): Staged {
     let st = this.#staged.get(checkpoint);
     if (!st) {
-      st = { epoch, writes: new Map(), writeFrames: 0, writeOps: 0, image: undefined, seal: undefined, sealStreamSeq: 0 };
+      st = {
+        epoch,
+        writes: new Map(),
+        writeFrames: 0,
+        writeOps: 0,
+        image: undefined,
+        seal: undefined,
+        sealStreamSeq: 0,
+      };
       this.#staged.set(checkpoint, st);
     }
     return st;
@@ -300,9 +308,14 @@ export class Applier {
         this.#o.images.check(next, st.image);
       } catch (err) {
         if (err instanceof ImageError) {
-          throw new RestartpointError(err.code, `checkpoint ${next} cannot be applied: ${err.message}`, false, {
-            cause: err,
-          });
+          throw new RestartpointError(
+            err.code,
+            `checkpoint ${next} cannot be applied: ${err.message}`,
+            false,
+            {
+              cause: err,
+            },
+          );
         }
         throw err;
       }

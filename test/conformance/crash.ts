@@ -159,7 +159,9 @@ async function runChild(
   lines.close();
   child.stdin.destroy();
   if (signal !== 'SIGKILL') {
-    throw new Error(`the commit child exited by itself (code ${code}, signal ${signal}) instead of being killed`);
+    throw new Error(
+      `the commit child exited by itself (code ${code}, signal ${signal}) instead of being killed`,
+    );
   }
   return { killedAfter, commitMs, closedMs };
 }
@@ -176,7 +178,9 @@ async function expectOneGeneration(
   try {
     const meta = await a.readMeta();
     const gen = Number(/^gen:(\d+)$/.exec(meta === undefined ? '' : Buffer.from(meta).toString('utf8'))?.[1]);
-    expect(gens, `meta names a generation it should not: ${String(meta && Buffer.from(meta))}`).toContain(gen);
+    expect(gens, `meta names a generation it should not: ${String(meta && Buffer.from(meta))}`).toContain(
+      gen,
+    );
 
     const listed = await a.keys();
     expect(listed.length, 'number of keys after the kill').toBe(keys);
@@ -187,8 +191,9 @@ async function expectOneGeneration(
         const key = `crash/${next++}`;
         const got = await a.get(key);
         const which =
-          gens.find((g) => got !== undefined && Buffer.from(generationValue(g, key, valueBytes)).equals(got)) ??
-          'torn or missing';
+          gens.find(
+            (g) => got !== undefined && Buffer.from(generationValue(g, key, valueBytes)).equals(got),
+          ) ?? 'torn or missing';
         counts.set(String(which), (counts.get(String(which)) ?? 0) + 1);
       }
     };

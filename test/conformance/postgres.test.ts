@@ -16,9 +16,10 @@ let reachable: Promise<void> | undefined;
 function needPostgres(): Promise<void> {
   reachable ??= sql('SELECT 1').catch((err: unknown) => {
     throw new Error(
-      `PostgreSQL is not reachable at ${url} (${(err as Error).message}). The postgres adapter tests need it: ` +
-        `start it (Debian: pg_ctlcluster 15 main start, or apt-get install postgresql first; the database "test" ` +
-        `must exist: createdb -U postgres test), or point RESTARTPOINT_TEST_POSTGRES at one (postgres://user@host:port/db).`,
+      `PostgreSQL is not reachable at ${url} (${(err as Error).message}). The postgres adapter tests need a ` +
+        `real server: run \`npm run services\` (scripts/ensure-services.sh starts PostgreSQL and creates the ` +
+        `database "test"; by hand: pg_ctlcluster 15 main start && createdb -h 127.0.0.1 -U postgres test), or ` +
+        `point RESTARTPOINT_TEST_POSTGRES at one (postgres://user@host:port/db).`,
       { cause: err },
     );
   });
@@ -107,6 +108,7 @@ describe('postgres adapter: options, schema, pool', () => {
       [{ connectionString: url, table: 'x'.repeat(42) }, 'storage.table'],
       [{ connectionString: url, lib: {} }, 'storage.lib'],
       [{ pool: {} }, 'storage.pool'],
+      [{ pool: new pg.Pool({ max: 1 }) }, 'storage.pool'],
     ];
     for (const [opts, option] of cases) {
       let thrown: unknown;
@@ -130,17 +132,48 @@ describe('postgres adapter: options, schema, pool', () => {
     await a.close();
   });
 
-  it('creates the schema once when two processes race, and records version 1', async () => {
+  it('one writer per table: a second instance waits until the first one is gone', async () => {
     const table = await newTable();
-    const both = [0, 1].map(() => postgresAdapter({ connectionString: url, table }));
+    const first = postgresAdapter({ connectionString: url, table });
+    const second = postgresAdapter({ connectionString: url, table });
     try {
-      await Promise.all(both.map((a) => a.open()));
+      await first.open();
       expect(await rows(`SELECT id, version FROM "${table}_schema"`)).toEqual([{ id: 1, version: 1 }]);
+      let opened = false;
+      const opening = second.open().then(() => {
+        opened = true;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(opened).toBe(false);
+      await first.commit([put('k', 'first')], enc('m1'));
+      await first.close();
+      await opening;
+      await second.commit([put('k', 'second')], enc('m2'));
+      expect(await dump(second)).toEqual({ data: { k: 'second' }, meta: 'm2' });
     } finally {
-      for (const a of both) await a.close();
+      await first.close();
+      await second.close();
       await drop(table)();
     }
   });
+
+  it('a writer session killed by the server is replaced: retryable error at most once, then on', () =>
+    withStore(async (a, table) => {
+      await a.commit([put('k', '1')], enc('m1'));
+      const killed = await rows(
+        `SELECT pg_terminate_backend(l.pid) AS ok FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objid = hashtext('${table}')::oid AND l.objsubid = 2`,
+      );
+      expect(killed).toEqual([{ ok: true }]);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const first = await a.commit([put('k', '2')], enc('m2')).catch((err: unknown) => err);
+      if (first !== undefined) {
+        expect(first).toBeInstanceOf(StorageError);
+        expect((first as StorageError).retryable).toBe(true);
+        await a.commit([put('k', '2')], enc('m2'));
+      }
+      expect(await dump(a)).toEqual({ data: { k: '2' }, meta: 'm2' });
+    }));
 
   it('refuses a store of a newer schema version and a table that is not a store', async () => {
     const table = await newTable();

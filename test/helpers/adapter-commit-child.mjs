@@ -8,7 +8,9 @@
 // kill always finds it alive. Values must match generationValue() in crash.ts.
 const [adapterName, optionsJson, genArg, keysArg, sizeArg] = process.argv.slice(2);
 if (sizeArg === undefined) {
-  process.stderr.write('usage: adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes>\n');
+  process.stderr.write(
+    'usage: adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes>\n',
+  );
   process.exit(2);
 }
 const gen = Number(genArg);
@@ -20,7 +22,8 @@ process.stdin.on('end', () => process.exit(0));
 
 const mod = await import(new URL(`../../dist/adapters/${adapterName}/index.js`, import.meta.url).href);
 const factory = mod[`${adapterName}Adapter`];
-if (typeof factory !== 'function') throw new Error(`dist/adapters/${adapterName} exports no ${adapterName}Adapter`);
+if (typeof factory !== 'function')
+  throw new Error(`dist/adapters/${adapterName} exports no ${adapterName}Adapter`);
 const adapter = factory(JSON.parse(optionsJson));
 await adapter.open();
 

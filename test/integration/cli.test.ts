@@ -23,7 +23,7 @@ describe('restartpoint CLI', () => {
     [['drill', '--kills', 'x'], /--kills must be an integer/],
     [['drill', '--kills', '0'], /--kills must be an integer from 1/],
     [['drill', '--bogus'], /unknown option '--bogus'/],
-    [['drill', '--store', 'redis'], /Allowed choices are file, memory/],
+    [['drill', '--store', 'mongo'], /Allowed choices are file, memory, redis, postgres/],
     [['status'], /required option '--app <name>'/],
     [['status', '--app', 'bad name'], /not a valid app name/],
     [['frobnicate'], /unknown command/],

@@ -42,7 +42,9 @@ describe('Restartpoint SDK on a real nats-server', () => {
   it('a fresh app starts as primary with initialState, numbers checkpoints 1, 2, 3 and serves its store', async () => {
     const app = freshApp();
     apps.push(app);
-    const rp = await start(opts<Record<string, unknown>>(app, 'a', { initialState: () => ({ hello: 'world' }) }));
+    const rp = await start(
+      opts<Record<string, unknown>>(app, 'a', { initialState: () => ({ hello: 'world' }) }),
+    );
     expect(rp.state).toEqual({ hello: 'world' });
     expect(rp.resumedFrom).toBeUndefined();
     expect(rp.epoch).toBeGreaterThanOrEqual(1);
@@ -114,7 +116,9 @@ describe('Restartpoint SDK on a real nats-server', () => {
     apps.push(app);
     let last: { epoch: number; checkpoint: number } | undefined;
     for (let run = 1; run <= 4; run++) {
-      const rp = await Restartpoint.start(opts<{ run: number }>(app, `n${run}`, { initialState: () => ({ run: 0 }) }));
+      const rp = await Restartpoint.start(
+        opts<{ run: number }>(app, `n${run}`, { initialState: () => ({ run: 0 }) }),
+      );
       expect(rp.resumedFrom).toEqual(last);
       expect(rp.state).toEqual({ run: run - 1 });
       if (last) expect(rp.epoch).toBeGreaterThan(last.epoch);
@@ -171,9 +175,9 @@ describe('start() option validation', () => {
   });
 
   it("refuses 'snapshot' on an adapter without the capability and says what to use", async () => {
-    await expect(Restartpoint.start({ ...base, mode: 'snapshot', storage: withoutSnapshot() } as never)).rejects.toThrow(
-      /snapshot capability.*use mode 'delay-write'/,
-    );
+    await expect(
+      Restartpoint.start({ ...base, mode: 'snapshot', storage: withoutSnapshot() } as never),
+    ).rejects.toThrow(/snapshot capability.*use mode 'delay-write'/);
   });
 
   it('fails with a clear error when NATS is not there', async () => {

@@ -51,12 +51,20 @@ export function drillCommand(): Command {
   return new Command('drill')
     .description('run the sample app as two nodes, SIGKILL the primary N times, check every takeover')
     .option('--kills <n>', 'how many times to kill the primary', intFlag('--kills', 1, 1000), 3)
-    .addOption(new Option('--store <kind>', 'store of the sample app').choices([...DrillStores]).default('file'))
     .addOption(
-      new Option('--mode <mode>', 'standby mode of the nodes').choices(['delay-write', 'snapshot']).default('delay-write'),
+      new Option('--store <kind>', 'store of the sample app').choices([...DrillStores]).default('file'),
+    )
+    .addOption(
+      new Option('--mode <mode>', 'standby mode of the nodes')
+        .choices(['delay-write', 'snapshot'])
+        .default('delay-write'),
     )
     .option('--redis-url <url>', 'Redis for --store redis', 'redis://127.0.0.1:6379')
-    .option('--postgres-url <url>', 'PostgreSQL for --store postgres', 'postgres://postgres@127.0.0.1:5432/test')
+    .option(
+      '--postgres-url <url>',
+      'PostgreSQL for --store postgres',
+      'postgres://postgres@127.0.0.1:5432/test',
+    )
     .option(
       '--seed <s>',
       'seed for kill points and timing (default: random)',
@@ -66,38 +74,34 @@ export function drillCommand(): Command {
     .option('--lease-ttl <ms>', 'lease TTL of the nodes', intFlag('--lease-ttl', 100, 60_000), 1000)
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
     .option('--json', 'print one JSON object (docs/cli.md) and nothing else on stdout', false)
-    .action(
-      async (o: DrillFlags) => {
-        const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
-        const report = await runDrill({
-          kills: o.kills,
-          store: o.store,
-          mode: o.mode,
-          redisUrl: o.redisUrl,
-          postgresUrl: o.postgresUrl,
-          seed,
-          nats: o.nats,
-          leaseTtlMs: o.leaseTtl,
-          keep: o.keep,
-          progress: o.json ? (l) => process.stderr.write(`${l}\n`) : (l) => process.stdout.write(`${l}\n`),
-        });
-        if (o.json) {
-          process.stdout.write(`${JSON.stringify(report)}\n`);
-        } else {
-          process.stdout.write(`\n${table(report)}\n\n`);
-          if (report.takeovers.length > 0) {
-            process.stdout.write(
-              `median takeover: ${median(report.takeovers.map((t) => t.takeoverMs))} ms\n`,
-            );
-          }
-          for (const v of report.violations) process.stdout.write(`VIOLATION: ${v}\n`);
-          process.stdout.write(
-            report.ok
-              ? `verdict: PASS (${report.kills} kills, seed ${seed})\n`
-              : `verdict: FAIL (seed ${seed})\n`,
-          );
+    .action(async (o: DrillFlags) => {
+      const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
+      const report = await runDrill({
+        kills: o.kills,
+        store: o.store,
+        mode: o.mode,
+        redisUrl: o.redisUrl,
+        postgresUrl: o.postgresUrl,
+        seed,
+        nats: o.nats,
+        leaseTtlMs: o.leaseTtl,
+        keep: o.keep,
+        progress: o.json ? (l) => process.stderr.write(`${l}\n`) : (l) => process.stdout.write(`${l}\n`),
+      });
+      if (o.json) {
+        process.stdout.write(`${JSON.stringify(report)}\n`);
+      } else {
+        process.stdout.write(`\n${table(report)}\n\n`);
+        if (report.takeovers.length > 0) {
+          process.stdout.write(`median takeover: ${median(report.takeovers.map((t) => t.takeoverMs))} ms\n`);
         }
-        process.exitCode = report.ok ? 0 : 1;
-      },
-    );
+        for (const v of report.violations) process.stdout.write(`VIOLATION: ${v}\n`);
+        process.stdout.write(
+          report.ok
+            ? `verdict: PASS (${report.kills} kills, seed ${seed})\n`
+            : `verdict: FAIL (seed ${seed})\n`,
+        );
+      }
+      process.exitCode = report.ok ? 0 : 1;
+    });
 }
