@@ -8,8 +8,9 @@
 import { parseArgs } from 'node:util';
 import { round, type BenchContext, type BenchRow, type Suite } from './harness.js';
 import { storeSuite } from './store.js';
+import { fecSuite } from './fec.js';
 
-const SUITES: Suite[] = [storeSuite];
+const SUITES: Suite[] = [storeSuite, fecSuite];
 
 async function main(): Promise<number> {
   let args;

@@ -115,6 +115,10 @@ export const FrameRejectReason = {
   Stale: 'stale',
   Duplicate: 'duplicate',
   Gap: 'gap',
+  /** A shard of a part that was already rebuilt from k others: expected with parity, never thrown. */
+  Late: 'late',
+  /** A held shard dropped because too many incomplete parts were pending (memory cap). */
+  Evicted: 'evicted',
 } as const;
 export type FrameRejectReason = (typeof FrameRejectReason)[keyof typeof FrameRejectReason];
 

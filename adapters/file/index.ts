@@ -2,8 +2,9 @@
  * A durable storage adapter: one append-only log file in a directory, indexed in memory.
  *
  * ```text
- * <dir>/FORMAT                "restartpoint-file-store 1": marks the directory as a store
- * <dir>/log-0000000007        the live log: a snapshot record, then commit, put and delete records
+ * <dir>/FORMAT                "restartpoint-file-store 2": marks the directory as a store
+ * <dir>/log-0000000007        the live log: a snapshot record, then commit, put, delete, area,
+ *                             form and release records
  * <dir>/log-0000000008.tmp    a compaction or clear being written; open() deletes it
  * <dir>/log-0000000006.corrupt  an unreadable log set aside when an older one could be used
  * ```
@@ -19,26 +20,49 @@
  * When most of the log is superseded data, it is compacted: the live keys and meta are copied
  * into `log-<n+1>.tmp` as one snapshot record, fsynced, and renamed to `log-<n+1>` (the commit
  * point of the compaction); then the old log is deleted. `clear()` is a compaction to nothing.
+ *
+ * Snapshot mode is redirect-on-write inside the same log. `writeArea` appends an **area**
+ * record (the area number and its ops); its values land in the log but enter only a per-area
+ * index, never the visible one. `formSnapshot` appends a **form** record (the area number and
+ * the meta) and fsyncs: that is the commit point, exactly as for a commit record, and only then
+ * is the area's index merged into the visible one, in one synchronous step. `releaseAreas`
+ * appends a **release** record that drops every unformed area. The scanner replays the same
+ * rules, so a log cut anywhere shows the last form record it holds whole: the last snapshot or
+ * the new one. Nothing is overwritten, so a formed snapshot's data is never touched by the next
+ * area's writes. Compaction keeps unformed areas: they are copied into the new log as one area
+ * record each, after its snapshot record, and survive it unchanged (a compaction can run
+ * between any two calls, and the applier forms what it wrote before). `clear()` drops them.
  * docs/adapters.md has the crash-safety argument in full.
  */
 import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { ClosedError, ConfigError, RestartpointError, StorageError } from '../../src/errors.js';
+import {
+  ClosedError,
+  ConfigError,
+  InvalidArgumentError,
+  RestartpointError,
+  StorageError,
+} from '../../src/errors.js';
 import {
   assertValidKey,
   assertValidOps,
   assertValidValue,
+  type SnapshotStore,
   type StorageAdapter,
   type WriteOp,
 } from '../../src/storage/adapter.js';
 import {
   batchBodyLength,
   CHUNK,
+  encodeArea,
   encodeBatchCount,
   encodeBatchMetaHead,
   encodeBatchOp,
   encodeDeleteRecord,
+  encodeFormHead,
   encodePutRecord,
+  encodeReleaseRecord,
+  formBodyLength,
   LOG_MAGIC,
   readFully,
   RecordType,
@@ -74,14 +98,19 @@ export interface FileAdapterOptions {
  * Creates a store in the directory `opts.dir`. Throws `ConfigError` for a missing or empty `dir`
  * or a bad option.
  *
- * Contract, beyond `StorageAdapter`: `capabilities.durable` is `true`; `commit` and `clear` are
- * atomic against SIGKILL at any instant (and against power loss with `fsync: true`); reads
- * running beside a `commit` see the whole batch or none of it; mutating calls run one at a time
- * in call order, reads run at once. `put` copies its value before returning; buffers passed to
- * `commit` must not change until it settles (large values are streamed to disk, not copied).
- * Every key is held in memory (the index); values stay on disk. POSIX filesystems only.
+ * Contract, beyond `StorageAdapter` and `SnapshotStore`: `capabilities` is
+ * `{ durable: true, snapshot: true }`; `commit`, `formSnapshot`, `releaseAreas` and `clear` are
+ * atomic against SIGKILL at any instant (and against power loss with `fsync: true`), and fsync
+ * before resolving when `fsync` is on; `writeArea` does not fsync (the form record's fsync
+ * covers it). Reads running beside a `commit` or `formSnapshot` see all of it or none of it.
+ * Unformed areas survive close and reopen as far as they reached the log (after a crash, a
+ * prefix of the `writeArea` calls), still invisible. Mutating calls run one at a time in call
+ * order, reads run at once. `put` copies its value before returning; buffers passed to `commit`
+ * or `writeArea` must not change until the call settles (large values are streamed to disk,
+ * not copied). Every key is held in memory (the index, and one per unformed area); values stay
+ * on disk. POSIX filesystems only.
  */
-export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
+export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & SnapshotStore {
   const o = checkOptions(opts);
   let store: Store | undefined;
   let closed = false;
@@ -120,7 +149,7 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
 
   function shouldCompact(s: Store): boolean {
     const size = s.log.size;
-    return size >= o.compactBytes && size > 2 * s.liveBytes && size >= 2 * compactFailedAt;
+    return size >= o.compactBytes && size > 2 * (s.liveBytes + s.areaBytes) && size >= 2 * compactFailedAt;
   }
 
   /**
@@ -168,7 +197,7 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
 
   return {
     kind: 'file',
-    capabilities: { durable: true },
+    capabilities: { durable: true, snapshot: true },
 
     async open() {
       assertOpen();
@@ -249,6 +278,51 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
       return withStore((s) => (s.meta === undefined ? undefined : readRange(o.root, s.log, s.meta)));
     },
 
+    async writeArea(area, ops) {
+      assertOpen();
+      assertValidArea(area);
+      assertValidOps(ops);
+      if (ops.length === 0) return;
+      await mutate(async (s) => {
+        // No fsync: an area needs to be durable only once formed, and the form record's fsync
+        // covers every byte before it.
+        const { end, changes } = await writeBatch(s, RecordType.Area, area, ops, undefined);
+        s.log.size = end;
+        for (const [key, at] of changes) setAreaKey(s, area, key, at);
+        maybeCompact(s);
+      });
+    },
+
+    async formSnapshot(area, meta) {
+      assertOpen();
+      assertValidArea(area);
+      assertValidValue(meta);
+      await mutate(async (s) => {
+        const w = new RecordWriter(s.log.fh, s.log.size, RecordType.Form, formBodyLength(meta.length));
+        await w.add(encodeFormHead(area, meta.length));
+        const metaAt = { offset: await w.add(meta), length: meta.length };
+        await w.finish();
+        if (o.fsync) await s.log.fh.datasync();
+        s.log.size = w.end;
+        // The commit point has passed. No await from here on: a concurrent get() sees all of the
+        // area or none of it, and the meta that goes with what it sees.
+        formArea(s, area, metaAt);
+        maybeCompact(s);
+      });
+    },
+
+    async releaseAreas() {
+      assertOpen();
+      await mutate(async (s) => {
+        // The in-memory areas mirror the log's: none here means none there to release.
+        if (s.areas.size === 0) return;
+        await append(s.log, encodeReleaseRecord());
+        // Durable, so that released writes can never come back and be formed with later ones.
+        if (o.fsync) await s.log.fh.datasync();
+        dropAreas(s, Infinity);
+      });
+    },
+
     async clear() {
       assertOpen();
       await mutate(async (s) => install(await rewrite(o, s, false)));
@@ -273,8 +347,14 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter {
 // ---------------------------------------------------------------------------------------------
 // State
 
-/** Content of `<dir>/FORMAT`; the number changes when the layout changes incompatibly. */
-const FORMAT = 'restartpoint-file-store 1\n';
+/**
+ * Content of `<dir>/FORMAT`; the number changes when the layout changes incompatibly. Format 2
+ * added the snapshot-mode records (area, form, release); a format 1 store is a valid format 2
+ * store, and is marked 2 when opened (so that an older build, which would cut the log at the
+ * first record type it does not know, refuses it instead).
+ */
+const FORMAT = 'restartpoint-file-store 2\n';
+const FORMAT_1 = 'restartpoint-file-store 1\n';
 const DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024;
 /** Values at most this large are read ahead in parallel while compacting. */
 const PREFETCH_BYTES = 256 * 1024;
@@ -309,6 +389,15 @@ interface Store {
   meta: Range | undefined;
   /** Approximate bytes of live data, to decide on compaction. */
   liveBytes: number;
+  /** Unformed version areas: area → key → its last write there (`null`: deleted). */
+  readonly areas: Map<number, Map<string, Range | null>>;
+  /** Approximate bytes held by unformed areas; compaction copies them too. */
+  areaBytes: number;
+}
+
+/** A store with nothing in it, over `log`. */
+function emptyStore(log: Log): Store {
+  return { log, index: new Map(), meta: undefined, liveBytes: 0, areas: new Map(), areaBytes: 0 };
 }
 
 function checkOptions(opts: FileAdapterOptions): Options {
@@ -352,6 +441,47 @@ function setMeta(s: Store, at: Range | undefined): void {
   if (at !== undefined) s.liveBytes += at.length;
 }
 
+const areaEntryBytes = (key: string, at: Range | null): number => key.length + (at?.length ?? 0) + 16;
+
+/** Records `key`'s latest write in the unformed `area`. */
+function setAreaKey(s: Store, area: number, key: string, at: Range | null): void {
+  let writes = s.areas.get(area);
+  if (writes === undefined) s.areas.set(area, (writes = new Map()));
+  const old = writes.get(key);
+  if (old !== undefined) s.areaBytes -= areaEntryBytes(key, old);
+  writes.set(key, at);
+  s.areaBytes += areaEntryBytes(key, at);
+}
+
+/** Drops every unformed area numbered `upTo` or less. */
+function dropAreas(s: Store, upTo: number): void {
+  for (const [area, writes] of s.areas) {
+    if (area > upTo) continue;
+    for (const [key, at] of writes) s.areaBytes -= areaEntryBytes(key, at);
+    s.areas.delete(area);
+  }
+}
+
+/**
+ * Makes `area` the visible snapshot: its writes applied, the meta replaced, and every area at
+ * or below it dropped (those checkpoints are formed; what is left of them is garbage). Never
+ * awaits, so no reader sees it half done. The scanner calls it for each form record too.
+ */
+function formArea(s: Store, area: number, meta: Range): void {
+  for (const [key, at] of s.areas.get(area) ?? []) setKey(s, key, at);
+  setMeta(s, meta);
+  dropAreas(s, area);
+}
+
+/** Throws `InvalidArgumentError` unless `area` is a checkpoint number: a non-negative safe integer. */
+function assertValidArea(area: unknown): asserts area is number {
+  if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 0) {
+    throw new InvalidArgumentError(
+      `snapshot area must be a non-negative safe integer (a checkpoint number), got ${typeof area === 'number' ? area : typeof area}`,
+    );
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading
 
@@ -392,11 +522,23 @@ async function append(log: Log, record: Buffer): Promise<number> {
   return at;
 }
 
-/** Writes `ops` and `meta` as one commit record, then publishes them to the index at once. */
-async function appendCommit(o: Options, s: Store, ops: readonly WriteOp[], meta: Uint8Array): Promise<void> {
+/**
+ * Streams `ops` (and `meta` when given) as one batch record of `type` (commit, or area `area`)
+ * at the end of the log. Resolves to where the record ends and where each value and the meta
+ * landed; the caller moves `s.log.size` and, past its commit point, the index.
+ */
+async function writeBatch(
+  s: Store,
+  type: typeof RecordType.Commit | typeof RecordType.Area,
+  area: number | undefined,
+  ops: readonly WriteOp[],
+  meta: Uint8Array | undefined,
+): Promise<{ end: number; changes: Change[]; metaAt: Range | undefined }> {
   const keys = ops.map((op) => Buffer.from(op.key, 'utf8'));
   const sizes = ops.map((op, i) => [keys[i]!.length, op.op === 'put' ? op.value.length : null] as const);
-  const w = new RecordWriter(s.log.fh, s.log.size, RecordType.Commit, batchBodyLength(sizes, meta.length));
+  const head = area === undefined ? 0 : 8;
+  const w = new RecordWriter(s.log.fh, s.log.size, type, head + batchBodyLength(sizes, meta?.length));
+  if (area !== undefined) await w.add(encodeArea(area));
   await w.add(encodeBatchCount(ops.length));
   const changes: Change[] = [];
   for (let i = 0; i < ops.length; i++) {
@@ -405,79 +547,108 @@ async function appendCommit(o: Options, s: Store, ops: readonly WriteOp[], meta:
     if (op.op === 'put') changes.push([op.key, { offset: await w.add(op.value), length: op.value.length }]);
     else changes.push([op.key, null]);
   }
-  await w.add(encodeBatchMetaHead(meta.length));
-  const metaAt = { offset: await w.add(meta), length: meta.length };
+  await w.add(encodeBatchMetaHead(meta?.length));
+  const metaAt = meta === undefined ? undefined : { offset: await w.add(meta), length: meta.length };
   await w.finish();
+  return { end: w.end, changes, metaAt };
+}
+
+/** Writes `ops` and `meta` as one commit record, then publishes them to the index at once. */
+async function appendCommit(o: Options, s: Store, ops: readonly WriteOp[], meta: Uint8Array): Promise<void> {
+  const { end, changes, metaAt } = await writeBatch(s, RecordType.Commit, undefined, ops, meta);
   if (o.fsync) await s.log.fh.datasync();
-  s.log.size = w.end;
+  s.log.size = end;
   // The commit point has passed. No await from here on: a concurrent get() sees all of it or none.
   for (const [key, at] of changes) setKey(s, key, at);
   setMeta(s, metaAt);
 }
 
 /**
- * Writes a new log holding only a snapshot (of `s` when `keep`, else empty) and renames it into
- * place; the caller then installs it and drops the old one. The rename is the commit point: a
- * crash before it leaves a `.tmp` that `load` deletes, a crash after it leaves the new log in use.
+ * Writes a new log holding a snapshot record (of `s` when `keep`, else empty) and, when `keep`,
+ * one area record per unformed area of `s`; renames it into place; the caller then installs it
+ * and drops the old one. The rename is the commit point: a crash before it leaves a `.tmp` that
+ * `load` deletes, a crash after it leaves the new log in use.
  */
 async function rewrite(o: Options, s: Store | undefined, keep: boolean): Promise<Store> {
   const id = (s?.log.id ?? 0) + 1;
   const path = logPath(o, id);
   const tmp = `${path}.tmp`;
-  const entries = keep && s !== undefined ? [...s.index] : [];
-  const meta = keep ? s?.meta : undefined;
+  const from = keep ? s : undefined;
+  const entries = from === undefined ? [] : [...from.index];
+  const areas = from === undefined ? [] : [...from.areas].sort(([x], [y]) => x - y);
+  const meta = from?.meta;
   const fh = await open(tmp, 'w+');
   let next: Store;
   try {
     await writeFully(fh, LOG_MAGIC, 0);
+    const log: Log = { id, path, fh, size: LOG_MAGIC.length, reads: 0, retired: false };
+    next = emptyStore(log);
+
     const keys = entries.map(([key]) => Buffer.from(key, 'utf8'));
     const sizes = entries.map(([, at], i) => [keys[i]!.length, at.length] as const);
-    const w = new RecordWriter(
-      fh,
-      LOG_MAGIC.length,
-      RecordType.Snapshot,
-      batchBodyLength(sizes, meta?.length),
-    );
-    await w.add(encodeBatchCount(entries.length));
-    const index = new Map<string, Range>();
-    let liveBytes = 0;
-    for (let i = 0; i < entries.length; i += PREFETCH_COUNT) {
-      // Small values are read ahead in parallel: one by one, a compaction of 100 000 keys would
-      // wait for 100 000 sequential reads.
-      const group = entries.slice(i, i + PREFETCH_COUNT);
-      const ahead = await Promise.all(
-        group.map(([, at]) => (at.length <= PREFETCH_BYTES ? readRange(o.root, s!.log, at) : undefined)),
-      );
-      for (let j = 0; j < group.length; j++) {
-        const [key, at] = group[j]!;
-        await w.add(encodeBatchOp(keys[i + j]!, at.length));
-        const offset = await copyValue(o.root, w, s!.log, at, ahead[j]);
-        index.set(key, { offset, length: at.length });
-        liveBytes += entryBytes(key, at);
-      }
-    }
+    let w = new RecordWriter(fh, log.size, RecordType.Snapshot, batchBodyLength(sizes, meta?.length));
+    for (const [key, at] of await copyOps(o.root, w, from?.log, entries, keys)) setKey(next, key, at);
     await w.add(encodeBatchMetaHead(meta?.length));
-    let metaAt: Range | undefined;
     if (meta !== undefined) {
-      metaAt = { offset: await copyValue(o.root, w, s!.log, meta, undefined), length: meta.length };
-      liveBytes += meta.length;
+      setMeta(next, { offset: await copyValue(o.root, w, from!.log, meta, undefined), length: meta.length });
     }
     await w.finish();
+    log.size = w.end;
+
+    for (const [area, writes] of areas) {
+      const ops = [...writes];
+      const opKeys = ops.map(([key]) => Buffer.from(key, 'utf8'));
+      const opSizes = ops.map(([, at], i) => [opKeys[i]!.length, at?.length ?? null] as const);
+      w = new RecordWriter(fh, log.size, RecordType.Area, 8 + batchBodyLength(opSizes, undefined));
+      await w.add(encodeArea(area));
+      for (const [key, at] of await copyOps(o.root, w, from!.log, ops, opKeys))
+        setAreaKey(next, area, key, at);
+      await w.add(encodeBatchMetaHead(undefined));
+      await w.finish();
+      log.size = w.end;
+    }
+
     if (o.fsync) await fh.sync();
     await rename(tmp, path);
     if (o.fsync) await syncDir(o.root);
-    next = {
-      log: { id, path, fh, size: w.end, reads: 0, retired: false },
-      index,
-      meta: metaAt,
-      liveBytes,
-    };
   } catch (err) {
     await fh.close();
     await rm(tmp, { force: true });
     throw err;
   }
   return next;
+}
+
+/**
+ * Appends the op count and `ops` (values read from `from`, `null` for a delete) to the batch
+ * being written by `w`; resolves to where each value landed.
+ */
+async function copyOps(
+  root: string,
+  w: RecordWriter,
+  from: Log | undefined,
+  ops: readonly (readonly [string, Range | null])[],
+  keys: readonly Buffer[],
+): Promise<Change[]> {
+  await w.add(encodeBatchCount(ops.length));
+  const out: Change[] = [];
+  for (let i = 0; i < ops.length; i += PREFETCH_COUNT) {
+    // Small values are read ahead in parallel: one by one, a compaction of 100 000 keys would
+    // wait for 100 000 sequential reads.
+    const group = ops.slice(i, i + PREFETCH_COUNT);
+    const ahead = await Promise.all(
+      group.map(([, at]) =>
+        at !== null && at.length <= PREFETCH_BYTES ? readRange(root, from!, at) : undefined,
+      ),
+    );
+    for (let j = 0; j < group.length; j++) {
+      const [key, at] = group[j]!;
+      await w.add(encodeBatchOp(keys[i + j]!, at?.length ?? null));
+      if (at === null) out.push([key, null]);
+      else out.push([key, { offset: await copyValue(root, w, from!, at, ahead[j]), length: at.length }]);
+    }
+  }
+  return out;
 }
 
 /** Appends a value read from `from` to `w`, at most CHUNK bytes in memory; resolves to its offset. */
@@ -512,7 +683,9 @@ async function load(o: Options): Promise<Store> {
   const names = await readdir(o.root);
   if (names.includes('FORMAT')) {
     const format = await readFile(join(o.root, 'FORMAT'), 'utf8');
-    if (format !== FORMAT) {
+    if (format === FORMAT_1) {
+      await writeSmallFile(o, 'FORMAT', FORMAT);
+    } else if (format !== FORMAT) {
       throw new StorageError(
         `file store: ${o.root} holds format ${JSON.stringify(format.trim())}; this version reads ${JSON.stringify(FORMAT.trim())}`,
       );
@@ -566,19 +739,23 @@ async function loadLog(o: Options, id: number): Promise<Store | undefined> {
   const fh = await open(path, 'r+');
   try {
     const { size } = await fh.stat();
-    const s: Store = {
-      log: { id, path, fh, size: 0, reads: 0, retired: false },
-      index: new Map(),
-      meta: undefined,
-      liveBytes: 0,
-    };
+    const s = emptyStore({ id, path, fh, size: 0, reads: 0, retired: false });
     let records = 0;
     const end = await scanLog(fh, size, (record) => {
       // Exactly one snapshot, first; anything else is not a log this adapter wrote.
       if ((records === 0) !== (record.type === RecordType.Snapshot)) return false;
       records++;
-      for (const [key, at] of record.changes) setKey(s, key, at);
-      if (record.meta !== undefined) setMeta(s, record.meta ?? undefined);
+      // The same rules as the live calls: area writes wait in their area until a form record.
+      if (record.type === RecordType.Area) {
+        for (const [key, at] of record.changes) setAreaKey(s, record.area!, key, at);
+      } else if (record.type === RecordType.Form) {
+        formArea(s, record.area!, record.meta!);
+      } else if (record.type === RecordType.Release) {
+        dropAreas(s, Infinity);
+      } else {
+        for (const [key, at] of record.changes) setKey(s, key, at);
+        if (record.meta !== undefined) setMeta(s, record.meta ?? undefined);
+      }
       return true;
     });
     if (end === undefined || records === 0) {

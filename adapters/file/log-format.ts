@@ -9,13 +9,23 @@
  * type 2 commit    body = batch: ops applied in order, then the meta replaced
  * type 3 put       body = u16 keyLength | key | value (the rest of the body)
  * type 4 delete    body = u16 keyLength | key
+ * type 5 area      body = u64 area | batch (hasMeta = 0): writes into version area `area`,
+ *                  invisible until a form record of that area
+ * type 6 form      body = u64 area | u32 metaLength | meta: forms the snapshot of `area` (its
+ *                  area records so far applied in log order, the meta replaced); areas at or
+ *                  below `area` are done with
+ * type 7 release   body = empty: every area written before it and not formed is dropped
  * batch      = u32 opCount | op* | u8 hasMeta | (u32 metaLength | meta when hasMeta = 1)
  * op         = u8 kind (1 put, 2 delete) | u16 keyLength | key | (put: u32 valueLength | value)
  * ```
  *
  * Integers are big-endian, keys UTF-8. Every log starts with one snapshot record and never holds
  * another. A record counts only when it is complete and its CRC matches: a record cut short by
- * a crash, or garbage after the last good record, ends the log there.
+ * a crash, or garbage after the last good record, ends the log there. So what a log says is
+ * always the effect of a prefix of the records appended to it; a form record, the only record
+ * that makes area writes visible, is in that prefix whole with every area record before it, or
+ * not at all. Types 5-7 (snapshot mode) are new in store format 2 (`<dir>/FORMAT`): a reader of
+ * format 1 would end the log at the first of them, so it is refused such a store.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
@@ -24,7 +34,15 @@ import { crc32 } from 'node:zlib';
 export const LOG_MAGIC = Buffer.from('RPLOG\0\0\x01', 'latin1');
 
 /** Record types. */
-export const RecordType = { Snapshot: 1, Commit: 2, Put: 3, Delete: 4 } as const;
+export const RecordType = {
+  Snapshot: 1,
+  Commit: 2,
+  Put: 3,
+  Delete: 4,
+  Area: 5,
+  Form: 6,
+  Release: 7,
+} as const;
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
 
 const OP_PUT = 1;
@@ -50,6 +68,8 @@ export interface ScannedRecord {
   readonly changes: readonly Change[];
   /** The meta after this record: a range, `null` for none, `undefined` when unchanged. */
   readonly meta: Range | null | undefined;
+  /** The version area of an area or form record. */
+  readonly area?: number;
 }
 
 /** Body size of a batch whose ops have these key and value sizes (value `null` = delete). */
@@ -88,6 +108,33 @@ export function encodeBatchMetaHead(metaBytes: number | undefined): Buffer {
   return out;
 }
 
+/** The `u64 area` that starts area and form record bodies. */
+export function encodeArea(area: number): Buffer {
+  const out = Buffer.allocUnsafe(8);
+  out.writeUInt32BE(Math.floor(area / 2 ** 32), 0);
+  out.writeUInt32BE(area >>> 0, 4);
+  return out;
+}
+
+/** Start of a form record body: the area, then the meta length (the meta follows). */
+export function encodeFormHead(area: number, metaBytes: number): Buffer {
+  const out = Buffer.allocUnsafe(12);
+  encodeArea(area).copy(out, 0);
+  out.writeUInt32BE(metaBytes, 8);
+  return out;
+}
+
+/** Body size of a form record with a meta of `metaBytes`. */
+export const formBodyLength = (metaBytes: number): number => 12 + metaBytes;
+
+/** A whole release record. */
+export function encodeReleaseRecord(): Buffer {
+  const record = Buffer.allocUnsafe(HEAD_BYTES + CRC_BYTES);
+  writeHead(record, RecordType.Release, 0);
+  record.writeUInt32BE(crc32(record.subarray(0, HEAD_BYTES)), HEAD_BYTES);
+  return record;
+}
+
 /** A whole put record, value copied in. */
 export function encodePutRecord(
   keyBytes: Buffer,
@@ -123,7 +170,7 @@ function writeHead(out: Buffer, type: RecordType, bodyLength: number): void {
 }
 
 /**
- * Streams one large record (snapshot or commit) to `fh` at `start` without holding it in memory:
+ * Streams one large record (snapshot, commit, area or form) to `fh` at `start` without holding it in memory:
  * small pieces are gathered into CHUNK-sized writes, large values are written straight from the
  * caller's buffer. The body length is declared up front and checked at `finish()`.
  */
@@ -226,6 +273,7 @@ async function readRecord(r: Reader): Promise<ScannedRecord | undefined> {
 
   const changes: Change[] = [];
   let meta: Range | null | undefined;
+  let area: number | undefined;
   const key = async (): Promise<string | undefined> => {
     const len = await r.take(2);
     if (len === undefined || r.pos + len.readUInt16BE(0) > bodyEnd) return undefined;
@@ -238,6 +286,12 @@ async function readRecord(r: Reader): Promise<ScannedRecord | undefined> {
     return (await r.pass(at.length)) ? at : undefined;
   };
 
+  const areaOf = async (): Promise<number | undefined> => {
+    const b = await r.take(8);
+    if (b === undefined) return undefined;
+    const n = b.readUInt32BE(0) * 2 ** 32 + b.readUInt32BE(4);
+    return Number.isSafeInteger(n) ? n : undefined;
+  };
   switch (type) {
     case RecordType.Put: {
       const k = await key();
@@ -253,8 +307,20 @@ async function readRecord(r: Reader): Promise<ScannedRecord | undefined> {
       changes.push([k, null]);
       break;
     }
+    case RecordType.Form: {
+      area = await areaOf();
+      const at = area === undefined ? undefined : await range();
+      if (at === undefined) return undefined;
+      meta = at;
+      break;
+    }
+    case RecordType.Release:
+      break;
     case RecordType.Snapshot:
-    case RecordType.Commit: {
+    case RecordType.Commit:
+    case RecordType.Area: {
+      // An area record is an area number, then a batch without meta.
+      if (type === RecordType.Area && (area = await areaOf()) === undefined) return undefined;
       const count = await r.take(4);
       if (count === undefined) return undefined;
       for (let i = count.readUInt32BE(0); i > 0; i--) {
@@ -277,10 +343,12 @@ async function readRecord(r: Reader): Promise<ScannedRecord | undefined> {
         if (at === undefined) return undefined;
         meta = at;
       } else if (hasMeta === 0) {
-        meta = null;
+        // For an area record, "no meta" leaves the meta alone; for the others it removes it.
+        meta = type === RecordType.Area ? undefined : null;
       } else {
         return undefined;
       }
+      if (type === RecordType.Area && meta !== undefined) return undefined;
       break;
     }
     default:
@@ -290,7 +358,7 @@ async function readRecord(r: Reader): Promise<ScannedRecord | undefined> {
   const computed = r.crc;
   const stored = await r.take(CRC_BYTES);
   if (stored === undefined || stored.readUInt32BE(0) !== computed) return undefined;
-  return { type, changes, meta };
+  return { type, changes, meta, area };
 }
 
 /** Sequential buffered reads with a running CRC over every byte taken. */

@@ -6,12 +6,17 @@
  * (test/conformance/suite.ts), except for what `capabilities` declares. Nothing survives the
  * process, so `capabilities.durable` is `false`; use it for tests, demos, and standbys that
  * rebuild their store from the relay.
+ *
+ * Snapshot mode is the `SnapshotStore` contract at its plainest: each version area is a map of
+ * key → its last op in that checkpoint (a value, or `null` for a delete), kept beside the
+ * visible data; forming one applies it to the data and sets the meta in one synchronous step.
  */
-import { ClosedError } from '../../src/errors.js';
+import { ClosedError, InvalidArgumentError } from '../../src/errors.js';
 import {
   assertValidKey,
   assertValidOps,
   assertValidValue,
+  type SnapshotStore,
   type StorageAdapter,
 } from '../../src/storage/adapter.js';
 
@@ -25,9 +30,11 @@ export type MemoryAdapterOptions = Record<string, never>;
  * caller mutating a buffer it passed or received never changes the store; each instance has its
  * own data (two `memoryAdapter()` calls never share keys).
  */
-export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter {
+export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter & SnapshotStore {
   const data = new Map<string, Uint8Array>();
   let meta: Uint8Array | undefined;
+  /** Version areas not formed yet: area → key → its last op there (`null` is a delete). */
+  const areas = new Map<number, Map<string, Uint8Array | null>>();
   let closed = false;
 
   function assertOpen(): void {
@@ -39,7 +46,7 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
 
   return {
     kind: 'memory',
-    capabilities: { durable: false },
+    capabilities: { durable: false, snapshot: true },
 
     async open() {
       assertOpen();
@@ -101,13 +108,52 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
     async clear() {
       assertOpen();
       data.clear();
+      areas.clear();
       meta = undefined;
     },
 
     async close() {
       closed = true;
       data.clear();
+      areas.clear();
       meta = undefined;
     },
+
+    async writeArea(area, ops) {
+      assertOpen();
+      assertValidArea(area);
+      assertValidOps(ops);
+      const writes = areas.get(area) ?? new Map<string, Uint8Array | null>();
+      for (const op of ops) writes.set(op.key, op.op === 'put' ? copy(op.value) : null);
+      areas.set(area, writes);
+    },
+
+    async formSnapshot(area, newMeta) {
+      assertOpen();
+      assertValidArea(area);
+      assertValidValue(newMeta);
+      // One synchronous step: no reader can see the area half applied, or the data without its meta.
+      for (const [key, value] of areas.get(area) ?? []) {
+        if (value === null) data.delete(key);
+        else data.set(key, value);
+      }
+      meta = copy(newMeta);
+      // Areas below this one were formed already; nothing left of them is needed.
+      for (const id of areas.keys()) if (id <= area) areas.delete(id);
+    },
+
+    async releaseAreas() {
+      assertOpen();
+      areas.clear();
+    },
   };
+}
+
+/** Throws `InvalidArgumentError` unless `area` is a checkpoint number: a non-negative safe integer. */
+function assertValidArea(area: unknown): asserts area is number {
+  if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 0) {
+    throw new InvalidArgumentError(
+      `snapshot area must be a non-negative safe integer (a checkpoint number), got ${typeof area === 'number' ? area : typeof area}`,
+    );
+  }
 }

@@ -12,6 +12,7 @@
  *
  * Usage: node app.js --node a --app NAME --store file|memory|redis|postgres [--dir DIR]
  *          [--mode delay-write|snapshot] [--redis-url URL] [--postgres-url URL] [--nats URL] [--ttl MS]
+ *          [--relays URL[|URL…][,…] --ack all|quorum|N --fec K+M:F]
  * Redis keys live under the prefix `<app>:<node>`, Postgres rows in the table `rp_<app>_<node>`.
  */
 import { createHash } from 'node:crypto';
@@ -72,6 +73,25 @@ function rng(seed: number): () => number {
   };
 }
 
+/**
+ * `--relays a|b,c,d`: relays separated by commas, the servers of one relay by `|`.
+ * `--ack all|quorum|N`; `--fec K+M:F` (F = relays whose loss a checkpoint survives).
+ */
+function relayOptions(
+  relays: string | undefined,
+  ack: string,
+  fec: string | undefined,
+): Record<string, unknown> {
+  if (!relays) return {};
+  const out: Record<string, unknown> = {
+    relays: relays.split(',').map((r) => ({ servers: r.split('|') })),
+    ack: ack === 'all' || ack === 'quorum' ? ack : { count: Number(ack) },
+  };
+  const m = fec ? /^(\d+)\+(\d+)(?::(\d+))?$/.exec(fec) : null;
+  if (m) out.fec = { data: Number(m[1]), parity: Number(m[2]), tolerate: Number(m[3] ?? m[2]) };
+  return out;
+}
+
 /** The store a node runs on. */
 export function makeStore(
   kind: string,
@@ -106,6 +126,9 @@ async function main(): Promise<void> {
       accounts: { type: 'string', default: '50' },
       mode: { type: 'string', default: 'delay-write' },
       clear: { type: 'boolean', default: false },
+      relays: { type: 'string' },
+      ack: { type: 'string', default: 'all' },
+      fec: { type: 'string' },
       'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
       'postgres-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     },
@@ -152,6 +175,7 @@ async function main(): Promise<void> {
     initialState: () => ({ steps: 0, total: 0n, mirror: new Map(), lastStepAt: new Date(0) }),
     leaseTtlMs: Number(values.ttl),
     mode: values.mode as 'delay-write' | 'snapshot',
+    ...relayOptions(values.relays, values.ack!, values.fec),
     log: (e) => {
       if (e.msg === 'standby') emit({ ev: 'standby', node: values.node });
       else if (e.level === 'warn' || e.level === 'error') emit({ ev: 'log', ...e });

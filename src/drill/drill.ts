@@ -19,6 +19,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
+import { TestRelay } from './nats-servers.js';
 
 /** Stores the drill can run the sample app on. */
 export const DrillStores = ['file', 'memory', 'redis', 'postgres'] as const;
@@ -47,7 +48,18 @@ export interface DrillOptions {
   keep?: boolean;
   /** Kill points to use in turn; default: chosen at random from the seed. */
   points?: readonly KillPoint[];
+  /**
+   * What fails besides the primary: `kill` (the primary only), `relay-loss` (three relays with a
+   * quorum policy; one relay is SIGKILLed before each primary kill and restarted after the
+   * takeover), `shard-loss` (six relays, FEC 4+2 surviving two lost relays; two are SIGKILLed
+   * before each primary kill). Default `kill`.
+   */
+  scenario?: Scenario;
 }
+
+/** Drill scenarios. */
+export const Scenarios = ['kill', 'relay-loss', 'shard-loss'] as const;
+export type Scenario = (typeof Scenarios)[number];
 
 /** One takeover as the `--json` contract reports it (docs/cli.md). */
 export interface TakeoverReport {
@@ -70,6 +82,9 @@ export interface DrillReport {
   seed: number;
   store: string;
   mode: string;
+  scenario: Scenario;
+  /** Relay servers SIGKILLed during the run (relay-loss, shard-loss). */
+  relaysKilled: number;
   takeovers: TakeoverReport[];
   violations: string[];
 }
@@ -193,7 +208,17 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   const app = `drill-${randomBytes(4).toString('hex')}`;
   const dir = await mkdtemp(join(tmpdir(), 'restartpoint-drill-'));
   const nodes = { a: new AppProcess('a'), b: new AppProcess('b') };
+  const scenario = opts.scenario ?? 'kill';
+  const relays: TestRelay[] = [];
+  const relayArgs = (): string[] => {
+    if (scenario === 'kill') return [];
+    const urls = relays.map((r) => r.urls.join('|')).join(',');
+    return scenario === 'relay-loss'
+      ? ['--relays', urls, '--ack', 'quorum']
+      : ['--relays', urls, '--fec', '4+2:2'];
+  };
   const args = (id: string): string[] => [
+    ...relayArgs(),
     '--app',
     app,
     '--store',
@@ -217,6 +242,8 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     seed: opts.seed,
     store: opts.store,
     mode: opts.mode ?? 'delay-write',
+    scenario,
+    relaysKilled: 0,
     takeovers: [],
     violations: [],
   };
@@ -239,8 +266,12 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   try {
     track(nodes.a);
     track(nodes.b);
+    if (scenario !== 'kill') {
+      const n = scenario === 'relay-loss' ? 3 : 6;
+      for (let i = 0; i < n; i++) relays.push(await TestRelay.single());
+    }
     say(
-      `drill: app ${app}, store ${opts.store}, seed ${opts.seed}, ${opts.kills} kill(s), lease ${opts.leaseTtlMs} ms`,
+      `drill: app ${app}, scenario ${scenario}, store ${opts.store} (${opts.mode ?? 'delay-write'}), seed ${opts.seed}, ${opts.kills} kill(s), lease ${opts.leaseTtlMs} ms`,
     );
     nodes.a.start(args('a'));
     const first = await nodes.a.waitFor((e) => e.ev === 'primary', 'primary role');
@@ -254,6 +285,12 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       const drawn = KillPoints[Math.floor(rand() * KillPoints.length)]!;
       const point = opts.points?.length ? opts.points[(kill - 1) % opts.points.length]! : drawn;
       const afterSteps = 3 + Math.floor(rand() * 20);
+      // Relays lost while the primary works: the ones the policy can spare.
+      const lost =
+        scenario === 'kill' ? [] : pickRelays(relays.length, scenario === 'relay-loss' ? 1 : 2, rand);
+      for (const i of lost) await relays[i]!.servers[0]!.kill();
+      report.relaysKilled += lost.length;
+      if (lost.length > 0) say(`kill ${kill}/${opts.kills}: relay(s) ${lost.join(', ')} SIGKILLed`);
       primary.send({ cmd: 'arm', point, afterSteps });
       await primary.waitFor((e) => e.ev === 'at-killpoint', `kill point ${point}`);
       const ackedAtKill = lastAcked;
@@ -301,7 +338,8 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       say(
         `kill ${kill}/${opts.kills}: ${point}, ${primary.id} killed, ${standby.id} took over in ${takeoverMs} ms (acked ${ackedAtKill}, resumed ${resumed}, epoch ${epoch})`,
       );
-      // The killed node rejoins as the standby.
+      // The lost relays come back (and are caught up); the killed node rejoins as the standby.
+      for (const i of lost) await relays[i]!.servers[0]!.start();
       const killed = primary;
       primary = standby;
       standby = killed;
@@ -314,6 +352,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     report.ok = false;
   } finally {
     await Promise.all([nodes.a.kill(), nodes.b.kill()]);
+    await Promise.all(relays.map((r) => r.destroy()));
     if (!opts.keep) {
       if (opts.store === 'redis' || opts.store === 'postgres') {
         await Promise.all(['a', 'b'].map((id) => clearStore(id, args(id)))).catch((err: unknown) => {
@@ -325,6 +364,14 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     }
   }
   return report;
+}
+
+/** `count` distinct relay indexes out of `n`, drawn from the seeded generator. */
+function pickRelays(n: number, count: number, rand: () => number): number[] {
+  const all = [...Array(n).keys()];
+  const out: number[] = [];
+  while (out.length < count) out.push(all.splice(Math.floor(rand() * all.length), 1)[0]!);
+  return out.sort((a, b) => a - b);
 }
 
 /** Runs the sample app in `--clear` mode: it empties one node's store and exits. */

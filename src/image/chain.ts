@@ -3,18 +3,33 @@
  *
  * Primary (`ImageEncoder`): every checkpoint's state becomes either a keyframe or a delta
  * against the previous checkpoint's image. A keyframe is taken for the first checkpoint of an
- * epoch, every `keyframeEvery` checkpoints, and when the deltas since the last keyframe add up
- * to more than `maxChainShare` of its size (then a keyframe is cheaper to restore from).
+ * epoch (the encoder has no base yet), every `keyframeEvery` checkpoints, and when the deltas
+ * since the last keyframe add up to more than `maxChainShare` of its size (raw bytes, before
+ * compression): past that point a keyframe is cheaper to ship and to restore from.
+ *
+ * A delta is found on one of three paths, all exact (the standby's tree equals `toTree(state)`):
+ *
+ * | path       | when                                   | cost                                      |
+ * | ---------- | -------------------------------------- | ----------------------------------------- |
+ * | `tracked`  | `state` is a proxy made by `track()`    | O(changed entries)                        |
+ * | `identity` | `immutable: true`, state updated by copy | O(changed objects + new containers' entries) |
+ * | `diff`     | otherwise, or while the state shares objects | `toTree` + jsondiffpatch of the whole state |
+ *
+ * Every payload is then compressed when it pays (compression.ts).
  *
  * Standby (`ImageChain`): keeps the latest committed image materialized as a typed tree and
  * applies each delta as it commits, so a takeover turns one tree into a live value instead of
  * replaying a chain.
  */
-import { ImageError } from '../errors.js';
-import { ImageFormat, type ImageRecord } from '../protocol/records.js';
+import { ImageError, SerializationError } from '../errors.js';
+import { ImageCodec, ImageFormat, type ImageRecord } from '../protocol/records.js';
+import { packImage, unpackImage, type PackedPayload } from './compression.js';
 import { decodeDelta, diffTrees, encodeDelta, patchTreeInPlace, type ImageDelta } from './delta.js';
+import { Registry } from './graph.js';
+import { identityDelta } from './identity.js';
 import { deserializeImage, serializeImage } from './serialize.js';
-import { fromTree, toTree, type TreeNode } from './typed-tree.js';
+import { trackerOf, untracked, type StateTracker } from './tracked.js';
+import { findUnserializable, fromTree, toTree, toTreeIndexed, type TreeNode } from './typed-tree.js';
 
 /** Keyframe policy. */
 export interface KeyframePolicy {
@@ -27,75 +42,205 @@ export interface KeyframePolicy {
 /** Default keyframe policy. */
 export const DEFAULT_KEYFRAME_POLICY: KeyframePolicy = { keyframeEvery: 32, maxChainShare: 0.5 };
 
-/** An encoded image, ready to ship, and the step that makes it the new base once shipped. */
-export interface EncodedImage {
-  readonly record: ImageRecord;
-  /** Whole image (true) or delta. */
-  readonly keyframe: boolean;
+/** Options of an image encoder. */
+export interface ImageEncoderOptions extends Partial<KeyframePolicy> {
+  /** Carried in every image (>= 1). Default 1. */
+  readonly stateVersion?: number;
   /**
-   * Makes this image the base of the next delta. The replicator calls it as soon as the number is
-   * taken: the frames then go out before any later checkpoint's, and a failed publish is re-sent.
+   * The app never changes an object after passing it to a checkpoint (it copies instead):
+   * unchanged references are skipped in O(1). Default false.
    */
-  advance(): void;
+  readonly immutable?: boolean;
+  /** Compress payloads when it pays. Default true. */
+  readonly compress?: boolean;
 }
 
-/** The primary's side of the chain. */
+/** How an image was found. */
+export type ImagePath = 'keyframe' | 'tracked' | 'identity' | 'diff';
+
+/** An encoded image, ready to ship. */
+export interface EncodedImage {
+  /**
+   * The record. Small payloads are ready at once; a large one (a keyframe, usually) is compressed
+   * on the threadpool and comes as a promise that never rejects.
+   */
+  readonly record: ImageRecord | Promise<ImageRecord>;
+  /** Whole image (true) or delta. */
+  readonly keyframe: boolean;
+  /** How the image was found. */
+  readonly path: ImagePath;
+  /** Payload bytes before compression. */
+  readonly rawBytes: number;
+}
+
+/** What the next delta is computed against: the previous image's typed tree, and how to reach the next one. */
+type Base =
+  | { readonly kind: 'diff'; readonly tree: TreeNode }
+  | { readonly kind: 'identity'; readonly tree: TreeNode; readonly live: unknown; readonly registry: Registry }
+  | {
+      readonly kind: 'tracked';
+      readonly tree: TreeNode;
+      readonly tracker: StateTracker;
+      readonly generation: number;
+    };
+
+/** Result of a full walk of the state. */
+interface Walked {
+  readonly tree: TreeNode;
+  readonly shared: boolean;
+  readonly objects: IterableIterator<object>;
+}
+
+/**
+ * The primary's side of the chain. `encode` commits: once it returns, the encoded image is the
+ * base of the next delta (the replicator ships every image it encodes, re-sending until acked).
+ */
 export class ImageEncoder {
   readonly #policy: KeyframePolicy;
-  #prev: TreeNode | undefined;
+  readonly #stateVersion: number;
+  readonly #immutable: boolean;
+  readonly #compress: boolean;
+  #base: Base | undefined;
   #prevCheckpoint = 0;
   #sinceKeyframe = 0;
   #keyframeBytes = 0;
   #chainBytes = 0;
 
-  constructor(policy: KeyframePolicy = DEFAULT_KEYFRAME_POLICY) {
-    this.#policy = policy;
+  constructor(options: ImageEncoderOptions = {}) {
+    this.#policy = {
+      keyframeEvery: options.keyframeEvery ?? DEFAULT_KEYFRAME_POLICY.keyframeEvery,
+      maxChainShare: options.maxChainShare ?? DEFAULT_KEYFRAME_POLICY.maxChainShare,
+    };
+    this.#stateVersion = options.stateVersion ?? 1;
+    this.#immutable = options.immutable ?? false;
+    this.#compress = options.compress ?? true;
   }
 
   /**
-   * Encodes `state` as checkpoint `checkpoint`'s image. Throws `SerializationError` (naming the
-   * path) when the state holds something node:v8 cannot serialize; nothing changes then.
+   * Encodes `state` as checkpoint `checkpoint`'s image. `state` may be a proxy made by `track()`.
+   *
+   * Throws `SerializationError` (naming the path from the root) when the state holds something
+   * node:v8 cannot serialize. Nothing was encoded then, and the next image is a keyframe.
    */
   encode(state: unknown, checkpoint: number): EncodedImage {
-    const tree = toTree(state);
-    const wantKeyframe =
-      this.#prev === undefined ||
-      this.#prevCheckpoint !== checkpoint - 1 ||
-      this.#sinceKeyframe + 1 >= this.#policy.keyframeEvery;
-    if (!wantKeyframe) {
-      const delta: ImageDelta | undefined = diffTrees(this.#prev!, tree);
+    const tracker = trackerOf(state);
+    const raw = tracker?.target ?? untracked(state);
+    try {
+      return this.#encode(raw, tracker, checkpoint);
+    } catch (err) {
+      this.#base = undefined;
+      tracker?.invalidate();
+      // Incremental paths encode subtrees; a whole walk names the path from the root.
+      if (err instanceof SerializationError) throw findUnserializable(raw) ?? err;
+      throw err;
+    }
+  }
+
+  #encode(raw: unknown, tracker: StateTracker | undefined, checkpoint: number): EncodedImage {
+    const base = this.#base;
+    let keyframe = base === undefined || this.#prevCheckpoint !== checkpoint - 1;
+    keyframe ||= this.#sinceKeyframe + 1 >= this.#policy.keyframeEvery;
+    let delta: ImageDelta | undefined;
+    let path: ImagePath = 'keyframe';
+    // Whether the base already is the tree of `raw` (a delta was found).
+    let current = false;
+    if (!keyframe) {
+      const found = this.#delta(raw, tracker, base!);
+      delta = found.delta;
+      path = found.path;
+      keyframe = found.keyframe;
+      current = !found.keyframe;
+    }
+    this.#prevCheckpoint = checkpoint;
+    if (!keyframe) {
       // An empty payload means "unchanged": the cheapest delta of all.
       const payload = delta === undefined ? Buffer.alloc(0) : encodeDelta(delta);
       if (this.#chainBytes + payload.byteLength <= this.#keyframeBytes * this.#policy.maxChainShare) {
-        return {
-          record: { format: ImageFormat.Delta, base: checkpoint - 1, payload },
-          keyframe: false,
-          advance: () => {
-            this.#prev = tree;
-            this.#prevCheckpoint = checkpoint;
-            this.#sinceKeyframe++;
-            this.#chainBytes += payload.byteLength;
-          },
-        };
+        this.#sinceKeyframe++;
+        this.#chainBytes += payload.byteLength;
+        return this.#result(ImageFormat.Delta, checkpoint - 1, payload, path);
       }
     }
-    const payload = serializeImage(state);
+    const payload = serializeImage(raw);
+    if (!current) this.#adopt(toTreeIndexed(raw), raw, tracker);
+    this.#sinceKeyframe = 0;
+    this.#keyframeBytes = payload.byteLength;
+    this.#chainBytes = 0;
+    return this.#result(ImageFormat.Full, 0, payload, 'keyframe');
+  }
+
+  /**
+   * The delta from the base to `raw`, with the base moved to `raw`. `keyframe: true` when the
+   * incremental walk found the state shared: its tree is then unusable and `#base` is cleared.
+   */
+  #delta(
+    raw: unknown,
+    tracker: StateTracker | undefined,
+    base: Base,
+  ): { delta: ImageDelta | undefined; path: ImagePath; keyframe: boolean } {
+    if (
+      tracker !== undefined &&
+      base.kind === 'tracked' &&
+      base.tracker === tracker &&
+      base.generation === tracker.generation &&
+      tracker.walkable
+    ) {
+      const { tree, delta } = tracker.walk(base.tree);
+      this.#base = { kind: 'tracked', tree, tracker, generation: tracker.generation };
+      return { delta, path: 'tracked', keyframe: false };
+    }
+    if (tracker === undefined && this.#immutable && base.kind === 'identity') {
+      const { tree, delta } = identityDelta(base.live, raw, base.tree, base.registry);
+      if (base.registry.shared()) {
+        this.#base = undefined;
+        return { delta: undefined, path: 'keyframe', keyframe: true };
+      }
+      this.#base = { kind: 'identity', tree, live: raw, registry: base.registry };
+      return { delta: delta as ImageDelta | undefined, path: 'identity', keyframe: false };
+    }
+    const walked = tracker !== undefined || this.#immutable ? toTreeIndexed(raw) : undefined;
+    const tree = walked?.tree ?? toTree(raw);
+    const delta = diffTrees(base.tree, tree);
+    if (walked !== undefined) this.#adopt(walked, raw, tracker);
+    else this.#base = { kind: 'diff', tree };
+    return { delta, path: 'diff', keyframe: false };
+  }
+
+  /** Makes a whole walk of `raw` the base. */
+  #adopt(walked: Walked, raw: unknown, tracker: StateTracker | undefined): void {
+    if (tracker !== undefined) {
+      tracker.rebuild(!walked.shared);
+      this.#base = { kind: 'tracked', tree: walked.tree, tracker, generation: tracker.generation };
+    } else if (this.#immutable && !walked.shared) {
+      this.#base = { kind: 'identity', tree: walked.tree, live: raw, registry: Registry.ofTree(walked.objects) };
+    } else {
+      this.#base = { kind: 'diff', tree: walked.tree };
+    }
+  }
+
+  #result(format: ImageFormat, base: number, payload: Buffer, path: ImagePath): EncodedImage {
+    const make = (p: PackedPayload): ImageRecord => ({
+      format,
+      codec: p.codec,
+      base,
+      stateVersion: this.#stateVersion,
+      rawLength: p.rawLength,
+      payload: p.payload,
+    });
+    const packed: PackedPayload | Promise<PackedPayload> = this.#compress
+      ? packImage(payload)
+      : { codec: ImageCodec.None, rawLength: payload.byteLength, payload };
     return {
-      record: { format: ImageFormat.Full, base: 0, payload },
-      keyframe: true,
-      advance: () => {
-        this.#prev = tree;
-        this.#prevCheckpoint = checkpoint;
-        this.#sinceKeyframe = 0;
-        this.#keyframeBytes = payload.byteLength;
-        this.#chainBytes = 0;
-      },
+      record: packed instanceof Promise ? packed.then(make) : make(packed),
+      keyframe: format === ImageFormat.Full,
+      path,
+      rawBytes: payload.byteLength,
     };
   }
 
   /** Forgets the base: the next image is a keyframe (after a takeover). */
   reset(): void {
-    this.#prev = undefined;
+    this.#base = undefined;
     this.#prevCheckpoint = 0;
   }
 }
@@ -104,40 +249,69 @@ export class ImageEncoder {
 export class ImageChain {
   #tree: TreeNode | undefined;
   #checkpoint = 0;
-  #checked: { checkpoint: number; full?: unknown; delta?: ImageDelta | null } | undefined;
+  #stateVersion = 0;
+  #checked:
+    | { checkpoint: number; stateVersion: number; full?: unknown; delta?: ImageDelta | null }
+    | undefined;
 
   /** Checkpoint of the materialized image (0 = none). */
   get checkpoint(): number {
     return this.#checkpoint;
   }
 
-  /** Validates `rec` as checkpoint `checkpoint`'s image; throws `ImageError` if it cannot apply. */
+  /** The `stateVersion` the materialized image was taken with (0 = no image). */
+  get stateVersion(): number {
+    return this.#stateVersion;
+  }
+
+  /**
+   * Validates `rec` as checkpoint `checkpoint`'s image: decompresses it, decodes it, and checks
+   * that a delta applies to the image held. Throws `ImageError` if it cannot apply; the image
+   * held is untouched either way.
+   */
   check(checkpoint: number, rec: ImageRecord): void {
+    if (rec.format === ImageFormat.Delta) {
+      if (this.#tree === undefined || rec.base !== this.#checkpoint) {
+        throw new ImageError(
+          `delta for checkpoint ${checkpoint} applies to image ${rec.base}, but this standby holds image ${this.#checkpoint || 'none'}`,
+        );
+      }
+      if (rec.stateVersion !== this.#stateVersion) {
+        throw new ImageError(
+          `delta for checkpoint ${checkpoint} carries stateVersion ${rec.stateVersion}, but its base image has ${this.#stateVersion}: a new stateVersion must start with a keyframe`,
+        );
+      }
+    }
+    const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
     if (rec.format === ImageFormat.Full) {
-      this.#checked = { checkpoint, full: deserializeImage(rec.payload) };
+      this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: deserializeImage(raw) };
       return;
     }
-    if (this.#tree === undefined || rec.base !== this.#checkpoint) {
-      throw new ImageError(
-        `delta for checkpoint ${checkpoint} applies to image ${rec.base}, but this standby holds image ${this.#checkpoint || 'none'}`,
-      );
-    }
-    this.#checked = { checkpoint, delta: rec.payload.byteLength === 0 ? null : decodeDelta(rec.payload) };
+    this.#checked = {
+      checkpoint,
+      stateVersion: rec.stateVersion,
+      delta: raw.byteLength === 0 ? null : decodeDelta(raw),
+    };
   }
 
   /** Advances to `checkpoint`'s image, which `check` accepted. */
   apply(checkpoint: number, _rec: ImageRecord): void {
     const c = this.#checked;
-    if (!c || c.checkpoint !== checkpoint)
-      throw new ImageError(`image ${checkpoint} was not checked before apply`);
+    if (!c || c.checkpoint !== checkpoint) throw new ImageError(`image ${checkpoint} was not checked before apply`);
     this.#checked = undefined;
     if ('full' in c) this.#tree = toTree(c.full);
     else if (c.delta) this.#tree = patchTreeInPlace(this.#tree!, c.delta);
     this.#checkpoint = checkpoint;
+    this.#stateVersion = c.stateVersion;
   }
 
   /** A live copy of the materialized image, or `undefined` when no checkpoint was committed. */
   materialize(): unknown {
     return this.#tree === undefined ? undefined : fromTree(this.#tree);
+  }
+
+  /** The materialized typed tree (for tests and tools; do not change it). */
+  get tree(): TreeNode | undefined {
+    return this.#tree;
   }
 }

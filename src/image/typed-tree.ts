@@ -495,6 +495,16 @@ class Encoder {
   /** @param hostObject an object node:v8 refused as a host object; reported where it is met. */
   constructor(private readonly hostObject?: object) {}
 
+  /** Whether the walk gave some object an id: the value shares an object or has a cycle. */
+  get shared(): boolean {
+    return this.nextId > 1 || this.keyedIds.size > 0;
+  }
+
+  /** Every object the walk met. */
+  objects(): IterableIterator<object> {
+    return this.seen.keys();
+  }
+
   /** Encodes a whole value; a failure comes out as a WalkFault carrying the path. */
   run(value: unknown): TreeNode {
     const stack = this.stack;
@@ -900,13 +910,43 @@ export function toTree(value: unknown): TreeNode {
 }
 
 function encodeTree(value: unknown, hostObject: object | undefined): TreeNode {
+  return runEncoder(new Encoder(hostObject), value);
+}
+
+function runEncoder(encoder: Encoder, value: unknown): TreeNode {
   try {
-    return new Encoder(hostObject).run(value);
+    return encoder.run(value);
   } catch (e) {
     if (!(e instanceof WalkFault)) throw e;
     throw new SerializationError(e.path, `${shortPath(e.path)} ${e.fault.reason}`, { cause: e.fault.cause });
   }
 }
+
+/** `toTree`'s result plus what the walk learned about the value's object graph. */
+export interface IndexedTree {
+  readonly tree: TreeNode;
+  /**
+   * False when every object in the value is reached exactly once (the value is a tree): then
+   * the tree holds no ids and no refs, and a change to one object changes only its own node.
+   */
+  readonly shared: boolean;
+  /** Every object of the value (containers and leaves), in walk order. */
+  readonly objects: IterableIterator<object>;
+}
+
+/**
+ * `toTree`, also telling whether the value shares objects and which objects it holds. Made for
+ * the image encoder's incremental paths, which work only on tree-shaped states. Same errors as
+ * `toTree`.
+ */
+export function toTreeIndexed(value: unknown): IndexedTree {
+  const encoder = new Encoder(undefined);
+  const tree = runEncoder(encoder, value);
+  return { tree, shared: encoder.shared, objects: encoder.objects() };
+}
+
+/** Encodes a key of a plain object as the typed tree stores it (see the module comment). */
+export { escapeKey as treeKey };
 
 /**
  * Walks `value` as `toTree` does and returns the SerializationError that names the first value

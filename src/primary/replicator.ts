@@ -16,7 +16,13 @@ import { FrameKind, type Frame } from '../protocol/frame.js';
 import { encodeImage, encodeSeal, encodeWrites, encodedOpSize } from '../protocol/records.js';
 import type { EncodedImage, ImageEncoder } from '../image/chain.js';
 import type { StorageAdapter, WriteOp } from '../storage/adapter.js';
-import type { FramePublisher } from '../transport/publisher.js';
+/** Where the replicator sends frames: a relay set, or one relay's publisher. */
+export interface FrameSink {
+  /** Resolves when the frame is durable under the ack policy; rejects with `ReplicationError`. */
+  publish(frame: Frame): Promise<unknown>;
+  /** Resolves when there is room for more frames in flight. */
+  ready(): Promise<void>;
+}
 
 /** A restart point the relay acknowledged. */
 export interface CheckpointAck {
@@ -42,7 +48,7 @@ export interface ReplicatorOptions {
   /** Sequence number of the first frame (the fence took 1). */
   readonly firstSeq: number;
   readonly adapter: StorageAdapter;
-  readonly publisher: FramePublisher;
+  readonly publisher: FrameSink;
   readonly images: ImageEncoder;
   /** Flush the write batch once it holds this many bytes. */
   readonly batchBytes: number;
@@ -60,7 +66,8 @@ type QueueItem =
 const MAX_APPLY_OPS = 1000;
 
 interface Pending {
-  readonly frame: Frame;
+  /** A promise while the frame's body is still being made (an image compressed off-thread). */
+  readonly frame: Frame | Promise<Frame>;
   ack: Promise<unknown>;
   failed: boolean;
 }
@@ -225,7 +232,7 @@ export class Replicator {
     });
   }
 
-  #send(frame: Frame): void {
+  #send(frame: Frame | Promise<Frame>): void {
     const p: Pending = { frame, ack: Promise.resolve(), failed: false };
     this.#publish(p);
     this.#pending.add(p);
@@ -233,7 +240,13 @@ export class Replicator {
 
   #publish(p: Pending): void {
     p.failed = false;
-    p.ack = this.#o.publisher.publish(p.frame).then(
+    const frame = p.frame;
+    // Frames ready now are handed to the publisher now, in call order.
+    const published =
+      frame instanceof Promise
+        ? frame.then((f) => this.#o.publisher.publish(f))
+        : this.#o.publisher.publish(frame);
+    p.ack = published.then(
       () => {
         this.#pending.delete(p);
       },
@@ -262,7 +275,6 @@ export class Replicator {
     } catch (err) {
       return Promise.reject(err);
     }
-    image.advance();
     this.#next = n + 1;
     const sealed = this.#mark(() => {
       if (this.#stopped) throw this.#stopped;
@@ -271,13 +283,15 @@ export class Replicator {
       // Re-send what failed before, with the same ids: the stream drops copies that did land.
       for (const p of this.#pending) if (p.failed) this.#publish(p);
       const epoch = this.#o.epoch;
-      this.#send({
-        kind: FrameKind.Image,
-        epoch,
-        seq: this.#seq++,
-        checkpoint: n,
-        body: encodeImage(image.record),
-      });
+      // A large image is still being compressed off the event loop: its frame keeps its number
+      // and goes out when ready (the standby waits for every frame a seal names).
+      const imageHeader = { kind: FrameKind.Image, epoch, seq: this.#seq++, checkpoint: n } as const;
+      const record = image.record;
+      this.#send(
+        record instanceof Promise
+          ? record.then((r) => ({ ...imageHeader, body: encodeImage(r) }))
+          : { ...imageHeader, body: encodeImage(record) },
+      );
       this.#send({ kind: FrameKind.Seal, epoch, seq: this.#seq++, checkpoint: n, body: encodeSeal(counts) });
       this.#open = n + 1;
       this.#openWriteFrames = 0;
@@ -300,7 +314,7 @@ export class Replicator {
       if (!this.#o.leaseValid()) throw this.#o.fencedError();
       this.lastStats = {
         checkpoint: n,
-        imageBytes: image.record.payload.byteLength,
+        imageBytes: (await image.record).payload.byteLength,
         keyframe: image.keyframe,
         writeOps: counts.writeOps,
         writeFrames: counts.writeFrames,

@@ -7,6 +7,7 @@ import { ConfigError } from '../errors.js';
 import { APP_NAME_PATTERN } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsOptions } from '../transport/connection.js';
+import { checkAckPolicy, type AckPolicy, type RelaySpec } from '../transport/relays.js';
 
 /**
  * Standby modes. `delay-write`: the standby stages writes and commits each checkpoint at its
@@ -38,6 +39,39 @@ export interface StartOptions<S> {
   batchBytes?: number;
   /** A keyframe (whole image) at least every this many checkpoints. Default 32. */
   keyframeEvery?: number;
+  /**
+   * A keyframe as soon as the deltas since the last one add up to more than this share of its
+   * size (uncompressed bytes), so that restoring never replays more than that. Default 0.5.
+   */
+  maxChainShare?: number;
+  /**
+   * The app never changes an object after passing it to `checkpoint()`: it updates by copying
+   * (spread, Immer, Redux). Deltas then skip unchanged references in O(1). Default false. See
+   * `checkpoint()` for the contract and `rp.track()` for apps that change state in place.
+   */
+  immutableState?: boolean;
+  /**
+   * Take a checkpoint of `getState()` every this many milliseconds (automatic restart points).
+   * Never two at once: a slow checkpoint delays the next. Needs `getState`.
+   */
+  checkpointEveryMs?: number;
+  /** The state automatic checkpoints take (with `checkpointEveryMs`). */
+  getState?: () => S;
+  /** The version of the state's shape, carried in every image: an integer >= 1. Default 1. */
+  stateVersion?: number;
+  /**
+   * Turns a resumed image taken with another `stateVersion` into this version's state. Without
+   * it, `start()` refuses such an image with a `ConfigError` naming `stateVersion`.
+   */
+  migrate?: (image: unknown, fromVersion: number) => S | Promise<S>;
+  /**
+   * The relays frames go to, each a NATS server or JetStream cluster (client options pass
+   * through; `replicas` is the stream's replication inside a clustered relay). Default: the
+   * `nats` server alone. The lease always lives on `nats`.
+   */
+  relays?: RelaySpec[];
+  /** How many relays must ack a frame: `'all'` (default), `'quorum'` or `{ count: n }`. */
+  ack?: AckPolicy;
   /** Receives one line per internal event (role changes, takeovers, rejected frames). */
   log?: (event: LogEvent) => void;
 }
@@ -61,7 +95,15 @@ export interface ResolvedOptions<S> {
   readonly checkpointTimeoutMs: number;
   readonly batchBytes: number;
   readonly keyframeEvery: number;
+  readonly maxChainShare: number;
+  readonly immutableState: boolean;
+  readonly checkpointEveryMs: number | undefined;
+  readonly getState: (() => S) | undefined;
+  readonly stateVersion: number;
+  readonly migrate: ((image: unknown, fromVersion: number) => S | Promise<S>) | undefined;
   readonly log: (event: LogEvent) => void;
+  readonly relays: RelaySpec[] | undefined;
+  readonly ack: AckPolicy;
 }
 
 const ADAPTER_METHODS = [
@@ -110,7 +152,15 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'checkpointTimeoutMs',
     'batchBytes',
     'keyframeEvery',
+    'maxChainShare',
+    'immutableState',
+    'checkpointEveryMs',
+    'getState',
+    'stateVersion',
+    'migrate',
     'log',
+    'relays',
+    'ack',
   ]);
   for (const k of Object.keys(opts)) {
     if (!known.has(k))
@@ -184,7 +234,40 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   if (opts.log !== undefined && typeof opts.log !== 'function') {
     throw new ConfigError('log', `must be a function receiving log events, got ${show(opts.log)}`);
   }
+  let relays: RelaySpec[] | undefined;
+  if (opts.relays !== undefined) {
+    if (!Array.isArray(opts.relays) || opts.relays.length === 0 || opts.relays.length > 16) {
+      throw new ConfigError(
+        'relays',
+        `must be a list of 1 to 16 relays like [{ servers: 'nats://host:4222' }], got ${show(opts.relays)}`,
+      );
+    }
+    relays = opts.relays.map((r, i) => {
+      const list = r && (Array.isArray(r.servers) ? r.servers : [r.servers]);
+      if (
+        !r ||
+        typeof r !== 'object' ||
+        !list!.length ||
+        !list!.every((x) => typeof x === 'string' && x.length > 0)
+      ) {
+        throw new ConfigError(
+          `relays[${i}].servers`,
+          `must be a URL or a non-empty list of URLs, got ${show(r?.servers)}`,
+        );
+      }
+      if (r.replicas !== undefined && ![1, 3, 5].includes(r.replicas)) {
+        throw new ConfigError(
+          `relays[${i}].replicas`,
+          `must be 1, 3 or 5 (the stream's copies inside a clustered relay), got ${show(r.replicas)}`,
+        );
+      }
+      return r;
+    });
+  }
+  const ack = checkAckPolicy(opts.ack, relays?.length ?? 1);
   return {
+    relays,
+    ack,
     app: opts.app,
     nodeId,
     nats,
@@ -202,6 +285,62 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     ),
     batchBytes: int('batchBytes', opts.batchBytes, 256 * 1024, 1, 64 * 1024 * 1024, 'bytes'),
     keyframeEvery: int('keyframeEvery', opts.keyframeEvery, 32, 1, 1_000_000, 'checkpoints'),
+    ...resolveImageOptions(opts),
     log: opts.log ?? (() => undefined),
+  };
+}
+
+/** The options about images, automatic checkpoints and state versions. */
+function resolveImageOptions<S>(
+  opts: StartOptions<S>,
+): Pick<
+  ResolvedOptions<S>,
+  'maxChainShare' | 'immutableState' | 'checkpointEveryMs' | 'getState' | 'stateVersion' | 'migrate'
+> {
+  const share = opts.maxChainShare ?? 0.5;
+  if (typeof share !== 'number' || !Number.isFinite(share) || share <= 0 || share > 1000) {
+    throw new ConfigError(
+      'maxChainShare',
+      `must be a number above 0 and at most 1000 (0.5: a keyframe once the deltas since the last one reach half its size), got ${show(opts.maxChainShare)}`,
+    );
+  }
+  if (opts.immutableState !== undefined && typeof opts.immutableState !== 'boolean') {
+    throw new ConfigError('immutableState', `must be true or false, got ${show(opts.immutableState)}`);
+  }
+  const every =
+    opts.checkpointEveryMs === undefined
+      ? undefined
+      : int('checkpointEveryMs', opts.checkpointEveryMs, 0, 10, 86_400_000, 'milliseconds');
+  if (opts.getState !== undefined && typeof opts.getState !== 'function') {
+    throw new ConfigError(
+      'getState',
+      `must be a function returning the state automatic checkpoints take, got ${show(opts.getState)}`,
+    );
+  }
+  if (every !== undefined && opts.getState === undefined) {
+    throw new ConfigError(
+      'getState',
+      'is required with checkpointEveryMs: pass getState: () => state, the state each automatic checkpoint takes',
+    );
+  }
+  if (every === undefined && opts.getState !== undefined) {
+    throw new ConfigError(
+      'checkpointEveryMs',
+      'must be set when getState is given: getState only serves automatic checkpoints (for example checkpointEveryMs: 1000)',
+    );
+  }
+  if (opts.migrate !== undefined && typeof opts.migrate !== 'function') {
+    throw new ConfigError(
+      'migrate',
+      `must be a function (image, fromVersion) => state of this stateVersion, got ${show(opts.migrate)}`,
+    );
+  }
+  return {
+    maxChainShare: share,
+    immutableState: opts.immutableState ?? false,
+    checkpointEveryMs: every,
+    getState: opts.getState,
+    stateVersion: int('stateVersion', opts.stateVersion, 1, 1, 0xffffffff, '(the version of your state shape)'),
+    migrate: opts.migrate,
   };
 }

@@ -10,8 +10,9 @@
  * ```
  */
 import { EventEmitter } from 'node:events';
-import { ClosedError, FencedError, type RestartpointError } from '../errors.js';
+import { ClosedError, FencedError, InvalidArgumentError, type RestartpointError } from '../errors.js';
 import { ImageEncoder } from '../image/chain.js';
+import { track } from '../image/tracked.js';
 import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary/replicator.js';
 import { FrameKind } from '../protocol/frame.js';
 import { encodeFence } from '../protocol/records.js';
@@ -29,8 +30,9 @@ import {
 } from '../transport/connection.js';
 import { lastStreamSeq } from '../transport/consumer.js';
 import { LeaseStore } from '../transport/lease-store.js';
-import { FramePublisher } from '../transport/publisher.js';
+import { RelaySet } from '../transport/relays.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';
+import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
 
 /** Where a resumed app came from. */
 export interface ResumedFrom {
@@ -81,14 +83,20 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
 
   readonly #o: ResolvedOptions<S>;
   readonly #link: NatsLink;
+  readonly #relays: RelaySet;
   readonly #keeper: LeaseKeeper;
   readonly #replicator: Replicator;
+  readonly #commits = new OutputCommits();
+  readonly #auto: AutoCheckpoints | undefined;
+  /** Checkpoints called and not settled: `close()` lets their `afterCheckpoint` callbacks run. */
+  readonly #inFlight = new Set<Promise<unknown>>();
   #fenced: FencedError | undefined;
   #closed = false;
 
   private constructor(init: {
     o: ResolvedOptions<S>;
     link: NatsLink;
+    relays: RelaySet;
     keeper: LeaseKeeper;
     replicator: Replicator;
     state: S;
@@ -99,6 +107,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     super();
     this.#o = init.o;
     this.#link = init.link;
+    this.#relays = init.relays;
     this.#keeper = init.keeper;
     this.#replicator = init.replicator;
     this.state = init.state;
@@ -106,6 +115,23 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     this.epoch = init.epoch;
     this.nodeId = init.o.nodeId;
     this.takeover = init.takeover;
+    const { checkpointEveryMs, getState } = init.o;
+    if (checkpointEveryMs !== undefined && getState !== undefined) {
+      this.#auto = new AutoCheckpoints({
+        everyMs: checkpointEveryMs,
+        take: () => this.checkpoint(getState()),
+        onError: (err) => {
+          const lost = err instanceof FencedError || err instanceof ClosedError;
+          init.o.log({
+            level: lost ? 'warn' : 'error',
+            msg: 'automatic checkpoint failed',
+            code: (err as { code?: unknown }).code,
+            error: err instanceof Error ? err.message : String(err),
+          });
+          return lost;
+        },
+      });
+    }
     const rep = this.#replicator;
     this.store = {
       put: (key, value) => {
@@ -161,17 +187,32 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   static async start<S>(options: StartOptions<S>): Promise<Restartpoint<S>> {
     const o = resolveOptions(options);
     const names = appNames(o.app);
+    // The lease lives where `nats` points; frames go to every relay (by default that same server).
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
+    let relays: RelaySet | undefined;
     try {
-      await ensureStream(link, names);
+      relays = await RelaySet.open({
+        specs: o.relays ?? [o.nats],
+        shared: o.relays ? undefined : link,
+        names,
+        clientName: `restartpoint:${o.app}:${o.nodeId}`,
+        ack: o.ack,
+        app: o.app,
+        timeoutMs: o.checkpointTimeoutMs,
+        onError: (msg) => o.log({ level: 'warn', msg: 'relay', error: msg }),
+      });
+      const relaySet = relays;
+      // A standby that read this many relays has seen every frame the ack policy let through.
+      const readQuorum = relaySet.links.length - relaySet.need + 1;
       const leaseStore = new LeaseStore(await openLeaseBucket(link, names), names.leaseKey);
       await o.storage.open();
       const standby = new StandbyRunner({
-        link,
+        links: relaySet.links,
         names,
         app: o.app,
         adapter: o.storage,
         mode: o.mode,
+        need: relaySet.need,
         onReject: (err, seq) =>
           o.log({
             level: 'warn',
@@ -195,10 +236,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             holder: o.nodeId,
             ttlMs: o.leaseTtlMs,
             knownEpoch: () => standby.applier.fenceEpoch,
-            beforeClaim: async () => {
-              const last = await lastStreamSeq(link, names.stream);
-              await Promise.race([standby.waitFor(last), standby.failed()]);
-            },
+            // Learn every epoch in the relays' history first, so the new one is above them all.
+            beforeClaim: () => standby.catchUp(readQuorum),
             signal: stop.signal,
             onError: (err) => o.log({ level: 'warn', msg: 'lease read failed', error: String(err) }),
           }),
@@ -216,24 +255,35 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         lost = err;
         holder.rp?.demote(err);
       });
-      const publisher = new FramePublisher(link, {
-        app: o.app,
-        subject: names.subject,
-        timeoutMs: o.checkpointTimeoutMs,
-      });
-      // The fence marks the cut: frames of older epochs after it are a deposed primary's.
-      const { streamSeq: fenceSeq } = await publisher.publish({
+      // Everything acknowledged was stored before the claim (the old primary acks only while its
+      // lease holds): catch up with a read quorum of relays, then commit every complete
+      // checkpoint seen, durable-looking or not, since nothing can be added to the old epoch.
+      await standby.catchUp(readQuorum);
+      await standby.stop();
+      await standby.applier.relax();
+      const caughtUpAt = now();
+      const pos: AppliedPosition = standby.applier.position;
+      // An image of another stateVersion without `migrate`: refuse before fencing anyone.
+      const problem = resumeProblem(o, standby.images, pos.checkpoint);
+      if (problem) {
+        await keeper.stop(true);
+        throw problem;
+      }
+      // The fence names the cut: frames of older epochs for checkpoints after it are void.
+      await relaySet.publish({
         kind: FrameKind.Fence,
         epoch: claim.epoch,
         seq: 1,
-        checkpoint: 0,
+        checkpoint: pos.checkpoint,
         body: encodeFence({ nodeId: o.nodeId }),
       });
-      await Promise.race([standby.waitFor(fenceSeq), standby.failed()]);
-      await standby.stop();
-      const caughtUpAt = now();
-      const pos: AppliedPosition = standby.applier.position;
-      const image = pos.checkpoint > 0 ? (standby.images.materialize() as S) : o.initialState();
+      let image: S;
+      try {
+        image = await resumeState(o, standby.images, pos.checkpoint);
+      } catch (err) {
+        await keeper.stop(true);
+        throw err;
+      }
       const restoredAt = now();
       await o.storage.commit(
         [],
@@ -241,7 +291,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           app: o.app,
           epoch: claim.epoch,
           checkpoint: pos.checkpoint,
-          streamSeq: fenceSeq,
+          streamSeq: 0,
           role: 'primary',
         }),
       );
@@ -251,15 +301,24 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         firstCheckpoint: pos.checkpoint + 1,
         firstSeq: 2,
         adapter: o.storage,
-        publisher,
-        images: new ImageEncoder({ keyframeEvery: o.keyframeEvery, maxChainShare: 0.5 }),
-        batchBytes: Math.min(o.batchBytes, Math.max(1024, link.maxPayload - 4096)),
+        publisher: relaySet,
+        images: new ImageEncoder({
+          keyframeEvery: o.keyframeEvery,
+          maxChainShare: o.maxChainShare,
+          stateVersion: o.stateVersion,
+          immutable: o.immutableState,
+        }),
+        batchBytes: Math.min(
+          o.batchBytes,
+          Math.max(1024, Math.min(...relaySet.links.map((l) => l.maxPayload)) - 4096),
+        ),
         leaseValid: () => keeper.isValid(),
         fencedError: () => lost ?? new FencedError(`node '${o.nodeId}' is no longer primary`),
       });
       const self = new Restartpoint<S>({
         o,
         link,
+        relays: relaySet,
         keeper,
         replicator,
         state: image,
@@ -273,9 +332,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         },
       });
       holder.rp = self;
+      self.#auto?.start();
       o.log({ level: 'info', msg: 'primary', epoch: claim.epoch, resumedFrom: pos.checkpoint });
       return self;
     } catch (err) {
+      await relays?.close(link);
       await closeLink(link);
       throw err;
     }
@@ -287,12 +348,28 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
    * The image is taken from `state` synchronously, at the call; later mutations of `state` do
    * not change it. The checkpoint seals every `rp.store` write called before it.
    *
+   * What a checkpoint costs depends on how the app changes its state (docs/images.md):
+   * - **In place, through `rp.track(state)`**: pass the proxy `track` returned. Only the entries
+   *   changed since the last checkpoint are encoded: O(changed entries).
+   * - **Immutably, with `immutableState: true`** (spread copies, Immer, Redux). The contract:
+   *   an object reachable from a state passed to `checkpoint()` is never changed afterwards;
+   *   to change it, make a new one (and new containers on the path from the root to it). A
+   *   reference equal to last time's is then skipped in O(1); only new objects are compared,
+   *   entry by entry, with the ones they replace. Changing an object in place after a
+   *   checkpoint breaks the contract: that change may be missing from the standby's image
+   *   until the next keyframe.
+   * - **Otherwise**: the whole state is encoded and diffed (exact, but O(state size)).
+   * A state that shares an object between two places, or has a cycle, is always diffed whole
+   * (exact) until the sharing ends.
+   *
    * Failure semantics:
    * - **Resolved** `{ epoch, checkpoint }`: the image and every write before the call are
    *   durable on the relay, and the lease was held when the relay acknowledged them. After any
    *   failover the app resumes from this checkpoint or a later acknowledged one, never earlier.
+   *   `afterCheckpoint` callbacks added before the call run now.
    * - **Rejected with `SerializationError`** (`path` names the value): nothing was sent and no
-   *   number was used; fix the state and call again. The app keeps running.
+   *   number was used; fix the state and call again. The app keeps running. The next image is
+   *   a whole one (keyframe).
    * - **Rejected with `ReplicationError`** (`retryable`): the relay did not acknowledge in time.
    *   The checkpoint may or may not survive a failover; the next `checkpoint()` re-sends what
    *   is missing and, once resolved, covers this one too.
@@ -302,7 +379,59 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
    *   takeovers. A checkpoint that was never acknowledged may be resumed from all the same.
    */
   checkpoint(state: S): Promise<CheckpointAck> {
-    return this.#guard() ?? this.#replicator.checkpoint(state);
+    const guard = this.#guard();
+    if (guard) return guard;
+    const done = this.#replicator.checkpoint(state);
+    const settled = done.then(
+      (ack) => this.#commits.acknowledged(ack.checkpoint),
+      () => undefined,
+    );
+    this.#inFlight.add(settled);
+    void settled.finally(() => this.#inFlight.delete(settled));
+    return done;
+  }
+
+  /**
+   * Wraps `state` (a plain object, array, Map or Set) in a proxy that records what the app
+   * changes, so that `checkpoint(proxy)` encodes only the changed entries. Use the proxy (and
+   * the proxies its reads return) for every change from now on; the raw object must not be
+   * changed directly any more. Tracking the same state twice returns the same proxy.
+   *
+   * Plain objects, arrays, Maps and Sets are tracked. Dates, typed arrays, Buffers, class
+   * instances and other objects are values: replace them to change them, or assign them again
+   * after changing them in place (`rec.buf = rec.buf`). A value stored through the proxy that
+   * holds proxies (a filtered array of proxied records) has them replaced by their targets.
+   *
+   * Throws `InvalidArgumentError` when `state` cannot be tracked.
+   */
+  track<T extends object>(state: T): T {
+    return track(state);
+  }
+
+  /**
+   * Output commit: runs `fn` once the next checkpoint is durable, so that what `fn` reveals (a
+   * reply to a client, a message to another system) can no longer be rolled back by a failover.
+   * "The next checkpoint" is the first `checkpoint()` called after this call (automatic ones
+   * included); `fn` runs when that checkpoint, or any later one, resolves. Resolves with what
+   * `fn` returns; rejects with what it throws. Callbacks run in the order they were added.
+   *
+   * Failure semantics:
+   * - The checkpoint is rejected with `ReplicationError` or `SerializationError`: `fn` waits
+   *   for the next checkpoint that resolves (it covers the state `fn` depends on too).
+   * - The node is fenced (`demoted`) or closed before a covering checkpoint resolved: `fn` never
+   *   runs, and the promise rejects with that `FencedError` or `ClosedError`. The state `fn` would
+   *   have revealed may be rolled back; do not reveal it (the client retries against the new
+   *   primary).
+   * - The process dies first: `fn` never runs. It never runs twice, and never on another node.
+   * - Nothing checkpoints: `fn` waits. Call `checkpoint()`, or set `checkpointEveryMs`.
+   */
+  afterCheckpoint<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    const guard = this.#guard();
+    if (guard) return guard;
+    if (typeof fn !== 'function') {
+      return Promise.reject(new InvalidArgumentError(`afterCheckpoint() needs a function, got ${typeof fn}`));
+    }
+    return this.#commits.add(this.#replicator.nextCheckpoint, fn);
   }
 
   /** Figures of the last acknowledged checkpoint. */
@@ -320,6 +449,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     if (this.#fenced || this.#closed) return;
     this.#fenced = err;
     this.#replicator.stop(err);
+    this.#commits.fail(err);
+    void this.#auto?.stop();
     this.#o.log({ level: 'warn', msg: 'demoted', error: err.message });
     this.emit('demoted', err);
   }
@@ -332,11 +463,16 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.#auto?.stop();
     await this.#replicator.drain();
+    // Checkpoints that resolve while draining still release their afterCheckpoint callbacks.
+    await Promise.all([...this.#inFlight]);
     const err: RestartpointError = new ClosedError();
     this.#replicator.stop(err);
+    this.#commits.fail(err);
     // Release only while the lease is still ours: a lease that ran out may already be another's.
     await this.#keeper.stop(!this.#fenced && this.#keeper.isValid());
+    await this.#relays.close(this.#link);
     await closeLink(this.#link);
     await this.#o.storage.close();
   }

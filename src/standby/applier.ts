@@ -4,8 +4,11 @@
  * For each message, in stream order:
  * 1. decode and verify the part (checksum, version, app); reject and count what fails;
  * 2. join the parts of multi-part frames;
- * 3. drop frames of an epoch older than the newest fence (a deposed primary's late frames);
- * 4. a fence of a newer epoch discards everything staged and unsealed (the rollback);
+ * 3. a fence `(epoch, cutoff)` says the new primary resumed from checkpoint `cutoff`: frames
+ *    of older epochs for checkpoints after it are a deposed primary's and are dropped as stale;
+ *    frames up to it are the agreed history and still apply (a lagging relay may bring them
+ *    late). The fence takes effect once this standby has committed up to `cutoff`; frames of
+ *    the new epoch wait for it. Then everything staged after the cutoff is discarded (rollback);
  * 5. stage writes and images under their checkpoint; a seal marks its checkpoint complete once
  *    every frame it names is staged;
  * 6. commit checkpoints strictly in order: the store gets all of a checkpoint's writes and its
@@ -20,8 +23,8 @@
  * it is stored and the previous snapshot is formed (claim 22); a fence releases the areas
  * written after the last snapshot (claim 23).
  */
-import { FrameError, FrameRejectReason, ImageError, RestartpointError } from '../errors.js';
-import { FrameKind, PartAssembler, decodePart, type Frame } from '../protocol/frame.js';
+import { ErrorCode, FrameError, FrameRejectReason, ImageError, RestartpointError } from '../errors.js';
+import { FrameKind, PartAssembler, decodePart, type Frame, type FramePart } from '../protocol/frame.js';
 import {
   decodeFence,
   decodeImage,
@@ -84,6 +87,7 @@ interface Staged {
   writeOps: number;
   image: ImageRecord | undefined;
   seal: SealRecord | undefined;
+  sealSeq: number;
   sealStreamSeq: number;
 }
 
@@ -110,10 +114,23 @@ export interface ApplierOptions {
   readonly onCommit?: (pos: AppliedPosition) => void;
   /** Called when a newer epoch's fence is applied. */
   readonly onFence?: (epoch: number, nodeId: string, streamSeq: number) => void;
+  /**
+   * Whether the seal frame `(epoch, seq)` is durable under the ack policy as far as this
+   * standby can see (with several relays: seen on as many relays as the policy needs acks).
+   * A checkpoint is committed only once its seal is; default: always (one relay).
+   */
+  readonly sealDurable?: (epoch: number, seq: number) => boolean;
 }
 
-/** Most frames a snapshot-mode standby holds while waiting for an earlier one. */
-const MAX_REORDER = 65_536;
+/** Most frames a standby holds while waiting for an earlier one or for a fence. */
+const MAX_WAITING = 65_536;
+
+interface HeldFence {
+  readonly epoch: number;
+  readonly cutoff: number;
+  readonly nodeId: string;
+  readonly streamSeq: number;
+}
 
 /** Applies stream messages to a store and an image chain. One instance per standby run. */
 export class Applier {
@@ -121,12 +138,20 @@ export class Applier {
   readonly #mode: ApplyMode;
   readonly #parts = new PartAssembler();
   readonly #staged = new Map<number, Staged>();
-  /** Snapshot mode: frames that came before their turn, by seq, and the next seq to take. */
-  readonly #early = new Map<number, { frame: Frame; streamSeq: number }>();
-  #nextSeq = 1;
+  /** Snapshot mode: per epoch, the next seq to take and the frames that came before their turn. */
+  readonly #order = new Map<
+    number,
+    { next: number; early: Map<number, { frame: Frame; streamSeq: number }> }
+  >();
+  /** Fences applied: each cuts the history of older epochs after its checkpoint. */
+  readonly #fences: { epoch: number; cutoff: number }[] = [];
+  #heldFence: HeldFence | undefined;
+  /** Frames of an epoch whose fence has not taken effect yet, in arrival order. */
+  #waiting: { frame: Frame; streamSeq: number }[] = [];
   #position: AppliedPosition = { epoch: 0, checkpoint: 0, streamSeq: 0 };
   #fenceEpoch = 0;
   #lastStreamSeq = 0;
+  #relaxed = false;
   readonly counters: ApplierCounters = { framesApplied: 0, checkpointsCommitted: 0, rejected: {} };
 
   constructor(opts: ApplierOptions) {
@@ -142,9 +167,9 @@ export class Applier {
     return this.#position;
   }
 
-  /** Newest epoch seen in a fence or frame. */
+  /** Newest epoch seen in a fence (applied or waiting) or frame. */
   get fenceEpoch(): number {
-    return this.#fenceEpoch;
+    return Math.max(this.#fenceEpoch, this.#heldFence?.epoch ?? 0);
   }
 
   /** Stream sequence of the last message handled. */
@@ -158,77 +183,141 @@ export class Applier {
   }
 
   /**
+   * From now on, commits every complete sealed checkpoint without waiting for its seal to be
+   * seen as durable: for the new primary once its lease is claimed (the old primary is fenced
+   * and can add nothing), so it resumes from everything the reachable relays hold.
+   */
+  async relax(): Promise<void> {
+    this.#relaxed = true;
+    await this.recheck();
+  }
+
+  /** Commits what became committable since (a seal seen on one more relay, say). */
+  async recheck(): Promise<void> {
+    await this.#commitReady();
+  }
+
+  /**
    * Handles one stream message. Never throws for bad input (it is counted and reported through
    * `onReject`); throws only when the store or the image chain fails, which stops the standby.
    */
   async handle(streamSeq: number, data: Uint8Array): Promise<void> {
-    this.#lastStreamSeq = streamSeq;
+    let part: FramePart;
+    try {
+      part = decodePart(data, this.#o.app);
+    } catch (err) {
+      if (err instanceof FrameError) return this.reject(err, streamSeq);
+      throw err;
+    }
+    await this.handlePart(part, streamSeq);
+  }
+
+  /** Like `handle`, for a part the caller already decoded and verified. */
+  async handlePart(part: FramePart, streamSeq: number): Promise<void> {
+    this.#lastStreamSeq = Math.max(this.#lastStreamSeq, streamSeq);
     let frame: Frame | undefined;
     try {
-      frame = this.#parts.add(decodePart(data, this.#o.app));
+      frame = this.#parts.add(part);
     } catch (err) {
-      if (err instanceof FrameError) return this.#reject(err, streamSeq);
+      if (err instanceof FrameError) return this.reject(err, streamSeq);
       throw err;
     }
     if (!frame) return;
+    await this.#routeCounted(frame, streamSeq);
+  }
+
+  async #routeCounted(frame: Frame, streamSeq: number): Promise<void> {
     try {
       await this.#route(frame, streamSeq);
     } catch (err) {
-      if (err instanceof FrameError) return this.#reject(err, streamSeq);
+      if (err instanceof FrameError) return this.reject(err, streamSeq);
       throw err;
     }
   }
 
-  #reject(err: FrameError, streamSeq: number): void {
+  /** Counts and reports a rejected part or frame (callers that decode themselves use it too). */
+  reject(err: FrameError, streamSeq: number): void {
     this.counters.rejected[err.reason] = (this.counters.rejected[err.reason] ?? 0) + 1;
     this.#o.onReject?.(err, streamSeq);
   }
 
+  /** The checkpoint after which frames of `epoch` are cut by a later fence (Infinity: none). */
+  #cutoff(epoch: number): number {
+    let c = Infinity;
+    for (const f of this.#fences) if (f.epoch > epoch) c = Math.min(c, f.cutoff);
+    if (this.#heldFence && this.#heldFence.epoch > epoch) c = Math.min(c, this.#heldFence.cutoff);
+    return c;
+  }
+
   async #route(f: Frame, streamSeq: number): Promise<void> {
-    if (f.epoch < this.#fenceEpoch) {
-      throw new FrameError(
-        FrameRejectReason.Stale,
-        `frame ${f.epoch}/${f.seq} of epoch ${f.epoch} after the fence of epoch ${this.#fenceEpoch}: a deposed primary's write, dropped`,
-      );
-    }
     if (f.kind === FrameKind.Fence) {
       const fence = decodeFence(f.body);
-      if (f.epoch === this.#fenceEpoch) return; // a re-sent fence
-      await this.#fence(f.epoch, f.seq);
-      this.#o.onFence?.(f.epoch, fence.nodeId, streamSeq);
+      if (f.epoch <= this.fenceEpoch) return; // a fence seen before (another relay, a re-send)
+      if (this.#heldFence) {
+        throw new FrameError(
+          FrameRejectReason.Gap,
+          `fence of epoch ${f.epoch} while the fence of epoch ${this.#heldFence.epoch} still waits for checkpoint ${this.#heldFence.cutoff}`,
+        );
+      }
+      if (this.#position.checkpoint > f.checkpoint) {
+        throw new RestartpointError(
+          ErrorCode.Frame,
+          `the primary of epoch ${f.epoch} resumed from checkpoint ${f.checkpoint}, but this standby already committed ${this.#position.checkpoint}: its store holds a checkpoint the new history does not; restart it to rebuild from the relays`,
+          false,
+        );
+      }
+      this.#heldFence = { epoch: f.epoch, cutoff: f.checkpoint, nodeId: fence.nodeId, streamSeq };
+      await this.#commitReady();
       return;
     }
-    if (f.epoch > this.#fenceEpoch) {
-      // Frames of a newer epoch always follow its fence in the stream; one without a fence can
-      // only come from a stream that lost messages. Fence anyway: the newer epoch wins (its
-      // fence took seq 1).
-      await this.#fence(f.epoch, 1);
-    }
-    if (this.#mode === 'delay-write') return this.#take(f, streamSeq);
-    if (f.seq < this.#nextSeq || this.#early.has(f.seq)) {
-      throw new FrameError(FrameRejectReason.Duplicate, `frame ${f.epoch}/${f.seq} was already taken`);
-    }
-    if (this.#early.size >= MAX_REORDER) {
+    if (f.checkpoint > this.#cutoff(f.epoch)) {
       throw new FrameError(
-        FrameRejectReason.Gap,
-        `frame ${f.epoch}/${f.seq}: ${MAX_REORDER} frames wait for frame ${this.#nextSeq}, which never came`,
+        FrameRejectReason.Stale,
+        `frame ${f.epoch}/${f.seq} for checkpoint ${f.checkpoint}: the primary of a later epoch resumed from checkpoint ${this.#cutoff(f.epoch)}; a deposed primary's write, dropped`,
       );
     }
-    this.#early.set(f.seq, { frame: f, streamSeq });
-    for (let next = this.#early.get(this.#nextSeq); next; next = this.#early.get(this.#nextSeq)) {
-      this.#early.delete(this.#nextSeq);
-      this.#nextSeq++;
+    if (f.epoch > this.#fenceEpoch) {
+      // Its fence has not taken effect (it waits for this standby to reach its cutoff, or has
+      // not arrived yet from the relay that carries it): the frame waits too.
+      if (this.#waiting.length >= MAX_WAITING) {
+        throw new FrameError(
+          FrameRejectReason.Gap,
+          `frame ${f.epoch}/${f.seq}: too many frames wait for the fence of epoch ${f.epoch}`,
+        );
+      }
+      this.#waiting.push({ frame: f, streamSeq });
+      return;
+    }
+    if (this.#mode === 'delay-write') return this.#take(f, streamSeq);
+    let ord = this.#order.get(f.epoch);
+    if (!ord) {
+      ord = { next: 2, early: new Map() }; // seq 1 of every epoch is its fence
+      this.#order.set(f.epoch, ord);
+    }
+    if (f.seq < ord.next || ord.early.has(f.seq)) {
+      throw new FrameError(FrameRejectReason.Duplicate, `frame ${f.epoch}/${f.seq} was already taken`);
+    }
+    if (ord.early.size >= MAX_WAITING) {
+      throw new FrameError(
+        FrameRejectReason.Gap,
+        `frame ${f.epoch}/${f.seq}: ${MAX_WAITING} frames wait for frame ${ord.next}, which never came`,
+      );
+    }
+    ord.early.set(f.seq, { frame: f, streamSeq });
+    for (let next = ord.early.get(ord.next); next; next = ord.early.get(ord.next)) {
+      ord.early.delete(ord.next);
+      ord.next++;
       try {
         await this.#take(next.frame, next.streamSeq);
       } catch (err) {
         // A bad frame in the sequence is counted; the ones after it still get their turn.
-        if (err instanceof FrameError) this.#reject(err, next.streamSeq);
+        if (err instanceof FrameError) this.reject(err, next.streamSeq);
         else throw err;
       }
     }
   }
 
-  /** Takes one frame of the current epoch: stages or stores it, then commits what is complete. */
+  /** Takes one frame: stages or stores it, then commits what is complete. */
   async #take(f: Frame, streamSeq: number): Promise<void> {
     if (f.checkpoint <= this.#position.checkpoint) {
       throw new FrameError(
@@ -237,6 +326,13 @@ export class Applier {
       );
     }
     const st = this.#stage(f.checkpoint, f.epoch);
+    if (st.epoch !== f.epoch) {
+      // Two primaries numbered this checkpoint; only the agreed history's may be staged here.
+      throw new FrameError(
+        FrameRejectReason.Stale,
+        `frame ${f.epoch}/${f.seq}: checkpoint ${f.checkpoint} is staged from epoch ${st.epoch}`,
+      );
+    }
     switch (f.kind) {
       case FrameKind.Writes: {
         if (st.writes.has(f.seq)) return;
@@ -256,6 +352,7 @@ export class Applier {
         break;
       case FrameKind.Seal:
         st.seal = decodeSeal(f.body);
+        st.sealSeq = f.seq;
         st.sealStreamSeq = streamSeq;
         break;
     }
@@ -273,6 +370,7 @@ export class Applier {
         writeOps: 0,
         image: undefined,
         seal: undefined,
+        sealSeq: 0,
         sealStreamSeq: 0,
       };
       this.#staged.set(checkpoint, st);
@@ -280,21 +378,39 @@ export class Applier {
     return st;
   }
 
-  async #fence(epoch: number, fenceSeq: number): Promise<void> {
-    this.#fenceEpoch = epoch;
-    // Rollback: whatever the old primary staged and never sealed is gone for good.
-    for (const [cp, st] of this.#staged) if (st.epoch < epoch) this.#staged.delete(cp);
-    this.#parts.discardBefore(epoch);
-    this.#early.clear();
-    this.#nextSeq = fenceSeq + 1;
+  /** Puts the waiting fence into effect once this standby reached its cutoff. */
+  async #applyFence(): Promise<boolean> {
+    const h = this.#heldFence;
+    if (!h || this.#position.checkpoint < h.cutoff) return false;
+    this.#heldFence = undefined;
+    this.#fenceEpoch = h.epoch;
+    this.#fences.push({ epoch: h.epoch, cutoff: h.cutoff });
+    // Rollback: whatever an older primary staged after the cutoff is gone for good.
+    for (const [cp, st] of this.#staged) if (st.epoch < h.epoch && cp > h.cutoff) this.#staged.delete(cp);
+    for (const e of this.#order.keys()) if (e < h.epoch) this.#order.delete(e);
+    this.#parts.discardBefore(h.epoch);
     if (this.#mode === 'snapshot') await this.#o.adapter.releaseAreas!();
+    this.#o.onFence?.(h.epoch, h.nodeId, h.streamSeq);
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    for (const w of waiting) await this.#routeCounted(w.frame, w.streamSeq);
+    return true;
+  }
+
+  #committable(next: number, st: Staged): boolean {
+    if (this.#relaxed) return true;
+    if (this.#heldFence && next <= this.#heldFence.cutoff) return true;
+    return this.#o.sealDurable?.(st.epoch, st.sealSeq) ?? true;
   }
 
   async #commitReady(): Promise<void> {
     for (;;) {
       const next = this.#position.checkpoint + 1;
       const st = this.#staged.get(next);
-      if (!st?.seal) return;
+      if (!st?.seal) {
+        if (await this.#applyFence()) continue;
+        return;
+      }
       // Frames a re-sent seal names may still be on their way: wait for them.
       if (st.writeFrames < st.seal.writeFrames || !st.image) return;
       if (st.writeFrames > st.seal.writeFrames || st.writeOps !== st.seal.writeOps) {
@@ -304,6 +420,7 @@ export class Applier {
           `checkpoint ${next} holds ${st.writeFrames} write frames / ${st.writeOps} ops, its seal names ${st.seal.writeFrames} / ${st.seal.writeOps}`,
         );
       }
+      if (!this.#committable(next, st)) return;
       try {
         this.#o.images.check(next, st.image);
       } catch (err) {

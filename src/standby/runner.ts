@@ -1,25 +1,54 @@
 /**
- * The hot standby as a running thing: reads the app's stream from the beginning into the
- * applier, keeps the image chain materialized, and lets the takeover wait until a given stream
- * position (its own fence) has been applied.
+ * The hot standby as a running thing: reads the app's stream on every relay from the
+ * beginning, merges what the relays deliver (each frame counted once, a gap on one relay filled
+ * by another), feeds the applier, keeps the image chain materialized, and tells the takeover
+ * when it has caught up with enough relays to have seen every acknowledged checkpoint.
  */
+import { FrameError } from '../errors.js';
 import { ImageChain } from '../image/chain.js';
+import { decodePart } from '../protocol/frame.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
-import { StreamReader } from '../transport/consumer.js';
+import { StreamReader, lastStreamSeq, type StreamMessage } from '../transport/consumer.js';
 import { Applier, type ApplierOptions, type ApplyMode } from './applier.js';
 
 /** Options of a standby run. */
 export interface StandbyOptions {
-  readonly link: NatsLink;
+  /** One link per relay, in config order. */
+  readonly links: readonly NatsLink[];
   readonly names: AppNames;
   readonly app: string;
   readonly adapter: StorageAdapter;
   readonly mode: ApplyMode;
+  /** Relays that must hold a seal before it counts as durable (the ack policy's count). */
+  readonly need: number;
   readonly onReject?: ApplierOptions['onReject'];
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
+}
+
+/** Per-relay progress of a standby. */
+export interface RelayLag {
+  readonly servers: string;
+  /** Stream sequence applied so far. */
+  readonly applied: number;
+}
+
+/** Most frame ids remembered for counting on how many relays a frame was seen. */
+const MAX_WITNESS_IDS = 200_000;
+
+/** Resolves once `n` of `promises` resolved. */
+function atLeast(n: number, promises: Promise<void>[]): Promise<void> {
+  return new Promise((resolve) => {
+    let done = 0;
+    if (n <= 0) resolve();
+    for (const p of promises) {
+      void p.then(() => {
+        if (++done === n) resolve();
+      });
+    }
+  });
 }
 
 /** One standby run. */
@@ -27,8 +56,11 @@ export class StandbyRunner {
   readonly applier: Applier;
   readonly images = new ImageChain();
   readonly #o: StandbyOptions;
-  readonly #reader: StreamReader;
-  readonly #waiters: { seq: number; resolve: () => void }[] = [];
+  readonly #readers: StreamReader[];
+  readonly #applied: number[];
+  readonly #witnesses = new Map<string, Set<number>>();
+  readonly #waiters: { relay: number; seq: number; resolve: () => void }[] = [];
+  #chain: Promise<void> = Promise.resolve();
   #failure: unknown;
   #onFailure: ((err: unknown) => void)[] = [];
 
@@ -42,35 +74,111 @@ export class StandbyRunner {
       onReject: opts.onReject,
       onCommit: opts.onCommit,
       onFence: opts.onFence,
+      sealDurable: (epoch, seq) => (this.#witnesses.get(`${epoch}.${seq}.0`)?.size ?? 0) >= opts.need,
     });
-    this.#reader = new StreamReader(opts.link, opts.names.stream);
+    this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
+    this.#applied = opts.links.map(() => 0);
+  }
+
+  /** How far each relay's stream has been applied. */
+  lag(): RelayLag[] {
+    return this.#o.links.map((l, i) => ({ servers: l.servers, applied: this.#applied[i]! }));
   }
 
   /**
-   * Empties the store and starts applying the stream from its first message. The store is
-   * rebuilt from the relay's history, so whatever a crash left in it (a primary's unsealed
-   * writes, a checkpoint the new primary's history does not contain) cannot survive.
+   * Empties the store and starts applying every relay's stream from its first message. The
+   * store is rebuilt from the relays' history, so whatever a crash left in it (a primary's
+   * unsealed writes, a checkpoint the new primary's history does not contain) cannot survive.
    */
   async start(): Promise<void> {
     await this.#o.adapter.clear();
-    await this.#reader.start(
-      1,
-      async (m) => {
-        await this.applier.handle(m.streamSeq, m.data);
-        this.#release();
-      },
-      (err) => this.#fail(err),
+    await Promise.all(
+      this.#readers.map((reader, relay) =>
+        reader.start(
+          1,
+          (m) => this.#enqueue(relay, m),
+          (err) => this.#fail(err),
+        ),
+      ),
     );
   }
 
-  /** Resolves once the message at `seq` has been applied; rejects if the standby failed. */
-  waitFor(seq: number): Promise<void> {
-    if (this.#failure !== undefined) return Promise.reject(this.#failure);
-    if (this.applier.lastStreamSeq >= seq) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.#waiters.push({ seq, resolve });
-      this.#onFailure.push(reject);
-    });
+  /** Messages of all relays go through one queue: the applier takes one at a time. */
+  #enqueue(relay: number, m: StreamMessage): Promise<void> {
+    const run = this.#chain.then(() => this.#handle(relay, m));
+    this.#chain = run.catch(() => undefined);
+    return run;
+  }
+
+  async #handle(relay: number, m: StreamMessage): Promise<void> {
+    try {
+      let part;
+      try {
+        part = decodePart(m.data, this.#o.app);
+      } catch (err) {
+        if (err instanceof FrameError) this.applier.reject(err, m.streamSeq);
+        else throw err;
+      }
+      if (part) {
+        const id = `${part.epoch}.${part.seq}.${part.part}`;
+        let w = this.#witnesses.get(id);
+        if (!w) {
+          w = new Set();
+          this.#witnesses.set(id, w);
+          if (this.#witnesses.size > MAX_WITNESS_IDS)
+            this.#witnesses.delete(this.#witnesses.keys().next().value!);
+        }
+        const seenBefore = w.size > 0;
+        w.add(relay);
+        if (!seenBefore) await this.applier.handlePart(part, m.streamSeq);
+        else if (this.#o.links.length > 1) await this.applier.recheck();
+      }
+      this.#applied[relay] = m.streamSeq;
+      this.#release();
+    } catch (err) {
+      this.#fail(err);
+      throw err;
+    }
+  }
+
+  /**
+   * Resolves once, on at least `quorum` relays, everything stored when this call began has been
+   * applied. Relays that cannot be reached are skipped and tried again until the quorum is met.
+   */
+  async catchUp(quorum: number): Promise<void> {
+    for (;;) {
+      if (this.#failure !== undefined) throw this.#failure;
+      const targets = await Promise.all(
+        this.#o.links.map((l) =>
+          // A relay whose connection is down is skipped at once, not after a timeout.
+          l.connected()
+            ? Promise.race([
+                lastStreamSeq(l, this.#o.names.stream).catch(() => undefined),
+                new Promise<undefined>((r) => setTimeout(() => r(undefined), 2_000).unref()),
+              ])
+            : undefined,
+        ),
+      );
+      const reachable = targets.flatMap((t, relay) => (t === undefined ? [] : [{ relay, seq: t }]));
+      if (reachable.length >= quorum) {
+        // A quorum of relays caught up is enough: a relay whose reader is still recovering from
+        // a restart (its consumer re-created after missed heartbeats) does not hold this up.
+        await Promise.race([
+          atLeast(
+            quorum,
+            reachable.map((t) => this.#waitFor(t.relay, t.seq)),
+          ),
+          this.failed(),
+        ]);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  #waitFor(relay: number, seq: number): Promise<void> {
+    if (this.#applied[relay]! >= seq) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push({ relay, seq, resolve }));
   }
 
   /** Resolves never; rejects when applying fails (store or image error). */
@@ -83,14 +191,14 @@ export class StandbyRunner {
 
   /** Stops reading. */
   async stop(): Promise<void> {
-    await this.#reader.stop();
+    await Promise.all(this.#readers.map((r) => r.stop()));
+    await this.#chain;
   }
 
   #release(): void {
-    const at = this.applier.lastStreamSeq;
     for (let i = this.#waiters.length - 1; i >= 0; i--) {
       const w = this.#waiters[i]!;
-      if (at >= w.seq) {
+      if (this.#applied[w.relay]! >= w.seq) {
         this.#waiters.splice(i, 1);
         w.resolve();
       }
@@ -98,6 +206,7 @@ export class StandbyRunner {
   }
 
   #fail(err: unknown): void {
+    if (this.#failure !== undefined) return;
     this.#failure = err;
     for (const f of this.#onFailure) f(err);
     this.#onFailure = [];

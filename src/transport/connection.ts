@@ -17,6 +17,8 @@ export interface NatsLink {
   /** The server's max payload: the largest message a part may be. */
   readonly maxPayload: number;
   readonly servers: string;
+  /** Whether the client is connected now (false while it reconnects after losing the server). */
+  readonly connected: () => boolean;
 }
 
 /** Connection options passed through to the NATS client (servers plus auth/TLS). */
@@ -55,20 +57,30 @@ export async function openLink(opts: NatsOptions, name: string): Promise<NatsLin
       { cause: err },
     );
   }
+  let connected = true;
+  void (async () => {
+    for await (const st of nc.status()) {
+      if (st.type === 'disconnect' || st.type === 'reconnecting' || st.type === 'staleConnection')
+        connected = false;
+      else if (st.type === 'reconnect') connected = true;
+    }
+  })().catch(() => undefined);
   return {
     nc,
     js: jetstream(nc, { timeout: 5_000 }),
     jsm,
     maxPayload: nc.info?.max_payload ?? 1024 * 1024,
     servers,
+    connected: () => connected && !nc.isClosed(),
   };
 }
 
 /**
  * Creates the app's frame stream if it does not exist, and checks an existing one owns the
- * app's subjects. File storage, limits retention, 2-minute dedupe window.
+ * app's subjects. File storage, limits retention, 2-minute dedupe window, `replicas` copies
+ * inside a clustered relay.
  */
-export async function ensureStream(link: NatsLink, names: AppNames): Promise<void> {
+export async function ensureStream(link: NatsLink, names: AppNames, replicas = 1): Promise<void> {
   try {
     const info = await link.jsm.streams.info(names.stream);
     const subjects = info.config.subjects ?? [];
@@ -92,7 +104,7 @@ export async function ensureStream(link: NatsLink, names: AppNames): Promise<voi
       subjects: names.streamSubjects,
       storage: 'file' as never,
       duplicate_window: 120_000_000_000,
-      num_replicas: 1,
+      num_replicas: replicas,
     });
   } catch (err) {
     const msg = (err as Error).message;

@@ -38,7 +38,9 @@ export class StreamReader {
       this.#stream,
       startSeq <= 1 ? { deliver_policy: DeliverPolicy.All } : { opt_start_seq: startSeq },
     );
-    const messages = await consumer.consume({ max_messages: 512 });
+    // Short heartbeats: after a relay restarts, a stalled consumer is noticed and re-created in
+    // seconds rather than the client's default half minute.
+    const messages = await consumer.consume({ max_messages: 512, idle_heartbeat: 1_000, expires: 5_000 });
     this.#messages = messages;
     this.#done = (async () => {
       try {

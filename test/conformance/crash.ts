@@ -137,7 +137,8 @@ async function runChild(
       'delayMs' in kill
         ? `killed ${Math.round(performance.now() - committingAt)} ms (planned ${kill.delayMs}) after committing`
         : `killed at ${kill.at}`;
-    process.kill(pid, 'SIGKILL');
+    // A child that died by itself is reported below, from its exit; do not kill a reused pid.
+    if (child.exitCode === null && child.signalCode === null) process.kill(pid, 'SIGKILL');
   };
   let timer: NodeJS.Timeout | undefined;
   const lines = createInterface({ input: child.stdout });

@@ -106,7 +106,7 @@ describe('file adapter: options and layout', () => {
     await a.put('a/b', text('v1'));
     await a.commit(batch('gen-1'), text('gen-1'));
     expect((await readdir(dir)).sort()).toEqual(['FORMAT', 'log-0000000001']);
-    expect(await readFile(join(dir, 'FORMAT'), 'utf8')).toBe('restartpoint-file-store 1\n');
+    expect(await readFile(join(dir, 'FORMAT'), 'utf8')).toBe('restartpoint-file-store 2\n');
     const log = await readFile(await onlyLog());
     expect(log.subarray(0, 8).toString('latin1')).toBe('RPLOG\0\0\x01');
     // Type 1 (snapshot) comes first, in every log.

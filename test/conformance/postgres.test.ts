@@ -230,92 +230,9 @@ describe('postgres adapter: options, schema, pool', () => {
     }));
 });
 
-// TEMPORARY: snapshot mode, until test/conformance/suite.ts runs snapshot cases for every adapter
-// that declares capabilities.snapshot. Delete this block then (keep the row-level check at the end).
-describe('postgres adapter snapshot mode (temporary, until the shared suite has it)', () => {
-  it('area writes are invisible until formSnapshot; later ops on a key win', () =>
-    withStore(async (a) => {
-      expect(a.capabilities.snapshot).toBe(true);
-      await a.commit([put('base', '0'), put('gone', 'g')], enc('cp-0'));
-      await a.writeArea!(1, [put('k', '1'), put('k', '2'), del('gone'), put('back', 'x')]);
-      await a.writeArea!(1, [
-        del('back'),
-        put('back', 'again'),
-        put('dead', 'd'),
-        del('dead'),
-        put('base', '1'),
-      ]);
-      expect(await dump(a)).toEqual({ data: { base: '0', gone: 'g' }, meta: 'cp-0' });
-      expect(await a.get('k')).toBeUndefined();
-      await a.formSnapshot!(1, enc('cp-1'));
-      expect(await dump(a)).toEqual({ data: { back: 'again', base: '1', k: '2' }, meta: 'cp-1' });
-      await a.formSnapshot!(2, enc('cp-2'));
-      expect(await dump(a)).toEqual({ data: { back: 'again', base: '1', k: '2' }, meta: 'cp-2' });
-
-      const big = new Uint8Array(randomBytes(8 * 1024 * 1024));
-      await a.writeArea!(3, [
-        { op: 'put', key: 'big', value: big },
-        { op: 'put', key: 'empty', value: new Uint8Array(0) },
-        { op: 'put', key: 'nul\u0000key 😀', value: new Uint8Array([0]) },
-      ]);
-      await a.formSnapshot!(3, new Uint8Array([0, 255, 0]));
-      expect(Buffer.from((await a.get('big'))!).equals(big)).toBe(true);
-      expect((await a.get('empty'))?.byteLength).toBe(0);
-      expect([...(await a.get('nul\u0000key 😀'))!]).toEqual([0]);
-      expect([...(await a.readMeta())!]).toEqual([0, 255, 0]);
-    }));
-
-  it('releaseAreas rolls back to the last snapshot exactly, and is idempotent', () =>
-    withStore(async (a, table) => {
-      await a.writeArea!(1, [put('a', '1'), put('b', '1')]);
-      await a.formSnapshot!(1, enc('cp-1'));
-      const before = await dump(a);
-      await a.writeArea!(2, [del('a'), put('b', '2'), put('c', '2')]);
-      await a.writeArea!(3, [put('d', '3')]);
-      await a.releaseAreas!();
-      expect(await dump(a)).toEqual(before);
-      await a.releaseAreas!();
-      expect(await dump(a)).toEqual(before);
-      expect(await rows(`SELECT count(*)::int AS n FROM "${table}" WHERE area > 1`)).toEqual([{ n: 0 }]);
-      // Released areas are gone for good: forming after the release applies only new writes.
-      await a.writeArea!(2, [put('e', '2')]);
-      await a.formSnapshot!(2, enc('cp-2'));
-      expect(await dump(a)).toEqual({ data: { a: '1', b: '1', e: '2' }, meta: 'cp-2' });
-    }));
-
-  it('formSnapshot is atomic with its meta: readers see the old or the new snapshot, never a mix', () =>
-    withStore(async (a) => {
-      const n = 2000;
-      const ops = (v: string): WriteOp[] => Array.from({ length: n }, (_, i) => put(`k/${i}`, v));
-      await a.writeArea!(1, ops('1'));
-      await a.formSnapshot!(1, enc('1'));
-      await a.writeArea!(2, ops('2'));
-      let forming = true;
-      let reads = 0;
-      const torn: string[] = [];
-      const reader = async (): Promise<void> => {
-        while (forming) {
-          // Separate statements: with the meta unchanged around a value, the value must match it.
-          const m1 = Buffer.from((await a.readMeta())!).toString();
-          const v = Buffer.from((await a.get(`k/${Math.floor(Math.random() * n)}`))!).toString();
-          const m2 = Buffer.from((await a.readMeta())!).toString();
-          const listed = (await a.keys()).length;
-          reads++;
-          if (m1 === m2 && v !== m1) torn.push(`meta ${m1}, value ${v}`);
-          if (listed !== n) torn.push(`${listed} keys listed`);
-        }
-      };
-      const readers = Array.from({ length: 4 }, reader);
-      await a.formSnapshot!(2, enc('2')).finally(() => {
-        forming = false;
-      });
-      await Promise.all(readers);
-      expect(torn).toEqual([]);
-      expect(reads).toBeGreaterThan(0);
-      const values = await Promise.all(Array.from({ length: n }, (_, i) => a.get(`k/${i}`)));
-      expect(new Set(values.map((b) => Buffer.from(b!).toString()))).toEqual(new Set(['2']));
-    }));
-
+// The snapshot-mode contract runs in the shared suite; these are the postgres-only parts: its
+// stricter area checks and what the table holds after forming.
+describe('postgres adapter snapshot mode: area checks and row reclaiming', () => {
   it('refuses areas at or below the formed snapshot, and forming over an unformed area', () =>
     withStore(async (a) => {
       await a.writeArea!(2, [put('a', '2')]);
@@ -330,27 +247,6 @@ describe('postgres adapter snapshot mode (temporary, until the shared suite has 
         /area 3 below it holds writes and was never formed/,
       );
       expect(await dump(a)).toEqual({ data: { a: '2' }, meta: 'cp-2' });
-    }));
-
-  it('a promoted standby writes over its snapshots directly; clear drops areas too', () =>
-    withStore(async (a) => {
-      await a.writeArea!(1, [put('a', '1'), put('b', '1')]);
-      await a.formSnapshot!(1, enc('cp-1'));
-      await a.writeArea!(2, [put('a', 'unformed')]);
-      await a.releaseAreas!();
-      await a.put('a', enc('direct'));
-      await a.delete('b');
-      await a.apply!([put('c', 'grouped'), put('d', 'x'), del('d')]);
-      await a.releaseAreas!();
-      expect(await dump(a)).toEqual({ data: { a: 'direct', c: 'grouped' }, meta: 'cp-1' });
-      await a.commit([put('e', 'committed')], enc('cp-x'));
-      expect(await dump(a)).toEqual({ data: { a: 'direct', c: 'grouped', e: 'committed' }, meta: 'cp-x' });
-
-      await a.writeArea!(5, [put('z', '5')]);
-      await a.clear();
-      expect(await dump(a)).toEqual({ data: {}, meta: undefined });
-      await a.formSnapshot!(5, enc('cp-5'));
-      expect(await dump(a)).toEqual({ data: {}, meta: 'cp-5' });
     }));
 
   it('forming reclaims superseded versions: one visible row per key, no visible tombstone', () =>

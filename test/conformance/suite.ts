@@ -11,12 +11,17 @@
  * no case fails the run (titles change; stale gaps must not hide anything). Cases about
  * surviving a restart run only when the adapter declares `capabilities.durable`, and say so in
  * their titles: a non-durable adapter needs no gap for them.
+ *
+ * The `SnapshotStore` cases (group `'snapshot mode'`) run for an adapter declaring
+ * `capabilities.snapshot`. An adapter without that capability lists the whole group as one gap,
+ * `gaps: { 'snapshot mode': 'why' }` (or single cases by title, like any gap); unlisted, each
+ * case fails saying so, so that a missing capability is always a visible, explained choice.
  */
 import { randomBytes } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it, type TestContext } from 'vitest';
 import { ClosedError, InvalidArgumentError } from '../../src/errors.js';
-import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
+import type { SnapshotStore, StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 
 /** What an adapter's `make` returns: a fresh, empty store (not opened yet). */
 export interface AdapterUnderTest {
@@ -33,9 +38,15 @@ export interface AdapterUnderTest {
 
 /** Options of `testAdapter`. */
 export interface ConformanceOptions {
-  /** Case title → why this adapter cannot pass it. */
+  /** Case title (or the group `'snapshot mode'`) → why this adapter cannot pass it. */
   readonly gaps?: Readonly<Record<string, string>>;
 }
+
+/** Gap key naming every snapshot-mode case at once. */
+export const SNAPSHOT_MODE = 'snapshot mode';
+
+/** An adapter with snapshot mode. */
+type SnapshotAdapter = StorageAdapter & SnapshotStore;
 
 /**
  * Registers the conformance cases for one adapter under `describe('storage adapter <name>')`.
@@ -47,7 +58,7 @@ export function testAdapter(
   opts: ConformanceOptions = {},
 ): void {
   const gaps = new Map(Object.entries(opts.gaps ?? {}));
-  const titles = new Set<string>();
+  const titles = new Set<string>([SNAPSHOT_MODE]);
 
   describe(`storage adapter ${name}`, () => {
     let under: AdapterUnderTest;
@@ -64,31 +75,72 @@ export function testAdapter(
       await under.cleanup();
     });
 
-    /** Registers a case, or its skipped stand-in when the adapter lists it as a gap. */
-    function kase(title: string, fn: (ctx: TestContext) => Promise<void>): void {
+    /**
+     * Registers a case, or its skipped stand-in when the adapter lists it (or its `group`) as a
+     * gap.
+     */
+    function kase(title: string, fn: (ctx: TestContext) => Promise<void>, group?: string): void {
       if (titles.has(title))
         throw new Error(`conformance suite: duplicate case title ${JSON.stringify(title)}`);
       titles.add(title);
-      const gap = gaps.get(title);
+      const gap = gaps.get(title) ?? (group === undefined ? undefined : gaps.get(group));
       if (gap !== undefined) it.skip(`${title} [gap: ${gap}]`, fn);
       else it(title, fn);
     }
 
+    /** The `reopen` of a durable adapter, as the cases use it: closes `a`, then replaces it. */
+    function reopener(ctx: TestContext): () => Promise<StorageAdapter> {
+      if (!a.capabilities.durable) ctx.skip(`${name} declares capabilities.durable = false`);
+      const reopenFn = under.reopen;
+      if (reopenFn === undefined) {
+        throw new Error(`${name} declares capabilities.durable but its make() returns no reopen()`);
+      }
+      return async () => {
+        await a.close();
+        a = await reopenFn();
+        await a.open();
+        return a;
+      };
+    }
+
     /** A case about restarts; skipped (with the reason) unless the adapter is durable. */
     function durableCase(title: string, fn: (reopen: () => Promise<StorageAdapter>) => Promise<void>): void {
-      kase(`${title} (runs when capabilities.durable)`, async (ctx) => {
-        if (!a.capabilities.durable) ctx.skip(`${name} declares capabilities.durable = false`);
-        const reopenFn = under.reopen;
-        if (reopenFn === undefined) {
-          throw new Error(`${name} declares capabilities.durable but its make() returns no reopen()`);
+      kase(`${title} (runs when capabilities.durable)`, async (ctx) => fn(reopener(ctx)));
+    }
+
+    /** `x` as a snapshot-mode adapter; fails the case when it does not declare the capability. */
+    function snap(x: StorageAdapter): SnapshotAdapter {
+      if (!x.capabilities.snapshot) {
+        throw new Error(
+          `${name} does not declare capabilities.snapshot: list ${JSON.stringify(SNAPSHOT_MODE)} in its gaps with the reason`,
+        );
+      }
+      for (const m of ['writeArea', 'formSnapshot', 'releaseAreas'] as const) {
+        if (typeof x[m] !== 'function') {
+          throw new Error(`${name} declares capabilities.snapshot but has no ${m}()`);
         }
-        await fn(async () => {
-          await a.close();
-          a = await reopenFn();
-          await a.open();
-          return a;
-        });
-      });
+      }
+      return x as SnapshotAdapter;
+    }
+
+    /** A snapshot-mode case (group `'snapshot mode'`). */
+    function snapshotCase(title: string, fn: (s: SnapshotAdapter) => Promise<void>): void {
+      kase(title, async () => fn(snap(a)), SNAPSHOT_MODE);
+    }
+
+    /** A snapshot-mode case about restarts, for adapters that are durable too. */
+    function durableSnapshotCase(
+      title: string,
+      fn: (s: SnapshotAdapter, reopen: () => Promise<SnapshotAdapter>) => Promise<void>,
+    ): void {
+      kase(
+        `${title} (runs when capabilities.durable)`,
+        async (ctx) => {
+          const reopen = reopener(ctx);
+          await fn(snap(a), async () => snap(await reopen()));
+        },
+        SNAPSHOT_MODE,
+      );
     }
 
     // -- basic reads and writes ---------------------------------------------------------------
@@ -411,6 +463,14 @@ export function testAdapter(
       ];
       const apply = a.apply?.bind(a);
       if (apply !== undefined) calls.push(['apply', () => apply([put('a', '4')])]);
+      if (a.capabilities.snapshot) {
+        const s = snap(a);
+        calls.push(
+          ['writeArea', () => s.writeArea(1, [put('a', '5')])],
+          ['formSnapshot', () => s.formSnapshot(1, bytes('m'))],
+          ['releaseAreas', () => s.releaseAreas()],
+        );
+      }
       for (const [what, call] of calls) {
         await expect(call(), what).rejects.toBeInstanceOf(ClosedError);
       }
@@ -520,6 +580,334 @@ export function testAdapter(
       for (const k of keys) expect((await again.get(k))?.byteLength, k).toBe(0);
     });
 
+    // -- snapshot mode (SnapshotStore) --------------------------------------------------------
+
+    describe(SNAPSHOT_MODE, () => {
+      snapshotCase('area writes are invisible to get, keys and readMeta until formSnapshot', async (s) => {
+        await s.commit([put('base', '0'), put('kept', 'k')], bytes('cp-0'));
+        await s.writeArea(1, [put('new', '1'), put('base', '1'), del('kept')]);
+        const before = { data: { base: '0', kept: 'k' }, meta: 'cp-0' };
+        expect(await dump(s)).toEqual(before);
+        expect(await s.get('new')).toBeUndefined();
+        await s.formSnapshot(1, bytes('cp-1'));
+        expect(await dump(s)).toEqual({ data: { base: '1', new: '1' }, meta: 'cp-1' });
+        // Forming an area that holds no writes is valid: only the meta changes.
+        await s.formSnapshot(2, bytes('cp-2'));
+        expect(await dump(s)).toEqual({ data: { base: '1', new: '1' }, meta: 'cp-2' });
+      });
+
+      snapshotCase('the later op on a key wins, within an area and across writeArea calls', async (s) => {
+        await s.commit([put('base', '0'), put('gone', 'g'), put('stays', 's')], bytes('cp-0'));
+        await s.writeArea(1, [
+          put('k', '1'),
+          put('k', '2'),
+          del('gone'),
+          put('back', 'x'),
+          put('twice', 'a'),
+          del('stays'),
+        ]);
+        await s.writeArea(1, [
+          del('back'),
+          put('back', 'again'),
+          put('dead', 'd'),
+          del('dead'),
+          put('base', '1'),
+          del('twice'),
+          put('stays', 'returned'),
+        ]);
+        // The same frame delivered twice writes the same ops again: nothing changes.
+        await s.writeArea(1, [put('k', '2')]);
+        expect(await dump(s)).toEqual({ data: { base: '0', gone: 'g', stays: 's' }, meta: 'cp-0' });
+        await s.formSnapshot(1, bytes('cp-1'));
+        expect(await dump(s)).toEqual({
+          data: { back: 'again', base: '1', k: '2', stays: 'returned' },
+          meta: 'cp-1',
+        });
+      });
+
+      snapshotCase('deletes in an area (tombstones) hide snapshot keys only once formed', async (s) => {
+        await s.commit([put('a', '1'), put('b', '1'), put('c', '1')], bytes('cp-0'));
+        await s.writeArea(1, [del('a'), del('b'), del('never-existed'), put('c', '2')]);
+        expect(await s.keys()).toEqual(['a', 'b', 'c']);
+        expectBytes(await s.get('a'), bytes('1'));
+        await s.releaseAreas();
+        expect(await dump(s)).toEqual({ data: { a: '1', b: '1', c: '1' }, meta: 'cp-0' });
+        await s.writeArea(1, [del('a'), del('b'), del('never-existed'), put('c', '2')]);
+        await s.formSnapshot(1, bytes('cp-1'));
+        expect(await dump(s)).toEqual({ data: { c: '2' }, meta: 'cp-1' });
+        expect(await s.get('a')).toBeUndefined();
+        // A key deleted in one snapshot and put back in the next.
+        await s.writeArea(2, [put('a', 'back')]);
+        await s.formSnapshot(2, bytes('cp-2'));
+        expect(await dump(s)).toEqual({ data: { a: 'back', c: '2' }, meta: 'cp-2' });
+      });
+
+      snapshotCase('forming an area leaves a later, unformed area invisible', async (s) => {
+        // The applier writes checkpoint n+1's frames while n waits for its seal.
+        await s.writeArea(1, [put('a', '1'), put('b', '1')]);
+        await s.writeArea(2, [put('a', '2'), del('b'), put('c', '2')]);
+        await s.writeArea(1, [put('d', '1')]);
+        await s.formSnapshot(1, bytes('cp-1'));
+        expect(await dump(s)).toEqual({ data: { a: '1', b: '1', d: '1' }, meta: 'cp-1' });
+        await s.writeArea(2, [put('e', '2')]);
+        await s.formSnapshot(2, bytes('cp-2'));
+        expect(await dump(s)).toEqual({ data: { a: '2', c: '2', d: '1', e: '2' }, meta: 'cp-2' });
+      });
+
+      snapshotCase(
+        'releaseAreas restores the last snapshot exactly, byte for byte, listing included; idempotent',
+        async (s) => {
+          const everyByte = Uint8Array.from({ length: 512 }, (_, i) => (i * 7) % 256);
+          await s.writeArea(1, [
+            put('a', '1'),
+            put('b', '1'),
+            { op: 'put', key: 'empty', value: new Uint8Array(0) },
+            { op: 'put', key: 'binary', value: everyByte },
+            { op: 'put', key: 'mid', value: new Uint8Array(randomBytes(256 * 1024)) },
+            put('emoji 🔑/with space', 'x'),
+          ]);
+          await s.formSnapshot(1, everyByte.subarray(0, 77));
+          const before = await rawDump(s);
+          await s.writeArea(2, [
+            del('a'),
+            put('b', '2'),
+            put('c', '2'),
+            { op: 'put', key: 'empty', value: bytes('no longer empty') },
+            { op: 'put', key: 'binary', value: new Uint8Array(0) },
+            del('emoji 🔑/with space'),
+          ]);
+          await s.writeArea(3, [put('d', '3'), del('mid')]);
+          await s.releaseAreas();
+          expectSameStore(await rawDump(s), before);
+          await s.releaseAreas();
+          expectSameStore(await rawDump(s), before);
+          // Released writes are gone for good: forming the same area number again applies only
+          // what was written to it after the release.
+          await s.writeArea(2, [put('e', '2')]);
+          await s.formSnapshot(2, bytes('cp-2'));
+          const after = await dump(s);
+          expect(Object.keys(after.data)).toEqual([
+            'a',
+            'b',
+            'binary',
+            'e',
+            'emoji 🔑/with space',
+            'empty',
+            'mid',
+          ]);
+          expect([after.data.a, after.data.b, after.data.e, after.meta]).toEqual(['1', '1', '2', 'cp-2']);
+        },
+      );
+
+      snapshotCase(
+        'a promoted standby writes directly over its last snapshot after releaseAreas',
+        async (s) => {
+          await s.writeArea(1, [put('a', '1'), put('b', '1')]);
+          await s.formSnapshot(1, bytes('cp-1'));
+          await s.writeArea(2, [put('a', 'unformed'), put('z', 'unformed')]);
+          await s.releaseAreas();
+          await s.put('a', bytes('direct'));
+          await s.delete('b');
+          await s.put('c', bytes('grouped'));
+          await s.put('d', bytes('x'));
+          await s.delete('d');
+          await s.releaseAreas();
+          expect(await dump(s)).toEqual({ data: { a: 'direct', c: 'grouped' }, meta: 'cp-1' });
+          await s.commit([put('e', 'committed')], bytes('cp-x'));
+          expect(await dump(s)).toEqual({
+            data: { a: 'direct', c: 'grouped', e: 'committed' },
+            meta: 'cp-x',
+          });
+        },
+      );
+
+      snapshotCase('0-byte, binary and 8 MiB values pass through an area whole', async (s) => {
+        const big = new Uint8Array(randomBytes(8 * 1024 * 1024));
+        const everyByte = Uint8Array.from({ length: 256 }, (_, i) => i);
+        await s.commit([put('empty', 'was not empty')], bytes('cp-0'));
+        await s.writeArea(1, [
+          { op: 'put', key: 'big', value: big },
+          { op: 'put', key: 'empty', value: new Uint8Array(0) },
+          { op: 'put', key: 'every-byte', value: everyByte },
+        ]);
+        await s.writeArea(1, [{ op: 'put', key: 'fresh-empty', value: new Uint8Array(0) }]);
+        expect(await s.get('big')).toBeUndefined();
+        await s.formSnapshot(1, new Uint8Array([0, 255, 0]));
+        expectBytes(await s.get('big'), big);
+        const empty = await s.get('empty');
+        expect(empty).toBeInstanceOf(Uint8Array);
+        expect(empty?.byteLength).toBe(0);
+        expect((await s.get('fresh-empty'))?.byteLength).toBe(0);
+        expectBytes(await s.get('every-byte'), everyByte);
+        expectBytes(await s.readMeta(), new Uint8Array([0, 255, 0]));
+        expect(await s.keys()).toEqual(['big', 'empty', 'every-byte', 'fresh-empty']);
+      });
+
+      snapshotCase('an area of 10 000 keys written in ten calls is formed whole', async (s) => {
+        const total = 10_000;
+        const keyOf = (i: number): string => `area/${i.toString(36)}`;
+        await s.commit([put('base', '0')], bytes('cp-0'));
+        for (let start = 0; start < total; start += 1000) {
+          const ops: WriteOp[] = [];
+          for (let i = start; i < start + 1000; i++) ops.push({ op: 'put', key: keyOf(i), value: u32(i) });
+          await s.writeArea(1, ops);
+        }
+        expect(await s.keys()).toEqual(['base']);
+        await s.formSnapshot(1, bytes('cp-1'));
+        const listed = await s.keys();
+        const expected = [...Array.from({ length: total }, (_, i) => keyOf(i)), 'base'].sort();
+        expect(firstDifference(listed, expected)).toBeUndefined();
+        for (let n = 0; n < 300; n++) {
+          const i = Math.floor(Math.random() * total);
+          expectBytes(await s.get(keyOf(i)), u32(i), keyOf(i));
+        }
+        expect(decode(await s.readMeta())).toBe('cp-1');
+      });
+
+      snapshotCase(
+        'formSnapshot is atomic with its meta: readers see the old or the new snapshot, never a mix',
+        async (s) => {
+          const n = 2000;
+          const key = (i: number): string => `f/${String(i).padStart(4, '0')}`;
+          await s.writeArea(
+            1,
+            Array.from({ length: n }, (_, i) => put(key(i), '1')),
+          );
+          await s.formSnapshot(1, bytes('1'));
+          // Snapshot 2 rewrites the even keys, deletes the odd ones and adds n/4 new keys.
+          const ops: WriteOp[] = [];
+          for (let i = 0; i < n; i++) ops.push(i % 2 === 0 ? put(key(i), '2') : del(key(i)));
+          for (let i = n; i < n + n / 4; i++) ops.push(put(key(i), '2'));
+          await s.writeArea(2, ops);
+          const expected = (gen: string, i: number): string | undefined =>
+            gen === '1' ? (i < n ? '1' : undefined) : i % 2 === 0 || i >= n ? '2' : undefined;
+          const listing = (gen: string): string =>
+            Array.from({ length: n + n / 4 }, (_, i) => i)
+              .filter((i) => expected(gen, i) !== undefined)
+              .map(key)
+              .join('\n');
+          const listings = new Set([listing('1'), listing('2')]);
+
+          let forming = true;
+          let reads = 0;
+          const torn: string[] = [];
+          const reader = async (): Promise<void> => {
+            while (forming) {
+              await nextTurn();
+              try {
+                // Separate calls, one after the other: with the meta the same on both sides of a
+                // read, that read must match the meta's snapshot.
+                const i = Math.floor(Math.random() * (n + n / 4));
+                const m1 = decode(await s.readMeta())!;
+                const v = decode(await s.get(key(i)));
+                const listed = (await s.keys()).join('\n');
+                const m2 = decode(await s.readMeta())!;
+                reads++;
+                if (!['1', '2'].includes(m1) || !['1', '2'].includes(m2)) torn.push(`meta ${m1} ${m2}`);
+                if (m1 === m2 && v !== expected(m1, i)) torn.push(`meta ${m1}, ${key(i)} = ${v}`);
+                if (!listings.has(listed)) torn.push(`a listing of ${listed.split('\n').length} keys`);
+              } catch (err) {
+                torn.push(String(err));
+              }
+            }
+          };
+          const readers = Array.from({ length: 4 }, reader);
+          await s.formSnapshot(2, bytes('2')).finally(() => {
+            forming = false;
+          });
+          await Promise.all(readers);
+          expect(torn).toEqual([]);
+          expect(reads).toBeGreaterThan(0);
+          expect((await s.keys()).join('\n')).toBe(listing('2'));
+          expect(decode(await s.readMeta())).toBe('2');
+        },
+      );
+
+      snapshotCase('clear() drops unformed areas along with the data and meta', async (s) => {
+        await s.commit([put('a', '1')], bytes('cp'));
+        await s.writeArea(5, [put('b', '2'), del('a')]);
+        await s.clear();
+        expect(await dump(s)).toEqual({ data: {}, meta: undefined });
+        await s.formSnapshot(5, bytes('cp-5'));
+        expect(await dump(s)).toEqual({ data: {}, meta: 'cp-5' });
+      });
+
+      snapshotCase(
+        'bad areas, ops and metas are rejected with InvalidArgumentError and change nothing',
+        async (s) => {
+          await s.writeArea(1, [put('a', '1')]);
+          await s.formSnapshot(1, bytes('cp-1'));
+          for (const area of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53, '2', null, undefined]) {
+            const what = describeValue(area);
+            await expectInvalid(s.writeArea(area as number, [put('a', 'x')]), `writeArea(${what})`);
+            await expectInvalid(s.formSnapshot(area as number, bytes('m')), `formSnapshot(${what})`);
+          }
+          for (const bad of [null, { op: 'put', key: '', value: bytes('x') }, { op: 'put', key: 'a' }]) {
+            await expectInvalid(
+              s.writeArea(2, [put('b', 'x'), bad as WriteOp]),
+              `writeArea with ${describeValue(bad)}`,
+            );
+          }
+          await expectInvalid(s.writeArea(2, 'ops' as unknown as WriteOp[]), 'writeArea(2, "ops")');
+          for (const meta of invalidValues()) {
+            await expectInvalid(
+              s.formSnapshot(2, meta as Uint8Array),
+              `formSnapshot(2, ${describeValue(meta)})`,
+            );
+          }
+          expect(await dump(s)).toEqual({ data: { a: '1' }, meta: 'cp-1' });
+          // The rejected area writes left nothing behind to be formed.
+          await s.formSnapshot(2, bytes('cp-2'));
+          expect(await dump(s)).toEqual({ data: { a: '1' }, meta: 'cp-2' });
+        },
+      );
+
+      durableSnapshotCase('a formed snapshot survives close and reopen', async (s, reopen) => {
+        const big = new Uint8Array(randomBytes(3 * 1024 * 1024));
+        await s.writeArea(1, [put('a', '1'), put('b', '1'), { op: 'put', key: 'big', value: big }]);
+        await s.formSnapshot(1, bytes('cp-1'));
+        await s.writeArea(2, [del('a'), put('c', '2')]);
+        await s.formSnapshot(2, bytes('cp-2'));
+        const before = await rawDump(s);
+        const again = await reopen();
+        expectSameStore(await rawDump(again), before);
+        expect(decode(await again.readMeta())).toBe('cp-2');
+        expect(await again.keys()).toEqual(['b', 'big', 'c']);
+      });
+
+      durableSnapshotCase(
+        'after close and reopen an unformed area stays invisible; releaseAreas and clear still work',
+        async (s, reopen) => {
+          await s.writeArea(1, [put('a', '1'), put('b', '1')]);
+          await s.formSnapshot(1, bytes('cp-1'));
+          const snapshot = await rawDump(s);
+          await s.writeArea(2, [del('a'), put('b', '2'), put('c', '2')]);
+          let again = await reopen();
+          expectSameStore(await rawDump(again), snapshot);
+          await again.releaseAreas();
+          expectSameStore(await rawDump(again), snapshot);
+          await again.writeArea(2, [put('d', '2')]);
+          await again.formSnapshot(2, bytes('cp-2'));
+          expect(await dump(again)).toEqual({ data: { a: '1', b: '1', d: '2' }, meta: 'cp-2' });
+          // Released before the restart: still released after it.
+          await again.writeArea(3, [put('released', '3')]);
+          await again.releaseAreas();
+          again = await reopen();
+          await again.formSnapshot(3, bytes('cp-3'));
+          expect(await dump(again)).toEqual({ data: { a: '1', b: '1', d: '2' }, meta: 'cp-3' });
+
+          await again.writeArea(4, [put('e', '4')]);
+          again = await reopen();
+          await again.clear();
+          expect(await dump(again)).toEqual({ data: {}, meta: undefined });
+          again = await reopen();
+          expect(await dump(again)).toEqual({ data: {}, meta: undefined });
+          await again.formSnapshot(4, bytes('cp-4'));
+          expect(await dump(again)).toEqual({ data: {}, meta: 'cp-4' });
+        },
+      );
+    });
+
     // Gaps must name cases that exist: a renamed case must not leave a stale gap hiding nothing.
     const unknown = [...gaps.keys()].filter((g) => !titles.has(g));
     if (unknown.length > 0) {
@@ -586,6 +974,27 @@ async function dump(a: StorageAdapter): Promise<{ data: Record<string, string>; 
   }
   const meta = await a.readMeta();
   return { data, meta: meta === undefined ? undefined : Buffer.from(meta).toString('utf8') };
+}
+
+/** The whole store as bytes: every key in listing order with its value, and the meta. */
+interface RawStore {
+  readonly keys: string[];
+  readonly values: (Uint8Array | undefined)[];
+  readonly meta: Uint8Array | undefined;
+}
+
+async function rawDump(a: StorageAdapter): Promise<RawStore> {
+  const keys = await a.keys();
+  const values: (Uint8Array | undefined)[] = [];
+  for (const k of keys) values.push(await a.get(k));
+  return { keys, values, meta: await a.readMeta() };
+}
+
+/** Byte-for-byte equality of two stores, listing order included. */
+function expectSameStore(got: RawStore, want: RawStore): void {
+  expect(got.keys, 'listing').toEqual(want.keys);
+  for (let i = 0; i < want.keys.length; i++) expectBytes(got.values[i], want.values[i], want.keys[i]);
+  expectBytes(got.meta, want.meta, 'meta');
 }
 
 function firstDifference(x: readonly string[], y: readonly string[]): string | undefined {

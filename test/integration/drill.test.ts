@@ -43,4 +43,19 @@ describe('drill (real nats-server, real processes, SIGKILL)', () => {
     expect(report.violations).toEqual([]);
     expect(report.ok).toBe(true);
   }, 60_000);
+
+  it('relay-loss: three relays, quorum policy, a relay SIGKILLed before each primary kill', async () => {
+    const report = await runDrill({
+      kills: 2,
+      store: 'file',
+      seed: 11,
+      nats: NATS_URL,
+      leaseTtlMs: 800,
+      scenario: 'relay-loss',
+    });
+    expect(report.violations).toEqual([]);
+    expect(report.ok).toBe(true);
+    expect(report.scenario).toBe('relay-loss');
+    expect(report.relaysKilled).toBe(2);
+  }, 120_000);
 });

@@ -13,12 +13,13 @@ class FakePrimary {
   seq = 1;
   readonly images = new ImageEncoder({ keyframeEvery: 4, maxChainShare: 10 });
   constructor(readonly epoch: number) {}
-  fence(): Frame {
+  /** The new primary's fence: it resumed from checkpoint `cutoff`. */
+  fence(cutoff = 0): Frame {
     return {
       kind: FrameKind.Fence,
       epoch: this.epoch,
       seq: this.seq++,
-      checkpoint: 0,
+      checkpoint: cutoff,
       body: encodeFence({ nodeId: `n${this.epoch}` }),
     };
   }
@@ -32,14 +33,15 @@ class FakePrimary {
     };
   }
   image(cp: number, state: unknown): Frame {
-    const img = this.images.encode(state, cp);
-    img.advance();
+    const { record } = this.images.encode(state, cp);
+    // Test states are small: their records are ready at once (only large ones are compressed off-thread).
+    if (record instanceof Promise) throw new Error('test image unexpectedly large');
     return {
       kind: FrameKind.Image,
       epoch: this.epoch,
       seq: this.seq++,
       checkpoint: cp,
-      body: encodeImage(img.record),
+      body: encodeImage(record),
     };
   }
   seal(cp: number, writeFrames: number, writeOps: number): Frame {
@@ -123,7 +125,7 @@ describe('applier (delay-write)', () => {
     await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, { v: 1 }), old.seal(1, 1, 1));
     await feed(old.writes(2, [put('a', 'unsealed')]), old.image(2, { v: 2 }));
     const next = new FakePrimary(2);
-    await feed(next.fence());
+    await feed(next.fence(1));
     // The deposed primary's seal arrives after the fence: it must not commit checkpoint 2.
     await feed(old.seal(2, 1, 1));
     expect(applier.counters.rejected.stale).toBe(1);
@@ -159,5 +161,55 @@ describe('applier (delay-write)', () => {
     expect(applier.counters.rejected.malformed).toBe(1);
     expect(applier.position.checkpoint).toBe(0);
     expect(await dump(adapter)).toEqual({});
+  });
+
+  it('a fence waits for its cutoff: late frames of the agreed history apply, later ones of the old epoch are stale', async () => {
+    const { adapter, chain, applier, feed } = await setup();
+    const old = new FakePrimary(1);
+    await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, { v: 1 }), old.seal(1, 1, 1));
+    const w2 = old.writes(2, [put('b', '2')]);
+    const i2 = old.image(2, { v: 2 });
+    const s2 = old.seal(2, 1, 1); // held back: a lagging relay brings it after the fence
+    const zombie = old.writes(3, [put('z', 'zombie')]);
+    await feed(w2, i2);
+    const next = new FakePrimary(2);
+    await feed(next.fence(2), next.writes(3, [put('c', '3')]), next.image(3, { v: 3 }), next.seal(3, 1, 1));
+    expect(applier.position.checkpoint).toBe(1); // the fence waits for checkpoint 2
+    expect(applier.fenceEpoch).toBe(2);
+    await feed(s2, zombie);
+    expect(applier.position).toMatchObject({ epoch: 2, checkpoint: 3 });
+    expect(applier.counters.rejected.stale).toBe(1);
+    expect(await dump(adapter)).toEqual({ a: '1', b: '2', c: '3' });
+    expect(chain.materialize()).toEqual({ v: 3 });
+  });
+
+  it('commits a checkpoint only once its seal is durable, unless relaxed for a takeover', async () => {
+    const adapter = memoryAdapter();
+    await adapter.open();
+    let durable = false;
+    const applier = new Applier({ app: APP, adapter, images: new ImageChain(), sealDurable: () => durable });
+    const p = new FakePrimary(1);
+    let seq = 0;
+    for (const f of [p.fence(), p.writes(1, [put('a', '1')]), p.image(1, {}), p.seal(1, 1, 1)]) {
+      for (const part of encodeFrame(APP, f, 1 << 20)) await applier.handle(++seq, part);
+    }
+    expect(applier.position.checkpoint).toBe(0);
+    durable = true;
+    await applier.recheck();
+    expect(applier.position.checkpoint).toBe(1);
+    durable = false;
+    for (const f of [p.writes(2, [put('b', '2')]), p.image(2, {}), p.seal(2, 1, 1)]) {
+      for (const part of encodeFrame(APP, f, 1 << 20)) await applier.handle(++seq, part);
+    }
+    expect(applier.position.checkpoint).toBe(1);
+    await applier.relax();
+    expect(applier.position.checkpoint).toBe(2);
+  });
+
+  it('refuses a fence whose cutoff is below what this standby committed (a diverged store)', async () => {
+    const { applier, feed } = await setup();
+    const old = new FakePrimary(1);
+    await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, {}), old.seal(1, 1, 1));
+    await expect(feed(new FakePrimary(2).fence(0))).rejects.toThrow(/already committed 1/);
   });
 });

@@ -4,6 +4,7 @@ import { crc32 } from 'node:zlib';
 import { FrameError } from '../../src/errors.js';
 import { FrameKind, PartAssembler, decodePart, encodeFrame, type Frame } from '../../src/protocol/frame.js';
 import {
+  ImageCodec,
   ImageFormat,
   decodeFence,
   decodeImage,
@@ -143,10 +144,16 @@ describe('record bodies', () => {
   });
 
   it('round-trips image, seal and fence records and rejects bad ones', () => {
-    const img = { format: ImageFormat.Delta, base: 11, payload: Buffer.from('{"a":1}') };
+    const img = {
+      format: ImageFormat.Delta,
+      codec: ImageCodec.None,
+      base: 11,
+      stateVersion: 3,
+      rawLength: 7,
+      payload: Buffer.from('{"a":1}'),
+    };
     const back = decodeImage(encodeImage(img));
-    expect(back.format).toBe(ImageFormat.Delta);
-    expect(back.base).toBe(11);
+    expect(back).toMatchObject({ format: ImageFormat.Delta, codec: ImageCodec.None, base: 11, stateVersion: 3, rawLength: 7 });
     expect(Buffer.from(back.payload).toString()).toBe('{"a":1}');
     expect(decodeSeal(encodeSeal({ writeFrames: 3, writeOps: 99, imageFrames: 1 }))).toEqual({
       writeFrames: 3,
@@ -156,6 +163,21 @@ describe('record bodies', () => {
     expect(decodeFence(encodeFence({ nodeId: 'nöde-a' }))).toEqual({ nodeId: 'nöde-a' });
     expect(reason(() => decodeSeal(Buffer.alloc(5)))).toBe('malformed');
     expect(reason(() => decodeImage(Buffer.from([9, 0, 0, 0, 0])))).toBe('malformed');
+    const header = (format: number, codec: number, base: number, version: number, raw: number): Buffer => {
+      const h = Buffer.alloc(14);
+      h[0] = format;
+      h[1] = codec;
+      h.writeUInt32BE(base, 2);
+      h.writeUInt32BE(version, 6);
+      h.writeUInt32BE(raw, 10);
+      return h;
+    };
+    expect(reason(() => decodeImage(header(9, 0, 0, 1, 0)))).toBe('malformed'); // unknown format
+    expect(reason(() => decodeImage(header(1, 7, 0, 1, 0)))).toBe('malformed'); // unknown codec
+    expect(reason(() => decodeImage(header(1, 0, 4, 1, 0)))).toBe('malformed'); // a full image with a base
+    expect(reason(() => decodeImage(header(2, 0, 4, 0, 0)))).toBe('malformed'); // state version 0
+    expect(reason(() => decodeImage(header(2, 0, 4, 1, 5)))).toBe('malformed'); // raw length is a lie
+    expect(decodeImage(header(2, 1, 4, 1, 5)).rawLength).toBe(5); // compressed: checked when decoded
     expect(reason(() => decodeFence(Buffer.from([5, 65])))).toBe('malformed');
   });
 });

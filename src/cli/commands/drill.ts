@@ -4,9 +4,17 @@
  * stdout and nothing else (docs/cli.md). Exit 0 only when `ok`.
  */
 import { Command, Option } from 'commander';
-import { DrillStores, runDrill, type DrillReport, type DrillStore } from '../../drill/drill.js';
+import {
+  DrillStores,
+  Scenarios,
+  runDrill,
+  type DrillReport,
+  type DrillStore,
+  type Scenario,
+} from '../../drill/drill.js';
 
 interface DrillFlags {
+  scenario: Scenario | 'all';
   kills: number;
   store: DrillStore;
   mode: 'delay-write' | 'snapshot';
@@ -59,6 +67,11 @@ export function drillCommand(): Command {
         .choices(['delay-write', 'snapshot'])
         .default('delay-write'),
     )
+    .addOption(
+      new Option('--scenario <name>', "what fails: the primary ('kill'), relays, shards, or 'all' in turn")
+        .choices([...Scenarios, 'all'])
+        .default('kill'),
+    )
     .option('--redis-url <url>', 'Redis for --store redis', 'redis://127.0.0.1:6379')
     .option(
       '--postgres-url <url>',
@@ -76,18 +89,38 @@ export function drillCommand(): Command {
     .option('--json', 'print one JSON object (docs/cli.md) and nothing else on stdout', false)
     .action(async (o: DrillFlags) => {
       const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
-      const report = await runDrill({
-        kills: o.kills,
-        store: o.store,
-        mode: o.mode,
-        redisUrl: o.redisUrl,
-        postgresUrl: o.postgresUrl,
-        seed,
-        nats: o.nats,
-        leaseTtlMs: o.leaseTtl,
-        keep: o.keep,
-        progress: o.json ? (l) => process.stderr.write(`${l}\n`) : (l) => process.stdout.write(`${l}\n`),
-      });
+      const scenarios: Scenario[] = o.scenario === 'all' ? [...Scenarios] : [o.scenario];
+      const runs: DrillReport[] = [];
+      for (const scenario of scenarios) {
+        runs.push(
+          await runDrill({
+            scenario,
+            kills: o.kills,
+            store: o.store,
+            mode: o.mode,
+            redisUrl: o.redisUrl,
+            postgresUrl: o.postgresUrl,
+            seed,
+            nats: o.nats,
+            leaseTtlMs: o.leaseTtl,
+            keep: o.keep,
+            progress: o.json ? (l) => process.stderr.write(`${l}\n`) : (l) => process.stdout.write(`${l}\n`),
+          }),
+        );
+      }
+      const report: DrillReport & { runs?: DrillReport[] } =
+        runs.length === 1
+          ? runs[0]!
+          : {
+              ...runs[0]!,
+              scenario: 'all' as Scenario,
+              ok: runs.every((r) => r.ok),
+              kills: runs.reduce((n, r) => n + r.kills, 0),
+              relaysKilled: runs.reduce((n, r) => n + r.relaysKilled, 0),
+              takeovers: runs.flatMap((r) => r.takeovers.map((t) => ({ ...t, scenario: r.scenario }))),
+              violations: runs.flatMap((r) => r.violations.map((v) => `${r.scenario}: ${v}`)),
+              runs,
+            };
       if (o.json) {
         process.stdout.write(`${JSON.stringify(report)}\n`);
       } else {

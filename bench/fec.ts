@@ -1,0 +1,153 @@
+/**
+ * fec.*: Reed-Solomon throughput of the shard codec, next to `Buffer.copy` of the same bytes in
+ * the same run, for 4+2 and 10+4 at 64 KiB, 1 MiB and 16 MiB parts. No server is involved.
+ *
+ * - `memcpy`: `Buffer.copy` of the part into a preallocated buffer.
+ * - `codec_encode`: the parity computation alone (`ReedSolomon.encode` over the part's stripes,
+ *   the way `encodeShards` calls it).
+ * - `encode`: `encodeShards`, i.e. wire-ready shards: headers, payload copies, parity, CRC-32.
+ * - `rebuild`: `ShardAssembler.add` of k shard messages (decode with CRC check, then rebuild)
+ *   with the first m data shards missing, so every rebuild runs the parity math.
+ *
+ * Rates are part bytes per second (MB = 10^6 bytes), medians of `--repeat` runs.
+ * Ratios: `fec.4p2.encode_over_memcpy` and `fec.4p2.rebuild_over_memcpy` at 16 MiB (goal for
+ * encode: ≥ 0.25).
+ */
+import { ShardAssembler } from '../src/fec/assembler.js';
+import { ReedSolomon } from '../src/fec/reed-solomon.js';
+import { encodeShards, stripeLayout } from '../src/fec/shard.js';
+import { median, type BenchRow, type Suite } from './harness.js';
+
+const SCHEMES = [
+  { tag: '4p2', data: 4, parity: 2 },
+  { tag: '10p4', data: 10, parity: 4 },
+] as const;
+const SIZES = [
+  { tag: '64KiB', bytes: 64 * 1024 },
+  { tag: '1MiB', bytes: 1 << 20 },
+  { tag: '16MiB', bytes: 16 << 20 },
+] as const;
+/** Each measurement runs its operation for at least this long. */
+const MIN_MS = 150;
+const APP = 'bench';
+
+/** Runs `op` (after one warm-up call) until `MIN_MS` passed; returns bytes per second in MB/s. */
+async function rate(bytes: number, op: () => unknown): Promise<number> {
+  await op();
+  let n = 0;
+  const t0 = performance.now();
+  let dt = 0;
+  do {
+    await op();
+    n++;
+    dt = performance.now() - t0;
+  } while (dt < MIN_MS);
+  return (bytes * n) / (dt * 1000);
+}
+
+function pattern(n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+
+export const fecSuite: Suite = {
+  prefix: 'fec',
+  description: 'Reed-Solomon encode / rebuild throughput vs Buffer.copy (no server)',
+  async run(ctx) {
+    const rows: BenchRow[] = [];
+    const ratios: Record<string, number> = {};
+    for (const scheme of SCHEMES.filter((s) => ctx.wants(`fec.${s.tag}`))) {
+      const { data: k, parity: m } = scheme;
+      const codec = new ReedSolomon(k, m);
+      for (const size of SIZES) {
+        const name = `fec.${scheme.tag}.${size.tag}`;
+        ctx.progress(`  ${name}: memcpy, codec, encode, rebuild x ${ctx.repeat}`);
+        const part = pattern(size.bytes);
+        const copy = Buffer.allocUnsafe(size.bytes);
+        const id = { epoch: 1, seq: 1, part: 0 };
+        const shards = await encodeShards(APP, id, part, scheme);
+        // The first m data shards are lost: k shards remain, m of them parity.
+        const survivors = shards.slice(m);
+        const check = new ShardAssembler({ app: APP });
+        let rebuilt: Uint8Array | undefined;
+        for (const s of survivors) rebuilt = (await check.add(s)) ?? rebuilt;
+        if (!rebuilt || Buffer.compare(rebuilt, part) !== 0) throw new Error(`${name}: rebuild mismatch`);
+
+        // The codec alone, on the stripe layout encodeShards uses.
+        const { stripes, stripe } = stripeLayout(size.bytes, k);
+        const padded = Buffer.alloc(stripes * k * stripe);
+        part.copy(padded);
+        const parity = Buffer.allocUnsafe(stripes * m * stripe);
+        const at = (j: number) => ({
+          data: padded,
+          dataOffset: j * k * stripe,
+          parity,
+          parityOffset: j * m * stripe,
+          shardSize: stripe,
+        });
+        const everyStripe = (op: (j: number) => Promise<void>) =>
+          Promise.all(Array.from({ length: stripes }, (_, j) => op(j)));
+        const lost = (1 << m) - 1;
+        const present = ((1 << (k + m)) - 1) & ~lost;
+
+        const runs: Record<'memcpy' | 'codecEncode' | 'codecRebuild' | 'encode' | 'rebuild', number[]> = {
+          memcpy: [],
+          codecEncode: [],
+          codecRebuild: [],
+          encode: [],
+          rebuild: [],
+        };
+        for (let r = 0; r < ctx.repeat; r++) {
+          runs.memcpy.push(await rate(size.bytes, () => part.copy(copy)));
+          runs.codecEncode.push(await rate(size.bytes, () => everyStripe((j) => codec.encode(at(j)))));
+          runs.codecRebuild.push(
+            await rate(size.bytes, () => everyStripe((j) => codec.reconstruct(present, lost, at(j)))),
+          );
+          runs.encode.push(await rate(size.bytes, () => encodeShards(APP, id, part, scheme)));
+          runs.rebuild.push(
+            await rate(size.bytes, async () => {
+              const asm = new ShardAssembler({ app: APP });
+              for (const s of survivors) await asm.add(s);
+            }),
+          );
+        }
+        const memcpy = median(runs.memcpy);
+        const codecEncode = median(runs.codecEncode);
+        const encode = median(runs.encode);
+        const rebuild = median(runs.rebuild);
+        rows.push(
+          { name: `${name}.memcpy`, value: memcpy, unit: 'MB/s', note: 'Buffer.copy' },
+          { name: `${name}.codec_encode`, value: codecEncode, unit: 'MB/s', note: 'parity math only' },
+          {
+            name: `${name}.codec_rebuild`,
+            value: median(runs.codecRebuild),
+            unit: 'MB/s',
+            note: `parity math only, ${m} data shards`,
+          },
+          { name: `${name}.encode`, value: encode, unit: 'MB/s', note: 'encodeShards: wire-ready shards' },
+          {
+            name: `${name}.rebuild`,
+            value: rebuild,
+            unit: 'MB/s',
+            note: `ShardAssembler: ${k} of ${k + m} messages, ${m} data lost`,
+          },
+          { name: `${name}.encode_over_memcpy`, value: encode / memcpy, unit: 'x' },
+          { name: `${name}.rebuild_over_memcpy`, value: rebuild / memcpy, unit: 'x' },
+        );
+        if (scheme.tag === '4p2' && size.tag === '16MiB') {
+          ratios['fec.4p2.encode_over_memcpy'] = encode / memcpy;
+          ratios['fec.4p2.rebuild_over_memcpy'] = rebuild / memcpy;
+          ratios['fec.4p2.codec_encode_over_memcpy'] = codecEncode / memcpy;
+        }
+      }
+    }
+    return { rows, ratios };
+  },
+};

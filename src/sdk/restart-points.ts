@@ -1,0 +1,182 @@
+/**
+ * The SDK's helpers around restart points: output commit (`afterCheckpoint`), automatic
+ * checkpoints (`checkpointEveryMs`), and resuming an image of another `stateVersion`.
+ */
+import { ConfigError, ImageError, type RestartpointError } from '../errors.js';
+import type { ImageChain } from '../image/chain.js';
+import type { ResolvedOptions } from './options.js';
+
+interface Waiting {
+  readonly after: number;
+  run(): void;
+  fail(err: unknown): void;
+}
+
+/**
+ * Output commit: callbacks held until a checkpoint numbered at least `after` is acknowledged.
+ * A checkpoint's acknowledgement covers every earlier one, so any checkpoint at or past `after`
+ * releases the callback; callbacks run in the order they were added.
+ */
+export class OutputCommits {
+  #waiting: Waiting[] = [];
+  #failed: RestartpointError | undefined;
+
+  /** Callbacks still waiting. */
+  get size(): number {
+    return this.#waiting.length;
+  }
+
+  /**
+   * Runs `fn` once a checkpoint numbered `after` or later is acknowledged; resolves with its
+   * result (rejects with what it throws). Rejects at once if `fail` was called.
+   */
+  add<T>(after: number, fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    return new Promise<Awaited<T>>((resolve, reject) => {
+      this.#waiting.push({
+        after,
+        run: () => {
+          try {
+            Promise.resolve(fn()).then(resolve, reject);
+          } catch (err) {
+            reject(err);
+          }
+        },
+        fail: reject,
+      });
+    });
+  }
+
+  /** Checkpoint `n` was acknowledged: runs every callback waiting for `n` or earlier. */
+  acknowledged(n: number): void {
+    if (this.#failed || this.#waiting.length === 0) return;
+    const due: Waiting[] = [];
+    const rest: Waiting[] = [];
+    for (const w of this.#waiting) (w.after <= n ? due : rest).push(w);
+    this.#waiting = rest;
+    for (const w of due) w.run();
+  }
+
+  /** No checkpoint will be acknowledged any more: rejects every waiting callback, and later ones. */
+  fail(err: RestartpointError): void {
+    this.#failed ??= err;
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    for (const w of waiting) w.fail(err);
+  }
+}
+
+/** Options of the automatic checkpoint loop. */
+export interface AutoCheckpointOptions {
+  /** Period in ms, start to start. */
+  readonly everyMs: number;
+  /** Takes one checkpoint; its rejection is reported, never thrown. */
+  readonly take: () => Promise<unknown>;
+  /** Called with each failure; return true to stop the loop (the node lost its role). */
+  readonly onError: (err: unknown) => boolean;
+}
+
+/**
+ * Automatic restart points (seed claim 25): one checkpoint every `everyMs`, never two at once.
+ * The next starts `everyMs` after the previous one started, or as soon as it settles when it
+ * took longer than that: a slow checkpoint delays the next, checkpoints never pile up.
+ */
+export class AutoCheckpoints {
+  readonly #o: AutoCheckpointOptions;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> | undefined;
+  #stopped = false;
+  /** Checkpoints taken (settled), successful or not. */
+  taken = 0;
+
+  constructor(opts: AutoCheckpointOptions) {
+    this.#o = opts;
+  }
+
+  /** Starts the loop: the first checkpoint comes `everyMs` from now. */
+  start(): void {
+    if (this.#stopped || this.#timer || this.#running) return;
+    this.#schedule(this.#o.everyMs);
+  }
+
+  /** Stops the loop and waits for a checkpoint it is taking to settle. Idempotent. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.#running;
+  }
+
+  #schedule(delay: number): void {
+    this.#timer = setTimeout(() => this.#run(), delay);
+    // The NATS connection keeps a primary's process alive; this timer alone should not.
+    this.#timer.unref();
+  }
+
+  #run(): void {
+    this.#timer = undefined;
+    if (this.#stopped) return;
+    const started = performance.now();
+    let taking: Promise<unknown>;
+    try {
+      taking = this.#o.take();
+    } catch (err) {
+      taking = Promise.reject(err);
+    }
+    this.#running = taking.then(
+      () => false,
+      (err: unknown) => this.#o.onError(err),
+    ).then((stop) => {
+      this.taken++;
+      this.#running = undefined;
+      if (stop) this.#stopped = true;
+      if (!this.#stopped) this.#schedule(Math.max(0, started + this.#o.everyMs - performance.now()));
+    });
+  }
+}
+
+/**
+ * Checks, before the node fences anyone, that the image it would resume from can be used: one
+ * of this `stateVersion`, or one `migrate` can turn into it. Returns the error to fail `start()`
+ * with, or undefined.
+ */
+export function resumeProblem<S>(o: ResolvedOptions<S>, images: ImageChain, checkpoint: number): ConfigError | undefined {
+  if (checkpoint === 0 || images.stateVersion === o.stateVersion || o.migrate !== undefined) return undefined;
+  return new ConfigError(
+    'stateVersion',
+    `is ${o.stateVersion}, but the last checkpoint (${checkpoint}) holds an image of stateVersion ${images.stateVersion}: ` +
+      `pass migrate: (image, fromVersion) => state to convert it, or run a release with stateVersion ${images.stateVersion}`,
+  );
+}
+
+/**
+ * The state a new primary resumes with: `initialState()` on a fresh app, the materialized image
+ * otherwise, passed through `migrate` when it was taken with another `stateVersion`.
+ *
+ * Throws `ImageError` when `migrate` throws or returns nothing.
+ */
+export async function resumeState<S>(o: ResolvedOptions<S>, images: ImageChain, checkpoint: number): Promise<S> {
+  if (checkpoint === 0) return o.initialState();
+  const image = images.materialize();
+  const from = images.stateVersion;
+  if (from === o.stateVersion) return image as S;
+  const problem = resumeProblem(o, images, checkpoint);
+  if (problem) throw problem;
+  let migrated: S;
+  try {
+    migrated = await o.migrate!(image, from);
+  } catch (cause) {
+    throw new ImageError(
+      `migrate(image, ${from}) failed for the image of checkpoint ${checkpoint} (to stateVersion ${o.stateVersion}): ${
+        cause instanceof Error ? cause.message : String(cause)
+      }`,
+      { cause },
+    );
+  }
+  if (migrated === undefined) {
+    throw new ImageError(
+      `migrate(image, ${from}) returned undefined for checkpoint ${checkpoint}: it must return the state of stateVersion ${o.stateVersion}`,
+    );
+  }
+  return migrated;
+}
