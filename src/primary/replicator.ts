@@ -14,7 +14,7 @@
 import { FencedError, ReplicationError, RestartpointError } from '../errors.js';
 import { FrameKind, type Frame } from '../protocol/frame.js';
 import { encodeImage, encodeSeal, encodeWrites, encodedOpSize } from '../protocol/records.js';
-import type { EncodedImage, ImageEncoder } from '../image/chain.js';
+import type { EncodedImage, ImageEncoder, ImagePath } from '../image/chain.js';
 import type { StorageAdapter, WriteOp } from '../storage/adapter.js';
 /** Where the replicator sends frames: a relay set, or one relay's publisher. */
 export interface FrameSink {
@@ -33,8 +33,13 @@ export interface CheckpointAck {
 /** Figures of the last checkpoint, for metrics and the drill. */
 export interface CheckpointStats {
   readonly checkpoint: number;
+  /** Image payload bytes as shipped (after compression). */
   readonly imageBytes: number;
+  /** Image payload bytes before compression. */
+  readonly imageRawBytes: number;
   readonly keyframe: boolean;
+  /** How the image was found: a keyframe, or a delta by the tracked, identity or diff path. */
+  readonly imagePath: ImagePath;
   readonly writeOps: number;
   readonly writeFrames: number;
   readonly ms: number;
@@ -315,7 +320,9 @@ export class Replicator {
       this.lastStats = {
         checkpoint: n,
         imageBytes: (await image.record).payload.byteLength,
+        imageRawBytes: image.rawBytes,
         keyframe: image.keyframe,
+        imagePath: image.path,
         writeOps: counts.writeOps,
         writeFrames: counts.writeFrames,
         ms: performance.now() - t0,

@@ -72,6 +72,12 @@ export interface StartOptions<S> {
   relays?: RelaySpec[];
   /** How many relays must ack a frame: `'all'` (default), `'quorum'` or `{ count: n }`. */
   ack?: AckPolicy;
+  /**
+   * When a standby applies (seed claim 2): `{ everyMs }` in batches once per interval,
+   * `{ maxBytesPerSec }` under a bandwidth budget. Default: continuously. The relays hold the
+   * frames durably meanwhile; a takeover always catches up at full speed.
+   */
+  apply?: { everyMs?: number; maxBytesPerSec?: number };
   /** Receives one line per internal event (role changes, takeovers, rejected frames). */
   log?: (event: LogEvent) => void;
 }
@@ -104,6 +110,7 @@ export interface ResolvedOptions<S> {
   readonly log: (event: LogEvent) => void;
   readonly relays: RelaySpec[] | undefined;
   readonly ack: AckPolicy;
+  readonly apply: { everyMs?: number; maxBytesPerSec?: number } | undefined;
 }
 
 const ADAPTER_METHODS = [
@@ -161,6 +168,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'log',
     'relays',
     'ack',
+    'apply',
   ]);
   for (const k of Object.keys(opts)) {
     if (!known.has(k))
@@ -265,7 +273,27 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     });
   }
   const ack = checkAckPolicy(opts.ack, relays?.length ?? 1);
+  let apply: ResolvedOptions<S>['apply'];
+  if (opts.apply !== undefined) {
+    if (opts.apply === null || typeof opts.apply !== 'object') {
+      throw new ConfigError(
+        'apply',
+        `must be an object like { everyMs: 1000 } or { maxBytesPerSec: 10485760 }, got ${show(opts.apply)}`,
+      );
+    }
+    apply = {
+      everyMs:
+        opts.apply.everyMs === undefined
+          ? undefined
+          : int('apply.everyMs', opts.apply.everyMs, 0, 1, 3_600_000, 'milliseconds'),
+      maxBytesPerSec:
+        opts.apply.maxBytesPerSec === undefined
+          ? undefined
+          : int('apply.maxBytesPerSec', opts.apply.maxBytesPerSec, 0, 1024, 1e12, 'bytes per second'),
+    };
+  }
   return {
+    apply,
     relays,
     ack,
     app: opts.app,
@@ -340,7 +368,14 @@ function resolveImageOptions<S>(
     immutableState: opts.immutableState ?? false,
     checkpointEveryMs: every,
     getState: opts.getState,
-    stateVersion: int('stateVersion', opts.stateVersion, 1, 1, 0xffffffff, '(the version of your state shape)'),
+    stateVersion: int(
+      'stateVersion',
+      opts.stateVersion,
+      1,
+      1,
+      0xffffffff,
+      '(the version of your state shape)',
+    ),
     migrate: opts.migrate,
   };
 }

@@ -123,15 +123,17 @@ export class AutoCheckpoints {
     } catch (err) {
       taking = Promise.reject(err);
     }
-    this.#running = taking.then(
-      () => false,
-      (err: unknown) => this.#o.onError(err),
-    ).then((stop) => {
-      this.taken++;
-      this.#running = undefined;
-      if (stop) this.#stopped = true;
-      if (!this.#stopped) this.#schedule(Math.max(0, started + this.#o.everyMs - performance.now()));
-    });
+    this.#running = taking
+      .then(
+        () => false,
+        (err: unknown) => this.#o.onError(err),
+      )
+      .then((stop) => {
+        this.taken++;
+        this.#running = undefined;
+        if (stop) this.#stopped = true;
+        if (!this.#stopped) this.#schedule(Math.max(0, started + this.#o.everyMs - performance.now()));
+      });
   }
 }
 
@@ -140,7 +142,11 @@ export class AutoCheckpoints {
  * of this `stateVersion`, or one `migrate` can turn into it. Returns the error to fail `start()`
  * with, or undefined.
  */
-export function resumeProblem<S>(o: ResolvedOptions<S>, images: ImageChain, checkpoint: number): ConfigError | undefined {
+export function resumeProblem<S>(
+  o: ResolvedOptions<S>,
+  images: ImageChain,
+  checkpoint: number,
+): ConfigError | undefined {
   if (checkpoint === 0 || images.stateVersion === o.stateVersion || o.migrate !== undefined) return undefined;
   return new ConfigError(
     'stateVersion',
@@ -155,7 +161,11 @@ export function resumeProblem<S>(o: ResolvedOptions<S>, images: ImageChain, chec
  *
  * Throws `ImageError` when `migrate` throws or returns nothing.
  */
-export async function resumeState<S>(o: ResolvedOptions<S>, images: ImageChain, checkpoint: number): Promise<S> {
+export async function resumeState<S>(
+  o: ResolvedOptions<S>,
+  images: ImageChain,
+  checkpoint: number,
+): Promise<S> {
   if (checkpoint === 0) return o.initialState();
   const image = images.materialize();
   const from = images.stateVersion;

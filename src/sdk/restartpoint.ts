@@ -213,6 +213,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         adapter: o.storage,
         mode: o.mode,
         need: relaySet.need,
+        apply: o.apply,
         onReject: (err, seq) =>
           o.log({
             level: 'warn',
@@ -221,6 +222,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             streamSeq: seq,
             error: err.message,
           }),
+        onCommit: (pos) => o.log({ level: 'debug', msg: 'checkpoint applied', ...pos }),
         onFence: (epoch, nodeId, seq) =>
           o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
       });
@@ -237,7 +239,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             ttlMs: o.leaseTtlMs,
             knownEpoch: () => standby.applier.fenceEpoch,
             // Learn every epoch in the relays' history first, so the new one is above them all.
-            beforeClaim: () => standby.catchUp(readQuorum),
+            beforeClaim: () => {
+              // Taking over: pacing ends here, the catch-up runs at full speed.
+              standby.unpace();
+              return standby.catchUp(readQuorum);
+            },
             signal: stop.signal,
             onError: (err) => o.log({ level: 'warn', msg: 'lease read failed', error: String(err) }),
           }),
@@ -255,6 +261,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         lost = err;
         holder.rp?.demote(err);
       });
+      standby.unpace();
       // Everything acknowledged was stored before the claim (the old primary acks only while its
       // lease holds): catch up with a read quorum of relays, then commit every complete
       // checkpoint seen, durable-looking or not, since nothing can be added to the old epoch.

@@ -26,6 +26,12 @@ export interface StandbyOptions {
   readonly onReject?: ApplierOptions['onReject'];
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
+  /**
+   * When to apply (seed claim 2: the relays hold the data durably meanwhile): `everyMs` applies
+   * what arrived in batches once per interval; `maxBytesPerSec` caps the apply bandwidth.
+   * Default: continuously, as fast as frames arrive. A takeover always catches up at full speed.
+   */
+  readonly apply?: { readonly everyMs?: number; readonly maxBytesPerSec?: number };
 }
 
 /** Per-relay progress of a standby. */
@@ -61,6 +67,12 @@ export class StandbyRunner {
   readonly #witnesses = new Map<string, Set<number>>();
   readonly #waiters: { relay: number; seq: number; resolve: () => void }[] = [];
   #chain: Promise<void> = Promise.resolve();
+  #paced: boolean;
+  #tick = 0;
+  #tickWaiters: (() => void)[] = [];
+  #tickTimer: NodeJS.Timeout | undefined;
+  #tokens = 0;
+  #tokensAt = performance.now();
   #failure: unknown;
   #onFailure: ((err: unknown) => void)[] = [];
 
@@ -78,6 +90,36 @@ export class StandbyRunner {
     });
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
+    this.#paced = opts.apply?.everyMs !== undefined || opts.apply?.maxBytesPerSec !== undefined;
+    if (opts.apply?.everyMs !== undefined) {
+      this.#tickTimer = setInterval(() => {
+        this.#tick++;
+        for (const w of this.#tickWaiters.splice(0)) w();
+      }, opts.apply.everyMs);
+      this.#tickTimer.unref();
+    }
+  }
+
+  /** Stops pacing: from now on frames apply as fast as they arrive (a takeover catching up). */
+  unpace(): void {
+    this.#paced = false;
+    clearInterval(this.#tickTimer);
+    for (const w of this.#tickWaiters.splice(0)) w();
+  }
+
+  /** Waits until pacing allows applying `bytes` more (interval batches, bandwidth budget). */
+  async #pace(bytes: number, arrivedTick: number): Promise<void> {
+    if (!this.#paced) return;
+    if (this.#o.apply?.everyMs !== undefined && this.#tick === arrivedTick) {
+      await new Promise<void>((r) => this.#tickWaiters.push(r));
+    }
+    const rate = this.#o.apply?.maxBytesPerSec;
+    if (rate === undefined || !this.#paced) return;
+    const t = performance.now();
+    this.#tokens = Math.min(rate, this.#tokens + ((t - this.#tokensAt) / 1000) * rate);
+    this.#tokensAt = t;
+    this.#tokens -= bytes;
+    if (this.#tokens < 0) await new Promise((r) => setTimeout(r, (-this.#tokens / rate) * 1000));
   }
 
   /** How far each relay's stream has been applied. */
@@ -105,7 +147,11 @@ export class StandbyRunner {
 
   /** Messages of all relays go through one queue: the applier takes one at a time. */
   #enqueue(relay: number, m: StreamMessage): Promise<void> {
-    const run = this.#chain.then(() => this.#handle(relay, m));
+    const arrived = this.#tick;
+    const run = this.#chain.then(async () => {
+      await this.#pace(m.data.byteLength, arrived);
+      await this.#handle(relay, m);
+    });
     this.#chain = run.catch(() => undefined);
     return run;
   }
@@ -191,6 +237,7 @@ export class StandbyRunner {
 
   /** Stops reading. */
   async stop(): Promise<void> {
+    this.unpace();
     await Promise.all(this.#readers.map((r) => r.stop()));
     await this.#chain;
   }

@@ -1,6 +1,7 @@
 /**
- * SIGKILL during `commit`: the atomicity half of the `StorageAdapter` contract, tested with real
- * processes. Any durable adapter plugs in with a few lines:
+ * SIGKILL during `commit` and during `formSnapshot`: the atomicity half of the `StorageAdapter`
+ * and `SnapshotStore` contracts, tested with real processes. Any durable adapter plugs in with
+ * a few lines:
  *
  * ```ts
  * testCrashDuringCommit('file', async () => {
@@ -17,6 +18,13 @@
  * "closed"), once right at "committed", then at random delays after "committing" spread over
  * [0, T]. After each kill it reopens the store in this process and requires every key to be of
  * one generation, the same one the meta names.
+ *
+ * The second test (for adapters declaring `capabilities.snapshot`) runs the child in snapshot
+ * mode: after `releaseAreas()` (a restarted standby's rollback, which also drops what a killed
+ * predecessor left in its area) it writes generation g+1 into area g+1 in ten `writeArea` calls,
+ * prints "forming", and forms the snapshot. Half the random kills are spread over the whole run
+ * (mostly area writes), half over the time from "forming" to "closed", counted from the
+ * "forming" line, so that forming is hit however long the area writes took.
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -45,13 +53,19 @@ export interface CrashOptions {
   readonly keys?: number;
   /** Bytes per value (default 1024). */
   readonly valueBytes?: number;
-  /** Kills at random delays after the calibration run (default 8). */
+  /** Kills at random delays after the calibration run (default 8), in each test. */
   readonly kills?: number;
 }
 
+/** What the child does: one `commit`, or area writes and a `formSnapshot`. */
+type ChildMode = 'commit' | 'snapshot';
+
 const CHILD = fileURLToPath(new URL('../helpers/adapter-commit-child.mjs', import.meta.url));
 
-/** Registers the SIGKILL-during-commit test for one durable adapter. */
+/**
+ * Registers the SIGKILL tests for one durable adapter: during `commit`, and (when the adapter
+ * declares `capabilities.snapshot`) during area writes and `formSnapshot`.
+ */
 export function testCrashDuringCommit(
   name: string,
   make: () => Promise<CrashTarget>,
@@ -62,50 +76,86 @@ export function testCrashDuringCommit(
   const kills = opts.kills ?? 8;
 
   describe(`storage adapter ${name}: SIGKILL during commit`, () => {
-    it(`a commit of ${keys} keys killed at any instant reopens all-old or all-new`, async () => {
-      const target = await make();
-      try {
-        const seed = await target.open();
-        await seed.open();
-        await seed.commit(generationOps(0, keys, valueBytes), generationMeta(0));
-        await seed.close();
+    it(`a commit of ${keys} keys killed at any instant reopens all-old or all-new`, () =>
+      killRuns(name, make, 'commit', keys, valueBytes, kills));
 
-        const log: string[] = [];
-        let gen = 0;
-        const runOnce = async (kill: KillPlan): Promise<ChildRun> => {
-          const run = await runChild(target, gen + 1, keys, valueBytes, kill);
-          const leftovers = target.inspect === undefined ? '' : `, left ${await target.inspect()}`;
-          const found = await expectOneGeneration(target, [gen, gen + 1], keys, valueBytes);
-          log.push(`${run.killedAfter}${leftovers} → ${found === gen ? 'old' : 'new'} (gen ${found})`);
-          gen = found;
-          return run;
-        };
-
-        // Calibration: everything finishes; T spreads the later kills over the whole commit and
-        // whatever follows it before close() resolves.
-        const calibration = await runOnce({ at: 'closed' });
-        expect(gen, 'an uninterrupted commit must be all there').toBe(1);
-        const spanMs = Math.max(1, calibration.closedMs ?? 1);
-        await runOnce({ at: 'committed' });
-        expect(gen, 'a resolved commit must survive SIGKILL').toBe(2);
-        for (let k = 0; k < kills; k++) {
-          await runOnce({ delayMs: Math.floor(((k + Math.random()) / kills) * spanMs) });
-        }
-        console.log(
-          `${name}: SIGKILL runs (uninterrupted: commit ${calibration.commitMs} ms, close ${spanMs} ms after committing)\n  ${log.join('\n  ')}`,
-        );
-      } finally {
-        await target.cleanup();
-      }
-    });
+    it(`a formSnapshot of a ${keys}-key area killed at any instant reopens at the old or the new snapshot (runs when capabilities.snapshot)`, (ctx) =>
+      killRuns(name, make, 'snapshot', keys, valueBytes, kills, () =>
+        ctx.skip(`${name} declares capabilities.snapshot = false`),
+      ));
   });
 }
 
-type KillPlan = { readonly at: 'committed' | 'closed' } | { readonly delayMs: number };
+/** Seeds generation 0, then runs the child again and again, killing it as planned. */
+async function killRuns(
+  name: string,
+  make: () => Promise<CrashTarget>,
+  mode: ChildMode,
+  keys: number,
+  valueBytes: number,
+  kills: number,
+  skip?: () => void,
+): Promise<void> {
+  const target = await make();
+  try {
+    const seed = await target.open();
+    await seed.open();
+    if (mode === 'snapshot' && !seed.capabilities.snapshot) {
+      await seed.close();
+      skip?.();
+      return;
+    }
+    await seed.commit(generationOps(0, keys, valueBytes), generationMeta(0));
+    await seed.close();
+
+    const log: string[] = [];
+    let gen = 0;
+    const runOnce = async (kill: KillPlan): Promise<ChildRun> => {
+      const run = await runChild(target, mode, gen + 1, keys, valueBytes, kill);
+      const leftovers = target.inspect === undefined ? '' : `, left ${await target.inspect()}`;
+      const found = await expectOneGeneration(target, [gen, gen + 1], keys, valueBytes);
+      log.push(`${run.killedAfter}${leftovers} → ${found === gen ? 'old' : 'new'} (gen ${found})`);
+      gen = found;
+      return run;
+    };
+
+    // Calibration: everything finishes; T spreads the later kills over the whole commit and
+    // whatever follows it before close() resolves.
+    const calibration = await runOnce({ at: 'closed' });
+    expect(gen, `an uninterrupted ${mode} must be all there`).toBe(1);
+    const spanMs = Math.max(1, calibration.closedMs ?? 1);
+    await runOnce({ at: 'committed' });
+    expect(gen, `a resolved ${mode} must survive SIGKILL`).toBe(2);
+    const delay = (slot: number, slots: number, ms: number): number =>
+      Math.floor(((slot + Math.random()) / slots) * ms);
+    // In snapshot mode the second half of the kills aims at the forming and what follows it.
+    const formingMs = Math.min(calibration.formingMs ?? spanMs, spanMs);
+    const spread = mode === 'snapshot' ? Math.ceil(kills / 2) : kills;
+    for (let k = 0; k < kills; k++) {
+      await runOnce(
+        k < spread
+          ? { delayMs: delay(k, spread, spanMs), from: 'committing' }
+          : { delayMs: delay(k - spread, kills - spread, Math.max(1, spanMs - formingMs)), from: 'forming' },
+      );
+    }
+    const forming = mode === 'snapshot' ? `forming from ${formingMs} ms, ` : '';
+    console.log(
+      `${name}: SIGKILL runs in ${mode} mode (uninterrupted: ${forming}committed ${calibration.commitMs} ms, closed ${spanMs} ms after committing)\n  ${log.join('\n  ')}`,
+    );
+  } finally {
+    await target.cleanup();
+  }
+}
+
+type KillPlan =
+  | { readonly at: 'committed' | 'closed' }
+  | { readonly delayMs: number; readonly from: 'committing' | 'forming' };
 
 interface ChildRun {
   /** "killed 3 ms (planned 2) after committing", "killed at committed", … */
   readonly killedAfter: string;
+  /** Time from "committing" to "forming" (snapshot mode), when the child got that far. */
+  readonly formingMs: number | undefined;
   /** Time from "committing" to "committed", when the child got that far. */
   readonly commitMs: number | undefined;
   /** Time from "committing" to "closed", when the child got that far. */
@@ -115,6 +165,7 @@ interface ChildRun {
 /** Starts the child, kills it with SIGKILL as planned, and resolves once it is dead. */
 async function runChild(
   target: CrashTarget,
+  mode: ChildMode,
   gen: number,
   keys: number,
   valueBytes: number,
@@ -122,20 +173,35 @@ async function runChild(
 ): Promise<ChildRun> {
   const child = spawn(
     process.execPath,
-    [CHILD, target.adapter, JSON.stringify(target.options), String(gen), String(keys), String(valueBytes)],
+    [
+      CHILD,
+      target.adapter,
+      JSON.stringify(target.options),
+      String(gen),
+      String(keys),
+      String(valueBytes),
+      mode,
+    ],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   const pid = child.pid;
   if (pid === undefined) throw new Error('could not start the commit child');
   let committingAt = 0;
+  let formingMs: number | undefined;
   let commitMs: number | undefined;
   let closedMs: number | undefined;
   let killedAfter = '';
   const killNow = (): void => {
+    const phase =
+      mode === 'commit' || commitMs !== undefined
+        ? ''
+        : formingMs === undefined
+          ? ', writing areas'
+          : ', forming';
     killedAfter =
       'delayMs' in kill
-        ? `killed ${Math.round(performance.now() - committingAt)} ms (planned ${kill.delayMs}) after committing`
+        ? `killed ${Math.round(performance.now() - committingAt)} ms after committing (planned ${kill.delayMs} ms after ${kill.from})${phase}`
         : `killed at ${kill.at}`;
     // A child that died by itself is reported below, from its exit; do not kill a reused pid.
     if (child.exitCode === null && child.signalCode === null) process.kill(pid, 'SIGKILL');
@@ -146,7 +212,10 @@ async function runChild(
     if (line === 'committing') {
       committingAt = performance.now();
       // The random delay is the point of the test; the "committing" line is the event it counts from.
-      if ('delayMs' in kill) timer = setTimeout(killNow, kill.delayMs);
+      if ('delayMs' in kill && kill.from === 'committing') timer = setTimeout(killNow, kill.delayMs);
+    } else if (line === 'forming') {
+      formingMs = Math.round(performance.now() - committingAt);
+      if ('delayMs' in kill && kill.from === 'forming') timer = setTimeout(killNow, kill.delayMs);
     } else if (line === 'committed') {
       commitMs = Math.round(performance.now() - committingAt);
       if (!('delayMs' in kill) && kill.at === 'committed') killNow();
@@ -164,7 +233,7 @@ async function runChild(
       `the commit child exited by itself (code ${code}, signal ${signal}) instead of being killed`,
     );
   }
-  return { killedAfter, commitMs, closedMs };
+  return { killedAfter, formingMs, commitMs, closedMs };
 }
 
 /** Reopens the store and asserts that every key and the meta are of one of `gens`; returns it. */

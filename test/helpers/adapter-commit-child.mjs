@@ -1,15 +1,21 @@
-// Child process of the SIGKILL-during-commit test (test/conformance/crash.ts).
+// Child process of the SIGKILL tests (test/conformance/crash.ts).
 //
-//   node adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes>
+//   node adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes> [mode]
 //
 // Opens `<adapter>Adapter(options)` from the compiled dist/ (the code restartpoint ships), prints
-// "committing" on the line before commit() starts, "committed" after it resolves and "closed"
-// after close() resolves, then waits to be killed. It exits by itself only when its stdin closes (the test runner went away), so a
-// kill always finds it alive. Values must match generationValue() in crash.ts.
-const [adapterName, optionsJson, genArg, keysArg, sizeArg] = process.argv.slice(2);
-if (sizeArg === undefined) {
+// "committing" on the line before the write starts, "committed" after it resolves and "closed"
+// after close() resolves, then waits to be killed. It exits by itself only when its stdin closes
+// (the test runner went away), so a kill always finds it alive. Values must match
+// generationValue() in crash.ts.
+//
+// mode "commit" (the default): one commit() of every key. mode "snapshot": releaseAreas() first
+// (a restarted standby's rollback to its last snapshot), then the keys into area <generation> in
+// ten writeArea() calls, "forming" on the line before formSnapshot(), which is the write that
+// "committed" follows.
+const [adapterName, optionsJson, genArg, keysArg, sizeArg, mode = 'commit'] = process.argv.slice(2);
+if (sizeArg === undefined || (mode !== 'commit' && mode !== 'snapshot')) {
   process.stderr.write(
-    'usage: adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes>\n',
+    'usage: adapter-commit-child.mjs <adapter> <options-json> <generation> <keys> <value-bytes> [commit|snapshot]\n',
   );
   process.exit(2);
 }
@@ -26,6 +32,7 @@ if (typeof factory !== 'function')
   throw new Error(`dist/adapters/${adapterName} exports no ${adapterName}Adapter`);
 const adapter = factory(JSON.parse(optionsJson));
 await adapter.open();
+if (mode === 'snapshot') await adapter.releaseAreas();
 
 const ops = [];
 for (let i = 0; i < count; i++) {
@@ -36,7 +43,14 @@ const meta = new TextEncoder().encode(`gen:${gen}`);
 
 // Pipes to a parent are written synchronously on POSIX: the line is out before commit() starts.
 process.stdout.write('committing\n');
-await adapter.commit(ops, meta);
+if (mode === 'snapshot') {
+  const step = Math.ceil(count / 10);
+  for (let i = 0; i < count; i += step) await adapter.writeArea(gen, ops.slice(i, i + step));
+  process.stdout.write('forming\n');
+  await adapter.formSnapshot(gen, meta);
+} else {
+  await adapter.commit(ops, meta);
+}
 process.stdout.write('committed\n');
 // Work queued behind the commit (a compaction, say) runs until close() resolves.
 await adapter.close();

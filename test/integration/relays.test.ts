@@ -45,7 +45,10 @@ async function streamMessages(url: string, stream: string): Promise<number> {
 }
 
 /** Starts a node that will be standby: `standing` resolves once it applies the relays' streams. */
-function startStandby(o: StartOptions<State>): { standing: Promise<void>; primary: Promise<Restartpoint<State>> } {
+function startStandby(o: StartOptions<State>): {
+  standing: Promise<void>;
+  primary: Promise<Restartpoint<State>>;
+} {
   let standing!: () => void;
   const p = new Promise<void>((r) => (standing = r));
   const primary = Restartpoint.start({ ...o, log: (e) => e.msg === 'standby' && standing() });
@@ -163,4 +166,35 @@ describe('relays (extra nats-servers started by the test, SIGKILLed)', () => {
       await took.close();
     }
   }, 120_000);
+
+  it('a standby told to apply once a minute applies nothing meanwhile, yet a takeover catches up at once', async () => {
+    const app = freshApp('paced');
+    apps.push(app);
+    const a = await Restartpoint.start(options(app, 'a', {}));
+    const applied: number[] = [];
+    let standing!: () => void;
+    const standingP = new Promise<void>((r) => (standing = r));
+    const b = Restartpoint.start(
+      options(app, 'b', {
+        apply: { everyMs: 60_000 },
+        log: (e) => {
+          if (e.msg === 'standby') standing();
+          if (e.msg === 'checkpoint applied') applied.push(Number(e.checkpoint));
+        },
+      }),
+    );
+    await standingP;
+    const state = a.state;
+    const last = await work(a, state, 8);
+    expect(applied).toEqual([]); // held back: the relay keeps the frames
+    await a.close();
+    const took = await b;
+    try {
+      expect(took.resumedFrom?.checkpoint).toBe(last);
+      expect(took.state).toEqual(state);
+      expect(applied.at(-1)).toBe(last);
+    } finally {
+      await took.close();
+    }
+  }, 60_000);
 });

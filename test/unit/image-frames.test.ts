@@ -203,7 +203,7 @@ describe('multi-part images on the standby', () => {
 
   it('rejects a delta whose stateVersion differs from its base image', () => {
     const chain = new ImageChain();
-    const v1 = new ImageEncoder({ stateVersion: 1 });
+    const v1 = new ImageEncoder({ stateVersion: 1, maxChainShare: 1000 });
     const first = v1.encode({ a: 1 }, 1).record as ImageRecord;
     chain.check(1, first);
     chain.apply(1, first);
