@@ -9,8 +9,9 @@ import { parseArgs } from 'node:util';
 import { round, type BenchContext, type BenchRow, type Suite } from './harness.js';
 import { storeSuite } from './store.js';
 import { fecSuite } from './fec.js';
+import { relaySuite } from './relay.js';
 
-const SUITES: Suite[] = [storeSuite, fecSuite];
+const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite];
 
 async function main(): Promise<number> {
   let args;

@@ -128,14 +128,16 @@ async function killRuns(
     expect(gen, `a resolved ${mode} must survive SIGKILL`).toBe(2);
     const delay = (slot: number, slots: number, ms: number): number =>
       Math.floor(((slot + Math.random()) / slots) * ms);
-    // In snapshot mode the second half of the kills aims at the forming and what follows it.
+    // In snapshot mode the second half of the kills aims at the forming: over twice the time it
+    // took in the calibration run, counted from the "forming" line.
     const formingMs = Math.min(calibration.formingMs ?? spanMs, spanMs);
+    const formMs = Math.max(2, 2 * ((calibration.commitMs ?? spanMs) - formingMs));
     const spread = mode === 'snapshot' ? Math.ceil(kills / 2) : kills;
     for (let k = 0; k < kills; k++) {
       await runOnce(
         k < spread
           ? { delayMs: delay(k, spread, spanMs), from: 'committing' }
-          : { delayMs: delay(k - spread, kills - spread, Math.max(1, spanMs - formingMs)), from: 'forming' },
+          : { delayMs: delay(k - spread, kills - spread, formMs), from: 'forming' },
       );
     }
     const forming = mode === 'snapshot' ? `forming from ${formingMs} ms, ` : '';
