@@ -17,6 +17,8 @@ export interface SuiteResult {
   readonly rows: BenchRow[];
   /** Headline ratios by stable dotted name: add, never rename. */
   readonly ratios: Record<string, number>;
+  /** A table for people, printed before the rows in human output (never in `--json`). */
+  readonly table?: string;
 }
 
 /** A suite: a name prefix (for `--only`) and a run function. */

@@ -7,11 +7,12 @@
  */
 import { parseArgs } from 'node:util';
 import { round, type BenchContext, type BenchRow, type Suite } from './harness.js';
+import { imageSuite } from './image.js';
 import { storeSuite } from './store.js';
 import { fecSuite } from './fec.js';
 import { relaySuite } from './relay.js';
 
-const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite];
+const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite, imageSuite];
 
 async function main(): Promise<number> {
   let args;
@@ -60,9 +61,11 @@ async function main(): Promise<number> {
   };
   const ratios: Record<string, number> = {};
   const rows: (BenchRow & { suite: string })[] = [];
+  const tables: string[] = [];
   for (const suite of suites) {
     ctx.progress(`bench: ${suite.prefix} — ${suite.description}`);
     const r = await suite.run(ctx);
+    if (r.table) tables.push(r.table);
     for (const [k, v] of Object.entries(r.ratios)) {
       if (!args.only || k.startsWith(args.only) || args.only.startsWith(suite.prefix)) ratios[k] = round(v);
     }
@@ -74,6 +77,7 @@ async function main(): Promise<number> {
     );
     return 0;
   }
+  for (const t of tables) process.stdout.write(`${t}\n\n`);
   const w = Math.max(...rows.map((r) => r.name.length), 10);
   for (const r of rows) {
     process.stdout.write(

@@ -40,6 +40,7 @@ export class NatsServerProcess {
 
   /** Starts the server; resolves once it says it is ready for connections. */
   start(): Promise<void> {
+    this.#log = '';
     return new Promise((resolve, reject) => {
       const child = spawn('nats-server', this.#args, { stdio: ['ignore', 'ignore', 'pipe'] });
       this.#child = child;

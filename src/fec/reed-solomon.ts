@@ -116,8 +116,8 @@ export class ReedSolomon {
    * overwritten as scratch. Throws `RangeError` (before any native call) otherwise.
    */
   async reconstruct(present: number, missing: number, regions: ShardRegions): Promise<void> {
-    const n = this.data + this.parity;
-    const all = n >= 31 ? -1 : (1 << n) - 1;
+    const n = this.data + this.parity; // ≤ 30, so every mask fits a positive int32
+    const all = (1 << n) - 1;
     if (!Number.isInteger(present) || !Number.isInteger(missing) || present & ~all || missing & ~all) {
       throw new RangeError(`shard masks must name shards 0..${n - 1}`);
     }

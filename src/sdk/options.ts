@@ -7,7 +7,8 @@ import { ConfigError } from '../errors.js';
 import { APP_NAME_PATTERN } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsOptions } from '../transport/connection.js';
-import { checkAckPolicy, type AckPolicy, type RelaySpec } from '../transport/relays.js';
+import { checkAckPolicy, resolveFec, type AckPolicy, type FaultHook, type RelaySpec } from '../transport/relays.js';
+import type { FecScheme } from '../fec/shard.js';
 
 /**
  * Standby modes. `delay-write`: the standby stages writes and commits each checkpoint at its
@@ -78,6 +79,15 @@ export interface StartOptions<S> {
    * frames durably meanwhile; a takeover always catches up at full speed.
    */
   apply?: { everyMs?: number; maxBytesPerSec?: number };
+  /**
+   * Forward error correction: each frame part becomes `data` + `parity` Reed-Solomon shards
+   * (or `copies` plain copies), shard i published to relay i mod N; the standby rebuilds from any
+   * `data` shards. `tolerate` is how many relays an acknowledged frame survives losing (default:
+   * the most this layout allows); a frame is acknowledged once k + L(tolerate) shards are.
+   */
+  fec?: { data: number; parity: number; tolerate?: number } | { copies: number; tolerate?: number };
+  /** Chaos hook for drills and tests: drop, delay or corrupt messages to relays. Not for production. */
+  faults?: FaultHook;
   /** Receives one line per internal event (role changes, takeovers, rejected frames). */
   log?: (event: LogEvent) => void;
 }
@@ -111,6 +121,8 @@ export interface ResolvedOptions<S> {
   readonly relays: RelaySpec[] | undefined;
   readonly ack: AckPolicy;
   readonly apply: { everyMs?: number; maxBytesPerSec?: number } | undefined;
+  readonly fec: { scheme: FecScheme; tolerate?: number } | undefined;
+  readonly faults: FaultHook | undefined;
 }
 
 const ADAPTER_METHODS = [
@@ -169,6 +181,8 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'relays',
     'ack',
     'apply',
+    'fec',
+    'faults',
   ]);
   for (const k of Object.keys(opts)) {
     if (!known.has(k))
@@ -292,7 +306,21 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
           : int('apply.maxBytesPerSec', opts.apply.maxBytesPerSec, 0, 1024, 1e12, 'bytes per second'),
     };
   }
+  let fec: ResolvedOptions<S>['fec'];
+  if (opts.fec !== undefined) {
+    if (opts.fec === null || typeof opts.fec !== 'object') {
+      throw new ConfigError('fec', `must be { data: k, parity: m, tolerate?: f } or { copies: n }, got ${show(opts.fec)}`);
+    }
+    const { tolerate, ...scheme } = opts.fec as { tolerate?: number } & FecScheme;
+    fec = { scheme, tolerate };
+    resolveFec(fec, relays?.length ?? 1); // validates now, with a message naming the option
+  }
+  if (opts.faults !== undefined && typeof opts.faults !== 'function') {
+    throw new ConfigError('faults', `must be a function (a chaos hook for drills and tests), got ${show(opts.faults)}`);
+  }
   return {
+    fec,
+    faults: opts.faults,
     apply,
     relays,
     ack,

@@ -199,11 +199,13 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         ack: o.ack,
         app: o.app,
         timeoutMs: o.checkpointTimeoutMs,
+        fec: o.fec,
+        faults: o.faults,
         onError: (msg) => o.log({ level: 'warn', msg: 'relay', error: msg }),
       });
       const relaySet = relays;
       // A standby that read this many relays has seen every frame the ack policy let through.
-      const readQuorum = relaySet.links.length - relaySet.need + 1;
+      const readQuorum = relaySet.readQuorum;
       const leaseStore = new LeaseStore(await openLeaseBucket(link, names), names.leaseKey);
       await o.storage.open();
       const standby = new StandbyRunner({
@@ -213,6 +215,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         adapter: o.storage,
         mode: o.mode,
         need: relaySet.need,
+        fec: relaySet.fec,
         apply: o.apply,
         onReject: (err, seq) =>
           o.log({
@@ -276,14 +279,25 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         await keeper.stop(true);
         throw problem;
       }
-      // The fence names the cut: frames of older epochs for checkpoints after it are void.
-      await relaySet.publish({
-        kind: FrameKind.Fence,
-        epoch: claim.epoch,
-        seq: 1,
-        checkpoint: pos.checkpoint,
-        body: encodeFence({ nodeId: o.nodeId }),
-      });
+      // The fence names the cut: frames of older epochs for checkpoints after it are void. It
+      // must be durable under the policy before this node acts as primary: while too many
+      // relays are down for that, the takeover waits (the lease stays ours meanwhile).
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await relaySet.publish({
+            kind: FrameKind.Fence,
+            epoch: claim.epoch,
+            seq: 1,
+            checkpoint: pos.checkpoint,
+            body: encodeFence({ nodeId: o.nodeId }),
+          });
+          break;
+        } catch (err) {
+          if (lost) throw lost;
+          o.log({ level: 'warn', msg: 'fence not durable yet, retrying', attempt, error: (err as Error).message });
+          await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
+        }
+      }
       let image: S;
       try {
         image = await resumeState(o, standby.images, pos.checkpoint);

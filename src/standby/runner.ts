@@ -7,6 +7,9 @@
 import { FrameError } from '../errors.js';
 import { ImageChain } from '../image/chain.js';
 import { decodePart } from '../protocol/frame.js';
+import { ShardAssembler } from '../fec/assembler.js';
+import { decodeShard } from '../fec/shard.js';
+import type { FecSettings } from '../transport/relays.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
@@ -21,8 +24,13 @@ export interface StandbyOptions {
   readonly app: string;
   readonly adapter: StorageAdapter;
   readonly mode: ApplyMode;
-  /** Relays that must hold a seal before it counts as durable (the ack policy's count). */
+  /**
+   * Witnesses a seal needs before it counts as durable: relays that hold it (the ack policy's
+   * count), or with FEC, distinct shards of it.
+   */
   readonly need: number;
+  /** FEC in use: messages are shards, rebuilt into parts as soon as any k are in. */
+  readonly fec?: FecSettings;
   readonly onReject?: ApplierOptions['onReject'];
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
@@ -65,6 +73,7 @@ export class StandbyRunner {
   readonly #readers: StreamReader[];
   readonly #applied: number[];
   readonly #witnesses = new Map<string, Set<number>>();
+  readonly #shards: ShardAssembler | undefined;
   readonly #waiters: { relay: number; seq: number; resolve: () => void }[] = [];
   #chain: Promise<void> = Promise.resolve();
   #paced: boolean;
@@ -85,9 +94,13 @@ export class StandbyRunner {
       mode: opts.mode,
       onReject: opts.onReject,
       onCommit: opts.onCommit,
-      onFence: opts.onFence,
+      onFence: (epoch, nodeId, seq) => {
+        this.#shards?.discardBefore(epoch);
+        opts.onFence?.(epoch, nodeId, seq);
+      },
       sealDurable: (epoch, seq) => (this.#witnesses.get(`${epoch}.${seq}.0`)?.size ?? 0) >= opts.need,
     });
+    this.#shards = opts.fec ? new ShardAssembler({ app: opts.app }) : undefined;
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
     this.#paced = opts.apply?.everyMs !== undefined || opts.apply?.maxBytesPerSec !== undefined;
@@ -158,26 +171,23 @@ export class StandbyRunner {
 
   async #handle(relay: number, m: StreamMessage): Promise<void> {
     try {
-      let part;
       try {
-        part = decodePart(m.data, this.#o.app);
+        if (this.#shards) {
+          // FEC: a shard; the part is rebuilt as soon as any k valid shards are in.
+          const shard = decodeShard(m.data, this.#o.app);
+          this.#witness(`${shard.epoch}.${shard.seq}.${shard.part}`, shard.index);
+          const bytes = await this.#shards.add(shard);
+          if (bytes) await this.applier.handlePart(decodePart(bytes, this.#o.app), m.streamSeq);
+          else await this.applier.recheck();
+        } else {
+          const part = decodePart(m.data, this.#o.app);
+          const first = this.#witness(`${part.epoch}.${part.seq}.${part.part}`, relay);
+          if (first) await this.applier.handlePart(part, m.streamSeq);
+          else if (this.#o.links.length > 1) await this.applier.recheck();
+        }
       } catch (err) {
         if (err instanceof FrameError) this.applier.reject(err, m.streamSeq);
         else throw err;
-      }
-      if (part) {
-        const id = `${part.epoch}.${part.seq}.${part.part}`;
-        let w = this.#witnesses.get(id);
-        if (!w) {
-          w = new Set();
-          this.#witnesses.set(id, w);
-          if (this.#witnesses.size > MAX_WITNESS_IDS)
-            this.#witnesses.delete(this.#witnesses.keys().next().value!);
-        }
-        const seenBefore = w.size > 0;
-        w.add(relay);
-        if (!seenBefore) await this.applier.handlePart(part, m.streamSeq);
-        else if (this.#o.links.length > 1) await this.applier.recheck();
       }
       this.#applied[relay] = m.streamSeq;
       this.#release();
@@ -185,6 +195,24 @@ export class StandbyRunner {
       this.#fail(err);
       throw err;
     }
+  }
+
+  /** Notes that `who` (a relay, or a shard index) holds message `id`; true when it is the first. */
+  #witness(id: string, who: number): boolean {
+    let w = this.#witnesses.get(id);
+    if (!w) {
+      w = new Set();
+      this.#witnesses.set(id, w);
+      if (this.#witnesses.size > MAX_WITNESS_IDS) this.#witnesses.delete(this.#witnesses.keys().next().value!);
+    }
+    const first = w.size === 0;
+    w.add(who);
+    return first;
+  }
+
+  /** Shard figures (FEC): rejected shards by reason, parts rebuilt, rebuilt with parity. */
+  get shardCounters(): ShardAssembler['counters'] | undefined {
+    return this.#shards?.counters;
   }
 
   /**

@@ -60,6 +60,14 @@ export class FramePublisher {
     }
   }
 
+  /**
+   * Sends one already-encoded message (a part, or an FEC shard) with its dedupe id; resolves
+   * with its stream sequence once acked, retrying until the timeout.
+   */
+  send(bytes: Uint8Array, msgID: string): Promise<number> {
+    return this.#sendPart(bytes, msgID);
+  }
+
   async #sendPart(bytes: Uint8Array, msgID: string): Promise<number> {
     this.#inFlight++;
     const deadline = Date.now() + this.#opts.timeoutMs;

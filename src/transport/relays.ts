@@ -6,8 +6,10 @@
  * the same dedupe ids, until it has caught up.
  */
 import { ConfigError, ReplicationError } from '../errors.js';
-import type { Frame } from '../protocol/frame.js';
-import type { AppNames } from '../protocol/subjects.js';
+import { ackedShardsNeeded, relayLossTolerance, relayOfShard } from '../fec/placement.js';
+import { encodeShards, maxPartBytes, shardMessageId, validateFecScheme, type FecScheme } from '../fec/shard.js';
+import { encodeFrame, type Frame } from '../protocol/frame.js';
+import { messageId, type AppNames } from '../protocol/subjects.js';
 import { closeLink, ensureStream, openLink, type NatsLink, type NatsOptions } from './connection.js';
 import { FramePublisher } from './publisher.js';
 
@@ -39,6 +41,27 @@ export function checkAckPolicy(policy: unknown, n: number): AckPolicy {
   );
 }
 
+/** Resolves `fec` options against `relays` relays; throws `ConfigError` naming the fix. */
+export function resolveFec(fec: { scheme: FecScheme; tolerate?: number }, relays: number): FecSettings {
+  let shape;
+  try {
+    shape = validateFecScheme(fec.scheme);
+  } catch (err) {
+    throw new ConfigError('fec', (err as Error).message, { cause: err });
+  }
+  const k = 'copies' in fec.scheme ? 1 : shape.data;
+  const m = 'copies' in fec.scheme ? fec.scheme.copies - 1 : shape.parity;
+  const most = relayLossTolerance(k, m, relays);
+  const tolerate = fec.tolerate ?? most;
+  if (!Number.isInteger(tolerate) || tolerate < 0 || tolerate > most) {
+    throw new ConfigError(
+      'fec.tolerate',
+      `must be an integer from 0 to ${most}: with ${k}+${m} shards over ${relays} relay(s), losing more relays can take more than ${m} shards of a frame; got ${JSON.stringify(fec.tolerate)}`,
+    );
+  }
+  return { scheme: fec.scheme, tolerate, shardsNeeded: ackedShardsNeeded(k, m, relays, tolerate) };
+}
+
 /** Per-relay figures for status and metrics. */
 export interface RelayStats {
   readonly servers: string;
@@ -47,32 +70,80 @@ export interface RelayStats {
   readonly backlog: number;
 }
 
+interface Outgoing {
+  readonly bytes: Uint8Array;
+  readonly msgId: string;
+  /** Reports this message's first outcome (later ones are ignored). */
+  done(ok: boolean): void;
+}
+
 interface RelayState {
   readonly link: NatsLink;
   readonly publisher: FramePublisher;
-  readonly backlog: { frame: Frame; done: (ok: boolean) => void }[];
+  readonly backlog: Outgoing[];
   draining: boolean;
 }
 
-/** Most frames one relay's backlog holds before the oldest are dropped (the relay then has a gap). */
+/** Most messages one relay's backlog holds before the oldest are dropped (the relay then has a gap). */
 const MAX_BACKLOG = 100_000;
+
+/**
+ * A chaos hook for drills and tests: sees every message on its way to a relay and may drop it,
+ * delay it or replace its bytes (to corrupt it). Not for production use.
+ */
+export type FaultHook = (msg: {
+  readonly relay: number;
+  readonly msgId: string;
+  readonly bytes: Uint8Array;
+}) => { drop: true } | { delayMs: number } | { bytes: Uint8Array } | undefined;
+
+/** FEC settings resolved against the relay count. */
+export interface FecSettings {
+  readonly scheme: FecScheme;
+  /** Relays whose loss an acknowledged frame survives. */
+  readonly tolerate: number;
+  /** Shards of a part that must be acked: k + L(tolerate). */
+  readonly shardsNeeded: number;
+}
 
 /** The relays of one node, connected, with the app's stream provisioned on each. */
 export class RelaySet {
   readonly #relays: RelayState[];
+  /** Relays that must ack a frame (no FEC), or `shardsNeeded` shards per part (FEC). */
   readonly need: number;
+  readonly fec: FecSettings | undefined;
+  readonly #app: string;
+  readonly #partBytes: number;
+  readonly #faults: FaultHook | undefined;
   #closed = false;
   #onError: (msg: string) => void;
 
-  private constructor(relays: RelayState[], need: number, onError: (msg: string) => void) {
+  private constructor(
+    relays: RelayState[],
+    o: { need: number; fec: FecSettings | undefined; app: string; faults?: FaultHook; onError: (msg: string) => void },
+  ) {
     this.#relays = relays;
-    this.need = need;
-    this.#onError = onError;
+    this.need = o.need;
+    this.fec = o.fec;
+    this.#app = o.app;
+    this.#faults = o.faults;
+    this.#onError = o.onError;
+    const maxPayload = Math.min(...relays.map((r) => r.link.maxPayload));
+    this.#partBytes = o.fec ? maxPartBytes(maxPayload, o.fec.scheme, o.app.length) : maxPayload;
   }
 
   /** Links to each relay, in config order. */
   get links(): NatsLink[] {
     return this.#relays.map((r) => r.link);
+  }
+
+  /**
+   * How many relays a standby must have read to have seen every acknowledged frame: all but
+   * the ones the policy (or the FEC tolerance) lets an acknowledged frame miss.
+   */
+  get readQuorum(): number {
+    const n = this.#relays.length;
+    return this.fec ? n - this.fec.tolerate : n - this.need + 1;
   }
 
   /**
@@ -86,16 +157,18 @@ export class RelaySet {
     ack: AckPolicy;
     app: string;
     timeoutMs: number;
+    fec?: { scheme: FecScheme; tolerate?: number };
+    faults?: FaultHook;
     /** Reuse this link for the relay at index 0 (the lease connection), if the same servers. */
     shared?: NatsLink;
     onError?: (msg: string) => void;
   }): Promise<RelaySet> {
+    const fec = opts.fec ? resolveFec(opts.fec, opts.specs.length) : undefined;
     const links: NatsLink[] = [];
     try {
       for (const [i, spec] of opts.specs.entries()) {
         const { replicas, ...nats } = spec;
-        const link =
-          i === 0 && opts.shared ? opts.shared : await openLink(nats, `${opts.clientName}:relay${i}`);
+        const link = i === 0 && opts.shared ? opts.shared : await openLink(nats, `${opts.clientName}:relay${i}`);
         links.push(link);
         await ensureStream(link, opts.names, replicas ?? 1);
       }
@@ -105,15 +178,17 @@ export class RelaySet {
     }
     const relays = links.map((link) => ({
       link,
-      publisher: new FramePublisher(link, {
-        app: opts.app,
-        subject: opts.names.subject,
-        timeoutMs: opts.timeoutMs,
-      }),
+      publisher: new FramePublisher(link, { app: opts.app, subject: opts.names.subject, timeoutMs: opts.timeoutMs }),
       backlog: [],
       draining: false,
     }));
-    return new RelaySet(relays, acksNeeded(opts.ack, links.length), opts.onError ?? (() => undefined));
+    return new RelaySet(relays, {
+      need: fec ? fec.shardsNeeded : acksNeeded(opts.ack, links.length),
+      fec,
+      app: opts.app,
+      faults: opts.faults,
+      onError: opts.onError ?? (() => undefined),
+    });
   }
 
   /** Per-relay figures. */
@@ -125,71 +200,98 @@ export class RelaySet {
     }));
   }
 
-  /** Resolves when the relays needed for the ack policy have room for more frames. */
+  /** Resolves when enough relays for the ack policy have room for more messages. */
   async ready(): Promise<void> {
     const live = this.#relays.filter((r) => r.backlog.length === 0 && r.link.connected());
-    if (live.length < this.need) return;
+    if (live.length < (this.fec ? this.#relays.length - this.fec.tolerate : this.need)) return;
     await Promise.race(live.map((r) => r.publisher.ready()));
   }
 
   /**
-   * Sends `frame` to every relay; resolves once `need` relays acked it, rejects with
-   * `ReplicationError` once too many failed for the policy to be met. Relays that failed get the
-   * frame again from their backlog, so they catch up without the caller doing anything.
+   * Sends `frame`: each part to every relay, or (FEC) each part as k + m shards, shard i to
+   * relay i mod N. Resolves once every part is durable under the policy (`need` relays, or
+   * `shardsNeeded` shards); rejects with `ReplicationError` once too many failed for that.
+   * Relays that failed get their messages again from their backlog, so they catch up.
    */
-  publish(frame: Frame): Promise<void> {
+  async publish(frame: Frame): Promise<void> {
+    const parts = encodeFrame(this.#app, frame, this.#partBytes);
+    const acked: Promise<void>[] = [];
+    for (const [i, part] of parts.entries()) {
+      let messages: { relay: number; bytes: Uint8Array; msgId: string }[];
+      if (this.fec) {
+        const shards = await encodeShards(this.#app, { epoch: frame.epoch, seq: frame.seq, part: i }, part, this.fec.scheme);
+        messages = shards.map((bytes, j) => ({
+          relay: relayOfShard(j, this.#relays.length),
+          bytes,
+          msgId: shardMessageId(this.#app, frame.epoch, frame.seq, i, j),
+        }));
+      } else {
+        const msgId = messageId(this.#app, frame.epoch, frame.seq, i);
+        messages = this.#relays.map((_, relay) => ({ relay, bytes: part, msgId }));
+      }
+      acked.push(this.#sendAll(`${frame.epoch}/${frame.seq}.${i}`, messages));
+    }
+    await Promise.all(acked);
+  }
+
+  #sendAll(what: string, messages: { relay: number; bytes: Uint8Array; msgId: string }[]): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let ok = 0;
       let failed = 0;
-      const n = this.#relays.length;
-      const done = (success: boolean): void => {
-        if (success) ok++;
-        else failed++;
-        if (success && ok === this.need) resolve();
-        if (!success && failed === n - this.need + 1) {
-          reject(
-            new ReplicationError(
-              `frame ${frame.epoch}/${frame.seq} reached ${ok} of the ${this.need} relay(s) the ack policy needs; ${failed} failed (they keep catching up in the background)`,
-            ),
-          );
-        }
-      };
-      for (const r of this.#relays) {
-        if (r.backlog.length > 0 || r.draining || !r.link.connected()) {
-          // This relay is behind: keep its frames in order behind what it missed.
-          this.#enqueue(r, frame, done);
+      const total = messages.length;
+      const need = this.need;
+      const unit = this.fec ? 'shard' : 'relay';
+      for (const m of messages) {
+        let reported = false;
+        const done = (success: boolean): void => {
+          if (reported) return;
+          reported = true;
+          if (success) ok++;
+          else failed++;
+          if (success && ok === need) resolve();
+          if (!success && failed === total - need + 1) {
+            reject(
+              new ReplicationError(
+                `frame part ${what}: ${ok} ${unit} ack(s) of the ${need} the policy needs, ${failed} failed (relays that missed it catch up in the background)`,
+              ),
+            );
+          }
+        };
+        const r = this.#relays[m.relay]!;
+        let bytes = m.bytes;
+        const fault = this.#faults?.({ relay: m.relay, msgId: m.msgId, bytes });
+        if (fault && 'drop' in fault) {
+          done(false);
           continue;
         }
-        r.publisher.publish(frame).then(
-          () => done(true),
-          (err: unknown) => {
-            this.#onError(
-              `relay ${r.link.servers} missed frame ${frame.epoch}/${frame.seq}: ${(err as Error).message}`,
-            );
-            this.#enqueue(r, frame, done);
-          },
-        );
+        if (fault && 'bytes' in fault) bytes = fault.bytes;
+        const out: Outgoing = { bytes, msgId: m.msgId, done };
+        const go = (): void => {
+          if (r.backlog.length > 0 || r.draining || !r.link.connected()) {
+            // This relay is behind or down: keep its messages in order behind what it missed.
+            this.#enqueue(r, out);
+            return;
+          }
+          r.publisher.send(bytes, m.msgId).then(
+            () => done(true),
+            (err: unknown) => {
+              this.#onError(`relay ${r.link.servers} missed ${m.msgId}: ${(err as Error).message}`);
+              this.#enqueue(r, out);
+            },
+          );
+        };
+        if (fault && 'delayMs' in fault) setTimeout(go, fault.delayMs);
+        else go();
       }
     });
   }
 
-  #enqueue(r: RelayState, frame: Frame, done: (ok: boolean) => void): void {
-    let reported = false;
-    const once = (success: boolean): void => {
-      if (!reported) {
-        reported = true;
-        done(success);
-      }
-    };
-    // Only the first outcome counts for the checkpoint waiting now; a frame that failed it is
-    // sent again (by the replicator, before the next seal) and kept here until this relay has it.
-    r.backlog.push({ frame, done: once });
+  #enqueue(r: RelayState, out: Outgoing): void {
+    r.backlog.push(out);
     if (r.backlog.length > MAX_BACKLOG) {
       const dropped = r.backlog.shift()!;
       dropped.done(false);
-      this.#onError(
-        `relay ${r.link.servers}: backlog full, frame ${dropped.frame.epoch}/${dropped.frame.seq} dropped for it`,
-      );
+      this.#onError(`relay ${r.link.servers}: backlog full, ${dropped.msgId} dropped for it`);
     }
     void this.#drain(r);
   }
@@ -201,17 +303,16 @@ export class RelaySet {
       while (r.backlog.length > 0 && !this.#closed) {
         const head = r.backlog[0]!;
         if (!r.link.connected()) {
-          // Down: every frame waiting here has failed for the checkpoints waiting on it now.
+          // Down: every message waiting here has failed for the checkpoints waiting on it now.
           for (const b of r.backlog) b.done(false);
           await new Promise((res) => setTimeout(res, 250));
           continue;
         }
         try {
-          await r.publisher.publish(head.frame);
+          await r.publisher.send(head.bytes, head.msgId);
           r.backlog.shift();
           head.done(true);
         } catch {
-          // still down: count it as failed for the waiting checkpoint, keep it for the catch-up
           head.done(false);
           await new Promise((res) => setTimeout(res, 500));
         }

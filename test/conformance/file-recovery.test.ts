@@ -101,6 +101,15 @@ describe('file adapter: options and layout', () => {
     await expect(fileAdapter({ dir }).open()).rejects.toThrow(StorageError);
   });
 
+  it('opens a format 1 store (no snapshot-mode records) and marks it format 2', async () => {
+    const a = await openStore();
+    await a.commit(batch('gen-1'), text('gen-1'));
+    await a.close();
+    await writeFile(join(dir, 'FORMAT'), 'restartpoint-file-store 1\n');
+    await expectGeneration(await openStore(), 'gen-1');
+    expect(await readFile(join(dir, 'FORMAT'), 'utf8')).toBe('restartpoint-file-store 2\n');
+  });
+
   it('keeps FORMAT and one log, which starts with the log magic', async () => {
     const a = await openStore();
     await a.put('a/b', text('v1'));
@@ -228,6 +237,103 @@ describe('file adapter: crash recovery', () => {
     await expect(fileAdapter({ dir }).open()).rejects.toThrow(/no readable log/);
     // Nothing was moved or deleted: the operator decides.
     expect(await logFiles()).toEqual(['log-0000000001', 'log-0000000002.corrupt']);
+  });
+});
+
+describe('file adapter: snapshot-mode records', () => {
+  /**
+   * A log holding gen-1 (committed), then area 2 (gen-2's keys in two area records), then the
+   * form record of area 2; with where the area records start and end.
+   */
+  async function areaThenForm(): Promise<{ path: string; full: Buffer; gen1End: number; areaEnd: number }> {
+    const a = await openStore();
+    await a.commit(batch('gen-1'), text('gen-1'));
+    const path = await onlyLog();
+    const gen1End = (await stat(path)).size;
+    const ops = batch('gen-2');
+    await a.writeArea!(2, ops.slice(0, 25));
+    await a.writeArea!(2, ops.slice(25));
+    const areaEnd = (await stat(path)).size;
+    await a.formSnapshot!(2, text('gen-2'));
+    await a.close();
+    return { path, full: await readFile(path), gen1End, areaEnd };
+  }
+
+  it('an area or form record cut anywhere leaves the last snapshot; whole area records stay formable', async () => {
+    const { path, full, gen1End, areaEnd } = await areaThenForm();
+    const cuts = new Set([gen1End + 1, areaEnd - 1, areaEnd, areaEnd + 1, full.length - 4, full.length - 1]);
+    while (cuts.size < 30) cuts.add(gen1End + 1 + Math.floor(Math.random() * (full.length - gen1End - 1)));
+    for (const cut of cuts) {
+      await writeFile(path, full.subarray(0, cut));
+      const a = await openStore();
+      await expectGeneration(a, 'gen-1');
+      if (cut >= areaEnd) {
+        // Both area records are whole: the area waits, unformed, and forms as it would have.
+        await a.formSnapshot!(2, text('gen-2'));
+        await expectGeneration(a, 'gen-2');
+      } else {
+        // Part of the area is lost, so forming it now would form a part: roll it back instead.
+        await a.releaseAreas!();
+        await expectGeneration(a, 'gen-1');
+      }
+      await a.close();
+    }
+    await writeFile(path, full);
+    await expectGeneration(await openStore(), 'gen-2');
+  });
+
+  it('a release record keeps released writes out of a later form of the same area, across reopen', async () => {
+    const a = await openStore();
+    await a.commit(batch('gen-1'), text('gen-1'));
+    await a.writeArea!(2, [
+      { op: 'put', key: 'released', value: text('x') },
+      { op: 'delete', key: 'k0' },
+    ]);
+    await a.releaseAreas!();
+    await a.writeArea!(2, [{ op: 'put', key: 'k1', value: text('gen-2-1') }]);
+    await a.close();
+    const b = await openStore();
+    await b.formSnapshot!(2, text('gen-2'));
+    await b.close();
+    const c = await openStore();
+    expect(str(await c.readMeta())).toBe('gen-2');
+    expect(await c.get('released')).toBeUndefined();
+    expect(str(await c.get('k0'))).toBe('gen-1-0');
+    expect(str(await c.get('k1'))).toBe('gen-2-1');
+  });
+
+  it('compaction keeps unformed areas (puts and deletes) and drops released ones', async () => {
+    const a = await openStore({ compactBytes: 32 * 1024 });
+    await a.commit(batch('gen-1'), text('gen-1'));
+    await a.writeArea!(5, [{ op: 'put', key: 'released', value: text('x') }]);
+    await a.releaseAreas!();
+    const big = new Uint8Array(300 * 1024).fill(7);
+    await a.writeArea!(5, [
+      { op: 'delete', key: 'k0' },
+      { op: 'put', key: 'k1', value: text('area-5') },
+      { op: 'put', key: 'big', value: big },
+    ]);
+    await a.writeArea!(6, [{ op: 'put', key: 'k2', value: text('area-6') }]);
+    // Stale commits until the log is compacted, with both areas unformed.
+    const stale = new Uint8Array(64 * 1024);
+    for (let g = 0; (await logFiles())[0] === 'log-0000000001' && g < 100; g++) {
+      await a.commit([{ op: 'put', key: 'stale', value: stale }], text('gen-1'));
+    }
+    await a.close();
+    expect(await logFiles()).not.toContain('log-0000000001');
+
+    const b = await openStore({ compactBytes: 32 * 1024 });
+    await expectGeneration(b, 'gen-1');
+    expect(await b.get('big')).toBeUndefined();
+    await b.formSnapshot!(5, text('cp-5'));
+    expect(await b.get('k0')).toBeUndefined();
+    expect(str(await b.get('k1'))).toBe('area-5');
+    expect(sameBytes(big, await b.get('big'))).toBe(true);
+    expect(await b.get('released')).toBeUndefined();
+    expect(str(await b.get('k2'))).toBe('gen-1-2');
+    await b.formSnapshot!(6, text('cp-6'));
+    expect(str(await b.get('k2'))).toBe('area-6');
+    expect(str(await b.readMeta())).toBe('cp-6');
   });
 });
 

@@ -337,6 +337,16 @@ describe('rejections', () => {
     expect(asm.pending).toBe(0);
   });
 
+  it('checksums empty parts right, whatever backs them', async () => {
+    for (const empty of [new Uint8Array(0), Buffer.alloc(0), new Uint8Array(new ArrayBuffer(8), 8, 0)]) {
+      for (const scheme of [{ copies: 2 }, { data: 3, parity: 1 }]) {
+        const shards = await encodeShards(APP, ID, empty, scheme);
+        for (const s of shards) expect(decodeShard(s, APP).length).toBe(0);
+        expect((await joinShards(shards.map((s) => decodeShard(s, APP)))).byteLength).toBe(0);
+      }
+    }
+  });
+
   it('reads a corrupted version byte as corruption', () => {
     return encodeShards(APP, ID, bytes(10), { copies: 2 }).then(([s]) => {
       const b = Buffer.from(s!);
