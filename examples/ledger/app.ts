@@ -92,6 +92,17 @@ function relayOptions(
   return out;
 }
 
+/** `--drop-shards P`: a chaos hook dropping each shard with probability P (seeded per node). */
+function dropShards(p: string | undefined, node: string): Record<string, unknown> {
+  if (!p) return {};
+  const chance = Number(p);
+  const r = rng([...node].reduce((a, c) => a * 31 + c.charCodeAt(0), 7));
+  return {
+    faults: ({ msgId }: { msgId: string }) =>
+      msgId.includes('.s') && r() < chance ? { drop: true } : undefined,
+  };
+}
+
 /** The store a node runs on. */
 export function makeStore(
   kind: string,
@@ -129,6 +140,7 @@ async function main(): Promise<void> {
       relays: { type: 'string' },
       ack: { type: 'string', default: 'all' },
       fec: { type: 'string' },
+      'drop-shards': { type: 'string' },
       'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
       'postgres-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     },
@@ -176,6 +188,7 @@ async function main(): Promise<void> {
     leaseTtlMs: Number(values.ttl),
     mode: values.mode as 'delay-write' | 'snapshot',
     ...relayOptions(values.relays, values.ack!, values.fec),
+    ...dropShards(values['drop-shards'], values.node!),
     log: (e) => {
       if (e.msg === 'standby') emit({ ev: 'standby', node: values.node });
       else if (e.level === 'warn' || e.level === 'error') emit({ ev: 'log', ...e });
@@ -236,7 +249,19 @@ async function main(): Promise<void> {
       pending.catch(() => undefined);
       await hold('inside-checkpoint');
     }
-    const ack = await pending;
+    let ack: { checkpoint: number; epoch: number } | undefined;
+    for (let attempt = 1, p = pending; ack === undefined; attempt++) {
+      try {
+        ack = await p;
+      } catch (err) {
+        // Not acknowledged in time (a relay down, shards lost): declare the same restart point
+        // again; it gets the next number, and once acknowledged covers the failed one too.
+        if (!(err as { retryable?: boolean }).retryable || attempt >= 50) throw err;
+        emit({ ev: 'retry', error: (err as Error).message });
+        emit({ ev: 'cp-begin', steps: state.steps, digest, mirrorDigest: mirrorDigest(state.mirror) });
+        p = rp.checkpoint(state);
+      }
+    }
     emit({ ev: 'acked', checkpoint: ack.checkpoint, epoch: ack.epoch, digest });
     stepsHere++;
     if (killNow && armed!.point === 'after-checkpoint') await hold('after-checkpoint');

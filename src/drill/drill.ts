@@ -51,8 +51,8 @@ export interface DrillOptions {
   /**
    * What fails besides the primary: `kill` (the primary only), `relay-loss` (three relays with a
    * quorum policy; one relay is SIGKILLed before each primary kill and restarted after the
-   * takeover), `shard-loss` (six relays, FEC 4+2 surviving two lost relays; two are SIGKILLed
-   * before each primary kill). Default `kill`.
+   * takeover), `shard-loss` (six relays, FEC 4+2 tolerating one lost relay, 2 % of shards
+   * dropped on the way, and one relay SIGKILLed before each primary kill). Default `kill`.
    */
   scenario?: Scenario;
 }
@@ -215,7 +215,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     const urls = relays.map((r) => r.urls.join('|')).join(',');
     return scenario === 'relay-loss'
       ? ['--relays', urls, '--ack', 'quorum']
-      : ['--relays', urls, '--fec', '4+2:2'];
+      : ['--relays', urls, '--fec', '4+2:1', '--drop-shards', '0.02'];
   };
   const args = (id: string): string[] => [
     ...relayArgs(),
@@ -286,8 +286,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       const point = opts.points?.length ? opts.points[(kill - 1) % opts.points.length]! : drawn;
       const afterSteps = 3 + Math.floor(rand() * 20);
       // Relays lost while the primary works: the ones the policy can spare.
-      const lost =
-        scenario === 'kill' ? [] : pickRelays(relays.length, scenario === 'relay-loss' ? 1 : 2, rand);
+      const lost = scenario === 'kill' ? [] : pickRelays(relays.length, 1, rand);
       for (const i of lost) await relays[i]!.servers[0]!.kill();
       report.relaysKilled += lost.length;
       if (lost.length > 0) say(`kill ${kill}/${opts.kills}: relay(s) ${lost.join(', ')} SIGKILLed`);

@@ -203,7 +203,8 @@ export class StandbyRunner {
     if (!w) {
       w = new Set();
       this.#witnesses.set(id, w);
-      if (this.#witnesses.size > MAX_WITNESS_IDS) this.#witnesses.delete(this.#witnesses.keys().next().value!);
+      if (this.#witnesses.size > MAX_WITNESS_IDS)
+        this.#witnesses.delete(this.#witnesses.keys().next().value!);
     }
     const first = w.size === 0;
     w.add(who);

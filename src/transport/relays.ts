@@ -7,7 +7,13 @@
  */
 import { ConfigError, ReplicationError } from '../errors.js';
 import { ackedShardsNeeded, relayLossTolerance, relayOfShard } from '../fec/placement.js';
-import { encodeShards, maxPartBytes, shardMessageId, validateFecScheme, type FecScheme } from '../fec/shard.js';
+import {
+  encodeShards,
+  maxPartBytes,
+  shardMessageId,
+  validateFecScheme,
+  type FecScheme,
+} from '../fec/shard.js';
 import { encodeFrame, type Frame } from '../protocol/frame.js';
 import { messageId, type AppNames } from '../protocol/subjects.js';
 import { closeLink, ensureStream, openLink, type NatsLink, type NatsOptions } from './connection.js';
@@ -120,7 +126,13 @@ export class RelaySet {
 
   private constructor(
     relays: RelayState[],
-    o: { need: number; fec: FecSettings | undefined; app: string; faults?: FaultHook; onError: (msg: string) => void },
+    o: {
+      need: number;
+      fec: FecSettings | undefined;
+      app: string;
+      faults?: FaultHook;
+      onError: (msg: string) => void;
+    },
   ) {
     this.#relays = relays;
     this.need = o.need;
@@ -168,7 +180,8 @@ export class RelaySet {
     try {
       for (const [i, spec] of opts.specs.entries()) {
         const { replicas, ...nats } = spec;
-        const link = i === 0 && opts.shared ? opts.shared : await openLink(nats, `${opts.clientName}:relay${i}`);
+        const link =
+          i === 0 && opts.shared ? opts.shared : await openLink(nats, `${opts.clientName}:relay${i}`);
         links.push(link);
         await ensureStream(link, opts.names, replicas ?? 1);
       }
@@ -178,7 +191,11 @@ export class RelaySet {
     }
     const relays = links.map((link) => ({
       link,
-      publisher: new FramePublisher(link, { app: opts.app, subject: opts.names.subject, timeoutMs: opts.timeoutMs }),
+      publisher: new FramePublisher(link, {
+        app: opts.app,
+        subject: opts.names.subject,
+        timeoutMs: opts.timeoutMs,
+      }),
       backlog: [],
       draining: false,
     }));
@@ -219,7 +236,12 @@ export class RelaySet {
     for (const [i, part] of parts.entries()) {
       let messages: { relay: number; bytes: Uint8Array; msgId: string }[];
       if (this.fec) {
-        const shards = await encodeShards(this.#app, { epoch: frame.epoch, seq: frame.seq, part: i }, part, this.fec.scheme);
+        const shards = await encodeShards(
+          this.#app,
+          { epoch: frame.epoch, seq: frame.seq, part: i },
+          part,
+          this.fec.scheme,
+        );
         messages = shards.map((bytes, j) => ({
           relay: relayOfShard(j, this.#relays.length),
           bytes,

@@ -58,4 +58,19 @@ describe('drill (real nats-server, real processes, SIGKILL)', () => {
     expect(report.scenario).toBe('relay-loss');
     expect(report.relaysKilled).toBe(2);
   }, 120_000);
+
+  it('shard-loss: six relays, FEC 4+2, shards dropped on the way and a relay SIGKILLed before each kill', async () => {
+    const report = await runDrill({
+      kills: 2,
+      store: 'memory',
+      seed: 5,
+      nats: NATS_URL,
+      leaseTtlMs: 800,
+      scenario: 'shard-loss',
+    });
+    expect(report.violations).toEqual([]);
+    expect(report.ok).toBe(true);
+    expect(report.scenario).toBe('shard-loss');
+    expect(report.relaysKilled).toBe(2);
+  }, 120_000);
 });

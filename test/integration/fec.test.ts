@@ -35,7 +35,10 @@ function options(app: string, nodeId: string, extra: Partial<StartOptions<State>
   };
 }
 
-function startStandby(o: StartOptions<State>): { standing: Promise<void>; primary: Promise<Restartpoint<State>> } {
+function startStandby(o: StartOptions<State>): {
+  standing: Promise<void>;
+  primary: Promise<Restartpoint<State>>;
+} {
   let standing!: () => void;
   const p = new Promise<void>((r) => (standing = r));
   const log = o.log;
@@ -94,7 +97,9 @@ describe('FEC 4+2 over six relays (real nats-servers, SIGKILLed)', () => {
     const fec = { data: 4, parity: 2, tolerate: 2 };
     const a = await Restartpoint.start(options(app, 'a', { fec }));
     const warnings: string[] = [];
-    const b = startStandby(options(app, 'b', { fec, log: (e) => e.level === 'warn' && warnings.push(String(e.msg)) }));
+    const b = startStandby(
+      options(app, 'b', { fec, log: (e) => e.level === 'warn' && warnings.push(String(e.msg)) }),
+    );
     await b.standing;
     const state = a.state;
     const last = await work(a, state, 10);

@@ -83,7 +83,10 @@ describe('restart points on a real nats-server', () => {
     counter.n = 41;
     const seenBefore = rp.lastCheckpoint?.checkpoint ?? 0;
     // A reply that reveals n = 41 may leave only once a checkpoint holding it is durable.
-    const reply = await rp.afterCheckpoint(() => ({ n: counter.n, durable: rp.lastCheckpoint?.checkpoint ?? 0 }));
+    const reply = await rp.afterCheckpoint(() => ({
+      n: counter.n,
+      durable: rp.lastCheckpoint?.checkpoint ?? 0,
+    }));
     expect(reply.n).toBe(41);
     expect(reply.durable).toBeGreaterThan(seenBefore);
     counter.n = 42;
@@ -115,10 +118,14 @@ describe('restart points on a real nats-server', () => {
   it('resuming an image of another stateVersion needs migrate; without it start() fails and says so', async () => {
     const app = freshApp();
     apps.push(app);
-    const v1 = await start(opts<{ name: string }>(app, 'v1', { initialState: () => ({ name: 'Ada Lovelace' }) }));
+    const v1 = await start(
+      opts<{ name: string }>(app, 'v1', { initialState: () => ({ name: 'Ada Lovelace' }) }),
+    );
     await v1.checkpoint({ name: 'Ada Lovelace' });
     await v1.close();
-    const refused = await Restartpoint.start(opts(app, 'v2-plain', { stateVersion: 2 })).catch((e: unknown) => e);
+    const refused = await Restartpoint.start(opts(app, 'v2-plain', { stateVersion: 2 })).catch(
+      (e: unknown) => e,
+    );
     expect(refused).toBeInstanceOf(ConfigError);
     expect((refused as ConfigError).option).toBe('stateVersion');
     expect((refused as Error).message).toMatch(/stateVersion 1.*migrate/);
