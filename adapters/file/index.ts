@@ -32,7 +32,7 @@
  * area's writes. Compaction keeps unformed areas: they are copied into the new log as one area
  * record each, after its snapshot record, and survive it unchanged (a compaction can run
  * between any two calls, and the applier forms what it wrote before). `clear()` drops them.
- * docs/adapters.md has the crash-safety argument in full.
+ * docs/adapters-file.md has the crash-safety argument in full.
  */
 import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';

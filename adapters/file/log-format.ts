@@ -1,5 +1,5 @@
 /**
- * The byte layout of the file adapter's log, its writer and its scanner. docs/adapters.md draws
+ * The byte layout of the file adapter's log, its writer and its scanner. docs/adapters-file.md draws
  * the same layout for people.
  *
  * ```text

@@ -1,6 +1,6 @@
 /**
  * What the file adapter promises beyond the shared suite: its options, its refusal to take over a
- * directory that is not a store, its on-disk layout (docs/adapters.md), compaction, and each
+ * directory that is not a store, its on-disk layout (docs/adapters-file.md), compaction, and each
  * branch of crash recovery, driven deterministically by cutting and damaging real log files.
  * These run with the default `fsync: true`.
  */

@@ -6,6 +6,10 @@ import { memoryAdapter } from '../../adapters/memory/index.js';
 import { TestRelay } from '../../src/drill/nats-servers.js';
 import { ReplicationError, Restartpoint, type StartOptions } from '../../src/index.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const BIN = fileURLToPath(new URL('../../bin/restartpoint.js', import.meta.url));
 
 let nc: NatsConnection;
 const relays: TestRelay[] = [];
@@ -90,6 +94,20 @@ describe('relays (extra nats-servers started by the test, SIGKILLed)', () => {
       await new Promise((r) => setTimeout(r, 100));
     }
     expect(await streamMessages(three[1]!.urls[0]!, `RP_${app}`)).toBeGreaterThanOrEqual(want);
+    // The operator's view: every relay reachable, none behind.
+    const status = spawnSync(
+      process.execPath,
+      [BIN, 'status', '--app', app, '--json', ...three.flatMap((r) => ['--relay', r.urls[0]!])],
+      { encoding: 'utf8' },
+    );
+    const relaysSeen = (
+      JSON.parse(status.stdout) as { relays: { reachable: boolean; lagMessages: number }[] }
+    ).relays;
+    expect(relaysSeen.map((x) => [x.reachable, x.lagMessages])).toEqual([
+      [true, 0],
+      [true, 0],
+      [true, 0],
+    ]);
     await a.close();
     const took = await b.primary;
     try {

@@ -20,20 +20,55 @@ export interface StatusReport {
   streamMessages: number;
   streamBytes: number;
   streamLastSeq: number;
+  /** With `--relay`: each relay's copy of the stream and how far it is behind the fullest one. */
+  relays?: { servers: string; reachable: boolean; messages: number; lastSeq: number; lagMessages: number }[];
+}
+
+/** Reads one relay's copy of the app's stream; `undefined` when unreachable. */
+async function relayState(
+  servers: string,
+  stream: string,
+): Promise<{ messages: number; lastSeq: number } | undefined> {
+  try {
+    const nc = await connect({ servers: servers.split('|'), timeout: 3_000, maxReconnectAttempts: 0 });
+    try {
+      const info = await (await jetstreamManager(nc, { timeout: 3_000 })).streams.info(stream);
+      return { messages: info.state.messages, lastSeq: info.state.last_seq };
+    } finally {
+      await nc.close();
+    }
+  } catch {
+    return undefined;
+  }
 }
 
 /** Reads the status of `app` from the relay. */
-export async function readStatus(servers: string, app: string): Promise<StatusReport> {
+export async function readStatus(
+  servers: string,
+  app: string,
+  streamServers?: string,
+): Promise<StatusReport> {
   const names = appNames(app);
-  const nc = await connect({ servers, timeout: 5_000 }).catch((err: Error) => {
-    throw new Error(`cannot connect to NATS at ${servers}: ${err.message}`);
-  });
+  const open = (url: string) =>
+    connect({ servers: url.split('|'), timeout: 5_000 }).catch((err: Error) => {
+      throw new Error(`cannot connect to NATS at ${url}: ${err.message}`);
+    });
+  const nc = await open(servers);
+  // With relays, the stream lives there; the lease always lives on --nats.
+  const sc = streamServers
+    ? await open(streamServers).catch(async (err: unknown) => {
+        await nc.close();
+        throw err;
+      })
+    : nc;
   try {
-    const jsm = await jetstreamManager(nc);
+    const jsm = await jetstreamManager(sc);
     const info = await jsm.streams.info(names.stream).catch(() => {
       throw new UsageError(
-        `no app '${app}' on ${servers} (stream ${names.stream} not found)`,
-        'check --app and --nats',
+        `no app '${app}' on ${streamServers ?? servers} (stream ${names.stream} not found)`,
+        streamServers
+          ? 'check --app and --relay'
+          : 'check --app and --nats (pass --relay when the app uses relays)',
       );
     });
     const report: StatusReport = {
@@ -78,6 +113,7 @@ export async function readStatus(servers: string, app: string): Promise<StatusRe
     }
     return report;
   } finally {
+    if (sc !== nc) await sc.close();
     await nc.close();
   }
 }
@@ -88,15 +124,32 @@ export function statusCommand(): Command {
     .description('show leader, epoch, last sealed checkpoint and stream depth of an app')
     .requiredOption('--app <name>', 'app name as passed to Restartpoint.start()')
     .option('--nats <url>', 'NATS server with JetStream', 'nats://127.0.0.1:4222')
+    .option(
+      '--relay <url>',
+      "a relay to report on (repeat it; a cluster's servers joined by '|')",
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .option('--json', 'print one JSON object (docs/cli.md)', false)
-    .action(async (o: { app: string; nats: string; json: boolean }) => {
+    .action(async (o: { app: string; nats: string; json: boolean; relay: string[] }) => {
       if (!APP_NAME_PATTERN.test(o.app)) {
         throw new UsageError(
           `--app '${o.app}' is not a valid app name`,
           'use 1-64 characters of [A-Za-z0-9_-]',
         );
       }
-      const r = await readStatus(o.nats, o.app);
+      const r = await readStatus(o.nats, o.app, o.relay[0]);
+      if (o.relay.length > 0) {
+        const states = await Promise.all(o.relay.map((u) => relayState(u, appNames(o.app).stream)));
+        const most = Math.max(0, ...states.map((x) => x?.messages ?? 0));
+        r.relays = o.relay.map((servers, i) => ({
+          servers,
+          reachable: states[i] !== undefined,
+          messages: states[i]?.messages ?? 0,
+          lastSeq: states[i]?.lastSeq ?? 0,
+          lagMessages: most - (states[i]?.messages ?? 0),
+        }));
+      }
       if (o.json) {
         process.stdout.write(`${JSON.stringify(r)}\n`);
         return;
@@ -111,6 +164,14 @@ export function statusCommand(): Command {
         ],
         ['stream', `${r.streamMessages} messages, ${r.streamBytes} bytes, last seq ${r.streamLastSeq}`],
       ];
+      for (const x of r.relays ?? []) {
+        rows.push([
+          `relay ${x.servers}`,
+          x.reachable
+            ? `${x.messages} messages, last seq ${x.lastSeq}, ${x.lagMessages} behind`
+            : 'unreachable',
+        ]);
+      }
       for (const [k, v] of rows) process.stdout.write(`${k.padEnd(24)}${v}\n`);
     });
 }
