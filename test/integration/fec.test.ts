@@ -4,6 +4,12 @@ import { memoryAdapter } from '../../adapters/memory/index.js';
 import { TestRelay } from '../../src/drill/nats-servers.js';
 import { ReplicationError, Restartpoint, type StartOptions } from '../../src/index.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { connect } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { encodeShards, shardMessageId } from '../../src/fec/shard.js';
+import { FrameKind, encodeFrame } from '../../src/protocol/frame.js';
+import { encodeSeal, encodeWrites } from '../../src/protocol/records.js';
+import { appNames } from '../../src/protocol/subjects.js';
 
 let nc: NatsConnection;
 let six: TestRelay[] = [];
@@ -86,6 +92,49 @@ describe('FEC 4+2 over six relays (real nats-servers, SIGKILLed)', () => {
     try {
       expect(took.resumedFrom?.checkpoint).toBe(last);
       expect(took.state).toEqual(state);
+      // A deposed primary's late shards: a sealed checkpoint of its old epoch numbered after the
+      // cut. A standby that replays everything must rebuild it and drop it as stale.
+      const zombie = [
+        {
+          kind: FrameKind.Writes,
+          seq: 900_001,
+          body: encodeWrites([{ op: 'put', key: 'zombie', value: Buffer.from('x') }]),
+        },
+        {
+          kind: FrameKind.Seal,
+          seq: 900_002,
+          body: encodeSeal({ writeFrames: 1, writeOps: 1, imageFrames: 1 }),
+        },
+      ];
+      for (const f of zombie) {
+        const [part] = encodeFrame(app, { ...f, epoch: a.epoch, checkpoint: last + 1 }, 1 << 20);
+        const shards = await encodeShards(app, { epoch: a.epoch, seq: f.seq, part: 0 }, part!, {
+          data: 4,
+          parity: 2,
+        });
+        for (const [i, bytes] of shards.entries()) {
+          const c = await connect({ servers: six[i % 6]!.urls });
+          await jetstream(c).publish(appNames(app).subject, bytes, {
+            msgID: shardMessageId(app, a.epoch, f.seq, 0, i),
+          });
+          await c.close();
+        }
+      }
+      const stale: string[] = [];
+      const c = startStandby(
+        options(app, 'c', { fec, log: (e) => e.reason === 'stale' && stale.push(String(e.error)) }),
+      );
+      await c.standing;
+      await took.checkpoint(took.state);
+      await took.close();
+      const third = await c.primary;
+      try {
+        expect(third.state).toEqual(state);
+        expect(await third.store.get('zombie')).toBeUndefined();
+        expect(stale.length).toBeGreaterThanOrEqual(1);
+      } finally {
+        await third.close();
+      }
     } finally {
       await took.close();
     }
