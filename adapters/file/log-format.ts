@@ -1,9 +1,9 @@
 /**
- * The byte layout of the file adapter's log, its writer and its scanner. docs/adapters-file.md draws
- * the same layout for people.
+ * The byte layout of the file adapter's log, its writer and its scanner. docs/adapters-file.md
+ * draws the same layout for people.
  *
  * ```text
- * log file   = "RPLOG\0\0\x01" (8 bytes: magic, format 1) | record*
+ * log file   = "RPLOG\0\0\x01" (8 bytes: magic, framing 1) | record*
  * record     = u8 type | u64 bodyLength | body | u32 crc32(type, bodyLength and body)
  * type 1 snapshot  body = batch: the whole store, replacing everything before it
  * type 2 commit    body = batch: ops applied in order, then the meta replaced
@@ -24,8 +24,9 @@
  * a crash, or garbage after the last good record, ends the log there. So what a log says is
  * always the effect of a prefix of the records appended to it; a form record, the only record
  * that makes area writes visible, is in that prefix whole with every area record before it, or
- * not at all. Types 5-7 (snapshot mode) are new in store format 2 (`<dir>/FORMAT`): a reader of
- * format 1 would end the log at the first of them, so it is refused such a store.
+ * not at all. Types 5-7 (snapshot mode) are new in store format 2 (`<dir>/FORMAT`); the framing,
+ * and so the magic, did not change. A reader of format 1 would end the log at the first of them,
+ * so it is refused such a store.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';

@@ -26,9 +26,10 @@ export type MemoryAdapterOptions = Record<string, never>;
 /**
  * Creates an empty in-memory store.
  *
- * Contract, beyond `StorageAdapter`: values are copied on the way in and on the way out, so a
- * caller mutating a buffer it passed or received never changes the store; each instance has its
- * own data (two `memoryAdapter()` calls never share keys).
+ * Contract, beyond `StorageAdapter` and `SnapshotStore`: `capabilities` is
+ * `{ durable: false, snapshot: true }`; values are copied on the way in (`writeArea` included)
+ * and on the way out, so a caller mutating a buffer it passed or received never changes the
+ * store; each instance has its own data (two `memoryAdapter()` calls never share keys).
  */
 export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter & SnapshotStore {
   const data = new Map<string, Uint8Array>();
@@ -138,7 +139,7 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
         else data.set(key, value);
       }
       meta = copy(newMeta);
-      // Areas below this one were formed already; nothing left of them is needed.
+      // This area is formed now and those below it were formed before: nothing of them is needed.
       for (const id of areas.keys()) if (id <= area) areas.delete(id);
     },
 
