@@ -405,12 +405,12 @@ export class Applier {
 
   async #commitReady(): Promise<void> {
     for (;;) {
+      // A waiting fence whose cutoff is reached takes effect first: it discards what an older
+      // primary staged after the cutoff, which may be exactly the next checkpoint here.
+      if (await this.#applyFence()) continue;
       const next = this.#position.checkpoint + 1;
       const st = this.#staged.get(next);
-      if (!st?.seal) {
-        if (await this.#applyFence()) continue;
-        return;
-      }
+      if (!st?.seal) return;
       // Frames a re-sent seal names may still be on their way: wait for them.
       if (st.writeFrames < st.seal.writeFrames || !st.image) return;
       if (st.writeFrames > st.seal.writeFrames || st.writeOps !== st.seal.writeOps) {
