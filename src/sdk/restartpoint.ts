@@ -21,14 +21,7 @@ import { claimWhenVacant, LeaseKeeper, now, type Claim } from '../failover/lease
 import { encodeMeta, type AppliedPosition } from '../standby/applier.js';
 import { StandbyRunner } from '../standby/runner.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
-import {
-  closeLink,
-  ensureStream,
-  openLeaseBucket,
-  openLink,
-  type NatsLink,
-} from '../transport/connection.js';
-import { lastStreamSeq } from '../transport/consumer.js';
+import { closeLink, openLeaseBucket, openLink, type NatsLink } from '../transport/connection.js';
 import { LeaseStore } from '../transport/lease-store.js';
 import { RelaySet } from '../transport/relays.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';

@@ -211,5 +211,6 @@ describe('applier (delay-write)', () => {
     const old = new FakePrimary(1);
     await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, {}), old.seal(1, 1, 1));
     await expect(feed(new FakePrimary(2).fence(0))).rejects.toThrow(/already committed 1/);
+    expect(applier.position.checkpoint).toBe(1);
   });
 });
