@@ -4,6 +4,7 @@ import { memoryAdapter } from '../../adapters/memory/index.js';
 import { TestRelay } from '../../src/drill/nats-servers.js';
 import { ReplicationError, Restartpoint, type StartOptions } from '../../src/index.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { startStandby } from '../helpers/standby.js';
 import { connect } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import { encodeShards, shardMessageId } from '../../src/fec/shard.js';
@@ -39,24 +40,6 @@ function options(app: string, nodeId: string, extra: Partial<StartOptions<State>
     relays: six.map((r) => ({ servers: r.urls })),
     ...extra,
   };
-}
-
-function startStandby(o: StartOptions<State>): {
-  standing: Promise<void>;
-  primary: Promise<Restartpoint<State>>;
-} {
-  let standing!: () => void;
-  const p = new Promise<void>((r) => (standing = r));
-  const log = o.log;
-  const primary = Restartpoint.start({
-    ...o,
-    log: (e) => {
-      if (e.msg === 'standby') standing();
-      log?.(e);
-    },
-  });
-  primary.catch(() => undefined);
-  return { standing: Promise.race([p, primary.then(() => undefined)]), primary };
 }
 
 async function work(rp: Restartpoint<State>, state: State, count: number): Promise<number> {

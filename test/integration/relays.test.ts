@@ -6,6 +6,7 @@ import { memoryAdapter } from '../../adapters/memory/index.js';
 import { TestRelay } from '../../src/drill/nats-servers.js';
 import { ReplicationError, Restartpoint, type StartOptions } from '../../src/index.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { startStandby } from '../helpers/standby.js';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -46,18 +47,6 @@ async function streamMessages(url: string, stream: string): Promise<number> {
   } finally {
     await c.close();
   }
-}
-
-/** Starts a node that will be standby: `standing` resolves once it applies the relays' streams. */
-function startStandby(o: StartOptions<State>): {
-  standing: Promise<void>;
-  primary: Promise<Restartpoint<State>>;
-} {
-  let standing!: () => void;
-  const p = new Promise<void>((r) => (standing = r));
-  const primary = Restartpoint.start({ ...o, log: (e) => e.msg === 'standby' && standing() });
-  primary.catch(() => undefined);
-  return { standing: Promise.race([p, primary.then(() => undefined)]), primary };
 }
 
 /** Writes and checkpoints `count` times; returns the last acknowledged checkpoint. */
