@@ -267,7 +267,8 @@ async function runFull(ctx: BenchContext, nc: NatsConnection, n: number, contain
   const rp = await startPrimary(ctx, app, false);
   const js = jetstream(nc);
   const subject = `rp.${app}.naive`;
-  const maxPayload = nc.info?.max_payload ?? 1024 * 1024;
+  // Room for the Nats-Msg-Id header, which the server counts against max_payload.
+  const maxPayload = (nc.info?.max_payload ?? 1024 * 1024) - 512;
   const r = prng(13);
   try {
     const state = build(n, container);

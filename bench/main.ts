@@ -2,7 +2,7 @@
  * `npm run bench [-- --json] [-- --only PREFIX] [-- --repeat N]`
  *
  * Human output: a table per suite and the headline ratios. `--json`: one JSON object and
- * nothing else on stdout: `{ "ratios": { name: number }, "rows": [...], "suites": [...] }`.
+ * nothing else on stdout: `{ "ratios": { name: number }, "rows": [...], "repeat": N, "suites": [...] }`.
  * Ratio names are a contract (docs/bench.md): add, never rename.
  */
 import { parseArgs } from 'node:util';

@@ -1,7 +1,8 @@
 /**
  * store.*: replicated writes per second through `rp.store.put` (1 KiB values, a checkpoint
  * every 1 000 writes, 100 puts in flight) next to the same store's raw write path in the same
- * run (100 in flight too), for every adapter; the standby's apply rate; and, for adapters with
+ * run (100 in flight for memory, Redis and Postgres; the file adapter's own put, one at a time,
+ * since concurrent puts to one file store are serialized anyway), for every adapter; the standby's apply rate; and, for adapters with
  * snapshot mode, the time to form a snapshot of and to roll back 10 000 unsealed writes.
  *
  * Ratios: `store.<adapter>.replicated_over_raw` = replicated writes/s ÷ raw writes/s.

@@ -20,6 +20,7 @@ export const ErrorCode = {
   Storage: 'ERR_STORAGE',
   InvalidArgument: 'ERR_INVALID_ARGUMENT',
   Usage: 'ERR_USAGE',
+  Limit: 'ERR_LIMIT',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -119,6 +120,12 @@ export const FrameRejectReason = {
   Late: 'late',
   /** A held shard dropped because too many incomplete parts were pending (memory cap). */
   Evicted: 'evicted',
+  /** Taking the frame would pass a configured limit (`limits.*`): refused, not held. */
+  Limit: 'limit',
+  /** A bare part or shard where a cluster key requires a signed envelope. */
+  Unsigned: 'unsigned',
+  /** An envelope whose key id is not configured or whose MAC (or GCM tag) does not verify. */
+  Forged: 'forged',
 } as const;
 export type FrameRejectReason = (typeof FrameRejectReason)[keyof typeof FrameRejectReason];
 
@@ -128,6 +135,19 @@ export class FrameError extends RestartpointError {
   constructor(reason: FrameRejectReason, message: string, options?: ErrorOptions) {
     super(ErrorCode.Frame, `frame rejected (${reason}): ${message}`, false, options);
     this.reason = reason;
+  }
+}
+
+/**
+ * A configured limit was hit (`limits.maxImageBytes` and the others of `Restartpoint.start()`,
+ * see src/limits.ts). `limit` names the option that raises it; the message says by how much.
+ */
+export class LimitError extends RestartpointError {
+  /** The option at fault, dotted (`limits.maxImageBytes`). */
+  readonly limit: string;
+  constructor(limit: string, message: string, options?: ErrorOptions) {
+    super(ErrorCode.Limit, `${message} (limit '${limit}'; raise it in the start options)`, false, options);
+    this.limit = limit;
   }
 }
 

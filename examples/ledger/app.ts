@@ -12,7 +12,8 @@
  *
  * Usage: node app.js --node a --app NAME --store file|memory|redis|postgres [--dir DIR]
  *          [--mode delay-write|snapshot] [--redis-url URL] [--postgres-url URL] [--nats URL] [--ttl MS]
- *          [--relays URL[|URL…][,…] --ack all|quorum|N --fec K+M:F]
+ *          [--relays URL[|URL…][,…] --ack all|quorum|N --fec K+M:F] [--key K [--encrypt]]
+ * `--key K` turns signed mode on (the cluster key, docs/security.md); `--encrypt` also encrypts.
  * Redis keys live under the prefix `<app>:<node>`, Postgres rows in the table `rp_<app>_<node>`.
  */
 import { createHash } from 'node:crypto';
@@ -141,6 +142,8 @@ async function main(): Promise<void> {
       ack: { type: 'string', default: 'all' },
       fec: { type: 'string' },
       'drop-shards': { type: 'string' },
+      key: { type: 'string' },
+      encrypt: { type: 'boolean', default: false },
       'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
       'postgres-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     },
@@ -179,6 +182,7 @@ async function main(): Promise<void> {
   });
 
   emit({ ev: 'starting', node: values.node });
+  const rejected: Record<string, number> = {};
   const rp = await Restartpoint.start<LedgerState>({
     app: values.app,
     nodeId: values.node,
@@ -189,9 +193,15 @@ async function main(): Promise<void> {
     mode: values.mode as 'delay-write' | 'snapshot',
     ...relayOptions(values.relays, values.ack!, values.fec),
     ...dropShards(values['drop-shards'], values.node!),
+    ...(values.key !== undefined ? { clusterKey: values.key, encrypt: values.encrypt } : {}),
     log: (e) => {
       if (e.msg === 'standby') emit({ ev: 'standby', node: values.node });
-      else if (e.level === 'warn' || e.level === 'error') emit({ ev: 'log', ...e });
+      else if (e.msg === 'frame rejected') {
+        // Forwarded with this node's running count per reason (the drill's `rejected` figures).
+        const reason = String(e.reason);
+        rejected[reason] = (rejected[reason] ?? 0) + 1;
+        emit({ ev: 'log', ...e, rejected });
+      } else if (e.level === 'warn' || e.level === 'error') emit({ ev: 'log', ...e });
     },
   });
   // Stamp the takeover before the digests below: they read the whole store, which is the

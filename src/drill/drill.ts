@@ -18,7 +18,12 @@ import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { crc32 } from 'node:zlib';
+import { EnvelopeCodec, parseClusterKey } from '../protocol/envelope.js';
+import { FrameKind, encodeFrame } from '../protocol/frame.js';
+import { encodeFence, encodeWrites } from '../protocol/records.js';
+import { appNames } from '../protocol/subjects.js';
 import { TestRelay } from './nats-servers.js';
 
 /** Stores the drill can run the sample app on. */
@@ -55,6 +60,18 @@ export interface DrillOptions {
    * dropped on the way, and one relay SIGKILLed before each primary kill). Default `kill`.
    */
   scenario?: Scenario;
+  /**
+   * Cluster key of the nodes (signed mode, docs/security.md): every message on the relays is
+   * signed with it and the standby rejects anything else. Default: unsigned.
+   */
+  key?: string;
+  /**
+   * With `key`: publish this many forged messages (unsigned, or signed with another key) and as
+   * many corrupted ones (genuine signed messages from the stream, damaged) onto the app's subject
+   * while the primary works, before the first kill. The report's `rejected` counts what the
+   * standby nodes rejected.
+   */
+  injectForged?: number;
 }
 
 /** Drill scenarios. */
@@ -73,6 +90,8 @@ export interface TakeoverReport {
   epoch: number;
   storeMatches: boolean;
   imageMatches: boolean;
+  /** With `--scenario all`: the scenario this takeover belongs to. */
+  scenario?: Scenario;
 }
 
 /** The drill's result, as printed by `--json`. */
@@ -86,8 +105,18 @@ export interface DrillReport {
   /** Relay servers SIGKILLed during the run (relay-loss, shard-loss). */
   relaysKilled: number;
   takeovers: TakeoverReport[];
+  /**
+   * Messages the standby nodes rejected, distinct by stream sequence: `forged` (reasons
+   * `forged`, `unsigned`) and `corrupt` (`checksum`, `magic`, `truncated`, `malformed`,
+   * `version`). Other reasons (duplicates, late shards) are routine and not counted here.
+   */
+  rejected: { forged: number; corrupt: number };
   violations: string[];
 }
+
+/** Reject reasons the report counts as forged, and as corrupt. */
+const FORGED_REASONS = new Set(['forged', 'unsigned']);
+const CORRUPT_REASONS = new Set(['checksum', 'magic', 'truncated', 'malformed', 'version']);
 
 interface AppEvent {
   ev: string;
@@ -235,6 +264,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     opts.redisUrl ?? 'redis://127.0.0.1:6379',
     '--postgres-url',
     opts.postgresUrl ?? 'postgres://postgres@127.0.0.1:5432/test',
+    ...(opts.key !== undefined ? ['--key', opts.key] : []),
   ];
   const report: DrillReport = {
     ok: false,
@@ -245,8 +275,10 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     scenario,
     relaysKilled: 0,
     takeovers: [],
+    rejected: { forged: 0, corrupt: 0 },
     violations: [],
   };
+  const rejectedSeen = { forged: new Set<string>(), corrupt: new Set<string>() };
 
   // The ledger of what each primary was told: digests per checkpoint number, last acked.
   const digests = new Map<number, { digest: string; mirrorDigest: string }>();
@@ -260,10 +292,22 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       if (e.ev === 'cp-begin')
         digests.set(nextCp++, { digest: String(e.digest), mirrorDigest: String(e.mirrorDigest) });
       if (e.ev === 'acked') lastAcked = Math.max(lastAcked, Number(e.checkpoint));
+      if (e.ev === 'log' && e.msg === 'frame rejected') {
+        // A node that rejoins re-reads the stream and rejects the same messages again: count
+        // each stream message once.
+        const reason = String(e.reason);
+        const id = `${String(e.streamSeq)}`;
+        if (FORGED_REASONS.has(reason)) rejectedSeen.forged.add(id);
+        else if (CORRUPT_REASONS.has(reason)) rejectedSeen.corrupt.add(id);
+        report.rejected = { forged: rejectedSeen.forged.size, corrupt: rejectedSeen.corrupt.size };
+      }
     });
   };
 
   try {
+    if ((opts.injectForged ?? 0) > 0 && opts.key === undefined) {
+      throw new Error('injectForged needs key: without signed mode a forged frame is indistinguishable from a real one');
+    }
     track(nodes.a);
     track(nodes.b);
     if (scenario !== 'kill') {
@@ -280,6 +324,20 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     await nodes.b.waitFor((e) => e.ev === 'standby', 'standby role');
     let primary = nodes.a;
     let standby = nodes.b;
+    if ((opts.injectForged ?? 0) > 0) {
+      const targets = scenario === 'kill' ? [opts.nats] : relays.map((r) => r.urls.join(','));
+      const n = opts.injectForged!;
+      const want = { forged: n, corrupt: n };
+      const sent = await injectHostile(targets, app, n, Number(first.epoch));
+      say(`drill: injected ${sent.forged} forged and ${sent.corrupt} corrupted message(s) onto rp.${app}.frames`);
+      // The standby reads them before the first kill (a node that restarts reads them again).
+      const deadline = Date.now() + 15_000;
+      while (
+        (report.rejected.forged < want.forged || report.rejected.corrupt < want.corrupt) &&
+        Date.now() < deadline
+      )
+        await new Promise((r) => setTimeout(r, 50));
+    }
 
     for (let kill = 1; kill <= opts.kills; kill++) {
       const drawn = KillPoints[Math.floor(rand() * KillPoints.length)]!;
@@ -363,6 +421,70 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     }
   }
   return report;
+}
+
+/**
+ * Publishes `n` forged messages (alternately unsigned and signed with a random key of the
+ * attacker's own; each a fence of a far newer epoch or a write the primary never made, which
+ * would wreck the run if applied) and `n` corrupted ones (the newest genuine message on the
+ * stream with a byte flipped, cut short, its magic broken, or its version changed under a
+ * recomputed CRC) onto the app's subject on every target.
+ */
+async function injectHostile(
+  targets: string[],
+  app: string,
+  n: number,
+  epoch: number,
+): Promise<{ forged: number; corrupt: number }> {
+  const names = appNames(app);
+  const mallory = new EnvelopeCodec({ app, keys: parseClusterKey(randomBytes(32)) });
+  const sent = { forged: 0, corrupt: 0 };
+  for (const servers of targets) {
+    const nc = await connect({ servers: servers.split(','), timeout: 5_000 });
+    try {
+      const js = jetstream(nc);
+      const jsm = await jetstreamManager(nc);
+      // A genuine signed message, taken before anything is injected.
+      const info = await jsm.streams.info(names.stream);
+      const genuine = (await jsm.streams.getMessage(names.stream, { seq: info.state.last_seq }))!.data;
+      for (let i = 0; i < n; i++) {
+        const frame =
+          i % 2 === 0
+            ? { kind: FrameKind.Fence, epoch: epoch + 1000 + i, seq: 1, checkpoint: 0, body: encodeFence({ nodeId: 'mallory' }) }
+            : {
+                kind: FrameKind.Writes,
+                epoch,
+                seq: 1_000_000 + i,
+                checkpoint: 1,
+                body: encodeWrites([{ op: 'put', key: 'acct:0', value: Buffer.from('999999999:0') }]),
+              };
+        const part = encodeFrame(app, frame, 1 << 20)[0]!;
+        await js.publish(names.subject, i % 4 < 2 ? mallory.seal(part) : part);
+        sent.forged++;
+      }
+      for (let i = 0; i < n; i++) {
+        const bytes = Buffer.from(genuine);
+        switch (i % 4) {
+          case 0:
+            bytes[bytes.length >> 1]! ^= 1 << (i % 8);
+            break;
+          case 1:
+            bytes[0] = 0;
+            bytes[1] = 0;
+            break;
+          case 2:
+            bytes[2] ^= 0x7f;
+            bytes.writeUInt32BE(crc32(bytes.subarray(0, bytes.length - 4)) >>> 0, bytes.length - 4);
+            break;
+        }
+        await js.publish(names.subject, i % 4 === 3 ? bytes.subarray(0, bytes.length - 1 - (i % 13)) : bytes);
+        sent.corrupt++;
+      }
+    } finally {
+      await nc.close();
+    }
+  }
+  return sent;
 }
 
 /** `count` distinct relay indexes out of `n`, drawn from the seeded generator. */

@@ -247,12 +247,22 @@ export class ImageEncoder {
 
 /** The standby's side: the latest committed image, materialized. */
 export class ImageChain {
+  readonly #maxImageBytes: number;
   #tree: TreeNode | undefined;
   #checkpoint = 0;
   #stateVersion = 0;
   #checked:
     | { checkpoint: number; stateVersion: number; full?: unknown; delta?: ImageDelta | null }
     | undefined;
+
+  /**
+   * `maxImageBytes`: the largest raw image accepted (`limits.maxImageBytes`, default 256 MiB); a
+   * record announcing more is refused before anything is decompressed, so a small compressed
+   * payload cannot make the standby allocate gigabytes.
+   */
+  constructor(opts: { readonly maxImageBytes?: number } = {}) {
+    this.#maxImageBytes = opts.maxImageBytes ?? 256 * 1024 * 1024;
+  }
 
   /** Checkpoint of the materialized image (0 = none). */
   get checkpoint(): number {
@@ -281,6 +291,11 @@ export class ImageChain {
           `delta for checkpoint ${checkpoint} carries stateVersion ${rec.stateVersion}, but its base image has ${this.#stateVersion}: a new stateVersion must start with a keyframe`,
         );
       }
+    }
+    if (rec.rawLength > this.#maxImageBytes) {
+      throw new ImageError(
+        `image for checkpoint ${checkpoint} announces ${rec.rawLength} bytes, over the limit of ${this.#maxImageBytes} (limit 'limits.maxImageBytes'; raise it in the start options)`,
+      );
     }
     const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
     if (rec.format === ImageFormat.Full) {

@@ -111,6 +111,49 @@ export interface Home {
   readonly key: unknown;
 }
 
+/** What the registry knows of one object: how many places hold it, and the last of them. */
+interface Entry {
+  count: number;
+  parent: object | undefined;
+  key: unknown;
+}
+
+/**
+ * Pushes `(child, o, key)` triples for the object children of `o`, as `forEachChild` lists them,
+ * onto a flat stack: no closure or tuple per object (registry walks touch every object).
+ */
+function pushChildren(o: object, stack: unknown[]): void {
+  if (Array.isArray(o)) {
+    const length = o.length;
+    for (let i = 0; i < length; i++) {
+      const item: unknown = o[i];
+      if (item === undefined && !Object.hasOwn(o, i)) {
+        for (const key of Object.keys(o)) {
+          if (!isIndexKey(key)) continue;
+          const v: unknown = o[Number(key)];
+          if (isObject(v)) stack.push(v, o, Number(key));
+        }
+        return;
+      }
+      if (isObject(item)) stack.push(item, o, i);
+    }
+    return;
+  }
+  const proto: unknown = Object.getPrototypeOf(o);
+  if (proto === Object.prototype || proto === null) {
+    const record = o as Record<string, unknown>;
+    for (const key in record) {
+      if (!Object.hasOwn(record, key)) continue;
+      const v = record[key];
+      if (isObject(v)) stack.push(v, o, key);
+    }
+    return;
+  }
+  forEachChild(o, (child, key) => {
+    if (isObject(child)) stack.push(child, o, key);
+  });
+}
+
 /**
  * How many places of the state hold each object. While every count is at most 1, the state is a
  * tree and the incremental paths are exact; `shared()` says when that stopped being true.
@@ -122,26 +165,25 @@ export interface Home {
  * place, so a change deep inside can be found from the root.
  */
 export class Registry {
-  #counts = new WeakMap<object, number>();
-  #homes: WeakMap<object, Home> | undefined;
+  #entries = new WeakMap<object, Entry>();
+  readonly #homes: boolean;
   #suspects = new Set<object>();
   #lost = false;
 
   constructor(withHomes: boolean) {
-    this.#homes = withHomes ? new WeakMap() : undefined;
+    this.#homes = withHomes;
   }
 
   /** A registry counting each of `objects` once: the objects of a tree-shaped state. */
   static ofTree(objects: Iterable<object>): Registry {
     const r = new Registry(false);
-    for (const o of objects) r.#counts.set(o, 1);
+    for (const o of objects) r.#entries.set(o, { count: 1, parent: undefined, key: undefined });
     return r;
   }
 
   /** Forgets everything, then counts the objects of `root` (and records their homes). */
   rebuild(root: unknown): void {
-    this.#counts = new WeakMap();
-    if (this.#homes !== undefined) this.#homes = new WeakMap();
+    this.#entries = new WeakMap();
     this.#suspects = new Set();
     this.#lost = false;
     this.adopt(root, undefined, undefined);
@@ -149,82 +191,92 @@ export class Registry {
 
   /** How many places hold `o` (0 when it is not in the state). */
   count(o: object): number {
-    return this.#counts.get(o) ?? 0;
+    return this.#entries.get(o)?.count ?? 0;
   }
 
   /** Where `o` was last stored, if known. */
   home(o: object): Home | undefined {
-    return this.#homes?.get(o);
+    const e = this.#entries.get(o);
+    return e?.parent === undefined ? undefined : (e as Home);
   }
 
   /** Records `o`'s place without counting (an array item's index after the array changed). */
   rehome(o: object, parent: object, key: unknown): void {
-    this.#homes?.set(o, { parent, key });
+    const e = this.#entries.get(o);
+    if (e !== undefined && this.#homes) {
+      e.parent = parent;
+      e.key = key;
+    }
   }
 
   /** Counts `value`, now held at (`parent`, `key`); walks into objects new to the state. */
   adopt(value: unknown, parent: object | undefined, key: unknown): void {
     if (!isObject(value)) return;
+    const entries = this.#entries;
     const homes = this.#homes;
-    const stack: [unknown, object | undefined, unknown][] = [[value, parent, key]];
+    const stack: unknown[] = [value, parent, key];
     while (stack.length > 0) {
-      const [v, p, k] = stack.pop()!;
-      if (!isObject(v)) continue;
-      const c = this.#counts.get(v) ?? 0;
-      this.#counts.set(v, c + 1);
-      if (homes !== undefined && p !== undefined) homes.set(v, { parent: p, key: k });
-      if (c >= 1) {
-        this.#suspects.add(v);
+      const k = stack.pop();
+      const p = stack.pop() as object | undefined;
+      const v = stack.pop() as object;
+      const e = entries.get(v);
+      if (e === undefined) {
+        entries.set(v, homes ? { count: 1, parent: p, key: k } : { count: 1, parent: undefined, key: undefined });
+        pushChildren(v, stack);
         continue;
       }
-      forEachChild(v, (child, childKey) => {
-        if (isObject(child)) stack.push([child, v, childKey]);
-      });
+      e.count++;
+      if (homes && p !== undefined) {
+        e.parent = p;
+        e.key = k;
+      }
+      if (e.count >= 2) this.#suspects.add(v);
     }
   }
 
   /** Uncounts `value`, no longer held at (`parent`, `key`); walks into objects that left. */
   release(value: unknown, parent: object | undefined, key: unknown): void {
     if (!isObject(value)) return;
-    const homes = this.#homes;
-    const stack: [unknown, object | undefined, unknown][] = [[value, parent, key]];
+    const entries = this.#entries;
+    const stack: unknown[] = [value, parent, key];
     while (stack.length > 0) {
-      const [v, p, k] = stack.pop()!;
-      if (!isObject(v)) continue;
-      const c = this.#counts.get(v) ?? 0;
-      if (c === 0) {
+      const k = stack.pop();
+      const p = stack.pop() as object | undefined;
+      const v = stack.pop() as object;
+      const e = entries.get(v);
+      if (e === undefined || e.count === 0) {
         // Taken out of a place it was never counted in: the state changed behind our back.
         this.#lost = true;
         continue;
       }
-      if (c > 1) {
-        this.#counts.set(v, c - 1);
-        const h = homes?.get(v);
+      if (e.count > 1) {
+        e.count--;
         // Still held elsewhere, but its remembered place was this one: where is it now?
-        if (h !== undefined && h.parent === p && sameKey(h.key, k)) this.#lost = true;
+        if (this.#homes && e.parent === p && sameKey(e.key, k)) this.#lost = true;
         continue;
       }
-      this.#counts.delete(v);
-      homes?.delete(v);
-      forEachChild(v, (child, childKey) => {
-        if (isObject(child)) stack.push([child, v, childKey]);
-      });
+      entries.delete(v);
+      pushChildren(v, stack);
     }
   }
 
   /** Counts `o` itself as held once more, without walking into it (identity path). */
   adoptSelf(o: object): void {
-    const c = this.#counts.get(o) ?? 0;
-    this.#counts.set(o, c + 1);
-    if (c >= 1) this.#suspects.add(o);
+    const e = this.#entries.get(o);
+    if (e === undefined) {
+      this.#entries.set(o, { count: 1, parent: undefined, key: undefined });
+      return;
+    }
+    e.count++;
+    this.#suspects.add(o);
   }
 
   /** Uncounts `o` itself, without walking into it (identity path). */
   releaseSelf(o: object): void {
-    const c = this.#counts.get(o) ?? 0;
-    if (c === 0) this.#lost = true;
-    else if (c === 1) this.#counts.delete(o);
-    else this.#counts.set(o, c - 1);
+    const e = this.#entries.get(o);
+    if (e === undefined) this.#lost = true;
+    else if (e.count === 1) this.#entries.delete(o);
+    else e.count--;
   }
 
   /**
@@ -234,7 +286,7 @@ export class Registry {
   shared(): boolean {
     if (this.#lost) return true;
     for (const o of this.#suspects) {
-      if ((this.#counts.get(o) ?? 0) >= 2) return true;
+      if ((this.#entries.get(o)?.count ?? 0) >= 2) return true;
       this.#suspects.delete(o);
     }
     return false;

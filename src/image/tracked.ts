@@ -50,9 +50,9 @@ interface Dirty {
   /** Keys set or deleted (object keys, array indices as numbers, Map keys). */
   readonly keys: Set<unknown>;
   /** Keys deleted at least once (objects and Maps): a key deleted and set again moved to the end. */
-  readonly removed: Set<unknown>;
+  removed: Set<unknown> | undefined;
   /** Map keys set while absent, in the order they were added: the Map's new tail. */
-  readonly appended: Set<unknown>;
+  appended: Set<unknown> | undefined;
   /** Re-encode this container whole. */
   whole: boolean;
 }
@@ -379,7 +379,8 @@ export class StateTracker {
   #dirtyOf(c: object): Dirty {
     let d = this.#dirty.get(c);
     if (d === undefined) {
-      d = { keys: new Set(), removed: new Set(), appended: new Set(), whole: false };
+      // Most dirty containers only ever see sets: the other two sets come when needed.
+      d = { keys: new Set(), removed: undefined, appended: undefined, whole: false };
       this.#dirty.set(c, d);
     }
     return d;
@@ -415,7 +416,7 @@ export class StateTracker {
     const now = hasEnumerable(t, k);
     const d = this.#dirtyOf(t);
     d.keys.add(k);
-    if (had && !now) d.removed.add(k);
+    if (had && !now) (d.removed ??= new Set()).add(k);
     if (this.#counted(t)) {
       if (now) this.#registry.adopt((t as Record<string, unknown>)[k], t, k);
       if (had) this.#registry.release(old, t, k);
@@ -475,6 +476,7 @@ export class StateTracker {
     const d = this.#dirtyOf(m);
     d.keys.add(k);
     if (!had) {
+      d.appended ??= new Set();
       d.appended.delete(k);
       d.appended.add(k);
       if (isObject(k)) d.whole = true;
@@ -494,8 +496,8 @@ export class StateTracker {
     m.delete(k);
     const d = this.#dirtyOf(m);
     d.keys.add(k);
-    d.removed.add(k);
-    d.appended.delete(k);
+    (d.removed ??= new Set()).add(k);
+    d.appended?.delete(k);
     if (this.#counted(m)) {
       this.#registry.release(old, m, k);
       if (isObject(k)) this.#registry.release(k, m, MAP_KEY);
@@ -594,7 +596,7 @@ export class StateTracker {
     d: Dirty | undefined,
     down: Set<unknown> | undefined,
   ): Step {
-    if (d !== undefined) {
+    if (d?.removed !== undefined) {
       // A key deleted and set again moved to the end: a patch cannot move keys.
       for (const k of d.removed) {
         if (!isIndexKey(k as string) && hasEnumerable(c, k as string)) return this.#refresh(c, node);
@@ -702,7 +704,7 @@ export class StateTracker {
     if (d !== undefined) {
       const gone: [number, unknown][] = [];
       for (const k of d.keys) {
-        if (index.has(k) && (!c.has(k) || d.removed.has(k))) gone.push([index.position(k), k]);
+        if (index.has(k) && (!c.has(k) || d.removed?.has(k) === true)) gone.push([index.position(k), k]);
       }
       if (gone.length > 0) {
         changed = true;
@@ -720,7 +722,7 @@ export class StateTracker {
         }
       }
       for (const k of d.keys) {
-        if (!c.has(k) || d.removed.has(k) || !index.has(k)) continue;
+        if (!c.has(k) || d.removed?.has(k) === true || !index.has(k)) continue;
         const at = index.position(k);
         const pair = entries[at]!;
         const step = this.#replace(pair[1]!, c.get(k));
@@ -730,7 +732,7 @@ export class StateTracker {
           changed = true;
         }
       }
-      for (const k of d.appended) {
+      for (const k of d.appended ?? []) {
         if (!c.has(k)) continue;
         const pair: TreeNode[] = [this.#fresh(k), this.#fresh(c.get(k))];
         inner[entries.length] = [pair];

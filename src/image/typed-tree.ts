@@ -906,6 +906,17 @@ function isArrayIdMarker(node: TreeNode | undefined): node is TreeObject {
  * fresh: nothing in it is shared with `value` or with itself.
  */
 export function toTree(value: unknown): TreeNode {
+  // Plain JSON primitives are their own nodes: no walk needed (incremental paths call this a lot).
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return value;
+    case 'number':
+      if (Number.isFinite(value) && (value !== 0 || 1 / value > 0)) return value;
+      break;
+    case 'object':
+      if (value === null) return null;
+  }
   return encodeTree(value, undefined);
 }
 

@@ -14,7 +14,8 @@
  *   7     1  reserved (0)
  *   8     4  epoch (>= 1), the fencing epoch of the primary that made the frame
  *  12     8  seq (>= 1), the frame's number within its epoch (the fence is 1)
- *  20     4  checkpoint: the checkpoint the frame belongs to (fence: 0)
+ *  20     4  checkpoint: the checkpoint the frame belongs to (fence: the cutoff, the checkpoint
+ *            the new primary resumed from)
  *  24     2  part index (0-based)
  *  26     2  part count (>= 1)
  *  28     4  B = body bytes in this part
@@ -186,18 +187,36 @@ export function partOverhead(appLength: number): number {
   return HEADER_BYTES + appLength + TRAILER_BYTES;
 }
 
+/** Options of a `PartAssembler`. */
+export interface PartAssemblerOptions {
+  /** Most incomplete multi-part frames held at once; the oldest is dropped past it. Default 1 024. */
+  readonly maxPendingFrames?: number;
+  /** Most body bytes held by incomplete frames; the oldest are dropped past it. Default 256 MiB. */
+  readonly maxPendingBytes?: number;
+}
+
 /**
  * Reassembles multi-part frames. Single-part frames pass straight through. Parts of one frame
  * may arrive in any order and more than once; a part whose header disagrees with its siblings
- * is rejected. Incomplete frames are held until `discardBefore()` drops them.
+ * is rejected. Incomplete frames are held until `discardBefore()` drops them, or until holding
+ * them would pass `maxPendingFrames` / `maxPendingBytes` (the oldest go first, counted in
+ * `evicted`): a part's header may announce up to 65 535 parts, so memory is spent only on the
+ * parts that actually arrived, never on what a header claims.
  */
 export class PartAssembler {
-  readonly #pending = new Map<
-    string,
-    { first: FramePart; bodies: (Uint8Array | undefined)[]; have: number }
-  >();
+  readonly #pending = new Map<string, { first: FramePart; bodies: Map<number, Uint8Array>; bytes: number }>();
   /** Ids of recently completed multi-part frames, so a late duplicate part is not held forever. */
   readonly #done = new Set<string>();
+  readonly #maxFrames: number;
+  readonly #maxBytes: number;
+  #bytes = 0;
+  /** Incomplete frames dropped to stay within the caps. */
+  evicted = 0;
+
+  constructor(opts: PartAssemblerOptions = {}) {
+    this.#maxFrames = opts.maxPendingFrames ?? 1024;
+    this.#maxBytes = opts.maxPendingBytes ?? 256 * 1024 * 1024;
+  }
 
   /** Adds a part; returns the whole frame once its last missing part is in. */
   add(p: FramePart): Frame | undefined {
@@ -207,7 +226,7 @@ export class PartAssembler {
     if (this.#done.has(id)) return undefined;
     let entry = this.#pending.get(id);
     if (!entry) {
-      entry = { first: p, bodies: new Array<Uint8Array | undefined>(p.parts), have: 0 };
+      entry = { first: p, bodies: new Map(), bytes: 0 };
       this.#pending.set(id, entry);
     } else if (
       entry.first.parts !== p.parts ||
@@ -219,24 +238,52 @@ export class PartAssembler {
         `part ${p.part} of frame ${id} disagrees with its siblings`,
       );
     }
-    if (entry.bodies[p.part] !== undefined) return undefined; // a duplicate part
-    entry.bodies[p.part] = p.body;
-    entry.have++;
-    if (entry.have < p.parts) return undefined;
+    if (entry.bodies.has(p.part)) return undefined; // a duplicate part
+    entry.bodies.set(p.part, p.body);
+    entry.bytes += p.body.byteLength;
+    this.#bytes += p.body.byteLength;
+    if (entry.bodies.size < p.parts) {
+      this.#evict(id);
+      return undefined;
+    }
     this.#pending.delete(id);
+    this.#bytes -= entry.bytes;
     this.#done.add(id);
     if (this.#done.size > 1024) this.#done.delete(this.#done.values().next().value!);
-    const body = Buffer.concat(entry.bodies as Uint8Array[]);
+    const bodies: Uint8Array[] = [];
+    for (let i = 0; i < p.parts; i++) bodies.push(entry.bodies.get(i)!);
+    const body = Buffer.concat(bodies);
     return { kind: p.kind, epoch: p.epoch, seq: p.seq, checkpoint: p.checkpoint, body };
+  }
+
+  /** Drops the oldest incomplete frames (but `keep`) while over a cap. */
+  #evict(keep: string): void {
+    for (const [id, e] of this.#pending) {
+      if (this.#pending.size <= this.#maxFrames && this.#bytes <= this.#maxBytes) return;
+      if (id === keep) continue;
+      this.#pending.delete(id);
+      this.#bytes -= e.bytes;
+      this.evicted++;
+    }
   }
 
   /** Drops incomplete frames of epochs older than `epoch` (after a fence). */
   discardBefore(epoch: number): void {
-    for (const [id, e] of this.#pending) if (e.first.epoch < epoch) this.#pending.delete(id);
+    for (const [id, e] of this.#pending) {
+      if (e.first.epoch < epoch) {
+        this.#pending.delete(id);
+        this.#bytes -= e.bytes;
+      }
+    }
   }
 
   /** Number of frames waiting for parts. */
   get pending(): number {
     return this.#pending.size;
+  }
+
+  /** Body bytes held by frames waiting for parts. */
+  get pendingBytes(): number {
+    return this.#bytes;
   }
 }

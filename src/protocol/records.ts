@@ -11,9 +11,9 @@
  *                   | u32 raw length (payload bytes once decoded; equals the stored length for codec 0)
  *                   | payload
  * seal   (kind 3):  u32 write frames in the checkpoint | u32 write ops | u32 image frames (always 1)
- * fence  (kind 4):  u8 nodeIdLen | node id UTF-8 of the new primary. Its header's checkpoint is 0:
- *                   the cut is the fence's place in the stream, and every applier that reaches
- *                   it holds the same last sealed checkpoint, so the fence need not name it.
+ * fence  (kind 4):  u8 nodeIdLen | node id UTF-8 of the new primary. Its header's checkpoint is
+ *                   the cutoff: the checkpoint the new primary resumed from. Frames of older
+ *                   epochs for checkpoints after it are void (standby/applier.ts).
  * ```
  */
 import buffer from 'node:buffer';

@@ -9,6 +9,7 @@ import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsOptions } from '../transport/connection.js';
 import { checkAckPolicy, resolveFec, type AckPolicy, type FaultHook, type RelaySpec } from '../transport/relays.js';
 import type { FecScheme } from '../fec/shard.js';
+import { parseClusterKey, type ClusterKeyOption, type ClusterKeys } from '../protocol/envelope.js';
 
 /**
  * Standby modes. `delay-write`: the standby stages writes and commits each checkpoint at its
@@ -88,6 +89,16 @@ export interface StartOptions<S> {
   fec?: { data: number; parity: number; tolerate?: number } | { copies: number; tolerate?: number };
   /** Chaos hook for drills and tests: drop, delay or corrupt messages to relays. Not for production. */
   faults?: FaultHook;
+  /**
+   * Signed mode (docs/security.md): every message on the relays carries an HMAC-SHA256 under this
+   * key, and a standby rejects (and counts) unsigned or wrongly signed ones before decoding
+   * anything. At least 32 bytes: a Buffer, 64+ hex digits, base64, or 32+ bytes of text. During
+   * a key rotation, `{ keys: [{ id, key }, …], current: id }`: all verify, `current` signs. Every
+   * node of the app needs the same key(s).
+   */
+  clusterKey?: ClusterKeyOption;
+  /** With `clusterKey`: encrypt message bodies with AES-256-GCM (a key derived from it). Default false. */
+  encrypt?: boolean;
   /** Receives one line per internal event (role changes, takeovers, rejected frames). */
   log?: (event: LogEvent) => void;
 }
@@ -123,6 +134,8 @@ export interface ResolvedOptions<S> {
   readonly apply: { everyMs?: number; maxBytesPerSec?: number } | undefined;
   readonly fec: { scheme: FecScheme; tolerate?: number } | undefined;
   readonly faults: FaultHook | undefined;
+  readonly clusterKey: ClusterKeys | undefined;
+  readonly encrypt: boolean;
 }
 
 const ADAPTER_METHODS = [
@@ -183,6 +196,8 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'apply',
     'fec',
     'faults',
+    'clusterKey',
+    'encrypt',
   ]);
   for (const k of Object.keys(opts)) {
     if (!known.has(k))
@@ -318,9 +333,18 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   if (opts.faults !== undefined && typeof opts.faults !== 'function') {
     throw new ConfigError('faults', `must be a function (a chaos hook for drills and tests), got ${show(opts.faults)}`);
   }
+  const clusterKey = opts.clusterKey === undefined ? undefined : parseClusterKey(opts.clusterKey);
+  if (opts.encrypt !== undefined && typeof opts.encrypt !== 'boolean') {
+    throw new ConfigError('encrypt', `must be true or false, got ${show(opts.encrypt)}`);
+  }
+  if (opts.encrypt && !clusterKey) {
+    throw new ConfigError('encrypt', 'needs clusterKey: the encryption key is derived from the cluster key');
+  }
   return {
     fec,
     faults: opts.faults,
+    clusterKey,
+    encrypt: opts.encrypt ?? false,
     apply,
     relays,
     ack,

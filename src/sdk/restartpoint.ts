@@ -24,6 +24,7 @@ import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { closeLink, openLeaseBucket, openLink, type NatsLink } from '../transport/connection.js';
 import { LeaseStore } from '../transport/lease-store.js';
 import { RelaySet } from '../transport/relays.js';
+import { EnvelopeCodec } from '../protocol/envelope.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';
 import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
 
@@ -183,6 +184,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     // The lease lives where `nats` points; frames go to every relay (by default that same server).
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
     let relays: RelaySet | undefined;
+    const envelope = o.clusterKey
+      ? new EnvelopeCodec({ app: o.app, keys: o.clusterKey, encrypt: o.encrypt })
+      : undefined;
     try {
       relays = await RelaySet.open({
         specs: o.relays ?? [o.nats],
@@ -194,6 +198,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         timeoutMs: o.checkpointTimeoutMs,
         fec: o.fec,
         faults: o.faults,
+        envelope,
         onError: (msg) => o.log({ level: 'warn', msg: 'relay', error: msg }),
       });
       const relaySet = relays;
@@ -209,6 +214,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         mode: o.mode,
         need: relaySet.need,
         fec: relaySet.fec,
+        envelope,
         apply: o.apply,
         onReject: (err, seq) =>
           o.log({
@@ -225,6 +231,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
 
+      // The operator's view of a standby: per-relay lag, every 5 s, until it takes over.
+      const lagTimer = setInterval(() => {
+        void standby.lagReport().then((relays) => o.log({ level: 'info', msg: 'standby lag', relays }));
+      }, 5_000);
+      lagTimer.unref();
       const stop = new AbortController();
       let claim: Claim;
       try {
@@ -247,6 +258,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         ]);
       } finally {
         stop.abort();
+        clearInterval(lagTimer);
       }
       const claimedAt = now();
       o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
@@ -264,6 +276,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       await standby.catchUp(readQuorum);
       await standby.stop();
       await standby.applier.relax();
+      // Snapshot mode: the rollback. Areas written after the last formed snapshot (a deposed
+      // primary's unsealed writes) are released, so the store is exactly the resumed checkpoint.
+      if (o.mode === 'snapshot') await o.storage.releaseAreas!();
       const caughtUpAt = now();
       const pos: AppliedPosition = standby.applier.position;
       // An image of another stateVersion without `migrate`: refuse before fencing anyone.

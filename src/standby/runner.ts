@@ -6,6 +6,7 @@
  */
 import { FrameError } from '../errors.js';
 import { ImageChain } from '../image/chain.js';
+import type { EnvelopeCodec } from '../protocol/envelope.js';
 import { decodePart } from '../protocol/frame.js';
 import { ShardAssembler } from '../fec/assembler.js';
 import { decodeShard } from '../fec/shard.js';
@@ -31,6 +32,11 @@ export interface StandbyOptions {
   readonly need: number;
   /** FEC in use: messages are shards, rebuilt into parts as soon as any k are in. */
   readonly fec?: FecSettings;
+  /**
+   * Signed mode: every message is opened (MAC verified, body decrypted) here before any decoder
+   * reads it; unsigned, forged and damaged envelopes are rejected and counted.
+   */
+  readonly envelope?: EnvelopeCodec;
   readonly onReject?: ApplierOptions['onReject'];
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
@@ -141,6 +147,20 @@ export class StandbyRunner {
   }
 
   /**
+   * Per-relay lag: messages stored on each relay and not yet applied here (`undefined` for a
+   * relay that cannot be reached now).
+   */
+  async lagReport(): Promise<{ servers: string; applied: number; behind: number | undefined }[]> {
+    return Promise.all(
+      this.#o.links.map(async (l, i) => {
+        const last = l.connected() ? await lastStreamSeq(l, this.#o.names.stream).catch(() => undefined) : undefined;
+        const applied = this.#applied[i]!;
+        return { servers: l.servers, applied, behind: last === undefined ? undefined : Math.max(0, last - applied) };
+      }),
+    );
+  }
+
+  /**
    * Empties the store and starts applying every relay's stream from its first message. The
    * store is rebuilt from the relays' history, so whatever a crash left in it (a primary's
    * unsealed writes, a checkpoint the new primary's history does not contain) cannot survive.
@@ -172,15 +192,17 @@ export class StandbyRunner {
   async #handle(relay: number, m: StreamMessage): Promise<void> {
     try {
       try {
+        // Signed mode: nothing past this line sees a byte the cluster key did not vouch for.
+        const data = this.#o.envelope ? this.#o.envelope.open(m.data) : m.data;
         if (this.#shards) {
           // FEC: a shard; the part is rebuilt as soon as any k valid shards are in.
-          const shard = decodeShard(m.data, this.#o.app);
+          const shard = decodeShard(data, this.#o.app);
           this.#witness(`${shard.epoch}.${shard.seq}.${shard.part}`, shard.index);
           const bytes = await this.#shards.add(shard);
           if (bytes) await this.applier.handlePart(decodePart(bytes, this.#o.app), m.streamSeq);
           else await this.applier.recheck();
         } else {
-          const part = decodePart(m.data, this.#o.app);
+          const part = decodePart(data, this.#o.app);
           const first = this.#witness(`${part.epoch}.${part.seq}.${part.part}`, relay);
           if (first) await this.applier.handlePart(part, m.streamSeq);
           else if (this.#o.links.length > 1) await this.applier.recheck();

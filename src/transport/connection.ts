@@ -9,12 +9,21 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { NatsUnavailableError } from '../errors.js';
 import type { AppNames } from '../protocol/subjects.js';
 
+/**
+ * Bytes kept free in every message for its headers: a body of exactly max_payload bytes plus a
+ * Nats-Msg-Id header is refused ("max_payload size exceeded"). Ids are at most ~100 bytes.
+ */
+const HEADER_ROOM = 512;
+
 /** An open link to one NATS server (or cluster) with JetStream. */
 export interface NatsLink {
   readonly nc: NatsConnection;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
-  /** The server's max payload: the largest message a part may be. */
+  /**
+   * The largest part a publish may carry: the server's max payload less room for the headers
+   * (`Nats-Msg-Id`), which the server counts against the same limit.
+   */
   readonly maxPayload: number;
   readonly servers: string;
   /** Whether the client is connected now (false while it reconnects after losing the server). */
@@ -69,7 +78,7 @@ export async function openLink(opts: NatsOptions, name: string): Promise<NatsLin
     nc,
     js: jetstream(nc, { timeout: 5_000 }),
     jsm,
-    maxPayload: nc.info?.max_payload ?? 1024 * 1024,
+    maxPayload: (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM,
     servers,
     connected: () => connected && !nc.isClosed(),
   };

@@ -14,6 +14,7 @@ import {
   validateFecScheme,
   type FecScheme,
 } from '../fec/shard.js';
+import type { EnvelopeCodec } from '../protocol/envelope.js';
 import { encodeFrame, type Frame } from '../protocol/frame.js';
 import { messageId, type AppNames } from '../protocol/subjects.js';
 import { closeLink, ensureStream, openLink, type NatsLink, type NatsOptions } from './connection.js';
@@ -121,6 +122,7 @@ export class RelaySet {
   readonly #app: string;
   readonly #partBytes: number;
   readonly #faults: FaultHook | undefined;
+  readonly #envelope: EnvelopeCodec | undefined;
   #closed = false;
   #onError: (msg: string) => void;
 
@@ -131,6 +133,7 @@ export class RelaySet {
       fec: FecSettings | undefined;
       app: string;
       faults?: FaultHook;
+      envelope?: EnvelopeCodec;
       onError: (msg: string) => void;
     },
   ) {
@@ -140,7 +143,9 @@ export class RelaySet {
     this.#app = o.app;
     this.#faults = o.faults;
     this.#onError = o.onError;
-    const maxPayload = Math.min(...relays.map((r) => r.link.maxPayload));
+    this.#envelope = o.envelope;
+    // Signed mode: every message grows by the envelope, so parts and shards are cut smaller.
+    const maxPayload = Math.min(...relays.map((r) => r.link.maxPayload)) - (o.envelope?.overhead ?? 0);
     this.#partBytes = o.fec ? maxPartBytes(maxPayload, o.fec.scheme, o.app.length) : maxPayload;
   }
 
@@ -171,6 +176,8 @@ export class RelaySet {
     timeoutMs: number;
     fec?: { scheme: FecScheme; tolerate?: number };
     faults?: FaultHook;
+    /** Signed mode: every message (part or shard) is sealed in this envelope before it is sent. */
+    envelope?: EnvelopeCodec;
     /** Reuse this link for the relay at index 0 (the lease connection), if the same servers. */
     shared?: NatsLink;
     onError?: (msg: string) => void;
@@ -204,6 +211,7 @@ export class RelaySet {
       fec,
       app: opts.app,
       faults: opts.faults,
+      envelope: opts.envelope,
       onError: opts.onError ?? (() => undefined),
     });
   }
@@ -244,12 +252,14 @@ export class RelaySet {
         );
         messages = shards.map((bytes, j) => ({
           relay: relayOfShard(j, this.#relays.length),
-          bytes,
+          bytes: this.#envelope ? this.#envelope.seal(bytes) : bytes,
           msgId: shardMessageId(this.#app, frame.epoch, frame.seq, i, j),
         }));
       } else {
         const msgId = messageId(this.#app, frame.epoch, frame.seq, i);
-        messages = this.#relays.map((_, relay) => ({ relay, bytes: part, msgId }));
+        // Sealed once: every relay gets the same bytes (and, encrypted, the same nonce).
+        const bytes = this.#envelope ? this.#envelope.seal(part) : part;
+        messages = this.#relays.map((_, relay) => ({ relay, bytes, msgId }));
       }
       acked.push(this.#sendAll(`${frame.epoch}/${frame.seq}.${i}`, messages));
     }

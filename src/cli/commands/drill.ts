@@ -25,7 +25,10 @@ interface DrillFlags {
   leaseTtl: number;
   keep: boolean;
   json: boolean;
+  key?: string;
+  injectForged?: number;
 }
+import { UsageError } from '../../errors.js';
 import { intFlag } from '../main.js';
 
 function table(report: DrillReport): string {
@@ -86,8 +89,20 @@ export function drillCommand(): Command {
     .option('--nats <url>', 'NATS server with JetStream', 'nats://127.0.0.1:4222')
     .option('--lease-ttl <ms>', 'lease TTL of the nodes', intFlag('--lease-ttl', 100, 60_000), 1000)
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
+    .option('--key <key>', 'cluster key: run the nodes in signed mode (32+ bytes: 64 hex digits, base64 or text)')
+    .option(
+      '--inject-forged <n>',
+      'with --key: publish N forged and N corrupted messages onto the app subject during the run',
+      intFlag('--inject-forged', 1, 100_000),
+    )
     .option('--json', 'print one JSON object (docs/cli.md) and nothing else on stdout', false)
     .action(async (o: DrillFlags) => {
+      if (o.injectForged !== undefined && o.key === undefined) {
+        throw new UsageError(
+          '--inject-forged needs --key',
+          'forged frames are only told apart from real ones in signed mode: add --key $(openssl rand -hex 32)',
+        );
+      }
       const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
       const scenarios: Scenario[] = o.scenario === 'all' ? [...Scenarios] : [o.scenario];
       const runs: DrillReport[] = [];
@@ -104,6 +119,8 @@ export function drillCommand(): Command {
             nats: o.nats,
             leaseTtlMs: o.leaseTtl,
             keep: o.keep,
+            key: o.key,
+            injectForged: o.injectForged,
             progress: o.json ? (l) => process.stderr.write(`${l}\n`) : (l) => process.stdout.write(`${l}\n`),
           }),
         );
@@ -117,6 +134,10 @@ export function drillCommand(): Command {
               ok: runs.every((r) => r.ok),
               kills: runs.reduce((n, r) => n + r.kills, 0),
               relaysKilled: runs.reduce((n, r) => n + r.relaysKilled, 0),
+              rejected: {
+                forged: runs.reduce((n, r) => n + r.rejected.forged, 0),
+                corrupt: runs.reduce((n, r) => n + r.rejected.corrupt, 0),
+              },
               takeovers: runs.flatMap((r) => r.takeovers.map((t) => ({ ...t, scenario: r.scenario }))),
               violations: runs.flatMap((r) => r.violations.map((v) => `${r.scenario}: ${v}`)),
               runs,
