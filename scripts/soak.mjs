@@ -23,6 +23,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import v8 from 'node:v8';
 import { Restartpoint } from '../dist/src/index.js';
 import { memoryAdapter } from '../dist/adapters/memory/index.js';
 
@@ -97,6 +98,8 @@ function sample(t0) {
     takeovers: stats.takeovers,
   };
   samples.push(row);
+  // For hunting a leak: SOAK_HEAP_SNAPSHOTS=dir writes a heap snapshot at every sample.
+  if (process.env.SOAK_HEAP_SNAPSHOTS) v8.writeHeapSnapshot(`${process.env.SOAK_HEAP_SNAPSHOTS}/soak-${row.t}.heapsnapshot`);
   log(
     `${String(row.t).padStart(5)}  ${row.heapMB.toFixed(1).padStart(8)}  ${row.rssMB.toFixed(1).padStart(8)}  ${String(row.handles).padStart(7)}  ${String(row.puts).padStart(8)}  ${String(row.checkpoints).padStart(6)}  ${String(row.takeovers).padStart(4)}`,
   );

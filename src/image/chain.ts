@@ -88,7 +88,7 @@ type Base =
 interface Walked {
   readonly tree: TreeNode;
   readonly shared: boolean;
-  readonly objects: IterableIterator<object>;
+  readonly objects: ReadonlyMap<object, TreeNode>;
 }
 
 /**
@@ -209,7 +209,7 @@ export class ImageEncoder {
   /** Makes a whole walk of `raw` the base. */
   #adopt(walked: Walked, raw: unknown, tracker: StateTracker | undefined): void {
     if (tracker !== undefined) {
-      tracker.rebuild(!walked.shared);
+      tracker.rebuild(walked.shared ? undefined : walked.objects);
       this.#base = { kind: 'tracked', tree: walked.tree, tracker, generation: tracker.generation };
     } else if (this.#immutable && !walked.shared) {
       this.#base = { kind: 'identity', tree: walked.tree, live: raw, registry: Registry.ofTree(walked.objects) };

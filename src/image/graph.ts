@@ -111,9 +111,20 @@ export interface Home {
   readonly key: unknown;
 }
 
-/** What the registry knows of one object: how many places hold it, and the last of them. */
+/** Objects known to be in the state, each held once (the objects a full walk met). */
+export interface Members {
+  has(o: object): boolean;
+}
+
+const NO_MEMBERS: Members = { has: () => false };
+
+/**
+ * What the registry knows of one object: how many places hold it (valid for generation `gen`
+ * only; otherwise the members of the last full walk say), and where it was last seen.
+ */
 interface Entry {
   count: number;
+  gen: number;
   parent: object | undefined;
   key: unknown;
 }
@@ -158,13 +169,20 @@ function pushChildren(o: object, stack: unknown[]): void {
  * How many places of the state hold each object. While every count is at most 1, the state is a
  * tree and the incremental paths are exact; `shared()` says when that stopped being true.
  *
- * `adopt` counts a value stored somewhere, walking into objects that were not in the state;
- * `release` uncounts a value taken out, walking into objects that left. Callers adopt before they
- * release, so that a move (stored in the new place, then taken out of the old one) never looks
- * shared for longer than the move. With `homes`, the registry also remembers each object's
- * place, so a change deep inside can be found from the root.
+ * After a full walk (`reset`), the objects that walk met are the state, each held once: nothing
+ * is copied, the walk's own object set is the base. `adopt` counts a value stored somewhere,
+ * walking into objects that were not in the state; `release` uncounts a value taken out,
+ * walking into objects that left; both record what changed on top of the base. Callers adopt
+ * before they release, so that a move (stored in the new place, then taken out of the old one)
+ * never looks shared for longer than the move.
+ *
+ * With homes, the registry also remembers where each object was last stored or read from
+ * (`seen`), so a change deep inside can be found from the root. Homes outlive `reset` (the state
+ * is still the same objects); when one could be wrong the registry says `shared()` instead.
  */
 export class Registry {
+  #base: Members = NO_MEMBERS;
+  #gen = 0;
   #entries = new WeakMap<object, Entry>();
   readonly #homes: boolean;
   #suspects = new Set<object>();
@@ -174,108 +192,146 @@ export class Registry {
     this.#homes = withHomes;
   }
 
-  /** A registry counting each of `objects` once: the objects of a tree-shaped state. */
-  static ofTree(objects: Iterable<object>): Registry {
+  /** A registry whose state is `members`, each held once. */
+  static ofTree(members: Members): Registry {
     const r = new Registry(false);
-    for (const o of objects) r.#entries.set(o, { count: 1, parent: undefined, key: undefined });
+    r.reset(members);
     return r;
   }
 
-  /** Forgets everything, then counts the objects of `root` (and records their homes). */
-  rebuild(root: unknown): void {
-    this.#entries = new WeakMap();
+  /**
+   * After a full walk of a tree-shaped state: `members` are its objects, each held once. Homes
+   * are kept (the state is the same objects), unless the registry had lost track of them since
+   * the last reset: then they are learned again by a walk from `root`.
+   */
+  reset(members: Members, root?: unknown): void {
+    const lost = this.#lost;
+    this.#base = members;
+    this.#gen++;
     this.#suspects = new Set();
     this.#lost = false;
-    this.adopt(root, undefined, undefined);
+    if (!lost || !this.#homes) return;
+    this.#entries = new WeakMap();
+    if (!isObject(root)) return;
+    const stack: unknown[] = [];
+    pushChildren(root, stack);
+    while (stack.length > 0) {
+      const k = stack.pop();
+      const p = stack.pop() as object;
+      const v = stack.pop() as object;
+      const e = this.#entry(v);
+      e.parent = p;
+      e.key = k;
+      pushChildren(v, stack);
+    }
+  }
+
+  #entry(o: object): Entry {
+    let e = this.#entries.get(o);
+    if (e === undefined) {
+      e = { count: this.#base.has(o) ? 1 : 0, gen: this.#gen, parent: undefined, key: undefined };
+      this.#entries.set(o, e);
+    } else if (e.gen !== this.#gen) {
+      e.count = this.#base.has(o) ? 1 : 0;
+      e.gen = this.#gen;
+    }
+    return e;
   }
 
   /** How many places hold `o` (0 when it is not in the state). */
   count(o: object): number {
-    return this.#entries.get(o)?.count ?? 0;
+    const e = this.#entries.get(o);
+    return e !== undefined && e.gen === this.#gen ? e.count : this.#base.has(o) ? 1 : 0;
   }
 
-  /** Where `o` was last stored, if known. */
+  /** Where `o` was last stored or read from, if known. */
   home(o: object): Home | undefined {
     const e = this.#entries.get(o);
     return e?.parent === undefined ? undefined : (e as Home);
   }
 
-  /** Records `o`'s place without counting (an array item's index after the array changed). */
-  rehome(o: object, parent: object, key: unknown): void {
+  /**
+   * `o` was read at (`parent`, `key`), in the state: remember it as `o`'s place unless one is
+   * known (a place learned from a store is never older than one learned from a read).
+   */
+  seen(o: object, parent: object, key: unknown): void {
+    if (!this.#homes) return;
     const e = this.#entries.get(o);
-    if (e !== undefined && this.#homes) {
-      e.parent = parent;
-      e.key = key;
-    }
+    if (e?.parent !== undefined || this.count(parent) === 0) return;
+    const entry = e ?? this.#entry(o);
+    entry.parent = parent;
+    entry.key = key;
+  }
+
+  /** Records `o`'s place (an array item's index after the array changed). */
+  rehome(o: object, parent: object, key: unknown): void {
+    if (!this.#homes) return;
+    const e = this.#entry(o);
+    e.parent = parent;
+    e.key = key;
+  }
+
+  /** The registry can no longer vouch for the state being a tree, or for its homes. */
+  lose(): void {
+    this.#lost = true;
   }
 
   /** Counts `value`, now held at (`parent`, `key`); walks into objects new to the state. */
   adopt(value: unknown, parent: object | undefined, key: unknown): void {
     if (!isObject(value)) return;
-    const entries = this.#entries;
     const homes = this.#homes;
     const stack: unknown[] = [value, parent, key];
     while (stack.length > 0) {
       const k = stack.pop();
       const p = stack.pop() as object | undefined;
       const v = stack.pop() as object;
-      const e = entries.get(v);
-      if (e === undefined) {
-        entries.set(v, homes ? { count: 1, parent: p, key: k } : { count: 1, parent: undefined, key: undefined });
-        pushChildren(v, stack);
-        continue;
-      }
-      e.count++;
+      const e = this.#entry(v);
+      const c = e.count;
+      e.count = c + 1;
       if (homes && p !== undefined) {
         e.parent = p;
         e.key = k;
       }
-      if (e.count >= 2) this.#suspects.add(v);
+      if (c >= 1) this.#suspects.add(v);
+      else pushChildren(v, stack);
     }
   }
 
   /** Uncounts `value`, no longer held at (`parent`, `key`); walks into objects that left. */
   release(value: unknown, parent: object | undefined, key: unknown): void {
     if (!isObject(value)) return;
-    const entries = this.#entries;
     const stack: unknown[] = [value, parent, key];
     while (stack.length > 0) {
       const k = stack.pop();
       const p = stack.pop() as object | undefined;
       const v = stack.pop() as object;
-      const e = entries.get(v);
-      if (e === undefined || e.count === 0) {
+      const e = this.#entry(v);
+      if (e.count === 0) {
         // Taken out of a place it was never counted in: the state changed behind our back.
         this.#lost = true;
         continue;
       }
-      if (e.count > 1) {
-        e.count--;
+      e.count--;
+      if (e.count > 0) {
         // Still held elsewhere, but its remembered place was this one: where is it now?
         if (this.#homes && e.parent === p && sameKey(e.key, k)) this.#lost = true;
         continue;
       }
-      entries.delete(v);
       pushChildren(v, stack);
     }
   }
 
   /** Counts `o` itself as held once more, without walking into it (identity path). */
   adoptSelf(o: object): void {
-    const e = this.#entries.get(o);
-    if (e === undefined) {
-      this.#entries.set(o, { count: 1, parent: undefined, key: undefined });
-      return;
-    }
+    const e = this.#entry(o);
     e.count++;
-    this.#suspects.add(o);
+    if (e.count >= 2) this.#suspects.add(o);
   }
 
   /** Uncounts `o` itself, without walking into it (identity path). */
   releaseSelf(o: object): void {
-    const e = this.#entries.get(o);
-    if (e === undefined) this.#lost = true;
-    else if (e.count === 1) this.#entries.delete(o);
+    const e = this.#entry(o);
+    if (e.count === 0) this.#lost = true;
     else e.count--;
   }
 
@@ -286,7 +342,7 @@ export class Registry {
   shared(): boolean {
     if (this.#lost) return true;
     for (const o of this.#suspects) {
-      if ((this.#entries.get(o)?.count ?? 0) >= 2) return true;
+      if (this.count(o) >= 2) return true;
       this.#suspects.delete(o);
     }
     return false;

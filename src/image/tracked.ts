@@ -27,6 +27,7 @@ import {
   Container,
   MAP_KEY,
   Registry,
+  type Members,
   containerKind,
   forEachChild,
   hasEnumerable,
@@ -145,19 +146,21 @@ export class StateTracker {
   }
 
   /**
-   * After a full walk of the state (keyframe or full diff): counts the state afresh and drops
-   * the marks, which that walk covered. Entry indexes of Maps that did not change are kept.
+   * After a full walk of the state (keyframe or full diff): `members` are the objects that walk
+   * met, each held once (undefined when the state shares objects: nothing can be walked then).
+   * The marks, which that walk covered, are dropped; entry indexes of Maps that did not change
+   * are kept.
    */
-  rebuild(treeShaped: boolean): void {
+  rebuild(members: Members | undefined): void {
     const maps = new Map<Map<unknown, unknown>, MapIndex>();
-    if (treeShaped) {
-      this.#registry.rebuild(this.target);
+    if (members !== undefined) {
+      this.#registry.reset(members, this.target);
       for (const [m, index] of this.#maps) {
-        if (!this.#dirty.has(m) && this.#registry.count(m) >= 1) maps.set(m, index);
+        if (!this.#dirty.has(m) && members.has(m)) maps.set(m, index);
       }
     }
     this.#maps = maps;
-    this.#indexed = treeShaped;
+    this.#indexed = members !== undefined;
     this.#consume();
   }
 
@@ -186,6 +189,12 @@ export class StateTracker {
   }
 
   // ---- proxies ------------------------------------------------------------------------------
+
+  /** What a read of (`parent`, `key`) hands out; notes where the value sits. */
+  #read(v: unknown, parent: object, key: unknown): unknown {
+    if (isObject(v) && this.#indexed) this.#registry.seen(v, parent, key);
+    return this.wrap(v);
+  }
 
   /** A proxy for a container (cached), or `v` itself. */
   wrap(v: unknown): unknown {
@@ -216,7 +225,10 @@ export class StateTracker {
 
   #objectHandler(): ProxyHandler<object> {
     return {
-      get: (t, k, r) => this.wrap(Reflect.get(t, k, r)),
+      get: (t, k, r) => {
+        const v: unknown = Reflect.get(t, k, r);
+        return typeof k === 'string' && isObject(v) ? this.#read(v, t, k) : this.wrap(v);
+      },
       set: (t, k, v) => {
         if (typeof k === 'symbol') return Reflect.set(t, k, v);
         const had = hasEnumerable(t, k);
@@ -248,7 +260,10 @@ export class StateTracker {
 
   #arrayHandler(): ProxyHandler<object> {
     return {
-      get: (t, k, r) => this.wrap(Reflect.get(t, k, r)),
+      get: (t, k, r) => {
+        const v: unknown = Reflect.get(t, k, r);
+        return typeof k === 'string' && isObject(v) && isIndexKey(k) ? this.#read(v, t, Number(k)) : this.wrap(v);
+      },
       set: (t, k, v) => {
         const a = t as unknown[];
         if (k === 'length') {
@@ -313,10 +328,13 @@ export class StateTracker {
   #mapMethods(m: Map<unknown, unknown>): Record<PropertyKey, unknown> {
     const proxy = (): unknown => this.#proxies.get(m);
     const entries = function* (this: StateTracker): IterableIterator<[unknown, unknown]> {
-      for (const [k, v] of m) yield [this.wrap(k), this.wrap(v)];
+      for (const [k, v] of m) yield [this.#read(k, m, MAP_KEY), this.#read(v, m, k)];
     }.bind(this);
     return {
-      get: (k: unknown) => this.wrap(m.get(untracked(k))),
+      get: (k: unknown) => {
+        const key = untracked(k);
+        return this.#read(m.get(key), m, key);
+      },
       has: (k: unknown) => m.has(untracked(k)),
       set: (k: unknown, v: unknown) => {
         this.#mapSet(m, this.#storable(k), this.#storable(v));
@@ -325,15 +343,15 @@ export class StateTracker {
       delete: (k: unknown) => this.#mapDelete(m, untracked(k)),
       clear: () => this.#clear(m),
       forEach: (cb: (v: unknown, k: unknown, map: unknown) => void, thisArg?: unknown) => {
-        for (const [k, v] of m) cb.call(thisArg, this.wrap(v), this.wrap(k), proxy());
+        for (const [k, v] of m) cb.call(thisArg, this.#read(v, m, k), this.#read(k, m, MAP_KEY), proxy());
       },
       entries,
       [Symbol.iterator]: entries,
       keys: function* (this: StateTracker): IterableIterator<unknown> {
-        for (const k of m.keys()) yield this.wrap(k);
+        for (const k of m.keys()) yield this.#read(k, m, MAP_KEY);
       }.bind(this),
       values: function* (this: StateTracker): IterableIterator<unknown> {
-        for (const v of m.values()) yield this.wrap(v);
+        for (const [k, v] of m) yield this.#read(v, m, k);
       }.bind(this),
     };
   }
@@ -341,7 +359,7 @@ export class StateTracker {
   #setMethods(s: Set<unknown>): Record<PropertyKey, unknown> {
     const proxy = (): unknown => this.#proxies.get(s);
     const values = function* (this: StateTracker): IterableIterator<unknown> {
-      for (const v of s) yield this.wrap(v);
+      for (const v of s) yield this.#read(v, s, v);
     }.bind(this);
     return {
       has: (v: unknown) => s.has(untracked(v)),
@@ -363,13 +381,19 @@ export class StateTracker {
       },
       clear: () => this.#clear(s),
       forEach: (cb: (v: unknown, k: unknown, set: unknown) => void, thisArg?: unknown) => {
-        for (const v of s) cb.call(thisArg, this.wrap(v), this.wrap(v), proxy());
+        for (const v of s) {
+          const item = this.#read(v, s, v);
+          cb.call(thisArg, item, item, proxy());
+        }
       },
       values,
       keys: values,
       [Symbol.iterator]: values,
       entries: function* (this: StateTracker): IterableIterator<[unknown, unknown]> {
-        for (const v of s) yield [this.wrap(v), this.wrap(v)];
+        for (const v of s) {
+          const item = this.#read(v, s, v);
+          yield [item, item];
+        }
       }.bind(this),
     };
   }
@@ -524,9 +548,14 @@ export class StateTracker {
   /** Marks every container above `c` as leading to a change, up to the root or a marked one. */
   #markUp(c: object): void {
     if (!this.#indexed) return;
-    for (let x = c; ; ) {
+    for (let x = c; x !== this.target; ) {
       const h = this.#registry.home(x);
-      if (h === undefined) return;
+      if (h === undefined) {
+        // In the state, but where? (A proxy kept from before the registry lost its homes.)
+        // The walk cannot reach this change: the next checkpoint must walk the whole state.
+        if (this.#registry.count(x) >= 1) this.#registry.lose();
+        return;
+      }
       if (h.key === MAP_KEY) this.#dirtyOf(h.parent).whole = true;
       let s = this.#descend.get(h.parent);
       if (s === undefined) {
@@ -576,7 +605,7 @@ export class StateTracker {
     // The registry saw no sharing, so no subtree can have any: a tree with ids here would
     // not match the ids a whole walk gives.
     if (r.shared) throw new Error('internal: a tracked subtree holds a shared object the registry missed');
-    for (const o of r.objects) if (o instanceof Map) this.#maps.delete(o as Map<unknown, unknown>);
+    for (const o of r.objects.keys()) if (o instanceof Map) this.#maps.delete(o as Map<unknown, unknown>);
     return r.tree;
   }
 

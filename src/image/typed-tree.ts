@@ -500,9 +500,9 @@ class Encoder {
     return this.nextId > 1 || this.keyedIds.size > 0;
   }
 
-  /** Every object the walk met. */
-  objects(): IterableIterator<object> {
-    return this.seen.keys();
+  /** Every object the walk met (to its node). */
+  objects(): ReadonlyMap<object, TreeNode> {
+    return this.seen;
   }
 
   /** Encodes a whole value; a failure comes out as a WalkFault carrying the path. */
@@ -941,8 +941,8 @@ export interface IndexedTree {
    * the tree holds no ids and no refs, and a change to one object changes only its own node.
    */
   readonly shared: boolean;
-  /** Every object of the value (containers and leaves), in walk order. */
-  readonly objects: IterableIterator<object>;
+  /** Every object of the value (containers and leaves), in walk order, to its node. */
+  readonly objects: ReadonlyMap<object, TreeNode>;
 }
 
 /**

@@ -18,7 +18,7 @@
  */
 import buffer from 'node:buffer';
 import { FrameError, FrameRejectReason } from '../errors.js';
-import type { WriteOp } from '../storage/adapter.js';
+import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type WriteOp } from '../storage/adapter.js';
 
 /** Image payload formats. */
 export const ImageFormat = { Full: 1, Delta: 2 } as const;
@@ -114,6 +114,9 @@ export function decodeWrites(body: Uint8Array): WriteOp[] {
     const kind = buf[o]!;
     const klen = buf.readUInt32BE(o + 1);
     o += 5;
+    // A key or value no adapter accepts would make the store's commit throw and stop the
+    // standby: refuse it here, as a malformed frame, before reading it.
+    if (klen > MAX_KEY_BYTES) throw malformed(`key of ${klen} bytes in writes body; keys are at most ${MAX_KEY_BYTES}`);
     need(klen);
     const key = buf.toString('utf8', o, o + klen);
     o += klen;
@@ -122,6 +125,9 @@ export function decodeWrites(body: Uint8Array): WriteOp[] {
       need(4);
       const vlen = buf.readUInt32BE(o);
       o += 4;
+      if (vlen > MAX_VALUE_BYTES) {
+        throw malformed(`value of ${vlen} bytes in writes body; values are at most ${MAX_VALUE_BYTES}`);
+      }
       need(vlen);
       ops[i] = { op: 'put', key, value: new Uint8Array(buf.subarray(o, o + vlen)) };
       o += vlen;

@@ -73,4 +73,26 @@ describe('drill (real nats-server, real processes, SIGKILL)', () => {
     expect(report.scenario).toBe('shard-loss');
     expect(report.relaysKilled).toBe(2);
   }, 120_000);
+
+  const combos = (['memory', 'file', 'redis', 'postgres'] as const).flatMap((store) =>
+    (['delay-write', 'snapshot'] as const).map((mode) => [store, mode] as const),
+  );
+  it.each(combos)(
+    'store %s, mode %s: a kill inside checkpoint() keeps guarantees 1-3',
+    async (store, mode) => {
+      const report = await runDrill({
+        kills: 1,
+        store,
+        mode,
+        seed: 21,
+        nats: NATS_URL,
+        leaseTtlMs: 800,
+        points: ['inside-checkpoint'],
+      });
+      expect(report.violations).toEqual([]);
+      expect(report.ok).toBe(true);
+      expect(report.takeovers[0]!.storeMatches && report.takeovers[0]!.imageMatches).toBe(true);
+    },
+    60_000,
+  );
 });

@@ -303,8 +303,10 @@ function imageThroughChain(rec: ImageRecord): void {
     expect(JSON.stringify(chain.tree, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v))).toBe(before);
     return;
   }
-  bounded('ImageChain.apply after check', [], () => chain.apply(2, rec));
-  bounded('ImageChain.materialize', [], () => chain.materialize());
+  // Contract wanted: nothing after a passed check throws (see the `fails` test below). Today a
+  // delta that does not fit its base passes check and fails in apply or materialize.
+  bounded('ImageChain.apply after check', [ImageError], () => chain.apply(2, rec));
+  bounded('ImageChain.materialize', [ImageError], () => chain.materialize());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,18 +407,20 @@ describe('fuzz: frame parts and record bodies', () => {
     const [good] = encodeFrame(APP, { kind: FrameKind.Writes, epoch: 1, seq: 2, checkpoint: 1, body: encodeWrites([]) }, 1 << 20);
     const part = Buffer.from(good!);
     part.writeUInt32BE(0xffffffff, 28);
-    expect(() => bounded('decodePart', [], () => decodePart(part, APP))).toThrow(FrameError);
+    const ab0 = process.memoryUsage().arrayBuffers;
+    expect(() => decodePart(part, APP)).toThrow(/truncated/);
     const writes = Buffer.alloc(16);
     writes.writeUInt32BE(0xffffffff, 0);
-    expect(() => bounded('decodeWrites', [], () => decodeWrites(writes))).toThrow(/claims/);
+    expect(() => decodeWrites(writes)).toThrow(/claims/);
     const one = Buffer.alloc(16);
     one.writeUInt32BE(1, 0);
     one[4] = 1;
     one.writeUInt32BE(0xffffffff, 5); // key length
-    expect(() => bounded('decodeWrites', [], () => decodeWrites(one))).toThrow(/truncated/);
+    expect(() => decodeWrites(one)).toThrow(/truncated|key/);
     const image = encodeImage({ format: 1, codec: ImageCodec.None, base: 0, stateVersion: 1, rawLength: 0, payload: new Uint8Array(0) });
     image.writeUInt32BE(0xffffffff, 10);
-    expect(() => bounded('decodeImage', [], () => decodeImage(image))).toThrow(FrameError);
+    expect(() => decodeImage(image)).toThrow(FrameError);
+    expect(process.memoryUsage().arrayBuffers - ab0).toBeLessThan(2 ** 20);
   });
 });
 
@@ -531,8 +535,26 @@ describe('fuzz: execution images and deltas', () => {
     expect(bomb.byteLength).toBeLessThan(1024);
     const chain = new ImageChain({ maxImageBytes: 2 ** 20 });
     const rec: ImageRecord = { format: ImageFormat.Full, codec: ImageCodec.Brotli, base: 0, stateVersion: 1, rawLength: 8 * 2 ** 20, payload: bomb };
-    expect(() => bounded('check', [], () => chain.check(1, rec))).toThrow(/limits\.maxImageBytes/);
+    const ab0 = process.memoryUsage().arrayBuffers;
+    expect(() => chain.check(1, rec)).toThrow(/limits\.maxImageBytes/);
     // A record that lies low about its size: decompression stops at the announced length.
-    expect(() => bounded('check', [], () => chain.check(1, { ...rec, rawLength: 1000 }))).toThrow(ImageError);
+    expect(() => chain.check(1, { ...rec, rawLength: 1000 })).toThrow(/does not decode/);
+    expect(process.memoryUsage().arrayBuffers - ab0).toBeLessThan(2 ** 20);
+  });
+
+  // FINDING (issue 7): ImageChain.check accepts a delta that does not fit the image held; apply
+  // (which the applier calls after the store commit) then throws with the tree partly patched,
+  // or materialize fails on the tree the patch left. Flip to \`it\` once check proves the patch.
+  it.fails('a delta that does not fit its base is refused by check, not by apply after the store commit', () => {
+    const chain = chainAtOne();
+    const delta = Buffer.from(JSON.stringify({ _t: 'a', _0: [0, 0, 0] })); // an array change on an object root
+    const rec: ImageRecord = { format: ImageFormat.Delta, codec: ImageCodec.None, base: 1, stateVersion: 1, rawLength: delta.byteLength, payload: delta };
+    let refusedByCheck = false;
+    try {
+      chain.check(2, rec);
+    } catch (err) {
+      refusedByCheck = err instanceof ImageError;
+    }
+    expect(refusedByCheck).toBe(true);
   });
 });
