@@ -62,7 +62,24 @@ interface State {
   meta: { count: number };
 }
 
-const WORDS = ['ada', 'alan', 'grace', 'edsger', 'barbara', 'donald', 'ken', 'dennis', 'leslie', 'tony', 'niklaus', 'frances', 'john', 'radia', 'margaret', 'linus'];
+const WORDS = [
+  'ada',
+  'alan',
+  'grace',
+  'edsger',
+  'barbara',
+  'donald',
+  'ken',
+  'dennis',
+  'leslie',
+  'tony',
+  'niklaus',
+  'frances',
+  'john',
+  'radia',
+  'margaret',
+  'linus',
+];
 
 /** A small deterministic PRNG (mulberry32), so every run builds the same states. */
 function prng(seed: number): () => number {
@@ -129,7 +146,11 @@ function changeInPlace(s: State, keys: string[], r: () => number): void {
 
 /** The same change made immutably: new records, a new container, a new root. */
 function changeImmutably(s: State, keys: string[], r: () => number): State {
-  const edit = (rec: Rec): Rec => ({ ...rec, balance: Math.round(r() * 1e8) / 100, updated: rec.updated + 1000 });
+  const edit = (rec: Rec): Rec => ({
+    ...rec,
+    balance: Math.round(r() * 1e8) / 100,
+    updated: rec.updated + 1000,
+  });
   if (s.records instanceof Map) {
     const records = new Map(s.records);
     for (const key of keys) records.set(key, edit(records.get(key)!));
@@ -261,7 +282,13 @@ async function runRp(
 }
 
 /** The naive baseline: v8.serialize of the whole state, published in parts to an app stream. */
-async function runFull(ctx: BenchContext, nc: NatsConnection, n: number, container: Container, samples: number): Promise<Sample[]> {
+async function runFull(
+  ctx: BenchContext,
+  nc: NatsConnection,
+  n: number,
+  container: Container,
+  samples: number,
+): Promise<Sample[]> {
   const app = appName();
   // A primary creates the app's stream; the baseline publishes next to its frames.
   const rp = await startPrimary(ctx, app, false);
@@ -278,8 +305,14 @@ async function runFull(ctx: BenchContext, nc: NatsConnection, n: number, contain
       out.push(
         await measure(async () => {
           const body = v8.serialize(state);
-          const parts = encodeFrame(app, { kind: FrameKind.Image, epoch: 1, seq: i, checkpoint: i, body }, maxPayload);
-          await Promise.all(parts.map((p, j) => js.publish(subject, p, { msgID: `naive.${i}.${j}`, timeout: 60_000 })));
+          const parts = encodeFrame(
+            app,
+            { kind: FrameKind.Image, epoch: 1, seq: i, checkpoint: i, body },
+            maxPayload,
+          );
+          await Promise.all(
+            parts.map((p, j) => js.publish(subject, p, { msgID: `naive.${i}.${j}`, timeout: 60_000 })),
+          );
           return { bytes: body.byteLength, rawBytes: body.byteLength };
         }),
       );
@@ -292,7 +325,11 @@ async function runFull(ctx: BenchContext, nc: NatsConnection, n: number, contain
 }
 
 /** Takeover restore (materialize the standby's tree) next to one v8.deserialize; and a 1 % delta applied. */
-function restore(n: number, container: Container, repeat: number): { restoreMs: number; deserializeMs: number; applyMs: number } {
+function restore(
+  n: number,
+  container: Container,
+  repeat: number,
+): { restoreMs: number; deserializeMs: number; applyMs: number } {
   const raw = build(n, container);
   const r = prng(17);
   const state = track(raw);
@@ -345,7 +382,9 @@ export const imageSuite: Suite = {
         const samples = SAMPLES[mb]! * ctx.repeat;
         const diffSamples = mb === 50 ? 1 : DIFF_SAMPLES[mb]! * ctx.repeat;
         for (const container of CONTAINERS) {
-          ctx.progress(`  image.${mb}mb.${container}: ${n} records, ${samples} checkpoints per path and rate`);
+          ctx.progress(
+            `  image.${mb}mb.${container}: ${n} records, ${samples} checkpoints per path and rate`,
+          );
           const runs: Partial<Record<PathName, PathRun>> = {};
           runs.tracked = await runRp(ctx, nc, n, container, 'tracked', samples);
           runs.identity = await runRp(ctx, nc, n, container, 'identity', samples);
@@ -354,7 +393,12 @@ export const imageSuite: Suite = {
           const base = `image.${mb}mb`;
           for (const path of ['tracked', 'identity', 'jsondiffpatch'] as const) {
             const k = runs[path]!.keyframe;
-            rows.push({ name: `${base}.${container}.${path}.keyframe_ms`, value: k.ms, unit: 'ms', note: `${kb(k.bytes)} KB` });
+            rows.push({
+              name: `${base}.${container}.${path}.keyframe_ms`,
+              value: k.ms,
+              unit: 'ms',
+              note: `${kb(k.bytes)} KB`,
+            });
           }
           for (const pct of PCTS) {
             const label = `${mb}mb_${pct === 0.1 ? '0p1' : pct}pct`;
@@ -371,8 +415,18 @@ export const imageSuite: Suite = {
               rows.push(
                 { name: `${c}.${container}.${path}.p50_ms`, value: s.p50, unit: 'ms' },
                 { name: `${c}.${container}.${path}.p99_ms`, value: s.p99, unit: 'ms' },
-                { name: `${c}.${container}.${path}.bytes`, value: s.bytes, unit: 'B', note: `${s.rawBytes} B before compression` },
-                { name: `${c}.${container}.${path}.block_ms`, value: s.blockMs, unit: 'ms', note: 'longest synchronous slice' },
+                {
+                  name: `${c}.${container}.${path}.bytes`,
+                  value: s.bytes,
+                  unit: 'B',
+                  note: `${s.rawBytes} B before compression`,
+                },
+                {
+                  name: `${c}.${container}.${path}.block_ms`,
+                  value: s.blockMs,
+                  unit: 'ms',
+                  note: 'longest synchronous slice',
+                },
               );
               line.push(`${fmt(s.p50)}/${fmt(s.p99)} · ${kb(s.bytes)} · ${fmt(s.blockMs)}`.padEnd(30));
             }
@@ -389,9 +443,24 @@ export const imageSuite: Suite = {
           ctx.progress(`  image.${mb}mb.${container}: restore`);
           const rest = restore(n, container, Math.max(1, mb === 50 ? 1 : ctx.repeat));
           rows.push(
-            { name: `${base}.${container}.restore_ms`, value: rest.restoreMs, unit: 'ms', note: 'ImageChain.materialize' },
-            { name: `${base}.${container}.deserialize_ms`, value: rest.deserializeMs, unit: 'ms', note: 'one v8.deserialize' },
-            { name: `${base}_1pct.${container}.standby_apply_ms`, value: rest.applyMs, unit: 'ms', note: 'check + apply of one tracked delta' },
+            {
+              name: `${base}.${container}.restore_ms`,
+              value: rest.restoreMs,
+              unit: 'ms',
+              note: 'ImageChain.materialize',
+            },
+            {
+              name: `${base}.${container}.deserialize_ms`,
+              value: rest.deserializeMs,
+              unit: 'ms',
+              note: 'one v8.deserialize',
+            },
+            {
+              name: `${base}_1pct.${container}.standby_apply_ms`,
+              value: rest.applyMs,
+              unit: 'ms',
+              note: 'check + apply of one tracked delta',
+            },
           );
           ratios[`${base}.${container}.restore_over_deserialize`] = rest.restoreMs / rest.deserializeMs;
           if (mb === 10) worst('image.10mb.restore_over_deserialize', rest.restoreMs / rest.deserializeMs);

@@ -8,8 +8,10 @@
  * One process hosts a primary and a hot standby of one app (distinct node ids, memory stores) on
  * the local nats-server (127.0.0.1:4222, or RESTARTPOINT_TEST_NATS). The primary writes at a
  * steady rate (`--rate` puts per second over 1 000 keys) and takes an automatic checkpoint every
- * 100 ms. Every minute the primary is closed (`--takeover close`, the default: it releases its
- * lease) and the standby takes over; a fresh standby is started in its place. Closing nodes in
+ * 100 ms. Every minute (`--takeover-s`) the primary is closed (it releases its lease) and the
+ * standby takes over; a fresh standby is started in its place. A primary demoted on its own (a
+ * lease renewal missed, `--lease-ms`, default 2000) is reported as an error and replaced the same
+ * way. Closing nodes in
  * the same process is deliberate: every timer, socket or listener a closed node leaks stays in
  * this process and shows up in the figures below.
  *
@@ -33,6 +35,7 @@ const { values: args } = parseArgs({
     rate: { type: 'string', default: '200' },
     'sample-s': { type: 'string', default: '10' },
     'takeover-s': { type: 'string', default: '60' },
+    'lease-ms': { type: 'string', default: '2000' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -55,7 +58,9 @@ let nodeNo = 0;
 /** The node that is primary now (for sampling). */
 let current;
 const errors = [];
-const stats = { puts: 0, putErrors: 0, checkpoints: 0, takeovers: 0, takeoverMs: [] };
+const stats = { puts: 0, putErrors: 0, checkpoints: 0, takeovers: 0, takeoverMs: [], demotions: 0 };
+/** Set when the current primary is demoted without being closed (a lease renewal missed). */
+let demoted = false;
 
 /** The app state: a counter and the last 200 records, so images have some body. */
 let state = { n: 0, recent: [] };
@@ -67,7 +72,7 @@ function startNode() {
     nodeId,
     nats: { servers: NATS },
     storage: memoryAdapter(),
-    leaseTtlMs: 1000,
+    leaseTtlMs: Number(args['lease-ms']),
     initialState: () => ({ n: 0, recent: [] }),
     checkpointEveryMs: 100,
     getState: () => state,
@@ -75,7 +80,11 @@ function startNode() {
       if (e.level === 'error') errors.push(`${nodeId}: ${e.msg}`);
     },
   }).then((rp) => {
-    rp.on('demoted', () => undefined);
+    rp.on('demoted', (err) => {
+      if (rp !== current) return;
+      demoted = true;
+      errors.push(`${nodeId} demoted: ${err.message}`);
+    });
     return rp;
   });
 }
@@ -99,7 +108,8 @@ function sample(t0) {
   };
   samples.push(row);
   // For hunting a leak: SOAK_HEAP_SNAPSHOTS=dir writes a heap snapshot at every sample.
-  if (process.env.SOAK_HEAP_SNAPSHOTS) v8.writeHeapSnapshot(`${process.env.SOAK_HEAP_SNAPSHOTS}/soak-${row.t}.heapsnapshot`);
+  if (process.env.SOAK_HEAP_SNAPSHOTS)
+    v8.writeHeapSnapshot(`${process.env.SOAK_HEAP_SNAPSHOTS}/soak-${row.t}.heapsnapshot`);
   log(
     `${String(row.t).padStart(5)}  ${row.heapMB.toFixed(1).padStart(8)}  ${row.rssMB.toFixed(1).padStart(8)}  ${String(row.handles).padStart(7)}  ${String(row.puts).padStart(8)}  ${String(row.checkpoints).padStart(6)}  ${String(row.takeovers).padStart(4)}`,
   );
@@ -121,7 +131,9 @@ function flat(key) {
 }
 
 async function main() {
-  log(`soak: app ${app} on ${NATS}, ${minutes} min, ${rate} puts/s, checkpoint every 100 ms, takeover every ${takeoverMs / 1000} s`);
+  log(
+    `soak: app ${app} on ${NATS}, ${minutes} min, ${rate} puts/s, checkpoint every 100 ms, takeover every ${takeoverMs / 1000} s`,
+  );
   let primary = await startNode();
   current = primary;
   state = primary.state;
@@ -140,18 +152,25 @@ async function main() {
   const tick = 1000 / rate;
   let due = performance.now();
   while (performance.now() < end) {
-    if (performance.now() >= nextTakeover) {
+    if (demoted || performance.now() >= nextTakeover) {
+      const planned = !demoted;
+      demoted = false;
       const t = performance.now();
       const acked = primary.lastCheckpoint?.checkpoint;
-      await primary.close();
+      // A demoted primary is closed too; its standby takes over once the lease runs out.
+      if (!planned) stats.demotions++;
+      await primary.close().catch(() => undefined);
       primary = await standby;
       current = primary;
       state = primary.state;
-      stats.takeovers++;
-      stats.takeoverMs.push(performance.now() - t);
-      if (primary.resumedFrom === undefined) errors.push(`takeover ${stats.takeovers}: resumed from nothing (acked ${acked})`);
+      if (planned) {
+        stats.takeovers++;
+        stats.takeoverMs.push(performance.now() - t);
+      }
+      if (primary.resumedFrom === undefined)
+        errors.push(`takeover ${stats.takeovers}: resumed from nothing (acked ${acked})`);
       standby = startNode();
-      nextTakeover += takeoverMs;
+      if (planned) nextTakeover += takeoverMs;
       due = performance.now();
     }
     const rp = primary;
@@ -161,7 +180,7 @@ async function main() {
     rp.store.put(key, value).then(
       () => stats.puts++,
       (err) => {
-        if (rp === primary) {
+        if (rp === primary && !demoted) {
           stats.putErrors++;
           if (errors.length < 20) errors.push(`put: ${err.message}`);
         }
@@ -183,7 +202,11 @@ async function main() {
 
   const heap = flat('heapMB');
   const handles = flat('handles');
-  const ok = heap.flat && handles.flat && errors.length === 0 && stats.takeovers === Math.floor((minutes * 60_000) / takeoverMs - 1e-9);
+  const ok =
+    heap.flat &&
+    handles.flat &&
+    errors.length === 0 &&
+    stats.takeovers === Math.floor((minutes * 60_000) / takeoverMs - 1e-9);
   const verdict = {
     ok,
     minutes,
@@ -191,9 +214,20 @@ async function main() {
     puts: stats.puts,
     putErrors: stats.putErrors,
     takeovers: stats.takeovers,
+    demotions: stats.demotions,
     takeoverMsMax: Math.round(Math.max(0, ...stats.takeoverMs)),
-    heapMB: { firstThirdMedian: +heap.first.toFixed(1), lastThirdMedian: +heap.last.toFixed(1), growthPct: +(heap.growth * 100).toFixed(1), flat: heap.flat },
-    handles: { firstThirdMedian: handles.first, lastThirdMedian: handles.last, growthPct: +(handles.growth * 100).toFixed(1), flat: handles.flat },
+    heapMB: {
+      firstThirdMedian: +heap.first.toFixed(1),
+      lastThirdMedian: +heap.last.toFixed(1),
+      growthPct: +(heap.growth * 100).toFixed(1),
+      flat: heap.flat,
+    },
+    handles: {
+      firstThirdMedian: handles.first,
+      lastThirdMedian: handles.last,
+      growthPct: +(handles.growth * 100).toFixed(1),
+      flat: handles.flat,
+    },
     gc: typeof globalThis.gc === 'function',
     errors,
     samples: args.json ? samples : undefined,
@@ -206,7 +240,9 @@ async function main() {
     log(
       `handles:   first-third median ${handles.first}, last-third median ${handles.last} (${verdict.handles.growthPct} %) → ${handles.flat ? 'flat' : 'GROWING'}`,
     );
-    log(`puts ${stats.puts} (${stats.putErrors} refused), takeovers ${stats.takeovers} (slowest ${verdict.takeoverMsMax} ms)`);
+    log(
+      `puts ${stats.puts} (${stats.putErrors} refused), takeovers ${stats.takeovers} (slowest ${verdict.takeoverMsMax} ms), unplanned demotions ${stats.demotions}`,
+    );
     if (!verdict.gc) log('note: run with node --expose-gc for heap figures after a full GC');
     if (errors.length) log(`errors:\n  ${errors.join('\n  ')}`);
     log(`verdict: ${ok ? 'OK — heap and handles stayed flat' : 'FAIL'}`);

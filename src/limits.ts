@@ -63,7 +63,10 @@ const RANGES: Record<keyof Limits, readonly [min: number, max: number, unit: str
 export function resolveLimits(input: unknown): Limits {
   if (input === undefined) return DEFAULT_LIMITS;
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
-    throw new ConfigError('limits', `must be an object like { maxImageBytes: 268435456 }, got ${String(input)}`);
+    throw new ConfigError(
+      'limits',
+      `must be an object like { maxImageBytes: 268435456 }, got ${String(input)}`,
+    );
   }
   const out: Record<string, number> = { ...DEFAULT_LIMITS };
   for (const [k, v] of Object.entries(input)) {
@@ -74,7 +77,10 @@ export function resolveLimits(input: unknown): Limits {
     if (v === undefined) continue;
     const [min, max, unit] = range;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-      throw new ConfigError(`limits.${k}`, `must be an integer from ${min} to ${max} ${unit}, got ${String(v)}`);
+      throw new ConfigError(
+        `limits.${k}`,
+        `must be an integer from ${min} to ${max} ${unit}, got ${String(v)}`,
+      );
     }
     out[k] = v;
   }

@@ -306,7 +306,9 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
 
   try {
     if ((opts.injectForged ?? 0) > 0 && opts.key === undefined) {
-      throw new Error('injectForged needs key: without signed mode a forged frame is indistinguishable from a real one');
+      throw new Error(
+        'injectForged needs key: without signed mode a forged frame is indistinguishable from a real one',
+      );
     }
     track(nodes.a);
     track(nodes.b);
@@ -329,7 +331,9 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       const n = opts.injectForged!;
       const want = { forged: n, corrupt: n };
       const sent = await injectHostile(targets, app, n, Number(first.epoch));
-      say(`drill: injected ${sent.forged} forged and ${sent.corrupt} corrupted message(s) onto rp.${app}.frames`);
+      say(
+        `drill: injected ${sent.forged} forged and ${sent.corrupt} corrupted message(s) onto rp.${app}.frames`,
+      );
       // The standby reads them before the first kill (a node that restarts reads them again).
       const deadline = Date.now() + 15_000;
       while (
@@ -450,7 +454,13 @@ async function injectHostile(
       for (let i = 0; i < n; i++) {
         const frame =
           i % 2 === 0
-            ? { kind: FrameKind.Fence, epoch: epoch + 1000 + i, seq: 1, checkpoint: 0, body: encodeFence({ nodeId: 'mallory' }) }
+            ? {
+                kind: FrameKind.Fence,
+                epoch: epoch + 1000 + i,
+                seq: 1,
+                checkpoint: 0,
+                body: encodeFence({ nodeId: 'mallory' }),
+              }
             : {
                 kind: FrameKind.Writes,
                 epoch,

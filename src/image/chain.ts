@@ -76,7 +76,12 @@ export interface EncodedImage {
 /** What the next delta is computed against: the previous image's typed tree, and how to reach the next one. */
 type Base =
   | { readonly kind: 'diff'; readonly tree: TreeNode }
-  | { readonly kind: 'identity'; readonly tree: TreeNode; readonly live: unknown; readonly registry: Registry }
+  | {
+      readonly kind: 'identity';
+      readonly tree: TreeNode;
+      readonly live: unknown;
+      readonly registry: Registry;
+    }
   | {
       readonly kind: 'tracked';
       readonly tree: TreeNode;
@@ -212,7 +217,12 @@ export class ImageEncoder {
       tracker.rebuild(walked.shared ? undefined : walked.objects);
       this.#base = { kind: 'tracked', tree: walked.tree, tracker, generation: tracker.generation };
     } else if (this.#immutable && !walked.shared) {
-      this.#base = { kind: 'identity', tree: walked.tree, live: raw, registry: Registry.ofTree(walked.objects) };
+      this.#base = {
+        kind: 'identity',
+        tree: walked.tree,
+        live: raw,
+        registry: Registry.ofTree(walked.objects),
+      };
     } else {
       this.#base = { kind: 'diff', tree: walked.tree };
     }
@@ -247,13 +257,13 @@ export class ImageEncoder {
 
 /** The standby's side: the latest committed image, materialized. */
 export class ImageChain {
-  readonly #maxImageBytes: number;
+  /** The largest raw image `check` accepts; see the constructor. Settable before the first `check`. */
+  maxImageBytes: number;
   #tree: TreeNode | undefined;
   #checkpoint = 0;
   #stateVersion = 0;
   #checked:
-    | { checkpoint: number; stateVersion: number; full?: unknown; delta?: ImageDelta | null }
-    | undefined;
+    { checkpoint: number; stateVersion: number; full?: unknown; delta?: ImageDelta | null } | undefined;
 
   /**
    * `maxImageBytes`: the largest raw image accepted (`limits.maxImageBytes`, default 256 MiB); a
@@ -261,7 +271,7 @@ export class ImageChain {
    * payload cannot make the standby allocate gigabytes.
    */
   constructor(opts: { readonly maxImageBytes?: number } = {}) {
-    this.#maxImageBytes = opts.maxImageBytes ?? 256 * 1024 * 1024;
+    this.maxImageBytes = opts.maxImageBytes ?? 256 * 1024 * 1024;
   }
 
   /** Checkpoint of the materialized image (0 = none). */
@@ -292,9 +302,9 @@ export class ImageChain {
         );
       }
     }
-    if (rec.rawLength > this.#maxImageBytes) {
+    if (rec.rawLength > this.maxImageBytes) {
       throw new ImageError(
-        `image for checkpoint ${checkpoint} announces ${rec.rawLength} bytes, over the limit of ${this.#maxImageBytes} (limit 'limits.maxImageBytes'; raise it in the start options)`,
+        `image for checkpoint ${checkpoint} announces ${rec.rawLength} bytes, over the limit of ${this.maxImageBytes} (limit 'limits.maxImageBytes'; raise it in the start options)`,
       );
     }
     const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
@@ -312,7 +322,8 @@ export class ImageChain {
   /** Advances to `checkpoint`'s image, which `check` accepted. */
   apply(checkpoint: number, _rec: ImageRecord): void {
     const c = this.#checked;
-    if (!c || c.checkpoint !== checkpoint) throw new ImageError(`image ${checkpoint} was not checked before apply`);
+    if (!c || c.checkpoint !== checkpoint)
+      throw new ImageError(`image ${checkpoint} was not checked before apply`);
     this.#checked = undefined;
     if ('full' in c) this.#tree = toTree(c.full);
     else if (c.delta) this.#tree = patchTreeInPlace(this.#tree!, c.delta);

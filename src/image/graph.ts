@@ -201,8 +201,8 @@ export class Registry {
 
   /**
    * After a full walk of a tree-shaped state: `members` are its objects, each held once. Homes
-   * are kept (the state is the same objects), unless the registry had lost track of them since
-   * the last reset: then they are learned again by a walk from `root`.
+   * are kept (the state is the same objects), unless the registry lost track of them since the
+   * last reset: then they are learned again by a walk from `root`.
    */
   reset(members: Members, root?: unknown): void {
     const lost = this.#lost;
@@ -212,18 +212,7 @@ export class Registry {
     this.#lost = false;
     if (!lost || !this.#homes) return;
     this.#entries = new WeakMap();
-    if (!isObject(root)) return;
-    const stack: unknown[] = [];
-    pushChildren(root, stack);
-    while (stack.length > 0) {
-      const k = stack.pop();
-      const p = stack.pop() as object;
-      const v = stack.pop() as object;
-      const e = this.#entry(v);
-      e.parent = p;
-      e.key = k;
-      pushChildren(v, stack);
-    }
+    this.relearn(root);
   }
 
   #entry(o: object): Entry {
@@ -269,6 +258,22 @@ export class Registry {
     const e = this.#entry(o);
     e.parent = parent;
     e.key = key;
+  }
+
+  /** Learns the place of every object of the state by a walk from `root` (counts unchanged). */
+  relearn(root: unknown): void {
+    if (!this.#homes || !isObject(root)) return;
+    const stack: unknown[] = [];
+    pushChildren(root, stack);
+    while (stack.length > 0) {
+      const k = stack.pop();
+      const p = stack.pop() as object;
+      const v = stack.pop() as object;
+      const e = this.#entry(v);
+      e.parent = p;
+      e.key = k;
+      pushChildren(v, stack);
+    }
   }
 
   /** The registry can no longer vouch for the state being a tree, or for its homes. */

@@ -54,7 +54,11 @@ class IdentityWalk {
       this.registry.releaseSelf(prev as object);
       switch (kind) {
         case Container.Object:
-          return this.object(prev as Record<string, unknown>, next as Record<string, unknown>, node as TreeObject);
+          return this.object(
+            prev as Record<string, unknown>,
+            next as Record<string, unknown>,
+            node as TreeObject,
+          );
         case Container.Array:
           return this.array(prev as unknown[], next as unknown[], node as TreeNode[]);
         case Container.Map:
@@ -189,7 +193,8 @@ class IdentityWalk {
         fresh[i] = this.added(item);
       }
     }
-    for (const item of prev) if (isObject(item) && !kept.has(item)) this.registry.release(item, undefined, undefined);
+    for (const item of prev)
+      if (isObject(item) && !kept.has(item)) this.registry.release(item, undefined, undefined);
     return { node: fresh, delta: diffTrees(node, fresh) };
   }
 

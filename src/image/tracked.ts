@@ -48,14 +48,40 @@ import {
 
 /** What changed in one container since the last checkpoint. */
 interface Dirty {
-  /** Keys set or deleted (object keys, array indices as numbers, Map keys). */
-  readonly keys: Set<unknown>;
+  /** Keys set or deleted (object keys, array indices as numbers, Map keys): see `KeySet`. */
+  readonly keys: KeySet;
   /** Keys deleted at least once (objects and Maps): a key deleted and set again moved to the end. */
   removed: Set<unknown> | undefined;
   /** Map keys set while absent, in the order they were added: the Map's new tail. */
   appended: Set<unknown> | undefined;
   /** Re-encode this container whole. */
   whole: boolean;
+}
+
+/**
+ * A set of keys in insertion order, kept as a short array until it grows: most dirty containers
+ * are records with one or two changed fields, and a Set each would dominate the garbage.
+ */
+class KeySet implements Iterable<unknown> {
+  #list: unknown[] = [];
+  #set: Set<unknown> | undefined;
+
+  add(key: unknown): void {
+    if (this.#set !== undefined) {
+      this.#set.add(key);
+    } else if (!this.#list.includes(key) && !(key !== key && this.#list.some((k) => k !== k))) {
+      this.#list.push(key);
+      if (this.#list.length > 8) this.#set = new Set(this.#list);
+    }
+  }
+
+  has(key: unknown): boolean {
+    return this.#set !== undefined ? this.#set.has(key) : this.#list.includes(key);
+  }
+
+  [Symbol.iterator](): Iterator<unknown> {
+    return (this.#set ?? this.#list)[Symbol.iterator]();
+  }
 }
 
 /** A position's new node and its delta (undefined when unchanged). */
@@ -66,8 +92,11 @@ interface Step {
 
 type DeltaRecord = Record<string, unknown>;
 
-/** Every tracked proxy, to its target: stored values are unwrapped so the state holds no proxy. */
-const targetOf = new WeakMap<object, object>();
+/**
+ * What a tracked proxy answers with its target (stored values are unwrapped so the state holds
+ * no proxy). A symbol no one else can name, instead of one more WeakMap entry per proxy.
+ */
+const TARGET = Symbol('restartpoint tracked target');
 /** Root proxies, to their tracker. */
 const trackerOfRoot = new WeakMap<object, StateTracker>();
 /** Tracked roots, to their tracker: tracking a state twice gives the same proxy. */
@@ -75,7 +104,7 @@ const trackerOfTarget = new WeakMap<object, StateTracker>();
 
 /** The raw value behind a tracked proxy (any level), or `value` itself. */
 export function untracked<T>(value: T): T {
-  return isObject(value) ? ((targetOf.get(value) as T | undefined) ?? value) : value;
+  return isObject(value) ? (((value as { [TARGET]?: T })[TARGET] as T | undefined) ?? value) : value;
 }
 
 /** The tracker of a root proxy made by `track`, or undefined. */
@@ -128,6 +157,11 @@ export class StateTracker {
   /** Entry positions of Maps, kept in step with their tree nodes (see walkMap). */
   #maps = new Map<Map<unknown, unknown>, MapIndex>();
   readonly #proxies = new WeakMap<object, object>();
+  /**
+   * Reads made before the first full walk (`value, parent, key` triples): the places of the
+   * objects the app may already hold proxies of. Replayed, if still true, once the walk is done.
+   */
+  #early: unknown[] | 'overflow' | undefined = [];
 
   constructor(target: object) {
     this.target = target;
@@ -155,18 +189,30 @@ export class StateTracker {
     const maps = new Map<Map<unknown, unknown>, MapIndex>();
     if (members !== undefined) {
       this.#registry.reset(members, this.target);
+      this.#replayEarlyReads();
       for (const [m, index] of this.#maps) {
         if (!this.#dirty.has(m) && members.has(m)) maps.set(m, index);
+      }
+      // Index large Maps now, during the (already whole-state) walk, rather than in the first
+      // delta that touches one: deltas stay O(change).
+      for (const o of members instanceof Map ? members.keys() : []) {
+        if (o instanceof Map && o.size >= EAGER_INDEX_ENTRIES && !maps.has(o) && !this.#dirty.has(o)) {
+          const index = mapIndexOf(o as Map<unknown, unknown>);
+          if (index !== undefined) maps.set(o as Map<unknown, unknown>, index);
+        }
       }
     }
     this.#maps = maps;
     this.#indexed = members !== undefined;
+    // Unindexed, stores do not keep homes: the next reset must learn them all again.
+    if (!this.#indexed) this.#registry.lose();
     this.#consume();
   }
 
   /** After a failed encode: nothing here can be trusted until the next full walk. */
   invalidate(): void {
     this.#indexed = false;
+    this.#registry.lose();
     this.#maps = new Map();
     this.#consume();
   }
@@ -192,8 +238,31 @@ export class StateTracker {
 
   /** What a read of (`parent`, `key`) hands out; notes where the value sits. */
   #read(v: unknown, parent: object, key: unknown): unknown {
-    if (isObject(v) && this.#indexed) this.#registry.seen(v, parent, key);
+    if (isObject(v)) {
+      if (this.#indexed) this.#registry.seen(v, parent, key);
+      else if (Array.isArray(this.#early)) {
+        if (this.#early.length < MAX_EARLY_READS * 3) this.#early.push(v, parent, key);
+        // Too many to replay: the first walk learns every place instead.
+        else this.#early = 'overflow';
+      }
+    }
     return this.wrap(v);
+  }
+
+  /** After the first full walk: the places of objects read before it, where still true. */
+  #replayEarlyReads(): void {
+    const early = this.#early;
+    if (early === 'overflow') {
+      this.#registry.relearn(this.target);
+    } else if (early !== undefined) {
+      for (let i = 0; i < early.length; i += 3) {
+        const v = early[i] as object;
+        const parent = early[i + 1] as object;
+        const key = early[i + 2];
+        if (holds(parent, key, v)) this.#registry.seen(v, parent, key);
+      }
+    }
+    this.#early = undefined;
   }
 
   /** A proxy for a container (cached), or `v` itself. */
@@ -206,16 +275,19 @@ export class StateTracker {
     if (kind === undefined) return v;
     p = new Proxy(v, this.#handler(kind, v));
     this.#proxies.set(v, p);
-    targetOf.set(p, v);
     return p;
   }
+
+  /** One handler per kind for all plain objects and arrays: a proxy costs no closures. */
+  #objects: ProxyHandler<object> | undefined;
+  #arrays: ProxyHandler<object> | undefined;
 
   #handler(kind: Container, raw: object): ProxyHandler<object> {
     switch (kind) {
       case Container.Object:
-        return this.#objectHandler();
+        return (this.#objects ??= this.#objectHandler());
       case Container.Array:
-        return this.#arrayHandler();
+        return (this.#arrays ??= this.#arrayHandler());
       case Container.Map:
         return this.#collectionHandler(this.#mapMethods(raw as Map<unknown, unknown>));
       default:
@@ -226,6 +298,7 @@ export class StateTracker {
   #objectHandler(): ProxyHandler<object> {
     return {
       get: (t, k, r) => {
+        if (k === TARGET) return t;
         const v: unknown = Reflect.get(t, k, r);
         return typeof k === 'string' && isObject(v) ? this.#read(v, t, k) : this.wrap(v);
       },
@@ -261,8 +334,11 @@ export class StateTracker {
   #arrayHandler(): ProxyHandler<object> {
     return {
       get: (t, k, r) => {
+        if (k === TARGET) return t;
         const v: unknown = Reflect.get(t, k, r);
-        return typeof k === 'string' && isObject(v) && isIndexKey(k) ? this.#read(v, t, Number(k)) : this.wrap(v);
+        return typeof k === 'string' && isObject(v) && isIndexKey(k)
+          ? this.#read(v, t, Number(k))
+          : this.wrap(v);
       },
       set: (t, k, v) => {
         const a = t as unknown[];
@@ -317,6 +393,7 @@ export class StateTracker {
   #collectionHandler(methods: Record<PropertyKey, unknown>): ProxyHandler<object> {
     return {
       get: (t, k) => {
+        if (k === TARGET) return t;
         if (Object.hasOwn(methods, k)) return methods[k];
         if (k === 'size') return (t as Map<unknown, unknown>).size;
         const v: unknown = Reflect.get(t, k, t);
@@ -404,7 +481,7 @@ export class StateTracker {
     let d = this.#dirty.get(c);
     if (d === undefined) {
       // Most dirty containers only ever see sets: the other two sets come when needed.
-      d = { keys: new Set(), removed: undefined, appended: undefined, whole: false };
+      d = { keys: new KeySet(), removed: undefined, appended: undefined, whole: false };
       this.#dirty.set(c, d);
     }
     return d;
@@ -483,13 +560,9 @@ export class StateTracker {
     if (this.#maps.has(m) || !this.#counted(m)) return;
     const d = this.#dirty.get(m);
     if (d?.whole) return;
-    for (const k of m.keys()) {
-      if (isObject(k)) {
-        this.#dirtyOf(m).whole = true;
-        return;
-      }
-    }
-    this.#maps.set(m, new MapIndex(m.keys()));
+    const index = mapIndexOf(m);
+    if (index === undefined) this.#dirtyOf(m).whole = true;
+    else this.#maps.set(m, index);
   }
 
   #mapSet(m: Map<unknown, unknown>, k: unknown, v: unknown): void {
@@ -548,7 +621,7 @@ export class StateTracker {
   /** Marks every container above `c` as leading to a change, up to the root or a marked one. */
   #markUp(c: object): void {
     if (!this.#indexed) return;
-    for (let x = c; x !== this.target; ) {
+    for (let x = c; x !== this.target;) {
       const h = this.#registry.home(x);
       if (h === undefined) {
         // In the state, but where? (A proxy kept from before the registry lost its homes.)
@@ -722,8 +795,8 @@ export class StateTracker {
     if (index === undefined) {
       // Only the values changed, not the Map: its order is still the tree's.
       if (d !== undefined) return this.#refresh(c, node);
-      for (const k of c.keys()) if (isObject(k)) return this.#refresh(c, node);
-      index = new MapIndex(c.keys());
+      index = mapIndexOf(c);
+      if (index === undefined) return this.#refresh(c, node);
       this.#maps.set(c, index);
     }
     let entries = node.e as TreeNode[][];
@@ -790,6 +863,28 @@ export class StateTracker {
   }
 }
 
+/** Maps this large get their entry index at a keyframe instead of in their first delta. */
+const EAGER_INDEX_ENTRIES = 1024;
+
+/** Most reads remembered before the first full walk (beyond, that walk learns every place). */
+const MAX_EARLY_READS = 65_536;
+
+/** An entry index of `m`, or undefined when a key is an object (such Maps are re-encoded whole). */
+function mapIndexOf(m: Map<unknown, unknown>): MapIndex | undefined {
+  for (const k of m.keys()) if (isObject(k)) return undefined;
+  return new MapIndex(m.keys());
+}
+
+/** Whether `parent` holds `v` at `key` (as `forEachChild` names places). */
+function holds(parent: object, key: unknown, v: object): boolean {
+  if (parent instanceof Map) return key === MAP_KEY ? parent.has(v) : parent.get(key) === v;
+  if (parent instanceof Set) return parent.has(v);
+  if (Array.isArray(parent)) return typeof key === 'number' && parent[key] === v;
+  return (
+    typeof key === 'string' && hasEnumerable(parent, key) && (parent as Record<string, unknown>)[key] === v
+  );
+}
+
 /** Whether `node` is the kind of node `toTree` makes for a container of `kind`. */
 export function fits(kind: Container, node: TreeNode): boolean {
   if (typeof node !== 'object' || node === null) return false;
@@ -812,7 +907,7 @@ function unwrapChildren(o: object, visit: (child: unknown) => void): void {
     const m = o as Map<unknown, unknown>;
     let keyProxy = false;
     for (const [k, v] of m) {
-      if (isObject(k) && targetOf.has(k)) keyProxy = true;
+      if (isObject(k) && untracked(k) !== k) keyProxy = true;
       const raw = untracked(v);
       if (raw !== v) m.set(k, raw);
     }
@@ -830,7 +925,7 @@ function unwrapChildren(o: object, visit: (child: unknown) => void): void {
   }
   if (kind === Container.Set) {
     const s = o as Set<unknown>;
-    if ([...s].some((v) => isObject(v) && targetOf.has(v))) {
+    if ([...s].some((v) => untracked(v) !== v)) {
       const all = [...s];
       s.clear();
       for (const v of all) s.add(untracked(v));

@@ -13,9 +13,16 @@
  */
 import { FencedError, ReplicationError, RestartpointError } from '../errors.js';
 import { FrameKind, type Frame } from '../protocol/frame.js';
-import { encodeImage, encodeSeal, encodeWrites, encodedOpSize } from '../protocol/records.js';
+import {
+  IMAGE_HEADER_BYTES,
+  encodeImage,
+  encodeSeal,
+  encodeWrites,
+  encodedOpSize,
+} from '../protocol/records.js';
 import type { EncodedImage, ImageEncoder, ImagePath } from '../image/chain.js';
 import type { StorageAdapter, WriteOp } from '../storage/adapter.js';
+import { DEFAULT_LIMITS, limitError, type Limits } from '../limits.js';
 /** Where the replicator sends frames: a relay set, or one relay's publisher. */
 export interface FrameSink {
   /** Resolves when the frame is durable under the ack policy; rejects with `ReplicationError`. */
@@ -61,6 +68,8 @@ export interface ReplicatorOptions {
   readonly leaseValid: () => boolean;
   /** The error explaining why this node is no longer primary. */
   readonly fencedError: () => FencedError;
+  /** Writes per checkpoint, image and frame sizes refused with `LimitError`. Default: `DEFAULT_LIMITS`. */
+  readonly limits?: Pick<Limits, 'maxWritesPerCheckpoint' | 'maxImageBytes' | 'maxFrameBytes'>;
 }
 
 type QueueItem =
@@ -102,9 +111,11 @@ export class Replicator {
   #draining: Promise<void> | undefined;
   #stopped: RestartpointError | undefined;
   lastStats: CheckpointStats | undefined;
+  readonly #limits: NonNullable<ReplicatorOptions['limits']>;
 
   constructor(opts: ReplicatorOptions) {
     this.#o = opts;
+    this.#limits = opts.limits ?? DEFAULT_LIMITS;
     this.#seq = opts.firstSeq;
     this.#next = opts.firstCheckpoint;
     this.#open = opts.firstCheckpoint;
@@ -133,6 +144,12 @@ export class Replicator {
    */
   write(op: WriteOp): Promise<void> {
     if (this.#stopped) return Promise.reject(this.#stopped);
+    const size = encodedOpSize(op) + 4;
+    if (size > this.#limits.maxFrameBytes) {
+      return Promise.reject(
+        limitError('maxFrameBytes', 'a write frame of this one op', size, this.#limits.maxFrameBytes),
+      );
+    }
     const applied = new Promise<void>((resolve, reject) =>
       this.#queue.push({ kind: 'write', op, resolve, reject }),
     );
@@ -174,7 +191,19 @@ export class Replicator {
       }
       let n = 0;
       while (n < this.#queue.length && n < MAX_APPLY_OPS && this.#queue[n]!.kind === 'write') n++;
-      const group = this.#queue.splice(0, n) as Extract<QueueItem, { kind: 'write' }>[];
+      let group = this.#queue.splice(0, n) as Extract<QueueItem, { kind: 'write' }>[];
+      // Writes past the checkpoint's limit are refused before they reach the local store, so the
+      // store never holds a write the standbys will not get. A mark (checkpoint) ends the group,
+      // so the count of the open checkpoint is exact here.
+      const room = this.#limits.maxWritesPerCheckpoint - this.#openWriteOps;
+      if (group.length > room) {
+        const max = this.#limits.maxWritesPerCheckpoint;
+        for (const g of group.slice(Math.max(0, room))) {
+          g.reject(limitError('maxWritesPerCheckpoint', 'write ops in this checkpoint', max + 1, max));
+        }
+        group = group.slice(0, Math.max(0, room));
+        if (group.length === 0) continue;
+      }
       const ok = await this.#applyLocally(group.map((g) => g.op));
       for (let i = 0; i < group.length; i++) {
         const g = group[i]!;
@@ -279,6 +308,28 @@ export class Replicator {
       image = this.#o.images.encode(state, n);
     } catch (err) {
       return Promise.reject(err);
+    }
+    // Refused before a number is used up; the encoder forgets the image it just took as a base,
+    // so the next checkpoint is a keyframe and no delta is ever made against an unsent image.
+    const tooBig =
+      image.rawBytes > this.#limits.maxImageBytes
+        ? limitError(
+            'maxImageBytes',
+            `the image of checkpoint ${n} (bytes)`,
+            image.rawBytes,
+            this.#limits.maxImageBytes,
+          )
+        : image.rawBytes + IMAGE_HEADER_BYTES > this.#limits.maxFrameBytes
+          ? limitError(
+              'maxFrameBytes',
+              `the image frame of checkpoint ${n} (bytes)`,
+              image.rawBytes + IMAGE_HEADER_BYTES,
+              this.#limits.maxFrameBytes,
+            )
+          : undefined;
+    if (tooBig) {
+      this.#o.images.reset();
+      return Promise.reject(tooBig);
     }
     this.#next = n + 1;
     const sealed = this.#mark(() => {

@@ -43,7 +43,14 @@
  * so that damage reads as damage; the MAC is what an adversary cannot get past, as a forger can
  * recompute the CRC but not the MAC.
  */
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  hkdfSync,
+  randomBytes,
+  timingSafeEqual,
+} from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { ConfigError, FrameError, FrameRejectReason } from '../errors.js';
 
@@ -73,8 +80,7 @@ export type ClusterKeyMaterial = string | Uint8Array;
  * `current` signs (and encrypts) and all verify.
  */
 export type ClusterKeyOption =
-  | ClusterKeyMaterial
-  | { keys: readonly { id: number; key: ClusterKeyMaterial }[]; current: number };
+  ClusterKeyMaterial | { keys: readonly { id: number; key: ClusterKeyMaterial }[]; current: number };
 
 /** A validated cluster key set: raw key bytes by id, and the id that signs. */
 export interface ClusterKeys {
@@ -88,7 +94,7 @@ export function envelopeOverhead(encrypt: boolean): number {
 }
 
 const FIX =
-  "use at least 32 random bytes, for example the 64 hex digits of `openssl rand -hex 32` or a Buffer from crypto.randomBytes(32)";
+  'use at least 32 random bytes, for example the 64 hex digits of `openssl rand -hex 32` or a Buffer from crypto.randomBytes(32)';
 
 /** Turns one key into bytes; throws `ConfigError` naming `option` when it is too weak or not a key. */
 export function parseKeyMaterial(v: unknown, option = 'clusterKey'): Buffer {
@@ -127,9 +133,13 @@ export function parseClusterKey(v: unknown): ClusterKeys {
     const e = entry as { id?: unknown; key?: unknown } | null;
     const id = e?.id;
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 255) {
-      throw new ConfigError(`clusterKey.keys[${i}].id`, `must be an integer from 0 to 255, got ${JSON.stringify(id)}`);
+      throw new ConfigError(
+        `clusterKey.keys[${i}].id`,
+        `must be an integer from 0 to 255, got ${JSON.stringify(id)}`,
+      );
     }
-    if (keys.has(id)) throw new ConfigError(`clusterKey.keys[${i}].id`, `repeats key id ${id}: each key needs its own id`);
+    if (keys.has(id))
+      throw new ConfigError(`clusterKey.keys[${i}].id`, `repeats key id ${id}: each key needs its own id`);
     keys.set(id, parseKeyMaterial(e?.key, `clusterKey.keys[${i}].key`));
   }
   const current = o.current;
@@ -221,10 +231,16 @@ export class EnvelopeCodec {
     }
     if (b.length < 2 || b[0] !== 0x52 || b[1] !== 0x41) {
       if (b.length < 2) throw new FrameError(FrameRejectReason.Truncated, `${b.length} bytes is no envelope`);
-      throw new FrameError(FrameRejectReason.Magic, `magic 0x${b.subarray(0, 2).toString('hex')} is not an envelope ("RA")`);
+      throw new FrameError(
+        FrameRejectReason.Magic,
+        `magic 0x${b.subarray(0, 2).toString('hex')} is not an envelope ("RA")`,
+      );
     }
     if (b.length < ENVELOPE_HEADER_BYTES + MAC_BYTES + CRC_BYTES) {
-      throw new FrameError(FrameRejectReason.Truncated, `envelope of ${b.length} bytes is shorter than its header`);
+      throw new FrameError(
+        FrameRejectReason.Truncated,
+        `envelope of ${b.length} bytes is shorter than its header`,
+      );
     }
     const flags = b[4]!;
     const nonceBytes = flags & FLAG_ENCRYPTED ? NONCE_BYTES : 0;
@@ -233,22 +249,35 @@ export class EnvelopeCodec {
     const bodyAt = headerLen + MAC_BYTES;
     const end = bodyAt + bodyLen;
     if (end + CRC_BYTES > b.length) {
-      throw new FrameError(FrameRejectReason.Truncated, `envelope body of ${bodyLen} bytes runs past the ${b.length}-byte message`);
+      throw new FrameError(
+        FrameRejectReason.Truncated,
+        `envelope body of ${bodyLen} bytes runs past the ${b.length}-byte message`,
+      );
     }
     if (end + CRC_BYTES < b.length) {
-      throw new FrameError(FrameRejectReason.Malformed, `${b.length - end - CRC_BYTES} stray bytes after the envelope`);
+      throw new FrameError(
+        FrameRejectReason.Malformed,
+        `${b.length - end - CRC_BYTES} stray bytes after the envelope`,
+      );
     }
-    if ((crc32(b.subarray(0, end)) >>> 0) !== b.readUInt32BE(end)) {
+    if (crc32(b.subarray(0, end)) >>> 0 !== b.readUInt32BE(end)) {
       throw new FrameError(FrameRejectReason.Checksum, 'envelope CRC-32 mismatch');
     }
     if (b[2] !== ENVELOPE_VERSION) {
-      throw new FrameError(FrameRejectReason.Version, `envelope version ${b[2]} (this build reads ${ENVELOPE_VERSION})`);
+      throw new FrameError(
+        FrameRejectReason.Version,
+        `envelope version ${b[2]} (this build reads ${ENVELOPE_VERSION})`,
+      );
     }
     if ((flags & ~FLAG_ENCRYPTED) !== 0 || b[5] !== 0 || b[6] !== 0 || b[7] !== 0) {
-      throw new FrameError(FrameRejectReason.Malformed, `envelope flags 0x${flags.toString(16)} or reserved bytes not zero`);
+      throw new FrameError(
+        FrameRejectReason.Malformed,
+        `envelope flags 0x${flags.toString(16)} or reserved bytes not zero`,
+      );
     }
     const k = this.#keys.get(b[3]!);
-    if (!k) throw new FrameError(FrameRejectReason.Forged, `signed with key id ${b[3]}, which is not configured`);
+    if (!k)
+      throw new FrameError(FrameRejectReason.Forged, `signed with key id ${b[3]}, which is not configured`);
     const header = b.subarray(0, headerLen);
     const body = b.subarray(bodyAt, end);
     const mac = createHmac('sha256', k.mac).update(header).update(body).digest();
@@ -256,14 +285,17 @@ export class EnvelopeCodec {
       throw new FrameError(FrameRejectReason.Forged, `MAC mismatch under key id ${b[3]}`);
     }
     if (!nonceBytes) return body;
-    if (bodyLen < TAG_BYTES) throw new FrameError(FrameRejectReason.Malformed, 'encrypted body shorter than its tag');
+    if (bodyLen < TAG_BYTES)
+      throw new FrameError(FrameRejectReason.Malformed, 'encrypted body shorter than its tag');
     try {
       const d = createDecipheriv('aes-256-gcm', k.enc, b.subarray(ENVELOPE_HEADER_BYTES, headerLen));
       d.setAAD(header);
       d.setAuthTag(body.subarray(bodyLen - TAG_BYTES));
       return Buffer.concat([d.update(body.subarray(0, bodyLen - TAG_BYTES)), d.final()]);
     } catch (err) {
-      throw new FrameError(FrameRejectReason.Forged, 'encrypted body does not verify under its key', { cause: err });
+      throw new FrameError(FrameRejectReason.Forged, 'encrypted body does not verify under its key', {
+        cause: err,
+      });
     }
   }
 

@@ -116,7 +116,8 @@ export function decodeWrites(body: Uint8Array): WriteOp[] {
     o += 5;
     // A key or value no adapter accepts would make the store's commit throw and stop the
     // standby: refuse it here, as a malformed frame, before reading it.
-    if (klen > MAX_KEY_BYTES) throw malformed(`key of ${klen} bytes in writes body; keys are at most ${MAX_KEY_BYTES}`);
+    if (klen > MAX_KEY_BYTES)
+      throw malformed(`key of ${klen} bytes in writes body; keys are at most ${MAX_KEY_BYTES}`);
     need(klen);
     const key = buf.toString('utf8', o, o + klen);
     o += klen;
@@ -165,9 +166,11 @@ export function decodeImage(body: Uint8Array): ImageRecord {
   if (format !== ImageFormat.Full && format !== ImageFormat.Delta)
     throw malformed(`unknown image format ${format}`);
   const codec = buf[1]!;
-  if (codec !== ImageCodec.None && codec !== ImageCodec.Brotli) throw malformed(`unknown image codec ${codec}`);
+  if (codec !== ImageCodec.None && codec !== ImageCodec.Brotli)
+    throw malformed(`unknown image codec ${codec}`);
   const base = buf.readUInt32BE(2);
-  if (format === ImageFormat.Full && base !== 0) throw malformed(`full image names base ${base}; it must be 0`);
+  if (format === ImageFormat.Full && base !== 0)
+    throw malformed(`full image names base ${base}; it must be 0`);
   const stateVersion = buf.readUInt32BE(6);
   if (stateVersion < 1) throw malformed('image state version 0; versions start at 1');
   const rawLength = buf.readUInt32BE(10);
@@ -175,7 +178,8 @@ export function decodeImage(body: Uint8Array): ImageRecord {
   if (codec === ImageCodec.None && rawLength !== payload.byteLength) {
     throw malformed(`uncompressed image of ${payload.byteLength} bytes says it has ${rawLength}`);
   }
-  if (rawLength > MAX_RAW_LENGTH) throw malformed(`image announces ${rawLength} bytes, more than this Node.js can hold`);
+  if (rawLength > MAX_RAW_LENGTH)
+    throw malformed(`image announces ${rawLength} bytes, more than this Node.js can hold`);
   return { format, codec, base, stateVersion, rawLength, payload };
 }
 

@@ -9,6 +9,7 @@ import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsOptions } from '../transport/connection.js';
 import { checkAckPolicy, resolveFec, type AckPolicy, type FaultHook, type RelaySpec } from '../transport/relays.js';
 import type { FecScheme } from '../fec/shard.js';
+import { resolveLimits, type Limits } from '../limits.js';
 import { parseClusterKey, type ClusterKeyOption, type ClusterKeys } from '../protocol/envelope.js';
 
 /**
@@ -101,6 +102,12 @@ export interface StartOptions<S> {
   encrypt?: boolean;
   /** Receives one line per internal event (role changes, takeovers, rejected frames). */
   log?: (event: LogEvent) => void;
+  /**
+   * The most this node accepts of each thing that costs memory (image, frame, key and value
+   * sizes, writes per checkpoint, bytes a standby stages); see src/limits.ts for the defaults.
+   * Give every node of the app the same limits.
+   */
+  limits?: Partial<Limits>;
 }
 
 /** A structured log event. */
@@ -134,6 +141,7 @@ export interface ResolvedOptions<S> {
   readonly apply: { everyMs?: number; maxBytesPerSec?: number } | undefined;
   readonly fec: { scheme: FecScheme; tolerate?: number } | undefined;
   readonly faults: FaultHook | undefined;
+  readonly limits: Limits;
   readonly clusterKey: ClusterKeys | undefined;
   readonly encrypt: boolean;
 }
@@ -196,6 +204,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'apply',
     'fec',
     'faults',
+    'limits',
     'clusterKey',
     'encrypt',
   ]);
@@ -341,6 +350,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     throw new ConfigError('encrypt', 'needs clusterKey: the encryption key is derived from the cluster key');
   }
   return {
+    limits: resolveLimits(opts.limits),
     fec,
     faults: opts.faults,
     clusterKey,

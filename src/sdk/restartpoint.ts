@@ -21,6 +21,7 @@ import { claimWhenVacant, LeaseKeeper, now, type Claim } from '../failover/lease
 import { encodeMeta, type AppliedPosition } from '../standby/applier.js';
 import { StandbyRunner } from '../standby/runner.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
+import { limitError, type Limits } from '../limits.js';
 import { closeLink, openLeaseBucket, openLink, type NatsLink } from '../transport/connection.js';
 import { LeaseStore } from '../transport/lease-store.js';
 import { RelaySet } from '../transport/relays.js';
@@ -127,16 +128,20 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       });
     }
     const rep = this.#replicator;
+    const limits = init.o.limits;
     this.store = {
       put: (key, value) => {
         try {
           assertValidKey(key);
+          checkKeyLimit(key, limits);
           if (typeof value === 'string') {
             const bytes = Buffer.from(value, 'utf8');
             assertValidValue(bytes);
+            checkValueLimit(bytes, limits);
             return this.#guard() ?? rep.write({ op: 'put', key, value: bytes });
           }
           assertValidValue(value);
+          checkValueLimit(value, limits);
           // Copy: the app may reuse its buffer before the batch is encoded.
           return (
             this.#guard() ?? rep.write({ op: 'put', key, value: Uint8Array.prototype.slice.call(value) })
@@ -156,6 +161,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       delete: (key) => {
         try {
           assertValidKey(key);
+        } catch (err) {
+          return Promise.reject(err);
+        }
+        try {
+          checkKeyLimit(key, limits);
         } catch (err) {
           return Promise.reject(err);
         }
@@ -228,6 +238,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         onFence: (epoch, nodeId, seq) =>
           o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
       });
+      // Until StandbyOptions carries them: the limits go in before the first message is read.
+      standby.applier.limits = o.limits;
+      standby.images.maxImageBytes = o.limits.maxImageBytes;
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
 
@@ -341,6 +354,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           o.batchBytes,
           Math.max(1024, Math.min(...relaySet.links.map((l) => l.maxPayload)) - 4096),
         ),
+        limits: o.limits,
         leaseValid: () => keeper.isValid(),
         fencedError: () => lost ?? new FencedError(`node '${o.nodeId}' is no longer primary`),
       });
@@ -504,5 +518,19 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     await this.#relays.close(this.#link);
     await closeLink(this.#link);
     await this.#o.storage.close();
+  }
+}
+
+/** Throws `LimitError` when `key` is longer than `limits.maxKeyBytes` (below the adapter contract's 1 KiB). */
+function checkKeyLimit(key: string, limits: Limits): void {
+  const bytes = Buffer.byteLength(key, 'utf8');
+  if (bytes > limits.maxKeyBytes)
+    throw limitError('maxKeyBytes', 'store key (UTF-8 bytes)', bytes, limits.maxKeyBytes);
+}
+
+/** Throws `LimitError` when `value` is larger than `limits.maxValueBytes`. */
+function checkValueLimit(value: Uint8Array, limits: Limits): void {
+  if (value.byteLength > limits.maxValueBytes) {
+    throw limitError('maxValueBytes', 'store value (bytes)', value.byteLength, limits.maxValueBytes);
   }
 }

@@ -34,6 +34,7 @@ import {
   type SealRecord,
 } from '../protocol/records.js';
 import type { StorageAdapter, WriteOp } from '../storage/adapter.js';
+import { DEFAULT_LIMITS, type Limits } from '../limits.js';
 
 /** Where committed images go: validates and materializes them (see image/chain.ts). */
 export interface ImageSink {
@@ -86,6 +87,8 @@ interface Staged {
   writeFrames: number;
   writeOps: number;
   image: ImageRecord | undefined;
+  /** Body bytes of the frames staged here (counted against `limits.maxStagedBytes`). */
+  bytes: number;
   seal: SealRecord | undefined;
   sealSeq: number;
   sealStreamSeq: number;
@@ -120,6 +123,12 @@ export interface ApplierOptions {
    * A checkpoint is committed only once its seal is; default: always (one relay).
    */
   readonly sealDurable?: (epoch: number, seq: number) => boolean;
+  /**
+   * `maxFrameBytes`, `maxWritesPerCheckpoint` and `maxStagedBytes` (bytes held for checkpoints
+   * not committed yet: staged write bodies and images, frames waiting for their turn or fence):
+   * a frame past one is refused and counted as `limit`. Default: `DEFAULT_LIMITS`.
+   */
+  readonly limits?: Pick<Limits, 'maxFrameBytes' | 'maxWritesPerCheckpoint' | 'maxStagedBytes'>;
 }
 
 /** Most frames a standby holds while waiting for an earlier one or for a fence. */
@@ -145,18 +154,31 @@ export class Applier {
   >();
   /** Fences applied: each cuts the history of older epochs after its checkpoint. */
   readonly #fences: { epoch: number; cutoff: number }[] = [];
-  #heldFence: HeldFence | undefined;
+  /**
+   * Fences received that have not taken effect yet, oldest epoch first: each waits for this
+   * standby to reach its cutoff. More than one waits when takeovers follow each other faster
+   * than this standby catches up (a lagging relay); each takes effect in turn.
+   */
+  readonly #heldFences: HeldFence[] = [];
   /** Frames of an epoch whose fence has not taken effect yet, in arrival order. */
   #waiting: { frame: Frame; streamSeq: number }[] = [];
   #position: AppliedPosition = { epoch: 0, checkpoint: 0, streamSeq: 0 };
   #fenceEpoch = 0;
   #lastStreamSeq = 0;
   #relaxed = false;
+  /** Bytes held for uncommitted checkpoints and waiting frames. */
+  #stagedBytes = 0;
+  /**
+   * The limits in force (see `ApplierOptions.limits`). Settable until the first message, for
+   * callers that build the applier before they know them.
+   */
+  limits: NonNullable<ApplierOptions['limits']>;
   readonly counters: ApplierCounters = { framesApplied: 0, checkpointsCommitted: 0, rejected: {} };
 
   constructor(opts: ApplierOptions) {
     this.#o = opts;
     this.#mode = opts.mode ?? 'delay-write';
+    this.limits = opts.limits ?? DEFAULT_LIMITS;
     if (this.#mode === 'snapshot' && !opts.adapter.capabilities.snapshot) {
       throw new Error(`internal: the ${opts.adapter.kind} adapter has no snapshot capability`);
     }
@@ -169,7 +191,7 @@ export class Applier {
 
   /** Newest epoch seen in a fence (applied or waiting) or frame. */
   get fenceEpoch(): number {
-    return Math.max(this.#fenceEpoch, this.#heldFence?.epoch ?? 0);
+    return Math.max(this.#fenceEpoch, this.#heldFences.at(-1)?.epoch ?? 0);
   }
 
   /** Stream sequence of the last message handled. */
@@ -223,6 +245,16 @@ export class Applier {
       throw err;
     }
     if (!frame) return;
+    if (frame.body.byteLength > this.limits.maxFrameBytes) {
+      return this.reject(
+        limitFrameError(
+          'maxFrameBytes',
+          `frame ${frame.epoch}/${frame.seq} of ${frame.body.byteLength} bytes`,
+          this.limits.maxFrameBytes,
+        ),
+        streamSeq,
+      );
+    }
     await this.#routeCounted(frame, streamSeq);
   }
 
@@ -245,7 +277,7 @@ export class Applier {
   #cutoff(epoch: number): number {
     let c = Infinity;
     for (const f of this.#fences) if (f.epoch > epoch) c = Math.min(c, f.cutoff);
-    if (this.#heldFence && this.#heldFence.epoch > epoch) c = Math.min(c, this.#heldFence.cutoff);
+    for (const h of this.#heldFences) if (h.epoch > epoch) c = Math.min(c, h.cutoff);
     return c;
   }
 
@@ -253,12 +285,6 @@ export class Applier {
     if (f.kind === FrameKind.Fence) {
       const fence = decodeFence(f.body);
       if (f.epoch <= this.fenceEpoch) return; // a fence seen before (another relay, a re-send)
-      if (this.#heldFence) {
-        throw new FrameError(
-          FrameRejectReason.Gap,
-          `fence of epoch ${f.epoch} while the fence of epoch ${this.#heldFence.epoch} still waits for checkpoint ${this.#heldFence.cutoff}`,
-        );
-      }
       if (this.#position.checkpoint > f.checkpoint) {
         throw new RestartpointError(
           ErrorCode.Frame,
@@ -266,7 +292,7 @@ export class Applier {
           false,
         );
       }
-      this.#heldFence = { epoch: f.epoch, cutoff: f.checkpoint, nodeId: fence.nodeId, streamSeq };
+      this.#heldFences.push({ epoch: f.epoch, cutoff: f.checkpoint, nodeId: fence.nodeId, streamSeq });
       await this.#commitReady();
       return;
     }
@@ -285,6 +311,7 @@ export class Applier {
           `frame ${f.epoch}/${f.seq}: too many frames wait for the fence of epoch ${f.epoch}`,
         );
       }
+      this.#hold(f);
       this.#waiting.push({ frame: f, streamSeq });
       return;
     }
@@ -303,9 +330,11 @@ export class Applier {
         `frame ${f.epoch}/${f.seq}: ${MAX_WAITING} frames wait for frame ${ord.next}, which never came`,
       );
     }
+    this.#hold(f);
     ord.early.set(f.seq, { frame: f, streamSeq });
     for (let next = ord.early.get(ord.next); next; next = ord.early.get(ord.next)) {
       ord.early.delete(ord.next);
+      this.#stagedBytes -= next.frame.body.byteLength;
       ord.next++;
       try {
         await this.#take(next.frame, next.streamSeq);
@@ -319,6 +348,14 @@ export class Applier {
 
   /** Takes one frame: stages or stores it, then commits what is complete. */
   async #take(f: Frame, streamSeq: number): Promise<void> {
+    // Checked again here, not only on arrival: a frame that waited for its turn (snapshot mode)
+    // may have been overtaken by a fence that took effect meanwhile and voids it.
+    if (f.checkpoint > this.#cutoff(f.epoch)) {
+      throw new FrameError(
+        FrameRejectReason.Stale,
+        `frame ${f.epoch}/${f.seq} for checkpoint ${f.checkpoint}: the primary of a later epoch resumed from checkpoint ${this.#cutoff(f.epoch)}; a deposed primary's write, dropped`,
+      );
+    }
     if (f.checkpoint <= this.#position.checkpoint) {
       throw new FrameError(
         FrameRejectReason.Duplicate,
@@ -337,6 +374,15 @@ export class Applier {
       case FrameKind.Writes: {
         if (st.writes.has(f.seq)) return;
         const ops = decodeWrites(f.body);
+        if (st.writeOps + ops.length > this.limits.maxWritesPerCheckpoint) {
+          throw limitFrameError(
+            'maxWritesPerCheckpoint',
+            `frame ${f.epoch}/${f.seq}: checkpoint ${f.checkpoint} would hold ${st.writeOps + ops.length} write ops`,
+            this.limits.maxWritesPerCheckpoint,
+          );
+        }
+        // Snapshot mode stores writes at once; only delay-write holds them in memory.
+        if (this.#mode === 'delay-write') this.#stageBytes(st, f);
         if (this.#mode === 'snapshot') {
           await this.#o.adapter.writeArea!(f.checkpoint, ops);
           st.writes.set(f.seq, []);
@@ -347,9 +393,12 @@ export class Applier {
         st.writeOps += ops.length;
         break;
       }
-      case FrameKind.Image:
-        st.image = decodeImage(f.body);
+      case FrameKind.Image: {
+        const image = decodeImage(f.body);
+        if (!st.image) this.#stageBytes(st, f);
+        st.image = image;
         break;
+      }
       case FrameKind.Seal:
         st.seal = decodeSeal(f.body);
         st.sealSeq = f.seq;
@@ -358,6 +407,41 @@ export class Applier {
     }
     this.counters.framesApplied++;
     await this.#commitReady();
+  }
+
+  /** Counts a frame held while it waits (for its turn or its fence) against the staged limit. */
+  #hold(f: Frame): void {
+    this.#reserve(f);
+    this.#stagedBytes += f.body.byteLength;
+  }
+
+  /** Counts a staged frame's body against the staged limit. */
+  #stageBytes(st: Staged, f: Frame): void {
+    this.#reserve(f);
+    st.bytes += f.body.byteLength;
+    this.#stagedBytes += f.body.byteLength;
+  }
+
+  /** Throws the `limit` refusal when holding `f` too would pass `limits.maxStagedBytes`. */
+  #reserve(f: Frame): void {
+    const max = this.limits.maxStagedBytes;
+    if (this.#stagedBytes + f.body.byteLength > max) {
+      throw limitFrameError(
+        'maxStagedBytes',
+        `frame ${f.epoch}/${f.seq} of ${f.body.byteLength} bytes on top of ${this.#stagedBytes} bytes staged`,
+        max,
+      );
+    }
+  }
+
+  #unstage(checkpoint: number, st: Staged): void {
+    this.#staged.delete(checkpoint);
+    this.#stagedBytes -= st.bytes;
+  }
+
+  /** Bytes held for checkpoints not committed yet (staged and waiting frames). */
+  get stagedBytes(): number {
+    return this.#stagedBytes;
   }
 
   #stage(checkpoint: number, epoch: number): Staged {
@@ -369,6 +453,7 @@ export class Applier {
         writeFrames: 0,
         writeOps: 0,
         image: undefined,
+        bytes: 0,
         seal: undefined,
         sealSeq: 0,
         sealStreamSeq: 0,
@@ -380,26 +465,33 @@ export class Applier {
 
   /** Puts the waiting fence into effect once this standby reached its cutoff. */
   async #applyFence(): Promise<boolean> {
-    const h = this.#heldFence;
+    const h = this.#heldFences[0];
     if (!h || this.#position.checkpoint < h.cutoff) return false;
-    this.#heldFence = undefined;
+    this.#heldFences.shift();
     this.#fenceEpoch = h.epoch;
     this.#fences.push({ epoch: h.epoch, cutoff: h.cutoff });
     // Rollback: whatever an older primary staged after the cutoff is gone for good.
-    for (const [cp, st] of this.#staged) if (st.epoch < h.epoch && cp > h.cutoff) this.#staged.delete(cp);
-    for (const e of this.#order.keys()) if (e < h.epoch) this.#order.delete(e);
+    for (const [cp, st] of this.#staged) if (st.epoch < h.epoch && cp > h.cutoff) this.#unstage(cp, st);
+    for (const [e, ord] of this.#order) {
+      if (e >= h.epoch) continue;
+      for (const x of ord.early.values()) this.#stagedBytes -= x.frame.body.byteLength;
+      // Cleared, not only forgotten: a take loop of that epoch may still hold the object.
+      ord.early.clear();
+      this.#order.delete(e);
+    }
     this.#parts.discardBefore(h.epoch);
     if (this.#mode === 'snapshot') await this.#o.adapter.releaseAreas!();
     this.#o.onFence?.(h.epoch, h.nodeId, h.streamSeq);
     const waiting = this.#waiting;
     this.#waiting = [];
+    for (const w of waiting) this.#stagedBytes -= w.frame.body.byteLength;
     for (const w of waiting) await this.#routeCounted(w.frame, w.streamSeq);
     return true;
   }
 
   #committable(next: number, st: Staged): boolean {
     if (this.#relaxed) return true;
-    if (this.#heldFence && next <= this.#heldFence.cutoff) return true;
+    if (this.#heldFences.some((h) => next <= h.cutoff)) return true;
     return this.#o.sealDurable?.(st.epoch, st.sealSeq) ?? true;
   }
 
@@ -414,7 +506,7 @@ export class Applier {
       // Frames a re-sent seal names may still be on their way: wait for them.
       if (st.writeFrames < st.seal.writeFrames || !st.image) return;
       if (st.writeFrames > st.seal.writeFrames || st.writeOps !== st.seal.writeOps) {
-        this.#staged.delete(next);
+        this.#unstage(next, st);
         throw new FrameError(
           FrameRejectReason.Malformed,
           `checkpoint ${next} holds ${st.writeFrames} write frames / ${st.writeOps} ops, its seal names ${st.seal.writeFrames} / ${st.seal.writeOps}`,
@@ -447,10 +539,18 @@ export class Applier {
         await this.#o.adapter.commit(all, meta);
       }
       this.#o.images.apply(next, st.image);
-      this.#staged.delete(next);
+      this.#unstage(next, st);
       this.#position = pos;
       this.counters.checkpointsCommitted++;
       this.#o.onCommit?.(pos);
     }
   }
+}
+
+/** A counted refusal for passing `limits.<name>`, naming the option that raises it. */
+function limitFrameError(name: keyof Limits, what: string, max: number): FrameError {
+  return new FrameError(
+    FrameRejectReason.Limit,
+    `${what}: over the limit of ${max} (limit 'limits.${name}'; raise it in the start options of every node)`,
+  );
 }

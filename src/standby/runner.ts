@@ -4,7 +4,7 @@
  * by another), feeds the applier, keeps the image chain materialized, and tells the takeover
  * when it has caught up with enough relays to have seen every acknowledged checkpoint.
  */
-import { FrameError } from '../errors.js';
+import { FrameError, FrameRejectReason } from '../errors.js';
 import { ImageChain } from '../image/chain.js';
 import type { EnvelopeCodec } from '../protocol/envelope.js';
 import { decodePart } from '../protocol/frame.js';
@@ -203,7 +203,12 @@ export class StandbyRunner {
           else await this.applier.recheck();
         } else {
           const part = decodePart(data, this.#o.app);
-          const first = this.#witness(`${part.epoch}.${part.seq}.${part.part}`, relay);
+          const id = `${part.epoch}.${part.seq}.${part.part}`;
+          if (this.#witnesses.get(id)?.has(relay)) {
+            // The same part twice on one relay: a replay (or a re-send past the dedupe window).
+            throw new FrameError(FrameRejectReason.Duplicate, `part ${id} again on relay ${relay}`);
+          }
+          const first = this.#witness(id, relay);
           if (first) await this.applier.handlePart(part, m.streamSeq);
           else if (this.#o.links.length > 1) await this.applier.recheck();
         }

@@ -74,7 +74,13 @@ async function streamMessages(app: string): Promise<Uint8Array[]> {
  */
 function hostileMessages(app: string, epoch: number): Buffer[] {
   const frames = [
-    { kind: FrameKind.Fence, epoch: epoch + 50, seq: 1, checkpoint: 0, body: encodeFence({ nodeId: 'mallory' }) },
+    {
+      kind: FrameKind.Fence,
+      epoch: epoch + 50,
+      seq: 1,
+      checkpoint: 0,
+      body: encodeFence({ nodeId: 'mallory' }),
+    },
     {
       kind: FrameKind.Writes,
       epoch,
@@ -85,12 +91,15 @@ function hostileMessages(app: string, epoch: number): Buffer[] {
   ];
   const parts = frames.map((f) => encodeFrame(app, f, 1 << 20)[0]!);
   const mallory = new EnvelopeCodec({ app, keys: parseClusterKey(MALLORY) });
-  const badId = new EnvelopeCodec({ app, keys: parseClusterKey({ keys: [{ id: 9, key: MALLORY }], current: 9 }) });
+  const badId = new EnvelopeCodec({
+    app,
+    keys: parseClusterKey({ keys: [{ id: 9, key: MALLORY }], current: 9 }),
+  });
   return [...parts, ...parts.map((p) => mallory.seal(p)), ...parts.map((p) => badId.seal(p))];
 }
 
 describe('signed mode (clusterKey) on a real nats-server', () => {
-  it('replicates and takes over signed; forged, unsigned and bit-flipped messages are rejected, counted, never applied', async () => {
+  it('replicates and takes over signed; forged, unsigned, bit-flipped and replayed messages are rejected, counted, never applied', async () => {
     const app = freshApp('auth');
     apps.push(app);
     const a = await start(opts(app, 'a', { clusterKey: KEY }));
@@ -112,10 +121,10 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     }
     const js = jetstream(nc);
     const subject = appNames(app).subject;
+    const genuine = await streamMessages(app);
     const hostile = hostileMessages(app, a.epoch);
     for (const m of hostile) await js.publish(subject, m);
     // Damage in transit: genuine signed messages with a byte flipped, cut short, or the magic broken.
-    const genuine = await streamMessages(app);
     const damaged = genuine.slice(0, 3).flatMap((g) => {
       const flipped = Buffer.from(g);
       flipped[flipped.length >> 1]! ^= 0x40;
@@ -124,6 +133,9 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
       return [flipped, Buffer.from(g).subarray(0, g.length - 7), broken];
     });
     for (const m of damaged) await js.publish(subject, m);
+    // Replay: every genuine signed message again, without dedupe ids. Valid MACs, so the
+    // envelope lets them through; (epoch, seq) ordering must drop them all.
+    for (const g of genuine) await js.publish(subject, g);
     await a.store.put('after', 'rolled back');
     await a.close();
     const bp = await b.primary;
@@ -132,13 +144,20 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     expect(bp.epoch).toBe(a.epoch + 1);
     expect(bp.state).toEqual({ n: 12, tag: 'cp3' });
     expect(await store.keys()).toEqual(['k0', 'k1', 'k2', 'k3', 'k4']);
-    for (const [k, v] of [['k0', 'v10'], ['k1', 'v11'], ['k2', 'v12'], ['k3', 'v8'], ['k4', 'v9']] as const)
+    for (const [k, v] of [
+      ['k0', 'v10'],
+      ['k1', 'v11'],
+      ['k2', 'v12'],
+      ['k3', 'v8'],
+      ['k4', 'v9'],
+    ] as const)
       expect(Buffer.from((await store.get(k))!).toString()).toBe(v);
     expect(await store.get('evil')).toBeUndefined();
     expect(rejected.unsigned).toBe(2);
     expect(rejected.forged).toBe(4);
     const corrupt = (rejected.checksum ?? 0) + (rejected.truncated ?? 0) + (rejected.magic ?? 0);
     expect(corrupt).toBe(damaged.length);
+    expect(rejected.duplicate ?? 0).toBeGreaterThanOrEqual(genuine.length);
     // The new primary signs too: its checkpoints keep working.
     expect((await bp.checkpoint({ n: 13, tag: 'cp4' })).checkpoint).toBe(4);
   });
@@ -183,7 +202,13 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     const app = freshApp('rot');
     apps.push(app);
     const oldOnly = { keys: [{ id: 1, key: OLD }], current: 1 };
-    const both = { keys: [{ id: 1, key: OLD }, { id: 2, key: NEW.toString('base64') }], current: 2 };
+    const both = {
+      keys: [
+        { id: 1, key: OLD },
+        { id: 2, key: NEW.toString('base64') },
+      ],
+      current: 2,
+    };
     const a = await start(opts(app, 'a', { clusterKey: oldOnly }));
     const b = startStandby(opts(app, 'b', { clusterKey: both }));
     await b.standing;
@@ -238,6 +263,16 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     open.push(bp);
     expect(bp.state).toEqual({ n: 1, tag: marker });
     expect(Buffer.from((await bp.store.get('secret'))!).toString()).toBe(marker);
+
+    // A state larger than the server's max payload: parts are cut small enough for the envelope.
+    const big = randomBytes(3 << 20).toString('base64');
+    expect((await bp.checkpoint({ n: 2, tag: big })).checkpoint).toBe(2);
+    const c = startStandby(opts(app, 'c', { clusterKey: KEY }));
+    await c.standing;
+    await bp.close();
+    const cp = await c.primary;
+    open.push(cp);
+    expect(cp.state.tag === big).toBe(true);
 
     // Control: signed without encryption, the same marker is visible on the stream.
     const app2 = freshApp('enc');

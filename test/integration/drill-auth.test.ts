@@ -30,8 +30,32 @@ describe('drill in signed mode (real nats-server, real processes, SIGKILL)', () 
     expect(report.takeovers[0]!.storeMatches && report.takeovers[0]!.imageMatches).toBe(true);
   }, 90_000);
 
+  it('shard-loss (six relays, FEC 4+2, shards dropped, a relay killed) in signed mode with --inject-forged 3', async () => {
+    const report = await runDrill({
+      kills: 1,
+      store: 'memory',
+      seed: 5,
+      nats: NATS_URL,
+      leaseTtlMs: 800,
+      scenario: 'shard-loss',
+      key: randomBytes(32).toString('base64'),
+      injectForged: 3,
+    });
+    expect(report.violations).toEqual([]);
+    expect(report.ok).toBe(true);
+    expect(report.rejected.forged).toBeGreaterThanOrEqual(3);
+    expect(report.rejected.corrupt).toBeGreaterThanOrEqual(3);
+  }, 120_000);
+
   it('without signed mode, injecting is refused rather than reported as passing', async () => {
-    const report = await runDrill({ kills: 1, store: 'memory', seed: 1, nats: NATS_URL, leaseTtlMs: 800, injectForged: 1 });
+    const report = await runDrill({
+      kills: 1,
+      store: 'memory',
+      seed: 1,
+      nats: NATS_URL,
+      leaseTtlMs: 800,
+      injectForged: 1,
+    });
     expect(report.ok).toBe(false);
     expect(report.violations.join()).toMatch(/injectForged needs key/);
   }, 30_000);

@@ -28,7 +28,7 @@ async function accountConfig(port: number): Promise<string> {
   if (!block) throw new Error('docs/security.md has no ```hcl account block');
   return block[1]!
     .replace(/listen: .*/, `listen: 127.0.0.1:${port}`)
-    .replace(/store_dir: .*/, `store_dir: "${join(dir, 'js')}"`)
+    .replace(/store_dir: "[^"]*"/, `store_dir: "${join(dir, 'js')}"`)
     .replace('$RP_NODE_PASSWORD', PASS);
 }
 
@@ -78,8 +78,8 @@ describe('NATS auth passthrough with the least-privilege account of docs/securit
     const nc = await connect({ servers: server.url, user: USER, pass: PASS });
     try {
       const jsm = await jetstreamManager(nc);
-      await expect(jsm.streams.info('RP_other')).rejects.toThrow(/permission|timeout/i);
-      await expect(nc.request('rp.other.frames', 'x', { timeout: 1_000 })).rejects.toThrow(/permission|timeout|no responders/i);
+      await expect(jsm.streams.info('RP_other')).rejects.toThrow(/permission/i);
+      await expect(nc.request('rp.other.frames', 'x', { timeout: 1_000 })).rejects.toThrow(/permission/i);
     } finally {
       await nc.close();
     }

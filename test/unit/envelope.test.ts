@@ -13,7 +13,10 @@ import { FrameKind, encodeFrame } from '../../src/protocol/frame.js';
 
 const K1 = randomBytes(32);
 const K2 = randomBytes(32);
-const codec = (key: Buffer | string, o: { encrypt?: boolean; app?: string; id?: number } = {}): EnvelopeCodec =>
+const codec = (
+  key: Buffer | string,
+  o: { encrypt?: boolean; app?: string; id?: number } = {},
+): EnvelopeCodec =>
   new EnvelopeCodec({
     app: o.app ?? 'app1',
     keys: { keys: new Map([[o.id ?? 0, parseKeyMaterial(key)]]), current: o.id ?? 0 },
@@ -89,7 +92,9 @@ describe('envelope', () => {
           expect(['checksum', 'truncated', 'malformed', 'magic']).toContain(reason(() => c.open(flipped)));
           // Re-stamped CRC: the MAC (or a header check) still stops it; nothing is ever accepted.
           if (bit < (sealed.length - 4) * 8) {
-            expect(['forged', 'truncated', 'malformed', 'version', 'magic']).toContain(reason(() => c.open(recrc(flipped))));
+            expect(['forged', 'truncated', 'malformed', 'version', 'magic']).toContain(
+              reason(() => c.open(recrc(flipped))),
+            );
           }
         }),
         { numRuns: 300 },
@@ -112,7 +117,13 @@ describe('envelope', () => {
   it('rotation: a key set {old, new} opens messages signed with either', () => {
     const both = new EnvelopeCodec({
       app: 'app1',
-      keys: parseClusterKey({ keys: [{ id: 1, key: K1 }, { id: 2, key: K2 }], current: 2 }),
+      keys: parseClusterKey({
+        keys: [
+          { id: 1, key: K1 },
+          { id: 2, key: K2 },
+        ],
+        current: 2,
+      }),
     });
     expect(Buffer.from(both.open(codec(K1, { id: 1 }).seal(part))).equals(part)).toBe(true);
     expect(Buffer.from(both.open(codec(K2, { id: 2 }).seal(part))).equals(part)).toBe(true);
@@ -138,9 +149,15 @@ describe('envelope', () => {
       expect((err as Error).message).toMatch(/32/);
     }
     expect(() => parseClusterKey({ keys: [{ id: 1, key: K1 }], current: 3 })).toThrow(/clusterKey.current/);
-    expect(() => parseClusterKey({ keys: [{ id: 1, key: K1 }, { id: 1, key: K2 }], current: 1 })).toThrow(
-      /repeats key id 1/,
-    );
+    expect(() =>
+      parseClusterKey({
+        keys: [
+          { id: 1, key: K1 },
+          { id: 1, key: K2 },
+        ],
+        current: 1,
+      }),
+    ).toThrow(/repeats key id 1/);
     expect(() => parseClusterKey({ keys: [{ id: 300, key: K1 }], current: 300 })).toThrow(/0 to 255/);
   });
 });

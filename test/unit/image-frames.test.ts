@@ -27,7 +27,9 @@ const APP = 'chunks';
 describe('image compression', () => {
   const text = (bytes: number): Buffer =>
     Buffer.from(
-      JSON.stringify(Array.from({ length: Math.ceil(bytes / 40) }, (_, i) => ({ id: `user:${i}`, n: i % 97 }))),
+      JSON.stringify(
+        Array.from({ length: Math.ceil(bytes / 40) }, (_, i) => ({ id: `user:${i}`, n: i % 97 })),
+      ),
     );
 
   it('ships small payloads raw and compresses text when it pays, at once up to the sync limit', () => {
@@ -77,17 +79,35 @@ class Primary {
   readonly images = new ImageEncoder({ keyframeEvery: 100, maxChainShare: 1000 });
   constructor(readonly epoch: number) {}
   fence(cutoff = 0): Frame {
-    return { kind: FrameKind.Fence, epoch: this.epoch, seq: this.seq++, checkpoint: cutoff, body: encodeFence({ nodeId: `n${this.epoch}` }) };
+    return {
+      kind: FrameKind.Fence,
+      epoch: this.epoch,
+      seq: this.seq++,
+      checkpoint: cutoff,
+      body: encodeFence({ nodeId: `n${this.epoch}` }),
+    };
   }
   writes(cp: number, ops: WriteOp[]): Frame {
-    return { kind: FrameKind.Writes, epoch: this.epoch, seq: this.seq++, checkpoint: cp, body: encodeWrites(ops) };
+    return {
+      kind: FrameKind.Writes,
+      epoch: this.epoch,
+      seq: this.seq++,
+      checkpoint: cp,
+      body: encodeWrites(ops),
+    };
   }
   async image(cp: number, state: unknown): Promise<Frame> {
     const record = await this.images.encode(state, cp).record;
     return this.imageOf(cp, record);
   }
   imageOf(cp: number, record: ImageRecord): Frame {
-    return { kind: FrameKind.Image, epoch: this.epoch, seq: this.seq++, checkpoint: cp, body: encodeImage(record) };
+    return {
+      kind: FrameKind.Image,
+      epoch: this.epoch,
+      seq: this.seq++,
+      checkpoint: cp,
+      body: encodeImage(record),
+    };
   }
   seal(cp: number, writeFrames: number, writeOps: number): Frame {
     return {
@@ -115,7 +135,12 @@ async function standby(): Promise<{
   await adapter.open();
   const chain = new ImageChain();
   const rejected: string[] = [];
-  const applier = new Applier({ app: APP, adapter, images: chain, onReject: (err) => rejected.push(err.reason) });
+  const applier = new Applier({
+    app: APP,
+    adapter,
+    images: chain,
+    onReject: (err) => rejected.push(err.reason),
+  });
   let streamSeq = 0;
   const send = (bytes: Buffer): Promise<void> => applier.handle(++streamSeq, bytes);
   const feed = async (...frames: Frame[]): Promise<void> => {
@@ -127,7 +152,10 @@ async function standby(): Promise<{
 const put = (key: string, v: string): WriteOp => ({ op: 'put', key, value: Buffer.from(v) });
 
 /** A state whose image is incompressible and spans many parts. */
-const bulky = (tag: string): { tag: string; blob: Uint8Array } => ({ tag, blob: new Uint8Array(randomBytes(40_000)) });
+const bulky = (tag: string): { tag: string; blob: Uint8Array } => ({
+  tag,
+  blob: new Uint8Array(randomBytes(40_000)),
+});
 
 describe('multi-part images on the standby', () => {
   it('a corrupt chunk is rejected loudly; the checkpoint waits and the previous image stays until the part is re-sent', async () => {
@@ -158,7 +186,12 @@ describe('multi-part images on the standby', () => {
   it('a missing chunk keeps the checkpoint out; a takeover resumes from the previous good image', async () => {
     const s = await standby();
     const old = new Primary(1);
-    await s.feed(old.fence(), old.writes(1, [put('a', '1')]), await old.image(1, bulky('one')), old.seal(1, 1, 1));
+    await s.feed(
+      old.fence(),
+      old.writes(1, [put('a', '1')]),
+      await old.image(1, bulky('one')),
+      old.seal(1, 1, 1),
+    );
     const img2 = await old.image(2, bulky('two'));
     const parts = encodeFrame(APP, img2, PART_BYTES);
     await s.feed(old.writes(2, [put('a', '2')]));
@@ -168,7 +201,12 @@ describe('multi-part images on the standby', () => {
     expect((s.chain.materialize() as { tag: string }).tag).toBe('one');
     // The old primary is gone; the new one resumes from checkpoint 1 and carries on.
     const next = new Primary(2);
-    await s.feed(next.fence(1), next.writes(2, [put('b', 'new')]), await next.image(2, { tag: 'new' }), next.seal(2, 1, 1));
+    await s.feed(
+      next.fence(1),
+      next.writes(2, [put('b', 'new')]),
+      await next.image(2, { tag: 'new' }),
+      next.seal(2, 1, 1),
+    );
     expect(s.applier.position).toMatchObject({ epoch: 2, checkpoint: 2 });
     expect(s.chain.materialize()).toEqual({ tag: 'new' });
     expect(Buffer.from((await s.adapter.get('a'))!).toString()).toBe('1');
@@ -185,7 +223,10 @@ describe('multi-part images on the standby', () => {
     const good = await new ImageEncoder().encode({ text: 'x'.repeat(50_000) }, 2).record;
     expect(good.codec).toBe(ImageCodec.Brotli);
     // Checksums pass (the frame is built from these bytes), but the compressed stream is cut short.
-    const truncated: ImageRecord = { ...good, payload: good.payload.subarray(0, good.payload.byteLength - 20) };
+    const truncated: ImageRecord = {
+      ...good,
+      payload: good.payload.subarray(0, good.payload.byteLength - 20),
+    };
     await s.feed(p.writes(2, [put('a', '2')]), p.imageOf(2, truncated));
     const err = await s.feed(p.seal(2, 1, 1)).then(
       () => undefined,

@@ -34,7 +34,8 @@ class Pair {
 }
 
 const names = ['a', 'b', 'c', 'd', 'e', '0', '7', '$rp', '_t', '~x', 'constructor', '__proto__'];
-const pick = <T>(xs: readonly T[], n: number): T | undefined => (xs.length === 0 ? undefined : xs[n % xs.length]);
+const pick = <T>(xs: readonly T[], n: number): T | undefined =>
+  xs.length === 0 ? undefined : xs[n % xs.length];
 
 /** Values a field can take: primitives of every kind the typed tree tags, and small containers. */
 const leafArb = fc.oneof(
@@ -89,11 +90,17 @@ function initial(): State {
   };
 }
 
-const opArb = fc.record({ kind: fc.nat(32), a: fc.nat(50), b: fc.nat(50), v: valueArb, cp: fc.nat(2) });
+const opArb = fc.record({ kind: fc.nat(36), a: fc.nat(50), b: fc.nat(50), v: valueArb, cp: fc.nat(2) });
 type Op = typeof opArb extends fc.Arbitrary<infer T> ? T : never;
 
+/** Proxies a test run keeps between changes, as apps keep references. */
+interface Held {
+  rec?: Rec;
+  users?: Map<string, Rec>;
+}
+
 /** Applies one random in-place change through the tracked proxy. */
-function mutate(p: State, op: Op): void {
+function mutate(p: State, op: Op, held: Held): void {
   const keys = [...p.users.keys()];
   const k = pick(keys, op.a);
   const name = pick(names, op.b)!;
@@ -153,7 +160,8 @@ function mutate(p: State, op: Op): void {
       break;
     case 14: {
       const item = pick(p.list, op.a);
-      if (typeof item === 'object' && item !== null && !Array.isArray(item)) (item as Record<string, unknown>)[name] = op.v;
+      if (typeof item === 'object' && item !== null && !Array.isArray(item))
+        (item as Record<string, unknown>)[name] = op.v;
       break;
     }
     case 15:
@@ -215,7 +223,31 @@ function mutate(p: State, op: Op): void {
       }
       break;
     case 32:
-      for (const key of p.keyed?.keys() ?? []) if (typeof key === 'object') (key as { key: number }).key = op.b;
+      for (const key of p.keyed?.keys() ?? [])
+        if (typeof key === 'object') (key as { key: number }).key = op.b;
+      break;
+    case 33:
+      held.rec = k ? p.users.get(k) : undefined;
+      held.users = p.users;
+      break;
+    case 34:
+      // A reference kept across checkpoints (and keyframes); its record may be gone by now.
+      if (held.rec) {
+        held.rec.n = op.b;
+        held.rec.tags.push(name);
+      }
+      break;
+    case 35:
+      held.users?.set(`h${op.a % 4}`, rec(op.b));
+      break;
+    case 36:
+      if (k) {
+        // Shared for a moment: the registry loses track of the record's place.
+        const r = p.users.get(k)!;
+        p.misc.tmp = r;
+        delete p.misc.tmp;
+        r.n = op.b;
+      }
       break;
     default: {
       // Replace a record by an edited copy, immutable style, through the proxy.
@@ -231,18 +263,25 @@ describe('tracked state: deltas stay exact', () => {
   it('the standby tree equals toTree(state) after random in-place changes (property)', async () => {
     let trackedDeltas = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(opArb, { maxLength: 40 }), fc.integer({ min: 2, max: 20 }), async (ops, every) => {
-        const pair = new Pair(new ImageEncoder({ keyframeEvery: every, maxChainShare: 1000 }));
-        const state = track(initial());
-        await pair.checkpoint(state);
-        for (const op of ops) {
-          mutate(state, op);
-          if (op.cp === 0) await pair.checkpoint(state);
-        }
-        await pair.checkpoint(state);
-        trackedDeltas += pair.paths.tracked;
-      }),
-      { numRuns: 300 },
+      fc.asyncProperty(
+        fc.array(opArb, { maxLength: 60 }),
+        fc.integer({ min: 2, max: 20 }),
+        fc.boolean(),
+        async (ops, every, early) => {
+          const pair = new Pair(new ImageEncoder({ keyframeEvery: every, maxChainShare: 1000 }));
+          const state = track(initial());
+          const held: Held = {};
+          // Sometimes the app reads and keeps proxies before the first checkpoint.
+          if (early) await pair.checkpoint(state);
+          for (const op of ops) {
+            mutate(state, op, held);
+            if (op.cp === 0) await pair.checkpoint(state);
+          }
+          await pair.checkpoint(state);
+          trackedDeltas += pair.paths.tracked;
+        },
+      ),
+      { numRuns: 500 },
     );
     // The property must have exercised the cheap path, not only the exact fallbacks.
     expect(trackedDeltas).toBeGreaterThan(400);
@@ -264,6 +303,28 @@ describe('tracked state: deltas stay exact', () => {
     pair.chain.check(pair.cp, r);
     pair.chain.apply(pair.cp, r);
     expect(treesEqual(pair.chain.tree!, toTree(raw))).toBe(true);
+  });
+
+  it('stays exact when records move while the state is shared (the walk is off meanwhile)', async () => {
+    const pair = new Pair(new ImageEncoder({ keyframeEvery: 100, maxChainShare: 1000 }));
+    const state = track({
+      a: { r: { n: 1 } },
+      b: {} as Record<string, { n: number }>,
+      c: {} as Record<string, unknown>,
+    });
+    await pair.checkpoint(state);
+    const r = state.a.r;
+    state.c.shared = r; // shared: the next checkpoints diff the whole state
+    await pair.checkpoint(state);
+    state.b.moved = r; // moved while shared
+    delete (state.a as { r?: unknown }).r;
+    delete state.c.shared;
+    await pair.checkpoint(state); // a tree again
+    r.n = 2; // through a proxy read before the move
+    await pair.checkpoint(state);
+    state.b.moved!.n = 3;
+    await pair.checkpoint(state);
+    expect(pair.paths.tracked).toBeGreaterThan(0);
   });
 
   it('hands out proxies for containers and raw values for everything else', () => {
@@ -369,17 +430,23 @@ describe('immutable updates: deltas by identity stay exact', () => {
   it('the standby tree equals toTree(state) after random copy-on-write updates (property)', async () => {
     let identityDeltas = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(opArb, { maxLength: 40 }), fc.integer({ min: 2, max: 20 }), async (ops, every) => {
-        const pair = new Pair(new ImageEncoder({ keyframeEvery: every, maxChainShare: 1000, immutable: true }));
-        let state = initial();
-        await pair.checkpoint(state);
-        for (const op of ops) {
-          state = update(state, op);
-          if (op.cp === 0) await pair.checkpoint(state);
-        }
-        await pair.checkpoint(state);
-        identityDeltas += pair.paths.identity;
-      }),
+      fc.asyncProperty(
+        fc.array(opArb, { maxLength: 40 }),
+        fc.integer({ min: 2, max: 20 }),
+        async (ops, every) => {
+          const pair = new Pair(
+            new ImageEncoder({ keyframeEvery: every, maxChainShare: 1000, immutable: true }),
+          );
+          let state = initial();
+          await pair.checkpoint(state);
+          for (const op of ops) {
+            state = update(state, op);
+            if (op.cp === 0) await pair.checkpoint(state);
+          }
+          await pair.checkpoint(state);
+          identityDeltas += pair.paths.identity;
+        },
+      ),
       { numRuns: 300 },
     );
     expect(identityDeltas).toBeGreaterThan(400);

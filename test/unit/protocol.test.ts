@@ -153,7 +153,13 @@ describe('record bodies', () => {
       payload: Buffer.from('{"a":1}'),
     };
     const back = decodeImage(encodeImage(img));
-    expect(back).toMatchObject({ format: ImageFormat.Delta, codec: ImageCodec.None, base: 11, stateVersion: 3, rawLength: 7 });
+    expect(back).toMatchObject({
+      format: ImageFormat.Delta,
+      codec: ImageCodec.None,
+      base: 11,
+      stateVersion: 3,
+      rawLength: 7,
+    });
     expect(Buffer.from(back.payload).toString()).toBe('{"a":1}');
     expect(decodeSeal(encodeSeal({ writeFrames: 3, writeOps: 99, imageFrames: 1 }))).toEqual({
       writeFrames: 3,

@@ -59,7 +59,12 @@ describe('AutoCheckpoints', () => {
   });
 
   /** A take() whose checkpoints settle only when the test says so. */
-  function controlled(): { take: () => Promise<unknown>; pending: (() => void)[]; fail: ((e: unknown) => void)[]; started: number[] } {
+  function controlled(): {
+    take: () => Promise<unknown>;
+    pending: (() => void)[];
+    fail: ((e: unknown) => void)[];
+    started: number[];
+  } {
     const pending: (() => void)[] = [];
     const fail: ((e: unknown) => void)[] = [];
     const started: number[] = [];
@@ -161,7 +166,9 @@ describe('resuming an image of another stateVersion', () => {
     const problem = resumeProblem(o, chain, 1);
     expect(problem).toBeInstanceOf(ConfigError);
     expect(problem!.option).toBe('stateVersion');
-    expect(problem!.message).toMatch(/'stateVersion' is 2, but the last checkpoint \(1\) holds an image of stateVersion 1: pass migrate/);
+    expect(problem!.message).toMatch(
+      /'stateVersion' is 2, but the last checkpoint \(1\) holds an image of stateVersion 1: pass migrate/,
+    );
     await expect(resumeState(o, chain, 1)).rejects.toMatchObject({ option: 'stateVersion' });
   });
 
@@ -185,7 +192,9 @@ describe('resuming an image of another stateVersion', () => {
       }),
     );
     await expect(resumeState(o, chainAt(1, {}), 1)).rejects.toThrow(ImageError);
-    await expect(resumeState(o, chainAt(1, {}), 1)).rejects.toThrow(/migrate\(image, 1\) failed .*stateVersion 2\): no such field/);
+    await expect(resumeState(o, chainAt(1, {}), 1)).rejects.toThrow(
+      /migrate\(image, 1\) failed .*stateVersion 2\): no such field/,
+    );
   });
 });
 
@@ -216,7 +225,12 @@ describe('image options', () => {
 
   it('applies defaults', () => {
     const o = resolveOptions(base);
-    expect(o).toMatchObject({ maxChainShare: 0.5, immutableState: false, stateVersion: 1, keyframeEvery: 32 });
+    expect(o).toMatchObject({
+      maxChainShare: 0.5,
+      immutableState: false,
+      stateVersion: 1,
+      keyframeEvery: 32,
+    });
     expect(o.checkpointEveryMs).toBeUndefined();
   });
 });

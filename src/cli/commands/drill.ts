@@ -89,7 +89,10 @@ export function drillCommand(): Command {
     .option('--nats <url>', 'NATS server with JetStream', 'nats://127.0.0.1:4222')
     .option('--lease-ttl <ms>', 'lease TTL of the nodes', intFlag('--lease-ttl', 100, 60_000), 1000)
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
-    .option('--key <key>', 'cluster key: run the nodes in signed mode (32+ bytes: 64 hex digits, base64 or text)')
+    .option(
+      '--key <key>',
+      'cluster key: run the nodes in signed mode (32+ bytes: 64 hex digits, base64 or text)',
+    )
     .option(
       '--inject-forged <n>',
       'with --key: publish N forged and N corrupted messages onto the app subject during the run',
