@@ -6,7 +6,10 @@ export { Restartpoint } from './sdk/restartpoint.js';
 export type { ResumedFrom, TakeoverStats, ReplicatedStore } from './sdk/restartpoint.js';
 export type { StartOptions, LogEvent } from './sdk/options.js';
 export type { CheckpointAck, CheckpointStats } from './primary/replicator.js';
-export type { StorageAdapter, WriteOp, AdapterCapabilities } from './storage/adapter.js';
+export type { StorageAdapter, WriteOp, AdapterCapabilities, SnapshotStore } from './storage/adapter.js';
+export type { RelaySpec, AckPolicy, FaultHook } from './transport/relays.js';
+export type { FecScheme } from './fec/shard.js';
+export type { ClusterKeyOption } from './protocol/envelope.js';
 export {
   ErrorCode,
   RestartpointError,

@@ -307,6 +307,11 @@ describe.each(['delay-write', 'snapshot'] as const)('applier model (%s)', (mode)
           await w.settle();
           await fc.asyncModelRun(() => ({ model: {}, real: w }), cmds);
           await new DeliverAll().run({}, w);
+          // With nothing open and everything delivered, nothing may stay held: replays of older
+          // epochs and stale frames must not pile up in memory.
+          w.seal(1 << 20, true);
+          await new DeliverAll().run({}, w);
+          expect(w.applier.stagedBytes).toBe(0);
           stats.runs++;
           stats.committed += w.applier.position.checkpoint;
           stats.epochs += w.epoch - 1;
