@@ -6,6 +6,7 @@ export { Restartpoint } from './sdk/restartpoint.js';
 export type { ResumedFrom, TakeoverStats, ReplicatedStore } from './sdk/restartpoint.js';
 export type { StartOptions, LogEvent } from './sdk/options.js';
 export type { CheckpointAck, CheckpointStats } from './primary/replicator.js';
+export type { ImagePath } from './image/chain.js';
 export type { StorageAdapter, WriteOp, AdapterCapabilities, SnapshotStore } from './storage/adapter.js';
 export type { RelaySpec, AckPolicy, FaultHook } from './transport/relays.js';
 export type { FecScheme } from './fec/shard.js';

@@ -316,6 +316,9 @@ export class Applier {
       return;
     }
     if (this.#mode === 'delay-write') return this.#take(f, streamSeq);
+    // An epoch whose successor's fence took effect is over: each of its frames is committed
+    // (a replay) or void, and #take says which. Ordering it would park it forever.
+    if (f.epoch < this.#fenceEpoch) return this.#take(f, streamSeq);
     let ord = this.#order.get(f.epoch);
     if (!ord) {
       ord = { next: 2, early: new Map() }; // seq 1 of every epoch is its fence
