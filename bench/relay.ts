@@ -102,7 +102,8 @@ export const relaySuite: Suite = {
         rows.push({ name: `relay.${setup.name}.checkpoint_p99`, value: r.p99, unit: 'ms' });
         rows.push({ name: `relay.${setup.name}.bytes_stored`, value: r.bytes, unit: 'B' });
       }
-      ratios['relay.quorum3_latency_over_1relay'] = results.get('3relays_quorum')!.p50 / results.get('1relay')!.p50;
+      ratios['relay.quorum3_latency_over_1relay'] =
+        results.get('3relays_quorum')!.p50 / results.get('1relay')!.p50;
       const fec = results.get('6relays_fec4p2');
       if (fec) ratios['relay.fec4p2_bytes_over_3copies'] = fec.bytes / results.get('3relays_all')!.bytes;
     } finally {

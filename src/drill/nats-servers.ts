@@ -150,6 +150,9 @@ export class TestRelay {
         try {
           const jsm = await jetstreamManager(nc, { timeout: 2_000 });
           await jsm.getAccountInfo();
+          // Ready means every peer is known to the meta leader: an R3 stream can be placed.
+          await jsm.streams.add({ name: 'RP_READY_PROBE', subjects: ['rp-ready-probe'], num_replicas: 3 });
+          await jsm.streams.delete('RP_READY_PROBE');
           break;
         } catch (err) {
           if (Date.now() > deadline)

@@ -7,7 +7,13 @@ import { ConfigError } from '../errors.js';
 import { APP_NAME_PATTERN } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsOptions } from '../transport/connection.js';
-import { checkAckPolicy, resolveFec, type AckPolicy, type FaultHook, type RelaySpec } from '../transport/relays.js';
+import {
+  checkAckPolicy,
+  resolveFec,
+  type AckPolicy,
+  type FaultHook,
+  type RelaySpec,
+} from '../transport/relays.js';
 import type { FecScheme } from '../fec/shard.js';
 import { resolveLimits, type Limits } from '../limits.js';
 import { parseClusterKey, type ClusterKeyOption, type ClusterKeys } from '../protocol/envelope.js';
@@ -333,14 +339,20 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   let fec: ResolvedOptions<S>['fec'];
   if (opts.fec !== undefined) {
     if (opts.fec === null || typeof opts.fec !== 'object') {
-      throw new ConfigError('fec', `must be { data: k, parity: m, tolerate?: f } or { copies: n }, got ${show(opts.fec)}`);
+      throw new ConfigError(
+        'fec',
+        `must be { data: k, parity: m, tolerate?: f } or { copies: n }, got ${show(opts.fec)}`,
+      );
     }
     const { tolerate, ...scheme } = opts.fec as { tolerate?: number } & FecScheme;
     fec = { scheme, tolerate };
     resolveFec(fec, relays?.length ?? 1); // validates now, with a message naming the option
   }
   if (opts.faults !== undefined && typeof opts.faults !== 'function') {
-    throw new ConfigError('faults', `must be a function (a chaos hook for drills and tests), got ${show(opts.faults)}`);
+    throw new ConfigError(
+      'faults',
+      `must be a function (a chaos hook for drills and tests), got ${show(opts.faults)}`,
+    );
   }
   const clusterKey = opts.clusterKey === undefined ? undefined : parseClusterKey(opts.clusterKey);
   if (opts.encrypt !== undefined && typeof opts.encrypt !== 'boolean') {

@@ -315,7 +315,12 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           break;
         } catch (err) {
           if (lost) throw lost;
-          o.log({ level: 'warn', msg: 'fence not durable yet, retrying', attempt, error: (err as Error).message });
+          o.log({
+            level: 'warn',
+            msg: 'fence not durable yet, retrying',
+            attempt,
+            error: (err as Error).message,
+          });
           await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
         }
       }

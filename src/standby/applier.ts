@@ -114,7 +114,8 @@ export interface ApplierOptions {
   /** Called for every rejected part or frame (after counting it). */
   readonly onReject?: (err: FrameError, streamSeq: number) => void;
   /** Called after each committed checkpoint. */
-  readonly onCommit?: (pos: AppliedPosition) => void;
+  /** Called after each committed checkpoint, with the seq of the seal frame that completed it. */
+  readonly onCommit?: (pos: AppliedPosition, sealSeq: number) => void;
   /** Called when a newer epoch's fence is applied. */
   readonly onFence?: (epoch: number, nodeId: string, streamSeq: number) => void;
   /**
@@ -284,7 +285,10 @@ export class Applier {
   async #route(f: Frame, streamSeq: number): Promise<void> {
     if (f.kind === FrameKind.Fence) {
       const fence = decodeFence(f.body);
-      if (f.epoch <= this.fenceEpoch) return; // a fence seen before (another relay, a re-send)
+      if (f.epoch <= this.fenceEpoch) {
+        // A fence seen before (another relay's copy, a re-send, a replay): counted, no effect.
+        throw new FrameError(FrameRejectReason.Duplicate, `fence of epoch ${f.epoch} seen before`);
+      }
       if (this.#position.checkpoint > f.checkpoint) {
         throw new RestartpointError(
           ErrorCode.Frame,
@@ -545,7 +549,7 @@ export class Applier {
       this.#unstage(next, st);
       this.#position = pos;
       this.counters.checkpointsCommitted++;
-      this.#o.onCommit?.(pos);
+      this.#o.onCommit?.(pos, st.sealSeq);
     }
   }
 }

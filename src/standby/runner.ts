@@ -76,7 +76,7 @@ export class StandbyRunner {
   readonly applier: Applier;
   readonly images = new ImageChain();
   readonly #o: StandbyOptions;
-  readonly #readers: StreamReader[];
+  #readers: StreamReader[];
   readonly #applied: number[];
   readonly #witnesses = new Map<string, Set<number>>();
   readonly #shards: ShardAssembler | undefined;
@@ -99,7 +99,10 @@ export class StandbyRunner {
       images: this.images,
       mode: opts.mode,
       onReject: opts.onReject,
-      onCommit: opts.onCommit,
+      onCommit: (pos, sealSeq) => {
+        this.#forget(pos.epoch, sealSeq);
+        opts.onCommit?.(pos, sealSeq);
+      },
       onFence: (epoch, nodeId, seq) => {
         this.#shards?.discardBefore(epoch);
         opts.onFence?.(epoch, nodeId, seq);
@@ -153,9 +156,15 @@ export class StandbyRunner {
   async lagReport(): Promise<{ servers: string; applied: number; behind: number | undefined }[]> {
     return Promise.all(
       this.#o.links.map(async (l, i) => {
-        const last = l.connected() ? await lastStreamSeq(l, this.#o.names.stream).catch(() => undefined) : undefined;
+        const last = l.connected()
+          ? await lastStreamSeq(l, this.#o.names.stream).catch(() => undefined)
+          : undefined;
         const applied = this.#applied[i]!;
-        return { servers: l.servers, applied, behind: last === undefined ? undefined : Math.max(0, last - applied) };
+        return {
+          servers: l.servers,
+          applied,
+          behind: last === undefined ? undefined : Math.max(0, last - applied),
+        };
       }),
     );
   }
@@ -224,6 +233,20 @@ export class StandbyRunner {
     }
   }
 
+  /**
+   * Forgets witnesses of frames up to a committed seal: only frames not yet committed need them,
+   * so the map stays as small as the uncommitted tail (a later copy of a forgotten frame reaches
+   * the applier, which counts it as a duplicate).
+   */
+  #forget(epoch: number, sealSeq: number): void {
+    for (const id of this.#witnesses.keys()) {
+      const dot = id.indexOf('.');
+      const e = Number(id.slice(0, dot));
+      const s = Number(id.slice(dot + 1, id.indexOf('.', dot + 1)));
+      if (e < epoch || (e === epoch && s <= sealSeq)) this.#witnesses.delete(id);
+    }
+  }
+
   /** Notes that `who` (a relay, or a shard index) holds message `id`; true when it is the first. */
   #witness(id: string, who: number): boolean {
     let w = this.#witnesses.get(id);
@@ -265,17 +288,36 @@ export class StandbyRunner {
       if (reachable.length >= quorum) {
         // A quorum of relays caught up is enough: a relay whose reader is still recovering from
         // a restart (its consumer re-created after missed heartbeats) does not hold this up.
-        await Promise.race([
+        const caughtUp = await Promise.race([
           atLeast(
             quorum,
             reachable.map((t) => this.#waitFor(t.relay, t.seq)),
-          ),
+          ).then(() => true),
           this.failed(),
+          new Promise<false>((r) => setTimeout(() => r(false), 3_000).unref()),
         ]);
-        return;
+        if (caughtUp) return;
+        // No progress for 3 s: a reader whose consumer lived on a server that died may never
+        // recover by itself. Re-create the readers still behind, from where they stopped.
+        for (const t of reachable) if (this.#applied[t.relay]! < t.seq) await this.#restartReader(t.relay);
+        continue;
       }
       await new Promise((r) => setTimeout(r, 500));
     }
+  }
+
+  /** Replaces relay `relay`'s reader with a new one starting after what was applied from it. */
+  async #restartReader(relay: number): Promise<void> {
+    await this.#readers[relay]!.stop().catch(() => undefined);
+    const reader = new StreamReader(this.#o.links[relay]!, this.#o.names.stream);
+    this.#readers[relay] = reader;
+    await reader
+      .start(
+        this.#applied[relay]! + 1,
+        (m) => this.#enqueue(relay, m),
+        (err) => this.#fail(err),
+      )
+      .catch(() => undefined); // not reachable now: the next round tries again
   }
 
   #waitFor(relay: number, seq: number): Promise<void> {

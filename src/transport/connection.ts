@@ -66,21 +66,16 @@ export async function openLink(opts: NatsOptions, name: string): Promise<NatsLin
       { cause: err },
     );
   }
-  let connected = true;
-  void (async () => {
-    for await (const st of nc.status()) {
-      if (st.type === 'disconnect' || st.type === 'reconnecting' || st.type === 'staleConnection')
-        connected = false;
-      else if (st.type === 'reconnect') connected = true;
-    }
-  })().catch(() => undefined);
+  // The client's own view of its socket (nats.js keeps it on its protocol handler); status
+  // events can be missed by a late listener, the handler's flag cannot.
+  const handler = nc as unknown as { protocol?: { connected?: boolean } };
   return {
     nc,
     js: jetstream(nc, { timeout: 5_000 }),
     jsm,
     maxPayload: (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM,
     servers,
-    connected: () => connected && !nc.isClosed(),
+    connected: () => !nc.isClosed() && handler.protocol?.connected !== false,
   };
 }
 
