@@ -39,11 +39,13 @@ export interface ResumedFrom {
 export interface TakeoverStats {
   /** From the lease going quiet (last renewal seen) to the claim. */
   readonly detectMs: number;
-  /** From the claim to the fence applied (catch-up of the stream). */
+  /** From the claim to every complete checkpoint applied (catch-up with a read quorum of relays). */
   readonly catchUpMs: number;
+  /** Publishing the fence until it was durable (longer while too many relays are down). */
+  readonly fenceMs: number;
   /** Turning the materialized image into the live state. */
   readonly restoreMs: number;
-  /** The previous primary, if any. */
+  /** The primary whose lease ran out; `undefined` when the lease was released (a clean close) or never held. */
   readonly previous: string | undefined;
 }
 
@@ -324,6 +326,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
         }
       }
+      const fencedAt = now();
       let image: S;
       try {
         image = await resumeState(o, standby.images, pos.checkpoint);
@@ -375,7 +378,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         takeover: {
           detectMs: Math.max(0, claimedAt - claim.vacantSince),
           catchUpMs: caughtUpAt - claimedAt,
-          restoreMs: restoredAt - caughtUpAt,
+          fenceMs: fencedAt - caughtUpAt,
+          restoreMs: restoredAt - fencedAt,
           previous: claim.previous,
         },
       });

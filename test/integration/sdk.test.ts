@@ -102,6 +102,12 @@ describe('Restartpoint SDK on a real nats-server', () => {
     open.push(b);
     expect(b.resumedFrom).toEqual({ epoch: a.epoch, checkpoint: 4 });
     expect(b.epoch).toBe(a.epoch + 1);
+    // a released the lease on close(): there was no holder to take it from.
+    expect(b.takeover.previous).toBeUndefined();
+    for (const k of ['detectMs', 'catchUpMs', 'fenceMs', 'restoreMs'] as const) {
+      expect(b.takeover[k]).toBeGreaterThanOrEqual(0);
+      expect(b.takeover[k]).toBeLessThan(30_000);
+    }
     expect(b.state).toEqual({ n: 20, m: new Map([['k20', 20n ** 20n]]) });
     expect(await b.store.get('after-last-checkpoint')).toBeUndefined();
     const keys = await standbyStore.keys();
