@@ -1,0 +1,88 @@
+/**
+ * What a node reports about itself as it runs: the hook metrics (and anything else that wants
+ * figures, not log lines) attach to. `StartOptions.observer` receives these calls; every method
+ * is optional and a throwing observer never disturbs the node (the SDK catches and logs it).
+ *
+ * The SDK calls:
+ * - `transition` once per state change of the failover controller
+ *   (starting → standby → claiming → catching-up → fencing → restoring → primary, and
+ *   primary → handing-over → standby | demoted | closed);
+ * - `checkpoint` once per acknowledged checkpoint on the primary;
+ * - `applied` once per checkpoint a standby committed to its store;
+ * - `rejected` once per frame a standby refused (reason as in `FrameRejectReason`);
+ * - `lag` every `presenceEveryMs` on a standby, one entry per relay;
+ * - `takeover` once, when this node became primary.
+ */
+import type { CheckpointStats } from '../primary/replicator.js';
+
+/** States of a node's failover controller. */
+export const NodeStates = [
+  'starting',
+  'standby',
+  'claiming',
+  'catching-up',
+  'fencing',
+  'restoring',
+  'primary',
+  'handing-over',
+  'demoted',
+  'closed',
+] as const;
+export type NodeState = (typeof NodeStates)[number];
+
+/** A state change of a node's failover controller. */
+export interface Transition {
+  readonly nodeId: string;
+  readonly app: string;
+  readonly from: NodeState | undefined;
+  readonly to: NodeState;
+  /** The node's epoch (0 until it has claimed one). */
+  readonly epoch: number;
+  /** Why, in a few words (e.g. `lease vacant`, `switchover`, `lease lost`). */
+  readonly reason?: string;
+}
+
+/** How far a standby is behind one relay. */
+export interface RelayLagSample {
+  /** The relay's servers, comma-separated. */
+  readonly servers: string;
+  /** Whether this node's connection to the relay is up. */
+  readonly connected: boolean;
+  /** Stream messages not yet applied (undefined while the relay is unreachable). */
+  readonly frames: number | undefined;
+  /** Bytes of those messages (undefined while the relay is unreachable). */
+  readonly bytes: number | undefined;
+  /** Age of the oldest message not yet applied, in seconds (0 when caught up). */
+  readonly seconds: number | undefined;
+  /** Checkpoints the primary sealed that this standby has not committed (from the primary's presence). */
+  readonly checkpoints: number | undefined;
+}
+
+/** Figures of one acknowledged checkpoint. */
+export interface CheckpointObservation extends CheckpointStats {
+  readonly epoch: number;
+  /** Bytes of store writes the checkpoint sealed (keys + values as encoded). */
+  readonly writeBytes: number;
+}
+
+/** Figures of a takeover (see `TakeoverStats`). */
+export interface TakeoverObservation {
+  readonly epoch: number;
+  readonly resumedFrom: number;
+  readonly detectMs: number;
+  readonly catchUpMs: number;
+  readonly rollbackMs: number;
+  readonly fenceMs: number;
+  readonly restoreMs: number;
+  readonly previous: string | undefined;
+}
+
+/** Receives a node's figures. Every method is optional. */
+export interface Observer {
+  transition?(t: Transition): void;
+  checkpoint?(c: CheckpointObservation): void;
+  applied?(pos: { readonly epoch: number; readonly checkpoint: number }): void;
+  rejected?(reason: string): void;
+  lag?(relays: readonly RelayLagSample[]): void;
+  takeover?(t: TakeoverObservation): void;
+}

@@ -1,0 +1,124 @@
+/**
+ * Presence and switchover records, kept in the app's lease bucket next to the lease:
+ *
+ * - `node.<id>`: one per node, rewritten every `PRESENCE_EVERY_MS` by the node itself (its role,
+ *   epoch, checkpoint and per-relay lag) and deleted on a clean close. `restartpoint status`
+ *   reads them; a record older than `PRESENCE_STALE_MS` belongs to a node that is gone.
+ * - `switchover`: a request by `restartpoint switchover` that the primary of `epoch` hand its
+ *   role to a standby at its next checkpoint (docs/failover.md, "Planned switchover").
+ *
+ * Values are JSON; anything unreadable is ignored (never trusted).
+ */
+import type { KV } from '@nats-io/kv';
+import type { NodeState, RelayLagSample } from '../observability/observer.js';
+
+/** How often a node rewrites its presence record. */
+export const PRESENCE_EVERY_MS = 1_000;
+/** A presence record older than this belongs to a node that stopped without a clean close. */
+export const PRESENCE_STALE_MS = 5_000;
+/** KV key of the switchover request. */
+export const SWITCHOVER_KEY = 'switchover';
+
+/** What a node says about itself. */
+export interface PresenceRecord {
+  readonly nodeId: string;
+  readonly state: NodeState;
+  /** The epoch the node holds (primary) or has seen last (standby). */
+  readonly epoch: number;
+  /** Last acknowledged (primary) or committed (standby) checkpoint. */
+  readonly checkpoint: number;
+  readonly host: string;
+  readonly pid: number;
+  /** Wall-clock ms when written. */
+  readonly updatedAt: number;
+  /** A standby's lag per relay (empty on a primary). */
+  readonly relays: readonly RelayLagSample[];
+}
+
+/** A request to hand the primary role over. */
+export interface SwitchoverRequest {
+  /** The epoch of the primary that must hand over; a newer primary ignores the request. */
+  readonly epoch: number;
+  /** The node that holds that epoch (as the lease said when the request was made). */
+  readonly from: string;
+  /** Wall-clock ms of the request. */
+  readonly requestedAt: number;
+  /** Random id, to tell requests apart. */
+  readonly id: string;
+}
+
+/** KV key of a node's presence record: `node.` + the id in base64url (KV keys are `[-/_=.a-zA-Z0-9]`). */
+export function presenceKey(nodeId: string): string {
+  return `node.${Buffer.from(nodeId, 'utf8').toString('base64url')}`;
+}
+
+function parseJson(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+function isPresence(v: unknown): v is PresenceRecord {
+  const r = v as Partial<PresenceRecord> | undefined;
+  return (
+    !!r &&
+    typeof r.nodeId === 'string' &&
+    typeof r.state === 'string' &&
+    Number.isSafeInteger(r.epoch) &&
+    Number.isSafeInteger(r.checkpoint) &&
+    typeof r.updatedAt === 'number' &&
+    Array.isArray(r.relays)
+  );
+}
+
+/** Writes this node's presence record. */
+export async function writePresence(kv: KV, rec: PresenceRecord): Promise<void> {
+  await kv.put(presenceKey(rec.nodeId), Buffer.from(JSON.stringify(rec)));
+}
+
+/** Deletes this node's presence record (clean close). */
+export async function deletePresence(kv: KV, nodeId: string): Promise<void> {
+  await kv.delete(presenceKey(nodeId));
+}
+
+/** Every readable presence record in the bucket, stale ones included (compare `updatedAt`). */
+export async function readPresence(kv: KV): Promise<PresenceRecord[]> {
+  const out: PresenceRecord[] = [];
+  const keys = await kv.keys('node.>');
+  for await (const k of keys) {
+    const e = await kv.get(k);
+    if (!e || e.operation !== 'PUT') continue;
+    const v = parseJson(e.value);
+    if (isPresence(v)) out.push(v);
+  }
+  return out.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+}
+
+/** Reads the pending switchover request, if any. */
+export async function readSwitchover(kv: KV): Promise<SwitchoverRequest | undefined> {
+  const e = await kv.get(SWITCHOVER_KEY);
+  if (!e || e.operation !== 'PUT') return undefined;
+  const v = parseJson(e.value) as Partial<SwitchoverRequest> | undefined;
+  if (
+    !v ||
+    !Number.isSafeInteger(v.epoch) ||
+    typeof v.from !== 'string' ||
+    typeof v.requestedAt !== 'number' ||
+    typeof v.id !== 'string'
+  ) {
+    return undefined;
+  }
+  return v as SwitchoverRequest;
+}
+
+/** Writes a switchover request. */
+export async function writeSwitchover(kv: KV, req: SwitchoverRequest): Promise<void> {
+  await kv.put(SWITCHOVER_KEY, Buffer.from(JSON.stringify(req)));
+}
+
+/** Withdraws a switchover request. */
+export async function clearSwitchover(kv: KV): Promise<void> {
+  await kv.delete(SWITCHOVER_KEY);
+}
