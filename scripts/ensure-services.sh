@@ -70,3 +70,16 @@ if command -v psql >/dev/null 2>&1 &&
   psql -h 127.0.0.1 -U postgres -c 'create database test' >/dev/null 2>&1 ||
     echo "ensure-services: could not create database 'test' (is trust auth on for 127.0.0.1?)" >&2
 fi
+
+# The drill report test (test/integration/drill-report.test.ts) opens the HTML report in headless
+# Chromium through playwright-core, which drives the system browser at /usr/bin/chromium.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-services: installing chromium from Debian's packages (for the drill report test)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    # Only that test needs it: say so, and let everything else run.
+    echo "ensure-services: warning: /usr/bin/chromium is missing, so test/integration/drill-report.test.ts will fail. Install it (Debian: sudo apt-get install --no-install-recommends chromium)." >&2
+  fi
+fi
