@@ -6,17 +6,32 @@
  * so a resume exercises the image format, and its `mirror` says exactly what the store must hold
  * at that restart point, so a resumed node can prove store and image agree.
  *
- * It speaks to the drill through JSON lines: events on stdout, commands on stdin. A command
- * `{"cmd":"arm","point":"inside-checkpoint","afterSteps":7}` makes it stop at that kill point
- * (announcing `at-killpoint`) so the drill's SIGKILL lands exactly there.
+ * It speaks to the drill through JSON lines: events on stdout, commands on stdin (docs/drill.md):
+ *
+ * - `{"cmd":"arm","point":"inside-checkpoint","afterSteps":7}` makes it stop at that kill point
+ *   (announcing `at-killpoint`) so the drill's SIGKILL, SIGSTOP or partition lands exactly there;
+ * - `{"cmd":"release"}` lets a node held at its kill point go on (a paused or partitioned primary
+ *   that comes back: it must find itself fenced);
+ * - `{"cmd":"probe"}` makes a fenced node try one more checkpoint (`probe` event: it must reject
+ *   with `ERR_FENCED`);
+ * - `{"cmd":"verify"}` makes a primary check its store against its image at its next step
+ *   boundary (`verified` event).
+ *
+ * A node that is demoted reports `demoted`, then `fenced` when its next write or checkpoint is
+ * refused, and stays idle until it is killed. Every write value carries the writer's epoch
+ * (`amount:step:epoch`), so work of a deposed primary is recognizable in any store.
+ *
+ * `--state-mb N` adds N MB of ballast records to the state (a Map of 1 KiB strings), two of them
+ * replaced at every step through `rp.track`, so checkpoints stay small deltas of a large image.
  *
  * Usage: node app.js --node a --app NAME --store file|memory|redis|postgres [--dir DIR]
  *          [--mode delay-write|snapshot] [--redis-url URL] [--postgres-url URL] [--nats URL] [--ttl MS]
  *          [--relays URL[|URL…][,…] --ack all|quorum|N --fec K+M:F] [--key K [--encrypt]]
+ *          [--state-mb N]
  * `--key K` turns signed mode on (the cluster key, docs/security.md); `--encrypt` also encrypts.
  * Redis keys live under the prefix `<app>:<node>`, Postgres rows in the table `rp_<app>_<node>`.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Restartpoint, type StorageAdapter } from 'restartpoint';
@@ -31,7 +46,12 @@ export interface LedgerState {
   total: bigint;
   mirror: Map<string, string>;
   lastStepAt: Date;
+  /** `--state-mb` ballast: record id → 1 KiB string. Empty without the flag. */
+  ballast: Map<string, string>;
 }
+
+/** Bytes of one ballast record (hex text). */
+const BALLAST_RECORD = 1024;
 
 type KillPoint = 'between-writes' | 'inside-checkpoint' | 'after-checkpoint';
 
@@ -46,11 +66,46 @@ export function mirrorDigest(mirror: Map<string, string>): string {
   return h.digest('hex');
 }
 
+/**
+ * Digest of a set of ballast records, kept up to date per change: the XOR of every record's
+ * sha256(id, value). Order-free, so replacing a record costs two hashes, not a pass over N MB.
+ */
+export class BallastDigest {
+  readonly #acc = Buffer.alloc(32);
+
+  /** The digest of every record of `ballast`, computed from scratch. */
+  static of(ballast: Map<string, string>): BallastDigest {
+    const d = new BallastDigest();
+    for (const [k, v] of ballast) d.toggle(k, v);
+    return d;
+  }
+
+  /** Adds a record, or removes it again (XOR). */
+  toggle(id: string, value: string): void {
+    const h = createHash('sha256').update(`${id}\u0000${value}`).digest();
+    for (let i = 0; i < 32; i++) this.#acc[i]! ^= h[i]!;
+  }
+
+  hex(): string {
+    return this.#acc.toString('hex');
+  }
+}
+
 /** Digest of the whole image, in a canonical form. */
-export function stateDigest(s: LedgerState): string {
+export function stateDigest(s: LedgerState, ballast: BallastDigest): string {
   return createHash('sha256')
-    .update(`${s.steps}|${s.total.toString()}|${s.lastStepAt.toISOString()}|${mirrorDigest(s.mirror)}`)
+    .update(
+      `${s.steps}|${s.total.toString()}|${s.lastStepAt.toISOString()}|${mirrorDigest(s.mirror)}|${s.ballast.size}|${ballast.hex()}`,
+    )
     .digest('hex');
+}
+
+/** Ballast of about `mb` MB: 1 KiB records of random hex text (compressible about 2:1). */
+function makeBallast(mb: number): Map<string, string> {
+  const out = new Map<string, string>();
+  const n = Math.round((mb * 1024 * 1024) / BALLAST_RECORD);
+  for (let i = 0; i < n; i++) out.set(`r${i}`, randomBytes(BALLAST_RECORD / 2).toString('hex'));
+  return out;
 }
 
 async function storeDigest(adapter: StorageAdapter): Promise<string> {
@@ -144,6 +199,7 @@ async function main(): Promise<void> {
       'drop-shards': { type: 'string' },
       key: { type: 'string' },
       encrypt: { type: 'boolean', default: false },
+      'state-mb': { type: 'string', default: '0' },
       'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
       'postgres-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     },
@@ -155,6 +211,11 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const accounts = Number(values.accounts);
+  const stateMb = Number(values['state-mb']);
+  if (!(stateMb >= 0 && stateMb <= 1024)) {
+    process.stderr.write(`--state-mb '${values['state-mb']}' is not a number of MB from 0 to 1024\n`);
+    process.exit(2);
+  }
   const storage = makeStore(values.store!, {
     dir: values.dir,
     redisUrl: values['redis-url']!,
@@ -164,6 +225,9 @@ async function main(): Promise<void> {
   });
 
   let armed: { point: KillPoint; afterSteps: number } | undefined;
+  let release: (() => void) | undefined;
+  let verifyAsked = false;
+  let probe: (() => void) | undefined;
   if (values.clear) {
     // Drill clean-up: empty this node's store (its Redis keys or Postgres rows) and leave.
     await storage.open();
@@ -176,6 +240,10 @@ async function main(): Promise<void> {
     try {
       const cmd = JSON.parse(line) as { cmd: string; point: KillPoint; afterSteps: number };
       if (cmd.cmd === 'arm') armed = { point: cmd.point, afterSteps: cmd.afterSteps };
+      else if (cmd.cmd === 'release') release?.();
+      else if (cmd.cmd === 'verify') verifyAsked = true;
+      else if (cmd.cmd === 'probe') probe?.();
+      else emit({ ev: 'bad-command', line });
     } catch {
       emit({ ev: 'bad-command', line });
     }
@@ -183,12 +251,29 @@ async function main(): Promise<void> {
 
   emit({ ev: 'starting', node: values.node });
   const rejected: Record<string, number> = {};
+  // Standby lag: the last checkpoint applied, reported at most every 200 ms (event `applied`).
+  let applied: { checkpoint: number; epoch: number; t: number } | undefined;
+  let appliedSent = 0;
+  const lagTimer = setInterval(() => {
+    if (applied && applied.checkpoint !== appliedSent) {
+      appliedSent = applied.checkpoint;
+      emit({ ev: 'applied', ...applied });
+    }
+  }, 200);
   const rp = await Restartpoint.start<LedgerState>({
     app: values.app,
     nodeId: values.node,
     nats: { servers: values.nats },
     storage,
-    initialState: () => ({ steps: 0, total: 0n, mirror: new Map(), lastStepAt: new Date(0) }),
+    initialState: () => ({
+      steps: 0,
+      total: 0n,
+      mirror: new Map(),
+      lastStepAt: new Date(0),
+      ballast: makeBallast(stateMb),
+    }),
+    // A large state is shipped as deltas; keyframes only when the chain grows past half of it.
+    ...(stateMb > 0 ? { keyframeEvery: 100_000 } : {}),
     leaseTtlMs: Number(values.ttl),
     mode: values.mode as 'delay-write' | 'snapshot',
     ...relayOptions(values.relays, values.ack!, values.fec),
@@ -196,6 +281,8 @@ async function main(): Promise<void> {
     ...(values.key !== undefined ? { clusterKey: values.key, encrypt: values.encrypt } : {}),
     log: (e) => {
       if (e.msg === 'standby') emit({ ev: 'standby', node: values.node });
+      else if (e.msg === 'checkpoint applied')
+        applied = { checkpoint: Number(e.checkpoint), epoch: Number(e.epoch), t: Date.now() };
       else if (e.msg === 'frame rejected') {
         // Forwarded with this node's running count per reason (the drill's `rejected` figures).
         const reason = String(e.reason);
@@ -207,74 +294,143 @@ async function main(): Promise<void> {
   // Stamp the takeover before the digests below: they read the whole store, which is the
   // drill's verification work, not part of the time to resume.
   const resumedAt = Date.now();
+  clearInterval(lagTimer);
+  let demoted: Error | undefined;
   rp.on('demoted', (err) => {
-    emit({ ev: 'demoted', error: err.message });
-    process.exit(3);
+    demoted = err;
+    emit({ ev: 'demoted', error: err.message, code: err.code });
   });
-  const state = rp.state;
+  const state = rp.track(rp.state);
+  const epoch = rp.epoch;
+  const ballast = BallastDigest.of(rp.state.ballast);
   emit({
     ev: 'primary',
     node: values.node,
-    epoch: rp.epoch,
+    epoch,
     resumed: rp.resumedFrom?.checkpoint ?? 0,
     resumedEpoch: rp.resumedFrom?.epoch ?? 0,
-    digest: stateDigest(state),
+    resumedSteps: rp.state.steps,
+    digest: stateDigest(rp.state, ballast),
     storeDigest: await storeDigest(storage),
-    mirrorDigest: mirrorDigest(state.mirror),
+    mirrorDigest: mirrorDigest(rp.state.mirror),
+    ballastRecords: rp.state.ballast.size,
     takeover: rp.takeover,
+    // Time spent on the digests above: the drill takes it out of the resume figures.
+    verifyMs: Date.now() - resumedAt,
     t: resumedAt,
   });
 
-  const hold = (point: KillPoint): Promise<never> => {
-    emit({ ev: 'at-killpoint', point, steps: state.steps });
-    return new Promise<never>(() => undefined);
+  /** Writes this process made as primary (resolved `put`s and `delete`s). */
+  let wt = 0;
+  const hold = async (point: KillPoint): Promise<void> => {
+    emit({ ev: 'at-killpoint', point, steps: state.steps, wt });
+    // SIGKILL usually ends it here; a paused or partitioned primary is let go on afterwards.
+    await new Promise<void>((r) => (release = r));
+    release = undefined;
+    emit({ ev: 'released', point, wt });
   };
+  const ballastIds = [...rp.state.ballast.keys()];
+  const resumedSteps = rp.state.steps;
 
   let stepsHere = 0;
-  for (;;) {
-    const r = rng(state.steps * 7919 + 17);
-    const writes = 2 + Math.floor(r() * 6);
-    const killNow = armed !== undefined && stepsHere >= armed.afterSteps;
-    for (let i = 0; i < writes; i++) {
-      const key = `acct:${Math.floor(r() * accounts)}`;
-      if (r() < 0.1 && state.mirror.has(key)) {
-        await rp.store.delete(key);
-        state.mirror.delete(key);
-      } else {
-        const amount = BigInt(Math.floor(r() * 1000));
-        const value = `${amount}:${state.steps}`;
-        await rp.store.put(key, value);
-        state.mirror.set(key, value);
-        state.total += amount;
+  try {
+    for (;;) {
+      if (verifyAsked) {
+        // At a step boundary, every write is covered by the last acknowledged checkpoint: the
+        // store must be exactly the image's mirror, and hold no deposed primary's later work.
+        verifyAsked = false;
+        let foreign = 0;
+        for (const k of await storage.keys()) {
+          const v = Buffer.from((await storage.get(k)) ?? new Uint8Array()).toString('utf8');
+          const [, step, e] = v.split(':');
+          if (Number(e) !== epoch && Number(step) > resumedSteps) foreign++;
+        }
+        emit({
+          ev: 'verified',
+          epoch,
+          steps: state.steps,
+          storeDigest: await storeDigest(storage),
+          mirrorDigest: mirrorDigest(rp.state.mirror),
+          foreign,
+        });
       }
-      if (killNow && armed!.point === 'between-writes' && i === Math.floor(writes / 2))
-        await hold('between-writes');
+      const r = rng(state.steps * 7919 + 17);
+      const writes = 2 + Math.floor(r() * 6);
+      const killNow = armed !== undefined && stepsHere >= armed.afterSteps;
+      for (let i = 0; i < writes; i++) {
+        const key = `acct:${Math.floor(r() * accounts)}`;
+        if (r() < 0.1 && state.mirror.has(key)) {
+          await rp.store.delete(key);
+          wt++;
+          state.mirror.delete(key);
+        } else {
+          const amount = BigInt(Math.floor(r() * 1000));
+          const value = `${amount}:${state.steps + 1}:${epoch}`;
+          await rp.store.put(key, value);
+          wt++;
+          state.mirror.set(key, value);
+          state.total += amount;
+        }
+        if (killNow && armed?.point === 'between-writes' && i === Math.floor(writes / 2)) {
+          armed = undefined;
+          await hold('between-writes');
+        }
+      }
+      for (let j = 0; j < 2 && ballastIds.length > 0; j++) {
+        const id = ballastIds[Math.floor(r() * ballastIds.length)]!;
+        const old = state.ballast.get(id)!;
+        const next = randomBytes(BALLAST_RECORD / 2).toString('hex');
+        state.ballast.set(id, next);
+        ballast.toggle(id, old);
+        ballast.toggle(id, next);
+      }
+      state.steps++;
+      state.lastStepAt = new Date(1_700_000_000_000 + state.steps * 1000);
+      const digest = stateDigest(rp.state, ballast);
+      const mDigest = mirrorDigest(rp.state.mirror);
+      // The moment the checkpoint resolved: that, not when this line is printed, is the ack.
+      const declare = (): Promise<{ checkpoint: number; epoch: number; at: number }> => {
+        emit({ ev: 'cp-begin', steps: state.steps, digest, mirrorDigest: mDigest, wt });
+        return rp.checkpoint(state).then((a) => ({ ...a, at: Date.now() }));
+      };
+      const pending = declare();
+      if (killNow && armed?.point === 'inside-checkpoint') {
+        pending.catch(() => undefined);
+        armed = undefined;
+        await hold('inside-checkpoint');
+      }
+      let ack: { checkpoint: number; epoch: number; at: number } | undefined;
+      for (let attempt = 1, p = pending; ack === undefined; attempt++) {
+        try {
+          ack = await p;
+        } catch (err) {
+          // Not acknowledged in time (a relay down, shards lost): declare the same restart point
+          // again; it gets the next number, and once acknowledged covers the failed one too.
+          if (!(err as { retryable?: boolean }).retryable || attempt >= 50) throw err;
+          emit({ ev: 'retry', error: (err as Error).message });
+          p = declare();
+        }
+      }
+      emit({ ev: 'acked', checkpoint: ack.checkpoint, epoch: ack.epoch, digest, t: ack.at, wt });
+      stepsHere++;
+      if (killNow && armed?.point === 'after-checkpoint') {
+        armed = undefined;
+        await hold('after-checkpoint');
+      }
     }
-    state.steps++;
-    state.lastStepAt = new Date(1_700_000_000_000 + state.steps * 1000);
-    const digest = stateDigest(state);
-    emit({ ev: 'cp-begin', steps: state.steps, digest, mirrorDigest: mirrorDigest(state.mirror) });
-    const pending = rp.checkpoint(state);
-    if (killNow && armed!.point === 'inside-checkpoint') {
-      pending.catch(() => undefined);
-      await hold('inside-checkpoint');
-    }
-    let ack: { checkpoint: number; epoch: number } | undefined;
-    for (let attempt = 1, p = pending; ack === undefined; attempt++) {
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_FENCED') throw err;
+    // A deposed primary: refused as it should be. Stay idle; the drill probes, then kills it.
+    emit({ ev: 'fenced', error: (err as Error).message, code: 'ERR_FENCED', demoted: !!demoted, wt });
+    for (;;) {
+      await new Promise<void>((r) => (probe = r));
       try {
-        ack = await p;
-      } catch (err) {
-        // Not acknowledged in time (a relay down, shards lost): declare the same restart point
-        // again; it gets the next number, and once acknowledged covers the failed one too.
-        if (!(err as { retryable?: boolean }).retryable || attempt >= 50) throw err;
-        emit({ ev: 'retry', error: (err as Error).message });
-        emit({ ev: 'cp-begin', steps: state.steps, digest, mirrorDigest: mirrorDigest(state.mirror) });
-        p = rp.checkpoint(state);
+        const a = await rp.checkpoint(state);
+        emit({ ev: 'probe', acked: a.checkpoint, epoch: a.epoch, wt });
+      } catch (e) {
+        emit({ ev: 'probe', code: (e as { code?: string }).code, error: (e as Error).message, wt });
       }
     }
-    emit({ ev: 'acked', checkpoint: ack.checkpoint, epoch: ack.epoch, digest });
-    stepsHere++;
-    if (killNow && armed!.point === 'after-checkpoint') await hold('after-checkpoint');
   }
 }
 
