@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
@@ -191,5 +193,21 @@ describe('RestartpointMetrics', () => {
     const m = new RestartpointMetrics();
     expect(() => m.observer.checkpoint!(undefined as unknown as CheckpointObservation)).not.toThrow();
     expect(() => m.observer.lag!(null as unknown as [])).not.toThrow();
+  });
+  it("is importable as 'restartpoint/metrics' (and the logger as 'restartpoint/logger') from the build", () => {
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const script =
+      "const { RestartpointMetrics } = await import('restartpoint/metrics');" +
+      "const { createLogger, pinoLog } = await import('restartpoint/logger');" +
+      'const m = new RestartpointMetrics();' +
+      "m.observer.transition({ nodeId: 'n', app: 'a', to: 'primary', epoch: 1 });" +
+      'process.stdout.write((await m.registry.metrics()) + typeof createLogger + typeof pinoLog);';
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: root,
+      encoding: 'utf8',
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('restartpoint_role{app="a",node="n",state="primary"} 1');
+    expect(r.stdout).toMatch(/functionfunction$/);
   });
 });
