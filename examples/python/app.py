@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""A small ledger kept alive by `restartpoint sidecar` (Python 3 standard library only).
+
+The sidecar starts this app when its node becomes primary, with these variables set:
+
+  RESTARTPOINT_SIDECAR_URL   http://127.0.0.1:<port> of the sidecar's API
+  RESTARTPOINT_TOKEN_FILE    the file holding the API's bearer token
+  RESTARTPOINT_RESUMED_FROM  the checkpoint the state was restored from (0 on a fresh app)
+
+On start it reads its state with GET /state (a fresh app gets `initialState` from the config;
+after a takeover, the state of the last checkpoint). Each step writes one account to the store
+(PUT /store/acct-<n>), sometimes deletes one, updates `state["mirror"]` (what the store must
+hold) and declares a restart point with POST /checkpoint. It prints one JSON line per event on
+stdout: {"ev":"resumed",...} once, then {"ev":"step","checkpoint":n,...} per acknowledged step.
+At "resumed" it also prints digests of its mirror and of the store as read back through the
+API: after a takeover they must be equal (store and image agree).
+
+Environment knobs: LEDGER_INTERVAL_MS (pause between steps, default 100), LEDGER_STEPS (stop
+after this many steps in this run and exit 0; default 0 = run until stopped).
+"""
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+ACCOUNTS = 7  # keys acct-0 .. acct-6: a known set, so the store can be read back whole
+
+URL = os.environ.get("RESTARTPOINT_SIDECAR_URL")
+TOKEN_FILE = os.environ.get("RESTARTPOINT_TOKEN_FILE")
+if not URL or not TOKEN_FILE:
+    sys.exit("app.py runs under `restartpoint sidecar`: RESTARTPOINT_SIDECAR_URL and RESTARTPOINT_TOKEN_FILE must be set")
+with open(TOKEN_FILE, encoding="utf-8") as f:
+    TOKEN = f.read().strip()
+
+stopping = False
+
+
+def on_term(_signum, _frame):
+    """SIGTERM from the sidecar (demoted or stopping): finish the current step, then exit 0."""
+    global stopping
+    stopping = True
+
+
+signal.signal(signal.SIGTERM, on_term)
+
+
+def emit(**ev):
+    print(json.dumps({"t": int(time.time() * 1000), "pid": os.getpid(), **ev}), flush=True)
+
+
+class ApiError(Exception):
+    def __init__(self, status, code, message):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code = status, code
+
+
+def call(method, path, body=None, content_type=None):
+    """One API call: returns (status, headers, body bytes); raises ApiError for an error answer."""
+    req = urllib.request.Request(URL + path, data=body, method=method)
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as res:
+            return res.status, res.headers, res.read()
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            err = json.loads(raw)["error"]
+            raise ApiError(e.code, err["code"], err["message"]) from None
+        except (ValueError, KeyError):
+            raise ApiError(e.code, "HTTP", raw.decode("utf-8", "replace")) from None
+
+
+def store_path(key):
+    return "/store/" + urllib.parse.quote(key, safe="")
+
+
+def store_get(key):
+    try:
+        return call("GET", store_path(key))[2].decode("utf-8")
+    except ApiError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def digest(entries):
+    """sha256 over the (key, value) pairs in key order: the same for the mirror and the store."""
+    h = hashlib.sha256()
+    for k in sorted(entries):
+        h.update(f"{k}\0{entries[k]}\1".encode("utf-8"))
+    return h.hexdigest()
+
+
+def checkpoint(state):
+    """POST /checkpoint until acknowledged; a REPLICATION answer is retryable."""
+    body = json.dumps(state).encode("utf-8")
+    for attempt in range(1, 100):
+        try:
+            return json.loads(call("POST", "/checkpoint", body, "application/json")[2])
+        except ApiError as e:
+            if e.code != "REPLICATION":
+                raise
+            emit(ev="retry", attempt=attempt, error=str(e))
+            time.sleep(min(2.0, 0.1 * attempt))
+    raise RuntimeError("checkpoint not acknowledged after 99 attempts")
+
+
+def main():
+    interval = int(os.environ.get("LEDGER_INTERVAL_MS", "100")) / 1000
+    max_steps = int(os.environ.get("LEDGER_STEPS", "0"))
+
+    _, headers, raw = call("GET", "/state")
+    state = json.loads(raw) or {}
+    state.setdefault("steps", 0)
+    state.setdefault("total", 0)
+    state.setdefault("mirror", {})
+    store = {}
+    for i in range(ACCOUNTS):
+        v = store_get(f"acct-{i}")
+        if v is not None:
+            store[f"acct-{i}"] = v
+    emit(
+        ev="resumed",
+        checkpoint=int(headers.get("Restartpoint-Resumed-From", "0")),
+        epoch=int(headers.get("Restartpoint-Epoch", "0")),
+        steps=state["steps"],
+        mirrorDigest=digest(state["mirror"]),
+        storeDigest=digest(store),
+    )
+
+    done = 0
+    while not stopping and (max_steps == 0 or done < max_steps):
+        n = state["steps"] + 1
+        key = f"acct-{n % ACCOUNTS}"
+        amount = (n * 37) % 101
+        value = f"{n}:{amount}"
+        call("PUT", store_path(key), value.encode("utf-8"), "text/plain")
+        state["mirror"][key] = value
+        if n % 5 == 0:  # now and then an account is closed
+            gone = f"acct-{(n + 3) % ACCOUNTS}"
+            call("DELETE", store_path(gone))
+            state["mirror"].pop(gone, None)
+        state["steps"] = n
+        state["total"] += amount
+        try:
+            ack = checkpoint(state)
+        except ApiError as e:
+            if e.code in ("FENCED", "NOT_PRIMARY"):
+                emit(ev="fenced", error=str(e))
+                return 0
+            raise
+        done += 1
+        emit(ev="step", checkpoint=ack["checkpoint"], epoch=ack["epoch"], steps=n, mirrorDigest=digest(state["mirror"]))
+        time.sleep(interval)
+    emit(ev="stopped", steps=state["steps"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+/**
+ * The sidecar's local HTTP API (docs/sidecar.md, docs/sidecar-api.yaml): what an app that is not
+ * written in JS uses instead of the SDK. It listens on 127.0.0.1 only, and every route but
+ * `GET /healthz` and `GET /metrics` needs `Authorization: Bearer <token>`.
+ *
+ * ```text
+ * POST   /checkpoint     body = the whole state (JSON or node:v8 bytes) ─► rp.checkpoint(state)
+ * PUT    /store/{key}    body = the value's bytes                     ─► rp.store.put
+ * GET    /store/{key}    ─► the value's bytes, or 404
+ * DELETE /store/{key}    ─► rp.store.delete
+ * GET    /state          ─► the restored image (rp.state), JSON or v8
+ * GET    /status         ─► role, epoch, checkpoints, the supervised process
+ * GET    /healthz        ─► 200 / 503                               (no token)
+ * GET    /metrics        ─► Prometheus text                          (no token)
+ * ```
+ *
+ * Every error is `{ "error": { "code", "message" } }`, the message saying what is wrong and how
+ * to fix it. Bodies are read with a byte limit that is enforced while they stream in.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { deserialize, serialize } from 'node:v8';
+import {
+  ClosedError,
+  FencedError,
+  InvalidArgumentError,
+  LimitError,
+  ReplicationError,
+  SerializationError,
+} from '../errors.js';
+import type { Restartpoint } from '../sdk/restartpoint.js';
+
+/** Media type of node:v8 `serialize()` bytes. */
+export const V8_MEDIA_TYPE = 'application/x-v8-serialized';
+
+/** The sidecar's role as the API reports it. */
+export type SidecarRole = 'standby' | 'primary' | 'stopping';
+
+/** What the API needs from the sidecar: its role and, while primary, the instance. */
+export interface ApiHost {
+  /** The current role. */
+  role(): SidecarRole;
+  /** The instance while this node is primary (also once fenced, until it is closed). */
+  instance(): Restartpoint<unknown> | undefined;
+  /** The demotion, while the instance is fenced and not yet replaced. */
+  fenced(): FencedError | undefined;
+  /** The `GET /status` body. */
+  status(): object;
+  /** Whether `GET /healthz` answers 200, and why not otherwise. */
+  health(): { ok: boolean; reason?: string };
+}
+
+/** A source of Prometheus text (`registry.metrics()` of prom-client). */
+export interface MetricsSource {
+  readonly contentType: string;
+  text(): Promise<string>;
+}
+
+/** Options of `SidecarApi`. */
+export interface SidecarApiOptions {
+  readonly host: ApiHost;
+  /** The bearer token every route but /healthz and /metrics needs. */
+  readonly token: string;
+  /** Port on 127.0.0.1; 0 picks a free one. */
+  readonly port: number;
+  /** Largest request body, bytes. */
+  readonly maxBodyBytes: number;
+  /** `GET /metrics`; without it the route answers 404 METRICS_DISABLED. */
+  readonly metrics?: MetricsSource;
+  /** Receives unexpected errors (those answered 500). */
+  readonly onError?: (err: unknown, route: string) => void;
+}
+
+/** An error answered as `{ error: { code, message } }` with `status`. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+const ROUTES: Record<string, readonly string[]> = {
+  '/checkpoint': ['POST'],
+  '/store/{key}': ['GET', 'PUT', 'DELETE'],
+  '/state': ['GET'],
+  '/status': ['GET'],
+  '/healthz': ['GET'],
+  '/metrics': ['GET'],
+};
+const PUBLIC = new Set(['/healthz', '/metrics']);
+
+/** The local HTTP API of one sidecar. */
+export class SidecarApi {
+  readonly #o: SidecarApiOptions;
+  readonly #server: Server;
+  readonly #tokenDigest: Buffer;
+  #port = 0;
+
+  constructor(o: SidecarApiOptions) {
+    this.#o = o;
+    this.#tokenDigest = digest(o.token);
+    this.#server = createServer((req, res) => {
+      void this.#handle(req, res);
+    });
+    // A slow or stuck client must not hold a connection forever.
+    this.#server.requestTimeout = 120_000;
+    this.#server.headersTimeout = 10_000;
+  }
+
+  /** The port it listens on (after `listen()`). */
+  get port(): number {
+    return this.#port;
+  }
+
+  /** Starts listening on 127.0.0.1; resolves with the port. */
+  listen(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        reject(
+          new InvalidArgumentError(
+            err.code === 'EADDRINUSE'
+              ? `api.port ${this.#o.port} is in use on 127.0.0.1: pick another port, or 0 for any free one`
+              : `the sidecar API cannot listen on 127.0.0.1:${this.#o.port}: ${err.message}`,
+          ),
+        );
+      };
+      this.#server.once('error', onError);
+      this.#server.listen(this.#o.port, '127.0.0.1', () => {
+        this.#server.off('error', onError);
+        this.#port = (this.#server.address() as AddressInfo).port;
+        resolve(this.#port);
+      });
+    });
+  }
+
+  /** Stops listening and closes idle connections. */
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeIdleConnections();
+      // Requests in flight get a moment to finish; then their connections are cut.
+      setTimeout(() => this.#server.closeAllConnections(), 2_000).unref();
+    });
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const rawPath = (req.url ?? '/').split('?')[0]!;
+    const route = rawPath.startsWith('/store/') ? '/store/{key}' : rawPath;
+    try {
+      const methods = ROUTES[route];
+      if (!methods) {
+        throw new HttpError(
+          404,
+          'NOT_FOUND',
+          `no route ${rawPath}: the API has ${Object.keys(ROUTES).join(', ')} (docs/sidecar-api.yaml)`,
+        );
+      }
+      if (!methods.includes(req.method ?? '')) {
+        throw new HttpError(
+          405,
+          'METHOD_NOT_ALLOWED',
+          `${route} does not take ${req.method}: use ${methods.join(' or ')}`,
+          { Allow: methods.join(', ') },
+        );
+      }
+      if (!PUBLIC.has(route)) this.#authorize(req);
+      switch (route) {
+        case '/healthz':
+          return this.#healthz(res);
+        case '/metrics':
+          return await this.#metrics(res);
+        case '/status':
+          return sendJson(res, 200, this.#o.host.status());
+        case '/state':
+          return this.#state(req, res);
+        case '/checkpoint':
+          return await this.#checkpoint(req, res);
+        default:
+          return await this.#store(req, res, rawPath.slice('/store/'.length));
+      }
+    } catch (err) {
+      const e = toHttpError(err);
+      if (e.status === 500) this.#o.onError?.(err, `${req.method} ${route}`);
+      if (!res.headersSent) {
+        sendJson(res, e.status, { error: { code: e.code, message: e.message } }, e.headers);
+      } else {
+        res.destroy();
+      }
+    }
+  }
+
+  #authorize(req: IncomingMessage): void {
+    const h = req.headers.authorization;
+    const m = typeof h === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(h) : null;
+    const fix =
+      'send the header Authorization: Bearer <token>, the token being the content of the file named by RESTARTPOINT_TOKEN_FILE (api.tokenFile)';
+    const challenge = { 'WWW-Authenticate': 'Bearer realm="restartpoint"' };
+    if (!m) throw new HttpError(401, 'UNAUTHORIZED', `no bearer token: ${fix}`, challenge);
+    // Constant time: compare digests of equal length, never the raw strings.
+    if (!timingSafeEqual(digest(m[1]!), this.#tokenDigest)) {
+      throw new HttpError(401, 'UNAUTHORIZED', `wrong bearer token: ${fix}`, challenge);
+    }
+  }
+
+  #healthz(res: ServerResponse): void {
+    const h = this.#o.host.health();
+    const body: Record<string, unknown> = { ok: h.ok, state: this.#o.host.role() };
+    if (h.reason) body.reason = h.reason;
+    sendJson(res, h.ok ? 200 : 503, body);
+  }
+
+  async #metrics(res: ServerResponse): Promise<void> {
+    const m = this.#o.metrics;
+    if (!m) {
+      throw new HttpError(
+        404,
+        'METRICS_DISABLED',
+        'metrics are disabled in this sidecar: set metrics.enabled: true in its config',
+      );
+    }
+    const text = await m.text();
+    res.writeHead(200, { 'Content-Type': m.contentType, 'Content-Length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+
+  /** The instance, or the error that says why this node cannot serve primary-only calls. */
+  #primary(): Restartpoint<unknown> {
+    const host = this.#o.host;
+    const fenced = host.fenced();
+    if (fenced) {
+      throw new HttpError(
+        409,
+        'FENCED',
+        `this node lost the lease (${fenced.message}): stop work; the sidecar stops this app and rejoins as a standby, and the new primary's app resumes from the last acknowledged checkpoint`,
+      );
+    }
+    const rp = host.instance();
+    const role = host.role();
+    if (role === 'stopping') {
+      throw new HttpError(409, 'NOT_PRIMARY', 'the sidecar is stopping: no more writes or checkpoints here');
+    }
+    if (!rp || role !== 'primary') {
+      throw new HttpError(
+        409,
+        'NOT_PRIMARY',
+        'this sidecar is a standby: only the primary takes writes and checkpoints; wait until GET /status says "primary" (the sidecar starts its app only then)',
+      );
+    }
+    return rp;
+  }
+
+  #state(req: IncomingMessage, res: ServerResponse): void {
+    const rp = this.#primary();
+    const headers = {
+      'Restartpoint-Epoch': String(rp.epoch),
+      'Restartpoint-Resumed-From': String(rp.resumedFrom?.checkpoint ?? 0),
+      'Cache-Control': 'no-store',
+    };
+    if (prefersV8(req.headers.accept)) {
+      const bytes = serialize(rp.state);
+      res.writeHead(200, { ...headers, 'Content-Type': V8_MEDIA_TYPE, 'Content-Length': bytes.length });
+      res.end(bytes);
+      return;
+    }
+    const problem = jsonProblem(rp.state);
+    if (problem) {
+      throw new HttpError(
+        406,
+        'NOT_JSON',
+        `the state cannot be sent as JSON: ${problem}; ask for it with Accept: ${V8_MEDIA_TYPE} (node:v8 serialize format), or checkpoint JSON-only values`,
+      );
+    }
+    sendJson(res, 200, rp.state, headers);
+  }
+
+  async #checkpoint(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const rp = this.#primary();
+    const type = mediaType(req.headers['content-type']);
+    if (type !== 'application/json' && type !== V8_MEDIA_TYPE) {
+      throw new HttpError(
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+        `POST /checkpoint takes Content-Type application/json or ${V8_MEDIA_TYPE}, got ${type ? `'${type}'` : 'none'}: send the whole state as JSON with Content-Type: application/json`,
+      );
+    }
+    const body = await readBody(req, this.#o.maxBodyBytes);
+    let state: unknown;
+    if (type === 'application/json') {
+      try {
+        state = JSON.parse(body.toString('utf8'));
+      } catch (err) {
+        throw new HttpError(
+          400,
+          'BAD_JSON',
+          `the body is not valid JSON (${(err as Error).message}): send the whole state as one JSON value`,
+        );
+      }
+    } else {
+      try {
+        state = deserialize(body);
+      } catch (err) {
+        throw new HttpError(
+          400,
+          'BAD_V8',
+          `the body is not node:v8 serialize() bytes (${(err as Error).message}): send v8.serialize(state), or JSON with Content-Type: application/json`,
+        );
+      }
+    }
+    const ack = await rp.checkpoint(state);
+    sendJson(res, 200, { epoch: ack.epoch, checkpoint: ack.checkpoint });
+  }
+
+  async #store(req: IncomingMessage, res: ServerResponse, encoded: string): Promise<void> {
+    let key: string;
+    try {
+      key = decodeURIComponent(encoded);
+    } catch {
+      throw new HttpError(
+        400,
+        'BAD_KEY',
+        `the key '${encoded.slice(0, 100)}' is not valid percent-encoding: encode it with encodeURIComponent (urllib.parse.quote(key, safe=''))`,
+      );
+    }
+    if (key === '') {
+      throw new HttpError(400, 'BAD_KEY', 'the key is empty: use /store/<percent-encoded key>');
+    }
+    const rp = this.#primary();
+    if (req.method === 'GET') {
+      const value = await rp.store.get(key);
+      if (value === undefined) {
+        throw new HttpError(
+          404,
+          'NO_SUCH_KEY',
+          `no value under the key ${JSON.stringify(key)} in this store`,
+        );
+      }
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': value.byteLength });
+      res.end(value);
+      return;
+    }
+    if (req.method === 'DELETE') {
+      await rp.store.delete(key);
+    } else {
+      const body = await readBody(req, this.#o.maxBodyBytes);
+      await rp.store.put(key, body);
+    }
+    res.writeHead(204);
+    res.end();
+  }
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s, 'utf8').digest();
+}
+
+function mediaType(h: string | undefined): string {
+  return (h ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
+/** Whether the Accept header asks for v8 bytes (named explicitly, and not refused with q=0). */
+function prefersV8(accept: string | undefined): boolean {
+  if (!accept) return false;
+  return accept.split(',').some((part) => {
+    const [type, ...params] = part.split(';').map((s) => s.trim().toLowerCase());
+    return type === V8_MEDIA_TYPE && !params.some((p) => /^q=0(\.0*)?$/.test(p));
+  });
+}
+
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    ...headers,
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+/** Reads a body of at most `limit` bytes; refuses a larger one as soon as it is seen to be. */
+export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const tooLarge = (n: string): HttpError => {
+    // The rest of the upload is not read: `Connection: close` ends the connection after the answer.
+    return new HttpError(
+      413,
+      'TOO_LARGE',
+      `the body is ${n} bytes, over the limit of ${limit}: send less, or raise api.maxBodyBytes in the sidecar config`,
+      { Connection: 'close' },
+    );
+  };
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > limit) return Promise.reject(tooLarge(declared));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    req.on('data', (chunk: Buffer) => {
+      if (done) return;
+      size += chunk.length;
+      if (size > limit) {
+        done = true;
+        chunks.length = 0;
+        req.pause();
+        reject(tooLarge(`more than ${limit}`));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (done) return;
+      done = true;
+      resolve(Buffer.concat(chunks, size));
+    });
+    req.on('error', (err) => {
+      if (done) return;
+      done = true;
+      reject(new HttpError(400, 'BAD_BODY', `the body could not be read: ${err.message}`));
+    });
+  });
+}
+
+/**
+ * Why `value` cannot round-trip through JSON (a path and a type), or `undefined` when it can:
+ * only null, booleans, finite numbers, strings, arrays and plain objects, without cycles.
+ */
+export function jsonProblem(value: unknown, path = 'state', seen = new Set<object>()): string | undefined {
+  if (value === null || typeof value === 'string' || typeof value === 'boolean') return undefined;
+  if (typeof value === 'number') {
+    return Number.isFinite(value) ? undefined : `${path} is ${String(value)} (JSON has no such number)`;
+  }
+  if (typeof value !== 'object') return `${path} is a ${typeof value}`;
+  if (seen.has(value)) return `${path} is a cycle or a shared reference`;
+  const proto = Object.getPrototypeOf(value) as object | null;
+  if (!Array.isArray(value) && proto !== Object.prototype && proto !== null) {
+    const name = (value as { constructor?: { name?: string } }).constructor?.name ?? 'object';
+    return `${path} is a ${name}`;
+  }
+  seen.add(value);
+  try {
+    if (Array.isArray(value)) {
+      for (let i = 0; i < value.length; i++) {
+        if (!(i in value)) return `${path}[${i}] is a hole in a sparse array`;
+        const p = jsonProblem(value[i], `${path}[${i}]`, seen);
+        if (p) return p;
+      }
+      return undefined;
+    }
+    for (const [k, v] of Object.entries(value)) {
+      const p = jsonProblem(
+        v,
+        /^[A-Za-z_$][\w$]*$/.test(k) ? `${path}.${k}` : `${path}[${JSON.stringify(k)}]`,
+        seen,
+      );
+      if (p) return p;
+    }
+    return undefined;
+  } finally {
+    seen.delete(value);
+  }
+}
+
+/** Maps an error of the SDK (or the API) to its HTTP answer. */
+export function toHttpError(err: unknown): HttpError {
+  if (err instanceof HttpError) return err;
+  if (err instanceof FencedError) {
+    return new HttpError(
+      409,
+      'FENCED',
+      `this node lost the lease (${err.message}): stop work; the new primary's app resumes from the last acknowledged checkpoint`,
+    );
+  }
+  if (err instanceof ClosedError) {
+    return new HttpError(409, 'NOT_PRIMARY', 'the sidecar is stopping: no more writes or checkpoints here');
+  }
+  if (err instanceof ReplicationError) {
+    return new HttpError(
+      503,
+      'REPLICATION',
+      `${err.message} — retryable: send the same request again (the next checkpoint also covers this one)`,
+      { 'Retry-After': '1' },
+    );
+  }
+  if (err instanceof LimitError) return new HttpError(413, 'LIMIT', err.message);
+  if (err instanceof SerializationError) return new HttpError(400, 'SERIALIZE', err.message);
+  if (err instanceof InvalidArgumentError) return new HttpError(400, 'INVALID_ARGUMENT', err.message);
+  return new HttpError(
+    500,
+    'INTERNAL',
+    `unexpected error: ${(err as Error)?.message ?? String(err)} (see the sidecar's log)`,
+  );
+}
