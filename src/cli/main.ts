@@ -5,6 +5,7 @@
 import { Command, CommanderError, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import { UsageError } from '../errors.js';
 import { drillCommand } from './commands/drill.js';
+import { sidecarCommand } from './commands/sidecar.js';
 import { statusCommand } from './commands/status.js';
 
 /** Builds the program (exported for tests). */
@@ -14,7 +15,7 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  for (const cmd of [drillCommand(), statusCommand()]) {
+  for (const cmd of [drillCommand(), statusCommand(), sidecarCommand()]) {
     // addCommand does not pass settings down: usage errors must reach main() to exit 2 with a hint.
     cmd.copyInheritedSettings(program);
     program.addCommand(cmd);
