@@ -551,6 +551,8 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       const drawn = KillPoints[Math.floor(rand() * KillPoints.length)]!;
       const point = opts.points?.length ? opts.points[(kill - 1) % opts.points.length]! : drawn;
       const afterSteps = 3 + Math.floor(rand() * 20);
+      // Each takeover is measured from a warm standby: one that has applied what was acked so far.
+      await warm(standby, lastAcked, startMs);
       // Relays lost while the primary works: the ones the policy can spare.
       const lost = relayed ? pickRelays(relays.length, 1, rand) : [];
       for (const i of lost) {
@@ -717,6 +719,18 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     2_000,
   );
   return report;
+}
+
+/**
+ * Waits until the standby has applied checkpoint `cp` (the last one acknowledged so far), so
+ * that every takeover is measured from a warm standby, not from one still replaying the stream.
+ */
+async function warm(standby: AppProcess, cp: number, timeoutMs: number): Promise<void> {
+  await standby.waitFor(
+    (e) => e.ev === 'applied' && num(e.checkpoint) >= cp,
+    `standby catch-up to checkpoint ${cp}`,
+    timeoutMs,
+  );
 }
 
 /**

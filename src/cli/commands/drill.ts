@@ -1,17 +1,29 @@
 /**
- * `restartpoint drill`: proves failover works by killing a real primary, repeatedly.
- * Human output: a progress line per kill, a table, a verdict. `--json`: one JSON object on
- * stdout and nothing else (docs/cli.md). Exit 0 only when `ok`.
+ * `restartpoint drill`: proves failover works by taking a real primary out, repeatedly.
+ * Human output: progress (a bar on a terminal, lines otherwise), a summary table of RTO/RPO per
+ * takeover, medians, a verdict. `--json`: one JSON object on stdout and nothing else
+ * (docs/cli.md, docs/drill.md). `--report FILE`: a self-contained HTML report. Exit 0 only when
+ * `ok`.
  */
+import { existsSync, statSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { Command, Option } from 'commander';
+import cliProgress from 'cli-progress';
 import {
   DrillStores,
+  MAX_STATE_MB,
   Scenarios,
+  drillMedians,
+  reportJson,
   runDrill,
   type DrillReport,
   type DrillStore,
   type Scenario,
 } from '../../drill/drill.js';
+import { renderReport } from '../../drill/report.js';
+import { UsageError } from '../../errors.js';
+import { intFlag } from '../main.js';
 
 interface DrillFlags {
   scenario: Scenario | 'all';
@@ -27,40 +39,113 @@ interface DrillFlags {
   json: boolean;
   key?: string;
   injectForged?: number;
+  stateMb: number;
+  report?: string;
 }
-import { UsageError } from '../../errors.js';
-import { intFlag } from '../main.js';
 
-function table(report: DrillReport): string {
-  const head = ['kill', 'point', 'takeover ms', 'last acked', 'resumed', 'epoch', 'store', 'image'];
+/** A report of `--scenario all`: the runs merged, each kept in `runs`. */
+type Merged = DrillReport & { runs?: DrillReport[] };
+
+/** The summary table: one row per takeover (RTO and RPO figures, checks). */
+export function summaryTable(report: DrillReport): string {
+  const head = [
+    'scenario',
+    'kill',
+    'point',
+    'detect',
+    'rollback',
+    'restore',
+    'resume',
+    'total ms',
+    'acked',
+    'resumed',
+    'cps lost',
+    'writes discarded',
+    'store',
+    'image',
+    'fenced',
+  ];
   const rows = report.takeovers.map((t) => [
+    t.scenario ?? report.scenario,
     String(t.kill),
     t.point,
-    String(t.takeoverMs),
+    String(t.detectMs),
+    String(t.rollbackMs),
+    String(t.restoreMs),
+    String(t.resumeMs),
+    String(t.killToServingMs),
     String(t.lastAcked),
     String(t.resumed),
-    String(t.epoch),
+    String(t.checkpointsLost),
+    String(t.writesDiscarded),
     t.storeMatches ? 'ok' : 'MISMATCH',
     t.imageMatches ? 'ok' : 'MISMATCH',
+    t.zombie
+      ? t.zombie.demoted && t.zombie.refused && t.zombie.probeRefused && t.zombie.acksAfterTakeover === 0
+        ? 'yes'
+        : 'NO'
+      : '-',
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => c.padEnd(widths[i]!)).join('  ');
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0
-    ? 0
-    : s.length % 2
-      ? s[(s.length - 1) / 2]!
-      : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+/** The medians, one line. */
+function mediansLine(report: DrillReport): string {
+  const m = report.medians;
+  return (
+    `medians: detect ${m.detectMs} ms, rollback ${m.rollbackMs} ms, restore ${m.restoreMs} ms, ` +
+    `resume ${m.resumeMs} ms (rollback + restore + resume ${m.rollbackRestoreResumeMs} ms), ` +
+    `takeover ${m.takeoverMs} ms, kill to serving ${m.killToServingMs} ms`
+  );
+}
+
+/** Merges the reports of `--scenario all`. */
+function merge(runs: DrillReport[]): Merged {
+  if (runs.length === 1) return runs[0]!;
+  const takeovers = runs.flatMap((r) => r.takeovers.map((t) => ({ ...t, scenario: r.scenario })));
+  return {
+    ...runs[0]!,
+    scenario: 'all' as Scenario,
+    ok: runs.every((r) => r.ok),
+    kills: runs.reduce((n, r) => n + r.kills, 0),
+    relaysKilled: runs.reduce((n, r) => n + r.relaysKilled, 0),
+    rejected: {
+      forged: runs.reduce((n, r) => n + r.rejected.forged, 0),
+      corrupt: runs.reduce((n, r) => n + r.rejected.corrupt, 0),
+    },
+    takeovers,
+    violations: runs.flatMap((r) => r.violations.map((v) => `${r.scenario}: ${v}`)),
+    medians: drillMedians(takeovers),
+    durationMs: runs.reduce((n, r) => n + r.durationMs, 0),
+    timeline: undefined,
+    runs,
+  };
+}
+
+/** `--report FILE`: the folder must exist and the path must not be a folder. */
+function checkReportPath(path: string): string {
+  const abs = resolve(path);
+  const dir = dirname(abs);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+    throw new UsageError(
+      `--report ${path}: the folder ${dir} does not exist`,
+      'create it first, or pass a path in an existing folder, e.g. --report drill.html',
+    );
+  }
+  if (existsSync(abs) && statSync(abs).isDirectory()) {
+    throw new UsageError(`--report ${path} is a folder`, 'pass a file name, e.g. --report drill.html');
+  }
+  return abs;
 }
 
 /** The `drill` command. */
 export function drillCommand(): Command {
   return new Command('drill')
-    .description('run the sample app as two nodes, SIGKILL the primary N times, check every takeover')
+    .description(
+      'run the sample app as two nodes, take the primary out N times (kill, pause, partition), check every takeover',
+    )
     .option('--kills <n>', 'how many times to kill the primary', intFlag('--kills', 1, 1000), 3)
     .addOption(
       new Option('--store <kind>', 'store of the sample app').choices([...DrillStores]).default('file'),
@@ -71,7 +156,10 @@ export function drillCommand(): Command {
         .default('delay-write'),
     )
     .addOption(
-      new Option('--scenario <name>', "what fails: the primary ('kill'), relays, shards, or 'all' in turn")
+      new Option(
+        '--scenario <name>',
+        "what fails: the primary ('kill', 'pause', 'partition'), relays, shards, or 'all' in turn",
+      )
         .choices([...Scenarios, 'all'])
         .default('kill'),
     )
@@ -88,6 +176,13 @@ export function drillCommand(): Command {
     )
     .option('--nats <url>', 'NATS server with JetStream', 'nats://127.0.0.1:4222')
     .option('--lease-ttl <ms>', 'lease TTL of the nodes', intFlag('--lease-ttl', 100, 60_000), 1000)
+    .option(
+      '--state-mb <n>',
+      `MB of ballast in the sample app's state (0-${MAX_STATE_MB})`,
+      intFlag('--state-mb', 0, MAX_STATE_MB),
+      0,
+    )
+    .option('--report <file>', 'write a self-contained HTML report (timeline, RTO/RPO table) to FILE')
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
     .option(
       '--key <key>',
@@ -106,53 +201,68 @@ export function drillCommand(): Command {
           'forged frames are only told apart from real ones in signed mode: add --key $(openssl rand -hex 32)',
         );
       }
+      const reportPath = o.report !== undefined ? checkReportPath(o.report) : undefined;
       const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
       const scenarios: Scenario[] = o.scenario === 'all' ? [...Scenarios] : [o.scenario];
-      const runs: DrillReport[] = [];
-      for (const scenario of scenarios) {
-        runs.push(
-          await runDrill({
-            scenario,
-            kills: o.kills,
-            store: o.store,
-            mode: o.mode,
-            redisUrl: o.redisUrl,
-            postgresUrl: o.postgresUrl,
-            seed,
-            nats: o.nats,
-            leaseTtlMs: o.leaseTtl,
-            keep: o.keep,
-            key: o.key,
-            injectForged: o.injectForged,
-            progress: o.json ? (l) => process.stderr.write(`${l}\n`) : (l) => process.stdout.write(`${l}\n`),
-          }),
-        );
-      }
-      const report: DrillReport & { runs?: DrillReport[] } =
-        runs.length === 1
-          ? runs[0]!
-          : {
-              ...runs[0]!,
-              scenario: 'all' as Scenario,
-              ok: runs.every((r) => r.ok),
-              kills: runs.reduce((n, r) => n + r.kills, 0),
-              relaysKilled: runs.reduce((n, r) => n + r.relaysKilled, 0),
-              rejected: {
-                forged: runs.reduce((n, r) => n + r.rejected.forged, 0),
-                corrupt: runs.reduce((n, r) => n + r.rejected.corrupt, 0),
+      // A bar on a terminal (stderr), unless the output is JSON; progress lines otherwise.
+      const bars =
+        !o.json && process.stderr.isTTY
+          ? new cliProgress.MultiBar(
+              {
+                stream: process.stderr,
+                format: 'drill [{bar}] {value}/{total} takeovers | {duration_formatted} | {phase}',
+                hideCursor: true,
+                clearOnComplete: true,
               },
-              takeovers: runs.flatMap((r) => r.takeovers.map((t) => ({ ...t, scenario: r.scenario }))),
-              violations: runs.flatMap((r) => r.violations.map((v) => `${r.scenario}: ${v}`)),
-              runs,
-            };
-      if (o.json) {
-        process.stdout.write(`${JSON.stringify(report)}\n`);
-      } else {
-        process.stdout.write(`\n${table(report)}\n\n`);
-        if (report.takeovers.length > 0) {
-          process.stdout.write(`median takeover: ${median(report.takeovers.map((t) => t.takeoverMs))} ms\n`);
+              cliProgress.Presets.shades_classic,
+            )
+          : undefined;
+      const bar = bars?.create(scenarios.length * o.kills, 0, { phase: 'starting' });
+      const progress = (line: string): void => {
+        if (bars) {
+          bars.log(`${line}\n`);
+          bar!.update({ phase: line.length > 60 ? `${line.slice(0, 57)}...` : line });
+        } else if (o.json) process.stderr.write(`${line}\n`);
+        else process.stdout.write(`${line}\n`);
+      };
+      const runs: DrillReport[] = [];
+      try {
+        for (const scenario of scenarios) {
+          runs.push(
+            await runDrill({
+              scenario,
+              kills: o.kills,
+              store: o.store,
+              mode: o.mode,
+              redisUrl: o.redisUrl,
+              postgresUrl: o.postgresUrl,
+              seed,
+              nats: o.nats,
+              leaseTtlMs: o.leaseTtl,
+              keep: o.keep,
+              key: o.key,
+              injectForged: o.injectForged,
+              stateMb: o.stateMb,
+              progress,
+              onTakeover: () => bar?.increment(),
+            }),
+          );
         }
+      } finally {
+        bars?.stop();
+      }
+      const report = merge(runs);
+      if (reportPath) {
+        const command = ['restartpoint', ...process.argv.slice(2)].join(' ');
+        await writeFile(reportPath, renderReport(report, { command }));
+      }
+      if (o.json) {
+        process.stdout.write(`${reportJson(report)}\n`);
+      } else {
+        process.stdout.write(`\n${summaryTable(report)}\n\n`);
+        if (report.takeovers.length > 0) process.stdout.write(`${mediansLine(report)}\n`);
         for (const v of report.violations) process.stdout.write(`VIOLATION: ${v}\n`);
+        if (reportPath) process.stdout.write(`report: ${reportPath}\n`);
         process.stdout.write(
           report.ok
             ? `verdict: PASS (${report.kills} kills, seed ${seed})\n`
