@@ -113,6 +113,23 @@ def checkpoint(state):
     raise RuntimeError("checkpoint not acknowledged after 99 attempts")
 
 
+def step(state):
+    """One step: write an account (sometimes close one), update the state, checkpoint it."""
+    n = state["steps"] + 1
+    key = f"acct-{n % ACCOUNTS}"
+    amount = (n * 37) % 101
+    value = f"{n}:{amount}"
+    call("PUT", store_path(key), value.encode("utf-8"), "text/plain")
+    state["mirror"][key] = value
+    if n % 5 == 0:  # now and then an account is closed
+        gone = f"acct-{(n + 3) % ACCOUNTS}"
+        call("DELETE", store_path(gone))
+        state["mirror"].pop(gone, None)
+    state["steps"] = n
+    state["total"] += amount
+    return checkpoint(state)
+
+
 def main():
     interval = int(os.environ.get("LEDGER_INTERVAL_MS", "100")) / 1000
     max_steps = int(os.environ.get("LEDGER_STEPS", "0"))
@@ -138,27 +155,23 @@ def main():
 
     done = 0
     while not stopping and (max_steps == 0 or done < max_steps):
-        n = state["steps"] + 1
-        key = f"acct-{n % ACCOUNTS}"
-        amount = (n * 37) % 101
-        value = f"{n}:{amount}"
-        call("PUT", store_path(key), value.encode("utf-8"), "text/plain")
-        state["mirror"][key] = value
-        if n % 5 == 0:  # now and then an account is closed
-            gone = f"acct-{(n + 3) % ACCOUNTS}"
-            call("DELETE", store_path(gone))
-            state["mirror"].pop(gone, None)
-        state["steps"] = n
-        state["total"] += amount
         try:
-            ack = checkpoint(state)
+            ack = step(state)
         except ApiError as e:
             if e.code in ("FENCED", "NOT_PRIMARY"):
+                # This node lost the lease: stop work. The sidecar stops this app and rejoins as
+                # a standby; the new primary's app resumes from the last acknowledged checkpoint.
                 emit(ev="fenced", error=str(e))
                 return 0
             raise
         done += 1
-        emit(ev="step", checkpoint=ack["checkpoint"], epoch=ack["epoch"], steps=n, mirrorDigest=digest(state["mirror"]))
+        emit(
+            ev="step",
+            checkpoint=ack["checkpoint"],
+            epoch=ack["epoch"],
+            steps=state["steps"],
+            mirrorDigest=digest(state["mirror"]),
+        )
         time.sleep(interval)
     emit(ev="stopped", steps=state["steps"])
     return 0

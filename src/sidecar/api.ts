@@ -437,8 +437,9 @@ export function jsonProblem(value: unknown, path = 'state', seen = new Set<objec
   if (typeof value === 'number') {
     return Number.isFinite(value) ? undefined : `${path} is ${String(value)} (JSON has no such number)`;
   }
+  if (value === undefined) return `${path} is undefined`;
   if (typeof value !== 'object') return `${path} is a ${typeof value}`;
-  if (seen.has(value)) return `${path} is a cycle or a shared reference`;
+  if (seen.has(value)) return `${path} is a cycle (it contains itself)`;
   const proto = Object.getPrototypeOf(value) as object | null;
   if (!Array.isArray(value) && proto !== Object.prototype && proto !== null) {
     const name = (value as { constructor?: { name?: string } }).constructor?.name ?? 'object';

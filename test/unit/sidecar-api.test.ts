@@ -1,0 +1,264 @@
+/**
+ * The sidecar's HTTP API against real instances (in-process sidecars on the shared NATS server,
+ * memory stores): auth, every route, every error code the API documents.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deserialize, serialize } from 'node:v8';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { pino } from 'pino';
+import { memoryAdapter } from '../../adapters/memory/index.js';
+import { parseConfig } from '../../src/config/load.js';
+import { jsonProblem, V8_MEDIA_TYPE } from '../../src/sidecar/api.js';
+import { Sidecar } from '../../src/sidecar/sidecar.js';
+import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+
+const TOKEN = 'test-token-0123456789abcdef';
+let nc: NatsConnection;
+const apps: string[] = [];
+const running: { sidecar: Sidecar; done: Promise<number> }[] = [];
+
+beforeAll(async () => {
+  nc = await requireNats();
+});
+afterAll(async () => {
+  for (const r of running) r.sidecar.stop();
+  await Promise.all(running.map((r) => r.done));
+  for (const app of apps) await deleteApp(nc, app);
+  await nc?.close();
+});
+
+/** Starts an in-process sidecar without an app command; resolves once its API listens. */
+async function startSidecar(app: string, nodeId: string, extra: Record<string, unknown> = {}) {
+  const config = parseConfig(
+    {
+      app,
+      nodeId,
+      nats: { servers: NATS_URL },
+      storage: { kind: 'memory' },
+      leaseTtlMs: 1000,
+      api: { port: 0, token: TOKEN, maxBodyBytes: 4096 },
+      ...extra,
+    },
+    'test',
+    {},
+  );
+  const sidecar = new Sidecar({ config, storage: () => memoryAdapter(), logger: pino({ level: 'silent' }) });
+  const done = sidecar.run();
+  const entry = { sidecar, done };
+  running.push(entry);
+  const deadline = Date.now() + 10_000;
+  while (sidecar.port === 0) {
+    if (Date.now() > deadline) throw new Error('the sidecar API did not start within 10 s');
+    await Promise.race([done.then(() => undefined), new Promise((r) => setImmediate(r))]);
+  }
+  const base = `http://127.0.0.1:${sidecar.port}`;
+  const call = (path: string, init: RequestInit = {}, token: string | null = TOKEN) =>
+    fetch(base + path, {
+      ...init,
+      headers: { ...(token ? { Authorization: `Bearer ${token}` } : {}), ...(init.headers ?? {}) },
+    });
+  /** Polls GET /status until `state` (an HTTP state with a deadline, not a sleep). */
+  const waitState = async (state: string, ms = 15_000) => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const s = (await (await call('/status')).json()) as { state: string };
+      if (s.state === state) return s;
+      if (Date.now() > end) throw new Error(`sidecar ${nodeId} not ${state} within ${ms} ms (is ${s.state})`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  };
+  return { sidecar, done, call, waitState, base, stop: () => (sidecar.stop(), done) };
+}
+
+async function errorOf(res: Response): Promise<{ code: string; message: string }> {
+  expect(res.headers.get('content-type')).toMatch(/application\/json/);
+  return ((await res.json()) as { error: { code: string; message: string } }).error;
+}
+
+describe('sidecar API', () => {
+  const app = freshApp('sidecar-api');
+  apps.push(app);
+  let a: Awaited<ReturnType<typeof startSidecar>>;
+
+  beforeAll(async () => {
+    a = await startSidecar(app, 'a', { initialState: { n: 0 } });
+    await a.waitState('primary');
+  });
+
+  it('needs the bearer token on every route but /healthz and /metrics', async () => {
+    for (const [path, method] of [
+      ['/status', 'GET'],
+      ['/state', 'GET'],
+      ['/checkpoint', 'POST'],
+      ['/store/k', 'GET'],
+      ['/store/k', 'PUT'],
+      ['/store/k', 'DELETE'],
+    ] as const) {
+      const none = await a.call(path, { method }, null);
+      expect(none.status, `${method} ${path} without a token`).toBe(401);
+      expect(none.headers.get('www-authenticate')).toMatch(/^Bearer/);
+      expect((await errorOf(none)).message).toMatch(/no bearer token.*RESTARTPOINT_TOKEN_FILE/);
+      const wrong = await a.call(path, { method }, `${TOKEN}x`);
+      expect(wrong.status).toBe(401);
+      expect((await errorOf(wrong)).message).toMatch(/wrong bearer token/);
+    }
+    const health = await a.call('/healthz', {}, null);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toEqual({ ok: true, state: 'primary' });
+    const metrics = await a.call('/metrics', {}, null);
+    expect(metrics.status).toBe(200);
+    expect(metrics.headers.get('content-type')).toMatch(/text\/plain/);
+    expect(await metrics.text()).toMatch(/restartpoint_/);
+  });
+
+  it('answers unknown routes 404 and wrong methods 405 with Allow', async () => {
+    const nf = await a.call('/nope');
+    expect(nf.status).toBe(404);
+    expect((await errorOf(nf)).code).toBe('NOT_FOUND');
+    const wm = await a.call('/checkpoint', { method: 'GET' });
+    expect(wm.status).toBe(405);
+    expect(wm.headers.get('allow')).toBe('POST');
+    expect((await errorOf(wm)).code).toBe('METHOD_NOT_ALLOWED');
+  });
+
+  it('GET /state gives the fresh state as JSON with the epoch and resumed-from headers', async () => {
+    const res = await a.call('/state');
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ n: 0 });
+    expect(Number(res.headers.get('restartpoint-epoch'))).toBeGreaterThanOrEqual(1);
+    expect(res.headers.get('restartpoint-resumed-from')).toBe('0');
+    const v8 = await a.call('/state', { headers: { Accept: V8_MEDIA_TYPE } });
+    expect(v8.headers.get('content-type')).toBe(V8_MEDIA_TYPE);
+    expect(deserialize(Buffer.from(await v8.arrayBuffer()))).toEqual({ n: 0 });
+  });
+
+  it('POST /checkpoint takes JSON and v8, acknowledges with epoch and checkpoint numbers', async () => {
+    const r1 = await a.call('/checkpoint', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json; charset=utf-8' },
+      body: JSON.stringify({ n: 1 }),
+    });
+    expect(r1.status).toBe(200);
+    const ack1 = (await r1.json()) as { epoch: number; checkpoint: number };
+    expect(ack1.checkpoint).toBeGreaterThanOrEqual(1);
+    const r2 = await a.call('/checkpoint', {
+      method: 'POST',
+      headers: { 'Content-Type': V8_MEDIA_TYPE },
+      body: serialize({ n: 2, m: new Map([['x', 1n]]) }),
+    });
+    expect(r2.status).toBe(200);
+    const ack2 = (await r2.json()) as { epoch: number; checkpoint: number };
+    expect(ack2).toEqual({ epoch: ack1.epoch, checkpoint: ack1.checkpoint + 1 });
+    const status = (await (await a.call('/status')).json()) as Record<string, unknown>;
+    expect(status).toMatchObject({
+      app,
+      nodeId: 'a',
+      state: 'primary',
+      epoch: ack1.epoch,
+      lastCheckpoint: { checkpoint: ack2.checkpoint },
+      process: null,
+      api: { port: a.sidecar.port },
+    });
+  });
+
+  it('POST /checkpoint refuses bad JSON, bad v8, other types and bodies over the limit', async () => {
+    const post = (type: string, body: string | Uint8Array) =>
+      a.call('/checkpoint', { method: 'POST', headers: { 'Content-Type': type }, body });
+    const badJson = await post('application/json', '{"n": ');
+    expect(badJson.status).toBe(400);
+    expect(await errorOf(badJson)).toMatchObject({ code: 'BAD_JSON', message: /not valid JSON/ });
+    const badV8 = await post(V8_MEDIA_TYPE, 'not v8 at all');
+    expect(badV8.status).toBe(400);
+    expect(await errorOf(badV8)).toMatchObject({ code: 'BAD_V8', message: /v8\.serialize/ });
+    const text = await post('text/plain', '{}');
+    expect(text.status).toBe(415);
+    expect(await errorOf(text)).toMatchObject({
+      code: 'UNSUPPORTED_MEDIA_TYPE',
+      message: /application\/json/,
+    });
+    const big = await post('application/json', JSON.stringify({ s: 'x'.repeat(5000) }));
+    expect(big.status).toBe(413);
+    expect(await errorOf(big)).toMatchObject({ code: 'TOO_LARGE', message: /api\.maxBodyBytes/ });
+  });
+
+  it('PUT, GET and DELETE /store/{key} with percent-encoded keys and raw bytes', async () => {
+    const key = encodeURIComponent('orders/42 ü');
+    const bytes = Buffer.from([0, 1, 2, 255]);
+    const put = await a.call(`/store/${key}`, { method: 'PUT', body: bytes });
+    expect(put.status).toBe(204);
+    const got = await a.call(`/store/${key}`);
+    expect(got.status).toBe(200);
+    expect(got.headers.get('content-type')).toBe('application/octet-stream');
+    expect(Buffer.from(await got.arrayBuffer())).toEqual(bytes);
+    expect((await a.call(`/store/${key}`, { method: 'DELETE' })).status).toBe(204);
+    const gone = await a.call(`/store/${key}`);
+    expect(gone.status).toBe(404);
+    expect((await errorOf(gone)).code).toBe('NO_SUCH_KEY');
+    const badEnc = await a.call('/store/%E0%A4%A', { method: 'PUT', body: 'v' });
+    expect(badEnc.status).toBe(400);
+    expect(await errorOf(badEnc)).toMatchObject({ code: 'BAD_KEY', message: /percent-encoding/ });
+    const long = await a.call(`/store/${'k'.repeat(1100)}`, { method: 'PUT', body: 'v' });
+    expect(long.status).toBe(400);
+    expect((await errorOf(long)).message).toMatch(/1024 bytes/);
+    const empty = await a.call('/store/', { method: 'GET' });
+    expect(empty.status).toBe(400);
+  });
+
+  it('a second sidecar is a healthy standby that refuses primary-only calls with 409 NOT_PRIMARY', async () => {
+    const b = await startSidecar(app, 'b');
+    await b.waitState('standby', 5_000);
+    const health = await b.call('/healthz', {}, null);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toEqual({ ok: true, state: 'standby' });
+    const cp = await b.call('/checkpoint', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: '{}',
+    });
+    expect(cp.status).toBe(409);
+    expect(await errorOf(cp)).toMatchObject({ code: 'NOT_PRIMARY', message: /standby/ });
+    expect((await b.call('/state')).status).toBe(409);
+    expect((await b.call('/store/k')).status).toBe(409);
+    const status = (await (await b.call('/status')).json()) as Record<string, unknown>;
+    expect(status).toMatchObject({ state: 'standby', epoch: null, nodeId: 'b' });
+    expect(await b.stop()).toBe(0);
+  });
+
+  it('after a clean stop, the next sidecar resumes the last checkpoint; a Map state is 406 as JSON, exact as v8', async () => {
+    const last = await a.call('/checkpoint', {
+      method: 'POST',
+      headers: { 'Content-Type': V8_MEDIA_TYPE },
+      body: serialize({ n: 3, m: new Map([['k', 7n]]) }),
+    });
+    const ack = (await last.json()) as { epoch: number; checkpoint: number };
+    expect(await a.stop()).toBe(0);
+    const c = await startSidecar(app, 'c');
+    await c.waitState('primary');
+    const json = await c.call('/state');
+    expect(json.status).toBe(406);
+    expect(await errorOf(json)).toMatchObject({
+      code: 'NOT_JSON',
+      message: /state\.m is a Map.*Accept: application\/x-v8-serialized/,
+    });
+    const v8 = await c.call('/state', { headers: { Accept: `${V8_MEDIA_TYPE}, application/json;q=0.5` } });
+    expect(v8.status).toBe(200);
+    expect(v8.headers.get('restartpoint-resumed-from')).toBe(String(ack.checkpoint));
+    expect(Number(v8.headers.get('restartpoint-epoch'))).toBeGreaterThan(ack.epoch);
+    expect(deserialize(Buffer.from(await v8.arrayBuffer()))).toEqual({ n: 3, m: new Map([['k', 7n]]) });
+    expect(await c.stop()).toBe(0);
+  });
+});
+
+describe('jsonProblem', () => {
+  it('names the first value JSON cannot carry, with its path', () => {
+    expect(jsonProblem({ a: [1, 'x', null, { b: true }] })).toBeUndefined();
+    expect(jsonProblem({ a: { b: 1n } })).toBe('state.a.b is a bigint');
+    expect(jsonProblem({ 'a b': new Date(0) })).toBe('state["a b"] is a Date');
+    expect(jsonProblem([1, NaN])).toBe('state[1] is NaN (JSON has no such number)');
+    expect(jsonProblem({ s: new Set() })).toBe('state.s is a Set');
+    expect(jsonProblem({ u: undefined })).toBe('state.u is undefined');
+    const cyc: Record<string, unknown> = {};
+    cyc.self = cyc;
+    expect(jsonProblem(cyc)).toBe('state.self is a cycle (it contains itself)');
+  });
+});
