@@ -177,6 +177,10 @@ function distance(a: string, b: string): number {
         d[i]![j - 1]! + 1,
         d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
       );
+      // A swap of two neighbours (`prot` for `port`) is one typo.
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
+      }
     }
   }
   return d[a.length]![b.length]!;
@@ -455,7 +459,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
       path,
       doc.errors.map((e) => ({
         path: '',
-        message: `is not valid YAML/JSON: ${e.message.split('\n')[0]} — fix the syntax at that line`,
+        message: `is not valid YAML/JSON: ${e.message.split('\n')[0]!.replace(/:\s*$/, '')} — fix the syntax there`,
       })),
     );
   }
