@@ -18,6 +18,7 @@ import {
   type PresenceRecord,
 } from '../../src/transport/presence.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { startStandby } from '../helpers/standby.js';
 
 const BIN = fileURLToPath(new URL('../../bin/restartpoint.js', import.meta.url));
 
@@ -115,13 +116,14 @@ describe('restartpoint status: nodes, switchover, relays', () => {
     }
     const kv = await makeLease(app, 'a', 3);
     const now = Date.now();
-    await writePresence(kv, rec({ nodeId: 'a', state: 'primary', checkpoint: 50, updatedAt: now - 200 }));
-    await writePresence(
-      kv,
+    // a and b are live: their records are rewritten before each read, as a running node would
+    // (a loaded machine must not make them stale between two CLI runs).
+    const recA = () => rec({ nodeId: 'a', state: 'primary', checkpoint: 50, updatedAt: Date.now() - 200 });
+    const recB = () =>
       rec({
         nodeId: 'b',
         checkpoint: 47,
-        updatedAt: now - 300,
+        updatedAt: Date.now() - 300,
         relays: [
           { servers: NATS_URL, connected: true, frames: 4, bytes: 900, seconds: 0.25, checkpoints: 3 },
           {
@@ -133,8 +135,12 @@ describe('restartpoint status: nodes, switchover, relays', () => {
             checkpoints: undefined,
           },
         ],
-      }),
-    );
+      });
+    const fresh = async () => {
+      await writePresence(kv, recA());
+      await writePresence(kv, recB());
+    };
+    await fresh();
     await writePresence(
       kv,
       rec({
@@ -191,7 +197,9 @@ describe('restartpoint status: nodes, switchover, relays', () => {
     // A switchover request shows up; the human output lays it all out in tables.
     const req = { epoch: 3, from: 'a', requestedAt: now, id: 'sw-1' };
     await writeSwitchover(kv, req);
+    await fresh();
     expect((await statusJson('--app', app)).switchover).toEqual(req);
+    await fresh();
     const human = await run('status', '--app', app);
     expect(human.status).toBe(0);
     expect(human.stdout).toMatch(/^leader\s+a$/m);
@@ -204,6 +212,7 @@ describe('restartpoint status: nodes, switchover, relays', () => {
     expect(human.stdout).toMatch(new RegExp(`^\\s+${dead}\\s+no\\s+-\\s+-\\s+unreachable$`, 'm'));
 
     // --relay wins over presence: the stream figures come from the first one.
+    await fresh();
     const flagged = await statusJson('--app', app, '--relay', relay.urls[0]!);
     expect(flagged).toMatchObject({ relaysFrom: 'flag', streamMessages: 3, streamServers: relay.urls[0] });
     expect(flagged.relays).toEqual([
@@ -212,6 +221,7 @@ describe('restartpoint status: nodes, switchover, relays', () => {
 
     // Without the leader's record, lag is measured against the newest seal in the stream.
     await deletePresence(kv, 'a');
+    await writePresence(kv, recB());
     const noLeader = await statusJson('--app', app);
     expect(noLeader.nodes.map((n) => [n.nodeId, n.lagCheckpoints])).toEqual([
       ['b', 1],
@@ -278,54 +288,83 @@ describe('restartpoint status: nodes, switchover, relays', () => {
     expect(r.stdout).toBe('');
   }, 30_000);
 
-  it('a node started with Restartpoint.start shows up as primary, with its checkpoint, and leaves on close', async () => {
+  it('real nodes show up: primary and standby with relay lag, the standby as primary after a takeover, gone on close', async () => {
     const app = freshApp('status-live');
     apps.push(app);
-    const rp = await Restartpoint.start({
+    const opts = (nodeId: string) => ({
       app,
-      nodeId: 'solo',
+      nodeId,
       nats: { servers: NATS_URL },
       storage: memoryAdapter(),
       initialState: () => ({ n: 0 }),
     });
-    let closed = false;
+    const a = await Restartpoint.start(opts('solo'));
+    const b = startStandby(opts('b'));
+    let aOpen = true;
+    let took: Restartpoint<{ n: number }> | undefined;
     try {
-      await rp.store.put('k', 'v');
-      const { checkpoint } = await rp.checkpoint({ n: 1 });
-      // Presence is rewritten every second: poll with a deadline until it says what we did.
-      const deadline = Date.now() + 15_000;
-      let s: StatusReport | undefined;
-      for (;;) {
-        s = await statusJson('--app', app);
-        const me = s.nodes.find((n) => n.nodeId === 'solo');
-        if (me && me.role === 'primary' && me.checkpoint >= checkpoint) break;
-        if (Date.now() > deadline) {
-          throw new Error(
-            `status never showed node 'solo' as primary at checkpoint ${checkpoint} within 15 s ` +
-              `(does the SDK write presence records yet?); last nodes: ${JSON.stringify(s.nodes)}`,
-          );
-        }
-      }
+      await b.standing;
+      await a.store.put('k', 'v');
+      const { checkpoint } = await a.checkpoint({ n: 1 });
+      // Presence is rewritten every second: poll (each poll is a CLI run) until it shows what we did.
+      const s = await until('solo primary and b caught up', (r) => {
+        const [me, sb] = [r.nodes.find((n) => n.nodeId === 'solo'), r.nodes.find((n) => n.nodeId === 'b')];
+        return (
+          me?.role === 'primary' &&
+          me.checkpoint >= checkpoint &&
+          sb?.role === 'standby' &&
+          sb.checkpoint >= checkpoint &&
+          sb.relays.length > 0
+        );
+      });
       expect(s.leader).toBe('solo');
-      expect(s.nodes).toHaveLength(1);
-      expect(s.nodes[0]).toMatchObject({
-        nodeId: 'solo',
+      expect(s.nodes.map((n) => [n.nodeId, n.role])).toEqual([
+        ['b', 'standby'],
+        ['solo', 'primary'],
+      ]);
+      expect(s.nodes.find((n) => n.nodeId === 'solo')).toMatchObject({
         role: 'primary',
         leader: true,
-        epoch: rp.epoch,
+        epoch: a.epoch,
         lagCheckpoints: 0,
         stale: false,
         pid: process.pid,
+        relays: [],
       });
-      await rp.close();
-      closed = true;
-      // A clean close deletes the record.
-      const gone = Date.now() + 10_000;
-      while ((await statusJson('--app', app)).nodes.some((n) => n.nodeId === 'solo')) {
-        if (Date.now() > gone) throw new Error("node 'solo' still listed 10 s after close()");
-      }
+      const sb = s.nodes.find((n) => n.nodeId === 'b')!;
+      expect(sb).toMatchObject({ role: 'standby', leader: false, lagCheckpoints: 0, stale: false });
+      expect(sb.relays[0]).toMatchObject({ connected: true });
+      expect(s.relaysFrom).toBe('presence');
+      expect(s.relays?.[0]).toMatchObject({ reachable: true, messages: s.streamMessages, lagMessages: 0 });
+
+      // A clean close hands the lease over: status follows the takeover and drops the closed node.
+      await a.close();
+      aOpen = false;
+      took = await b.primary;
+      const after = await until(
+        'b primary, solo gone',
+        (r) => r.leader === 'b' && r.nodes.length === 1 && r.nodes[0]!.role === 'primary',
+      );
+      expect(after.nodes[0]).toMatchObject({ nodeId: 'b', leader: true, epoch: took.epoch, stale: false });
+      await took.close();
+      took = undefined;
+      await until('no node left', (r) => r.nodes.length === 0);
     } finally {
-      if (!closed) await rp.close();
+      if (aOpen) await a.close();
+      await took?.close();
+    }
+
+    async function until(what: string, ok: (r: StatusReport) => boolean): Promise<StatusReport> {
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        const r = await statusJson('--app', app);
+        if (ok(r)) return r;
+        if (Date.now() > deadline) {
+          throw new Error(
+            `status never showed ${what} within 15 s (does the SDK write presence records?); last: ${JSON.stringify(r)}`,
+          );
+        }
+      }
     }
   }, 60_000);
 });
