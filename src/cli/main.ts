@@ -7,6 +7,7 @@ import { UsageError } from '../errors.js';
 import { drillCommand } from './commands/drill.js';
 import { sidecarCommand } from './commands/sidecar.js';
 import { statusCommand } from './commands/status.js';
+import { switchoverCommand } from './commands/switchover.js';
 
 /** Builds the program (exported for tests). */
 export function buildProgram(): Command {
@@ -15,7 +16,7 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  for (const cmd of [drillCommand(), statusCommand(), sidecarCommand()]) {
+  for (const cmd of [drillCommand(), statusCommand(), switchoverCommand(), sidecarCommand()]) {
     // addCommand does not pass settings down: usage errors must reach main() to exit 2 with a hint.
     cmd.copyInheritedSettings(program);
     program.addCommand(cmd);

@@ -49,6 +49,8 @@ export interface CheckpointStats {
   readonly imagePath: ImagePath;
   readonly writeOps: number;
   readonly writeFrames: number;
+  /** Bytes of the write frames' bodies (keys and values as encoded). */
+  readonly writeBytes: number;
   readonly ms: number;
 }
 
@@ -68,6 +70,8 @@ export interface ReplicatorOptions {
   readonly leaseValid: () => boolean;
   /** The error explaining why this node is no longer primary. */
   readonly fencedError: () => FencedError;
+  /** Called with the figures of every acknowledged checkpoint, in acknowledgement order. */
+  readonly onAck?: (stats: CheckpointStats) => void;
   /** Writes per checkpoint, image and frame sizes refused with `LimitError`. Default: `DEFAULT_LIMITS`. */
   readonly limits?: Pick<Limits, 'maxWritesPerCheckpoint' | 'maxImageBytes' | 'maxFrameBytes'>;
 }
@@ -98,6 +102,7 @@ export class Replicator {
   #batchBytes = 0;
   #openWriteFrames = 0;
   #openWriteOps = 0;
+  #openWriteBytes = 0;
   #flushTimer: NodeJS.Timeout | undefined;
   /** Frames not yet acked. */
   readonly #pending = new Set<Pending>();
@@ -257,6 +262,7 @@ export class Replicator {
     this.#batch = [];
     this.#batchBytes = 0;
     this.#openWriteFrames++;
+    this.#openWriteBytes += body.byteLength;
     this.#send({
       kind: FrameKind.Writes,
       epoch: this.#o.epoch,
@@ -336,6 +342,7 @@ export class Replicator {
       if (this.#stopped) throw this.#stopped;
       this.#flush();
       const counts = { writeFrames: this.#openWriteFrames, writeOps: this.#openWriteOps, imageFrames: 1 };
+      const writeBytes = this.#openWriteBytes;
       // Re-send what failed before, with the same ids: the stream drops copies that did land.
       for (const p of this.#pending) if (p.failed) this.#publish(p);
       const epoch = this.#o.epoch;
@@ -352,9 +359,10 @@ export class Replicator {
       this.#open = n + 1;
       this.#openWriteFrames = 0;
       this.#openWriteOps = 0;
-      return { counts, acks: [...this.#pending].map((p) => p.ack) };
+      this.#openWriteBytes = 0;
+      return { counts, writeBytes, acks: [...this.#pending].map((p) => p.ack) };
     });
-    return sealed.then(async ({ counts, acks }) => {
+    return sealed.then(async ({ counts, writeBytes, acks }) => {
       try {
         await Promise.all(acks);
       } catch (err) {
@@ -376,8 +384,10 @@ export class Replicator {
         imagePath: image.path,
         writeOps: counts.writeOps,
         writeFrames: counts.writeFrames,
+        writeBytes,
         ms: performance.now() - t0,
       };
+      this.#o.onAck?.(this.lastStats);
       return { epoch: this.#o.epoch, checkpoint: n };
     });
   }

@@ -17,6 +17,7 @@ import {
 import type { FecScheme } from '../fec/shard.js';
 import { resolveLimits, type Limits } from '../limits.js';
 import { parseClusterKey, type ClusterKeyOption, type ClusterKeys } from '../protocol/envelope.js';
+import type { Observer } from '../observability/observer.js';
 
 /**
  * Standby modes. `delay-write`: the standby stages writes and commits each checkpoint at its
@@ -109,6 +110,13 @@ export interface StartOptions<S> {
   /** Receives one line per internal event (role changes, takeovers, rejected frames). */
   log?: (event: LogEvent) => void;
   /**
+   * Receives the node's figures: state transitions, checkpoints, lag, takeovers, rejected frames
+   * (src/observability/observer.ts). `new RestartpointMetrics().observer` from
+   * `restartpoint/metrics` turns them into Prometheus metrics. A throwing observer is logged, never
+   * fatal.
+   */
+  observer?: Observer;
+  /**
    * The most this node accepts of each thing that costs memory (image, frame, key and value
    * sizes, writes per checkpoint, bytes a standby stages); see src/limits.ts for the defaults.
    * Give every node of the app the same limits.
@@ -142,6 +150,7 @@ export interface ResolvedOptions<S> {
   readonly stateVersion: number;
   readonly migrate: ((image: unknown, fromVersion: number) => S | Promise<S>) | undefined;
   readonly log: (event: LogEvent) => void;
+  readonly observer: Observer | undefined;
   readonly relays: RelaySpec[] | undefined;
   readonly ack: AckPolicy;
   readonly apply: { everyMs?: number; maxBytesPerSec?: number } | undefined;
@@ -213,6 +222,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'limits',
     'clusterKey',
     'encrypt',
+    'observer',
   ]);
   for (const k of Object.keys(opts)) {
     if (!known.has(k))
@@ -285,6 +295,21 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   }
   if (opts.log !== undefined && typeof opts.log !== 'function') {
     throw new ConfigError('log', `must be a function receiving log events, got ${show(opts.log)}`);
+  }
+  if (opts.observer !== undefined) {
+    const ob = opts.observer as unknown as Record<string, unknown> | null;
+    const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover'];
+    if (ob === null || typeof ob !== 'object') {
+      throw new ConfigError(
+        'observer',
+        `must be an object with any of ${methods.join(', ')} as methods (e.g. new RestartpointMetrics().observer), got ${show(ob)}`,
+      );
+    }
+    for (const m of methods) {
+      if (ob[m] !== undefined && typeof ob[m] !== 'function') {
+        throw new ConfigError(`observer.${m}`, `must be a function, got ${show(ob[m])}`);
+      }
+    }
   }
   let relays: RelaySpec[] | undefined;
   if (opts.relays !== undefined) {
@@ -389,6 +414,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     keyframeEvery: int('keyframeEvery', opts.keyframeEvery, 32, 1, 1_000_000, 'checkpoints'),
     ...resolveImageOptions(opts),
     log: opts.log ?? (() => undefined),
+    observer: opts.observer,
   };
 }
 

@@ -27,6 +27,8 @@ import { LeaseStore } from '../transport/lease-store.js';
 import { RelaySet } from '../transport/relays.js';
 import { EnvelopeCodec } from '../protocol/envelope.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';
+import { NodeReporter } from './reporting.js';
+import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
 import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
 
 /** Where a resumed app came from. */
@@ -41,6 +43,11 @@ export interface TakeoverStats {
   readonly detectMs: number;
   /** From the claim to every complete checkpoint applied (catch-up with a read quorum of relays). */
   readonly catchUpMs: number;
+  /**
+   * Rolling the store back to the resumed checkpoint: discarding staged writes (delay-write) or
+   * releasing the areas written after the last formed snapshot (snapshot mode).
+   */
+  readonly rollbackMs: number;
   /** Publishing the fence until it was durable (longer while too many relays are down). */
   readonly fenceMs: number;
   /** Turning the materialized image into the live state. */
@@ -87,6 +94,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   readonly #auto: AutoCheckpoints | undefined;
   /** Checkpoints called and not settled: `close()` lets their `afterCheckpoint` callbacks run. */
   readonly #inFlight = new Set<Promise<unknown>>();
+  readonly #reporter: NodeReporter;
+  /** A switchover was requested: the next checkpoint hands the primary role over. */
+  #handover: SwitchoverRequest | undefined;
+  /** The checkpoint that hands over, while it is in flight: writes and checkpoints wait for it. */
+  #handingOver: Promise<unknown> | undefined;
   #fenced: FencedError | undefined;
   #closed = false;
 
@@ -100,8 +112,10 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     resumedFrom: ResumedFrom | undefined;
     epoch: number;
     takeover: TakeoverStats;
+    reporter: NodeReporter;
   }) {
     super();
+    this.#reporter = init.reporter;
     this.#o = init.o;
     this.#link = init.link;
     this.#relays = init.relays;
@@ -140,14 +154,13 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             const bytes = Buffer.from(value, 'utf8');
             assertValidValue(bytes);
             checkValueLimit(bytes, limits);
-            return this.#guard() ?? rep.write({ op: 'put', key, value: bytes });
+            return this.#guard() ?? this.#gated(() => rep.write({ op: 'put', key, value: bytes }));
           }
           assertValidValue(value);
           checkValueLimit(value, limits);
           // Copy: the app may reuse its buffer before the batch is encoded.
-          return (
-            this.#guard() ?? rep.write({ op: 'put', key, value: Uint8Array.prototype.slice.call(value) })
-          );
+          const copy = Uint8Array.prototype.slice.call(value);
+          return this.#guard() ?? this.#gated(() => rep.write({ op: 'put', key, value: copy }));
         } catch (err) {
           return Promise.reject(err);
         }
@@ -171,9 +184,23 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         } catch (err) {
           return Promise.reject(err);
         }
-        return this.#guard() ?? rep.write({ op: 'delete', key });
+        return this.#guard() ?? this.#gated(() => rep.write({ op: 'delete', key }));
       },
     };
+  }
+
+  /**
+   * Runs `fn` now, or, while the checkpoint that hands the role over is in flight, once it
+   * settled: after it was acknowledged this node is no longer primary (`FencedError`); if it
+   * failed, the handover waits for the next checkpoint and `fn` runs.
+   */
+  #gated<T>(fn: () => Promise<T>): Promise<T> {
+    const h = this.#handingOver;
+    if (!h) return fn();
+    return h.then(
+      () => this.#guard() ?? fn(),
+      () => this.#guard() ?? fn(),
+    );
   }
 
   #guard(): Promise<never> | undefined {
@@ -196,6 +223,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     // The lease lives where `nats` points; frames go to every relay (by default that same server).
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
     let relays: RelaySet | undefined;
+    let reporter: NodeReporter | undefined;
     const envelope = o.clusterKey
       ? new EnvelopeCodec({ app: o.app, keys: o.clusterKey, encrypt: o.encrypt })
       : undefined;
@@ -216,7 +244,18 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       const relaySet = relays;
       // A standby that read this many relays has seen every frame the ack policy let through.
       const readQuorum = relaySet.readQuorum;
-      const leaseStore = new LeaseStore(await openLeaseBucket(link, names), names.leaseKey);
+      const kv = await openLeaseBucket(link, names);
+      const leaseStore = new LeaseStore(kv, names.leaseKey);
+      reporter = new NodeReporter({
+        app: o.app,
+        nodeId: o.nodeId,
+        log: o.log,
+        observer: o.observer,
+        kv,
+        leaseKey: names.leaseKey,
+      });
+      const rpt = reporter;
+      rpt.transition('starting');
       await o.storage.open();
       const standby = new StandbyRunner({
         links: relaySet.links,
@@ -228,15 +267,22 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         fec: relaySet.fec,
         envelope,
         apply: o.apply,
-        onReject: (err, seq) =>
+        onReject: (err, seq) => {
+          rpt.observe('rejected', err.reason);
           o.log({
             level: 'warn',
             msg: 'frame rejected',
             reason: err.reason,
             streamSeq: seq,
             error: err.message,
-          }),
-        onCommit: (pos) => o.log({ level: 'debug', msg: 'checkpoint applied', ...pos }),
+          });
+        },
+        onCommit: (pos) => {
+          rpt.checkpoint = pos.checkpoint;
+          rpt.epoch = Math.max(rpt.epoch, pos.epoch);
+          rpt.observe('applied', { epoch: pos.epoch, checkpoint: pos.checkpoint });
+          o.log({ level: 'debug', msg: 'checkpoint applied', ...pos });
+        },
         onFence: (epoch, nodeId, seq) =>
           o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
       });
@@ -245,6 +291,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       standby.images.maxImageBytes = o.limits.maxImageBytes;
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
+      rpt.transition('standby');
+      rpt.present({ sample: () => standby.lagSamples() });
 
       // The operator's view of a standby: per-relay lag, every 5 s, until it takes over.
       const lagTimer = setInterval(() => {
@@ -261,7 +309,10 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             ttlMs: o.leaseTtlMs,
             knownEpoch: () => standby.applier.fenceEpoch,
             // Learn every epoch in the relays' history first, so the new one is above them all.
-            beforeClaim: () => {
+            beforeClaim: async () => {
+              // A node that just handed its role over lets the standby it handed to claim first.
+              await yieldAfterSwitchover(kv, leaseStore, o.nodeId, o.leaseTtlMs, stop.signal);
+              rpt.transition('claiming', 'lease vacant');
               // Taking over: pacing ends here, the catch-up runs at full speed.
               standby.unpace();
               return standby.catchUp(readQuorum);
@@ -277,6 +328,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       }
       const claimedAt = now();
       o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
+      rpt.epoch = claim.epoch;
+      rpt.transition('catching-up', claim.previous ? `lease of ${claim.previous} ran out` : 'lease vacant');
+      rpt.present({});
 
       let lost: FencedError | undefined;
       const holder: { rp?: Restartpoint<S> } = {};
@@ -290,11 +344,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       // checkpoint seen, durable-looking or not, since nothing can be added to the old epoch.
       await standby.catchUp(readQuorum);
       await standby.stop();
-      await standby.applier.relax();
-      // Snapshot mode: the rollback. Areas written after the last formed snapshot (a deposed
-      // primary's unsealed writes) are released, so the store is exactly the resumed checkpoint.
-      if (o.mode === 'snapshot') await o.storage.releaseAreas!();
       const caughtUpAt = now();
+      // The rollback: staged writes of checkpoints that never sealed are dropped (delay-write);
+      // in snapshot mode, areas written after the last formed snapshot (a deposed primary's
+      // unsealed writes) are released, so the store is exactly the resumed checkpoint.
+      await standby.applier.relax();
+      if (o.mode === 'snapshot') await o.storage.releaseAreas!();
+      const rolledBackAt = now();
+      rpt.checkpoint = standby.applier.position.checkpoint;
       const pos: AppliedPosition = standby.applier.position;
       // An image of another stateVersion without `migrate`: refuse before fencing anyone.
       const problem = resumeProblem(o, standby.images, pos.checkpoint);
@@ -302,6 +359,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         await keeper.stop(true);
         throw problem;
       }
+      rpt.transition('fencing');
       // The fence names the cut: frames of older epochs for checkpoints after it are void. It
       // must be durable under the policy before this node acts as primary: while too many
       // relays are down for that, the takeover waits (the lease stays ours meanwhile).
@@ -327,6 +385,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         }
       }
       const fencedAt = now();
+      rpt.transition('restoring');
       let image: S;
       try {
         image = await resumeState(o, standby.images, pos.checkpoint);
@@ -364,6 +423,10 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         ),
         limits: o.limits,
         leaseValid: () => keeper.isValid(),
+        onAck: (stats) => {
+          rpt.checkpoint = Math.max(rpt.checkpoint, stats.checkpoint);
+          rpt.observe('checkpoint', { ...stats, epoch: claim.epoch });
+        },
         fencedError: () => lost ?? new FencedError(`node '${o.nodeId}' is no longer primary`),
       });
       const self = new Restartpoint<S>({
@@ -375,19 +438,33 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         state: image,
         resumedFrom: pos.checkpoint > 0 ? { epoch: pos.epoch, checkpoint: pos.checkpoint } : undefined,
         epoch: claim.epoch,
+        reporter: rpt,
         takeover: {
           detectMs: Math.max(0, claimedAt - claim.vacantSince),
           catchUpMs: caughtUpAt - claimedAt,
-          fenceMs: fencedAt - caughtUpAt,
+          rollbackMs: rolledBackAt - caughtUpAt,
+          fenceMs: fencedAt - rolledBackAt,
           restoreMs: restoredAt - fencedAt,
           previous: claim.previous,
         },
       });
       holder.rp = self;
+      rpt.observe('takeover', { epoch: claim.epoch, resumedFrom: pos.checkpoint, ...self.takeover });
+      rpt.transition(
+        'primary',
+        pos.checkpoint > 0 ? `resumed from checkpoint ${pos.checkpoint}` : 'fresh app',
+      );
+      rpt.present({ onSwitchover: (req) => self.#requestHandover(req) });
+      // A switchover that made this node primary is complete: withdraw the request.
+      void readSwitchover(kv)
+        .then((req) => (req && req.epoch < claim.epoch ? clearSwitchover(kv) : undefined))
+        .catch(() => undefined);
       self.#auto?.start();
       o.log({ level: 'info', msg: 'primary', epoch: claim.epoch, resumedFrom: pos.checkpoint });
       return self;
     } catch (err) {
+      reporter?.transition('closed', (err as Error)?.message);
+      await reporter?.stop(true);
       await relays?.close(link);
       await closeLink(link);
       throw err;
@@ -433,7 +510,12 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   checkpoint(state: S): Promise<CheckpointAck> {
     const guard = this.#guard();
     if (guard) return guard;
+    if (this.#handingOver) {
+      // The handover checkpoint is in flight: this one runs if it fails, else it is refused.
+      return this.#gated(() => this.checkpoint(state));
+    }
     const done = this.#replicator.checkpoint(state);
+    if (this.#handover) this.#handOverAt(done);
     const settled = done.then(
       (ack) => this.#commits.acknowledged(ack.checkpoint),
       () => undefined,
@@ -496,14 +578,55 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     return !this.#closed && !this.#fenced && this.#keeper.isValid();
   }
 
+  /** A switchover request for this node's epoch arrived: the next checkpoint hands over. */
+  #requestHandover(req: SwitchoverRequest): void {
+    if (this.#handover || this.#fenced || this.#closed) return;
+    this.#handover = req;
+    this.#reporter.transition('handing-over', 'switchover requested');
+  }
+
+  /**
+   * `done` is the checkpoint that hands the role over. Until it settles, writes and checkpoints
+   * wait. Acknowledged: this node stops being primary (no write after it was accepted, so no
+   * acknowledged work is lost) and releases the lease so a standby claims it at once. Failed:
+   * the next checkpoint tries again.
+   */
+  #handOverAt(done: Promise<CheckpointAck>): void {
+    const settled = done.then(
+      async (ack) => {
+        const err = new FencedError(
+          `switchover: node '${this.nodeId}' handed the primary role over at checkpoint ${ack.checkpoint}; a standby resumes from it`,
+        );
+        this.demote(err, 'switchover');
+        await this.#keeper.stop(true);
+      },
+      (err: unknown) => {
+        this.#o.log({
+          level: 'warn',
+          msg: 'switchover checkpoint failed; the next checkpoint hands over',
+          error: (err as Error)?.message,
+        });
+        throw err;
+      },
+    );
+    this.#handingOver = settled;
+    void settled.then(
+      () => undefined,
+      () => {
+        if (this.#handingOver === settled) this.#handingOver = undefined;
+      },
+    );
+  }
+
   /** @internal Called by the lease keeper when the lease is lost. */
-  private demote(err: FencedError): void {
+  private demote(err: FencedError, reason = 'lease lost'): void {
     if (this.#fenced || this.#closed) return;
     this.#fenced = err;
     this.#replicator.stop(err);
     this.#commits.fail(err);
     void this.#auto?.stop();
     this.#o.log({ level: 'warn', msg: 'demoted', error: err.message });
+    this.#reporter.transition('demoted', reason);
     this.emit('demoted', err);
   }
 
@@ -524,6 +647,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     this.#commits.fail(err);
     // Release only while the lease is still ours: a lease that ran out may already be another's.
     await this.#keeper.stop(!this.#fenced && this.#keeper.isValid());
+    this.#reporter.transition('closed', this.#fenced ? 'closed after demotion' : 'closed');
+    await this.#reporter.stop(true);
     await this.#relays.close(this.#link);
     await closeLink(this.#link);
     await this.#o.storage.close();
@@ -541,5 +666,27 @@ function checkKeyLimit(key: string, limits: Limits): void {
 function checkValueLimit(value: Uint8Array, limits: Limits): void {
   if (value.byteLength > limits.maxValueBytes) {
     throw limitError('maxValueBytes', 'store value (bytes)', value.byteLength, limits.maxValueBytes);
+  }
+}
+
+/**
+ * Before claiming a vacant lease: if this node is the one a switchover just took the role from
+ * (the request names it and is recent), wait until another node claimed the lease, or a few
+ * TTLs passed (no standby came), so the handover goes where the operator meant it to.
+ */
+async function yieldAfterSwitchover(
+  kv: Parameters<typeof readSwitchover>[0],
+  lease: LeaseStore,
+  nodeId: string,
+  ttlMs: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const req = await readSwitchover(kv).catch(() => undefined);
+  if (!req || req.from !== nodeId || Date.now() - req.requestedAt > 60_000) return;
+  const until = now() + 3 * ttlMs;
+  while (now() < until && !signal.aborted) {
+    const read = await lease.read().catch(() => undefined);
+    if (read?.value?.holder && read.value.holder !== nodeId) return;
+    await new Promise((r) => setTimeout(r, Math.max(20, ttlMs / 10)));
   }
 }

@@ -14,7 +14,8 @@ import type { FecSettings } from '../transport/relays.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
-import { StreamReader, lastStreamSeq, type StreamMessage } from '../transport/consumer.js';
+import { StreamReader, lastStreamSeq, streamState, type StreamMessage } from '../transport/consumer.js';
+import type { RelayLagSample } from '../observability/observer.js';
 import { Applier, type ApplierOptions, type ApplyMode } from './applier.js';
 
 /** Options of a standby run. */
@@ -78,6 +79,8 @@ export class StandbyRunner {
   readonly #o: StandbyOptions;
   #readers: StreamReader[];
   readonly #applied: number[];
+  /** Per relay: when the relay stored the last message applied from it (wall-clock ms). */
+  readonly #appliedAt: number[];
   readonly #witnesses = new Map<string, Set<number>>();
   readonly #shards: ShardAssembler | undefined;
   readonly #waiters: { relay: number; seq: number; resolve: () => void }[] = [];
@@ -112,6 +115,7 @@ export class StandbyRunner {
     this.#shards = opts.fec ? new ShardAssembler({ app: opts.app }) : undefined;
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
+    this.#appliedAt = opts.links.map(() => 0);
     this.#paced = opts.apply?.everyMs !== undefined || opts.apply?.maxBytesPerSec !== undefined;
     if (opts.apply?.everyMs !== undefined) {
       this.#tickTimer = setInterval(() => {
@@ -164,6 +168,43 @@ export class StandbyRunner {
           servers: l.servers,
           applied,
           behind: last === undefined ? undefined : Math.max(0, last - applied),
+        };
+      }),
+    );
+  }
+
+  /**
+   * Per-relay lag in frames, bytes and seconds (`checkpoints` is left undefined: only the
+   * primary knows its last checkpoint). Bytes are estimated from the stream's average message
+   * size; seconds are the time between the newest stored message and the last applied one.
+   */
+  async lagSamples(): Promise<RelayLagSample[]> {
+    return Promise.all(
+      this.#o.links.map(async (l, i): Promise<RelayLagSample> => {
+        const connected = l.connected();
+        const st = connected ? await streamState(l, this.#o.names.stream).catch(() => undefined) : undefined;
+        if (!st)
+          return {
+            servers: l.servers,
+            connected,
+            frames: undefined,
+            bytes: undefined,
+            seconds: undefined,
+            checkpoints: undefined,
+          };
+        const frames = Math.max(0, st.lastSeq - this.#applied[i]!);
+        const avg = st.messages > 0 ? st.bytes / st.messages : 0;
+        const seconds =
+          frames === 0
+            ? 0
+            : Math.max(0, (st.lastTimestampMs - (this.#appliedAt[i]! || st.firstTimestampMs)) / 1000);
+        return {
+          servers: l.servers,
+          connected,
+          frames,
+          bytes: Math.round(frames * avg),
+          seconds,
+          checkpoints: undefined,
         };
       }),
     );
@@ -226,6 +267,7 @@ export class StandbyRunner {
         else throw err;
       }
       this.#applied[relay] = m.streamSeq;
+      this.#appliedAt[relay] = m.timestampMs;
       this.#release();
     } catch (err) {
       this.#fail(err);

@@ -9,6 +9,8 @@ import type { NatsLink } from './connection.js';
 export interface StreamMessage {
   readonly streamSeq: number;
   readonly data: Uint8Array;
+  /** When the relay stored it (wall-clock ms). */
+  readonly timestampMs: number;
 }
 
 /** Reads a stream from `startSeq` (1 = the beginning) and hands each message to `onMessage`. */
@@ -46,7 +48,7 @@ export class StreamReader {
       try {
         for await (const m of messages) {
           if (this.#stopped) break;
-          await onMessage({ streamSeq: m.seq, data: m.data });
+          await onMessage({ streamSeq: m.seq, data: m.data, timestampMs: m.info.timestampNanos / 1e6 });
         }
       } catch (err) {
         if (!this.#stopped) onError(err);
@@ -70,4 +72,30 @@ export class StreamReader {
 export async function lastStreamSeq(link: NatsLink, stream: string): Promise<number> {
   const info = await link.jsm.streams.info(stream);
   return info.state.last_seq;
+}
+
+/** The stream's state as one relay reports it. */
+export interface StreamState {
+  readonly messages: number;
+  readonly bytes: number;
+  readonly lastSeq: number;
+  /** When the first and the last message were stored (wall-clock ms; 0 when empty). */
+  readonly firstTimestampMs: number;
+  readonly lastTimestampMs: number;
+}
+
+/** The stream's message count, bytes and last message. */
+export async function streamState(link: NatsLink, stream: string): Promise<StreamState> {
+  const { state } = await link.jsm.streams.info(stream);
+  const ms = (iso: string | undefined) => {
+    const t = iso ? Date.parse(iso) : 0;
+    return Number.isFinite(t) ? t : 0;
+  };
+  return {
+    messages: state.messages,
+    bytes: state.bytes,
+    lastSeq: state.last_seq,
+    firstTimestampMs: ms(state.first_ts),
+    lastTimestampMs: ms(state.last_ts),
+  };
 }

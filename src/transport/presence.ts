@@ -10,6 +10,7 @@
  * Values are JSON; anything unreadable is ignored (never trusted).
  */
 import type { KV } from '@nats-io/kv';
+import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NodeState, RelayLagSample } from '../observability/observer.js';
 
 /** How often a node rewrites its presence record. */
@@ -83,12 +84,21 @@ export async function deletePresence(kv: KV, nodeId: string): Promise<void> {
   await kv.delete(presenceKey(nodeId));
 }
 
-/** Every readable presence record in the bucket, stale ones included (compare `updatedAt`). */
+/**
+ * Every readable presence record in the bucket, stale ones included (compare `updatedAt`).
+ *
+ * The keys come from the bucket stream's per-subject counts (one request), not `kv.keys()`:
+ * that lister can wait forever when a key is rewritten while it lists, and presence records are
+ * rewritten every second.
+ */
 export async function readPresence(kv: KV): Promise<PresenceRecord[]> {
+  const bucket = kv as unknown as { jsm?: JetStreamManager; stream?: string; prefix?: string };
+  if (!bucket.jsm || !bucket.stream || !bucket.prefix) throw new Error('not a JetStream KV bucket');
+  const info = await bucket.jsm.streams.info(bucket.stream, { subjects_filter: `${bucket.prefix}.node.>` });
+  const subjects = Object.keys(info.state.subjects ?? {});
   const out: PresenceRecord[] = [];
-  const keys = await kv.keys('node.>');
-  for await (const k of keys) {
-    const e = await kv.get(k);
+  for (const subject of subjects) {
+    const e = await kv.get(subject.slice(bucket.prefix.length + 1));
     if (!e || e.operation !== 'PUT') continue;
     const v = parseJson(e.value);
     if (isPresence(v)) out.push(v);
