@@ -253,7 +253,9 @@ describe('loadConfig', () => {
     );
     const bad = join(dir, 'bad.yaml');
     await writeFile(bad, 'app: [unclosed\n');
-    expect(() => loadConfig(bad, {})).toThrow(/is not valid YAML\/JSON: Flow sequence .* at line 2, column 1 — fix the syntax there$/);
+    expect(() => loadConfig(bad, {})).toThrow(
+      /is not valid YAML\/JSON: Flow sequence .* at line 2, column 1 — fix the syntax there$/,
+    );
     const dup = join(dir, 'dup.yaml');
     await writeFile(dup, 'app: a\napp: b\n');
     expect(() => loadConfig(dup, {})).toThrow(
