@@ -21,13 +21,14 @@
  * refused, and stays idle until it is killed. Every write value carries the writer's epoch
  * (`amount:step:epoch`), so work of a deposed primary is recognizable in any store.
  *
+ * `--step-ms N` pauses N ms after each acknowledged step (default 0: as fast as it can).
  * `--state-mb N` adds N MB of ballast records to the state (a Map of 1 KiB strings), two of them
  * replaced at every step through `rp.track`, so checkpoints stay small deltas of a large image.
  *
  * Usage: node app.js --node a --app NAME --store file|memory|redis|postgres [--dir DIR]
  *          [--mode delay-write|snapshot] [--redis-url URL] [--postgres-url URL] [--nats URL] [--ttl MS]
  *          [--relays URL[|URL…][,…] --ack all|quorum|N --fec K+M:F] [--key K [--encrypt]]
- *          [--state-mb N]
+ *          [--state-mb N] [--step-ms N]
  * `--key K` turns signed mode on (the cluster key, docs/security.md); `--encrypt` also encrypts.
  * Redis keys live under the prefix `<app>:<node>`, Postgres rows in the table `rp_<app>_<node>`.
  */
@@ -200,6 +201,7 @@ async function main(): Promise<void> {
       key: { type: 'string' },
       encrypt: { type: 'boolean', default: false },
       'state-mb': { type: 'string', default: '0' },
+      'step-ms': { type: 'string', default: '0' },
       'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
       'postgres-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     },
@@ -214,6 +216,11 @@ async function main(): Promise<void> {
   const stateMb = Number(values['state-mb']);
   if (!(stateMb >= 0 && stateMb <= 1024)) {
     process.stderr.write(`--state-mb '${values['state-mb']}' is not a number of MB from 0 to 1024\n`);
+    process.exit(2);
+  }
+  const stepMs = Number(values['step-ms']);
+  if (!(stepMs >= 0 && stepMs <= 10_000)) {
+    process.stderr.write(`--step-ms '${values['step-ms']}' is not a number of ms from 0 to 10000\n`);
     process.exit(2);
   }
   const storage = makeStore(values.store!, {
@@ -413,6 +420,8 @@ async function main(): Promise<void> {
       }
       emit({ ev: 'acked', checkpoint: ack.checkpoint, epoch: ack.epoch, digest, t: ack.at, wt });
       stepsHere++;
+      // --step-ms: a paced app (a restart point every so often), not one checkpointing flat out.
+      if (stepMs > 0) await new Promise((r) => setTimeout(r, stepMs));
       if (killNow && armed?.point === 'after-checkpoint') {
         armed = undefined;
         await hold('after-checkpoint');

@@ -240,6 +240,7 @@ export function renderReport(report: ReportInput, opts: RenderOptions = {}): str
     ['mode', report.mode],
     ['lease TTL', `${report.leaseTtlMs} ms`],
     ['state', `${report.stateMb} MB ballast`],
+    ['step pause', `${report.stepMs ?? 0} ms`],
     ['seed', String(report.seed)],
     ['relays killed', String(report.relaysKilled)],
     ['rejected', `${report.rejected.forged} forged, ${report.rejected.corrupt} corrupt`],

@@ -44,6 +44,7 @@ function report(kills: number, over: Partial<DrillReport> = {}): DrillReport {
     violations: [],
     leaseTtlMs: 1000,
     stateMb: 0,
+    stepMs: 0,
     medians: drillMedians(takeovers),
     durationMs: 9000,
     timeline: {

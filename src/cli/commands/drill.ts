@@ -11,6 +11,7 @@ import { dirname, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import {
+  DEFAULT_STEP_MS,
   DrillStores,
   MAX_STATE_MB,
   Scenarios,
@@ -40,6 +41,7 @@ interface DrillFlags {
   key?: string;
   injectForged?: number;
   stateMb: number;
+  stepMs: number;
   report?: string;
 }
 
@@ -182,6 +184,12 @@ export function drillCommand(): Command {
       intFlag('--state-mb', 0, MAX_STATE_MB),
       0,
     )
+    .option(
+      '--step-ms <ms>',
+      'pause of the sample app after each acknowledged step (0: as fast as it can)',
+      intFlag('--step-ms', 0, 10_000),
+      DEFAULT_STEP_MS,
+    )
     .option('--report <file>', 'write a self-contained HTML report (timeline, RTO/RPO table) to FILE')
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
     .option(
@@ -243,6 +251,7 @@ export function drillCommand(): Command {
               key: o.key,
               injectForged: o.injectForged,
               stateMb: o.stateMb,
+              stepMs: o.stepMs,
               progress,
               onTakeover: () => bar?.increment(),
             }),
