@@ -10,7 +10,7 @@ import { Restartpoint } from '../../src/index.js';
 import { FrameKind, encodeFrame } from '../../src/protocol/frame.js';
 import { encodeSeal } from '../../src/protocol/records.js';
 import { appNames } from '../../src/protocol/subjects.js';
-import type { StatusReport } from '../../src/cli/commands/status.js';
+import { formatStatus, statusNodes, type StatusReport } from '../../src/cli/commands/status.js';
 import {
   deletePresence,
   writePresence,
@@ -367,4 +367,59 @@ describe('restartpoint status: nodes, switchover, relays', () => {
       }
     }
   }, 60_000);
+});
+
+describe('status report pieces (pure)', () => {
+  const now = 1_000_000;
+  it('statusNodes: untrusted relay samples checked field by field, lag clamped, leader absent falls back to the seal', () => {
+    const recs: PresenceRecord[] = [
+      rec({ nodeId: 'a', state: 'primary', checkpoint: 10, updatedAt: now - 100 }),
+      rec({
+        nodeId: 'b',
+        checkpoint: 12, // ahead of the leader's (older) record: lag 0, not -2
+        updatedAt: now + 50, // a clock ahead: age 0
+        pid: 'x' as unknown as number,
+        relays: [null, { servers: 5 }, { servers: 'r1', connected: 'yes', frames: '7', bytes: 3 }] as never,
+      }),
+    ];
+    const [a, b] = statusNodes(recs, 'a', 99, now);
+    expect(a).toMatchObject({ leader: true, lagCheckpoints: 0, ageMs: 100, stale: false });
+    expect(b).toMatchObject({ leader: false, lagCheckpoints: 0, ageMs: 0, pid: null });
+    expect(b!.relays).toEqual([
+      { servers: 'r1', connected: false, frames: null, bytes: 3, seconds: null, checkpoints: null },
+    ]);
+    // Leader without a record: the newest seal is the reference; without either, unknown.
+    expect(statusNodes(recs.slice(1), 'a', 15, now)[0]!.lagCheckpoints).toBe(3);
+    expect(statusNodes(recs.slice(1), null, null, now)[0]!.lagCheckpoints).toBeNull();
+    expect(statusNodes([rec({ nodeId: 'z', updatedAt: now - 5_001 })], null, null, now)[0]!.stale).toBe(true);
+  });
+
+  it('formatStatus: a stale leader is called out, an unknown figure prints as -', () => {
+    const report: StatusReport = {
+      app: 'x',
+      leader: 'a',
+      epoch: 2,
+      lastSealed: null,
+      lastSealedEpoch: null,
+      streamMessages: 0,
+      streamBytes: 0,
+      streamLastSeq: 0,
+      streamServers: NATS_URL,
+      nodes: statusNodes([rec({ nodeId: 'a', state: 'primary', updatedAt: now - 70_000 })], 'a', null, now),
+      switchover: null,
+    };
+    const out = formatStatus(report);
+    expect(out).toMatch(/^leader\s+a \(presence stale for 1m10s: it may be dead/m);
+    expect(out).toMatch(/^last sealed checkpoint\s+-$/m);
+    expect(out).toMatch(/^\s+a \*\s+primary \(stale\)\s+3\s+0\s+0\s+1m10s\s+host-1\s+4242$/m);
+    expect(out).toMatch(/^switchover\s+none pending$/m);
+    expect(out).not.toMatch(/^relays/m);
+  });
+
+  it('an empty --nats is a usage error', async () => {
+    const r = await run('status', '--app', 'x', '--nats', ' ');
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--nats ' ' names no server/);
+    expect(r.stderr).toMatch(/hint: /);
+  });
 });
