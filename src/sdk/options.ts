@@ -117,6 +117,12 @@ export interface StartOptions<S> {
    */
   observer?: Observer;
   /**
+   * Under `restartpoint sidecar` (the environment has `RESTARTPOINT_SIDECAR_URL`), `start()`
+   * attaches to the sidecar's API instead of joining NATS itself: the sidecar holds the role and
+   * replicates (docs/sidecar.md). `false` ignores the sidecar. Default true.
+   */
+  sidecar?: boolean;
+  /**
    * The most this node accepts of each thing that costs memory (image, frame, key and value
    * sizes, writes per checkpoint, bytes a standby stages); see src/limits.ts for the defaults.
    * Give every node of the app the same limits.
@@ -151,6 +157,7 @@ export interface ResolvedOptions<S> {
   readonly migrate: ((image: unknown, fromVersion: number) => S | Promise<S>) | undefined;
   readonly log: (event: LogEvent) => void;
   readonly observer: Observer | undefined;
+  readonly sidecar: boolean;
   readonly relays: RelaySpec[] | undefined;
   readonly ack: AckPolicy;
   readonly apply: { everyMs?: number; maxBytesPerSec?: number } | undefined;
@@ -223,6 +230,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'clusterKey',
     'encrypt',
     'observer',
+    'sidecar',
   ]);
   for (const k of Object.keys(opts)) {
     if (!known.has(k))
@@ -295,6 +303,9 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   }
   if (opts.log !== undefined && typeof opts.log !== 'function') {
     throw new ConfigError('log', `must be a function receiving log events, got ${show(opts.log)}`);
+  }
+  if (opts.sidecar !== undefined && typeof opts.sidecar !== 'boolean') {
+    throw new ConfigError('sidecar', `must be true or false, got ${show(opts.sidecar)}`);
   }
   if (opts.observer !== undefined) {
     const ob = opts.observer as unknown as Record<string, unknown> | null;
@@ -415,6 +426,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     ...resolveImageOptions(opts),
     log: opts.log ?? (() => undefined),
     observer: opts.observer,
+    sidecar: opts.sidecar ?? true,
   };
 }
 

@@ -22,12 +22,19 @@ import { encodeMeta, type AppliedPosition } from '../standby/applier.js';
 import { StandbyRunner } from '../standby/runner.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { limitError, type Limits } from '../limits.js';
-import { closeLink, openLeaseBucket, openLink, type NatsLink } from '../transport/connection.js';
+import { closeLink, openLeaseBucket, openLink } from '../transport/connection.js';
 import { LeaseStore } from '../transport/lease-store.js';
 import { RelaySet } from '../transport/relays.js';
 import { EnvelopeCodec } from '../protocol/envelope.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';
 import { NodeReporter } from './reporting.js';
+import {
+  SidecarClient,
+  sidecarFromEnv,
+  type PrimaryEngine,
+  type RoleHolder,
+  type SidecarAddress,
+} from './sidecar-client.js';
 import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
 import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
 
@@ -86,15 +93,19 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   readonly takeover: TakeoverStats;
 
   readonly #o: ResolvedOptions<S>;
-  readonly #link: NatsLink;
-  readonly #relays: RelaySet;
-  readonly #keeper: LeaseKeeper;
-  readonly #replicator: Replicator;
+  /** The write path: the replicator, or the sidecar's API (sidecar mode). */
+  readonly #replicator: PrimaryEngine;
+  /** What keeps this node primary: the lease keeper, or the sidecar. */
+  readonly #keeper: RoleHolder;
+  /** Reads of this node's store. */
+  readonly #get: (key: string) => Promise<Uint8Array | undefined>;
+  /** Closes connections and the store, after the role was given up. */
+  readonly #shutdown: () => Promise<void>;
   readonly #commits = new OutputCommits();
   readonly #auto: AutoCheckpoints | undefined;
   /** Checkpoints called and not settled: `close()` lets their `afterCheckpoint` callbacks run. */
   readonly #inFlight = new Set<Promise<unknown>>();
-  readonly #reporter: NodeReporter;
+  readonly #reporter: Pick<NodeReporter, 'transition' | 'stop'>;
   /** A switchover was requested: the next checkpoint hands the primary role over. */
   #handover: SwitchoverRequest | undefined;
   /** The checkpoint that hands over, while it is in flight: writes and checkpoints wait for it. */
@@ -104,23 +115,23 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
 
   private constructor(init: {
     o: ResolvedOptions<S>;
-    link: NatsLink;
-    relays: RelaySet;
-    keeper: LeaseKeeper;
-    replicator: Replicator;
+    keeper: RoleHolder;
+    replicator: PrimaryEngine;
+    get: (key: string) => Promise<Uint8Array | undefined>;
+    shutdown: () => Promise<void>;
     state: S;
     resumedFrom: ResumedFrom | undefined;
     epoch: number;
     takeover: TakeoverStats;
-    reporter: NodeReporter;
+    reporter: Pick<NodeReporter, 'transition' | 'stop'>;
   }) {
     super();
     this.#reporter = init.reporter;
     this.#o = init.o;
-    this.#link = init.link;
-    this.#relays = init.relays;
     this.#keeper = init.keeper;
     this.#replicator = init.replicator;
+    this.#get = init.get;
+    this.#shutdown = init.shutdown;
     this.state = init.state;
     this.resumedFrom = init.resumedFrom;
     this.epoch = init.epoch;
@@ -171,7 +182,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         } catch (err) {
           return Promise.reject(err);
         }
-        return init.o.storage.get(key);
+        return this.#get(key);
       },
       delete: (key) => {
         try {
@@ -219,6 +230,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
    */
   static async start<S>(options: StartOptions<S>): Promise<Restartpoint<S>> {
     const o = resolveOptions(options);
+    // Under `restartpoint sidecar`, the sidecar is the node: this app talks to its local API.
+    const sidecar = sidecarFromEnv(process.env);
+    if (sidecar && o.sidecar !== false) return Restartpoint.#attach(o, sidecar);
     const names = appNames(o.app);
     // The lease lives where `nats` points; frames go to every relay (by default that same server).
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
@@ -431,10 +445,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       });
       const self = new Restartpoint<S>({
         o,
-        link,
-        relays: relaySet,
         keeper,
         replicator,
+        get: (key) => o.storage.get(key),
+        shutdown: async () => {
+          await relaySet.close(link);
+          await closeLink(link);
+          await o.storage.close();
+        },
         state: image,
         resumedFrom: pos.checkpoint > 0 ? { epoch: pos.epoch, checkpoint: pos.checkpoint } : undefined,
         epoch: claim.epoch,
@@ -469,6 +487,31 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       await closeLink(link);
       throw err;
     }
+  }
+
+  /** Sidecar mode: the sidecar already holds the role; state, store and checkpoints go through its API. */
+  static async #attach<S>(o: ResolvedOptions<S>, where: SidecarAddress): Promise<Restartpoint<S>> {
+    const client = await SidecarClient.connect(where);
+    const { state, epoch, resumedFrom } = await client.restoredState();
+    const log = o.log;
+    o.log({ level: 'info', msg: 'attached to sidecar', url: where.url, epoch, resumedFrom });
+    return new Restartpoint<S>({
+      o,
+      // The sidecar owns the lease: stopping the app just stops talking to it.
+      keeper: { isValid: () => client.isValid(), stop: () => client.drain() },
+      replicator: client,
+      get: (key) => client.get(key),
+      shutdown: () => client.close(),
+      state: (resumedFrom > 0 ? state : o.initialState()) as S,
+      resumedFrom:
+        resumedFrom > 0 ? { epoch: client.resumedEpoch ?? epoch, checkpoint: resumedFrom } : undefined,
+      epoch,
+      takeover: client.takeover,
+      reporter: {
+        transition: (to, reason) => log({ level: 'info', msg: 'state transition', to, epoch, reason }),
+        stop: () => Promise.resolve(),
+      },
+    });
   }
 
   /**
@@ -649,9 +692,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     await this.#keeper.stop(!this.#fenced && this.#keeper.isValid());
     this.#reporter.transition('closed', this.#fenced ? 'closed after demotion' : 'closed');
     await this.#reporter.stop(true);
-    await this.#relays.close(this.#link);
-    await closeLink(this.#link);
-    await this.#o.storage.close();
+    await this.#shutdown();
   }
 }
 
