@@ -11,6 +11,15 @@ export type { StorageAdapter, WriteOp, AdapterCapabilities, SnapshotStore } from
 export type { RelaySpec, AckPolicy, FaultHook } from './transport/relays.js';
 export type { FecScheme } from './fec/shard.js';
 export type { ClusterKeyOption } from './protocol/envelope.js';
+export type {
+  Observer,
+  Transition,
+  NodeState,
+  RelayLagSample,
+  CheckpointObservation,
+  TakeoverObservation,
+} from './observability/observer.js';
+export { NodeStates } from './observability/observer.js';
 export {
   ErrorCode,
   RestartpointError,
