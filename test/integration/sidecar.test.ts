@@ -24,6 +24,7 @@ type Line = Record<string, unknown> & { src: 'app' | 'log' };
 /** One `restartpoint sidecar` process (its own process group) and what it prints. */
 class SidecarProc {
   readonly child: ChildProcess;
+  readonly #closed: Promise<number | null>;
   readonly lines: Line[] = [];
   #listeners: ((l: Line) => void)[] = [];
   stderr = '';
@@ -39,6 +40,7 @@ class SidecarProc {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...env },
     });
+    this.#closed = new Promise((r) => this.child.once('close', (code) => r(code)));
     const feed = (src: 'app' | 'log') => (text: string) => {
       let l: Line;
       try {
@@ -87,11 +89,9 @@ class SidecarProc {
     });
   }
 
+  /** Resolves with the exit code once the process exited and its output was read to the end. */
   exited(): Promise<number | null> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) {
-      return Promise.resolve(this.child.exitCode);
-    }
-    return new Promise((r) => this.child.once('exit', (code) => r(code)));
+    return this.#closed;
   }
 
   /** Sends `sig` to the whole process group (the sidecar and its app). */
@@ -316,6 +316,21 @@ describe('restartpoint sidecar with a Python app', () => {
     expect(env.stderr).toMatch(
       /api\.port \(from RESTARTPOINT_API_PORT\): must be an integer from 0 to 65535/,
     );
+
+    const good = join(root, 'good.yaml');
+    await writeFile(
+      good,
+      `app: good\nnats: { servers: '${NATS_URL}' }\nstorage: { kind: memory }\napi: { token: '${'t'.repeat(32)}' }\n`,
+    );
+    const check = spawnSync(process.execPath, [BIN, 'sidecar', '--config', good, '--check'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+      env: { ...process.env, RESTARTPOINT_LEASE_TTL_MS: '1500' },
+    });
+    expect(check.status).toBe(0);
+    const printed = JSON.parse(check.stdout) as { leaseTtlMs: number; api: { token: string; port: number } };
+    expect(printed).toMatchObject({ leaseTtlMs: 1500, api: { token: '<secret>', port: 0 } });
+    expect(check.stdout).not.toContain('t'.repeat(32));
 
     const missing = spawnSync(process.execPath, [BIN, 'sidecar', '--config', join(root, 'nope.yaml')], {
       encoding: 'utf8',

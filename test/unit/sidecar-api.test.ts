@@ -28,7 +28,12 @@ afterAll(async () => {
 });
 
 /** Starts an in-process sidecar without an app command; resolves once its API listens. */
-async function startSidecar(app: string, nodeId: string, extra: Record<string, unknown> = {}) {
+async function startSidecar(
+  app: string,
+  nodeId: string,
+  extra: Record<string, unknown> = {},
+  command: string[] = [],
+) {
   const config = parseConfig(
     {
       app,
@@ -42,7 +47,12 @@ async function startSidecar(app: string, nodeId: string, extra: Record<string, u
     'test',
     {},
   );
-  const sidecar = new Sidecar({ config, storage: () => memoryAdapter(), logger: pino({ level: 'silent' }) });
+  const sidecar = new Sidecar({
+    config,
+    command,
+    storage: () => memoryAdapter(),
+    logger: pino({ level: 'silent' }),
+  });
   const done = sidecar.run();
   const entry = { sidecar, done };
   running.push(entry);
@@ -246,6 +256,77 @@ describe('sidecar API', () => {
     expect(Number(v8.headers.get('restartpoint-epoch'))).toBeGreaterThan(ack.epoch);
     expect(deserialize(Buffer.from(await v8.arrayBuffer()))).toEqual({ n: 3, m: new Map([['k', 7n]]) });
     expect(await c.stop()).toBe(0);
+  });
+});
+
+describe('supervised process', () => {
+  const node = process.execPath;
+
+  it('exits with the app status and releases the lease: the next node takes over without waiting', async () => {
+    const app = freshApp('sidecar-exit');
+    apps.push(app);
+    const env = `process.exit(process.env.RESTARTPOINT_RESUMED_FROM === '0' && process.env.RESTARTPOINT_SIDECAR_URL.startsWith('http://127.0.0.1:') ? 7 : 9)`;
+    const a = await startSidecar(app, 'a', { leaseTtlMs: 5000 }, [node, '-e', env]);
+    expect(await a.done).toBe(7);
+    const b = await startSidecar(app, 'b', { leaseTtlMs: 5000 });
+    const status = (await b.waitState('primary', 4_000)) as unknown as {
+      takeover: { detectMs: number; previous?: string };
+    };
+    // A released lease: no TTL to wait out, and no previous holder whose lease ran out.
+    expect(status.takeover.previous).toBeUndefined();
+    expect(status.takeover.detectMs).toBeLessThan(5000);
+    expect(await b.stop()).toBe(0);
+  });
+
+  it("restart 'on-failure' rejoins as a standby up to maxRestarts, then exits with the status", async () => {
+    const app = freshApp('sidecar-restart');
+    apps.push(app);
+    const a = await startSidecar(app, 'a', { process: { restart: 'on-failure', maxRestarts: 2 } }, [
+      node,
+      '-e',
+      'process.exit(3)',
+    ]);
+    expect(await a.done).toBe(3);
+    expect(a.sidecar.status().process).toMatchObject({
+      restarts: 2,
+      running: false,
+      lastExit: { code: 3, status: 3 },
+    });
+  });
+
+  it('a command that cannot start is status 127', async () => {
+    const app = freshApp('sidecar-enoent');
+    apps.push(app);
+    const a = await startSidecar(app, 'a', {}, ['/nonexistent/restartpoint-test-app']);
+    expect(await a.done).toBe(127);
+  });
+
+  it('stop() stops a running app with SIGTERM (SIGKILL after stopTimeoutMs) and resolves 0', async () => {
+    const app = freshApp('sidecar-stop');
+    apps.push(app);
+    // An app that ignores SIGTERM (only the SIGKILL after stopTimeoutMs ends it), and says it
+    // is ready, once its handler is in place, through the API: PUT /store/ready.
+    const script = [
+      "process.on('SIGTERM', () => {});",
+      "const token = require('fs').readFileSync(process.env.RESTARTPOINT_TOKEN_FILE, 'utf8').trim();",
+      "void fetch(process.env.RESTARTPOINT_SIDECAR_URL + '/store/ready', { method: 'PUT', body: '1', headers: { Authorization: 'Bearer ' + token } });",
+      'setInterval(() => {}, 1000);',
+    ].join('\n');
+    const a = await startSidecar(app, 'a', { process: { stopTimeoutMs: 300 } }, [node, '-e', script]);
+    await a.waitState('primary');
+    const end = Date.now() + 10_000;
+    while ((await a.call('/store/ready')).status !== 200) {
+      if (Date.now() > end) throw new Error('the app did not PUT /store/ready within 10 s');
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    const s = (await (await a.call('/status')).json()) as { process: { running: boolean; pid: number } };
+    expect(s.process.running).toBe(true);
+    expect((await a.call('/healthz', {}, null)).status).toBe(200);
+    expect(await a.stop()).toBe(0);
+    expect(a.sidecar.status().process).toMatchObject({
+      running: false,
+      lastExit: { signal: 'SIGKILL', status: 137 },
+    });
   });
 });
 
