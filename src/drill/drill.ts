@@ -585,7 +585,18 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       report.relaysKilled += lost.length;
       if (lost.length > 0) say(`kill ${kill}/${opts.kills}: relay(s) ${lost.join(', ')} SIGKILLed`);
       primary.send({ cmd: 'arm', point, afterSteps });
-      await primary.waitFor((e) => e.ev === 'at-killpoint', `kill point ${point}`);
+      const at = await primary.waitFor(
+        (e) => e.ev === 'at-killpoint' || e.ev === 'demoted',
+        `kill point ${point}`,
+        30_000 + stateMb * 1_000,
+      );
+      if (at.ev === 'demoted') {
+        // Nobody was killed yet: the primary lost its lease on its own (an event loop blocked
+        // for longer than the lease allows, e.g. by a large keyframe).
+        throw new Error(
+          `node ${primary.id} was demoted before its kill point: ${String(at.error)}${stateMb > 0 ? `; a ${stateMb} MB keyframe blocks the event loop, try a longer --lease-ttl` : ''}`,
+        );
+      }
       const ackedAtKill = lastAcked;
       const killedEpoch = role.get(primary.id)?.epoch ?? lastEpoch;
       const wtAtFault = role.get(primary.id)?.wt ?? 0;
