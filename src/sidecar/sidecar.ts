@@ -80,13 +80,18 @@ export class Sidecar {
   #startProblem: string | undefined;
   #stopRequested = false;
   #wake: ((o: Outcome) => void) | undefined;
-  readonly #stopWaiters: (() => void)[] = [];
+  /** Resolves when `stop()` is called. */
+  readonly #stopped: Promise<undefined>;
+  #resolveStopped!: () => void;
 
   constructor(o: SidecarOptions) {
     this.#config = o.config;
     this.#command = o.command ?? [];
     this.#storage = o.storage ?? (() => createStorage(o.config.storage));
     this.#logger = o.logger ?? createLogger({ name: 'restartpoint-sidecar', level: o.config.log.level });
+    this.#stopped = new Promise((resolve) => {
+      this.#resolveStopped = () => resolve(undefined);
+    });
     this.#metrics = o.config.metrics.enabled
       ? new RestartpointMetrics({ labels: { app: o.config.app, node: o.config.nodeId } })
       : undefined;
@@ -108,7 +113,7 @@ export class Sidecar {
     this.#stopRequested = true;
     this.#logger.info({ role: this.#role }, 'stop requested');
     this.#wake?.({ kind: 'stop' });
-    for (const w of this.#stopWaiters.splice(0)) w();
+    this.#resolveStopped();
   }
 
   /**
@@ -221,8 +226,7 @@ export class Sidecar {
           log,
           ...(this.#metrics ? { observer: this.#metrics.observer } : {}),
         });
-        const stopped = new Promise<undefined>((r) => this.#stopWaiters.push(() => r(undefined)));
-        const won = await Promise.race([started, stopped]);
+        const won = await Promise.race([started, this.#stopped]);
         if (won === undefined) {
           // Stopped while a standby: nothing holds the lease; a takeover still running when the
           // process exits leaves a lease that simply runs out.
@@ -340,14 +344,10 @@ export class Sidecar {
     }
   }
 
-  #sleepUnlessStopped(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.#stopWaiters.push(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
+  async #sleepUnlessStopped(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([new Promise((resolve) => (timer = setTimeout(resolve, ms))), this.#stopped]);
+    clearTimeout(timer);
   }
 }
 

@@ -45,7 +45,15 @@ export function sidecarCommand(): Command {
         return;
       }
       const sidecar = new Sidecar({ config, command });
-      const onSignal = (): void => sidecar.stop();
+      let signals = 0;
+      const onSignal = (sig: NodeJS.Signals): void => {
+        // The first signal stops cleanly (app stopped, lease released); a second one does not wait.
+        if (++signals > 1) {
+          process.stderr.write(`restartpoint sidecar: second ${sig}, exiting without waiting\n`);
+          process.exit(1);
+        }
+        sidecar.stop();
+      };
       process.on('SIGTERM', onSignal);
       process.on('SIGINT', onSignal);
       let code: number;
