@@ -4,7 +4,8 @@
  * BigInt, carried as node:v8 bytes) and store survive a handover to the other sidecar.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +26,18 @@ const children: ChildProcess[] = [];
 beforeAll(async () => {
   nc = await requireNats();
   dir = await mkdtemp(join(tmpdir(), 'rp-sidecar-node-'));
+  await writeFile(
+    join(dir, 'restartpoint.yaml'),
+    [
+      `app: ${app}`,
+      `nats: { servers: '${NATS_URL}' }`,
+      `storage: { kind: file, dir: ${join(dir, 'unused')} }`,
+      'leaseTtlMs: 1000',
+      'api: { port: 0 }',
+      'process: { restart: never }',
+      'log: { level: warn }',
+    ].join('\n'),
+  );
 });
 afterAll(async () => {
   for (const c of children)
@@ -37,7 +50,7 @@ afterAll(async () => {
 /** Starts a sidecar running the Node app; resolves its app's JSON lines as they come. */
 function sidecar(
   node: string,
-  steps: number,
+  steps?: number,
 ): { lines: Record<string, unknown>[]; exited: Promise<number | null> } {
   const child = spawn(
     process.execPath,
@@ -49,7 +62,7 @@ function sidecar(
         ...process.env,
         RESTARTPOINT_NODE_ID: node,
         RESTARTPOINT_STORAGE_DIR: join(dir, node),
-        STEPS: String(steps),
+        ...(steps === undefined ? {} : { STEPS: String(steps) }),
       },
     },
   );
@@ -68,7 +81,7 @@ function sidecar(
   });
   const exited = new Promise<number | null>((r) =>
     child.once('exit', (code) => {
-      if (code !== 0) process.stderr.write(`sidecar ${node} exited ${code}:\n${err}\n`);
+      if (code !== 0 && code !== null) process.stderr.write(`sidecar ${node} exited ${code}:\n${err}\n`);
       r(code);
     }),
   );
@@ -76,18 +89,6 @@ function sidecar(
 }
 
 it('a Node app under the sidecar resumes its Map/BigInt state and store on the other node', async () => {
-  await writeFile(
-    join(dir, 'restartpoint.yaml'),
-    [
-      `app: ${app}`,
-      `nats: { servers: '${NATS_URL}' }`,
-      `storage: { kind: file, dir: ${join(dir, 'unused')} }`,
-      'leaseTtlMs: 1000',
-      'api: { port: 0 }',
-      'process: { restart: never }',
-      'log: { level: warn }',
-    ].join('\n'),
-  );
   // a runs 4 steps and exits 0: its sidecar closes cleanly and releases the lease.
   const a = sidecar('a', 4);
   expect(await a.exited).toBe(0);
@@ -107,3 +108,64 @@ it('a Node app under the sidecar resumes its Map/BigInt state and store on the o
   });
   expect(b.lines.filter((l) => l.ev === 'step').map((l) => l.checkpoint)).toEqual([5, 6]);
 });
+
+async function until(what: string, f: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function switchover(): Promise<Record<string, unknown>> {
+  const { stdout } = await promisify(execFile)(process.execPath, [
+    BIN,
+    'switchover',
+    '--app',
+    app,
+    '--nats',
+    NATS_URL,
+    '--json',
+    '--timeout-ms',
+    '20000',
+  ]);
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+it('restartpoint switchover moves a running app between sidecars and back, with no lost checkpoint', async () => {
+  const steps = (l: Record<string, unknown>[]) => l.filter((x) => x.ev === 'step');
+  const c = sidecar('c');
+  await until('c serving', () => steps(c.lines).length >= 3);
+  const d = sidecar('d');
+  // d is a standby once it shows in the presence records; switchover refuses (exit 2) until then.
+  let first: Record<string, unknown> | undefined;
+  let refusal = '';
+  for (const end = Date.now() + 20_000; !first && Date.now() < end;) {
+    try {
+      first = await switchover();
+    } catch (err) {
+      refusal = String((err as { stderr?: string }).stderr ?? err);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+  expect(first, refusal).toBeDefined();
+  expect(first).toMatchObject({ ok: true, to: 'd' });
+  await until('d serving', () => steps(d.lines).length >= 2);
+  const resumedD = d.lines.find((l) => l.ev === 'resumed')!;
+  const lastC = Math.max(...steps(c.lines).map((l) => l.checkpoint as number));
+  expect(resumedD.resumedFrom).toBe(first!.resumedFrom);
+  // Nothing acknowledged to c's app is lost: d resumes from c's last acknowledged checkpoint
+  // (or the handover checkpoint, acknowledged while c's app was being stopped).
+  expect(resumedD.resumedFrom as number).toBeGreaterThanOrEqual(lastC);
+  expect(resumedD.resumedFrom as number).toBeLessThanOrEqual(lastC + 1);
+  expect(resumedD.count).toBe(resumedD.resumedFrom);
+  // c went back to standby (its sidecar still runs): switch back to it.
+  const back = await switchover();
+  expect(back).toMatchObject({ ok: true, from: 'd', to: 'c' });
+  const resumedAgain = c.lines.filter((l) => l.ev === 'resumed');
+  await until('c serving again', () => c.lines.filter((l) => l.ev === 'resumed').length === 2);
+  expect(resumedAgain.length).toBeLessThanOrEqual(2);
+  const cAgain = c.lines.filter((l) => l.ev === 'resumed')[1]!;
+  expect(cAgain.resumedFrom).toBe(back.resumedFrom);
+  expect(cAgain.isMap).toBe(true);
+}, 90_000);
