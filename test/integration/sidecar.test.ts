@@ -13,6 +13,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { deserialize } from 'node:v8';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { Redis } from 'ioredis';
+import pg from 'pg';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -281,6 +283,81 @@ describe('restartpoint sidecar with a Python app', () => {
     expect(a.proc.child.exitCode).toBeNull();
     await b.proc.waitFor(step(Number(resumed.checkpoint) + 3), 'b app keeps checkpointing');
   }, 90_000);
+
+  it.each([
+    ['memory', (_d: string) => '{ kind: memory }'],
+    ['file', (d: string) => `{ kind: file, dir: '${join(d, 'store')}' }`],
+    [
+      'redis',
+      (d: string) => `{ kind: redis, url: 'redis://127.0.0.1:6379', prefix: 'rp-test-${d.slice(-8)}' }`,
+    ],
+    [
+      'postgres',
+      (d: string) =>
+        `{ kind: postgres, connectionString: 'postgres://postgres@127.0.0.1:5432/test', table: 'rp_sidecar_${d
+          .slice(-6)
+          .toLowerCase()
+          .replace(/[^a-z0-9_]/g, '_')}' }`,
+    ],
+  ])('runs on %s storage without an app command: store, checkpoint, clean stop', async (_kind, storage) => {
+    const app = freshApp('sidecar-kind');
+    apps.push(app);
+    const dir = await mkdtemp(join(root, 'kind-'));
+    const portFile = join(dir, 'port');
+    const tokenFile = join(dir, 'token');
+    const config = join(dir, 'c.yaml');
+    await writeFile(
+      config,
+      [
+        `app: ${app}`,
+        'nodeId: solo',
+        `nats: { servers: '${NATS_URL}' }`,
+        `storage: ${storage(dir)}`,
+        `api: { portFile: '${portFile}', tokenFile: '${tokenFile}' }`,
+        '',
+      ].join('\n'),
+    );
+    const proc = new SidecarProc('solo', dir, ['--config', config]);
+    procs.push(proc);
+    const listening = await proc.waitFor((l) => l.msg === 'api listening', 'api listening');
+    await proc.waitFor((l) => l.msg === 'sidecar primary', 'primary');
+    const token = (await readFile(tokenFile, 'utf8')).trim();
+    const call = (path: string, init: RequestInit = {}) =>
+      fetch(`http://127.0.0.1:${Number(listening.port)}${path}`, {
+        ...init,
+        headers: { Authorization: `Bearer ${token}`, ...(init.headers ?? {}) },
+      });
+    expect((await call('/store/k', { method: 'PUT', body: 'v1' })).status).toBe(204);
+    expect(await (await call('/store/k')).text()).toBe('v1');
+    const cp = await call('/checkpoint', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: '{"n":1}',
+    });
+    expect(cp.status).toBe(200);
+    expect(((await cp.json()) as { checkpoint: number }).checkpoint).toBe(1);
+    const health = await fetch(`http://127.0.0.1:${Number(listening.port)}/healthz`);
+    expect(await health.json()).toEqual({ ok: true, state: 'primary' });
+    const exit = proc.exited();
+    proc.child.kill('SIGTERM');
+    expect(await exit).toBe(0);
+    // What the store left in the shared servers.
+    const prefix = /prefix: '([^']+)'/.exec(storage(dir))?.[1];
+    if (prefix) {
+      const r = new Redis('redis://127.0.0.1:6379');
+      const keys = await r.keys(`{${prefix}}:*`);
+      expect(keys.length).toBeGreaterThan(0);
+      await r.del(...keys);
+      await r.quit();
+    }
+    const table = /table: '([^']+)'/.exec(storage(dir))?.[1];
+    if (table) {
+      const c = new pg.Client({ connectionString: 'postgres://postgres@127.0.0.1:5432/test' });
+      await c.connect();
+      await c.query(`DROP TABLE IF EXISTS "${table}", "${table}_meta", "${table}_schema"`);
+      await c.end();
+    }
+  });
 
   it('a bad config is a usage error: exit 2, every problem named with its field and fix', async () => {
     const file = join(root, 'bad.yaml');
