@@ -155,6 +155,11 @@ export interface TakeoverReport {
   writesDiscarded: number;
   /** pause, partition: what the deposed primary did afterwards. */
   zombie?: ZombieReport;
+  /**
+   * Sidecar mode (`--config`): the resumed app's own report that its store and image agree
+   * (the verification hook, docs/drill.md); `null` when the app printed none.
+   */
+  verified?: boolean | null;
 }
 
 /** Medians over a drill's takeovers (milliseconds). */

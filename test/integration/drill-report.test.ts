@@ -101,7 +101,6 @@ describe('drill --report (real drill, the page rendered in headless Chromium)', 
 
   it.each([
     [['drill', '--state-mb', '2000'], /--state-mb must be an integer from 0 to 1024/],
-    [['drill', '--state-mb', '-1'], /--state-mb must be an integer from 0 to 1024/],
     [['drill', '--report', '/nonexistent-dir/x/drill.html'], /--report .* the folder .* does not exist/],
     [
       ['drill', '--scenario', 'flood'],

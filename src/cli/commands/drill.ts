@@ -23,7 +23,9 @@ import {
   type Scenario,
 } from '../../drill/drill.js';
 import { renderReport } from '../../drill/report.js';
-import { UsageError } from '../../errors.js';
+import { loadConfig, type SidecarConfig } from '../../config/load.js';
+import { runSidecarDrill } from '../../drill/sidecar-drill.js';
+import { ConfigError, UsageError } from '../../errors.js';
 import { intFlag } from '../main.js';
 
 interface DrillFlags {
@@ -43,6 +45,64 @@ interface DrillFlags {
   stateMb: number;
   stepMs: number;
   report?: string;
+  config?: string;
+}
+
+/** Flags that the sidecar config decides in `--config` mode. */
+const NOT_WITH_CONFIG = [
+  'scenario',
+  'store',
+  'mode',
+  'redisUrl',
+  'postgresUrl',
+  'nats',
+  'leaseTtl',
+  'stateMb',
+  'stepMs',
+  'key',
+  'injectForged',
+] as const;
+
+/** `--config FILE -- <command…>`: the checked config figures the sidecar drill needs. */
+function sidecarSetup(
+  cmd: Command,
+  o: DrillFlags,
+  command: string[],
+): { storageKind: string; nats: string; leaseTtlMs: number; mode: string } {
+  if (command.length === 0) {
+    throw new UsageError(
+      '--config needs the app command after --',
+      'for example: restartpoint drill --config restartpoint.yaml -- python3 app.py',
+    );
+  }
+  for (const k of NOT_WITH_CONFIG) {
+    if (cmd.getOptionValueSource(k) === 'cli') {
+      const flag = `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+      throw new UsageError(
+        `${flag} cannot be combined with --config`,
+        'the sidecar config file decides it (docs/config.md); the drill through sidecars runs the kill scenario',
+      );
+    }
+  }
+  let config: SidecarConfig;
+  try {
+    config = loadConfig(o.config!);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      throw new UsageError(
+        err.message,
+        'fix the config file (docs/config.md lists every field and its default)',
+      );
+    }
+    throw err;
+  }
+  const servers = config.nats.servers;
+  return {
+    storageKind: config.storage.kind,
+    nats: Array.isArray(servers) ? servers.join(',') : servers,
+    leaseTtlMs: config.leaseTtlMs ?? 2000,
+    mode: config.mode ?? 'delay-write',
+  };
 }
 
 /** A report of `--scenario all`: the runs merged, each kept in `runs`. */
@@ -205,8 +265,20 @@ export function drillCommand(): Command {
       'with --key: publish N forged and N corrupted messages onto the app subject during the run',
       intFlag('--inject-forged', 1, 100_000),
     )
+    .option(
+      '--config <file>',
+      'drill your own app through two sidecars with this sidecar config; the app command follows --',
+    )
+    .argument('[command...]', 'with --config, after --: the app each sidecar supervises')
     .option('--json', 'print one JSON object (docs/cli.md) and nothing else on stdout', false)
-    .action(async (o: DrillFlags) => {
+    .action(async (command: string[], o: DrillFlags, cmd: Command) => {
+      if (o.config === undefined && command.length > 0) {
+        throw new UsageError(
+          `an app command (${command.join(' ')}) needs --config`,
+          'drill your own app through sidecars: restartpoint drill --config restartpoint.yaml -- <app command>',
+        );
+      }
+      const sidecar = o.config !== undefined ? sidecarSetup(cmd, o, command) : undefined;
       if (o.injectForged !== undefined && o.key === undefined) {
         throw new UsageError(
           '--inject-forged needs --key',
@@ -215,7 +287,7 @@ export function drillCommand(): Command {
       }
       const reportPath = o.report !== undefined ? checkReportPath(o.report) : undefined;
       const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
-      const scenarios: Scenario[] = o.scenario === 'all' ? [...Scenarios] : [o.scenario];
+      const scenarios: Scenario[] = sidecar ? ['kill'] : o.scenario === 'all' ? [...Scenarios] : [o.scenario];
       // A bar on a terminal (stderr), unless the output is JSON; progress lines otherwise.
       const bars =
         !o.json && process.stderr.isTTY
@@ -239,7 +311,21 @@ export function drillCommand(): Command {
       };
       const runs: DrillReport[] = [];
       try {
-        for (const scenario of scenarios) {
+        if (sidecar) {
+          runs.push(
+            await runSidecarDrill({
+              ...sidecar,
+              config: o.config!,
+              command,
+              kills: o.kills,
+              seed,
+              keep: o.keep,
+              progress,
+              onTakeover: () => bar?.increment(),
+            }),
+          );
+        }
+        for (const scenario of sidecar ? [] : scenarios) {
           runs.push(
             await runDrill({
               scenario,
