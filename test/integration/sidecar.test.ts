@@ -178,6 +178,18 @@ async function startNode(app: string, id: string, intervalMs = 40): Promise<Node
   return { proc, tokenFile, portFile, call };
 }
 
+/** Polls `/healthz` until its `state` is `want` (15 s deadline); resolves the last state seen. */
+async function healthState(n: Node, want: string): Promise<string> {
+  const deadline = Date.now() + 15_000;
+  let state = '';
+  while (Date.now() < deadline) {
+    state = ((await (await n.call('/healthz', {}, false)).json()) as { state: string }).state;
+    if (state === want) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return state;
+}
+
 const step = (min: number) => (l: Line) => l.src === 'app' && l.ev === 'step' && Number(l.checkpoint) >= min;
 
 describe('restartpoint sidecar with a Python app', () => {
@@ -272,16 +284,35 @@ describe('restartpoint sidecar with a Python app', () => {
       'a app stopped after the demotion',
     );
     // Back as a standby, in the same process.
-    const deadline = Date.now() + 15_000;
-    let state = '';
-    while (Date.now() < deadline) {
-      state = ((await (await a.call('/healthz', {}, false)).json()) as { state: string }).state;
-      if (state === 'standby') break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    expect(state).toBe('standby');
+    expect(await healthState(a, 'standby')).toBe('standby');
     expect(a.proc.child.exitCode).toBeNull();
     await b.proc.waitFor(step(Number(resumed.checkpoint) + 3), 'b app keeps checkpointing');
+  }, 90_000);
+
+  it('a planned switchover hands the app over at a checkpoint: nothing acknowledged is lost, A rejoins as a standby', async () => {
+    const app = freshApp('sidecar-switch');
+    apps.push(app);
+    const a = await startNode(app, 'a');
+    await a.proc.waitFor(step(5), 'a app acks 5 checkpoints');
+    const b = await startNode(app, 'b');
+    await b.proc.waitFor((l) => l.msg === 'standby', 'b standby');
+    const r = spawnSync(process.execPath, [BIN, 'switchover', '--app', app, '--nats', NATS_URL, '--json'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, from: 'a', to: 'b' });
+    // A's app is told to stop (FENCED on its next call, or SIGTERM from its sidecar).
+    await a.proc.waitFor((l) => l.src === 'app' && (l.ev === 'fenced' || l.ev === 'stopped'), 'a app stops');
+    const resumed = await b.proc.waitFor((l) => l.ev === 'resumed', 'b app resumed');
+    const acked = a.proc.lines.filter(step(1));
+    // Planned: the handover checkpoint is the last one A acknowledged, and B resumes exactly there.
+    expect(Number(resumed.checkpoint)).toBe(Number(acked[acked.length - 1]!.checkpoint));
+    expect(resumed.steps).toBe(acked[acked.length - 1]!.steps);
+    expect(resumed.storeDigest).toBe(resumed.mirrorDigest);
+    await b.proc.waitFor(step(Number(resumed.checkpoint) + 3), 'b app keeps checkpointing');
+    expect(await healthState(a, 'standby')).toBe('standby');
+    expect(a.proc.child.exitCode).toBeNull();
   }, 90_000);
 
   it.each([
