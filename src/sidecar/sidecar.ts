@@ -218,8 +218,9 @@ export class Sidecar {
       this.#setRole('standby');
       this.#fenced = undefined;
       let rp: Restartpoint<unknown>;
+      let storage: StorageAdapter | undefined;
       try {
-        const storage = await this.#storage();
+        storage = await this.#storage();
         const started = Restartpoint.start<unknown>({
           ...toStartOptions(c),
           storage,
@@ -237,6 +238,8 @@ export class Sidecar {
         this.#startProblem = undefined;
         backoffMs = 500;
       } catch (err) {
+        // A failed start leaves the store to its owner: close it before the next round opens another.
+        await storage?.close().catch(() => undefined);
         const retryable = err instanceof RestartpointError && err.retryable;
         this.#startProblem = (err as Error).message;
         this.#logger.error(

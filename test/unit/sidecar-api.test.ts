@@ -330,6 +330,30 @@ describe('supervised process', () => {
   });
 });
 
+describe('standby start problems', () => {
+  it('NATS unreachable: retried, /healthz 503 says why, stop() still ends it with 0', async () => {
+    const app = freshApp('sidecar-nonats');
+    const a = await startSidecar(app, 'a', { nats: { servers: 'nats://127.0.0.1:1' } });
+    const end = Date.now() + 15_000;
+    let body: { ok: boolean; state: string; reason?: string } = { ok: true, state: '' };
+    while (Date.now() < end) {
+      const res = await a.call('/healthz', {}, null);
+      body = (await res.json()) as typeof body;
+      if (!body.ok) {
+        expect(res.status).toBe(503);
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(body).toMatchObject({
+      ok: false,
+      state: 'standby',
+      reason: expect.stringMatching(/cannot connect to NATS at nats:\/\/127\.0\.0\.1:1/),
+    });
+    expect(await a.stop()).toBe(0);
+  });
+});
+
 describe('jsonProblem', () => {
   it('names the first value JSON cannot carry, with its path', () => {
     expect(jsonProblem({ a: [1, 'x', null, { b: true }] })).toBeUndefined();
