@@ -490,7 +490,10 @@ export function toHttpError(err: unknown): HttpError {
       { 'Retry-After': '1' },
     );
   }
-  if (err instanceof LimitError) return new HttpError(413, 'LIMIT', err.message);
+  // A key over `limits.maxKeyBytes` is a bad key (400); anything else over a limit is too large (413).
+  if (err instanceof LimitError) {
+    return new HttpError(err.limit === 'limits.maxKeyBytes' ? 400 : 413, 'LIMIT', err.message);
+  }
   if (err instanceof SerializationError) return new HttpError(400, 'SERIALIZE', err.message);
   if (err instanceof InvalidArgumentError) return new HttpError(400, 'INVALID_ARGUMENT', err.message);
   return new HttpError(

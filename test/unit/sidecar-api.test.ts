@@ -214,6 +214,25 @@ describe('sidecar API', () => {
     expect(empty.status).toBe(400);
   });
 
+  it('a configured key limit gives 400 LIMIT, a value limit 413 LIMIT', async () => {
+    const app2 = freshApp('sidecar-limits');
+    apps.push(app2);
+    const l = await startSidecar(app2, 'l', { limits: { maxKeyBytes: 8, maxValueBytes: 16 } });
+    await l.waitState('primary');
+    const key = await l.call('/store/123456789', { method: 'PUT', body: 'v' });
+    expect(key.status).toBe(400);
+    expect(await errorOf(key)).toMatchObject({ code: 'LIMIT', message: /limits\.maxKeyBytes/ });
+    const value = await l.call('/store/k', { method: 'PUT', body: 'x'.repeat(17) });
+    expect(value.status).toBe(413);
+    expect(await errorOf(value)).toMatchObject({ code: 'LIMIT', message: /limits\.maxValueBytes/ });
+    expect(await l.stop()).toBe(0);
+  });
+
+  it('PUT with an empty key is refused', async () => {
+    const empty = await a.call('/store/', { method: 'PUT', body: 'v' });
+    expect(empty.status).toBe(400);
+  });
+
   it('a second sidecar is a healthy standby that refuses primary-only calls with 409 NOT_PRIMARY', async () => {
     const b = await startSidecar(app, 'b');
     await b.waitState('standby', 5_000);
