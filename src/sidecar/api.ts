@@ -84,7 +84,8 @@ export class HttpError extends Error {
   }
 }
 
-const ROUTES: Record<string, readonly string[]> = {
+/** Routes and their methods (docs/sidecar-api.yaml has the same). */
+export const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/checkpoint': ['POST'],
   '/store/{key}': ['GET', 'PUT', 'DELETE'],
   '/state': ['GET'],

@@ -8,7 +8,9 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { memoryAdapter } from '../../adapters/memory/index.js';
 import { parseConfig } from '../../src/config/load.js';
-import { jsonProblem, V8_MEDIA_TYPE } from '../../src/sidecar/api.js';
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { jsonProblem, ROUTES, V8_MEDIA_TYPE } from '../../src/sidecar/api.js';
 import { Sidecar } from '../../src/sidecar/sidecar.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 
@@ -370,6 +372,40 @@ describe('standby start problems', () => {
       reason: expect.stringMatching(/cannot connect to NATS at nats:\/\/127\.0\.0\.1:1/),
     });
     expect(await a.stop()).toBe(0);
+  });
+});
+
+describe('docs/sidecar-api.yaml', () => {
+  const spec = parseYaml(readFileSync(new URL('../../docs/sidecar-api.yaml', import.meta.url), 'utf8')) as {
+    openapi: string;
+    paths: Record<string, Record<string, unknown>>;
+    components: {
+      schemas: { Error: { properties: { error: { properties: { code: { enum: string[] } } } } } };
+    };
+  };
+
+  it('documents exactly the routes and methods the API serves', () => {
+    expect(spec.openapi).toBe('3.1.0');
+    const documented = Object.fromEntries(
+      Object.entries(spec.paths).map(([path, ops]) => [
+        path,
+        Object.keys(ops)
+          .filter((k) => k !== 'parameters')
+          .map((m) => m.toUpperCase())
+          .sort(),
+      ]),
+    );
+    const served = Object.fromEntries(Object.entries(ROUTES).map(([p, m]) => [p, [...m].sort()]));
+    expect(documented).toEqual(served);
+  });
+
+  it('lists every error code the API can answer', () => {
+    const source = readFileSync(new URL('../../src/sidecar/api.ts', import.meta.url), 'utf8');
+    const used = new Set([...source.matchAll(/HttpError\(\s*[^,()]+,\s*'([A-Z0-9_]+)'/g)].map((m) => m[1]!));
+    expect(used.size).toBeGreaterThan(15);
+    expect([...used].sort()).toEqual(
+      [...spec.components.schemas.Error.properties.error.properties.code.enum].sort(),
+    );
   });
 });
 
