@@ -123,6 +123,12 @@ export interface StartOptions<S> {
    */
   sidecar?: boolean;
   /**
+   * Aborts a `start()` that has not resolved yet (a standby being shut down): it rejects with
+   * `ClosedError`, and a lease it had already claimed is released so another node takes over at
+   * once. No effect once `start()` resolved (use `close()`).
+   */
+  signal?: AbortSignal;
+  /**
    * The most this node accepts of each thing that costs memory (image, frame, key and value
    * sizes, writes per checkpoint, bytes a standby stages); see src/limits.ts for the defaults.
    * Give every node of the app the same limits.
@@ -158,6 +164,7 @@ export interface ResolvedOptions<S> {
   readonly log: (event: LogEvent) => void;
   readonly observer: Observer | undefined;
   readonly sidecar: boolean;
+  readonly signal: AbortSignal | undefined;
   readonly relays: RelaySpec[] | undefined;
   readonly ack: AckPolicy;
   readonly apply: { everyMs?: number; maxBytesPerSec?: number } | undefined;
@@ -231,6 +238,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     'encrypt',
     'observer',
     'sidecar',
+    'signal',
   ]);
   for (const k of Object.keys(opts)) {
     if (!known.has(k))
@@ -303,6 +311,15 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   }
   if (opts.log !== undefined && typeof opts.log !== 'function') {
     throw new ConfigError('log', `must be a function receiving log events, got ${show(opts.log)}`);
+  }
+  if (
+    opts.signal !== undefined &&
+    (opts.signal === null || typeof (opts.signal as { aborted?: unknown }).aborted !== 'boolean')
+  ) {
+    throw new ConfigError(
+      'signal',
+      `must be an AbortSignal (new AbortController().signal), got ${show(opts.signal)}`,
+    );
   }
   if (opts.sidecar !== undefined && typeof opts.sidecar !== 'boolean') {
     throw new ConfigError('sidecar', `must be true or false, got ${show(opts.sidecar)}`);
@@ -427,6 +444,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     log: opts.log ?? (() => undefined),
     observer: opts.observer,
     sidecar: opts.sidecar ?? true,
+    signal: opts.signal,
   };
 }
 

@@ -314,6 +314,10 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       }, 5_000);
       lagTimer.unref();
       const stop = new AbortController();
+      const aborted = (): ClosedError => new ClosedError('start() was aborted (options.signal)');
+      const onAbort = (): void => stop.abort(aborted());
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      if (o.signal?.aborted) onAbort();
       let claim: Claim;
       try {
         claim = await Promise.race([
@@ -338,6 +342,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         ]);
       } finally {
         stop.abort();
+        o.signal?.removeEventListener('abort', onAbort);
         clearInterval(lagTimer);
       }
       const claimedAt = now();
@@ -369,9 +374,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       const pos: AppliedPosition = standby.applier.position;
       // An image of another stateVersion without `migrate`: refuse before fencing anyone.
       const problem = resumeProblem(o, standby.images, pos.checkpoint);
-      if (problem) {
+      if (problem || o.signal?.aborted) {
         await keeper.stop(true);
-        throw problem;
+        throw problem ?? aborted();
       }
       rpt.transition('fencing');
       // The fence names the cut: frames of older epochs for checkpoints after it are void. It

@@ -221,17 +221,19 @@ export class Sidecar {
       let storage: StorageAdapter | undefined;
       try {
         storage = await this.#storage();
+        const abort = new AbortController();
         const started = Restartpoint.start<unknown>({
           ...toStartOptions(c),
           storage,
           log,
+          signal: abort.signal,
           ...(this.#metrics ? { observer: this.#metrics.observer } : {}),
         });
         const won = await Promise.race([started, this.#stopped]);
         if (won === undefined) {
-          // Stopped while a standby: nothing holds the lease; a takeover still running when the
-          // process exits leaves a lease that simply runs out.
-          started.then((late) => late.close()).catch(() => undefined);
+          // Stopped while a standby: the start is aborted; a lease it had just claimed is released.
+          abort.abort();
+          await started.then((late) => late.close()).catch(() => undefined);
           return 0;
         }
         rp = won;

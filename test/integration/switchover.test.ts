@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { memoryAdapter } from '../../adapters/memory/index.js';
-import { FencedError, Restartpoint, type StartOptions } from '../../src/index.js';
+import { ClosedError, FencedError, Restartpoint, type StartOptions } from '../../src/index.js';
 import { UsageError } from '../../src/errors.js';
 import type { Observer, Transition } from '../../src/observability/observer.js';
 import { appNames } from '../../src/protocol/subjects.js';
@@ -186,5 +186,26 @@ describe('planned switchover', () => {
     // a is still primary and still works.
     expect(a.isPrimary).toBe(true);
     await expect(a.checkpoint({ n: 1 })).resolves.toMatchObject({ checkpoint: 1 });
+  });
+
+  it('options.signal aborts a standby that waits for the lease: start() rejects with ClosedError', async () => {
+    const app = freshApp('so');
+    apps.push(app);
+    const a = await Restartpoint.start(opts(app, 'a'));
+    open.push(a);
+    const ac = new AbortController();
+    const rb = recorder();
+    const bStart = Restartpoint.start(opts(app, 'b', { signal: ac.signal, observer: rb.observer }));
+    const kv = await kvOf(app);
+    await until('b standby', async () =>
+      (await readPresence(kv)).some((r) => r.nodeId === 'b' && r.state === 'standby') ? true : undefined,
+    );
+    ac.abort();
+    await expect(bStart).rejects.toBeInstanceOf(ClosedError);
+    expect(rb.transitions.at(-1)!.to).toBe('closed');
+    await until('b gone', async () =>
+      (await readPresence(kv)).some((r) => r.nodeId === 'b') ? undefined : true,
+    );
+    expect(a.isPrimary).toBe(true);
   });
 });
