@@ -377,7 +377,13 @@ export class AppProcess {
   }
 }
 
-function mulberry(seed: number): () => number {
+/** A small deterministic PRNG (mulberry32): drills are reproducible from their seed. */
+/** A timeline with nothing on it yet. */
+export function emptyTimeline(startedAt: number): DrillTimeline {
+  return { startedAt, endedAt: startedAt, acks: [], lag: [], faults: [], takeovers: [], relays: [] };
+}
+
+export function mulberry(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -448,15 +454,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     ...(stateMb > 0 ? ['--state-mb', String(stateMb)] : []),
     ...(stepMs > 0 ? ['--step-ms', String(stepMs)] : []),
   ];
-  const timeline: DrillTimeline = {
-    startedAt,
-    endedAt: startedAt,
-    acks: [],
-    lag: [],
-    faults: [],
-    takeovers: [],
-    relays: [],
-  };
+  const timeline = emptyTimeline(startedAt);
   const report: DrillReport = {
     ok: false,
     kills: opts.kills,

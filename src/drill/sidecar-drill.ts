@@ -22,7 +22,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { drillMedians, type DrillReport, type DrillTimeline, type TakeoverReport } from './drill.js';
+import { drillMedians, emptyTimeline, mulberry, type DrillReport, type TakeoverReport } from './drill.js';
 
 /** Options of a drill through sidecars. */
 export interface SidecarDrillOptions {
@@ -169,17 +169,6 @@ class SidecarNode {
   }
 }
 
-function mulberry(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Runs the drill through two sidecars. Never throws for a violation: see `violations`. */
 export async function runSidecarDrill(o: SidecarDrillOptions): Promise<DrillReport> {
   const say = o.progress ?? (() => undefined);
@@ -188,15 +177,7 @@ export async function runSidecarDrill(o: SidecarDrillOptions): Promise<DrillRepo
   const startedAt = Date.now();
   const dir = await mkdtemp(join(tmpdir(), 'restartpoint-sidecar-drill-'));
   const nodes = { a: new SidecarNode('a'), b: new SidecarNode('b') };
-  const timeline: DrillTimeline = {
-    startedAt,
-    endedAt: startedAt,
-    acks: [],
-    lag: [],
-    faults: [],
-    takeovers: [],
-    relays: [],
-  };
+  const timeline = emptyTimeline(startedAt);
   const report: DrillReport = {
     ok: false,
     kills: o.kills,

@@ -14,6 +14,7 @@
  * - `takeover` once, when this node became primary.
  */
 import type { CheckpointStats } from '../primary/replicator.js';
+import type { TakeoverStats } from '../sdk/restartpoint.js';
 
 /** States of a node's failover controller. */
 export const NodeStates = [
@@ -65,16 +66,10 @@ export interface CheckpointObservation extends CheckpointStats {
   readonly writeBytes: number;
 }
 
-/** Figures of a takeover (see `TakeoverStats`). */
-export interface TakeoverObservation {
+/** Figures of a takeover: `rp.takeover`, with the new epoch and the checkpoint resumed from. */
+export interface TakeoverObservation extends TakeoverStats {
   readonly epoch: number;
   readonly resumedFrom: number;
-  readonly detectMs: number;
-  readonly catchUpMs: number;
-  readonly rollbackMs: number;
-  readonly fenceMs: number;
-  readonly restoreMs: number;
-  readonly previous: string | undefined;
 }
 
 /** Receives a node's figures. Every method is optional. */
