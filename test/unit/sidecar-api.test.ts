@@ -123,6 +123,29 @@ describe('sidecar API', () => {
     expect(await metrics.text()).toMatch(/restartpoint_/);
   });
 
+  it('GET /metrics counts the checkpoints taken through the API and shows role and epoch', async () => {
+    const count = async (): Promise<number> => {
+      const text = await (await a.call('/metrics', {}, null)).text();
+      let n = 0;
+      for (const m of text.matchAll(/^restartpoint_checkpoints_total\{[^}]*\} (\d+)$/gm)) n += Number(m[1]);
+      return n;
+    };
+    const before = await count();
+    for (let i = 0; i < 3; i++) {
+      const res = await a.call('/checkpoint', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ n: 100 + i }),
+      });
+      expect(res.status).toBe(200);
+    }
+    expect((await count()) - before).toBe(3);
+    const text = await (await a.call('/metrics', {}, null)).text();
+    expect(text).toMatch(/^restartpoint_role\{[^}]*state="primary"[^}]*\} 1$/m);
+    expect(text).toMatch(/^restartpoint_epoch\{[^}]*node="a"[^}]*\} [1-9]\d*$/m);
+    expect(text).toMatch(/^restartpoint_checkpoint_duration_seconds_count\{[^}]*\} [1-9]\d*$/m);
+  });
+
   it('answers unknown routes 404 and wrong methods 405 with Allow', async () => {
     const nf = await a.call('/nope');
     expect(nf.status).toBe(404);
