@@ -35,6 +35,7 @@ say({
   seen: s.seen.size,
   isMap: s.seen instanceof Map,
   lastStored: stored ? Buffer.from(stored).toString() : null,
+  missingIsUndefined: (await rp.store.get('no-such-key')) === undefined,
 });
 rp.on('demoted', () => process.exit(3));
 const steps = Number(process.env.STEPS ?? Infinity);

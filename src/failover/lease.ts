@@ -146,6 +146,8 @@ export async function claimWhenVacant(opts: {
   beforeClaim?: () => Promise<void>;
   signal: AbortSignal;
   onError?: (err: unknown) => void;
+  /** Another node claimed first (after `beforeClaim` ran): this node goes on watching. */
+  onLostRace?: () => void;
 }): Promise<Claim> {
   const pollMs = Math.max(20, Math.min(250, opts.ttlMs / 10));
   let last: LeaseRead | undefined;
@@ -183,6 +185,7 @@ export async function claimWhenVacant(opts: {
           if (!(err instanceof LeaseConflict)) opts.onError?.(err);
           // Someone else moved first: watch the new holder.
           last = undefined;
+          opts.onLostRace?.();
         }
       }
     }

@@ -337,6 +337,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             },
             signal: stop.signal,
             onError: (err) => o.log({ level: 'warn', msg: 'lease read failed', error: String(err) }),
+            onLostRace: () => rpt.transition('standby', 'another node claimed the lease first'),
           }),
           standby.failed(),
         ]);

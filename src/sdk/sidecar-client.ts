@@ -127,6 +127,7 @@ export class SidecarClient implements PrimaryEngine {
     path: string,
     body?: Uint8Array,
     headers: Record<string, string> = {},
+    allow404 = false,
   ): Promise<Response> {
     let res: Response;
     try {
@@ -143,7 +144,7 @@ export class SidecarClient implements PrimaryEngine {
         },
       );
     }
-    if (res.ok) return res;
+    if (res.ok || (allow404 && res.status === 404)) return res;
     let e: ApiError = {};
     try {
       e = (await res.json()) as ApiError;
@@ -199,13 +200,12 @@ export class SidecarClient implements PrimaryEngine {
   }
 
   async get(key: string): Promise<Uint8Array | undefined> {
-    try {
-      const res = await this.#request('GET', `/store/${encodeURIComponent(key)}`);
-      return new Uint8Array(await res.arrayBuffer());
-    } catch (err) {
-      if (err instanceof StorageError && /NO_SUCH_KEY|404|no value/.test(err.message)) return undefined;
-      throw err;
+    const res = await this.#request('GET', `/store/${encodeURIComponent(key)}`, undefined, {}, true);
+    if (res.status === 404) {
+      await res.body?.cancel();
+      return undefined;
     }
+    return new Uint8Array(await res.arrayBuffer());
   }
 
   get nextCheckpoint(): number {

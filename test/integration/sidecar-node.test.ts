@@ -105,6 +105,7 @@ it('a Node app under the sidecar resumes its Map/BigInt state and store on the o
     seen: 4,
     isMap: true,
     lastStored: '4',
+    missingIsUndefined: true,
   });
   expect(b.lines.filter((l) => l.ev === 'step').map((l) => l.checkpoint)).toEqual([5, 6]);
 });
@@ -132,35 +133,41 @@ async function switchover(): Promise<Record<string, unknown>> {
   return JSON.parse(stdout) as Record<string, unknown>;
 }
 
+/** Runs `restartpoint switchover` until it is accepted (it refuses while no standby is up yet). */
+async function switchoverWhenReady(): Promise<Record<string, unknown>> {
+  let refusal = '';
+  for (const end = Date.now() + 30_000; Date.now() < end;) {
+    try {
+      return await switchover();
+    } catch (err) {
+      refusal = String((err as { stderr?: string }).stderr ?? err);
+      if (!/no running standby/.test(refusal)) throw err;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+  throw new Error(`switchover never accepted: ${refusal}`);
+}
+
 it('restartpoint switchover moves a running app between sidecars and back, with no lost checkpoint', async () => {
   const steps = (l: Record<string, unknown>[]) => l.filter((x) => x.ev === 'step');
   const c = sidecar('c');
   await until('c serving', () => steps(c.lines).length >= 3);
   const d = sidecar('d');
   // d is a standby once it shows in the presence records; switchover refuses (exit 2) until then.
-  let first: Record<string, unknown> | undefined;
-  let refusal = '';
-  for (const end = Date.now() + 20_000; !first && Date.now() < end;) {
-    try {
-      first = await switchover();
-    } catch (err) {
-      refusal = String((err as { stderr?: string }).stderr ?? err);
-      await new Promise((r) => setTimeout(r, 300));
-    }
-  }
-  expect(first, refusal).toBeDefined();
+  const first = await switchoverWhenReady();
   expect(first).toMatchObject({ ok: true, to: 'd' });
   await until('d serving', () => steps(d.lines).length >= 2);
   const resumedD = d.lines.find((l) => l.ev === 'resumed')!;
   const lastC = Math.max(...steps(c.lines).map((l) => l.checkpoint as number));
-  expect(resumedD.resumedFrom).toBe(first!.resumedFrom);
+  expect(resumedD.resumedFrom).toBe(first.resumedFrom);
   // Nothing acknowledged to c's app is lost: d resumes from c's last acknowledged checkpoint
   // (or the handover checkpoint, acknowledged while c's app was being stopped).
   expect(resumedD.resumedFrom as number).toBeGreaterThanOrEqual(lastC);
   expect(resumedD.resumedFrom as number).toBeLessThanOrEqual(lastC + 1);
   expect(resumedD.count).toBe(resumedD.resumedFrom);
   // c went back to standby (its sidecar still runs): switch back to it.
-  const back = await switchover();
+  // c rejoins as a standby (after stopping its app and replaying the stream) before it can take it back.
+  const back = await switchoverWhenReady();
   expect(back).toMatchObject({ ok: true, from: 'd', to: 'c' });
   const resumedAgain = c.lines.filter((l) => l.ev === 'resumed');
   await until('c serving again', () => c.lines.filter((l) => l.ev === 'resumed').length === 2);
