@@ -11,8 +11,9 @@ import { imageSuite } from './image.js';
 import { storeSuite } from './store.js';
 import { fecSuite } from './fec.js';
 import { relaySuite } from './relay.js';
+import { sidecarSuite } from './sidecar.js';
 
-const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite, imageSuite];
+const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite, imageSuite, sidecarSuite];
 
 async function main(): Promise<number> {
   let args;
