@@ -72,8 +72,9 @@ if command -v psql >/dev/null 2>&1 &&
 fi
 
 # The drill report test (test/integration/drill-report.test.ts) opens the HTML report in headless
-# Chromium through playwright-core, which drives the system browser at /usr/bin/chromium.
-if [ ! -x /usr/bin/chromium ]; then
+# Chromium through playwright-core, which drives the system browser at /usr/bin/chromium. Only
+# the test run asks for it (`--with-chromium`): the drill and the bench do not need a browser.
+if [ "${1:-}" = "--with-chromium" ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "ensure-services: installing chromium from Debian's packages (for the drill report test)" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
