@@ -3,9 +3,8 @@
  * unsigned and damaged messages on the app's subject rejected, counted and never applied; key
  * rotation; encrypted bodies.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { memoryAdapter } from '../../adapters/memory/index.js';
 import { ConfigError, Restartpoint, type StartOptions } from '../../src/index.js';
@@ -13,29 +12,18 @@ import { EnvelopeCodec, parseClusterKey } from '../../src/protocol/envelope.js';
 import { FrameKind, encodeFrame } from '../../src/protocol/frame.js';
 import { encodeFence, encodeWrites } from '../../src/protocol/records.js';
 import { appNames } from '../../src/protocol/subjects.js';
-import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { NATS_URL, freshApp } from '../helpers/nats.js';
+import { liveNodes } from '../helpers/live.js';
 import { startStandby } from '../helpers/standby.js';
 
 type S = { n: number; tag: string };
 
-let nc: NatsConnection;
-const apps: string[] = [];
-const open: Restartpoint<any>[] = [];
+const live = liveNodes();
+const { apps } = live;
 const KEY = randomBytes(32);
 const OLD = randomBytes(32);
 const NEW = randomBytes(32);
 const MALLORY = randomBytes(32);
-
-beforeAll(async () => {
-  nc = await requireNats();
-});
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((rp) => rp.close().catch(() => undefined)));
-});
-afterAll(async () => {
-  for (const app of apps) await deleteApp(nc, app);
-  await nc?.close();
-});
 
 function opts(app: string, nodeId: string, extra: Partial<StartOptions<S>> = {}): StartOptions<S> {
   return {
@@ -49,15 +37,11 @@ function opts(app: string, nodeId: string, extra: Partial<StartOptions<S>> = {})
   };
 }
 
-async function start(o: StartOptions<S>): Promise<Restartpoint<S>> {
-  const rp = await Restartpoint.start(o);
-  open.push(rp);
-  return rp;
-}
+const start = (o: StartOptions<S>): Promise<Restartpoint<S>> => live.start(o);
 
 /** Every message on the app's stream, in order. */
 async function streamMessages(app: string): Promise<Uint8Array[]> {
-  const jsm = await jetstreamManager(nc);
+  const jsm = await jetstreamManager(live.nc);
   const info = await jsm.streams.info(appNames(app).stream);
   const out: Uint8Array[] = [];
   for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
@@ -119,7 +103,7 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
       await a.store.put(`k${i % 5}`, `v${i}`);
       if (i % 4 === 0) await a.checkpoint({ n: i, tag: `cp${i / 4}` });
     }
-    const js = jetstream(nc);
+    const js = jetstream(live.nc);
     const subject = appNames(app).subject;
     const genuine = await streamMessages(app);
     const hostile = hostileMessages(app, a.epoch);
@@ -139,7 +123,7 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     await a.store.put('after', 'rolled back');
     await a.close();
     const bp = await b.primary;
-    open.push(bp);
+    live.keep(bp);
     expect(bp.resumedFrom).toEqual({ epoch: a.epoch, checkpoint: 3 });
     expect(bp.epoch).toBe(a.epoch + 1);
     expect(bp.state).toEqual({ n: 12, tag: 'cp3' });
@@ -216,7 +200,7 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     await a.checkpoint({ n: 1, tag: 'old' });
     await a.close();
     const bp = await b.primary;
-    open.push(bp);
+    live.keep(bp);
     expect(bp.state).toEqual({ n: 1, tag: 'old' });
     const rejected: string[] = [];
     const c = startStandby(
@@ -232,7 +216,7 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     await bp.checkpoint({ n: 2, tag: 'new' });
     await bp.close();
     const cp = await c.primary;
-    open.push(cp);
+    live.keep(cp);
     // c read a's messages (signed with old) and b's (signed with new), and rejected none.
     expect(cp.state).toEqual({ n: 2, tag: 'new' });
     expect(Buffer.from((await cp.store.get('from-a'))!).toString()).toBe('1');
@@ -260,7 +244,7 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     }
     await a.close();
     const bp = await b.primary;
-    open.push(bp);
+    live.keep(bp);
     expect(bp.state).toEqual({ n: 1, tag: marker });
     expect(Buffer.from((await bp.store.get('secret'))!).toString()).toBe(marker);
 
@@ -271,7 +255,7 @@ describe('signed mode (clusterKey) on a real nats-server', () => {
     await c.standing;
     await bp.close();
     const cp = await c.primary;
-    open.push(cp);
+    live.keep(cp);
     expect(cp.state.tag === big).toBe(true);
 
     // Control: signed without encryption, the same marker is visible on the stream.

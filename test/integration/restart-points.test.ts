@@ -1,34 +1,15 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { NatsConnection } from '@nats-io/transport-node';
-import { memoryAdapter } from '../../adapters/memory/index.js';
+import { describe, expect, it } from 'vitest';
 import { ConfigError, Restartpoint, type StartOptions } from '../../src/index.js';
 import { appNames } from '../../src/protocol/subjects.js';
-import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { freshApp } from '../helpers/nats.js';
+import { liveNodes, nodeOptions } from '../helpers/live.js';
 
-let nc: NatsConnection;
-const apps: string[] = [];
-const open: Restartpoint<any>[] = [];
+const live = liveNodes();
+const { apps } = live;
 
-beforeAll(async () => {
-  nc = await requireNats();
-});
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((rp) => rp.close().catch(() => undefined)));
-});
-afterAll(async () => {
-  for (const app of apps) await deleteApp(nc, app);
-  await nc?.close();
-});
+const opts = nodeOptions;
 
-function opts<S>(app: string, nodeId: string, extra: Partial<StartOptions<S>> = {}): StartOptions<S> {
-  return { app, nodeId, nats: { servers: NATS_URL }, storage: memoryAdapter(), leaseTtlMs: 600, ...extra };
-}
-
-async function start<S>(o: StartOptions<S>): Promise<Restartpoint<S>> {
-  const rp = await Restartpoint.start(o);
-  open.push(rp);
-  return rp;
-}
+const start = <S>(o: StartOptions<S>): Promise<Restartpoint<S>> => live.start(o);
 
 interface Ledger {
   accounts: Map<string, { id: string; balance: number; history: number[] }>;
@@ -64,7 +45,7 @@ describe('restart points on a real nats-server', () => {
     }
     await a.close();
     const resumed = await b;
-    open.push(resumed);
+    live.keep(resumed);
     expect(resumed.resumedFrom?.checkpoint).toBe(21);
     expect(resumed.state).toEqual(a.state);
   });
@@ -106,7 +87,7 @@ describe('restart points on a real nats-server', () => {
     });
     const demoted = new Promise<void>((resolve) => a.on('demoted', () => resolve()));
     const { Kvm } = await import('@nats-io/kv');
-    const kv = await new Kvm(nc).open(appNames(app).leaseBucket);
+    const kv = await new Kvm(live.nc).open(appNames(app).leaseBucket);
     const cur = await kv.get('leader');
     await kv.update('leader', JSON.stringify({ holder: 'thief', epoch: a.epoch + 1 }), cur!.revision);
     await demoted;

@@ -1,5 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { describe, expect, it } from 'vitest';
 import { jetstream } from '@nats-io/jetstream';
 import { memoryAdapter } from '../../adapters/memory/index.js';
 import {
@@ -11,32 +10,15 @@ import {
 } from '../../src/index.js';
 import type { StorageAdapter } from '../../src/storage/adapter.js';
 import { appNames } from '../../src/protocol/subjects.js';
-import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { NATS_URL, freshApp } from '../helpers/nats.js';
+import { liveNodes, nodeOptions } from '../helpers/live.js';
 
-let nc: NatsConnection;
-const apps: string[] = [];
-const open: Restartpoint<any>[] = [];
+const live = liveNodes();
+const { apps } = live;
 
-beforeAll(async () => {
-  nc = await requireNats();
-});
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((rp) => rp.close().catch(() => undefined)));
-});
-afterAll(async () => {
-  for (const app of apps) await deleteApp(nc, app);
-  await nc?.close();
-});
+const opts = nodeOptions;
 
-function opts<S>(app: string, nodeId: string, extra: Partial<StartOptions<S>> = {}): StartOptions<S> {
-  return { app, nodeId, nats: { servers: NATS_URL }, storage: memoryAdapter(), leaseTtlMs: 600, ...extra };
-}
-
-async function start<S>(o: StartOptions<S>): Promise<Restartpoint<S>> {
-  const rp = await Restartpoint.start(o);
-  open.push(rp);
-  return rp;
-}
+const start = <S>(o: StartOptions<S>): Promise<Restartpoint<S>> => live.start(o);
 
 describe('Restartpoint SDK on a real nats-server', () => {
   it('a fresh app starts as primary with initialState, numbers checkpoints 1, 2, 3 and serves its store', async () => {
@@ -95,11 +77,11 @@ describe('Restartpoint SDK on a real nats-server', () => {
     }
     await a.store.put('after-last-checkpoint', 'rolled back');
     // Junk on the app's subject: the standby must count it and carry on.
-    const js = jetstream(nc);
+    const js = jetstream(live.nc);
     await js.publish(appNames(app).subject, Buffer.alloc(64, 'x'));
     await a.close();
     const b = await bPromise;
-    open.push(b);
+    live.keep(b);
     expect(b.resumedFrom).toEqual({ epoch: a.epoch, checkpoint: 4 });
     expect(b.epoch).toBe(a.epoch + 1);
     // a released the lease on close(): there was no holder to take it from.
@@ -141,7 +123,7 @@ describe('Restartpoint SDK on a real nats-server', () => {
     const demoted = new Promise<Error>((resolve) => a.on('demoted', resolve));
     // Steal the lease the way a standby would after a pause: CAS over the current revision.
     const { Kvm } = await import('@nats-io/kv');
-    const kv = await new Kvm(nc).open(appNames(app).leaseBucket);
+    const kv = await new Kvm(live.nc).open(appNames(app).leaseBucket);
     const cur = await kv.get('leader');
     await kv.update('leader', JSON.stringify({ holder: 'thief', epoch: a.epoch + 1 }), cur!.revision);
     const err = await demoted;

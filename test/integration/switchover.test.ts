@@ -2,32 +2,19 @@
  * Planned switchover, the failover controller's transitions and presence records, against the
  * real nats-server: the primary hands over at its next checkpoint and no acknowledged write is lost.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { describe, expect, it } from 'vitest';
 import { Kvm } from '@nats-io/kv';
-import { memoryAdapter } from '../../adapters/memory/index.js';
 import { ClosedError, FencedError, Restartpoint, type StartOptions } from '../../src/index.js';
 import { UsageError } from '../../src/errors.js';
 import type { Observer, Transition } from '../../src/observability/observer.js';
 import { appNames } from '../../src/protocol/subjects.js';
 import { readPresence, readSwitchover } from '../../src/transport/presence.js';
 import { runSwitchover } from '../../src/cli/commands/switchover.js';
-import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { NATS_URL, freshApp } from '../helpers/nats.js';
+import { liveNodes, nodeOptions } from '../helpers/live.js';
 
-let nc: NatsConnection;
-const apps: string[] = [];
-const open: Restartpoint<any>[] = [];
-
-beforeAll(async () => {
-  nc = await requireNats();
-});
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((rp) => rp.close().catch(() => undefined)));
-});
-afterAll(async () => {
-  for (const app of apps) await deleteApp(nc, app);
-  await nc?.close();
-});
+const live = liveNodes();
+const { apps } = live;
 
 type State = { n: number };
 
@@ -45,15 +32,7 @@ function recorder(): { observer: Observer; transitions: Transition[]; checkpoint
 }
 
 function opts(app: string, nodeId: string, extra: Partial<StartOptions<State>> = {}): StartOptions<State> {
-  return {
-    app,
-    nodeId,
-    nats: { servers: NATS_URL },
-    storage: memoryAdapter(),
-    leaseTtlMs: 600,
-    initialState: () => ({ n: 0 }),
-    ...extra,
-  };
+  return nodeOptions<State>(app, nodeId, { initialState: () => ({ n: 0 }), ...extra });
 }
 
 async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 10_000): Promise<T> {
@@ -67,7 +46,7 @@ async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 10_0
 }
 
 async function kvOf(app: string) {
-  return new Kvm(nc).open(appNames(app).leaseBucket);
+  return new Kvm(live.nc).open(appNames(app).leaseBucket);
 }
 
 describe('planned switchover', () => {
@@ -76,7 +55,7 @@ describe('planned switchover', () => {
     apps.push(app);
     const ra = recorder();
     const a = await Restartpoint.start(opts(app, 'a', { observer: ra.observer }));
-    open.push(a);
+    live.keep(a);
     expect(ra.transitions.map((t) => t.to)).toEqual([
       'starting',
       'standby',
@@ -109,7 +88,7 @@ describe('planned switchover', () => {
     });
     await a.close();
     const b = await bStart;
-    open.push(b);
+    live.keep(b);
     // a's record is gone after its clean close; b's shows it as primary.
     await until('a removed, b primary', async () => {
       const recs = await readPresence(kv);
@@ -127,7 +106,7 @@ describe('planned switchover', () => {
     apps.push(app);
     const ra = recorder();
     const a = await Restartpoint.start(opts(app, 'a', { observer: ra.observer }));
-    open.push(a);
+    live.keep(a);
     const demoted = new Promise<FencedError>((r) => a.once('demoted', r));
     const bStart = Restartpoint.start(opts(app, 'b'));
     const kv = await kvOf(app);
@@ -155,7 +134,7 @@ describe('planned switchover', () => {
     const report = await runSwitchover({ nats: NATS_URL, app, timeoutMs: 15_000, force: false });
     await work;
     const b = await bStart;
-    open.push(b);
+    live.keep(b);
     expect(report).toMatchObject({ ok: true, from: 'a', fromEpoch: a.epoch, to: 'b', toEpoch: b.epoch });
     expect(b.epoch).toBeGreaterThan(a.epoch);
     expect(refused).toBeInstanceOf(FencedError);
@@ -175,7 +154,7 @@ describe('planned switchover', () => {
     const app = freshApp('so');
     apps.push(app);
     const a = await Restartpoint.start(opts(app, 'a'));
-    open.push(a);
+    live.keep(a);
     await expect(runSwitchover({ nats: NATS_URL, app, timeoutMs: 1_000, force: false })).rejects.toThrow(
       UsageError,
     );
@@ -192,7 +171,7 @@ describe('planned switchover', () => {
     const app = freshApp('so');
     apps.push(app);
     const a = await Restartpoint.start(opts(app, 'a'));
-    open.push(a);
+    live.keep(a);
     const ac = new AbortController();
     const rb = recorder();
     const bStart = Restartpoint.start(opts(app, 'b', { signal: ac.signal, observer: rb.observer }));
