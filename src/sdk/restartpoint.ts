@@ -231,8 +231,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   static async start<S>(options: StartOptions<S>): Promise<Restartpoint<S>> {
     const o = resolveOptions(options);
     // Under `restartpoint sidecar`, the sidecar is the node: this app talks to its local API.
-    const sidecar = sidecarFromEnv(process.env);
-    if (sidecar && o.sidecar !== false) return Restartpoint.#attach(o, sidecar);
+    const sidecar = o.sidecar ? sidecarFromEnv(process.env) : undefined;
+    if (sidecar) return Restartpoint.#attach(o, sidecar);
     const names = appNames(o.app);
     // The lease lives where `nats` points; frames go to every relay (by default that same server).
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);

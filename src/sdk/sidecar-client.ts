@@ -12,6 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { serialize, deserialize } from 'node:v8';
 import {
   ClosedError,
+  ConfigError,
   FencedError,
   InvalidArgumentError,
   NatsUnavailableError,
@@ -54,6 +55,18 @@ const V8 = 'application/x-v8-serialized';
 export function sidecarFromEnv(env: NodeJS.ProcessEnv): SidecarAddress | undefined {
   const url = env.RESTARTPOINT_SIDECAR_URL;
   if (!url) return undefined;
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  if (!parsed || parsed.protocol !== 'http:') {
+    throw new ConfigError(
+      'RESTARTPOINT_SIDECAR_URL',
+      `must be the sidecar's API URL like http://127.0.0.1:7878 (restartpoint sidecar sets it), got ${JSON.stringify(url)}: unset it to run without a sidecar, or pass sidecar: false`,
+    );
+  }
   return {
     url: url.replace(/\/+$/, ''),
     token: env.RESTARTPOINT_TOKEN,

@@ -168,6 +168,23 @@ describe('start() option validation', () => {
     ).rejects.toThrow(/snapshot capability.*use mode 'delay-write'/);
   });
 
+  it('under a bad RESTARTPOINT_SIDECAR_URL, start() names the variable; sidecar: false ignores it', async () => {
+    const app = live.app();
+    const before = process.env.RESTARTPOINT_SIDECAR_URL;
+    process.env.RESTARTPOINT_SIDECAR_URL = 'not a url';
+    try {
+      await expect(Restartpoint.start(opts(app, 'a'))).rejects.toMatchObject({
+        name: 'ConfigError',
+        message: expect.stringMatching(/RESTARTPOINT_SIDECAR_URL.*http:\/\/127\.0\.0\.1/),
+      });
+      const rp = await start(opts(app, 'a', { sidecar: false }));
+      expect(rp.isPrimary).toBe(true);
+    } finally {
+      if (before === undefined) delete process.env.RESTARTPOINT_SIDECAR_URL;
+      else process.env.RESTARTPOINT_SIDECAR_URL = before;
+    }
+  });
+
   it('fails with a clear error when NATS is not there', async () => {
     const err = await Restartpoint.start({
       ...base,
