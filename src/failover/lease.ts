@@ -35,6 +35,7 @@ export class LeaseKeeper {
   #validUntil: number;
   #timer: NodeJS.Timeout | undefined;
   #lost = false;
+  #lostError: FencedError | undefined;
   #stopped = false;
   #renewing = false;
 
@@ -58,6 +59,11 @@ export class LeaseKeeper {
   isValid(): boolean {
     if (!this.#lost && now() >= this.#validUntil) this.#lose('could not renew the lease in time');
     return !this.#lost && !this.#stopped;
+  }
+
+  /** Why the lease was lost, once it was. */
+  get lostError(): FencedError | undefined {
+    return this.#lostError;
   }
 
   /** Milliseconds the lease is still counted valid (negative once expired). */
@@ -111,9 +117,10 @@ export class LeaseKeeper {
     if (this.#lost || this.#stopped) return;
     this.#lost = true;
     clearTimeout(this.#timer);
-    this.#onLost(
-      new FencedError(`node '${this.#holder}' is no longer primary (epoch ${this.#epoch}): ${why}`),
+    this.#lostError = new FencedError(
+      `node '${this.#holder}' is no longer primary (epoch ${this.#epoch}): ${why}`,
     );
+    this.#onLost(this.#lostError);
   }
 }
 

@@ -14,12 +14,9 @@ import { ClosedError, FencedError, InvalidArgumentError, type RestartpointError 
 import { ImageEncoder } from '../image/chain.js';
 import { track } from '../image/tracked.js';
 import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary/replicator.js';
-import { FrameKind } from '../protocol/frame.js';
-import { encodeFence } from '../protocol/records.js';
 import { appNames } from '../protocol/subjects.js';
-import { claimWhenVacant, LeaseKeeper, now, type Claim } from '../failover/lease.js';
-import { encodeMeta, type AppliedPosition } from '../standby/applier.js';
-import { StandbyRunner } from '../standby/runner.js';
+import { takeOver, type Promotion, type TakeoverStats } from '../failover/takeover.js';
+import { StandbyRunner, type StandbyOptions } from '../standby/runner.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { limitError, type Limits } from '../limits.js';
 import { closeLink, openLeaseBucket, openLink } from '../transport/connection.js';
@@ -44,24 +41,7 @@ export interface ResumedFrom {
   readonly checkpoint: number;
 }
 
-/** How the takeover that made this node primary went (milliseconds). */
-export interface TakeoverStats {
-  /** From the lease going quiet (last renewal seen) to the claim. */
-  readonly detectMs: number;
-  /** From the claim to every complete checkpoint applied (catch-up with a read quorum of relays). */
-  readonly catchUpMs: number;
-  /**
-   * Rolling the store back to the resumed checkpoint: discarding staged writes (delay-write) or
-   * releasing the areas written after the last formed snapshot (snapshot mode).
-   */
-  readonly rollbackMs: number;
-  /** Publishing the fence until it was durable (longer while too many relays are down). */
-  readonly fenceMs: number;
-  /** Turning the materialized image into the live state. */
-  readonly restoreMs: number;
-  /** The primary whose lease ran out; `undefined` when the lease was released (a clean close) or never held. */
-  readonly previous: string | undefined;
-}
+export type { TakeoverStats } from '../failover/takeover.js';
 
 /** The store as the app sees it: this node's store, with writes replicated. */
 export interface ReplicatedStore {
@@ -256,8 +236,6 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         onError: (msg) => o.log({ level: 'warn', msg: 'relay', error: msg }),
       });
       const relaySet = relays;
-      // A standby that read this many relays has seen every frame the ack policy let through.
-      const readQuorum = relaySet.readQuorum;
       const kv = await openLeaseBucket(link, names);
       const leaseStore = new LeaseStore(kv, names.leaseKey);
       reporter = new NodeReporter({
@@ -278,31 +256,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         adapter: o.storage,
         mode: o.mode,
         need: relaySet.need,
-        fec: relaySet.fec,
-        envelope,
+        codec: relaySet.codec,
+        limits: o.limits,
         apply: o.apply,
-        onReject: (err, seq) => {
-          rpt.observe('rejected', err.reason);
-          o.log({
-            level: 'warn',
-            msg: 'frame rejected',
-            reason: err.reason,
-            streamSeq: seq,
-            error: err.message,
-          });
-        },
-        onCommit: (pos) => {
-          rpt.checkpoint = pos.checkpoint;
-          rpt.epoch = Math.max(rpt.epoch, pos.epoch);
-          rpt.observe('applied', { epoch: pos.epoch, checkpoint: pos.checkpoint });
-          o.log({ level: 'debug', msg: 'checkpoint applied', ...pos });
-        },
-        onFence: (epoch, nodeId, seq) =>
-          o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
+        ...standbyReports(o, rpt),
       });
-      // Until StandbyOptions carries them: the limits go in before the first message is read.
-      standby.applier.limits = o.limits;
-      standby.images.maxImageBytes = o.limits.maxImageBytes;
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
       rpt.transition('standby');
@@ -314,117 +272,42 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       }, 5_000);
       lagTimer.unref();
       const stop = new AbortController();
-      const aborted = (): ClosedError => new ClosedError('start() was aborted (options.signal)');
-      const onAbort = (): void => stop.abort(aborted());
+      const onAbort = (): void => stop.abort(new ClosedError('start() was aborted (options.signal)'));
       o.signal?.addEventListener('abort', onAbort, { once: true });
       if (o.signal?.aborted) onAbort();
-      let claim: Claim;
+      const holder: { rp?: Restartpoint<S> } = {};
+      let promotion: Promotion<S>;
       try {
-        claim = await Promise.race([
-          claimWhenVacant({
-            store: leaseStore,
-            holder: o.nodeId,
-            ttlMs: o.leaseTtlMs,
-            knownEpoch: () => standby.applier.fenceEpoch,
-            // Learn every epoch in the relays' history first, so the new one is above them all.
-            beforeClaim: async () => {
-              // A node that just handed its role over lets the standby it handed to claim first.
-              await yieldAfterSwitchover(kv, leaseStore, o.nodeId, o.leaseTtlMs, stop.signal);
-              rpt.transition('claiming', 'lease vacant');
-              // Taking over: pacing ends here, the catch-up runs at full speed.
-              standby.unpace();
-              return standby.catchUp(readQuorum);
-            },
-            signal: stop.signal,
-            onError: (err) => o.log({ level: 'warn', msg: 'lease read failed', error: String(err) }),
-            onLostRace: () => rpt.transition('standby', 'another node claimed the lease first'),
-          }),
-          standby.failed(),
-        ]);
+        promotion = await takeOver<S>({
+          app: o.app,
+          nodeId: o.nodeId,
+          leaseTtlMs: o.leaseTtlMs,
+          mode: o.mode,
+          storage: o.storage,
+          standby,
+          readQuorum: relaySet.readQuorum,
+          publish: (frame) => relaySet.publish(frame),
+          lease: leaseStore,
+          kv,
+          resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
+          restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
+          transition: (to, reason) => rpt.transition(to, reason),
+          log: o.log,
+          signal: stop.signal,
+          onClaimed: (claim) => {
+            clearInterval(lagTimer);
+            o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
+            rpt.epoch = claim.epoch;
+            rpt.present({});
+          },
+          onLost: (err) => holder.rp?.demote(err),
+        });
       } finally {
-        stop.abort();
         o.signal?.removeEventListener('abort', onAbort);
         clearInterval(lagTimer);
       }
-      const claimedAt = now();
-      o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
-      rpt.epoch = claim.epoch;
-      rpt.transition('catching-up', claim.previous ? `lease of ${claim.previous} ran out` : 'lease vacant');
-      rpt.present({});
-
-      let lost: FencedError | undefined;
-      const holder: { rp?: Restartpoint<S> } = {};
-      const keeper = new LeaseKeeper(leaseStore, claim, o.leaseTtlMs, (err) => {
-        lost = err;
-        holder.rp?.demote(err);
-      });
-      standby.unpace();
-      // Everything acknowledged was stored before the claim (the old primary acks only while its
-      // lease holds): catch up with a read quorum of relays, then commit every complete
-      // checkpoint seen, durable-looking or not, since nothing can be added to the old epoch.
-      await standby.catchUp(readQuorum);
-      await standby.stop();
-      const caughtUpAt = now();
-      // The rollback: staged writes of checkpoints that never sealed are dropped (delay-write);
-      // in snapshot mode, areas written after the last formed snapshot (a deposed primary's
-      // unsealed writes) are released, so the store is exactly the resumed checkpoint.
-      await standby.applier.relax();
-      if (o.mode === 'snapshot') await o.storage.releaseAreas!();
-      const rolledBackAt = now();
-      rpt.checkpoint = standby.applier.position.checkpoint;
-      const pos: AppliedPosition = standby.applier.position;
-      // An image of another stateVersion without `migrate`: refuse before fencing anyone.
-      const problem = resumeProblem(o, standby.images, pos.checkpoint);
-      if (problem || o.signal?.aborted) {
-        await keeper.stop(true);
-        throw problem ?? aborted();
-      }
-      rpt.transition('fencing');
-      // The fence names the cut: frames of older epochs for checkpoints after it are void. It
-      // must be durable under the policy before this node acts as primary: while too many
-      // relays are down for that, the takeover waits (the lease stays ours meanwhile).
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await relaySet.publish({
-            kind: FrameKind.Fence,
-            epoch: claim.epoch,
-            seq: 1,
-            checkpoint: pos.checkpoint,
-            body: encodeFence({ nodeId: o.nodeId }),
-          });
-          break;
-        } catch (err) {
-          if (lost) throw lost;
-          o.log({
-            level: 'warn',
-            msg: 'fence not durable yet, retrying',
-            attempt,
-            error: (err as Error).message,
-          });
-          await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
-        }
-      }
-      const fencedAt = now();
-      rpt.transition('restoring');
-      let image: S;
-      try {
-        image = await resumeState(o, standby.images, pos.checkpoint);
-      } catch (err) {
-        await keeper.stop(true);
-        throw err;
-      }
-      const restoredAt = now();
-      await o.storage.commit(
-        [],
-        encodeMeta({
-          app: o.app,
-          epoch: claim.epoch,
-          checkpoint: pos.checkpoint,
-          streamSeq: 0,
-          role: 'primary',
-        }),
-      );
-      if (lost) throw lost;
+      const { claim, keeper, position: pos, state: image } = promotion;
+      rpt.checkpoint = pos.checkpoint;
       const replicator = new Replicator({
         epoch: claim.epoch,
         firstCheckpoint: pos.checkpoint + 1,
@@ -447,7 +330,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           rpt.checkpoint = Math.max(rpt.checkpoint, stats.checkpoint);
           rpt.observe('checkpoint', { ...stats, epoch: claim.epoch });
         },
-        fencedError: () => lost ?? new FencedError(`node '${o.nodeId}' is no longer primary`),
+        fencedError: () => keeper.lostError ?? new FencedError(`node '${o.nodeId}' is no longer primary`),
       });
       const self = new Restartpoint<S>({
         o,
@@ -463,14 +346,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         resumedFrom: pos.checkpoint > 0 ? { epoch: pos.epoch, checkpoint: pos.checkpoint } : undefined,
         epoch: claim.epoch,
         reporter: rpt,
-        takeover: {
-          detectMs: Math.max(0, claimedAt - claim.vacantSince),
-          catchUpMs: caughtUpAt - claimedAt,
-          rollbackMs: rolledBackAt - caughtUpAt,
-          fenceMs: fencedAt - rolledBackAt,
-          restoreMs: restoredAt - fencedAt,
-          previous: claim.previous,
-        },
+        takeover: promotion.stats,
       });
       holder.rp = self;
       rpt.observe('takeover', { epoch: claim.epoch, resumedFrom: pos.checkpoint, ...self.takeover });
@@ -716,24 +592,23 @@ function checkValueLimit(value: Uint8Array, limits: Limits): void {
   }
 }
 
-/**
- * Before claiming a vacant lease: if this node is the one a switchover just took the role from
- * (the request names it and is recent), wait until another node claimed the lease, or a few
- * TTLs passed (no standby came), so the handover goes where the operator meant it to.
- */
-async function yieldAfterSwitchover(
-  kv: Parameters<typeof readSwitchover>[0],
-  lease: LeaseStore,
-  nodeId: string,
-  ttlMs: number,
-  signal: AbortSignal,
-): Promise<void> {
-  const req = await readSwitchover(kv).catch(() => undefined);
-  if (!req || req.from !== nodeId || Date.now() - req.requestedAt > 60_000) return;
-  const until = now() + 3 * ttlMs;
-  while (now() < until && !signal.aborted) {
-    const read = await lease.read().catch(() => undefined);
-    if (read?.value?.holder && read.value.holder !== nodeId) return;
-    await new Promise((r) => setTimeout(r, Math.max(20, ttlMs / 10)));
-  }
+/** What a standby reports as it applies: rejections, commits and fences, to the log and the observer. */
+function standbyReports(
+  o: ResolvedOptions<unknown>,
+  rpt: NodeReporter,
+): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence'> {
+  return {
+    onReject: (err, seq) => {
+      rpt.observe('rejected', err.reason);
+      o.log({ level: 'warn', msg: 'frame rejected', reason: err.reason, streamSeq: seq, error: err.message });
+    },
+    onCommit: (pos) => {
+      rpt.checkpoint = pos.checkpoint;
+      rpt.epoch = Math.max(rpt.epoch, pos.epoch);
+      rpt.observe('applied', { epoch: pos.epoch, checkpoint: pos.checkpoint });
+      o.log({ level: 'debug', msg: 'checkpoint applied', ...pos });
+    },
+    onFence: (epoch, nodeId, seq) =>
+      o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
+  };
 }

@@ -24,7 +24,7 @@
  * written after the last snapshot (claim 23).
  */
 import { ErrorCode, FrameError, FrameRejectReason, ImageError, RestartpointError } from '../errors.js';
-import { FrameKind, PartAssembler, decodePart, type Frame, type FramePart } from '../protocol/frame.js';
+import { FrameKind, type Frame } from '../protocol/frame.js';
 import {
   decodeFence,
   decodeImage,
@@ -94,11 +94,10 @@ interface Staged {
   sealStreamSeq: number;
 }
 
-/** Counts of what the applier did and refused. */
+/** Counts of what the applier did (refusals are counted where every message enters: `Intake`). */
 export interface ApplierCounters {
   framesApplied: number;
   checkpointsCommitted: number;
-  rejected: Record<string, number>;
 }
 
 /** Standby modes the applier implements. */
@@ -111,7 +110,10 @@ export interface ApplierOptions {
   readonly images: ImageSink;
   /** Default `'delay-write'`. `'snapshot'` needs an adapter with `capabilities.snapshot`. */
   readonly mode?: ApplyMode;
-  /** Called for every rejected part or frame (after counting it). */
+  /**
+   * Called for every frame refused on the way (stale, duplicate, gap, limit, malformed), including
+   * frames that waited for their turn or their fence and were refused when it came.
+   */
   readonly onReject?: (err: FrameError, streamSeq: number) => void;
   /** Called after each committed checkpoint. */
   /** Called after each committed checkpoint, with the seq of the seal frame that completed it. */
@@ -125,11 +127,12 @@ export interface ApplierOptions {
    */
   readonly sealDurable?: (epoch: number, seq: number) => boolean;
   /**
-   * `maxFrameBytes`, `maxWritesPerCheckpoint` and `maxStagedBytes` (bytes held for checkpoints
-   * not committed yet: staged write bodies and images, frames waiting for their turn or fence):
-   * a frame past one is refused and counted as `limit`. Default: `DEFAULT_LIMITS`.
+   * `maxWritesPerCheckpoint` and `maxStagedBytes` (bytes held for checkpoints not committed yet:
+   * staged write bodies and images, frames waiting for their turn or fence): a frame past one is
+   * refused and counted as `limit`. Default: `DEFAULT_LIMITS`. (`maxFrameBytes` is enforced where
+   * frames are joined: `FrameDecoder`.)
    */
-  readonly limits?: Pick<Limits, 'maxFrameBytes' | 'maxWritesPerCheckpoint' | 'maxStagedBytes'>;
+  readonly limits?: Pick<Limits, 'maxWritesPerCheckpoint' | 'maxStagedBytes'>;
 }
 
 /** Most frames a standby holds while waiting for an earlier one or for a fence. */
@@ -146,7 +149,6 @@ interface HeldFence {
 export class Applier {
   readonly #o: ApplierOptions;
   readonly #mode: ApplyMode;
-  readonly #parts = new PartAssembler();
   readonly #staged = new Map<number, Staged>();
   /** Snapshot mode: per epoch, the next seq to take and the frames that came before their turn. */
   readonly #order = new Map<
@@ -169,12 +171,9 @@ export class Applier {
   #relaxed = false;
   /** Bytes held for uncommitted checkpoints and waiting frames. */
   #stagedBytes = 0;
-  /**
-   * The limits in force (see `ApplierOptions.limits`). Settable until the first message, for
-   * callers that build the applier before they know them.
-   */
-  limits: NonNullable<ApplierOptions['limits']>;
-  readonly counters: ApplierCounters = { framesApplied: 0, checkpointsCommitted: 0, rejected: {} };
+  /** The limits in force (see `ApplierOptions.limits`). */
+  readonly limits: NonNullable<ApplierOptions['limits']>;
+  readonly counters: ApplierCounters = { framesApplied: 0, checkpointsCommitted: 0 };
 
   constructor(opts: ApplierOptions) {
     this.#o = opts;
@@ -221,56 +220,26 @@ export class Applier {
   }
 
   /**
-   * Handles one stream message. Never throws for bad input (it is counted and reported through
-   * `onReject`); throws only when the store or the image chain fails, which stops the standby.
+   * Takes one whole frame, decoded and verified (see protocol/codec.ts), read at `streamSeq`.
+   * Throws `FrameError` when the frame is refused (stale, duplicate, gap, limit, malformed);
+   * throws other errors only when the store or the image chain fails, which stops the standby.
    */
-  async handle(streamSeq: number, data: Uint8Array): Promise<void> {
-    let part: FramePart;
-    try {
-      part = decodePart(data, this.#o.app);
-    } catch (err) {
-      if (err instanceof FrameError) return this.reject(err, streamSeq);
-      throw err;
-    }
-    await this.handlePart(part, streamSeq);
-  }
-
-  /** Like `handle`, for a part the caller already decoded and verified. */
-  async handlePart(part: FramePart, streamSeq: number): Promise<void> {
+  async handleFrame(frame: Frame, streamSeq: number): Promise<void> {
     this.#lastStreamSeq = Math.max(this.#lastStreamSeq, streamSeq);
-    let frame: Frame | undefined;
-    try {
-      frame = this.#parts.add(part);
-    } catch (err) {
-      if (err instanceof FrameError) return this.reject(err, streamSeq);
-      throw err;
-    }
-    if (!frame) return;
-    if (frame.body.byteLength > this.limits.maxFrameBytes) {
-      return this.reject(
-        limitFrameError(
-          'maxFrameBytes',
-          `frame ${frame.epoch}/${frame.seq} of ${frame.body.byteLength} bytes`,
-          this.limits.maxFrameBytes,
-        ),
-        streamSeq,
-      );
-    }
-    await this.#routeCounted(frame, streamSeq);
+    await this.#route(frame, streamSeq);
   }
 
   async #routeCounted(frame: Frame, streamSeq: number): Promise<void> {
     try {
       await this.#route(frame, streamSeq);
     } catch (err) {
-      if (err instanceof FrameError) return this.reject(err, streamSeq);
+      if (err instanceof FrameError) return this.#reject(err, streamSeq);
       throw err;
     }
   }
 
-  /** Counts and reports a rejected part or frame (callers that decode themselves use it too). */
-  reject(err: FrameError, streamSeq: number): void {
-    this.counters.rejected[err.reason] = (this.counters.rejected[err.reason] ?? 0) + 1;
+  /** Reports a frame refused after it waited (its turn, its fence). */
+  #reject(err: FrameError, streamSeq: number): void {
     this.#o.onReject?.(err, streamSeq);
   }
 
@@ -347,7 +316,7 @@ export class Applier {
         await this.#take(next.frame, next.streamSeq);
       } catch (err) {
         // A bad frame in the sequence is counted; the ones after it still get their turn.
-        if (err instanceof FrameError) this.reject(err, next.streamSeq);
+        if (err instanceof FrameError) this.#reject(err, next.streamSeq);
         else throw err;
       }
     }
@@ -486,7 +455,6 @@ export class Applier {
       ord.early.clear();
       this.#order.delete(e);
     }
-    this.#parts.discardBefore(h.epoch);
     if (this.#mode === 'snapshot') await this.#o.adapter.releaseAreas!();
     this.#o.onFence?.(h.epoch, h.nodeId, h.streamSeq);
     const waiting = this.#waiting;

@@ -4,19 +4,16 @@
  * by another), feeds the applier, keeps the image chain materialized, and tells the takeover
  * when it has caught up with enough relays to have seen every acknowledged checkpoint.
  */
-import { FrameError, FrameRejectReason } from '../errors.js';
 import { ImageChain } from '../image/chain.js';
-import type { EnvelopeCodec } from '../protocol/envelope.js';
-import { decodePart } from '../protocol/frame.js';
-import { ShardAssembler } from '../fec/assembler.js';
-import { decodeShard } from '../fec/shard.js';
-import type { FecSettings } from '../transport/relays.js';
+import type { FrameCodec } from '../protocol/codec.js';
 import type { AppNames } from '../protocol/subjects.js';
+import type { Limits } from '../limits.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
 import { StreamReader, lastStreamSeq, streamState, type StreamMessage } from '../transport/consumer.js';
 import type { RelayLagSample } from '../observability/observer.js';
-import { Applier, type ApplierOptions, type ApplyMode } from './applier.js';
+import type { Applier, ApplyMode } from './applier.js';
+import { Intake, type IntakeOptions } from './intake.js';
 
 /** Options of a standby run. */
 export interface StandbyOptions {
@@ -31,16 +28,16 @@ export interface StandbyOptions {
    * count), or with FEC, distinct shards of it.
    */
   readonly need: number;
-  /** FEC in use: messages are shards, rebuilt into parts as soon as any k are in. */
-  readonly fec?: FecSettings;
   /**
-   * Signed mode: every message is opened (MAC verified, body decrypted) here before any decoder
-   * reads it; unsigned, forged and damaged envelopes are rejected and counted.
+   * The codec shared with the primary: opens each message (signed mode: MAC verified, body
+   * decrypted before any decoder reads it) and, with FEC, rebuilds parts from shards.
    */
-  readonly envelope?: EnvelopeCodec;
-  readonly onReject?: ApplierOptions['onReject'];
-  readonly onCommit?: ApplierOptions['onCommit'];
-  readonly onFence?: ApplierOptions['onFence'];
+  readonly codec: FrameCodec;
+  /** Limits in force (frame, writes per checkpoint, staged bytes, image bytes). */
+  readonly limits?: Limits;
+  readonly onReject?: IntakeOptions['onReject'];
+  readonly onCommit?: IntakeOptions['onCommit'];
+  readonly onFence?: IntakeOptions['onFence'];
   /**
    * When to apply (seed claim 2: the relays hold the data durably meanwhile): `everyMs` applies
    * what arrived in batches once per interval; `maxBytesPerSec` caps the apply bandwidth.
@@ -55,9 +52,6 @@ export interface RelayLag {
   /** Stream sequence applied so far. */
   readonly applied: number;
 }
-
-/** Most frame ids remembered for counting on how many relays a frame was seen. */
-const MAX_WITNESS_IDS = 200_000;
 
 /** Resolves once `n` of `promises` resolved. */
 function atLeast(n: number, promises: Promise<void>[]): Promise<void> {
@@ -74,15 +68,13 @@ function atLeast(n: number, promises: Promise<void>[]): Promise<void> {
 
 /** One standby run. */
 export class StandbyRunner {
-  readonly applier: Applier;
-  readonly images = new ImageChain();
+  readonly intake: Intake;
+  readonly images: ImageChain;
   readonly #o: StandbyOptions;
   #readers: StreamReader[];
   readonly #applied: number[];
   /** Per relay: when the relay stored the last message applied from it (wall-clock ms). */
   readonly #appliedAt: number[];
-  readonly #witnesses = new Map<string, Set<number>>();
-  readonly #shards: ShardAssembler | undefined;
   readonly #waiters: { relay: number; seq: number; resolve: () => void }[] = [];
   #chain: Promise<void> = Promise.resolve();
   #paced: boolean;
@@ -96,23 +88,20 @@ export class StandbyRunner {
 
   constructor(opts: StandbyOptions) {
     this.#o = opts;
-    this.applier = new Applier({
+    this.images = new ImageChain({ maxImageBytes: opts.limits?.maxImageBytes });
+    this.intake = new Intake({
       app: opts.app,
+      codec: opts.codec,
+      relays: opts.links.length,
+      need: opts.need,
       adapter: opts.adapter,
       images: this.images,
       mode: opts.mode,
+      limits: opts.limits,
       onReject: opts.onReject,
-      onCommit: (pos, sealSeq) => {
-        this.#forget(pos.epoch, sealSeq);
-        opts.onCommit?.(pos, sealSeq);
-      },
-      onFence: (epoch, nodeId, seq) => {
-        this.#shards?.discardBefore(epoch);
-        opts.onFence?.(epoch, nodeId, seq);
-      },
-      sealDurable: (epoch, seq) => (this.#witnesses.get(`${epoch}.${seq}.0`)?.size ?? 0) >= opts.need,
+      onCommit: opts.onCommit,
+      onFence: opts.onFence,
     });
-    this.#shards = opts.fec ? new ShardAssembler({ app: opts.app }) : undefined;
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
     this.#appliedAt = opts.links.map(() => 0);
@@ -241,31 +230,7 @@ export class StandbyRunner {
 
   async #handle(relay: number, m: StreamMessage): Promise<void> {
     try {
-      try {
-        // Signed mode: nothing past this line sees a byte the cluster key did not vouch for.
-        const data = this.#o.envelope ? this.#o.envelope.open(m.data) : m.data;
-        if (this.#shards) {
-          // FEC: a shard; the part is rebuilt as soon as any k valid shards are in.
-          const shard = decodeShard(data, this.#o.app);
-          this.#witness(`${shard.epoch}.${shard.seq}.${shard.part}`, shard.index);
-          const bytes = await this.#shards.add(shard);
-          if (bytes) await this.applier.handlePart(decodePart(bytes, this.#o.app), m.streamSeq);
-          else await this.applier.recheck();
-        } else {
-          const part = decodePart(data, this.#o.app);
-          const id = `${part.epoch}.${part.seq}.${part.part}`;
-          if (this.#witnesses.get(id)?.has(relay)) {
-            // The same part twice on one relay: a replay (or a re-send past the dedupe window).
-            throw new FrameError(FrameRejectReason.Duplicate, `part ${id} again on relay ${relay}`);
-          }
-          const first = this.#witness(id, relay);
-          if (first) await this.applier.handlePart(part, m.streamSeq);
-          else if (this.#o.links.length > 1) await this.applier.recheck();
-        }
-      } catch (err) {
-        if (err instanceof FrameError) this.applier.reject(err, m.streamSeq);
-        else throw err;
-      }
+      await this.intake.take(relay, m.streamSeq, m.data);
       this.#applied[relay] = m.streamSeq;
       this.#appliedAt[relay] = m.timestampMs;
       this.#release();
@@ -275,37 +240,14 @@ export class StandbyRunner {
     }
   }
 
-  /**
-   * Forgets witnesses of frames up to a committed seal: only frames not yet committed need them,
-   * so the map stays as small as the uncommitted tail (a later copy of a forgotten frame reaches
-   * the applier, which counts it as a duplicate).
-   */
-  #forget(epoch: number, sealSeq: number): void {
-    for (const id of this.#witnesses.keys()) {
-      const dot = id.indexOf('.');
-      const e = Number(id.slice(0, dot));
-      const s = Number(id.slice(dot + 1, id.indexOf('.', dot + 1)));
-      if (e < epoch || (e === epoch && s <= sealSeq)) this.#witnesses.delete(id);
-    }
-  }
-
-  /** Notes that `who` (a relay, or a shard index) holds message `id`; true when it is the first. */
-  #witness(id: string, who: number): boolean {
-    let w = this.#witnesses.get(id);
-    if (!w) {
-      w = new Set();
-      this.#witnesses.set(id, w);
-      if (this.#witnesses.size > MAX_WITNESS_IDS)
-        this.#witnesses.delete(this.#witnesses.keys().next().value!);
-    }
-    const first = w.size === 0;
-    w.add(who);
-    return first;
-  }
-
   /** Shard figures (FEC): rejected shards by reason, parts rebuilt, rebuilt with parity. */
-  get shardCounters(): ShardAssembler['counters'] | undefined {
-    return this.#shards?.counters;
+  get shardCounters(): Intake['shardCounters'] {
+    return this.intake.shardCounters;
+  }
+
+  /** The applier this run feeds. */
+  get applier(): Applier {
+    return this.intake.applier;
   }
 
   /**

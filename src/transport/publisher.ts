@@ -1,11 +1,10 @@
 /**
- * Publishing frames to the app's stream: each part one message with a dedupe id, many in
- * flight, never one round trip per write. A publish that fails is retried with the same id (the
- * stream drops the copy if the first one did land), so retries never duplicate a frame.
+ * Publishing messages (parts or shards, encoded by protocol/codec.ts) to one relay's stream: each
+ * with its dedupe id, many in flight, never one round trip per write. A publish that fails is
+ * retried with the same id (the stream drops the copy if the first one did land), so retries
+ * never duplicate a frame.
  */
 import { ReplicationError } from '../errors.js';
-import { encodeFrame, type Frame } from '../protocol/frame.js';
-import { messageId } from '../protocol/subjects.js';
 import type { NatsLink } from './connection.js';
 
 /** Options of a publisher. */
@@ -18,12 +17,7 @@ export interface PublisherOptions {
   readonly timeoutMs?: number;
 }
 
-/** What a frame's publish resolves to: the stream sequence of its last part. */
-export interface PublishResult {
-  readonly streamSeq: number;
-}
-
-/** Publishes frames; `publish` resolves when every part of the frame is acked by the stream. */
+/** Publishes encoded messages to one relay; `send` resolves when the stream acked the message. */
 export class FramePublisher {
   readonly #link: NatsLink;
   readonly #opts: Required<PublisherOptions>;
@@ -38,19 +32,6 @@ export class FramePublisher {
   /** Parts currently awaiting an ack. */
   get inFlight(): number {
     return this.#inFlight;
-  }
-
-  /**
-   * Encodes and sends a frame. The returned promise settles when all parts are acked, or
-   * rejects with `ReplicationError` once the timeout passed. Parts are handed to the client in
-   * call order, so frames land in the stream in the order `publish` was called.
-   */
-  publish(frame: Frame): Promise<PublishResult> {
-    const parts = encodeFrame(this.#opts.app, frame, this.#link.maxPayload);
-    const acks = parts.map((bytes, i) =>
-      this.#sendPart(bytes, messageId(this.#opts.app, frame.epoch, frame.seq, i)),
-    );
-    return Promise.all(acks).then((seqs) => ({ streamSeq: seqs[seqs.length - 1]! }));
   }
 
   /** Resolves when fewer than `maxInFlight` parts are pending: call before producing more. */

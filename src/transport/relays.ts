@@ -6,17 +6,12 @@
  * the same dedupe ids, until it has caught up.
  */
 import { ConfigError, ReplicationError } from '../errors.js';
-import { ackedShardsNeeded, relayLossTolerance, relayOfShard } from '../fec/placement.js';
-import {
-  encodeShards,
-  maxPartBytes,
-  shardMessageId,
-  validateFecScheme,
-  type FecScheme,
-} from '../fec/shard.js';
+import { ackedShardsNeeded, relayLossTolerance } from '../fec/placement.js';
+import { validateFecScheme, type FecScheme } from '../fec/shard.js';
+import { FrameCodec, type OutMessage } from '../protocol/codec.js';
 import type { EnvelopeCodec } from '../protocol/envelope.js';
-import { encodeFrame, type Frame } from '../protocol/frame.js';
-import { messageId, type AppNames } from '../protocol/subjects.js';
+import type { Frame } from '../protocol/frame.js';
+import type { AppNames } from '../protocol/subjects.js';
 import { closeLink, ensureStream, openLink, type NatsLink, type NatsOptions } from './connection.js';
 import { FramePublisher } from './publisher.js';
 
@@ -119,10 +114,9 @@ export class RelaySet {
   /** Relays that must ack a frame (no FEC), or `shardsNeeded` shards per part (FEC). */
   readonly need: number;
   readonly fec: FecSettings | undefined;
-  readonly #app: string;
-  readonly #partBytes: number;
+  /** Frames to messages and back: shared with this node's standby, so both sides agree. */
+  readonly codec: FrameCodec;
   readonly #faults: FaultHook | undefined;
-  readonly #envelope: EnvelopeCodec | undefined;
   #closed = false;
   #onError: (msg: string) => void;
 
@@ -140,13 +134,15 @@ export class RelaySet {
     this.#relays = relays;
     this.need = o.need;
     this.fec = o.fec;
-    this.#app = o.app;
     this.#faults = o.faults;
     this.#onError = o.onError;
-    this.#envelope = o.envelope;
-    // Signed mode: every message grows by the envelope, so parts and shards are cut smaller.
-    const maxPayload = Math.min(...relays.map((r) => r.link.maxPayload)) - (o.envelope?.overhead ?? 0);
-    this.#partBytes = o.fec ? maxPartBytes(maxPayload, o.fec.scheme, o.app.length) : maxPayload;
+    this.codec = new FrameCodec({
+      app: o.app,
+      relays: relays.length,
+      maxPayload: Math.min(...relays.map((r) => r.link.maxPayload)),
+      fec: o.fec?.scheme,
+      envelope: o.envelope,
+    });
   }
 
   /** Links to each relay, in config order. */
@@ -239,34 +235,13 @@ export class RelaySet {
    * Relays that failed get their messages again from their backlog, so they catch up.
    */
   async publish(frame: Frame): Promise<void> {
-    const parts = encodeFrame(this.#app, frame, this.#partBytes);
-    const acked: Promise<void>[] = [];
-    for (const [i, part] of parts.entries()) {
-      let messages: { relay: number; bytes: Uint8Array; msgId: string }[];
-      if (this.fec) {
-        const shards = await encodeShards(
-          this.#app,
-          { epoch: frame.epoch, seq: frame.seq, part: i },
-          part,
-          this.fec.scheme,
-        );
-        messages = shards.map((bytes, j) => ({
-          relay: relayOfShard(j, this.#relays.length),
-          bytes: this.#envelope ? this.#envelope.seal(bytes) : bytes,
-          msgId: shardMessageId(this.#app, frame.epoch, frame.seq, i, j),
-        }));
-      } else {
-        const msgId = messageId(this.#app, frame.epoch, frame.seq, i);
-        // Sealed once: every relay gets the same bytes (and, encrypted, the same nonce).
-        const bytes = this.#envelope ? this.#envelope.seal(part) : part;
-        messages = this.#relays.map((_, relay) => ({ relay, bytes, msgId }));
-      }
-      acked.push(this.#sendAll(`${frame.epoch}/${frame.seq}.${i}`, messages));
-    }
-    await Promise.all(acked);
+    const parts = await this.codec.encode(frame);
+    await Promise.all(
+      parts.map((p) => this.#sendAll(`${p.key.epoch}/${p.key.seq}.${p.key.part}`, p.messages)),
+    );
   }
 
-  #sendAll(what: string, messages: { relay: number; bytes: Uint8Array; msgId: string }[]): Promise<void> {
+  #sendAll(what: string, messages: readonly OutMessage[]): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let ok = 0;
       let failed = 0;

@@ -25,7 +25,9 @@ import {
   encodeWrites,
   type ImageRecord,
 } from '../../src/protocol/records.js';
-import { Applier, type ApplyMode } from '../../src/standby/applier.js';
+import type { Applier, ApplyMode } from '../../src/standby/applier.js';
+import { Intake } from '../../src/standby/intake.js';
+import { FrameCodec } from '../../src/protocol/codec.js';
 import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 
 const APP = 'model';
@@ -44,6 +46,7 @@ interface Snap {
 class World {
   readonly adapter = memoryAdapter();
   readonly chain = new ImageChain();
+  readonly intake: Intake;
   readonly applier: Applier;
   /** Agreed history: checkpoint → what the standby must show once it committed it. */
   readonly snaps = new Map<number, Snap>([[0, { epoch: 0, store: new Map(), state: { cp: 0, kv: {} } }]]);
@@ -68,7 +71,15 @@ class World {
   fatal: unknown;
 
   constructor(readonly mode: ApplyMode) {
-    this.applier = new Applier({ app: APP, adapter: this.adapter, images: this.chain, mode });
+    this.intake = new Intake({
+      app: APP,
+      codec: new FrameCodec({ app: APP, relays: 1, maxPayload: 1 << 20 }),
+      relays: 1,
+      adapter: this.adapter,
+      images: this.chain,
+      mode,
+    });
+    this.applier = this.intake.applier;
     this.#publish(this.#frame(FrameKind.Fence, 0, encodeFence({ nodeId: 'n1' })), 1 << 20, true);
   }
 
@@ -92,7 +103,7 @@ class World {
   async deliver(part: Buffer): Promise<void> {
     this.delivered.push(part);
     try {
-      await this.applier.handle(++this.streamSeq, part);
+      await this.intake.take(0, ++this.streamSeq, part);
     } catch (err) {
       this.fatal ??= err;
       throw err;
@@ -315,7 +326,7 @@ describe.each(['delay-write', 'snapshot'] as const)('applier model (%s)', (mode)
           stats.runs++;
           stats.committed += w.applier.position.checkpoint;
           stats.epochs += w.epoch - 1;
-          stats.rejected += Object.values(w.applier.counters.rejected).reduce((a, b) => a + b, 0);
+          stats.rejected += Object.values(w.intake.counters.rejected).reduce((a, b) => a + b, 0);
         }),
         { numRuns: RUNS },
       );

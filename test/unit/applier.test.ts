@@ -3,7 +3,9 @@ import { memoryAdapter } from '../../adapters/memory/index.js';
 import { ImageChain, ImageEncoder } from '../../src/image/chain.js';
 import { FrameKind, encodeFrame, type Frame } from '../../src/protocol/frame.js';
 import { encodeFence, encodeImage, encodeSeal, encodeWrites } from '../../src/protocol/records.js';
-import { Applier, decodeMeta } from '../../src/standby/applier.js';
+import { type Applier, decodeMeta } from '../../src/standby/applier.js';
+import type { Intake } from '../../src/standby/intake.js';
+import { testIntake } from '../helpers/intake.js';
 import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 
 const APP = 'unit';
@@ -61,18 +63,15 @@ async function setup(): Promise<{
   adapter: StorageAdapter;
   chain: ImageChain;
   applier: Applier;
+  intake: Intake;
   feed: (...f: Frame[]) => Promise<void>;
+  take: (bytes: Uint8Array) => Promise<void>;
 }> {
   const adapter = memoryAdapter();
   await adapter.open();
   const chain = new ImageChain();
-  const applier = new Applier({ app: APP, adapter, images: chain });
-  let streamSeq = 0;
-  const feed = async (...frames: Frame[]): Promise<void> => {
-    for (const f of frames)
-      for (const part of encodeFrame(APP, f, 1 << 20)) await applier.handle(++streamSeq, part);
-  };
-  return { adapter, chain, applier, feed };
+  const { intake, applier, feed, take } = testIntake({ app: APP, adapter, images: chain });
+  return { adapter, chain, applier, intake, feed, take };
 }
 
 async function dump(adapter: StorageAdapter): Promise<Record<string, string>> {
@@ -120,7 +119,7 @@ describe('applier (delay-write)', () => {
   });
 
   it('a fence rolls back unsealed writes of the old epoch and drops its later frames as stale', async () => {
-    const { adapter, chain, applier, feed } = await setup();
+    const { adapter, chain, applier, intake, feed } = await setup();
     const old = new FakePrimary(1);
     await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, { v: 1 }), old.seal(1, 1, 1));
     await feed(old.writes(2, [put('a', 'unsealed')]), old.image(2, { v: 2 }));
@@ -128,7 +127,7 @@ describe('applier (delay-write)', () => {
     await feed(next.fence(1));
     // The deposed primary's seal arrives after the fence: it must not commit checkpoint 2.
     await feed(old.seal(2, 1, 1));
-    expect(applier.counters.rejected.stale).toBe(1);
+    expect(intake.counters.rejected.stale).toBe(1);
     expect(applier.position).toMatchObject({ epoch: 1, checkpoint: 1 });
     expect(await dump(adapter)).toEqual({ a: '1' });
     await feed(next.writes(2, [put('b', 'new')]), next.image(2, { v: 'new' }), next.seal(2, 1, 1));
@@ -138,33 +137,33 @@ describe('applier (delay-write)', () => {
   });
 
   it('ignores replays of committed checkpoints and counts corrupt frames without applying them', async () => {
-    const { adapter, applier, feed } = await setup();
+    const { adapter, intake, feed, take } = await setup();
     const p = new FakePrimary(1);
     const frames = [p.fence(), p.writes(1, [put('a', '1')]), p.image(1, { v: 1 }), p.seal(1, 1, 1)];
     await feed(...frames);
     await feed(...frames.slice(1));
-    expect(applier.counters.rejected.duplicate).toBe(3);
+    expect(intake.counters.rejected.duplicate).toBe(3);
     const [bad] = encodeFrame(APP, p.writes(2, [put('a', 'evil')]), 1 << 20);
     bad![bad!.length - 5]! ^= 1;
-    await applier.handle(100, bad!);
-    await applier.handle(101, Buffer.from('not a frame at all'));
+    await take(bad!);
+    await take(Buffer.from('not a frame at all'));
     const [foreign] = encodeFrame('other-app', p.writes(2, [put('a', 'evil')]), 1 << 20);
-    await applier.handle(102, foreign!);
-    expect(applier.counters.rejected).toMatchObject({ checksum: 1, foreign: 1, duplicate: 3 });
+    await take(foreign!);
+    expect(intake.counters.rejected).toMatchObject({ checksum: 1, foreign: 1, duplicate: 3 });
     expect(await dump(adapter)).toEqual({ a: '1' });
   });
 
   it('refuses a seal whose counts disagree with what was staged', async () => {
-    const { adapter, applier, feed } = await setup();
+    const { adapter, applier, intake, feed } = await setup();
     const p = new FakePrimary(1);
     await feed(p.fence(), p.writes(1, [put('a', '1'), put('b', '2')]), p.image(1, {}), p.seal(1, 1, 3));
-    expect(applier.counters.rejected.malformed).toBe(1);
+    expect(intake.counters.rejected.malformed).toBe(1);
     expect(applier.position.checkpoint).toBe(0);
     expect(await dump(adapter)).toEqual({});
   });
 
   it('a fence waits for its cutoff: late frames of the agreed history apply, later ones of the old epoch are stale', async () => {
-    const { adapter, chain, applier, feed } = await setup();
+    const { adapter, chain, applier, intake, feed } = await setup();
     const old = new FakePrimary(1);
     await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, { v: 1 }), old.seal(1, 1, 1));
     const w2 = old.writes(2, [put('b', '2')]);
@@ -178,29 +177,24 @@ describe('applier (delay-write)', () => {
     expect(applier.fenceEpoch).toBe(2);
     await feed(s2, zombie);
     expect(applier.position).toMatchObject({ epoch: 2, checkpoint: 3 });
-    expect(applier.counters.rejected.stale).toBe(1);
+    expect(intake.counters.rejected.stale).toBe(1);
     expect(await dump(adapter)).toEqual({ a: '1', b: '2', c: '3' });
     expect(chain.materialize()).toEqual({ v: 3 });
   });
 
-  it('commits a checkpoint only once its seal is durable, unless relaxed for a takeover', async () => {
+  it('commits a checkpoint only once its seal is durable (seen on as many relays as the policy needs), unless relaxed for a takeover', async () => {
     const adapter = memoryAdapter();
     await adapter.open();
-    let durable = false;
-    const applier = new Applier({ app: APP, adapter, images: new ImageChain(), sealDurable: () => durable });
+    const { applier, take } = testIntake({ app: APP, adapter, relays: 2, need: 2 });
     const p = new FakePrimary(1);
-    let seq = 0;
-    for (const f of [p.fence(), p.writes(1, [put('a', '1')]), p.image(1, {}), p.seal(1, 1, 1)]) {
-      for (const part of encodeFrame(APP, f, 1 << 20)) await applier.handle(++seq, part);
-    }
+    const parts = (...fs: Frame[]): Buffer[] => fs.flatMap((f) => encodeFrame(APP, f, 1 << 20));
+    const first = parts(p.fence(), p.writes(1, [put('a', '1')]), p.image(1, {}), p.seal(1, 1, 1));
+    for (const m of first) await take(m, 0);
     expect(applier.position.checkpoint).toBe(0);
-    durable = true;
-    await applier.recheck();
+    // The second relay's copies arrive: the seal has its second witness.
+    for (const m of first) await take(m, 1);
     expect(applier.position.checkpoint).toBe(1);
-    durable = false;
-    for (const f of [p.writes(2, [put('b', '2')]), p.image(2, {}), p.seal(2, 1, 1)]) {
-      for (const part of encodeFrame(APP, f, 1 << 20)) await applier.handle(++seq, part);
-    }
+    for (const m of parts(p.writes(2, [put('b', '2')]), p.image(2, {}), p.seal(2, 1, 1))) await take(m, 0);
     expect(applier.position.checkpoint).toBe(1);
     await applier.relax();
     expect(applier.position.checkpoint).toBe(2);

@@ -19,7 +19,8 @@ import {
   encodeWrites,
   type ImageRecord,
 } from '../../src/protocol/records.js';
-import { Applier } from '../../src/standby/applier.js';
+import type { Applier } from '../../src/standby/applier.js';
+import { testIntake } from '../helpers/intake.js';
 import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 
 const APP = 'chunks';
@@ -135,17 +136,14 @@ async function standby(): Promise<{
   await adapter.open();
   const chain = new ImageChain();
   const rejected: string[] = [];
-  const applier = new Applier({
+  const { applier, take, feed } = testIntake({
     app: APP,
     adapter,
     images: chain,
+    partBytes: PART_BYTES,
     onReject: (err) => rejected.push(err.reason),
   });
-  let streamSeq = 0;
-  const send = (bytes: Buffer): Promise<void> => applier.handle(++streamSeq, bytes);
-  const feed = async (...frames: Frame[]): Promise<void> => {
-    for (const f of frames) for (const part of encodeFrame(APP, f, PART_BYTES)) await send(part);
-  };
+  const send = (bytes: Buffer): Promise<void> => take(bytes);
   return { adapter, chain, applier, rejected, send, feed };
 }
 

@@ -4,7 +4,7 @@ import { ConfigError, FencedError, FrameRejectReason, LimitError } from '../../s
 import { ImageChain, ImageEncoder } from '../../src/image/chain.js';
 import { DEFAULT_LIMITS, resolveLimits, type Limits } from '../../src/limits.js';
 import { Replicator } from '../../src/primary/replicator.js';
-import { FrameKind, encodeFrame, type Frame } from '../../src/protocol/frame.js';
+import { FrameKind, type Frame } from '../../src/protocol/frame.js';
 import {
   encodeFence,
   encodeImage,
@@ -13,7 +13,9 @@ import {
   type ImageRecord,
 } from '../../src/protocol/records.js';
 import { resolveOptions } from '../../src/sdk/options.js';
-import { Applier, type ApplyMode } from '../../src/standby/applier.js';
+import type { Applier, ApplyMode } from '../../src/standby/applier.js';
+import type { Intake } from '../../src/standby/intake.js';
+import { testIntake } from '../helpers/intake.js';
 import type { WriteOp } from '../../src/storage/adapter.js';
 
 const APP = 'limits';
@@ -131,11 +133,16 @@ class Primary {
 async function standby(
   limits: Partial<Limits>,
   mode: ApplyMode = 'delay-write',
-): Promise<{ applier: Applier; feed: (...f: Frame[]) => Promise<void>; messages: string[] }> {
+): Promise<{
+  applier: Applier;
+  intake: Intake;
+  feed: (...f: Frame[]) => Promise<void>;
+  messages: string[];
+}> {
   const adapter = memoryAdapter();
   await adapter.open();
   const messages: string[] = [];
-  const applier = new Applier({
+  const { applier, intake, feed } = testIntake({
     app: APP,
     adapter,
     images: new ImageChain(),
@@ -143,25 +150,20 @@ async function standby(
     limits: { ...DEFAULT_LIMITS, ...limits },
     onReject: (err) => messages.push(err.message),
   });
-  let seq = 0;
-  const feed = async (...frames: Frame[]): Promise<void> => {
-    for (const f of frames)
-      for (const part of encodeFrame(APP, f, 1 << 20)) await applier.handle(++seq, part);
-  };
-  return { applier, feed, messages };
+  return { applier, intake, feed, messages };
 }
 
 describe('limits on the standby (applier, image chain)', () => {
   it('limits.maxFrameBytes: a frame larger than it is refused and counted as limit', async () => {
-    const { applier, feed, messages } = await standby({ maxFrameBytes: 64 * 1024 });
+    const { intake, feed, messages } = await standby({ maxFrameBytes: 64 * 1024 });
     const p = new Primary();
     await feed(p.fence(), p.writes(1, [put('k', new Uint8Array(80 * 1024))]));
-    expect(applier.counters.rejected[FrameRejectReason.Limit]).toBe(1);
+    expect(intake.counters.rejected[FrameRejectReason.Limit]).toBe(1);
     expect(messages.at(-1)).toMatch(/limits.maxFrameBytes/);
   });
 
   it('limits.maxWritesPerCheckpoint: a write frame taking a checkpoint past it is refused; the checkpoint does not commit', async () => {
-    const { applier, feed, messages } = await standby({ maxWritesPerCheckpoint: 3 });
+    const { applier, intake, feed, messages } = await standby({ maxWritesPerCheckpoint: 3 });
     const p = new Primary();
     await feed(
       p.fence(),
@@ -169,7 +171,7 @@ describe('limits on the standby (applier, image chain)', () => {
       p.writes(1, [put('c', '3'), put('d', '4')]),
     );
     await feed(p.image(1, {}), p.seal(1, 2, 4));
-    expect(applier.counters.rejected[FrameRejectReason.Limit]).toBe(1);
+    expect(intake.counters.rejected[FrameRejectReason.Limit]).toBe(1);
     expect(messages.at(-1)).toMatch(/would hold 4 write ops.*limits.maxWritesPerCheckpoint/);
     expect(applier.position.checkpoint).toBe(0);
   });
@@ -177,19 +179,19 @@ describe('limits on the standby (applier, image chain)', () => {
   it.each(['delay-write', 'snapshot'] as const)(
     'limits.maxStagedBytes (%s): frames past it are refused, and committing frees the room',
     async (mode) => {
-      const { applier, feed, messages } = await standby({ maxStagedBytes: 1024 * 1024 }, mode);
+      const { applier, intake, feed, messages } = await standby({ maxStagedBytes: 1024 * 1024 }, mode);
       const p = new Primary();
       const value = new Uint8Array(300 * 1024);
       await feed(p.fence());
       for (let i = 0; i < 5; i++) await feed(p.writes(1, [put(`k${i}`, value)]));
       if (mode === 'delay-write') {
         // Three bodies of 300 KiB fit in 1 MiB, the fourth does not.
-        expect(applier.counters.rejected[FrameRejectReason.Limit]).toBe(2);
+        expect(intake.counters.rejected[FrameRejectReason.Limit]).toBe(2);
         expect(messages.at(-1)).toMatch(/limits.maxStagedBytes/);
         expect(applier.stagedBytes).toBeLessThanOrEqual(1024 * 1024);
       } else {
         // Snapshot mode writes go to the store's version areas, not to memory.
-        expect(applier.counters.rejected[FrameRejectReason.Limit]).toBeUndefined();
+        expect(intake.counters.rejected[FrameRejectReason.Limit]).toBeUndefined();
       }
       const q = new Primary();
       const { applier: a2, feed: feed2 } = await standby({ maxStagedBytes: 1024 * 1024 }, mode);

@@ -1,0 +1,269 @@
+/**
+ * Promotion: how a hot standby becomes the primary, as named steps, each timed.
+ *
+ * ```text
+ * standby ─► claim ─► catch up ─► roll back ─► fence ─► restore ─► primary
+ *            (CAS,    (read       (drop what   (publish (image →
+ *            epoch+1)  quorum)     never       the cut,  live state)
+ *                                  sealed)     durable)
+ * ```
+ *
+ * 1. **claim** — wait until the lease is vacant, catch up once (so the new epoch is above every
+ *    fence in the relays), then take the lease by compare-and-set with the next epoch;
+ * 2. **catch up** — everything acknowledged was stored before the claim (the old primary acks
+ *    only while its lease holds): read a read quorum of relays to the end;
+ * 3. **roll back** — commit every complete sealed checkpoint seen, durable-looking or not
+ *    (nothing can be added to the old epoch now), then drop what never sealed (delay-write) or
+ *    release the areas written after the last formed snapshot (snapshot mode);
+ * 4. **fence** — publish the fence naming the cut, until it is durable under the policy;
+ * 5. **restore** — turn the materialized image into the live state.
+ *
+ * Each step reports its duration (`TakeoverStats`). A step that fails releases the lease so
+ * another node can take over, and rejects.
+ */
+import { FencedError, type RestartpointError } from '../errors.js';
+import { FrameKind } from '../protocol/frame.js';
+import { encodeFence } from '../protocol/records.js';
+import type { StandbyRunner } from '../standby/runner.js';
+import { encodeMeta, type AppliedPosition, type ApplyMode } from '../standby/applier.js';
+import type { StorageAdapter } from '../storage/adapter.js';
+import type { LeaseStore } from '../transport/lease-store.js';
+import { readSwitchover } from '../transport/presence.js';
+import type { Frame } from '../protocol/frame.js';
+import { claimWhenVacant, LeaseKeeper, now, type Claim } from './lease.js';
+
+/** How the takeover that made this node primary went (milliseconds). */
+export interface TakeoverStats {
+  /** From the lease going quiet (last renewal seen) to the claim. */
+  readonly detectMs: number;
+  /** From the claim to every complete checkpoint applied (catch-up with a read quorum of relays). */
+  readonly catchUpMs: number;
+  /**
+   * Rolling the store back to the resumed checkpoint: discarding staged writes (delay-write) or
+   * releasing the areas written after the last formed snapshot (snapshot mode).
+   */
+  readonly rollbackMs: number;
+  /** Publishing the fence until it was durable (longer while too many relays are down). */
+  readonly fenceMs: number;
+  /** Turning the materialized image into the live state. */
+  readonly restoreMs: number;
+  /** The primary whose lease ran out; `undefined` when the lease was released (a clean close) or never held. */
+  readonly previous: string | undefined;
+}
+
+/** The states a takeover moves through, as the reporter names them. */
+export type TakeoverState = 'standby' | 'claiming' | 'catching-up' | 'fencing' | 'restoring';
+
+/** What a takeover needs: the standby it promotes and the parts around it. */
+export interface TakeoverOptions<S> {
+  readonly app: string;
+  readonly nodeId: string;
+  readonly leaseTtlMs: number;
+  readonly mode: ApplyMode;
+  readonly storage: StorageAdapter;
+  readonly standby: StandbyRunner;
+  /** Relays this many read have seen every acknowledged frame. */
+  readonly readQuorum: number;
+  /** Publishes a frame under the ack policy (the fence). */
+  readonly publish: (frame: Frame) => Promise<void>;
+  readonly lease: LeaseStore;
+  /** The lease bucket (a switchover request lives beside the lease). */
+  readonly kv: Parameters<typeof readSwitchover>[0];
+  /** Refuses to resume from `checkpoint` (an image this node cannot read): checked before the fence. */
+  readonly resumeProblem: (checkpoint: number) => RestartpointError | undefined;
+  /** The live state to resume `checkpoint` from. */
+  readonly restore: (checkpoint: number) => Promise<S>;
+  readonly transition: (to: TakeoverState, reason?: string) => void;
+  readonly log: (e: {
+    level: 'debug' | 'info' | 'warn' | 'error';
+    msg: string;
+    [k: string]: unknown;
+  }) => void;
+  /** Aborts the wait for the lease (the standby is being stopped). */
+  readonly signal?: AbortSignal;
+  /** Called once the lease is ours, with its epoch (before catch-up). */
+  readonly onClaimed?: (claim: Claim) => void;
+  /** Called when the lease is lost after the claim (the keeper's `onLost`). */
+  readonly onLost: (err: FencedError) => void;
+}
+
+/** A finished takeover: the lease, where the app resumes, and how long each step took. */
+export interface Promotion<S> {
+  readonly claim: Claim;
+  readonly keeper: LeaseKeeper;
+  readonly position: AppliedPosition;
+  readonly state: S;
+  readonly stats: TakeoverStats;
+}
+
+/**
+ * Runs the takeover steps in order and resolves once this node may act as primary. Rejects when
+ * aborted (`signal`), when the standby fails, or when a step fails (the lease is then released).
+ */
+export async function takeOver<S>(o: TakeoverOptions<S>): Promise<Promotion<S>> {
+  const claim = await claimStep(o);
+  const claimedAt = now();
+  o.onClaimed?.(claim);
+  let lost: FencedError | undefined;
+  const keeper = new LeaseKeeper(o.lease, claim, o.leaseTtlMs, (err) => {
+    lost = err;
+    o.onLost(err);
+  });
+  try {
+    o.transition('catching-up', claim.previous ? `lease of ${claim.previous} ran out` : 'lease vacant');
+    await catchUpStep(o);
+    const caughtUpAt = now();
+    const position = await rollBackStep(o);
+    const rolledBackAt = now();
+    const problem = o.resumeProblem(position.checkpoint);
+    if (problem) throw problem;
+    if (o.signal?.aborted) throw o.signal.reason;
+    o.transition('fencing');
+    await fenceStep(o, claim.epoch, position, () => lost);
+    const fencedAt = now();
+    o.transition('restoring');
+    const state = await o.restore(position.checkpoint);
+    const restoredAt = now();
+    await o.storage.commit(
+      [],
+      encodeMeta({
+        app: o.app,
+        epoch: claim.epoch,
+        checkpoint: position.checkpoint,
+        streamSeq: 0,
+        role: 'primary',
+      }),
+    );
+    if (lost) throw lost;
+    return {
+      claim,
+      keeper,
+      position,
+      state,
+      stats: {
+        detectMs: Math.max(0, claimedAt - claim.vacantSince),
+        catchUpMs: caughtUpAt - claimedAt,
+        rollbackMs: rolledBackAt - caughtUpAt,
+        fenceMs: fencedAt - rolledBackAt,
+        restoreMs: restoredAt - fencedAt,
+        previous: claim.previous,
+      },
+    };
+  } catch (err) {
+    // Whatever failed, the lease must not stay with a node that will not serve.
+    await keeper.stop(true);
+    throw err;
+  }
+}
+
+/**
+ * Step 1: waits until the lease is vacant and takes it, racing a standby failure and the abort
+ * signal. Before the claim, the standby catches up once so that the new epoch is above every
+ * fence in the relays.
+ */
+async function claimStep<S>(o: TakeoverOptions<S>): Promise<Claim> {
+  const stop = new AbortController();
+  const onAbort = (): void => stop.abort(o.signal?.reason);
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  if (o.signal?.aborted) onAbort();
+  try {
+    return await Promise.race([
+      claimWhenVacant({
+        store: o.lease,
+        holder: o.nodeId,
+        ttlMs: o.leaseTtlMs,
+        knownEpoch: () => o.standby.applier.fenceEpoch,
+        beforeClaim: async () => {
+          // A node that just handed its role over lets the standby it handed to claim first.
+          await yieldAfterSwitchover(o.kv, o.lease, o.nodeId, o.leaseTtlMs, stop.signal);
+          o.transition('claiming', 'lease vacant');
+          // Taking over: pacing ends here, the catch-up runs at full speed.
+          o.standby.unpace();
+          return o.standby.catchUp(o.readQuorum);
+        },
+        signal: stop.signal,
+        onError: (err) => o.log({ level: 'warn', msg: 'lease read failed', error: String(err) }),
+        onLostRace: () => o.transition('standby', 'another node claimed the lease first'),
+      }),
+      o.standby.failed(),
+    ]);
+  } finally {
+    stop.abort();
+    o.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** Step 2: reads a read quorum of relays to the end, then stops reading. */
+async function catchUpStep<S>(o: TakeoverOptions<S>): Promise<void> {
+  o.standby.unpace();
+  await o.standby.catchUp(o.readQuorum);
+  await o.standby.stop();
+}
+
+/**
+ * Step 3: commits every complete sealed checkpoint seen, then drops what never sealed: staged
+ * writes (delay-write), or the areas written after the last formed snapshot (snapshot mode), so
+ * the store is exactly the resumed checkpoint.
+ */
+async function rollBackStep<S>(o: TakeoverOptions<S>): Promise<AppliedPosition> {
+  await o.standby.applier.relax();
+  if (o.mode === 'snapshot') await o.storage.releaseAreas!();
+  return o.standby.applier.position;
+}
+
+/**
+ * Step 4: the fence names the cut: frames of older epochs for checkpoints after it are void. It
+ * must be durable under the policy before this node acts as primary: while too many relays are
+ * down for that, the takeover waits (the lease stays ours meanwhile).
+ */
+async function fenceStep<S>(
+  o: TakeoverOptions<S>,
+  epoch: number,
+  position: AppliedPosition,
+  lost: () => FencedError | undefined,
+): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await o.publish({
+        kind: FrameKind.Fence,
+        epoch,
+        seq: 1,
+        checkpoint: position.checkpoint,
+        body: encodeFence({ nodeId: o.nodeId }),
+      });
+      return;
+    } catch (err) {
+      const gone = lost();
+      if (gone) throw gone;
+      o.log({
+        level: 'warn',
+        msg: 'fence not durable yet, retrying',
+        attempt,
+        error: (err as Error).message,
+      });
+      await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
+    }
+  }
+}
+
+/**
+ * Before claiming a vacant lease: if this node is the one a switchover just took the role from
+ * (the request names it and is recent), wait until another node claimed the lease, or a few
+ * TTLs passed (no standby came), so the handover goes where the operator meant it to.
+ */
+async function yieldAfterSwitchover(
+  kv: Parameters<typeof readSwitchover>[0],
+  lease: LeaseStore,
+  nodeId: string,
+  ttlMs: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const req = await readSwitchover(kv).catch(() => undefined);
+  if (!req || req.from !== nodeId || Date.now() - req.requestedAt > 60_000) return;
+  const until = now() + 3 * ttlMs;
+  while (now() < until && !signal.aborted) {
+    const read = await lease.read().catch(() => undefined);
+    if (read?.value?.holder && read.value.holder !== nodeId) return;
+    await new Promise((r) => setTimeout(r, Math.max(20, ttlMs / 10)));
+  }
+}

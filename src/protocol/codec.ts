@@ -1,0 +1,191 @@
+/**
+ * The codec: the one pipeline between frames and relay messages, used by both sides.
+ *
+ * ```text
+ * encode:  Frame ─► parts (frame.ts) ─► [FEC shards (fec/shard.ts)] ─► [envelope seal] ─► messages
+ * decode:  message ─► [envelope open] ─► part | shard ─► (witness) ─► [FEC rebuild] ─► parts ─► Frame
+ * ```
+ *
+ * `FrameCodec.encode` turns a frame into the messages to publish, each with the relay it goes to
+ * and its dedupe id. `FrameCodec.open` turns one message back into a `DecodedMessage` (its typed
+ * `PartKey` and who witnesses it) or throws a `FrameError` rejection; `FrameDecoder.add` joins
+ * decoded messages into whole frames (rebuilding FEC parts as soon as any k shards are in,
+ * joining multi-part frames) and enforces `maxFrameBytes`. Nothing past `open` sees a byte that
+ * the cluster key did not vouch for (signed mode).
+ */
+import { FrameError, FrameRejectReason } from '../errors.js';
+import { ShardAssembler } from '../fec/assembler.js';
+import { relayOfShard } from '../fec/placement.js';
+import {
+  decodeShard,
+  encodeShards,
+  maxPartBytes,
+  shardMessageId,
+  type FecScheme,
+  type Shard,
+} from '../fec/shard.js';
+import type { EnvelopeCodec } from './envelope.js';
+import { PartAssembler, decodePart, encodeFrame, type Frame, type FramePart } from './frame.js';
+import { messageId } from './subjects.js';
+
+/** Which part of which frame a message carries: the frame's (epoch, seq) and the part index. */
+export interface PartKey {
+  readonly epoch: number;
+  readonly seq: number;
+  readonly part: number;
+}
+
+/** One message to publish: its bytes, its dedupe id and the relay it goes to. */
+export interface OutMessage {
+  /** Index of the relay (config order) this message goes to. */
+  readonly relay: number;
+  readonly bytes: Uint8Array;
+  readonly msgId: string;
+}
+
+/** The messages of one part of a frame. */
+export interface EncodedPart {
+  readonly key: PartKey;
+  readonly messages: OutMessage[];
+}
+
+/**
+ * One message, opened and decoded: a part (no FEC) or a shard (FEC). `shard` is set exactly when
+ * FEC is in use.
+ */
+export type DecodedMessage =
+  | { readonly key: PartKey; readonly part: FramePart; readonly shard?: undefined }
+  | { readonly key: PartKey; readonly shard: Shard; readonly part?: undefined };
+
+/** Options of a codec: the same on the primary and its standbys. */
+export interface CodecOptions {
+  readonly app: string;
+  /** Number of relays (messages are addressed by relay index). */
+  readonly relays: number;
+  /** Largest message the relays accept (the smallest `max_payload` of them), envelope included. */
+  readonly maxPayload: number;
+  /** FEC in use: every part goes out as k + m shards, shard i to relay i mod N. */
+  readonly fec?: FecScheme;
+  /** Signed mode: every message is sealed on encode and opened (verified) on decode. */
+  readonly envelope?: EnvelopeCodec;
+}
+
+/** Frames to messages and back. Stateless: `FrameDecoder` holds the joining state. */
+export class FrameCodec {
+  readonly #o: CodecOptions;
+  /** Largest part body: what fits a message after the envelope (and the shard headers, with FEC). */
+  readonly partBytes: number;
+
+  constructor(o: CodecOptions) {
+    this.#o = o;
+    // Signed mode: every message grows by the envelope, so parts and shards are cut smaller.
+    const payload = o.maxPayload - (o.envelope?.overhead ?? 0);
+    this.partBytes = o.fec ? maxPartBytes(payload, o.fec, o.app.length) : payload;
+  }
+
+  /** Whether messages are FEC shards. */
+  get fec(): boolean {
+    return this.#o.fec !== undefined;
+  }
+
+  /**
+   * The messages of `frame`, part by part: each part to every relay, or (FEC) each part as
+   * k + m shards, shard i to relay i mod N.
+   */
+  async encode(frame: Frame): Promise<EncodedPart[]> {
+    const { app, envelope, fec, relays } = this.#o;
+    const parts = encodeFrame(app, frame, this.partBytes);
+    const out: EncodedPart[] = [];
+    for (const [i, part] of parts.entries()) {
+      const key: PartKey = { epoch: frame.epoch, seq: frame.seq, part: i };
+      if (fec) {
+        const shards = await encodeShards(app, key, part, fec);
+        out.push({
+          key,
+          messages: shards.map((bytes, j) => ({
+            relay: relayOfShard(j, relays),
+            bytes: envelope ? envelope.seal(bytes) : bytes,
+            msgId: shardMessageId(app, frame.epoch, frame.seq, i, j),
+          })),
+        });
+      } else {
+        const msgId = messageId(app, frame.epoch, frame.seq, i);
+        // Sealed once: every relay gets the same bytes (and, encrypted, the same nonce).
+        const bytes = envelope ? envelope.seal(part) : part;
+        out.push({ key, messages: Array.from({ length: relays }, (_, relay) => ({ relay, bytes, msgId })) });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Opens one message: verifies the envelope (signed mode), then decodes the part or shard.
+   * Throws `FrameError` (the rejection, by reason) for anything that is not a genuine, intact
+   * message of this app.
+   */
+  open(data: Uint8Array): DecodedMessage {
+    const { app, envelope, fec } = this.#o;
+    const bytes = envelope ? envelope.open(data) : data;
+    if (fec) {
+      const shard = decodeShard(bytes, app);
+      return { key: { epoch: shard.epoch, seq: shard.seq, part: shard.part }, shard };
+    }
+    const part = decodePart(bytes, app);
+    return { key: { epoch: part.epoch, seq: part.seq, part: part.part }, part };
+  }
+}
+
+/** Options of a `FrameDecoder`. */
+export interface FrameDecoderOptions {
+  readonly app: string;
+  /** Largest frame body accepted (all parts joined); a larger one is refused as `limit`. */
+  readonly maxFrameBytes: number;
+}
+
+/**
+ * Joins decoded messages into whole frames: FEC shards into parts (as soon as any k valid shards
+ * of a part are in), parts into frames. One per standby run.
+ */
+export class FrameDecoder {
+  readonly #o: FrameDecoderOptions;
+  readonly #parts = new PartAssembler();
+  #shards: ShardAssembler | undefined;
+
+  constructor(o: FrameDecoderOptions) {
+    this.#o = o;
+  }
+
+  /**
+   * Adds one decoded message; resolves the whole frame once its last missing piece is in,
+   * `undefined` while pieces are missing (or for a shard that came after its part was rebuilt).
+   * Throws `FrameError` for a piece that disagrees with its siblings, or a frame over the limit.
+   */
+  async add(m: DecodedMessage): Promise<Frame | undefined> {
+    let part = m.part;
+    if (m.shard) {
+      this.#shards ??= new ShardAssembler({ app: this.#o.app });
+      const bytes = await this.#shards.add(m.shard);
+      if (!bytes) return undefined;
+      part = decodePart(bytes, this.#o.app);
+    }
+    const frame = this.#parts.add(part!);
+    if (frame && frame.body.byteLength > this.#o.maxFrameBytes) {
+      throw new FrameError(
+        FrameRejectReason.Limit,
+        `frame ${frame.epoch}/${frame.seq} of ${frame.body.byteLength} bytes: over the limit of ${this.#o.maxFrameBytes} (limit 'limits.maxFrameBytes'; raise it in the start options of every node)`,
+      );
+    }
+    return frame;
+  }
+
+  /** Drops pieces of epochs older than `epoch` that are still incomplete (after a fence). */
+  discardBefore(epoch: number): void {
+    this.#parts.discardBefore(epoch);
+    this.#shards?.discardBefore(epoch);
+  }
+
+  /** Shard figures (FEC): rejected shards by reason, parts rebuilt, rebuilt with parity. */
+  get shardCounters(): ShardAssembler['counters'] | undefined {
+    return this.#shards?.counters;
+  }
+}

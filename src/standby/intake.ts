@@ -1,0 +1,121 @@
+/**
+ * Where every message a standby reads enters: the production path from relay bytes to the
+ * applier, without the transport (so tests drive exactly this).
+ *
+ * ```text
+ * (relay, streamSeq, bytes) ─► codec.open ─► witnesses ─► decoder (FEC rebuild, multi-part join)
+ *                                                          └─► whole frame ─► applier
+ * ```
+ *
+ * Each part is counted once per relay (or, with FEC, once per distinct shard): that count is how
+ * the standby tells a checkpoint the ack policy made durable. Every refusal, whichever stage
+ * refused it, is counted here by reason and reported through `onReject`.
+ */
+import { FrameError, FrameRejectReason } from '../errors.js';
+import { FrameDecoder, type FrameCodec } from '../protocol/codec.js';
+import type { StorageAdapter } from '../storage/adapter.js';
+import { DEFAULT_LIMITS, type Limits } from '../limits.js';
+import { Applier, type ApplierOptions, type ApplyMode, type ImageSink } from './applier.js';
+import { Witnesses } from './witnesses.js';
+
+/** Options of an intake. */
+export interface IntakeOptions {
+  readonly app: string;
+  readonly codec: FrameCodec;
+  /** Number of relays read. */
+  readonly relays: number;
+  /**
+   * Witnesses a checkpoint needs before it counts as durable: relays that hold it (the ack
+   * policy's count), or with FEC, distinct shards of it. Default 1.
+   */
+  readonly need?: number;
+  readonly adapter: StorageAdapter;
+  readonly images: ImageSink;
+  readonly mode?: ApplyMode;
+  readonly limits?: Pick<Limits, 'maxFrameBytes' | 'maxWritesPerCheckpoint' | 'maxStagedBytes'>;
+  readonly onReject?: (err: FrameError, streamSeq: number) => void;
+  readonly onCommit?: ApplierOptions['onCommit'];
+  readonly onFence?: ApplierOptions['onFence'];
+}
+
+/** Refusals by reason. */
+export interface IntakeCounters {
+  rejected: Record<string, number>;
+}
+
+/** The message path of one standby run. */
+export class Intake {
+  readonly applier: Applier;
+  readonly witnesses = new Witnesses();
+  readonly counters: IntakeCounters = { rejected: {} };
+  readonly #o: IntakeOptions;
+  readonly #decoder: FrameDecoder;
+
+  constructor(o: IntakeOptions) {
+    this.#o = o;
+    const limits = o.limits ?? DEFAULT_LIMITS;
+    const need = o.need ?? 1;
+    this.#decoder = new FrameDecoder({ app: o.app, maxFrameBytes: limits.maxFrameBytes });
+    this.applier = new Applier({
+      app: o.app,
+      adapter: o.adapter,
+      images: o.images,
+      mode: o.mode,
+      limits,
+      onReject: (err, seq) => this.reject(err, seq),
+      onCommit: (pos, sealSeq) => {
+        this.witnesses.forgetThrough(pos.epoch, sealSeq);
+        o.onCommit?.(pos, sealSeq);
+      },
+      onFence: (epoch, nodeId, seq) => {
+        this.#decoder.discardBefore(epoch);
+        o.onFence?.(epoch, nodeId, seq);
+      },
+      sealDurable: (epoch, seq) => this.witnesses.count({ epoch, seq, part: 0 }) >= need,
+    });
+  }
+
+  /**
+   * Takes one message read from relay `relay` at stream sequence `streamSeq`. Never throws for
+   * bad input (it is counted and reported); throws only when the store or the image chain
+   * fails, which stops the standby.
+   */
+  async take(relay: number, streamSeq: number, data: Uint8Array): Promise<void> {
+    try {
+      const m = this.#o.codec.open(data);
+      if (m.shard) {
+        this.witnesses.add(m.key, m.shard.index);
+      } else {
+        if (this.witnesses.has(m.key, relay)) {
+          // The same part twice on one relay: a replay (or a re-send past the dedupe window).
+          throw new FrameError(
+            FrameRejectReason.Duplicate,
+            `part ${m.key.epoch}/${m.key.seq}.${m.key.part} again on relay ${relay}`,
+          );
+        }
+        if (!this.witnesses.add(m.key, relay)) {
+          // Another relay's copy: one more witness, which may make a checkpoint durable.
+          if (this.#o.relays > 1) await this.applier.recheck();
+          return;
+        }
+      }
+      const frame = await this.#decoder.add(m);
+      if (frame) await this.applier.handleFrame(frame, streamSeq);
+      else await this.applier.recheck();
+    } catch (err) {
+      if (err instanceof FrameError) this.reject(err, streamSeq);
+      else throw err;
+    }
+  }
+
+  /** Counts and reports a refusal. */
+  reject(err: FrameError, streamSeq: number): void {
+    this.counters.rejected[err.reason] = (this.counters.rejected[err.reason] ?? 0) + 1;
+    this.#o.onReject?.(err, streamSeq);
+  }
+
+  /** Shard figures (FEC): rejected shards by reason, parts rebuilt, rebuilt with parity. */
+  get shardCounters(): FrameDecoder['shardCounters'] {
+    return this.#decoder.shardCounters;
+  }
+}

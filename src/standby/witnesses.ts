@@ -1,0 +1,87 @@
+/**
+ * Witnesses: per message of the stream, who holds it — the relays a part was read from, or (FEC)
+ * the distinct shards of a part. A checkpoint counts as durable under the ack policy once its
+ * frames have as many witnesses as the policy needs acks. Keys are typed `PartKey`s; the map
+ * only holds frames not committed yet (`forgetThrough` prunes at each commit).
+ */
+import type { PartKey } from '../protocol/codec.js';
+
+/** Most messages remembered; past it the oldest are forgotten (they were committed or are void). */
+const MAX_WITNESSED = 200_000;
+
+/** Part index in the inner key: frames have at most 0xffff parts. */
+const PARTS = 0x10000;
+
+export class Witnesses {
+  /** epoch → (seq · 2^16 + part) → who. Insertion order is arrival order. */
+  readonly #byEpoch = new Map<number, Map<number, Set<number>>>();
+  #size = 0;
+
+  /** Notes that `who` (a relay, or a shard index) holds `key`; true when it is its first witness. */
+  add(key: PartKey, who: number): boolean {
+    let e = this.#byEpoch.get(key.epoch);
+    if (!e) {
+      e = new Map();
+      this.#byEpoch.set(key.epoch, e);
+    }
+    const k = key.seq * PARTS + key.part;
+    let w = e.get(k);
+    if (!w) {
+      w = new Set();
+      e.set(k, w);
+      if (++this.#size > MAX_WITNESSED) this.#dropOldest();
+    }
+    const first = w.size === 0;
+    w.add(who);
+    return first;
+  }
+
+  /** Whether `who` already witnessed `key`. */
+  has(key: PartKey, who: number): boolean {
+    return (
+      this.#byEpoch
+        .get(key.epoch)
+        ?.get(key.seq * PARTS + key.part)
+        ?.has(who) ?? false
+    );
+  }
+
+  /** Witnesses of `key`. */
+  count(key: PartKey): number {
+    return this.#byEpoch.get(key.epoch)?.get(key.seq * PARTS + key.part)?.size ?? 0;
+  }
+
+  /** Forgets every message of epochs before `epoch`, and of `epoch` up to frame `seq`. */
+  forgetThrough(epoch: number, seq: number): void {
+    for (const [ep, m] of this.#byEpoch) {
+      if (ep < epoch) {
+        this.#size -= m.size;
+        this.#byEpoch.delete(ep);
+      } else if (ep === epoch) {
+        for (const k of m.keys()) {
+          if (Math.floor(k / PARTS) <= seq) {
+            m.delete(k);
+            this.#size--;
+          }
+        }
+      }
+    }
+  }
+
+  /** Messages remembered. */
+  get size(): number {
+    return this.#size;
+  }
+
+  #dropOldest(): void {
+    for (const [ep, m] of this.#byEpoch) {
+      const first = m.keys().next();
+      if (!first.done) {
+        m.delete(first.value);
+        this.#size--;
+      }
+      if (m.size === 0) this.#byEpoch.delete(ep);
+      return;
+    }
+  }
+}
