@@ -10,11 +10,14 @@
  * the lease was valid sits in the stream before the new primary's fence. The compare-and-set
  * makes two claims on the same revision impossible: exactly one wins.
  */
-import { FencedError } from '../errors.js';
+import { ConfigError, FencedError } from '../errors.js';
 import { LeaseConflict, type LeaseRead, type LeaseStore } from '../transport/lease-store.js';
 
 /** Share of the TTL a primary counts on: the rest absorbs timer lateness and clock-rate drift. */
 export const LEASE_SAFETY = 0.75;
+
+/** The largest epoch a frame header carries (u32). */
+export const MAX_EPOCH = 0xffff_ffff;
 
 /** Monotonic milliseconds. */
 export function now(): number {
@@ -103,7 +106,11 @@ export class LeaseKeeper {
     this.#renewing = true;
     const sentAt = now();
     try {
-      this.#revision = await this.#store.write({ holder: this.#holder, epoch: this.#epoch }, this.#revision);
+      // A renewal whose reply was lost landed all the same: adopt it rather than demote.
+      this.#revision = await this.#store.writeOrAdopt(
+        { holder: this.#holder, epoch: this.#epoch },
+        this.#revision,
+      );
       if (!this.#lost && !this.#stopped) this.#validUntil = sentAt + this.#ttlMs * LEASE_SAFETY;
     } catch (err) {
       if (err instanceof LeaseConflict) this.#lose('another node took the lease');
@@ -177,9 +184,17 @@ export async function claimWhenVacant(opts: {
       if (vacant) {
         await opts.beforeClaim?.();
         const epoch = Math.max(read.value?.epoch ?? 0, opts.knownEpoch()) + 1;
+        if (epoch > MAX_EPOCH) {
+          // Only a forged fence or lease gets here (an epoch grows by one per takeover).
+          throw new ConfigError(
+            'app',
+            `the next epoch would be ${epoch}, above the largest the protocol carries (${MAX_EPOCH}): the lease or a fence in the relays' stream holds an epoch no takeover made (a frame injected into an unsigned stream?). Set clusterKey so forged frames are refused, then delete the app's stream and lease bucket to start its history over`,
+          );
+        }
         const sentAt = now();
         try {
-          const revision = await opts.store.write({ holder: opts.holder, epoch }, read.revision);
+          // A claim whose reply was lost may have won: writeOrAdopt reads the key back.
+          const revision = await opts.store.writeOrAdopt({ holder: opts.holder, epoch }, read.revision);
           return {
             holder: opts.holder,
             epoch,

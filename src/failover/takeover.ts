@@ -21,7 +21,7 @@
  * Each step reports its duration (`TakeoverStats`). A step that fails releases the lease so
  * another node can take over, and rejects.
  */
-import { FencedError, type RestartpointError } from '../errors.js';
+import { FencedError, ReplicationError, type RestartpointError } from '../errors.js';
 import { FrameKind } from '../protocol/frame.js';
 import { encodeFence } from '../protocol/records.js';
 import type { StandbyRunner } from '../standby/runner.js';
@@ -119,7 +119,8 @@ export async function takeOver<S>(o: TakeoverOptions<S>): Promise<Promotion<S>> 
     if (problem) throw problem;
     if (o.signal?.aborted) throw o.signal.reason;
     o.transition('fencing');
-    await fenceStep(o, claim.epoch, position, () => lost);
+    await confirmStep(o, keeper);
+    await fenceStep(o, claim.epoch, position, keeper);
     const fencedAt = now();
     o.transition('restoring');
     const state = await o.restore(position.checkpoint);
@@ -193,22 +194,76 @@ async function claimStep<S>(o: TakeoverOptions<S>): Promise<Claim> {
   }
 }
 
-/** Step 2: reads a read quorum of relays to the end, then stops reading. */
+/**
+ * Step 2: reads a read quorum of relays to the end and commits every complete sealed checkpoint
+ * seen, durable-looking or not (nothing can be added to the old epoch now). If that leaves this
+ * node short of what it knows was agreed (`Applier.stuck()`: a fence whose cut it never reached, a
+ * gap), it reads every relay it can reach for a while longer; still stuck, it refuses (the lease
+ * is released, so a node that has the frames can take over) rather than cut the history short.
+ */
 async function catchUpStep<S>(o: TakeoverOptions<S>): Promise<void> {
-  o.standby.unpace();
-  await o.standby.catchUp(o.readQuorum);
-  await o.standby.stop();
+  const { standby } = o;
+  standby.unpace();
+  await standby.catchUp(o.readQuorum);
+  // A read quorum is enough to miss nothing acknowledged; the relays beyond it, read briefly too,
+  // add the witnesses that spare re-publishing checkpoints which are durable already.
+  if (standby.relayCount > o.readQuorum) {
+    await boundedCatchUp(standby, standby.relayCount, Math.min(500, o.leaseTtlMs / 2));
+  }
+  await standby.applier.relax();
+  let stuck = standby.intake.stuck();
+  if (stuck) {
+    o.log({ level: 'warn', msg: 'missing frames after catch-up, reading every relay', reason: stuck });
+    const all = standby.relayCount;
+    const waitMs = Math.max(2_000, 2 * o.leaseTtlMs);
+    await boundedCatchUp(standby, all, waitMs);
+    stuck = standby.intake.stuck();
+  }
+  await standby.stop();
+  if (stuck) {
+    throw new ReplicationError(
+      `node '${o.nodeId}' cannot take over: ${stuck}. It released the lease; a node that read the missing frames can take over (restart this one to rebuild from the relays, and check that no relay lost data)`,
+    );
+  }
+}
+
+/** Catches up with `relays` relays for at most `ms` (relays that are down are not waited for longer). */
+async function boundedCatchUp(standby: StandbyRunner, relays: number, ms: number): Promise<void> {
+  const give = new AbortController();
+  const timer = setTimeout(() => give.abort(), ms);
+  try {
+    await Promise.race([
+      standby.catchUp(relays, give.signal),
+      standby.failed(),
+      new Promise<void>((r) => give.signal.addEventListener('abort', () => r(), { once: true })),
+    ]);
+  } finally {
+    clearTimeout(timer);
+    give.abort();
+  }
 }
 
 /**
- * Step 3: commits every complete sealed checkpoint seen, then drops what never sealed: staged
- * writes (delay-write), or the areas written after the last formed snapshot (snapshot mode), so
- * the store is exactly the resumed checkpoint.
+ * Step 3: drops what never sealed: staged writes (delay-write, dropped with the standby), or the
+ * areas written after the last formed snapshot (snapshot mode), so the store is exactly the
+ * resumed checkpoint.
  */
 async function rollBackStep<S>(o: TakeoverOptions<S>): Promise<AppliedPosition> {
-  await o.standby.applier.relax();
   if (o.mode === 'snapshot') await o.storage.releaseAreas!();
   return o.standby.applier.position;
+}
+
+/**
+ * Step 4a: checkpoints this node keeps but never saw durable (complete on one relay of the read
+ * quorum; one of them may have been acknowledged) are published again, same ids, under the
+ * policy, before the fence names them as the cut: a later takeover reading other relays must find
+ * every checkpoint below the cut. Relays that hold them already drop the copies (dedupe ids).
+ */
+async function confirmStep<S>(o: TakeoverOptions<S>, keeper: LeaseKeeper): Promise<void> {
+  const frames = o.standby.applier.takeUnconfirmed();
+  if (frames.length === 0) return;
+  o.log({ level: 'info', msg: 're-publishing checkpoints kept but not seen durable', frames: frames.length });
+  for (const frame of frames) await publishDurably(o, frame, keeper, 'kept checkpoint');
 }
 
 /**
@@ -220,27 +275,39 @@ async function fenceStep<S>(
   o: TakeoverOptions<S>,
   epoch: number,
   position: AppliedPosition,
-  lost: () => FencedError | undefined,
+  keeper: LeaseKeeper,
+): Promise<void> {
+  const fence: Frame = {
+    kind: FrameKind.Fence,
+    epoch,
+    seq: 1,
+    checkpoint: position.checkpoint,
+    // The cut by identity: a standby tells this history's checkpoint from a deposed primary's.
+    body: encodeFence({ nodeId: o.nodeId, cutoffEpoch: position.epoch }),
+  };
+  await publishDurably(o, fence, keeper, 'fence');
+}
+
+/** Publishes `frame` until it is durable under the policy, while the lease is ours. */
+async function publishDurably<S>(
+  o: TakeoverOptions<S>,
+  frame: Frame,
+  keeper: LeaseKeeper,
+  what: string,
 ): Promise<void> {
   for (let attempt = 1; ; attempt++) {
+    // Checked before every attempt: a claimant that was paused (or partitioned) past its lease
+    // must not publish a fence after its successor's.
+    if (!keeper.isValid()) throw keeper.lostError ?? new FencedError(`node '${o.nodeId}' lost the lease`);
     try {
-      await o.publish({
-        kind: FrameKind.Fence,
-        epoch,
-        seq: 1,
-        checkpoint: position.checkpoint,
-        body: encodeFence({ nodeId: o.nodeId }),
-      });
+      await o.publish(frame);
       return;
     } catch (err) {
-      const gone = lost();
-      if (gone) throw gone;
-      o.log({
-        level: 'warn',
-        msg: 'fence not durable yet, retrying',
-        attempt,
-        error: (err as Error).message,
-      });
+      // Only a relay that did not acknowledge is worth another try; anything else is a bug or bad
+      // input, and retrying it would hold the lease forever.
+      if (!(err instanceof ReplicationError)) throw err;
+      if (keeper.lostError) throw keeper.lostError;
+      o.log({ level: 'warn', msg: `${what} not durable yet, retrying`, attempt, error: err.message });
       await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
     }
   }

@@ -29,6 +29,8 @@ export interface FrameSink {
   publish(frame: Frame): Promise<unknown>;
   /** Resolves when there is room for more frames in flight. */
   ready(): Promise<void>;
+  /** Sends nothing more, re-sends included (a demoted or closed primary). */
+  halt?(): void;
 }
 
 /** A restart point the relay acknowledged. */
@@ -140,6 +142,8 @@ export class Replicator {
   stop(err: RestartpointError): void {
     this.#stopped ??= err;
     clearTimeout(this.#flushTimer);
+    // A deposed primary must not keep re-sending its backlog to relays that missed frames.
+    this.#o.publisher.halt?.();
   }
 
   /**

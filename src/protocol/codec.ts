@@ -140,6 +140,8 @@ export interface FrameDecoderOptions {
   readonly app: string;
   /** Largest frame body accepted (all parts joined); a larger one is refused as `limit`. */
   readonly maxFrameBytes: number;
+  /** Sees every part rebuilt from FEC shards (how many parts its frame has, say). */
+  readonly onRebuilt?: (part: FramePart) => void;
 }
 
 /**
@@ -167,6 +169,7 @@ export class FrameDecoder {
       const bytes = await this.#shards.add(m.shard);
       if (!bytes) return undefined;
       part = decodePart(bytes, this.#o.app);
+      this.#o.onRebuilt?.(part);
     }
     const frame = this.#parts.add(part!);
     if (frame && frame.body.byteLength > this.#o.maxFrameBytes) {

@@ -11,9 +11,12 @@
  *                   | u32 raw length (payload bytes once decoded; equals the stored length for codec 0)
  *                   | payload
  * seal   (kind 3):  u32 write frames in the checkpoint | u32 write ops | u32 image frames (always 1)
- * fence  (kind 4):  u8 nodeIdLen | node id UTF-8 of the new primary. Its header's checkpoint is
- *                   the cutoff: the checkpoint the new primary resumed from. Frames of older
- *                   epochs for checkpoints after it are void (standby/applier.ts).
+ * fence  (kind 4):  u8 nodeIdLen | node id UTF-8 of the new primary | u32 cutoff epoch. Its
+ *                   header's checkpoint is the cutoff: the checkpoint the new primary resumed
+ *                   from; the cutoff epoch is the epoch that sealed it (0 on a fresh app), so
+ *                   the cut is named by identity, not just by number. Frames of older epochs
+ *                   for checkpoints after it are void (standby/applier.ts). A fence without
+ *                   the cutoff epoch (written before it existed) still decodes.
  * ```
  */
 import buffer from 'node:buffer';
@@ -59,6 +62,11 @@ export interface SealRecord {
 /** Body of a fence record. */
 export interface FenceRecord {
   readonly nodeId: string;
+  /**
+   * The epoch of the checkpoint the new primary resumed from (its header's checkpoint): the cut
+   * as (epoch, checkpoint). `undefined` in fences written before the field existed.
+   */
+  readonly cutoffEpoch?: number;
 }
 
 const OP_PUT = 1;
@@ -210,9 +218,11 @@ export function decodeSeal(body: Uint8Array): SealRecord {
 export function encodeFence(rec: FenceRecord): Buffer {
   const id = Buffer.from(rec.nodeId, 'utf8');
   if (id.length > 255) throw new RangeError('nodeId longer than 255 bytes');
-  const buf = Buffer.allocUnsafe(1 + id.length);
+  const withEpoch = rec.cutoffEpoch !== undefined;
+  const buf = Buffer.allocUnsafe(1 + id.length + (withEpoch ? 4 : 0));
   buf[0] = id.length;
   id.copy(buf, 1);
+  if (withEpoch) buf.writeUInt32BE(rec.cutoffEpoch!, 1 + id.length);
   return buf;
 }
 
@@ -221,6 +231,8 @@ export function decodeFence(body: Uint8Array): FenceRecord {
   if (body.byteLength < 2) throw malformed('fence body truncated');
   const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const idLen = buf[0]!;
-  if (idLen < 1 || buf.length !== 1 + idLen) throw malformed('fence body length does not match its node id');
-  return { nodeId: buf.toString('utf8', 1) };
+  if (idLen < 1) throw malformed('fence body length does not match its node id');
+  if (buf.length === 1 + idLen) return { nodeId: buf.toString('utf8', 1) };
+  if (buf.length !== 1 + idLen + 4) throw malformed('fence body length does not match its node id');
+  return { nodeId: buf.toString('utf8', 1, 1 + idLen), cutoffEpoch: buf.readUInt32BE(1 + idLen) };
 }

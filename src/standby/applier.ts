@@ -87,6 +87,12 @@ interface Staged {
   writeFrames: number;
   writeOps: number;
   image: ImageRecord | undefined;
+  imageSeq: number;
+  /**
+   * The frames taken for this checkpoint, as they came: a new primary that commits it without
+   * having seen it durable (`relax()`) publishes them again before its fence.
+   */
+  frames: Frame[];
   /** Body bytes of the frames staged here (counted against `limits.maxStagedBytes`). */
   bytes: number;
   seal: SealRecord | undefined;
@@ -121,11 +127,13 @@ export interface ApplierOptions {
   /** Called when a newer epoch's fence is applied. */
   readonly onFence?: (epoch: number, nodeId: string, streamSeq: number) => void;
   /**
-   * Whether the seal frame `(epoch, seq)` is durable under the ack policy as far as this
-   * standby can see (with several relays: seen on as many relays as the policy needs acks).
-   * A checkpoint is committed only once its seal is; default: always (one relay).
+   * Whether every frame `(epoch, seq)` of `seqs` is durable under the ack policy as far as this
+   * standby can see (with several relays: seen on as many relays as the policy needs acks). A
+   * checkpoint is committed only once every frame it names is (its write frames, its image and
+   * its seal: `checkpoint()` resolved only once all of them were acknowledged); default: always
+   * (one relay).
    */
-  readonly sealDurable?: (epoch: number, seq: number) => boolean;
+  readonly durable?: (epoch: number, seqs: readonly number[]) => boolean;
   /**
    * `maxWritesPerCheckpoint` and `maxStagedBytes` (bytes held for checkpoints not committed yet:
    * staged write bodies and images, frames waiting for their turn or fence): a frame past one is
@@ -138,9 +146,15 @@ export interface ApplierOptions {
 /** Most frames a standby holds while waiting for an earlier one or for a fence. */
 const MAX_WAITING = 65_536;
 
-interface HeldFence {
+/** A fence: the primary of `epoch` resumed from checkpoint `cutoff`, sealed by `cutoffEpoch`. */
+interface FenceCut {
   readonly epoch: number;
   readonly cutoff: number;
+  /** `undefined` for fences written before the cut carried its epoch: matched by number only. */
+  readonly cutoffEpoch: number | undefined;
+}
+
+interface HeldFence extends FenceCut {
   readonly nodeId: string;
   readonly streamSeq: number;
 }
@@ -156,11 +170,12 @@ export class Applier {
     { next: number; early: Map<number, { frame: Frame; streamSeq: number }> }
   >();
   /** Fences applied: each cuts the history of older epochs after its checkpoint. */
-  readonly #fences: { epoch: number; cutoff: number }[] = [];
+  readonly #fences: FenceCut[] = [];
   /**
-   * Fences received that have not taken effect yet, oldest epoch first: each waits for this
-   * standby to reach its cutoff. More than one waits when takeovers follow each other faster
-   * than this standby catches up (a lagging relay); each takes effect in turn.
+   * Fences received that have not taken effect yet, ordered by epoch (whatever order the relays
+   * delivered them in): each waits for this standby to reach its cutoff. More than one waits
+   * when takeovers follow each other faster than this standby catches up (a lagging relay, a
+   * relay that missed a fence and delivers the next one first); each takes effect in epoch order.
    */
   readonly #heldFences: HeldFence[] = [];
   /** Frames of an epoch whose fence has not taken effect yet, in arrival order. */
@@ -169,6 +184,8 @@ export class Applier {
   #fenceEpoch = 0;
   #lastStreamSeq = 0;
   #relaxed = false;
+  /** See `takeUnconfirmed()`. */
+  readonly #unconfirmed: Frame[] = [];
   /** Bytes held for uncommitted checkpoints and waiting frames. */
   #stagedBytes = 0;
   /** The limits in force (see `ApplierOptions.limits`). */
@@ -243,38 +260,69 @@ export class Applier {
     this.#o.onReject?.(err, streamSeq);
   }
 
-  /** The checkpoint after which frames of `epoch` are cut by a later fence (Infinity: none). */
-  #cutoff(epoch: number): number {
-    let c = Infinity;
-    for (const f of this.#fences) if (f.epoch > epoch) c = Math.min(c, f.cutoff);
-    for (const h of this.#heldFences) if (h.epoch > epoch) c = Math.min(c, h.cutoff);
-    return c;
+  /**
+   * Throws `stale` when a fence of a later epoch (applied or held) voids frame `f`: its
+   * checkpoint is after the cut, or it is the cut's number but another epoch sealed the cut.
+   */
+  #checkStale(f: Frame): void {
+    for (const fences of [this.#fences, this.#heldFences]) {
+      for (const h of fences) {
+        if (h.epoch <= f.epoch) continue;
+        const after = f.checkpoint > h.cutoff;
+        const otherAtCut =
+          f.checkpoint === h.cutoff && h.cutoffEpoch !== undefined && h.cutoffEpoch !== f.epoch;
+        if (after || otherAtCut) {
+          throw new FrameError(
+            FrameRejectReason.Stale,
+            `frame ${f.epoch}/${f.seq} for checkpoint ${f.checkpoint}: the primary of epoch ${h.epoch} resumed from checkpoint ${h.cutoff}${h.cutoffEpoch === undefined ? '' : ` of epoch ${h.cutoffEpoch}`}; a deposed primary's write, dropped`,
+          );
+        }
+      }
+    }
+  }
+
+  /**
+   * Throws (fatal) when this standby already committed a checkpoint that fence `h`'s history does
+   * not hold: one past the cut, or the cut's number sealed by another epoch.
+   */
+  #checkNotDiverged(h: FenceCut): void {
+    const pos = this.#position;
+    const past = pos.checkpoint > h.cutoff;
+    const otherAtCut =
+      pos.checkpoint === h.cutoff &&
+      pos.checkpoint > 0 &&
+      h.cutoffEpoch !== undefined &&
+      h.cutoffEpoch !== pos.epoch;
+    if (!past && !otherAtCut) return;
+    throw new RestartpointError(
+      ErrorCode.Frame,
+      `the primary of epoch ${h.epoch} resumed from checkpoint ${h.cutoff}${h.cutoffEpoch === undefined ? '' : ` of epoch ${h.cutoffEpoch}`}, but this standby already committed ${pos.checkpoint} of epoch ${pos.epoch}: its store holds a checkpoint the new history does not; restart it to rebuild from the relays`,
+      false,
+    );
   }
 
   async #route(f: Frame, streamSeq: number): Promise<void> {
     if (f.kind === FrameKind.Fence) {
       const fence = decodeFence(f.body);
-      if (f.epoch <= this.fenceEpoch) {
+      if (f.epoch <= this.#fenceEpoch || this.#heldFences.some((h) => h.epoch === f.epoch)) {
         // A fence seen before (another relay's copy, a re-send, a replay): counted, no effect.
         throw new FrameError(FrameRejectReason.Duplicate, `fence of epoch ${f.epoch} seen before`);
       }
-      if (this.#position.checkpoint > f.checkpoint) {
-        throw new RestartpointError(
-          ErrorCode.Frame,
-          `the primary of epoch ${f.epoch} resumed from checkpoint ${f.checkpoint}, but this standby already committed ${this.#position.checkpoint}: its store holds a checkpoint the new history does not; restart it to rebuild from the relays`,
-          false,
-        );
-      }
-      this.#heldFences.push({ epoch: f.epoch, cutoff: f.checkpoint, nodeId: fence.nodeId, streamSeq });
+      const held: HeldFence = {
+        epoch: f.epoch,
+        cutoff: f.checkpoint,
+        cutoffEpoch: fence.cutoffEpoch,
+        nodeId: fence.nodeId,
+        streamSeq,
+      };
+      this.#checkNotDiverged(held);
+      // In epoch order: a relay that missed a fence may deliver a later one first.
+      const at = this.#heldFences.findIndex((h) => h.epoch > held.epoch);
+      this.#heldFences.splice(at < 0 ? this.#heldFences.length : at, 0, held);
       await this.#commitReady();
       return;
     }
-    if (f.checkpoint > this.#cutoff(f.epoch)) {
-      throw new FrameError(
-        FrameRejectReason.Stale,
-        `frame ${f.epoch}/${f.seq} for checkpoint ${f.checkpoint}: the primary of a later epoch resumed from checkpoint ${this.#cutoff(f.epoch)}; a deposed primary's write, dropped`,
-      );
-    }
+    this.#checkStale(f);
     if (f.epoch > this.#fenceEpoch) {
       // Its fence has not taken effect (it waits for this standby to reach its cutoff, or has
       // not arrived yet from the relay that carries it): the frame waits too.
@@ -326,12 +374,7 @@ export class Applier {
   async #take(f: Frame, streamSeq: number): Promise<void> {
     // Checked again here, not only on arrival: a frame that waited for its turn (snapshot mode)
     // may have been overtaken by a fence that took effect meanwhile and voids it.
-    if (f.checkpoint > this.#cutoff(f.epoch)) {
-      throw new FrameError(
-        FrameRejectReason.Stale,
-        `frame ${f.epoch}/${f.seq} for checkpoint ${f.checkpoint}: the primary of a later epoch resumed from checkpoint ${this.#cutoff(f.epoch)}; a deposed primary's write, dropped`,
-      );
-    }
+    this.#checkStale(f);
     if (f.checkpoint <= this.#position.checkpoint) {
       throw new FrameError(
         FrameRejectReason.Duplicate,
@@ -373,6 +416,7 @@ export class Applier {
         const image = decodeImage(f.body);
         if (!st.image) this.#stageBytes(st, f);
         st.image = image;
+        st.imageSeq = f.seq;
         break;
       }
       case FrameKind.Seal:
@@ -381,6 +425,7 @@ export class Applier {
         st.sealStreamSeq = streamSeq;
         break;
     }
+    st.frames.push(f);
     this.counters.framesApplied++;
     await this.#commitReady();
   }
@@ -429,6 +474,8 @@ export class Applier {
         writeFrames: 0,
         writeOps: 0,
         image: undefined,
+        imageSeq: 0,
+        frames: [],
         bytes: 0,
         seal: undefined,
         sealSeq: 0,
@@ -443,9 +490,10 @@ export class Applier {
   async #applyFence(): Promise<boolean> {
     const h = this.#heldFences[0];
     if (!h || this.#position.checkpoint < h.cutoff) return false;
+    this.#checkNotDiverged(h);
     this.#heldFences.shift();
     this.#fenceEpoch = h.epoch;
-    this.#fences.push({ epoch: h.epoch, cutoff: h.cutoff });
+    this.#fences.push({ epoch: h.epoch, cutoff: h.cutoff, cutoffEpoch: h.cutoffEpoch });
     // Rollback: whatever an older primary staged after the cutoff is gone for good.
     for (const [cp, st] of this.#staged) if (st.epoch < h.epoch && cp > h.cutoff) this.#unstage(cp, st);
     for (const [e, ord] of this.#order) {
@@ -466,8 +514,57 @@ export class Applier {
 
   #committable(next: number, st: Staged): boolean {
     if (this.#relaxed) return true;
-    if (this.#heldFences.some((h) => next <= h.cutoff)) return true;
-    return this.#o.sealDurable?.(st.epoch, st.sealSeq) ?? true;
+    // A fence says its cut is the agreed history: up to it, the checkpoints the cut's epoch sealed
+    // need no durability of their own. Older epochs' checkpoints are vouched for by their own
+    // successor's fence, which takes effect first.
+    const vouched = (h: FenceCut): boolean =>
+      next <= h.cutoff && (h.cutoffEpoch === undefined ? st.epoch < h.epoch : st.epoch === h.cutoffEpoch);
+    if (this.#heldFences.some(vouched)) return true;
+    return this.#durable(st);
+  }
+
+  /** Whether every frame of `st` is durable under the ack policy, as far as this standby sees. */
+  #durable(st: Staged): boolean {
+    if (!this.#o.durable) return true;
+    return this.#o.durable(st.epoch, [...st.writes.keys(), st.imageSeq, st.sealSeq]);
+  }
+
+  /**
+   * Why this standby cannot resume from where it stands, or `undefined`: a fence that waits for a
+   * checkpoint it never reached, frames that wait for a fence that never came, frames waiting for
+   * one that never came (snapshot mode). A new primary must not fence in any of these states: it
+   * would cut the history short of what was agreed. (An incomplete checkpoint at the tail of the
+   * last epoch is not one: acknowledgements are cumulative — `checkpoint(n)` resolves only once
+   * every frame before it is durable — so nothing after it was acknowledged, and the rollback
+   * drops it. Frames this node dropped itself are `Intake.stuck()`'s concern.)
+   */
+  stuck(): string | undefined {
+    const pos = this.#position;
+    const h = this.#heldFences[0];
+    if (h) {
+      return `the fence of epoch ${h.epoch} names checkpoint ${h.cutoff} as its cut, and this node holds only up to checkpoint ${pos.checkpoint}`;
+    }
+    const w = this.#waiting[0];
+    if (w) {
+      return `${this.#waiting.length} frame(s) of epoch ${w.frame.epoch} wait for that epoch's fence, which this node never read`;
+    }
+    for (const [epoch, ord] of this.#order) {
+      if (ord.early.size > 0) {
+        return `${ord.early.size} frame(s) of epoch ${epoch} wait for frame ${ord.next}, which this node never read`;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * The frames of checkpoints committed since `relax()` that this node never saw durable: a
+   * checkpoint seen complete on one relay of a read quorum may have been acknowledged, so the new
+   * primary keeps it, and must make it durable (publish these again, same ids) before its fence.
+   * Otherwise a later takeover that reads other relays could miss the cut the fence names.
+   * Returns them in order and forgets them.
+   */
+  takeUnconfirmed(): Frame[] {
+    return this.#unconfirmed.splice(0);
   }
 
   async #commitReady(): Promise<void> {
@@ -488,6 +585,7 @@ export class Applier {
         );
       }
       if (!this.#committable(next, st)) return;
+      const unconfirmed = this.#relaxed && !this.#durable(st);
       try {
         this.#o.images.check(next, st.image);
       } catch (err) {
@@ -514,6 +612,7 @@ export class Applier {
         await this.#o.adapter.commit(all, meta);
       }
       this.#o.images.apply(next, st.image);
+      if (unconfirmed) this.#unconfirmed.push(...st.frames);
       this.#unstage(next, st);
       this.#position = pos;
       this.counters.checkpointsCommitted++;

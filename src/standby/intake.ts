@@ -18,6 +18,11 @@ import { DEFAULT_LIMITS, type Limits } from '../limits.js';
 import { Applier, type ApplierOptions, type ApplyMode, type ImageSink } from './applier.js';
 import { Witnesses } from './witnesses.js';
 
+/** Reasons for which a genuine frame is dropped (and may be taken again from another copy). */
+const DROPPED: ReadonlySet<string> = new Set([FrameRejectReason.Gap, FrameRejectReason.Limit]);
+
+const frameKey = (f: { epoch: number; seq: number }): string => `${f.epoch}:${f.seq}`;
+
 /** Options of an intake. */
 export interface IntakeOptions {
   readonly app: string;
@@ -50,12 +55,18 @@ export class Intake {
   readonly counters: IntakeCounters = { rejected: {} };
   readonly #o: IntakeOptions;
   readonly #decoder: FrameDecoder;
+  /** Genuine frames dropped here (gap, limit) and not taken since, by `epoch:seq`. */
+  readonly #dropped = new Map<string, { epoch: number; checkpoint: number }>();
 
   constructor(o: IntakeOptions) {
     this.#o = o;
     const limits = o.limits ?? DEFAULT_LIMITS;
     const need = o.need ?? 1;
-    this.#decoder = new FrameDecoder({ app: o.app, maxFrameBytes: limits.maxFrameBytes });
+    this.#decoder = new FrameDecoder({
+      app: o.app,
+      maxFrameBytes: limits.maxFrameBytes,
+      onRebuilt: (p) => this.witnesses.setParts(p.epoch, p.seq, p.parts),
+    });
     this.applier = new Applier({
       app: o.app,
       adapter: o.adapter,
@@ -71,7 +82,7 @@ export class Intake {
         this.#decoder.discardBefore(epoch);
         o.onFence?.(epoch, nodeId, seq);
       },
-      sealDurable: (epoch, seq) => this.witnesses.count({ epoch, seq, part: 0 }) >= need,
+      durable: (epoch, seqs) => seqs.every((seq) => this.witnesses.frameCount(epoch, seq) >= need),
     });
   }
 
@@ -86,6 +97,7 @@ export class Intake {
       if (m.shard) {
         this.witnesses.add(m.key, m.shard.index);
       } else {
+        this.witnesses.setParts(m.key.epoch, m.key.seq, m.part.parts);
         if (this.witnesses.has(m.key, relay)) {
           // The same part twice on one relay: a replay (or a re-send past the dedupe window).
           throw new FrameError(
@@ -100,12 +112,40 @@ export class Intake {
         }
       }
       const frame = await this.#decoder.add(m);
-      if (frame) await this.applier.handleFrame(frame, streamSeq);
-      else await this.applier.recheck();
+      if (!frame) return await this.applier.recheck();
+      try {
+        await this.applier.handleFrame(frame, streamSeq);
+      } catch (err) {
+        // A genuine frame dropped for lack of room or order: another relay's copy may fill the
+        // hole later, so the copies seen so far stop counting as taken.
+        if (err instanceof FrameError && DROPPED.has(err.reason)) {
+          this.witnesses.resetFrame(frame.epoch, frame.seq);
+          this.#dropped.set(frameKey(frame), { epoch: frame.epoch, checkpoint: frame.checkpoint });
+        }
+        throw err;
+      }
+      this.#dropped.delete(frameKey(frame));
     } catch (err) {
       if (err instanceof FrameError) this.reject(err, streamSeq);
       else throw err;
     }
+  }
+
+  /**
+   * Why this node cannot resume from where it stands (see `Applier.stuck()`), including genuine
+   * frames it dropped itself (for lack of room or order) that no other copy replaced yet and that
+   * may belong to an acknowledged checkpoint. `undefined` when nothing is missing.
+   */
+  stuck(): string | undefined {
+    const why = this.applier.stuck();
+    if (why) return why;
+    const pos = this.applier.position;
+    for (const d of this.#dropped.values()) {
+      if (d.checkpoint > pos.checkpoint && d.epoch >= this.applier.fenceEpoch) {
+        return `a frame of checkpoint ${d.checkpoint} (epoch ${d.epoch}) was dropped here (limits or order) and no relay's copy replaced it yet`;
+      }
+    }
+    return undefined;
   }
 
   /** Counts and reports a refusal. */

@@ -137,6 +137,11 @@ export class StandbyRunner {
     if (this.#tokens < 0) await new Promise((r) => setTimeout(r, (-this.#tokens / rate) * 1000));
   }
 
+  /** Number of relays read. */
+  get relayCount(): number {
+    return this.#o.links.length;
+  }
+
   /** How far each relay's stream has been applied. */
   lag(): RelayLag[] {
     return this.#o.links.map((l, i) => ({ servers: l.servers, applied: this.#applied[i]! }));
@@ -254,20 +259,11 @@ export class StandbyRunner {
    * Resolves once, on at least `quorum` relays, everything stored when this call began has been
    * applied. Relays that cannot be reached are skipped and tried again until the quorum is met.
    */
-  async catchUp(quorum: number): Promise<void> {
+  async catchUp(quorum: number, signal?: AbortSignal): Promise<void> {
     for (;;) {
       if (this.#failure !== undefined) throw this.#failure;
-      const targets = await Promise.all(
-        this.#o.links.map((l) =>
-          // A relay whose connection is down is skipped at once, not after a timeout.
-          l.connected()
-            ? Promise.race([
-                lastStreamSeq(l, this.#o.names.stream).catch(() => undefined),
-                new Promise<undefined>((r) => setTimeout(() => r(undefined), 2_000).unref()),
-              ])
-            : undefined,
-        ),
-      );
+      if (signal?.aborted) return;
+      const targets = await this.#streamEnds(quorum);
       const reachable = targets.flatMap((t, relay) => (t === undefined ? [] : [{ relay, seq: t }]));
       if (reachable.length >= quorum) {
         // A quorum of relays caught up is enough: a relay whose reader is still recovering from
@@ -280,7 +276,7 @@ export class StandbyRunner {
           this.failed(),
           new Promise<false>((r) => setTimeout(() => r(false), 3_000).unref()),
         ]);
-        if (caughtUp) return;
+        if (caughtUp || signal?.aborted) return;
         // No progress for 3 s: a reader whose consumer lived on a server that died may never
         // recover by itself. Re-create the readers still behind, from where they stopped.
         for (const t of reachable) if (this.#applied[t.relay]! < t.seq) await this.#restartReader(t.relay);
@@ -288,6 +284,44 @@ export class StandbyRunner {
       }
       await new Promise((r) => setTimeout(r, 500));
     }
+  }
+
+  /**
+   * The last stream sequence of each relay (`undefined`: down, or no answer in time). A relay
+   * whose connection is down is skipped at once; a silent one (a stopped server whose socket is
+   * still open) is not waited for once `quorum` relays answered: the others get a short grace,
+   * so a takeover never waits on a relay the policy can do without.
+   */
+  #streamEnds(quorum: number): Promise<(number | undefined)[]> {
+    const links = this.#o.links;
+    const ends: (number | undefined)[] = links.map(() => undefined);
+    return new Promise((resolve) => {
+      let settled = 0;
+      let answered = 0;
+      let grace: NodeJS.Timeout | undefined;
+      const finish = (): void => {
+        clearTimeout(grace);
+        clearTimeout(limit);
+        resolve(ends.slice());
+      };
+      const limit = setTimeout(finish, 2_000);
+      const done = (): void => {
+        settled++;
+        if (settled === links.length) finish();
+        else if (answered >= quorum && grace === undefined) grace = setTimeout(finish, 100);
+      };
+      links.forEach((l, relay) => {
+        if (!l.connected()) return done();
+        lastStreamSeq(l, this.#o.names.stream).then(
+          (seq) => {
+            ends[relay] = seq;
+            answered++;
+            done();
+          },
+          () => done(),
+        );
+      });
+    });
   }
 
   /** Replaces relay `relay`'s reader with a new one starting after what was applied from it. */

@@ -15,7 +15,28 @@ const PARTS = 0x10000;
 export class Witnesses {
   /** epoch → (seq · 2^16 + part) → who. Insertion order is arrival order. */
   readonly #byEpoch = new Map<number, Map<number, Set<number>>>();
+  /** epoch → seq → how many parts the frame has (learned from any decoded part). */
+  readonly #parts = new Map<number, Map<number, number>>();
   #size = 0;
+
+  /** Notes that frame `(epoch, seq)` has `parts` parts. */
+  setParts(epoch: number, seq: number, parts: number): void {
+    if (parts <= 1) return;
+    let e = this.#parts.get(epoch);
+    if (!e) {
+      e = new Map();
+      this.#parts.set(epoch, e);
+    }
+    e.set(seq, parts);
+  }
+
+  /** Witnesses of the whole frame `(epoch, seq)`: the fewest any of its parts has. */
+  frameCount(epoch: number, seq: number): number {
+    const parts = this.#parts.get(epoch)?.get(seq) ?? 1;
+    let least = Infinity;
+    for (let part = 0; part < parts; part++) least = Math.min(least, this.count({ epoch, seq, part }));
+    return least;
+  }
 
   /** Notes that `who` (a relay, or a shard index) holds `key`; true when it is its first witness. */
   add(key: PartKey, who: number): boolean {
@@ -53,6 +74,10 @@ export class Witnesses {
 
   /** Forgets every message of epochs before `epoch`, and of `epoch` up to frame `seq`. */
   forgetThrough(epoch: number, seq: number): void {
+    for (const [ep, m] of this.#parts) {
+      if (ep < epoch) this.#parts.delete(ep);
+      else if (ep === epoch) for (const s of m.keys()) if (s <= seq) m.delete(s);
+    }
     for (const [ep, m] of this.#byEpoch) {
       if (ep < epoch) {
         this.#size -= m.size;
@@ -66,6 +91,17 @@ export class Witnesses {
         }
       }
     }
+  }
+
+  /**
+   * Forgets the witnesses of every part of frame `(epoch, seq)`: the frame was dropped on the way
+   * (gap, limit), so the next copy any relay delivers counts as a first copy and is taken.
+   */
+  resetFrame(epoch: number, seq: number): void {
+    const m = this.#byEpoch.get(epoch);
+    if (!m) return;
+    const parts = this.#parts.get(epoch)?.get(seq) ?? 1;
+    for (let part = 0; part < parts; part++) if (m.delete(seq * PARTS + part)) this.#size--;
   }
 
   /** Messages remembered. */

@@ -87,6 +87,31 @@ export class LeaseStore {
   }
 
   /**
+   * Like `write`, but survives a lost reply: when the write fails (a timeout, or a conflict that
+   * our own write whose reply was lost could have caused), the key is read back, and if it moved
+   * past `revision` and holds exactly `value` (this holder, this epoch: no one else writes that),
+   * the write landed: its revision is returned. A key still at `revision` means nothing landed
+   * (a renewal writes the same value again, so the value alone proves nothing): the original
+   * error is thrown.
+   */
+  async writeOrAdopt(value: LeaseValue, revision: number): Promise<number> {
+    try {
+      return await this.write(value, revision);
+    } catch (err) {
+      const read = await this.read().catch(() => undefined);
+      if (
+        read?.value &&
+        read.revision > revision &&
+        read.value.holder === value.holder &&
+        read.value.epoch === value.epoch
+      ) {
+        return read.revision;
+      }
+      throw err;
+    }
+  }
+
+  /**
    * Releases the lease if it is still at `revision`, so a standby can claim it at once. The
    * record stays, with no holder and the same epoch: epochs never go back, even across a
    * clean shutdown of every node.

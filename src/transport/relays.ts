@@ -274,6 +274,10 @@ export class RelaySet {
         if (fault && 'bytes' in fault) bytes = fault.bytes;
         const out: Outgoing = { bytes, msgId: m.msgId, done };
         const go = (): void => {
+          if (this.#closed) {
+            done(false);
+            return;
+          }
           if (r.backlog.length > 0 || r.draining || !r.link.connected()) {
             // This relay is behind or down: keep its messages in order behind what it missed.
             this.#enqueue(r, out);
@@ -327,6 +331,16 @@ export class RelaySet {
     } finally {
       r.draining = false;
     }
+  }
+
+  /**
+   * Sends nothing more: what waits in the backlogs fails (its checkpoints were not acknowledged,
+   * or already were by other relays). For a demoted primary, whose old-epoch frames must not
+   * keep reaching relays after its successor's fence.
+   */
+  halt(): void {
+    this.#closed = true;
+    for (const r of this.#relays) for (const out of r.backlog.splice(0)) out.done(false);
   }
 
   /** Closes every link but `keep` (the shared lease link, closed by its owner). */

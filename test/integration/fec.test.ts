@@ -142,11 +142,14 @@ describe('FEC 4+2 over six relays (real nats-servers, SIGKILLed)', () => {
       const err = await work(a, { ...state }, 1).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(ReplicationError);
       await a.close();
-      // b catches up from the four relays left (shards 0, 2, 3, 5), then waits to fence.
-      for (let i = 0; i < 200 && !warnings.includes('fence not durable yet, retrying'); i++) {
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      expect(warnings).toContain('fence not durable yet, retrying');
+      // b catches up from the four relays left (shards 0, 2, 3, 5), then waits: the failed
+      // checkpoint it keeps (complete on four relays, never acknowledged) must be made durable
+      // again, then its fence, and neither can be while two relays are down.
+      const waiting = (): boolean => warnings.some((w) => / not durable yet, retrying$/.test(w));
+      for (let i = 0; i < 200 && !waiting(); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(warnings.filter((w) => / not durable yet, retrying$/.test(w))[0]).toMatch(
+        /^(kept checkpoint|fence) not durable yet, retrying$/,
+      );
     } finally {
       await restartAll();
     }

@@ -16,13 +16,13 @@ class FakePrimary {
   readonly images = new ImageEncoder({ keyframeEvery: 4, maxChainShare: 10 });
   constructor(readonly epoch: number) {}
   /** The new primary's fence: it resumed from checkpoint `cutoff`. */
-  fence(cutoff = 0): Frame {
+  fence(cutoff = 0, cutoffEpoch?: number): Frame {
     return {
       kind: FrameKind.Fence,
       epoch: this.epoch,
       seq: this.seq++,
       checkpoint: cutoff,
-      body: encodeFence({ nodeId: `n${this.epoch}` }),
+      body: encodeFence({ nodeId: `n${this.epoch}`, cutoffEpoch }),
     };
   }
   writes(cp: number, ops: WriteOp[]): Frame {
@@ -198,6 +198,48 @@ describe('applier (delay-write)', () => {
     expect(applier.position.checkpoint).toBe(1);
     await applier.relax();
     expect(applier.position.checkpoint).toBe(2);
+  });
+
+  it('fences take effect in epoch order, whatever order the relays deliver them in (issue 11, defect 1)', async () => {
+    const { adapter, applier, feed } = await setup();
+    const p1 = new FakePrimary(1);
+    const p2 = new FakePrimary(2);
+    const p3 = new FakePrimary(3);
+    const f1 = [p1.fence(0, 0), p1.writes(1, [put('a', '1')]), p1.image(1, { v: 1 }), p1.seal(1, 1, 1)];
+    const f2 = [p2.fence(1, 1), p2.writes(2, [put('b', '2')]), p2.image(2, { v: 2 }), p2.seal(2, 1, 1)];
+    const f3 = [p3.fence(2, 2), p3.writes(3, [put('c', '3')]), p3.image(3, { v: 3 }), p3.seal(3, 1, 1)];
+    // A relay that missed fence 2 delivers fence 3 first; fence 2 comes later from another relay.
+    await feed(...f1, f3[0]!, ...f2.slice(1), f2[0]!, ...f3.slice(1));
+    expect(applier.position).toMatchObject({ epoch: 3, checkpoint: 3 });
+    expect(await dump(adapter)).toEqual({ a: '1', b: '2', c: '3' });
+  });
+
+  it("a fence names its cut by (epoch, checkpoint): a deposed primary's own checkpoint of that number never commits (issue 11, defect 1)", async () => {
+    const adapter = memoryAdapter();
+    await adapter.open();
+    // Two relays, both must ack: what only relay 0 holds was never durable.
+    const { applier, take } = testIntake({ app: APP, adapter, relays: 2, need: 2 });
+    const on = async (relays: number[], ...fs: Frame[]): Promise<void> => {
+      for (const f of fs)
+        for (const m of encodeFrame(APP, f, 1 << 20)) for (const r of relays) await take(m, r);
+    };
+    const p1 = new FakePrimary(1);
+    await on([0, 1], p1.fence(0, 0));
+    for (let cp = 1; cp <= 4; cp++) {
+      await on([0, 1], p1.writes(cp, [put('k', `1.${cp}`)]), p1.image(cp, { v: cp }), p1.seal(cp, 1, 1));
+    }
+    // Epoch 1's own checkpoint 5, complete on relay 0 only (never acknowledged; epoch 2 resumed
+    // from 4, and epoch 3 from epoch 2's checkpoint 5). Fence 3 arrives before fence 2.
+    await on([0], p1.writes(5, [put('k', 'deposed')]), p1.image(5, { v: 'deposed' }), p1.seal(5, 1, 1));
+    const p2 = new FakePrimary(2);
+    const p3 = new FakePrimary(3);
+    const fence2 = p2.fence(4, 1);
+    const e2 = [p2.writes(5, [put('k', '2.5')]), p2.image(5, { v: 5 }), p2.seal(5, 1, 1)];
+    await on([0], p3.fence(5, 2));
+    expect(applier.position).toMatchObject({ epoch: 1, checkpoint: 4 });
+    await on([1], fence2, ...e2);
+    expect(applier.position).toMatchObject({ epoch: 2, checkpoint: 5 });
+    expect(await dump(adapter)).toEqual({ k: '2.5' });
   });
 
   it('refuses a fence whose cutoff is below what this standby committed (a diverged store)', async () => {
