@@ -28,6 +28,7 @@ import { EnvelopeCodec, parseClusterKey } from '../protocol/envelope.js';
 import { FrameKind, encodeFrame } from '../protocol/frame.js';
 import { encodeFence, encodeWrites } from '../protocol/records.js';
 import { appNames } from '../protocol/subjects.js';
+import { deleteAppAt } from '../transport/inspect.js';
 import { TestRelay } from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
 
@@ -736,7 +737,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         });
       }
       await rm(dir, { recursive: true, force: true });
-      await deleteApp(opts.nats, app).catch(() => undefined);
+      await deleteAppAt(opts.nats, app).catch(() => undefined);
     }
   }
   report.medians = drillMedians(report.takeovers);
@@ -953,16 +954,4 @@ function clearStore(id: string, args: string[]): Promise<void> {
       code === 0 ? resolve() : reject(new Error(`clear of node ${id} exited ${code}`)),
     );
   });
-}
-
-/** Removes a drill app's stream and lease bucket. */
-async function deleteApp(servers: string, app: string): Promise<void> {
-  const nc = await connect({ servers, timeout: 3_000 });
-  try {
-    const jsm = await jetstreamManager(nc);
-    await jsm.streams.delete(`RP_${app}`).catch(() => undefined);
-    await jsm.streams.delete(`KV_rp-${app}-lease`).catch(() => undefined);
-  } finally {
-    await nc.close();
-  }
 }
