@@ -18,6 +18,9 @@ import type { FecScheme } from '../fec/shard.js';
 import { resolveLimits, type Limits } from '../limits.js';
 import { parseClusterKey, type ClusterKeyOption, type ClusterKeys } from '../protocol/envelope.js';
 import type { Observer } from '../observability/observer.js';
+import type { LogEvent } from '../types.js';
+
+export type { LogEvent } from '../types.js';
 
 /**
  * Standby modes. `delay-write`: the standby stages writes and commits each checkpoint at its
@@ -134,13 +137,6 @@ export interface StartOptions<S> {
    * Give every node of the app the same limits.
    */
   limits?: Partial<Limits>;
-}
-
-/** A structured log event. */
-export interface LogEvent {
-  readonly level: 'debug' | 'info' | 'warn' | 'error';
-  readonly msg: string;
-  readonly [field: string]: unknown;
 }
 
 /** Options after validation and defaults. */
