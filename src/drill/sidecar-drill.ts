@@ -21,7 +21,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { deleteAppAt } from '../transport/inspect.js';
-import { drillMedians, emptyTimeline, mulberry, type DrillReport, type TakeoverReport } from './drill.js';
+import { drillMedians, emptyTimeline, mulberry, type DrillReport, type TakeoverReport } from './types.js';
 
 /** Options of a drill through sidecars. */
 export interface SidecarDrillOptions {
