@@ -141,27 +141,40 @@ export interface StartOptions<S> {
   limits?: Partial<Limits>;
 }
 
-/** Options after validation and defaults. */
-export interface ResolvedOptions<S> {
+/**
+ * The data options that the schema resolves completely (type, range, default) and that pass on
+ * as they are: a new plain option in `OPTION_FIELDS` lands here by itself.
+ */
+type PlainOptions = Omit<
+  OptionsData,
+  | 'app'
+  | 'nodeId'
+  | 'nats'
+  | 'relays'
+  | 'ack'
+  | 'apply'
+  | 'fec'
+  | 'clusterKey'
+  | 'limits'
+  | 'checkpointEveryMs'
+>;
+
+/**
+ * Options after validation and defaults: the plain data options (`mode`, `leaseTtlMs`,
+ * `checkpointTimeoutMs`, `batchBytes`, `keyframeEvery`, `maxChainShare`, `immutableState`,
+ * `stateVersion`, `encrypt`, `sidecar`, …) as the schema resolved them, and the rest below.
+ */
+export interface ResolvedOptions<S> extends Readonly<PlainOptions> {
   readonly app: string;
   readonly nodeId: string;
   readonly nats: NatsOptions;
   readonly storage: StorageAdapter;
-  readonly mode: Mode;
   readonly initialState: () => S;
-  readonly leaseTtlMs: number;
-  readonly checkpointTimeoutMs: number;
-  readonly batchBytes: number;
-  readonly keyframeEvery: number;
-  readonly maxChainShare: number;
-  readonly immutableState: boolean;
   readonly checkpointEveryMs: number | undefined;
   readonly getState: (() => S) | undefined;
-  readonly stateVersion: number;
   readonly migrate: ((image: unknown, fromVersion: number) => S | Promise<S>) | undefined;
   readonly log: (event: LogEvent) => void;
   readonly observer: Observer | undefined;
-  readonly sidecar: boolean;
   readonly signal: AbortSignal | undefined;
   readonly relays: RelaySpec[] | undefined;
   readonly ack: AckPolicy;
@@ -170,7 +183,6 @@ export interface ResolvedOptions<S> {
   readonly faults: FaultHook | undefined;
   readonly limits: Limits;
   readonly clusterKey: ClusterKeys | undefined;
-  readonly encrypt: boolean;
 }
 
 const ADAPTER_METHODS = [
@@ -307,6 +319,19 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     }
   }
   const { ack, fec, clusterKey } = resolveOptionRules(data);
+  const {
+    app: _app,
+    nodeId: _nodeId,
+    nats: _nats,
+    relays: _relays,
+    ack: _ack,
+    apply: _apply,
+    fec: _fec,
+    clusterKey: _clusterKey,
+    limits: _limits,
+    checkpointEveryMs: _every,
+    ...plain
+  } = data;
   if (opts.faults !== undefined && typeof opts.faults !== 'function') {
     throw new ConfigError(
       'faults',
@@ -314,11 +339,11 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     );
   }
   return {
+    ...plain,
     limits: resolveLimits(opts.limits),
     fec,
     faults: opts.faults,
     clusterKey,
-    encrypt: data.encrypt,
     apply: data.apply && { everyMs: data.apply.everyMs, maxBytesPerSec: data.apply.maxBytesPerSec },
     // The caller's objects, client options and all (the schema checked servers and replicas).
     relays: opts.relays,
@@ -327,28 +352,19 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
     nodeId,
     nats: opts.nats,
     storage,
-    mode,
     initialState,
-    leaseTtlMs: data.leaseTtlMs,
-    checkpointTimeoutMs: data.checkpointTimeoutMs,
-    batchBytes: data.batchBytes,
-    keyframeEvery: data.keyframeEvery,
     ...resolveImageOptions(opts, data),
     log: opts.log ?? (() => undefined),
     observer: opts.observer,
-    sidecar: data.sidecar,
     signal: opts.signal,
   };
 }
 
-/** The options about images, automatic checkpoints and state versions. */
+/** The code options of automatic checkpoints and state versions, checked against the data. */
 function resolveImageOptions<S>(
   opts: StartOptions<S>,
   data: OptionsData,
-): Pick<
-  ResolvedOptions<S>,
-  'maxChainShare' | 'immutableState' | 'checkpointEveryMs' | 'getState' | 'stateVersion' | 'migrate'
-> {
+): Pick<ResolvedOptions<S>, 'checkpointEveryMs' | 'getState' | 'migrate'> {
   const every = data.checkpointEveryMs;
   if (opts.getState !== undefined && typeof opts.getState !== 'function') {
     throw new ConfigError(
@@ -374,12 +390,5 @@ function resolveImageOptions<S>(
       `must be a function (image, fromVersion) => state of this stateVersion, got ${show(opts.migrate)}`,
     );
   }
-  return {
-    maxChainShare: data.maxChainShare,
-    immutableState: data.immutableState,
-    checkpointEveryMs: every,
-    getState: opts.getState,
-    stateVersion: data.stateVersion,
-    migrate: opts.migrate,
-  };
+  return { checkpointEveryMs: every, getState: opts.getState, migrate: opts.migrate };
 }
