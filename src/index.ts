@@ -34,4 +34,5 @@ export {
   FrameError,
   FrameRejectReason,
   StorageError,
+  LimitError,
 } from './errors.js';

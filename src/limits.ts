@@ -91,3 +91,10 @@ export function resolveLimits(input: unknown): Limits {
 export function limitError(name: keyof Limits, what: string, size: number, max: number): LimitError {
   return new LimitError(`limits.${name}`, `${what} is ${size}, over the limit of ${max}`);
 }
+
+/**
+ * Each limit's range: `[min, max, unit]`. The option schema (src/sdk/option-schema.ts) builds
+ * the `limits` fields from it, so a limit added above needs no edit anywhere else.
+ */
+export const LIMIT_RANGES: Readonly<Record<keyof Limits, readonly [min: number, max: number, unit: string]>> =
+  RANGES;

@@ -1,8 +1,9 @@
 /**
- * `restartpoint` command line: one file per command under commands/.
+ * `restartpoint` command line: one file per command under commands/, the flag parsers and
+ * checks they share in flags.ts (commands never import this file).
  * Usage errors print the problem and a hint on stderr and exit 2.
  */
-import { Command, CommanderError, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { UsageError } from '../errors.js';
 import { drillCommand } from './commands/drill.js';
 import { sidecarCommand } from './commands/sidecar.js';
@@ -24,16 +25,8 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Parses an integer flag in [min, max]; commander turns the throw into a usage error. */
-export function intFlag(name: string, min: number, max: number): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^-?\d+$/.test(v) || !Number.isSafeInteger(n) || n < min || n > max) {
-      throw new CommanderInvalidArgument(`${name} must be an integer from ${min} to ${max}, got '${v}'`);
-    }
-    return n;
-  };
-}
+/** Kept for callers of the old home; the commands use `./flags.js`. */
+export { intFlag } from './flags.js';
 
 /** Runs the CLI with `argv` (without node and script) and returns the exit code. */
 export async function main(argv: string[]): Promise<number> {

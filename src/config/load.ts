@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { resolveOptions, type StartOptions } from '../sdk/options.js';
-import type { StorageAdapter } from '../storage/adapter.js';
+import { OPTION_FIELDS, collectFields, knownKeysAt, unwrap } from '../sdk/option-schema.js';
+import { resolveOptionRules, type StartOptions } from '../sdk/options.js';
 import { ConfigSchema, FIELD_DOCS, type ParsedConfig } from './schema.js';
 
 /** One thing wrong with a config. */
@@ -68,33 +68,34 @@ export interface EnvOverride {
   readonly type: 'string' | 'int' | 'list' | 'bool';
 }
 
-/** Every environment override, in the order docs/config.md lists them. Env wins over the file. */
-export const ENV_OVERRIDES: readonly EnvOverride[] = [
-  { name: 'RESTARTPOINT_APP', path: 'app', type: 'string' },
-  { name: 'RESTARTPOINT_NODE_ID', path: 'nodeId', type: 'string' },
-  { name: 'RESTARTPOINT_DATA_DIR', path: 'dataDir', type: 'string' },
-  { name: 'RESTARTPOINT_NATS_SERVERS', path: 'nats.servers', type: 'list' },
-  { name: 'RESTARTPOINT_NATS_USER', path: 'nats.user', type: 'string' },
-  { name: 'RESTARTPOINT_NATS_PASS', path: 'nats.pass', type: 'string' },
-  { name: 'RESTARTPOINT_NATS_TOKEN', path: 'nats.token', type: 'string' },
-  { name: 'RESTARTPOINT_STORAGE_KIND', path: 'storage.kind', type: 'string' },
-  { name: 'RESTARTPOINT_STORAGE_DIR', path: 'storage.dir', type: 'string' },
-  { name: 'RESTARTPOINT_STORAGE_URL', path: 'storage.url', type: 'string' },
-  { name: 'RESTARTPOINT_STORAGE_PREFIX', path: 'storage.prefix', type: 'string' },
-  { name: 'RESTARTPOINT_STORAGE_TABLE', path: 'storage.table', type: 'string' },
-  { name: 'RESTARTPOINT_MODE', path: 'mode', type: 'string' },
-  { name: 'RESTARTPOINT_LEASE_TTL_MS', path: 'leaseTtlMs', type: 'int' },
-  { name: 'RESTARTPOINT_CHECKPOINT_TIMEOUT_MS', path: 'checkpointTimeoutMs', type: 'int' },
-  { name: 'RESTARTPOINT_CLUSTER_KEY', path: 'clusterKey', type: 'string' },
-  { name: 'RESTARTPOINT_CLUSTER_KEY_FILE', path: 'clusterKeyFile', type: 'string' },
-  { name: 'RESTARTPOINT_ENCRYPT', path: 'encrypt', type: 'bool' },
-  { name: 'RESTARTPOINT_API_PORT', path: 'api.port', type: 'int' },
-  { name: 'RESTARTPOINT_API_TOKEN', path: 'api.token', type: 'string' },
-  { name: 'RESTARTPOINT_API_TOKEN_FILE', path: 'api.tokenFile', type: 'string' },
-  { name: 'RESTARTPOINT_API_PORT_FILE', path: 'api.portFile', type: 'string' },
-  { name: 'RESTARTPOINT_LOG_LEVEL', path: 'log.level', type: 'string' },
-  { name: 'RESTARTPOINT_METRICS_ENABLED', path: 'metrics.enabled', type: 'bool' },
-];
+/** `api.tokenFile` → `RESTARTPOINT_API_TOKEN_FILE`. */
+function envName(path: string): string {
+  return `RESTARTPOINT_${path
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/\./g, '_')
+    .toUpperCase()}`;
+}
+
+/** How a variable's text becomes the field's value, from the field's schema. */
+function envType(schema: z.ZodType): EnvOverride['type'] {
+  const def = (unwrap(schema) as unknown as { def: { type: string; options?: z.ZodType[] } }).def;
+  if (def.type === 'number') return 'int';
+  if (def.type === 'boolean') return 'bool';
+  if (
+    def.type === 'union' &&
+    def.options?.some((o) => (o as unknown as { def: { type: string } }).def.type === 'array')
+  )
+    return 'list';
+  return 'string';
+}
+
+/**
+ * Every environment override, read off the config schema: one per field documented with
+ * `env: true`, named after its path, in the schema's order. Env wins over the file.
+ */
+export const ENV_OVERRIDES: readonly EnvOverride[] = collectFields(ConfigSchema)
+  .filter((f) => f.doc?.env)
+  .map((f) => ({ name: envName(f.path), path: f.path, type: envType(f.schema) }));
 
 const SECRET = /(^|\.)(token|pass|clusterKey|key)$/;
 
@@ -136,35 +137,7 @@ function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
 
 /** The fields an object at `path` may have, read off the schema. */
 function knownKeys(path: readonly PropertyKey[]): string[] {
-  let s: unknown = ConfigSchema;
-  const unwrap = (x: unknown): unknown => {
-    for (;;) {
-      const def = (x as { def?: { type?: string; innerType?: unknown } }).def;
-      if (def && (def.type === 'optional' || def.type === 'default' || def.type === 'nullable')) {
-        x = def.innerType;
-      } else return x;
-    }
-  };
-  const objectsOf = (x: unknown): { shape: Record<string, unknown> }[] => {
-    x = unwrap(x);
-    const def = (x as { def?: { type?: string; options?: unknown[] } }).def;
-    if (def?.type === 'object') return [x as { shape: Record<string, unknown> }];
-    if (def?.type === 'union') return (def.options ?? []).flatMap(objectsOf);
-    return [];
-  };
-  for (const seg of path) {
-    s = unwrap(s);
-    const def = (s as { def?: { type?: string; element?: unknown } }).def;
-    if (typeof seg === 'number') {
-      if (def?.type !== 'array') return [];
-      s = def.element;
-      continue;
-    }
-    const holder = objectsOf(s).find((o) => String(seg) in o.shape);
-    if (!holder) return [];
-    s = holder.shape[String(seg)];
-  }
-  return [...new Set(objectsOf(s).flatMap((o) => Object.keys(o.shape)))];
+  return knownKeysAt(ConfigSchema, path);
 }
 
 function distance(a: string, b: string): number {
@@ -417,10 +390,11 @@ export function parseConfig(
         join(c.dataDir ?? tmpdir(), `restartpoint-${c.app}-${nodeId.replace(/[^A-Za-z0-9_.-]/g, '_')}.token`),
     },
   };
-  // The SDK's own rules (relays vs fec vs ack, key strength, limit ranges), checked now so a bad
-  // config fails at load time with the field named, not at takeover.
+  // The rules between options (relays vs fec vs ack, key strength, encryption without a key):
+  // the SDK's own function, so a bad config fails at load time with the field named, not at
+  // takeover.
   try {
-    resolveOptions({ ...toStartOptions(config), storage: stubAdapter });
+    resolveOptionRules(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       const prefix = `'${err.option}' `;
@@ -468,54 +442,24 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
 
 /**
  * The `Restartpoint.start()` options a config stands for, without `storage`, `log` and
- * `observer` (the sidecar adds those).
+ * `observer` (the sidecar adds those): every start option the config sets, as it is, except
+ * `initialState` (a function returning a fresh copy) and `fec` (its two shapes).
  */
 export function toStartOptions(c: SidecarConfig): Omit<StartOptions<unknown>, 'storage'> {
-  const { servers, ...client } = c.nats;
-  const opts: Omit<StartOptions<unknown>, 'storage'> = {
-    app: c.app,
-    nodeId: c.nodeId,
-    nats: { servers, ...client },
-  };
-  if (c.mode !== undefined) opts.mode = c.mode;
-  if (c.leaseTtlMs !== undefined) opts.leaseTtlMs = c.leaseTtlMs;
-  if (c.checkpointTimeoutMs !== undefined) opts.checkpointTimeoutMs = c.checkpointTimeoutMs;
-  if (c.batchBytes !== undefined) opts.batchBytes = c.batchBytes;
-  if (c.keyframeEvery !== undefined) opts.keyframeEvery = c.keyframeEvery;
-  if (c.maxChainShare !== undefined) opts.maxChainShare = c.maxChainShare;
-  if (c.stateVersion !== undefined) opts.stateVersion = c.stateVersion;
+  const opts: Record<string, unknown> = {};
+  for (const k of Object.keys(OPTION_FIELDS)) {
+    const v = (c as unknown as Record<string, unknown>)[k];
+    if (v !== undefined) opts[k] = v;
+  }
+  opts.nats = { ...c.nats };
   if (c.initialState !== undefined) {
     const initial = c.initialState;
     opts.initialState = () => structuredClone(initial);
   }
-  if (c.relays !== undefined) opts.relays = c.relays;
-  if (c.ack !== undefined) opts.ack = c.ack;
-  if (c.apply !== undefined) opts.apply = c.apply;
   if (c.fec !== undefined) {
     const { data, parity, copies, tolerate } = c.fec;
     const t = tolerate === undefined ? {} : { tolerate };
     opts.fec = copies !== undefined ? { copies, ...t } : { data: data!, parity: parity!, ...t };
   }
-  if (c.clusterKey !== undefined) opts.clusterKey = c.clusterKey;
-  if (c.encrypt !== undefined) opts.encrypt = c.encrypt;
-  if (c.limits !== undefined) opts.limits = c.limits;
-  return opts;
+  return opts as unknown as Omit<StartOptions<unknown>, 'storage'>;
 }
-
-/** A do-nothing adapter: lets `parseConfig` run the SDK's option checks without opening a store. */
-const stubAdapter: StorageAdapter = {
-  kind: 'config-check',
-  capabilities: { durable: false, snapshot: true },
-  open: () => Promise.resolve(),
-  get: () => Promise.resolve(undefined),
-  put: () => Promise.resolve(),
-  delete: () => Promise.resolve(),
-  keys: () => Promise.resolve([]),
-  commit: () => Promise.resolve(),
-  readMeta: () => Promise.resolve(undefined),
-  clear: () => Promise.resolve(),
-  close: () => Promise.resolve(),
-  writeArea: () => Promise.resolve(),
-  formSnapshot: () => Promise.resolve(),
-  releaseAreas: () => Promise.resolve(),
-} as unknown as StorageAdapter;

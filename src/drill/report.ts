@@ -10,7 +10,7 @@
  *
  * A pure function of the report: unit-testable, and the same report gives the same page.
  */
-import type { DrillMedians, DrillReport, DrillTimeline, TakeoverReport } from './drill.js';
+import type { DrillMedians, DrillReport, DrillTimeline, TakeoverReport } from './types.js';
 
 /** What {@link renderReport} needs: a drill report, possibly of `--scenario all` (with `runs`). */
 export type ReportInput = DrillReport & { runs?: DrillReport[] };

@@ -20,9 +20,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { connect } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { drillMedians, emptyTimeline, mulberry, type DrillReport, type TakeoverReport } from './drill.js';
+import { deleteAppAt } from '../transport/inspect.js';
+import { drillMedians, emptyTimeline, mulberry, type DrillReport, type TakeoverReport } from './types.js';
 
 /** Options of a drill through sidecars. */
 export interface SidecarDrillOptions {
@@ -317,23 +316,11 @@ export async function runSidecarDrill(o: SidecarDrillOptions): Promise<DrillRepo
     await Promise.all([nodes.a.killGroup(), nodes.b.killGroup()]);
     if (!o.keep) {
       await rm(dir, { recursive: true, force: true });
-      await deleteApp(o.nats, app).catch(() => undefined);
+      await deleteAppAt(o.nats, app).catch(() => undefined);
     }
   }
   report.medians = drillMedians(report.takeovers);
   timeline.endedAt = Date.now();
   report.durationMs = timeline.endedAt - startedAt;
   return report;
-}
-
-/** Removes a drill app's stream and lease bucket. */
-async function deleteApp(servers: string, app: string): Promise<void> {
-  const nc = await connect({ servers, timeout: 3_000 });
-  try {
-    const jsm = await jetstreamManager(nc);
-    await jsm.streams.delete(`RP_${app}`).catch(() => undefined);
-    await jsm.streams.delete(`KV_rp-${app}-lease`).catch(() => undefined);
-  } finally {
-    await nc.close();
-  }
 }

@@ -30,26 +30,8 @@ import type { StorageAdapter } from '../storage/adapter.js';
 import type { LeaseStore } from '../transport/lease-store.js';
 import { readSwitchover } from '../transport/presence.js';
 import type { Frame } from '../protocol/frame.js';
+import type { TakeoverStats } from '../types.js';
 import { claimWhenVacant, LeaseKeeper, now, type Claim } from './lease.js';
-
-/** How the takeover that made this node primary went (milliseconds). */
-export interface TakeoverStats {
-  /** From the lease going quiet (last renewal seen) to the claim. */
-  readonly detectMs: number;
-  /** From the claim to every complete checkpoint applied (catch-up with a read quorum of relays). */
-  readonly catchUpMs: number;
-  /**
-   * Rolling the store back to the resumed checkpoint: discarding staged writes (delay-write) or
-   * releasing the areas written after the last formed snapshot (snapshot mode).
-   */
-  readonly rollbackMs: number;
-  /** Publishing the fence until it was durable (longer while too many relays are down). */
-  readonly fenceMs: number;
-  /** Turning the materialized image into the live state. */
-  readonly restoreMs: number;
-  /** The primary whose lease ran out; `undefined` when the lease was released (a clean close) or never held. */
-  readonly previous: string | undefined;
-}
 
 /** The states a takeover moves through, as the reporter names them. */
 export type TakeoverState = 'standby' | 'claiming' | 'catching-up' | 'fencing' | 'restoring';

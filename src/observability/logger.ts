@@ -12,7 +12,7 @@
  */
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { ConfigError } from '../errors.js';
-import type { LogEvent } from '../sdk/options.js';
+import type { LogEvent } from '../types.js';
 
 /** Levels `createLogger` accepts, least to most severe, and `silent`. */
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;

@@ -14,7 +14,7 @@
  * - `takeover` once, when this node became primary.
  */
 import type { CheckpointStats } from '../primary/replicator.js';
-import type { TakeoverStats } from '../sdk/restartpoint.js';
+import type { TakeoverStats } from '../types.js';
 
 /** States of a node's failover controller. */
 export const NodeStates = [

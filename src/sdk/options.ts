@@ -1,10 +1,11 @@
 /**
  * Options of `Restartpoint.start()` and their validation: every option is checked once, up
- * front, and a bad one gets a `ConfigError` naming it, the value, and the fix.
+ * front, and a bad one gets a `ConfigError` naming it, the value, and the fix. The data options
+ * (numbers, names, relays, limits…) are validated by the one schema in option-schema.ts; the
+ * functions, the adapter and the rules between options are checked here.
  */
 import { hostname } from 'node:os';
 import { ConfigError } from '../errors.js';
-import { APP_NAME_PATTERN } from '../protocol/subjects.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsOptions } from '../transport/connection.js';
 import {
@@ -17,7 +18,11 @@ import {
 import type { FecScheme } from '../fec/shard.js';
 import { resolveLimits, type Limits } from '../limits.js';
 import { parseClusterKey, type ClusterKeyOption, type ClusterKeys } from '../protocol/envelope.js';
+import { OPTION_FIELDS, parseOptionsData, showValue, type OptionsData } from './option-schema.js';
 import type { Observer } from '../observability/observer.js';
+import type { LogEvent } from '../types.js';
+
+export type { LogEvent } from '../types.js';
 
 /**
  * Standby modes. `delay-write`: the standby stages writes and commits each checkpoint at its
@@ -136,34 +141,40 @@ export interface StartOptions<S> {
   limits?: Partial<Limits>;
 }
 
-/** A structured log event. */
-export interface LogEvent {
-  readonly level: 'debug' | 'info' | 'warn' | 'error';
-  readonly msg: string;
-  readonly [field: string]: unknown;
-}
+/**
+ * The data options that the schema resolves completely (type, range, default) and that pass on
+ * as they are: a new plain option in `OPTION_FIELDS` lands here by itself.
+ */
+type PlainOptions = Omit<
+  OptionsData,
+  | 'app'
+  | 'nodeId'
+  | 'nats'
+  | 'relays'
+  | 'ack'
+  | 'apply'
+  | 'fec'
+  | 'clusterKey'
+  | 'limits'
+  | 'checkpointEveryMs'
+>;
 
-/** Options after validation and defaults. */
-export interface ResolvedOptions<S> {
+/**
+ * Options after validation and defaults: the plain data options (`mode`, `leaseTtlMs`,
+ * `checkpointTimeoutMs`, `batchBytes`, `keyframeEvery`, `maxChainShare`, `immutableState`,
+ * `stateVersion`, `encrypt`, `sidecar`, …) as the schema resolved them, and the rest below.
+ */
+export interface ResolvedOptions<S> extends Readonly<PlainOptions> {
   readonly app: string;
   readonly nodeId: string;
   readonly nats: NatsOptions;
   readonly storage: StorageAdapter;
-  readonly mode: Mode;
   readonly initialState: () => S;
-  readonly leaseTtlMs: number;
-  readonly checkpointTimeoutMs: number;
-  readonly batchBytes: number;
-  readonly keyframeEvery: number;
-  readonly maxChainShare: number;
-  readonly immutableState: boolean;
   readonly checkpointEveryMs: number | undefined;
   readonly getState: (() => S) | undefined;
-  readonly stateVersion: number;
   readonly migrate: ((image: unknown, fromVersion: number) => S | Promise<S>) | undefined;
   readonly log: (event: LogEvent) => void;
   readonly observer: Observer | undefined;
-  readonly sidecar: boolean;
   readonly signal: AbortSignal | undefined;
   readonly relays: RelaySpec[] | undefined;
   readonly ack: AckPolicy;
@@ -172,7 +183,6 @@ export interface ResolvedOptions<S> {
   readonly faults: FaultHook | undefined;
   readonly limits: Limits;
   readonly clusterKey: ClusterKeys | undefined;
-  readonly encrypt: boolean;
 }
 
 const ADAPTER_METHODS = [
@@ -187,22 +197,49 @@ const ADAPTER_METHODS = [
   'close',
 ] as const;
 
-function show(v: unknown): string {
-  if (typeof v === 'string') return JSON.stringify(v);
-  if (typeof v === 'function') return 'a function';
-  try {
-    return JSON.stringify(v) ?? String(v);
-  } catch {
-    return String(v);
-  }
-}
+/** The options that are not data (functions, the adapter, the signal): checked by hand below. */
+const CODE_OPTIONS = [
+  'storage',
+  'initialState',
+  'getState',
+  'migrate',
+  'log',
+  'faults',
+  'observer',
+  'signal',
+] as const;
 
-function int(name: string, v: unknown, dflt: number, min: number, max: number, unit: string): number {
-  if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw new ConfigError(name, `must be an integer from ${min} to ${max} ${unit}, got ${show(v)}`);
+/** Every option `start()` knows: the data fields of the schema and the code options. */
+const KNOWN_OPTIONS: readonly string[] = [...Object.keys(OPTION_FIELDS), ...CODE_OPTIONS];
+
+const show = showValue;
+
+/**
+ * The rules between data options that no field schema sees: ack and fec against the number of
+ * relays, the cluster key's strength, encryption without a key. Shared by `resolveOptions` and
+ * the sidecar's config loader. Throws `ConfigError` naming the option.
+ */
+export function resolveOptionRules(
+  data: Partial<Pick<OptionsData, 'relays' | 'ack' | 'fec' | 'clusterKey' | 'encrypt'>>,
+): {
+  ack: AckPolicy;
+  fec: { scheme: FecScheme; tolerate?: number } | undefined;
+  clusterKey: ClusterKeys | undefined;
+} {
+  const relayCount = data.relays?.length ?? 1;
+  const ack = checkAckPolicy(data.ack, relayCount);
+  let fec: { scheme: FecScheme; tolerate?: number } | undefined;
+  if (data.fec !== undefined) {
+    const { tolerate, ...scheme } = data.fec as { tolerate?: number } & FecScheme;
+    fec = { scheme, tolerate };
+    resolveFec(fec, relayCount); // validates now, with a message naming the option
   }
-  return v;
+  const clusterKey =
+    data.clusterKey === undefined ? undefined : parseClusterKey(data.clusterKey as ClusterKeyOption);
+  if (data.encrypt && !clusterKey) {
+    throw new ConfigError('encrypt', 'needs clusterKey: the encryption key is derived from the cluster key');
+  }
+  return { ack, fec, clusterKey };
 }
 
 /** Validates `opts` and applies defaults. Throws `ConfigError` on the first bad option. */
@@ -210,68 +247,16 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   if (opts === null || typeof opts !== 'object') {
     throw new ConfigError('options', `must be an object like { app, nats, storage }, got ${show(opts)}`);
   }
-  const known = new Set([
-    'app',
-    'nodeId',
-    'nats',
-    'storage',
-    'mode',
-    'initialState',
-    'leaseTtlMs',
-    'checkpointTimeoutMs',
-    'batchBytes',
-    'keyframeEvery',
-    'maxChainShare',
-    'immutableState',
-    'checkpointEveryMs',
-    'getState',
-    'stateVersion',
-    'migrate',
-    'log',
-    'relays',
-    'ack',
-    'apply',
-    'fec',
-    'faults',
-    'limits',
-    'clusterKey',
-    'encrypt',
-    'observer',
-    'sidecar',
-    'signal',
-  ]);
   for (const k of Object.keys(opts)) {
-    if (!known.has(k))
-      throw new ConfigError(k, `is not an option of Restartpoint.start(); known: ${[...known].join(', ')}`);
+    if (!KNOWN_OPTIONS.includes(k))
+      throw new ConfigError(
+        k,
+        `is not an option of Restartpoint.start(); known: ${KNOWN_OPTIONS.join(', ')}`,
+      );
   }
-  if (typeof opts.app !== 'string' || !APP_NAME_PATTERN.test(opts.app)) {
-    throw new ConfigError(
-      'app',
-      `must be 1-64 characters of [A-Za-z0-9_-] (it names streams and buckets), got ${show(opts.app)}`,
-    );
-  }
-  const nodeId = opts.nodeId ?? `${hostname()}-${process.pid}`;
-  if (typeof nodeId !== 'string' || nodeId.length === 0 || Buffer.byteLength(nodeId) > 128) {
-    throw new ConfigError(
-      'nodeId',
-      `must be a non-empty string of at most 128 bytes, unique per node, got ${show(opts.nodeId)}`,
-    );
-  }
-  const nats = opts.nats;
-  if (nats === null || typeof nats !== 'object') {
-    throw new ConfigError(
-      'nats',
-      `must be an object like { servers: 'nats://127.0.0.1:4222' }, got ${show(nats)}`,
-    );
-  }
-  const servers = nats.servers;
-  const list = Array.isArray(servers) ? servers : [servers];
-  if (list.length === 0 || !list.every((s) => typeof s === 'string' && s.length > 0)) {
-    throw new ConfigError(
-      'nats.servers',
-      `must be a URL or a non-empty list of URLs like 'nats://127.0.0.1:4222', got ${show(servers)}`,
-    );
-  }
+  // Every data option, through the one schema (src/sdk/option-schema.ts).
+  const data = parseOptionsData(opts as unknown as Record<string, unknown>);
+  const nodeId = data.nodeId ?? `${hostname()}-${process.pid}`;
   const storage = opts.storage;
   if (storage === null || typeof storage !== 'object') {
     throw new ConfigError(
@@ -287,10 +272,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
       );
     }
   }
-  const mode = opts.mode ?? Mode.DelayWrite;
-  if (mode !== Mode.DelayWrite && mode !== Mode.Snapshot) {
-    throw new ConfigError('mode', `must be 'delay-write' or 'snapshot', got ${show(mode)}`);
-  }
+  const mode = data.mode;
   if (mode === Mode.Snapshot) {
     const missing = (['writeArea', 'formSnapshot', 'releaseAreas'] as const).filter(
       (m) => typeof storage[m] !== 'function',
@@ -321,9 +303,6 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
       `must be an AbortSignal (new AbortController().signal), got ${show(opts.signal)}`,
     );
   }
-  if (opts.sidecar !== undefined && typeof opts.sidecar !== 'boolean') {
-    throw new ConfigError('sidecar', `must be true or false, got ${show(opts.sidecar)}`);
-  }
   if (opts.observer !== undefined) {
     const ob = opts.observer as unknown as Record<string, unknown> | null;
     const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover'];
@@ -339,136 +318,54 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
       }
     }
   }
-  let relays: RelaySpec[] | undefined;
-  if (opts.relays !== undefined) {
-    if (!Array.isArray(opts.relays) || opts.relays.length === 0 || opts.relays.length > 16) {
-      throw new ConfigError(
-        'relays',
-        `must be a list of 1 to 16 relays like [{ servers: 'nats://host:4222' }], got ${show(opts.relays)}`,
-      );
-    }
-    relays = opts.relays.map((r, i) => {
-      const list = r && (Array.isArray(r.servers) ? r.servers : [r.servers]);
-      if (
-        !r ||
-        typeof r !== 'object' ||
-        !list!.length ||
-        !list!.every((x) => typeof x === 'string' && x.length > 0)
-      ) {
-        throw new ConfigError(
-          `relays[${i}].servers`,
-          `must be a URL or a non-empty list of URLs, got ${show(r?.servers)}`,
-        );
-      }
-      if (r.replicas !== undefined && ![1, 3, 5].includes(r.replicas)) {
-        throw new ConfigError(
-          `relays[${i}].replicas`,
-          `must be 1, 3 or 5 (the stream's copies inside a clustered relay), got ${show(r.replicas)}`,
-        );
-      }
-      return r;
-    });
-  }
-  const ack = checkAckPolicy(opts.ack, relays?.length ?? 1);
-  let apply: ResolvedOptions<S>['apply'];
-  if (opts.apply !== undefined) {
-    if (opts.apply === null || typeof opts.apply !== 'object') {
-      throw new ConfigError(
-        'apply',
-        `must be an object like { everyMs: 1000 } or { maxBytesPerSec: 10485760 }, got ${show(opts.apply)}`,
-      );
-    }
-    apply = {
-      everyMs:
-        opts.apply.everyMs === undefined
-          ? undefined
-          : int('apply.everyMs', opts.apply.everyMs, 0, 1, 3_600_000, 'milliseconds'),
-      maxBytesPerSec:
-        opts.apply.maxBytesPerSec === undefined
-          ? undefined
-          : int('apply.maxBytesPerSec', opts.apply.maxBytesPerSec, 0, 1024, 1e12, 'bytes per second'),
-    };
-  }
-  let fec: ResolvedOptions<S>['fec'];
-  if (opts.fec !== undefined) {
-    if (opts.fec === null || typeof opts.fec !== 'object') {
-      throw new ConfigError(
-        'fec',
-        `must be { data: k, parity: m, tolerate?: f } or { copies: n }, got ${show(opts.fec)}`,
-      );
-    }
-    const { tolerate, ...scheme } = opts.fec as { tolerate?: number } & FecScheme;
-    fec = { scheme, tolerate };
-    resolveFec(fec, relays?.length ?? 1); // validates now, with a message naming the option
-  }
+  const { ack, fec, clusterKey } = resolveOptionRules(data);
+  const {
+    app: _app,
+    nodeId: _nodeId,
+    nats: _nats,
+    relays: _relays,
+    ack: _ack,
+    apply: _apply,
+    fec: _fec,
+    clusterKey: _clusterKey,
+    limits: _limits,
+    checkpointEveryMs: _every,
+    ...plain
+  } = data;
   if (opts.faults !== undefined && typeof opts.faults !== 'function') {
     throw new ConfigError(
       'faults',
       `must be a function (a chaos hook for drills and tests), got ${show(opts.faults)}`,
     );
   }
-  const clusterKey = opts.clusterKey === undefined ? undefined : parseClusterKey(opts.clusterKey);
-  if (opts.encrypt !== undefined && typeof opts.encrypt !== 'boolean') {
-    throw new ConfigError('encrypt', `must be true or false, got ${show(opts.encrypt)}`);
-  }
-  if (opts.encrypt && !clusterKey) {
-    throw new ConfigError('encrypt', 'needs clusterKey: the encryption key is derived from the cluster key');
-  }
   return {
+    ...plain,
     limits: resolveLimits(opts.limits),
     fec,
     faults: opts.faults,
     clusterKey,
-    encrypt: opts.encrypt ?? false,
-    apply,
-    relays,
+    apply: data.apply && { everyMs: data.apply.everyMs, maxBytesPerSec: data.apply.maxBytesPerSec },
+    // The caller's objects, client options and all (the schema checked servers and replicas).
+    relays: opts.relays,
     ack,
-    app: opts.app,
+    app: data.app,
     nodeId,
-    nats,
+    nats: opts.nats,
     storage,
-    mode,
     initialState,
-    leaseTtlMs: int('leaseTtlMs', opts.leaseTtlMs, 2000, 100, 600_000, 'milliseconds'),
-    checkpointTimeoutMs: int(
-      'checkpointTimeoutMs',
-      opts.checkpointTimeoutMs,
-      10_000,
-      100,
-      3_600_000,
-      'milliseconds',
-    ),
-    batchBytes: int('batchBytes', opts.batchBytes, 256 * 1024, 1, 64 * 1024 * 1024, 'bytes'),
-    keyframeEvery: int('keyframeEvery', opts.keyframeEvery, 32, 1, 1_000_000, 'checkpoints'),
-    ...resolveImageOptions(opts),
+    ...resolveImageOptions(opts, data),
     log: opts.log ?? (() => undefined),
     observer: opts.observer,
-    sidecar: opts.sidecar ?? true,
     signal: opts.signal,
   };
 }
 
-/** The options about images, automatic checkpoints and state versions. */
+/** The code options of automatic checkpoints and state versions, checked against the data. */
 function resolveImageOptions<S>(
   opts: StartOptions<S>,
-): Pick<
-  ResolvedOptions<S>,
-  'maxChainShare' | 'immutableState' | 'checkpointEveryMs' | 'getState' | 'stateVersion' | 'migrate'
-> {
-  const share = opts.maxChainShare ?? 0.5;
-  if (typeof share !== 'number' || !Number.isFinite(share) || share <= 0 || share > 1000) {
-    throw new ConfigError(
-      'maxChainShare',
-      `must be a number above 0 and at most 1000 (0.5: a keyframe once the deltas since the last one reach half its size), got ${show(opts.maxChainShare)}`,
-    );
-  }
-  if (opts.immutableState !== undefined && typeof opts.immutableState !== 'boolean') {
-    throw new ConfigError('immutableState', `must be true or false, got ${show(opts.immutableState)}`);
-  }
-  const every =
-    opts.checkpointEveryMs === undefined
-      ? undefined
-      : int('checkpointEveryMs', opts.checkpointEveryMs, 0, 10, 86_400_000, 'milliseconds');
+  data: OptionsData,
+): Pick<ResolvedOptions<S>, 'checkpointEveryMs' | 'getState' | 'migrate'> {
+  const every = data.checkpointEveryMs;
   if (opts.getState !== undefined && typeof opts.getState !== 'function') {
     throw new ConfigError(
       'getState',
@@ -493,19 +390,5 @@ function resolveImageOptions<S>(
       `must be a function (image, fromVersion) => state of this stateVersion, got ${show(opts.migrate)}`,
     );
   }
-  return {
-    maxChainShare: share,
-    immutableState: opts.immutableState ?? false,
-    checkpointEveryMs: every,
-    getState: opts.getState,
-    stateVersion: int(
-      'stateVersion',
-      opts.stateVersion,
-      1,
-      1,
-      0xffffffff,
-      '(the version of your state shape)',
-    ),
-    migrate: opts.migrate,
-  };
+  return { checkpointEveryMs: every, getState: opts.getState, migrate: opts.migrate };
 }

@@ -15,7 +15,7 @@ import {
   writePresence,
   type SwitchoverRequest,
 } from '../transport/presence.js';
-import type { LogEvent } from './options.js';
+import type { LogEvent } from '../types.js';
 
 type Calls = { [K in keyof Observer]-?: Parameters<NonNullable<Observer[K]>>[0] };
 

@@ -15,7 +15,7 @@ import { ImageEncoder } from '../image/chain.js';
 import { track } from '../image/tracked.js';
 import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary/replicator.js';
 import { appNames } from '../protocol/subjects.js';
-import { takeOver, type Promotion, type TakeoverStats } from '../failover/takeover.js';
+import { takeOver, type Promotion } from '../failover/takeover.js';
 import { StandbyRunner, type StandbyOptions } from '../standby/runner.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { limitError, type Limits } from '../limits.js';
@@ -34,14 +34,9 @@ import {
 } from './sidecar-client.js';
 import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
 import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
+import type { ResumedFrom, TakeoverStats } from '../types.js';
 
-/** Where a resumed app came from. */
-export interface ResumedFrom {
-  readonly epoch: number;
-  readonly checkpoint: number;
-}
-
-export type { TakeoverStats } from '../failover/takeover.js';
+export type { ResumedFrom, TakeoverStats } from '../types.js';
 
 /** The store as the app sees it: this node's store, with writes replicated. */
 export interface ReplicatedStore {

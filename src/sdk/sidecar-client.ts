@@ -24,7 +24,7 @@ import {
 import { LimitError } from '../errors.js';
 import type { CheckpointAck, CheckpointStats } from '../primary/replicator.js';
 import type { WriteOp } from '../storage/adapter.js';
-import type { TakeoverStats } from './restartpoint.js';
+import type { TakeoverStats } from '../types.js';
 
 /** The write path of a primary node, as the SDK facade uses it. */
 export interface PrimaryEngine {

@@ -34,19 +34,25 @@ function isConflict(err: unknown): boolean {
 /** Holder name given to a lease value this build cannot read: it counts as held, never as vacant. */
 export const UNREADABLE_HOLDER = '(unreadable lease value)';
 
-function parse(bytes: Uint8Array): LeaseValue {
+/**
+ * The one reader of a lease record's bytes: `undefined` unless it is JSON with a `holder`
+ * (string or null) and an integer `epoch`. Used here and by the read side (`inspect.ts`).
+ */
+export function parseLeaseValue(bytes: Uint8Array): LeaseValue | undefined {
   try {
-    const v = JSON.parse(Buffer.from(bytes).toString('utf8')) as Partial<LeaseValue>;
-    if (
-      (typeof v.holder === 'string' || v.holder === null) &&
-      Number.isSafeInteger(v.epoch) &&
-      (v.epoch as number) >= 1
-    ) {
+    const v = JSON.parse(Buffer.from(bytes).toString('utf8')) as Partial<LeaseValue> | null;
+    if (v && (typeof v.holder === 'string' || v.holder === null) && Number.isSafeInteger(v.epoch)) {
       return { holder: v.holder, epoch: v.epoch as number };
     }
   } catch {
     // fall through
   }
+  return undefined;
+}
+
+function parse(bytes: Uint8Array): LeaseValue {
+  const v = parseLeaseValue(bytes);
+  if (v && v.epoch >= 1) return v;
   // Something else wrote the key. Treating it as vacant would let a standby claim without
   // waiting a TTL; treating it as held makes the usual "no change for a TTL" rule apply.
   return { holder: UNREADABLE_HOLDER, epoch: 0 };

@@ -3,7 +3,8 @@
  *
  * - `node.<id>`: one per node, rewritten every `PRESENCE_EVERY_MS` by the node itself (its role,
  *   epoch, checkpoint and per-relay lag) and deleted on a clean close. `restartpoint status`
- *   reads them; a record older than `PRESENCE_STALE_MS` belongs to a node that is gone.
+ *   reads them; a record older than `PRESENCE_STALE_MS` belongs to a node that is gone, and one
+ *   older than `PRESENCE_EXPIRE_MS` is no longer shown.
  * - `switchover`: a request by `restartpoint switchover` that the primary of `epoch` hand its
  *   role to a standby at its next checkpoint (docs/failover.md, "Planned switchover").
  *
@@ -17,6 +18,12 @@ import type { NodeState, RelayLagSample } from '../observability/observer.js';
 export const PRESENCE_EVERY_MS = 1_000;
 /** A presence record older than this belongs to a node that stopped without a clean close. */
 export const PRESENCE_STALE_MS = 5_000;
+/**
+ * A presence record older than this is left out of `restartpoint status` (and of every reader
+ * that asks for live-or-recent nodes): its node has been gone that long, without a clean close
+ * that would have deleted it. Until then it shows as stale.
+ */
+export const PRESENCE_EXPIRE_MS = 120_000;
 /** KV key of the switchover request. */
 export const SWITCHOVER_KEY = 'switchover';
 

@@ -27,9 +27,5 @@ export function freshApp(prefix = 't'): string {
   return `${prefix}-${randomBytes(5).toString('hex')}`;
 }
 
-/** Deletes an app's stream and lease bucket. */
-export async function deleteApp(nc: NatsConnection, app: string): Promise<void> {
-  const jsm = await jetstreamManager(nc);
-  await jsm.streams.delete(`RP_${app}`).catch(() => undefined);
-  await jsm.streams.delete(`KV_rp-${app}-lease`).catch(() => undefined);
-}
+/** Deletes an app's stream and lease bucket (the read side's `deleteApp`, src/transport/inspect.ts). */
+export { deleteApp } from '../../src/transport/inspect.js';

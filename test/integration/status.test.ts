@@ -12,6 +12,7 @@ import { encodeSeal } from '../../src/protocol/records.js';
 import { appNames } from '../../src/protocol/subjects.js';
 import { formatStatus, statusNodes, type StatusReport } from '../../src/cli/commands/status.js';
 import {
+  PRESENCE_EXPIRE_MS,
   deletePresence,
   writePresence,
   writeSwitchover,
@@ -367,6 +368,37 @@ describe('restartpoint status: nodes, switchover, relays', () => {
       }
     }
   }, 60_000);
+
+  it('a dead node shows as `<role> (stale)` until PRESENCE_EXPIRE_MS, then is left out and counted', async () => {
+    const app = freshApp('status-expire');
+    apps.push(app);
+    await makeStream(nc, app, 1, { epoch: 4, checkpoint: 9 });
+    const kv = await makeLease(app, 'b', 4);
+    const now = Date.now();
+    // a: a primary killed long ago (the issue: it stayed as `primary (stale)` forever);
+    // c: a standby dead for a minute, still shown; b: the live primary.
+    await writePresence(
+      kv,
+      rec({ nodeId: 'a', state: 'primary', updatedAt: now - PRESENCE_EXPIRE_MS - 5_000 }),
+    );
+    await writePresence(kv, rec({ nodeId: 'b', state: 'primary', epoch: 4, checkpoint: 9 }));
+    await writePresence(kv, rec({ nodeId: 'c', state: 'primary', updatedAt: now - 60_000 }));
+    const s = await statusJson('--app', app);
+    expect(s.nodes.map((n) => [n.nodeId, n.role, n.stale])).toEqual([
+      ['b', 'primary', false],
+      ['c', 'primary', true],
+    ]);
+    expect(s.expiredNodes).toBe(1);
+    const human = await run('status', '--app', app);
+    expect(human.stdout).toMatch(/^\s+c\s+primary \(stale\)\s+3\s+0\s+9\s+1m0\ds\s+host-1\s+4242$/m);
+    expect(human.stdout).not.toMatch(/^\s+a\s/m);
+    expect(human.stdout).toMatch(
+      /^\s+\(1 presence record older than 2 minutes left out: nodes gone without a clean close\)$/m,
+    );
+    // The record itself is still in the bucket; only status leaves it out.
+    await writePresence(kv, rec({ nodeId: 'a', state: 'primary', updatedAt: Date.now() - 1_000 }));
+    expect((await statusJson('--app', app)).nodes.map((n) => n.nodeId)).toEqual(['a', 'b', 'c']);
+  }, 30_000);
 });
 
 describe('status report pieces (pure)', () => {

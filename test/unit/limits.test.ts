@@ -212,3 +212,11 @@ describe('limits on the standby (applier, image chain)', () => {
     );
   });
 });
+
+describe('the package entry point', () => {
+  it('exports LimitError, so apps can match it with instanceof', async () => {
+    const pkg = await import('../../src/index.js');
+    expect(pkg.LimitError).toBe(LimitError);
+    expect(new pkg.LimitError('limits.maxImageBytes', 'x').code).toBe('ERR_LIMIT');
+  });
+});

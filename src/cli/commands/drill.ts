@@ -23,10 +23,9 @@ import {
   type Scenario,
 } from '../../drill/drill.js';
 import { renderReport } from '../../drill/report.js';
-import { loadConfig, type SidecarConfig } from '../../config/load.js';
 import { runSidecarDrill } from '../../drill/sidecar-drill.js';
-import { ConfigError, UsageError } from '../../errors.js';
-import { intFlag } from '../main.js';
+import { UsageError } from '../../errors.js';
+import { intFlag, loadConfigFlag } from '../flags.js';
 
 interface DrillFlags {
   scenario: Scenario | 'all';
@@ -84,18 +83,7 @@ function sidecarSetup(
       );
     }
   }
-  let config: SidecarConfig;
-  try {
-    config = loadConfig(o.config!);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      throw new UsageError(
-        err.message,
-        'fix the config file (docs/config.md lists every field and its default)',
-      );
-    }
-    throw err;
-  }
+  const config = loadConfigFlag(o.config!);
   const servers = config.nats.servers;
   return {
     storageKind: config.storage.kind,

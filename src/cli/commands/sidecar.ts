@@ -4,28 +4,13 @@
  * status, 0 after SIGTERM/SIGINT, 2 for a bad config, 1 when it cannot run.
  */
 import { Command } from 'commander';
-import { ConfigError, UsageError } from '../../errors.js';
-import { loadConfig, type SidecarConfig } from '../../config/load.js';
+import type { SidecarConfig } from '../../config/load.js';
 import { Sidecar } from '../../sidecar/sidecar.js';
+import { loadConfigFlag } from '../flags.js';
 
 interface SidecarFlags {
   config: string;
   check: boolean;
-}
-
-/** Loads the config; a bad one is a usage error (exit 2) listing every problem. */
-function load(path: string): SidecarConfig {
-  try {
-    return loadConfig(path);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      throw new UsageError(
-        err.message,
-        'fix the config file (docs/config.md lists every field and its default)',
-      );
-    }
-    throw err;
-  }
 }
 
 /** The `sidecar` command. */
@@ -39,7 +24,7 @@ export function sidecarCommand(): Command {
       'the app to supervise, after --: restartpoint sidecar --config f.yaml -- python3 app.py',
     )
     .action(async (command: string[], o: SidecarFlags) => {
-      const config = load(o.config);
+      const config = loadConfigFlag(o.config);
       if (o.check) {
         process.stdout.write(`${JSON.stringify(masked(config), null, 2)}\n`);
         return;

@@ -8,19 +8,21 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Command } from 'commander';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { Kvm, type KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { UsageError } from '../../errors.js';
-import { APP_NAME_PATTERN, appNames } from '../../protocol/subjects.js';
+import { appNames } from '../../protocol/subjects.js';
 import {
   PRESENCE_STALE_MS,
   clearSwitchover,
+  connectServers,
+  openLeaseBucket,
+  readLease,
   readPresence,
   readSwitchover,
   writeSwitchover,
   type SwitchoverRequest,
-} from '../../transport/presence.js';
-import { intFlag } from '../main.js';
+} from '../../transport/inspect.js';
+import { checkAppName, checkServers, intFlag } from '../flags.js';
 
 /** The `switchover --json` object (docs/cli.md). */
 export interface SwitchoverReport {
@@ -39,23 +41,6 @@ export interface SwitchoverReport {
   error?: string;
 }
 
-interface LeaseValue {
-  holder: string | null;
-  epoch: number;
-}
-
-async function readLease(kv: KV, key: string): Promise<LeaseValue | undefined> {
-  const e = await kv.get(key);
-  if (!e || e.operation !== 'PUT') return undefined;
-  try {
-    const v = e.json<LeaseValue>();
-    if ((typeof v.holder === 'string' || v.holder === null) && Number.isSafeInteger(v.epoch)) return v;
-  } catch {
-    // unreadable: treated as no lease
-  }
-  return undefined;
-}
-
 /** Asks the primary of `app` to hand over and waits for the new primary. */
 export async function runSwitchover(opts: {
   nats: string;
@@ -67,18 +52,19 @@ export async function runSwitchover(opts: {
   const names = appNames(opts.app);
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: opts.nats.split('|'), timeout: 5_000, maxReconnectAttempts: 3 });
+    nc = await connectServers(opts.nats, { timeoutMs: 5_000, maxReconnectAttempts: 3 });
   } catch (err) {
     throw new Error(`cannot connect to NATS at ${opts.nats}: ${(err as Error).message}`);
   }
   try {
-    const kv = await new Kvm(nc).open(names.leaseBucket).catch(() => {
+    const kv = await openLeaseBucket(nc, opts.app);
+    if (!kv) {
       throw new UsageError(
         `no app '${opts.app}' on ${opts.nats} (lease bucket ${names.leaseBucket} not found)`,
         'check --app and --nats (the server the app passes as `nats`)',
       );
-    });
-    const lease = await readLease(kv, names.leaseKey);
+    }
+    const lease = await readLease(kv, names);
     if (!lease?.holder) {
       throw new UsageError(
         `no primary holds app '${opts.app}' now: there is nothing to switch over`,
@@ -118,7 +104,7 @@ export async function runSwitchover(opts: {
     const deadline = t0 + opts.timeoutMs;
     let lastNote = t0;
     while (performance.now() < deadline) {
-      const now = await readLease(kv, names.leaseKey).catch(() => undefined);
+      const now = await readLease(kv, names).catch(() => undefined);
       if (now?.holder && now.epoch > lease.epoch) {
         let resumedFrom: number | null = null;
         // The new primary's presence shows its checkpoint once it has become primary.
@@ -187,12 +173,8 @@ export function switchoverCommand(): Command {
     .option('--force', 'hand over even when no standby is running', false)
     .option('--json', 'print one JSON object (docs/cli.md)', false)
     .action(async (o: { app: string; nats: string; timeoutMs: number; force: boolean; json: boolean }) => {
-      if (!APP_NAME_PATTERN.test(o.app)) {
-        throw new UsageError(
-          `--app '${o.app}' is not a valid app name`,
-          'use 1-64 characters of [A-Za-z0-9_-]',
-        );
-      }
+      checkAppName(o.app);
+      checkServers('--nats', o.nats);
       const r = await runSwitchover({
         nats: o.nats,
         app: o.app,
