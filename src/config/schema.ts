@@ -154,6 +154,7 @@ export const FIELD_DOCS: Readonly<Record<string, FieldDoc>> = {
   'limits.maxValueBytes': { must: 'an integer from 1 to 67108864 (bytes)', example: '67108864' },
   'limits.maxWritesPerCheckpoint': { must: 'an integer (write ops)', example: '1000000' },
   'limits.maxStagedBytes': { must: 'an integer (bytes)', example: '536870912' },
+  'limits.maxDepth': { must: 'an integer from 1 to 1500 (levels of nesting)', example: '1000' },
   api: {
     must: 'a mapping with port, token, tokenFile, portFile, maxBodyBytes (all optional)',
     example: '{ port: 7878 }',
@@ -283,6 +284,7 @@ export const ConfigSchema = z.strictObject({
       maxValueBytes: z.int().optional(),
       maxWritesPerCheckpoint: z.int().optional(),
       maxStagedBytes: z.int().optional(),
+      maxDepth: z.int().optional(),
     })
     .optional(),
   api: z
