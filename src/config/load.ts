@@ -72,6 +72,7 @@ export interface EnvOverride {
 export const ENV_OVERRIDES: readonly EnvOverride[] = [
   { name: 'RESTARTPOINT_APP', path: 'app', type: 'string' },
   { name: 'RESTARTPOINT_NODE_ID', path: 'nodeId', type: 'string' },
+  { name: 'RESTARTPOINT_REUSE_NODE_ID', path: 'reuseNodeId', type: 'bool' },
   { name: 'RESTARTPOINT_DATA_DIR', path: 'dataDir', type: 'string' },
   { name: 'RESTARTPOINT_NATS_SERVERS', path: 'nats.servers', type: 'list' },
   { name: 'RESTARTPOINT_NATS_USER', path: 'nats.user', type: 'string' },

@@ -42,6 +42,10 @@ export const FIELD_DOCS: Readonly<Record<string, FieldDoc>> = {
     example: 'orders',
   },
   nodeId: { must: 'a non-empty string of at most 128 bytes, unique per node', example: 'node-a' },
+  reuseNodeId: {
+    must: 'true or false: start even when a live node uses this nodeId (default false: refuse)',
+    example: 'false',
+  },
   dataDir: {
     must: 'a directory path for the sidecar own files (the token file)',
     example: '/var/lib/restartpoint',
@@ -232,6 +236,7 @@ export const ConfigSchema = z.strictObject({
     .min(1)
     .refine((s) => Buffer.byteLength(s) <= 128)
     .optional(),
+  reuseNodeId: z.boolean().optional(),
   dataDir: nonEmpty.optional(),
   nats: z.strictObject(natsClient),
   storage,
