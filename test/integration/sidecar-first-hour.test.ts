@@ -261,6 +261,42 @@ describe('a reused node id', () => {
   }, 30_000);
 });
 
+describe('limits.maxDepth on the sidecar API', () => {
+  it('POST /checkpoint of JSON (or v8) nested 3 000 deep answers 413 LIMIT naming limits.maxDepth, not 500', async () => {
+    const app = freshApp('depth-api');
+    apps.push(app);
+    const cfg = await config(app);
+    const tokenFile = join(root, `${app}.token`);
+    const a = sidecar(cfg, { RESTARTPOINT_NODE_ID: 'a', RESTARTPOINT_API_TOKEN_FILE: tokenFile });
+    const listening = await a.waitFor(a.msg('api listening'), 'api listening');
+    await a.waitFor(a.msg('sidecar primary'), 'primary');
+    const token = (await readFile(tokenFile, 'utf8')).trim();
+    const post = (body: string | Buffer, type: string) =>
+      fetch(`http://127.0.0.1:${Number(listening.port)}/checkpoint`, {
+        method: 'POST',
+        body,
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': type },
+      });
+    const json = (n: number) => `${'{"a":'.repeat(n)}1${'}'.repeat(n)}`;
+    const deep = await post(json(3000), 'application/json');
+    expect(deep.status).toBe(413);
+    const body = (await deep.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('LIMIT');
+    expect(body.error.message).toMatch(/nested more than 1000 levels deep.*limit 'limits.maxDepth'/);
+    const { serialize } = await import('node:v8');
+    const v8Deep = await post(serialize(JSON.parse(json(3000))), 'application/x-v8-serialized');
+    expect(v8Deep.status).toBe(413);
+    expect(((await v8Deep.json()) as { error: { message: string } }).error.message).toMatch(
+      /limits.maxDepth/,
+    );
+    const ok = await post(json(1000), 'application/json');
+    expect(ok.status).toBe(200);
+    expect(a.lines.some((l) => l.msg === 'api error')).toBe(false);
+    a.child.kill('SIGTERM');
+    expect(await a.closed).toBe(0);
+  }, 30_000);
+});
+
 describe('the app exit is logged every time', () => {
   it('when the sidecar stops it: SIGTERM, switchover and demotion each log "app exited" with the status and the cause', async () => {
     const app = freshApp('exitlog');
