@@ -42,12 +42,14 @@ stopping = False
 
 
 def on_term(_signum, _frame):
-    """SIGTERM from the sidecar (demoted or stopping): finish the current step, then exit 0."""
+    """SIGTERM from the sidecar (demoted or stopping), or Ctrl-C in the terminal (SIGINT reaches
+    the sidecar and its app together): finish the current step, then exit 0."""
     global stopping
     stopping = True
 
 
 signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGINT, on_term)
 
 
 def emit(**ev):
