@@ -13,6 +13,14 @@
  * | `limits.maxValueBytes`        | 64 MiB   | `store.put` rejects                   | (the adapter contract's 64 MiB)           |
  * | `limits.maxWritesPerCheckpoint` | 1 000 000 | the write over it rejects, unapplied | refuses the write frame (`limit`)         |
  * | `limits.maxStagedBytes`       | 512 MiB  | —                                    | refuses frames past it (`limit`)          |
+ * | `limits.maxDepth`             | 1 000    | `checkpoint()` rejects (`LimitError`) | refuses the image frame (`limit`)         |
+ *
+ * `maxDepth` counts containers nested in one another (objects, arrays, Maps, Sets, an error's
+ * `cause`): `{ a: [1] }` is 2 deep. It is at most 1 500 because node:v8 reads an image on the
+ * call stack and fails ("Maximum call stack size exceeded") near 1 900 levels of objects with
+ * Node's default stack; a standby could never restore a deeper image. Every walk of the state
+ * (typed tree, delta, tracked and identity paths) refuses a deeper one with a `LimitError`; the
+ * sidecar answers 413 `LIMIT`.
  *
  * Key and value limits may only be lowered: every adapter refuses more than 1 KiB keys and 64 MiB
  * values (src/storage/adapter.ts). A standby that refuses a frame counts it under the reject
@@ -36,6 +44,8 @@ export interface Limits {
   readonly maxWritesPerCheckpoint: number;
   /** Most bytes a standby holds for checkpoints not committed yet (write bodies and waiting frames). */
   readonly maxStagedBytes: number;
+  /** Most containers nested in one another in the state (at most 1 500). */
+  readonly maxDepth: number;
 }
 
 const MiB = 1024 * 1024;
@@ -48,6 +58,7 @@ export const DEFAULT_LIMITS: Limits = Object.freeze({
   maxValueBytes: MAX_VALUE_BYTES,
   maxWritesPerCheckpoint: 1_000_000,
   maxStagedBytes: 512 * MiB,
+  maxDepth: 1_000,
 });
 
 const RANGES: Record<keyof Limits, readonly [min: number, max: number, unit: string]> = {
@@ -57,6 +68,7 @@ const RANGES: Record<keyof Limits, readonly [min: number, max: number, unit: str
   maxValueBytes: [1, MAX_VALUE_BYTES, 'bytes (the adapter contract allows at most 64 MiB)'],
   maxWritesPerCheckpoint: [1, 1e9, 'write ops'],
   maxStagedBytes: [MiB, 2 ** 50, 'bytes'],
+  maxDepth: [1, 1_500, 'levels (node:v8 cannot read images much deeper)'],
 };
 
 /** Validates the `limits` start option and fills in defaults. Throws `ConfigError` naming the field. */

@@ -42,12 +42,14 @@ stopping = False
 
 
 def on_term(_signum, _frame):
-    """SIGTERM from the sidecar (demoted or stopping): finish the current step, then exit 0."""
+    """SIGTERM from the sidecar (demoted or stopping), or Ctrl-C in the terminal (SIGINT reaches
+    the sidecar and its app together): finish the current step, then exit 0."""
     global stopping
     stopping = True
 
 
 signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGINT, on_term)
 
 
 def emit(**ev):
@@ -178,4 +180,11 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        # The sidecar is gone (killed, or its host is going down): nothing here can be saved.
+        # One line, no traceback; a standby's sidecar takes over and starts the app there.
+        reason = getattr(e, "reason", None) or e
+        print(f"app.py: the sidecar's API at {URL} does not answer ({reason}): stopping", file=sys.stderr, flush=True)
+        sys.exit(1)

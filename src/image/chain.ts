@@ -21,7 +21,8 @@
  * applies each delta as it commits, so a takeover turns one tree into a live value instead of
  * replaying a chain.
  */
-import { ImageError, SerializationError } from '../errors.js';
+import { ImageError, LimitError, SerializationError } from '../errors.js';
+import { DEFAULT_LIMITS } from '../limits.js';
 import { ImageCodec, ImageFormat, type ImageRecord } from '../protocol/records.js';
 import { packImage, unpackImage, type PackedPayload } from './compression.js';
 import { decodeDelta, diffTrees, encodeDelta, patchTreeInPlace, type ImageDelta } from './delta.js';
@@ -53,6 +54,11 @@ export interface ImageEncoderOptions extends Partial<KeyframePolicy> {
   readonly immutable?: boolean;
   /** Compress payloads when it pays. Default true. */
   readonly compress?: boolean;
+  /**
+   * The most containers nested in one another (`limits.maxDepth`); a deeper state is refused
+   * with `LimitError` on every path. Default `DEFAULT_LIMITS.maxDepth`.
+   */
+  readonly maxDepth?: number;
 }
 
 /** How an image was found. */
@@ -105,6 +111,7 @@ export class ImageEncoder {
   readonly #stateVersion: number;
   readonly #immutable: boolean;
   readonly #compress: boolean;
+  readonly #maxDepth: number;
   #base: Base | undefined;
   #prevCheckpoint = 0;
   #sinceKeyframe = 0;
@@ -119,6 +126,7 @@ export class ImageEncoder {
     this.#stateVersion = options.stateVersion ?? 1;
     this.#immutable = options.immutable ?? false;
     this.#compress = options.compress ?? true;
+    this.#maxDepth = options.maxDepth ?? DEFAULT_LIMITS.maxDepth;
   }
 
   /**
@@ -166,8 +174,11 @@ export class ImageEncoder {
         return this.#result(ImageFormat.Delta, checkpoint - 1, payload, path);
       }
     }
+    // The walk first: it refuses a state nested deeper than maxDepth before node:v8 overflows
+    // the call stack on it.
+    const walked = current ? undefined : toTreeIndexed(raw, this.#maxDepth);
     const payload = serializeImage(raw);
-    if (!current) this.#adopt(toTreeIndexed(raw), raw, tracker);
+    if (walked !== undefined) this.#adopt(walked, raw, tracker);
     this.#sinceKeyframe = 0;
     this.#keyframeBytes = payload.byteLength;
     this.#chainBytes = 0;
@@ -190,12 +201,12 @@ export class ImageEncoder {
       base.generation === tracker.generation &&
       tracker.walkable
     ) {
-      const { tree, delta } = tracker.walk(base.tree);
+      const { tree, delta } = tracker.walk(base.tree, this.#maxDepth);
       this.#base = { kind: 'tracked', tree, tracker, generation: tracker.generation };
       return { delta, path: 'tracked', keyframe: false };
     }
     if (tracker === undefined && this.#immutable && base.kind === 'identity') {
-      const { tree, delta } = identityDelta(base.live, raw, base.tree, base.registry);
+      const { tree, delta } = identityDelta(base.live, raw, base.tree, base.registry, this.#maxDepth);
       if (base.registry.shared()) {
         this.#base = undefined;
         return { delta: undefined, path: 'keyframe', keyframe: true };
@@ -203,8 +214,8 @@ export class ImageEncoder {
       this.#base = { kind: 'identity', tree, live: raw, registry: base.registry };
       return { delta: delta as ImageDelta | undefined, path: 'identity', keyframe: false };
     }
-    const walked = tracker !== undefined || this.#immutable ? toTreeIndexed(raw) : undefined;
-    const tree = walked?.tree ?? toTree(raw);
+    const walked = tracker !== undefined || this.#immutable ? toTreeIndexed(raw, this.#maxDepth) : undefined;
+    const tree = walked?.tree ?? toTree(raw, this.#maxDepth);
     const delta = diffTrees(base.tree, tree);
     if (walked !== undefined) this.#adopt(walked, raw, tracker);
     else this.#base = { kind: 'diff', tree };
@@ -259,19 +270,22 @@ export class ImageEncoder {
 export class ImageChain {
   /** The largest raw image `check` accepts; see the constructor. Settable before the first `check`. */
   maxImageBytes: number;
+  /** The deepest image `check` accepts (`limits.maxDepth`). Settable before the first `check`. */
+  maxDepth: number;
   #tree: TreeNode | undefined;
   #checkpoint = 0;
   #stateVersion = 0;
   #checked:
-    { checkpoint: number; stateVersion: number; full?: unknown; delta?: ImageDelta | null } | undefined;
+    { checkpoint: number; stateVersion: number; full?: TreeNode; delta?: ImageDelta | null } | undefined;
 
   /**
    * `maxImageBytes`: the largest raw image accepted (`limits.maxImageBytes`, default 256 MiB); a
    * record announcing more is refused before anything is decompressed, so a small compressed
    * payload cannot make the standby allocate gigabytes.
    */
-  constructor(opts: { readonly maxImageBytes?: number } = {}) {
+  constructor(opts: { readonly maxImageBytes?: number; readonly maxDepth?: number } = {}) {
     this.maxImageBytes = opts.maxImageBytes ?? 256 * 1024 * 1024;
+    this.maxDepth = opts.maxDepth ?? DEFAULT_LIMITS.maxDepth;
   }
 
   /** Checkpoint of the materialized image (0 = none). */
@@ -309,14 +323,38 @@ export class ImageChain {
     }
     const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
     if (rec.format === ImageFormat.Full) {
-      this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: deserializeImage(raw) };
+      // node:v8 reads on the call stack: an image nested too deep fails there ("Maximum call
+      // stack size exceeded", an ImageError) or, within what it reads, in the walk below.
+      let tree: TreeNode;
+      try {
+        tree = toTree(deserializeImage(raw), this.maxDepth);
+      } catch (err) {
+        if (err instanceof LimitError) throw tooDeep(checkpoint, err);
+        if (err instanceof ImageError && err.cause instanceof RangeError) {
+          throw tooDeep(
+            checkpoint,
+            new LimitError('limits.maxDepth', `node:v8 could not read it: ${err.cause.message}`),
+          );
+        }
+        throw err;
+      }
+      this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: tree };
       return;
     }
-    this.#checked = {
-      checkpoint,
-      stateVersion: rec.stateVersion,
-      delta: raw.byteLength === 0 ? null : decodeDelta(raw),
-    };
+    const delta = raw.byteLength === 0 ? null : decodeDelta(raw);
+    // A delta is nested about as deep as the tree it changes (up to three levels per Map level,
+    // plus its own markers); one deeper than that would make a state this node refuses.
+    const depth = delta === null ? 0 : jsonDepth(delta, 3 * this.maxDepth + 8);
+    if (depth > 3 * this.maxDepth + 8) {
+      throw tooDeep(
+        checkpoint,
+        new LimitError(
+          'limits.maxDepth',
+          `its delta is nested more than ${3 * this.maxDepth + 8} JSON levels deep, deeper than a state within the limit of ${this.maxDepth} levels makes`,
+        ),
+      );
+    }
+    this.#checked = { checkpoint, stateVersion: rec.stateVersion, delta };
   }
 
   /** Advances to `checkpoint`'s image, which `check` accepted. */
@@ -325,7 +363,7 @@ export class ImageChain {
     if (!c || c.checkpoint !== checkpoint)
       throw new ImageError(`image ${checkpoint} was not checked before apply`);
     this.#checked = undefined;
-    if ('full' in c) this.#tree = toTree(c.full);
+    if (c.full !== undefined) this.#tree = c.full;
     else if (c.delta) this.#tree = patchTreeInPlace(this.#tree!, c.delta);
     this.#checkpoint = checkpoint;
     this.#stateVersion = c.stateVersion;
@@ -340,4 +378,31 @@ export class ImageChain {
   get tree(): TreeNode | undefined {
     return this.#tree;
   }
+}
+
+/** The standby's refusal of an image nested deeper than its `limits.maxDepth`. */
+function tooDeep(checkpoint: number, err: LimitError): ImageError {
+  return new ImageError(
+    `image for checkpoint ${checkpoint} refused: ${err.message}; give every node the same limits`,
+    { cause: err },
+  );
+}
+
+/** How deep JSON `value` nests (a scalar is 0), counting no further than `stop` + 1. Iterative. */
+export function jsonDepth(value: unknown, stop = Infinity): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (typeof v !== 'object' || v === null) continue;
+    const depth = d + 1;
+    if (depth > max) {
+      max = depth;
+      if (max > stop) return max;
+    }
+    for (const child of Array.isArray(v) ? v : Object.values(v)) {
+      if (typeof child === 'object' && child !== null) stack.push([child, depth]);
+    }
+  }
+  return max;
 }

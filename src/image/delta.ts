@@ -21,8 +21,10 @@
  *   patched tree equals the new tree exactly, key order included (fromTree restores objects
  *   with the keys in tree order, and shared-reference ids rely on walk order).
  *
- * jsondiffpatch itself walks iteratively; JSON.stringify in `encodeDelta` recurses, so a delta
- * nested many thousands of levels deep cannot be encoded (node:v8 keyframes fail far earlier).
+ * jsondiffpatch itself walks iteratively. JSON.stringify recurses (it fails near 4 000 JSON
+ * levels, and a Map level of the state is three levels of tree and delta), so `encodeDelta`
+ * falls back to an iterative writer when it overflows: any delta of a state within
+ * `limits.maxDepth` encodes.
  */
 import { Buffer } from 'node:buffer';
 import { create, type Delta, type DiffContext, type Filter, type PatchContext } from 'jsondiffpatch';
@@ -376,7 +378,89 @@ export function patchTree(base: TreeNode, delta: ImageDelta): TreeNode {
 
 /** Encodes a delta as UTF-8 JSON. */
 export function encodeDelta(delta: ImageDelta): Buffer {
-  return Buffer.from(JSON.stringify(delta), 'utf8');
+  let text: string;
+  try {
+    text = JSON.stringify(delta);
+  } catch (err) {
+    if (!(err instanceof RangeError)) throw err;
+    // "Maximum call stack size exceeded": the same text, written without recursion.
+    text = stringifyDeep(delta);
+  }
+  return Buffer.from(text, 'utf8');
+}
+
+/**
+ * `JSON.stringify` of a JSON value (no `toJSON`, no cycles), written with an explicit stack so
+ * that nesting is limited by memory only. Output is identical: members in own-key order,
+ * `undefined` members skipped, `undefined` items and non-finite numbers as `null`.
+ */
+export function stringifyDeep(value: unknown): string {
+  const out: string[] = [];
+  // Each entry: a container and where its walk is (index into items or keys).
+  const stack: { c: unknown[] | Record<string, unknown>; keys: string[] | undefined; i: number }[] = [];
+  const scalar = (v: unknown): string | undefined => {
+    if (v === null) return 'null';
+    switch (typeof v) {
+      case 'string':
+      case 'boolean':
+      case 'number':
+        return JSON.stringify(v);
+      case 'object':
+        return undefined;
+      default:
+        return v === undefined ? undefined : 'null';
+    }
+  };
+  const open = (v: object): void => {
+    if (Array.isArray(v)) {
+      out.push('[');
+      stack.push({ c: v, keys: undefined, i: 0 });
+    } else {
+      out.push('{');
+      stack.push({ c: v as Record<string, unknown>, keys: Object.keys(v), i: 0 });
+    }
+  };
+  const first = scalar(value);
+  if (first !== undefined) return first;
+  if (typeof value !== 'object' || value === null) return 'null';
+  open(value);
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1]!;
+    if (top.keys === undefined) {
+      const items = top.c as unknown[];
+      if (top.i >= items.length) {
+        out.push(']');
+        stack.pop();
+        continue;
+      }
+      if (top.i > 0) out.push(',');
+      const v = items[top.i++];
+      const s = scalar(v);
+      if (s !== undefined) out.push(s);
+      else if (typeof v === 'object' && v !== null) open(v);
+      else out.push('null');
+    } else {
+      const keys = top.keys;
+      let pushed = false;
+      while (top.i < keys.length) {
+        const k = keys[top.i++]!;
+        const v = (top.c as Record<string, unknown>)[k];
+        const s = scalar(v);
+        if (s === undefined && (typeof v !== 'object' || v === null)) continue;
+        if (out[out.length - 1] !== '{') out.push(',');
+        out.push(JSON.stringify(k), ':');
+        if (s !== undefined) out.push(s);
+        else open(v as object);
+        pushed = true;
+        break;
+      }
+      if (!pushed) {
+        out.push('}');
+        stack.pop();
+      }
+    }
+  }
+  return out.join('');
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });

@@ -37,18 +37,40 @@ export function identityDelta(
   next: unknown,
   tree: TreeNode,
   registry: Registry,
+  maxDepth = Infinity,
 ): { tree: TreeNode; delta: unknown } {
-  const step = new IdentityWalk(registry).visit(prev, next, tree);
+  const step = new IdentityWalk(registry, maxDepth).visit(prev, next, tree);
   return { tree: step.node, delta: step.delta };
 }
 
 class IdentityWalk {
-  constructor(private readonly registry: Registry) {}
+  /** How many containers hold the value being visited. */
+  private level = 0;
+
+  /** @param maxDepth `limits.maxDepth`: values new at a place may nest only what is left of it. */
+  constructor(
+    private readonly registry: Registry,
+    private readonly maxDepth = Infinity,
+  ) {}
 
   visit(prev: unknown, next: unknown, node: TreeNode): Step {
     if (prev === next) return { node, delta: undefined };
     const kind = containerKind(next);
     if (kind !== undefined && kind === containerKind(prev) && fits(kind, node)) {
+      // `next` takes the place of `prev`, as deep as it was: only new values are measured.
+      this.level++;
+      try {
+        return this.container(kind, prev, next, node);
+      } finally {
+        this.level--;
+      }
+    }
+    return this.replace(prev, next, node);
+  }
+
+  /** `next`, a container of the same kind as `prev`, compared entry by entry. */
+  container(kind: Container, prev: unknown, next: unknown, node: TreeNode): Step {
+    {
       // The container is new; what it shares with its predecessor stays counted.
       this.registry.adoptSelf(next as object);
       this.registry.releaseSelf(prev as object);
@@ -67,14 +89,16 @@ class IdentityWalk {
           return this.set(prev as Set<unknown>, next as Set<unknown>, node as TreeObject);
       }
     }
-    return this.replace(prev, next, node);
   }
 
-  /** `next` takes `prev`'s place whole. */
-  replace(prev: unknown, next: unknown, node: TreeNode): Step {
+  /**
+   * `next` takes `prev`'s place whole. `above`: the containers that hold it (one less than the
+   * current level when a container being compared gives up and is replaced itself).
+   */
+  replace(prev: unknown, next: unknown, node: TreeNode, above = this.level): Step {
     this.registry.adopt(next, undefined, undefined);
     this.registry.release(prev, undefined, undefined);
-    const fresh = toTree(next);
+    const fresh = toTree(next, this.maxDepth, above);
     if (treesEqual(node, fresh)) return { node, delta: undefined };
     if (isObject(node) && isObject(fresh) && Array.isArray(node) === Array.isArray(fresh)) {
       return { node: fresh, delta: diffTrees(node, fresh) };
@@ -85,7 +109,7 @@ class IdentityWalk {
   /** A value new at its place (no predecessor there). */
   added(next: unknown): TreeNode {
     this.registry.adopt(next, undefined, undefined);
-    return toTree(next);
+    return toTree(next, this.maxDepth, this.level);
   }
 
   object(prev: Record<string, unknown>, next: Record<string, unknown>, node: TreeObject): Step {
@@ -111,7 +135,7 @@ class IdentityWalk {
     if (!patchKeepsOrder(before, after, prev, next)) {
       this.registry.releaseSelf(next);
       this.registry.adoptSelf(prev);
-      return this.replace(prev, next, node);
+      return this.replace(prev, next, node, this.level - 1);
     }
     for (const k of before) {
       if (hasEnumerable(next, k)) continue;
@@ -174,7 +198,7 @@ class IdentityWalk {
       if (next[i] === undefined && !Object.hasOwn(next, i)) {
         this.registry.releaseSelf(next);
         this.registry.adoptSelf(prev);
-        return this.replace(prev, next, node);
+        return this.replace(prev, next, node, this.level - 1);
       }
     }
     const oldNodes = new Map<unknown, TreeNode>();
@@ -241,7 +265,7 @@ class IdentityWalk {
       if (p >= before.length || !sameKey(before[p], k)) {
         this.registry.releaseSelf(next);
         this.registry.adoptSelf(prev);
-        return this.replace(prev, next, node);
+        return this.replace(prev, next, node, this.level - 1);
       }
       p++;
     }
@@ -262,7 +286,7 @@ class IdentityWalk {
       const at = position.get(k);
       if (at === undefined) {
         if (isObject(k)) this.registry.adopt(k, undefined, undefined);
-        const pair: TreeNode[] = [toTree(k), this.added(v)];
+        const pair: TreeNode[] = [toTree(k, this.maxDepth, this.level), this.added(v)];
         inner[j] = [pair];
         changed = true;
         fresh.push(pair);

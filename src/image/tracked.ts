@@ -152,6 +152,9 @@ export class StateTracker {
   /** Whether the registry counts the state (after the first full walk). */
   #indexed = false;
   #generation = 0;
+  /** During `walk`: `limits.maxDepth`, and how many containers hold the one being walked. */
+  #maxDepth = Infinity;
+  #level = 0;
   #dirty = new Map<object, Dirty>();
   #descend = new Map<object, Set<unknown>>();
   /** Entry positions of Maps, kept in step with their tree nodes (see walkMap). */
@@ -228,7 +231,9 @@ export class StateTracker {
    * the typed tree of the state now, IN PLACE, and returns it with the delta between the two.
    * Only call when `walkable`. On a throw, `tree` is partly patched: discard it and `invalidate`.
    */
-  walk(tree: TreeNode): { tree: TreeNode; delta: ImageDelta | undefined } {
+  walk(tree: TreeNode, maxDepth = Infinity): { tree: TreeNode; delta: ImageDelta | undefined } {
+    this.#maxDepth = maxDepth;
+    this.#level = 0;
     const step = this.#walk(this.target, tree);
     this.#consume();
     return { tree: step.node, delta: step.delta as ImageDelta | undefined };
@@ -647,6 +652,16 @@ export class StateTracker {
     const d = this.#dirty.get(c);
     const down = this.#descend.get(c);
     if (d === undefined && down === undefined) return { node, delta: undefined };
+    // `c` sits where its node sat, as deep as before: only values new at a place are measured.
+    this.#level++;
+    try {
+      return this.#walkAt(c, node, d, down);
+    } finally {
+      this.#level--;
+    }
+  }
+
+  #walkAt(c: object, node: TreeNode, d: Dirty | undefined, down: Set<unknown> | undefined): Step {
     const kind = containerKind(c);
     if (d?.whole === true || kind === Container.Set || kind === undefined || !fits(kind, node)) {
       return this.#refresh(c, node);
@@ -663,7 +678,7 @@ export class StateTracker {
 
   /** Re-encodes `c` whole; jsondiffpatch finds what changed in it. */
   #refresh(c: object, node: TreeNode): Step {
-    const fresh = this.#fresh(c);
+    const fresh = this.#fresh(c, this.#level - 1);
     // Items of a re-encoded array or Set may have moved: their homes must say where they are now.
     forEachChild(c, (child, key) => {
       if (isObject(child)) this.#registry.rehome(child, c, key);
@@ -672,9 +687,10 @@ export class StateTracker {
   }
 
   /** `toTree(v)` for a value new at its place; Maps inside it get their entry index afresh. */
-  #fresh(v: unknown): TreeNode {
+  #fresh(v: unknown, above = this.#level): TreeNode {
     if (!isObject(v)) return toTree(v);
-    const r = toTreeIndexed(v);
+    // `above` containers hold it: it may nest only the rest of `limits.maxDepth`.
+    const r = toTreeIndexed(v, this.#maxDepth, above);
     // The registry saw no sharing, so no subtree can have any: a tree with ids here would
     // not match the ids a whole walk gives.
     if (r.shared) throw new Error('internal: a tracked subtree holds a shared object the registry missed');

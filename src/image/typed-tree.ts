@@ -51,7 +51,7 @@ import { BlockList, SocketAddress } from 'node:net';
 import { createHistogram } from 'node:perf_hooks';
 import { types } from 'node:util';
 import { MessagePort } from 'node:worker_threads';
-import { ImageError, SerializationError } from '../errors.js';
+import { ImageError, LimitError, SerializationError } from '../errors.js';
 
 /** A node of the typed tree: plain JSON only (no `undefined`, no non-finite numbers). */
 export type TreeNode = null | boolean | number | string | TreeNode[] | TreeObject;
@@ -492,8 +492,17 @@ class Encoder {
   private readonly stack = new FrameStack();
   private nextId = 1;
 
-  /** @param hostObject an object node:v8 refused as a host object; reported where it is met. */
-  constructor(private readonly hostObject?: object) {}
+  /**
+   * @param hostObject an object node:v8 refused as a host object; reported where it is met.
+   * @param maxDepth the most containers nested in one another (`limits.maxDepth`); one more is
+   *   refused with a `DepthFault`.
+   */
+  constructor(
+    private readonly hostObject?: object,
+    private readonly maxDepth = Infinity,
+    /** How many containers hold the value walked (incremental paths walk a part of the state). */
+    private readonly above = 0,
+  ) {}
 
   /** Whether the walk gave some object an id: the value shares an object or has a cycle. */
   get shared(): boolean {
@@ -517,6 +526,11 @@ class Encoder {
       for (const [node, id] of this.arrayIds) node.unshift({ [TREE_TAG]: TreeTag.ArrayId, id });
       return root;
     } catch (e) {
+      if (e instanceof DepthFault) {
+        const where =
+          this.above > 0 ? `a value ${this.above} levels down, at its ${stack.path()}` : stack.path();
+        throw new DepthFault(e.maxDepth, where);
+      }
       const fault = toFault(e, describeThrownWhileReading);
       throw new WalkFault(stack.path(), fault);
     } finally {
@@ -710,7 +724,13 @@ class Encoder {
     return id;
   }
 
+  /** Refuses a container that would open one level more than `maxDepth`. */
+  private nest(): void {
+    if (this.stack.depth + this.above >= this.maxDepth) throw new DepthFault(this.maxDepth, '');
+  }
+
   private plain(o: object): TreeObject {
+    this.nest();
     const out: TreeObject = {};
     this.seen.set(o, out);
     const keys = Object.keys(o);
@@ -719,6 +739,7 @@ class Encoder {
   }
 
   private array(a: unknown[]): TreeNode {
+    this.nest();
     const length = a.length;
     for (let i = 0; i < length; i++) {
       if (a[i] === undefined && !hasOwn(a, i)) return this.sparse(a);
@@ -775,6 +796,7 @@ class Encoder {
   }
 
   private collection(o: object, tag: TreeTag, fill: Fill, iterator: Iterator<unknown>): TreeObject {
+    this.nest();
     const entries: TreeNode[] = [];
     const node: TreeObject = { [TREE_TAG]: tag, e: entries };
     this.seen.set(o, node);
@@ -825,6 +847,7 @@ class Encoder {
     if (typeof stack === 'string') node.s = stack;
     const cause = Object.getOwnPropertyDescriptor(err, 'cause');
     if (cause !== undefined && 'value' in cause) {
+      this.nest();
       this.openErrors.add(node);
       this.stack.push(Fill.Cause, cause.value, node, undefined, 1);
     }
@@ -840,6 +863,27 @@ class WalkFault extends Error {
   ) {
     super(fault.reason);
   }
+}
+
+/**
+ * A container nested deeper than the walk's `maxDepth`: node:v8 (and JSON.stringify) recurse on
+ * the call stack and fail with "Maximum call stack size exceeded" not far above 1 000 levels.
+ */
+class DepthFault extends Error {
+  constructor(
+    readonly maxDepth: number,
+    readonly path: string,
+  ) {
+    super(`nested more than ${maxDepth} levels deep`);
+  }
+}
+
+/** The `LimitError` for a value nested deeper than `maxDepth`, at `path`. */
+export function depthLimitError(maxDepth: number, path: string): LimitError {
+  return new LimitError(
+    'limits.maxDepth',
+    `the state is nested more than ${maxDepth} levels deep (objects, arrays, Maps, Sets and error causes inside one another)${path ? `, at ${shortPath(path)}` : ''}: flatten it, for example keep records in a Map by id and refer to them by id`,
+  );
 }
 
 /** The wrapped primitive, read from the internal slot as v8 does (a valueOf override is ignored). */
@@ -905,7 +949,7 @@ function isArrayIdMarker(node: TreeNode | undefined): node is TreeObject {
  * Linear in the size of `value`, invoking getters once, like node:v8. The returned tree is
  * fresh: nothing in it is shared with `value` or with itself.
  */
-export function toTree(value: unknown): TreeNode {
+export function toTree(value: unknown, maxDepth = Infinity, above = 0): TreeNode {
   // Plain JSON primitives are their own nodes: no walk needed (incremental paths call this a lot).
   switch (typeof value) {
     case 'string':
@@ -917,7 +961,7 @@ export function toTree(value: unknown): TreeNode {
     case 'object':
       if (value === null) return null;
   }
-  return encodeTree(value, undefined);
+  return runEncoder(new Encoder(undefined, maxDepth, above), value);
 }
 
 function encodeTree(value: unknown, hostObject: object | undefined): TreeNode {
@@ -928,6 +972,7 @@ function runEncoder(encoder: Encoder, value: unknown): TreeNode {
   try {
     return encoder.run(value);
   } catch (e) {
+    if (e instanceof DepthFault) throw depthLimitError(e.maxDepth, e.path);
     if (!(e instanceof WalkFault)) throw e;
     throw new SerializationError(e.path, `${shortPath(e.path)} ${e.fault.reason}`, { cause: e.fault.cause });
   }
@@ -950,8 +995,8 @@ export interface IndexedTree {
  * the image encoder's incremental paths, which work only on tree-shaped states. Same errors as
  * `toTree`.
  */
-export function toTreeIndexed(value: unknown): IndexedTree {
-  const encoder = new Encoder(undefined);
+export function toTreeIndexed(value: unknown, maxDepth = Infinity, above = 0): IndexedTree {
+  const encoder = new Encoder(undefined, maxDepth, above);
   const tree = runEncoder(encoder, value);
   return { tree, shared: encoder.shared, objects: encoder.objects() };
 }

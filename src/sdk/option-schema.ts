@@ -164,6 +164,11 @@ export const OPTION_FIELDS = {
       .refine((s) => Buffer.byteLength(s) <= 128),
     { must: 'a non-empty string of at most 128 bytes, unique per node', example: 'node-a', env: true },
   ).optional(),
+  reuseNodeId: documented(z.boolean(), {
+    must: 'true or false: start even when a live node uses this nodeId (default false: refuse)',
+    example: 'false',
+    env: true,
+  }).default(false),
   /** The SDK passes every client option through; a config file allows the known ones (`strictNats`). */
   nats: documented(z.looseObject({ servers: serversField() }), NATS_DOC),
   mode: documented(z.enum(['delay-write', 'snapshot']), {

@@ -38,6 +38,12 @@ export interface StartOptions<S> {
   app: string;
   /** Unique per node. Default: `hostname-pid`. */
   nodeId?: string;
+  /**
+   * Start even when a live node (a fresh presence record) already uses `nodeId`. Default `false`:
+   * `start()` refuses with `ConfigError`, since two processes under one id corrupt presence,
+   * status and switchover. Set it only to replace a node you know is gone.
+   */
+  reuseNodeId?: boolean;
   /** The NATS server (with JetStream) that is the relay, plus any client options (auth, TLS). */
   nats: NatsOptions;
   /** This node's store. */

@@ -17,6 +17,7 @@ import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary
 import { appNames } from '../protocol/subjects.js';
 import { takeOver, type Promotion } from '../failover/takeover.js';
 import { StandbyRunner, type StandbyOptions } from '../standby/runner.js';
+import { refuseLiveNodeId } from '../transport/node-id.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { limitError, type Limits } from '../limits.js';
 import { closeLink, openLeaseBucket, openLink } from '../transport/connection.js';
@@ -232,6 +233,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       });
       const relaySet = relays;
       const kv = await openLeaseBucket(link, names);
+      // Two processes under one node id corrupt presence, status and switchover: refuse.
+      await refuseLiveNodeId(kv, o.app, o.nodeId, { reuse: o.reuseNodeId });
       const leaseStore = new LeaseStore(kv, names.leaseKey);
       reporter = new NodeReporter({
         app: o.app,
@@ -310,6 +313,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         adapter: o.storage,
         publisher: relaySet,
         images: new ImageEncoder({
+          maxDepth: o.limits.maxDepth,
           keyframeEvery: o.keyframeEvery,
           maxChainShare: o.maxChainShare,
           stateVersion: o.stateVersion,

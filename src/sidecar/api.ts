@@ -305,6 +305,14 @@ export class SidecarApi {
       try {
         state = deserialize(body);
       } catch (err) {
+        // node:v8 reads on the call stack: a state nested some 2 000 levels deep overflows it.
+        if (err instanceof RangeError) {
+          throw new HttpError(
+            413,
+            'LIMIT',
+            `the state is nested too deep for node:v8 to read (${err.message}): flatten it (limit 'limits.maxDepth', at most 1500 levels)`,
+          );
+        }
         throw new HttpError(
           400,
           'BAD_V8',

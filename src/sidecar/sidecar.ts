@@ -17,15 +17,19 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { FencedError, RestartpointError } from '../errors.js';
+import { ConfigError, FencedError, RestartpointError } from '../errors.js';
 import { createLogger, pinoLog } from '../observability/logger.js';
 import { RestartpointMetrics } from '../observability/metrics.js';
 import { Restartpoint } from '../sdk/restartpoint.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import { toStartOptions, type SidecarConfig } from '../config/load.js';
+import { appNames } from '../protocol/subjects.js';
+import { closeLink, openLeaseBucket, openLink } from '../transport/connection.js';
+import { refuseLiveNodeId } from '../transport/node-id.js';
 import { SidecarApi, type MetricsSource, type SidecarRole } from './api.js';
 import { SupervisedProcess, type ProcessExit } from './process.js';
 import { createStorage } from './storage.js';
+import { claimTokenFile } from './token-owner.js';
 
 /** Options of `Sidecar`. */
 export interface SidecarOptions {
@@ -78,6 +82,8 @@ export class Sidecar {
   #lastExit: ProcessExit | undefined;
   #restarts = 0;
   #startProblem: string | undefined;
+  #nodeIdChecked = false;
+  #warnedOrphans = false;
   #stopRequested = false;
   #wake: ((o: Outcome) => void) | undefined;
   /** Resolves when `stop()` is called. */
@@ -122,6 +128,15 @@ export class Sidecar {
    */
   async run(): Promise<number> {
     const c = this.#config;
+    // Never run under a live node's id; never replace the token file of another sidecar that runs.
+    try {
+      await this.#checkNodeId();
+    } catch (err) {
+      if (err instanceof ConfigError) throw err;
+      // NATS not reachable yet: the standby loop checks before its first start.
+      this.#logger.warn({ error: (err as Error).message }, 'node id not checked yet: NATS unreachable');
+    }
+    const releaseTokenFile = await claimTokenFile(c.api.tokenFile);
     const token = c.api.token ?? randomBytes(32).toString('hex');
     await writePrivate(c.api.tokenFile, `${token}\n`);
     const metrics: MetricsSource | undefined = this.#metrics && {
@@ -156,6 +171,30 @@ export class Sidecar {
       await this.#api.close();
       await rm(c.api.tokenFile, { force: true }).catch(() => undefined);
       if (c.api.portFile) await rm(c.api.portFile, { force: true }).catch(() => undefined);
+      await releaseTokenFile();
+    }
+  }
+
+  /**
+   * Refuses to run under the id of a live node (`reuseNodeId: true` skips this): `ConfigError`
+   * naming the other process. Checked once per sidecar; NATS errors are thrown as they come.
+   */
+  async #checkNodeId(): Promise<void> {
+    if (this.#nodeIdChecked) return;
+    const c = this.#config;
+    if (c.reuseNodeId) {
+      this.#nodeIdChecked = true;
+      return;
+    }
+    const link = await openLink(toStartOptions(c).nats, `restartpoint:${c.app}:${c.nodeId}:id-check`);
+    try {
+      const kv = await openLeaseBucket(link, appNames(c.app));
+      await refuseLiveNodeId(kv, c.app, c.nodeId, {
+        override: 'reuseNodeId: true in the config (or RESTARTPOINT_REUSE_NODE_ID=true)',
+      });
+      this.#nodeIdChecked = true;
+    } finally {
+      await closeLink(link);
     }
   }
 
@@ -220,6 +259,7 @@ export class Sidecar {
       let rp: Restartpoint<unknown>;
       let storage: StorageAdapter | undefined;
       try {
+        await this.#checkNodeId();
         storage = await this.#storage();
         const abort = new AbortController();
         const started = Restartpoint.start<unknown>({
@@ -288,7 +328,17 @@ export class Sidecar {
         },
       });
       this.#proc = proc;
-      this.#logger.info({ appPid: proc.pid, command: this.#command }, 'app started');
+      this.#logger.info(
+        { appPid: proc.pid, command: this.#command, orphanSignal: proc.orphanSignal },
+        'app started',
+      );
+      if (proc.orphanSignal === null && !this.#warnedOrphans) {
+        this.#warnedOrphans = true;
+        this.#logger.warn(
+          { platform: process.platform },
+          "no 'setpriv --pdeathsig' here (util-linux on Linux): if this sidecar is killed, its app keeps running until its next API call fails; install util-linux, or stop the app with the sidecar (same process group, systemd KillMode=control-group)",
+        );
+      }
       void proc.exited.then((exit) => this.#wake?.({ kind: 'exit', exit }));
     }
     const outcome = await next;
@@ -299,10 +349,7 @@ export class Sidecar {
         case 'exit': {
           const { exit } = outcome;
           this.#lastExit = exit;
-          this.#logger[exit.status === 0 ? 'info' : 'warn'](
-            { code: exit.code, signal: exit.signal, status: exit.status, error: exit.error },
-            exit.error ? 'app could not be started' : 'app exited',
-          );
+          this.#logExit(exit, 'the app exited by itself');
           const restart =
             c.process.restart === 'on-failure' && exit.status !== 0 && this.#restarts < c.process.maxRestarts;
           if (restart) {
@@ -324,13 +371,18 @@ export class Sidecar {
             { error: outcome.err.message },
             'demoted: stopping the app, rejoining as a standby',
           );
-          if (proc) this.#lastExit = await proc.stop(c.process.stopTimeoutMs);
+          if (proc)
+            this.#lastExit = this.#logExit(
+              await proc.stop(c.process.stopTimeoutMs),
+              outcome.err.message.startsWith('switchover:') ? 'switchover' : 'demoted',
+            );
           await this.#close(rp);
           return undefined;
         }
         case 'stop': {
           this.#setRole('stopping');
-          if (proc) this.#lastExit = await proc.stop(c.process.stopTimeoutMs);
+          if (proc)
+            this.#lastExit = this.#logExit(await proc.stop(c.process.stopTimeoutMs), 'stop requested');
           await this.#close(rp);
           return 0;
         }
@@ -339,6 +391,26 @@ export class Sidecar {
       this.#proc = undefined;
       this.#rp = undefined;
     }
+  }
+
+  /**
+   * Logs how the app ended, every time: on its own, or stopped by the sidecar (`why`: demoted, a
+   * switchover, stop requested). An exit the sidecar asked for is info; otherwise non-zero warns.
+   */
+  #logExit(exit: ProcessExit, why: string): ProcessExit {
+    const asked = why !== 'the app exited by itself';
+    this.#logger[exit.status === 0 || asked ? 'info' : 'warn'](
+      {
+        code: exit.code,
+        signal: exit.signal,
+        status: exit.status,
+        error: exit.error,
+        cause: why,
+        ...(asked && exit.signal === 'SIGKILL' ? { killedAfterMs: this.#config.process.stopTimeoutMs } : {}),
+      },
+      exit.error ? 'app could not be started' : 'app exited',
+    );
+    return exit;
   }
 
   async #close(rp: Restartpoint<unknown>): Promise<void> {

@@ -23,7 +23,14 @@
  * it is stored and the previous snapshot is formed (claim 22); a fence releases the areas
  * written after the last snapshot (claim 23).
  */
-import { ErrorCode, FrameError, FrameRejectReason, ImageError, RestartpointError } from '../errors.js';
+import {
+  ErrorCode,
+  FrameError,
+  FrameRejectReason,
+  ImageError,
+  LimitError,
+  RestartpointError,
+} from '../errors.js';
 import { FrameKind, type Frame } from '../protocol/frame.js';
 import {
   decodeFence,
@@ -589,6 +596,11 @@ export class Applier {
       try {
         this.#o.images.check(next, st.image);
       } catch (err) {
+        if (err instanceof ImageError && err.cause instanceof LimitError) {
+          // Over this node's limits.maxDepth: counted once under `limit`, like the other limits.
+          this.#unstage(next, st);
+          throw new FrameError(FrameRejectReason.Limit, `checkpoint ${next}: ${err.message}`);
+        }
         if (err instanceof ImageError) {
           throw new RestartpointError(
             err.code,

@@ -88,7 +88,10 @@ export class StandbyRunner {
 
   constructor(opts: StandbyOptions) {
     this.#o = opts;
-    this.images = new ImageChain({ maxImageBytes: opts.limits?.maxImageBytes });
+    this.images = new ImageChain({
+      maxImageBytes: opts.limits?.maxImageBytes,
+      maxDepth: opts.limits?.maxDepth,
+    });
     this.intake = new Intake({
       app: opts.app,
       codec: opts.codec,

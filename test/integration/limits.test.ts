@@ -40,3 +40,34 @@ describe('limits through Restartpoint.start', () => {
     }
   });
 });
+
+describe('limits.maxDepth through Restartpoint.start', () => {
+  it('a state nested 3 000 deep is refused with LimitError naming limits.maxDepth; the node goes on', async () => {
+    const depthApp = freshApp('limits-depth');
+    const rp = await Restartpoint.start({
+      app: depthApp,
+      nodeId: 'a',
+      nats: { servers: NATS_URL },
+      storage: memoryAdapter(),
+      leaseTtlMs: 600,
+    });
+    try {
+      const nested = (n: number): unknown => {
+        let v: unknown = 1;
+        for (let i = 0; i < n; i++) v = { a: v };
+        return v;
+      };
+      const err = await rp.checkpoint(nested(3000)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(LimitError);
+      expect((err as LimitError).limit).toBe('limits.maxDepth');
+      expect((err as Error).message).toMatch(/nested more than 1000 levels deep/);
+      expect((await rp.checkpoint({ ok: nested(900) })).checkpoint).toBe(1);
+      // Grown too deep between two checkpoints (the delta path): refused the same way.
+      await expect(rp.checkpoint({ ok: nested(1200) })).rejects.toThrow(/limits.maxDepth/);
+      expect((await rp.checkpoint({ ok: 2 })).checkpoint).toBe(2);
+    } finally {
+      await rp.close();
+      await deleteApp(nc, depthApp);
+    }
+  });
+});
