@@ -39,6 +39,7 @@ describe('the one options schema', () => {
       [
         'RESTARTPOINT_APP app string',
         'RESTARTPOINT_NODE_ID nodeId string',
+        'RESTARTPOINT_REUSE_NODE_ID reuseNodeId bool',
         'RESTARTPOINT_DATA_DIR dataDir string',
         'RESTARTPOINT_NATS_SERVERS nats.servers list',
         'RESTARTPOINT_NATS_USER nats.user string',
