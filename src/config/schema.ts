@@ -155,7 +155,7 @@ export const FIELD_DOCS: Readonly<Record<string, FieldDoc>> = {
   'limits.maxWritesPerCheckpoint': { must: 'an integer (write ops)', example: '1000000' },
   'limits.maxStagedBytes': { must: 'an integer (bytes)', example: '536870912' },
   api: {
-    must: 'a mapping with port, token, tokenFile, portFile, maxBodyBytes (all optional)',
+    must: 'a mapping with port, token, tokenFile, portFile, maxBodyBytes, socket (all optional)',
     example: '{ port: 7878 }',
   },
   'api.port': { must: 'an integer from 0 to 65535 (0: any free port)', example: '7878' },
@@ -166,6 +166,7 @@ export const FIELD_DOCS: Readonly<Record<string, FieldDoc>> = {
   'api.tokenFile': { must: 'a file path', example: '/run/restartpoint/orders.token' },
   'api.portFile': { must: 'a file path', example: '/run/restartpoint/orders.port' },
   'api.maxBodyBytes': { must: 'an integer from 1024 to 1073741824 (bytes)', example: '67108864' },
+  'api.socket': { must: 'a file path (a Unix-domain socket)', example: '/run/restartpoint/orders.sock' },
   process: {
     must: 'a mapping with restart, maxRestarts, stopTimeoutMs, cwd, env (all optional)',
     example: '{ restart: on-failure }',
@@ -292,6 +293,7 @@ export const ConfigSchema = z.strictObject({
       tokenFile: nonEmpty.optional(),
       portFile: nonEmpty.optional(),
       maxBodyBytes: int(1024, 1024 * MiB).default(64 * MiB),
+      socket: nonEmpty.optional(),
     })
     .default({ port: 0, maxBodyBytes: 64 * MiB }),
   process: z
