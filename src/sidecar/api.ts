@@ -114,6 +114,8 @@ export class SidecarApi {
   #unix: Server | undefined;
   /** The sidecar's copy of the app's state, for merge patches (see `#patchState`). */
   #copy: { readonly rp: Restartpoint<unknown>; base: unknown; tracked: object | undefined } | undefined;
+  /** Whether the app has sent a merge patch (then whole states are tracked too). */
+  #patching = false;
 
   constructor(o: SidecarApiOptions) {
     this.#o = o;
@@ -378,8 +380,20 @@ export class SidecarApi {
 
   /** A whole new state: it becomes the base later merge patches apply to. */
   #wholeState(rp: Restartpoint<unknown>, state: unknown): unknown {
-    this.#copy = { rp, base: state, tracked: undefined };
-    return state;
+    // Once the app has sent a patch, a whole state is tracked from the start, so the next
+    // patch's checkpoint is O(change) at once (tracking it only then makes that checkpoint diff
+    // the whole state). An app that only sends whole states keeps the untracked path, which
+    // measured about twice as fast for a whole new state each time.
+    let tracked: object | undefined;
+    if (this.#patching && isPlainObject(state)) {
+      try {
+        tracked = rp.track(state);
+      } catch {
+        tracked = undefined; // not trackable: patches track it later, or replace it
+      }
+    }
+    this.#copy = { rp, base: state, tracked };
+    return tracked ?? state;
   }
 
   /**
@@ -390,6 +404,7 @@ export class SidecarApi {
    * SDK's tracked path: O(changed entries), not O(state)).
    */
   #patchState(rp: Restartpoint<unknown>, patch: unknown): unknown {
+    this.#patching = true;
     // The restored state is copied: `GET /state` keeps answering it unchanged.
     if (this.#copy?.rp !== rp) this.#copy = { rp, base: structuredClone(rp.state), tracked: undefined };
     const copy = this.#copy;
