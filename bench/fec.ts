@@ -5,13 +5,16 @@
  * - `memcpy`: `Buffer.copy` of the part into a preallocated buffer.
  * - `codec_encode`: the parity computation alone (`ReedSolomon.encode` over the part's stripes,
  *   the way `encodeShards` calls it).
- * - `encode`: `encodeShards`, i.e. wire-ready shards: headers, payload copies, parity, CRC-32.
+ * - `encode`: wire-ready shards (headers, payload copies, parity, CRC-32) as the publisher makes
+ *   them: `encodeShardsPooled` into a reused buffer, released after each encode.
+ * - `encode_fresh`: `encodeShards`, the same bytes into a new buffer each time.
  * - `rebuild`: `ShardAssembler.add` of k shard messages (decode with CRC check, then rebuild)
- *   with the first m data shards missing, so every rebuild runs the parity math.
+ *   with the first m data shards missing, so every rebuild runs the parity math; with a pool,
+ *   the part released after each rebuild.
  *
  * Rates are part bytes per second (MB = 10^6 bytes), medians of `--repeat` runs.
- * Ratios: `fec.4p2.encode_over_memcpy` and `fec.4p2.rebuild_over_memcpy` at 16 MiB (goal for
- * encode: ≥ 0.25).
+ * Ratios: `fec.4p2.encode_over_memcpy` and `fec.4p2.rebuild_over_memcpy` at 16 MiB (goals:
+ * ≥ 0.25 each, issue 16).
  */
 import { ShardAssembler } from '../src/fec/assembler.js';
 import { ReedSolomon } from '../src/fec/reed-solomon.js';
