@@ -1,15 +1,28 @@
 /**
  * sidecar.*: what the sidecar's local HTTP API costs an app, against the SDK in the same
- * process, same run, same NATS server and memory store: a step is 20 writes of 1 KiB and a
- * checkpoint of a small JSON state.
+ * process, same run, same NATS server and memory store.
  *
+ * **A step**: 20 writes of 1 KiB and a checkpoint of a small JSON state.
  * - baseline: `rp.store.put` × 20 + `rp.checkpoint(state)` through the SDK;
- * - subject: `PUT /store/{key}` × 20 + `POST /checkpoint` (JSON) to an in-process sidecar, over
- *   loopback HTTP with the bearer token (what a Python or Go app does).
+ * - subject: one `POST /batch` (the 20 writes, base64, and the checkpoint) to an in-process
+ *   sidecar over loopback HTTP with the bearer token and a kept-alive connection, sent with
+ *   node:http (what the Python example does with http.client);
+ * - also measured: `PUT /store/{key}` × 20 (in parallel) + `POST /checkpoint`, one request each.
  *
- * Ratio: `sidecar.step_over_sdk` (p50 step latency through the API ÷ through the SDK).
+ * **A large state**: about 10 MB of JSON-able records in a plain object, 1 % of the records
+ * changed (two fields each) per checkpoint.
+ * - baseline: the SDK's tracked path (`rp.track(state)`, changed in place, `rp.checkpoint`);
+ * - subject: `POST /checkpoint` with a JSON merge patch of the changed fields (built and sent by
+ *   the app, applied by the sidecar to its tracked copy). Timed from building the patch to the
+ *   answer.
+ *
+ * Ratios: `sidecar.step_over_sdk` (p50 step through `POST /batch` ÷ through the SDK),
+ * `sidecar.step_single_requests_over_sdk` (the same with one request per write), and
+ * `sidecar.10mb_1pct.checkpoint_over_sdk` (p50 checkpoint through a merge patch ÷ the SDK's
+ * tracked checkpoint).
  */
 import { randomBytes } from 'node:crypto';
+import { Agent, request as httpRequest } from 'node:http';
 import { pino } from 'pino';
 import { memoryAdapter } from '../adapters/memory/index.js';
 import { parseConfig } from '../src/config/load.js';
@@ -20,6 +33,8 @@ import { median, type BenchContext, type BenchRow, type Suite } from './harness.
 const STEPS = 200;
 const WRITES = 20;
 const VALUE = randomBytes(1024);
+/** Lease TTL for the 10 MB runs, SDK and sidecar alike. */
+const BIG_LEASE_TTL_MS = 20_000;
 
 function p50(xs: number[]): number {
   return median(xs);
@@ -43,6 +58,230 @@ async function viaSdk(ctx: BenchContext): Promise<number> {
     }
   } finally {
     await rp.close();
+  }
+  return p50(lat);
+}
+
+/** Starts an in-process sidecar on a fresh app and waits until it is primary. */
+async function startSidecar(
+  ctx: BenchContext,
+  leaseTtlMs?: number,
+): Promise<{ base: string; auth: Record<string, string>; stop(): Promise<void> }> {
+  const token = randomBytes(16).toString('hex');
+  const config = parseConfig(
+    {
+      app: `bench-sc-${randomBytes(4).toString('hex')}`,
+      nodeId: 'bench',
+      nats: { servers: ctx.nats },
+      storage: { kind: 'memory' },
+      api: { port: 0, token, maxBodyBytes: 64 * 1024 * 1024 },
+      metrics: { enabled: true },
+      // A 10 MB state parsed and imaged on a loaded 2-core host can hold the loop for seconds.
+      ...(leaseTtlMs ? { leaseTtlMs } : {}),
+    },
+    'bench',
+    {},
+  );
+  const sidecar = new Sidecar({
+    config,
+    command: [],
+    storage: () => memoryAdapter(),
+    logger: pino({ level: 'silent' }),
+  });
+  const done = sidecar.run();
+  const stop = async (): Promise<void> => {
+    sidecar.stop();
+    await done;
+  };
+  for (const end = Date.now() + 15_000; sidecar.role !== 'primary';) {
+    if (Date.now() > end) {
+      await stop();
+      throw new Error('the bench sidecar did not become primary within 15 s');
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { base: `http://127.0.0.1:${sidecar.port}`, auth: { authorization: `Bearer ${token}` }, stop };
+}
+
+async function ok(res: Response): Promise<void> {
+  if (!res.ok) throw new Error(`sidecar answered ${res.status}: ${await res.text()}`);
+  await res.arrayBuffer();
+}
+
+/**
+ * POSTs `body` over a kept-alive connection with node:http (as Python's http.client would; the
+ * global `fetch` costs this process several milliseconds more per request under load).
+ */
+function post(
+  agent: Agent,
+  base: URL,
+  path: string,
+  auth: Record<string, string>,
+  body: string,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: base.hostname,
+        port: base.port,
+        path,
+        method: 'POST',
+        agent,
+        headers: { ...auth, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () =>
+          res.statusCode === 200
+            ? resolve()
+            : reject(new Error(`sidecar answered ${res.statusCode}: ${Buffer.concat(chunks).toString()}`)),
+        );
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Steps through `POST /batch`: one request per step, one kept-alive connection. */
+async function viaBatch(ctx: BenchContext): Promise<number> {
+  const sc = await startSidecar(ctx);
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const base = new URL(sc.base);
+  const lat: number[] = [];
+  const value = VALUE.toString('base64');
+  try {
+    for (let i = 0; i < STEPS; i++) {
+      const t0 = performance.now();
+      const body = JSON.stringify({
+        writes: Array.from({ length: WRITES }, (_, j) => ({ key: `k${j}`, value })),
+        checkpoint: { state: { i, note: 'bench' } },
+      });
+      await post(agent, base, '/batch', sc.auth, body);
+      lat.push(performance.now() - t0);
+    }
+  } finally {
+    agent.destroy();
+    await sc.stop();
+  }
+  return p50(lat);
+}
+
+/** About 10 MB of JSON-able records (plain objects), as the image suite's. */
+function bigState(): { records: Record<string, Rec>; meta: { count: number } } {
+  let seed = 7;
+  const r = (): number => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const words = ['ada', 'alan', 'grace', 'edsger', 'barbara', 'donald', 'ken', 'dennis'];
+  const w = (): string => words[Math.floor(r() * words.length)]!;
+  const records: Record<string, Rec> = {};
+  let bytes = 0;
+  for (let i = 0; bytes < 10e6; i++) {
+    const rec: Rec = {
+      id: `user:${i}`,
+      name: `${w()} ${w()}`,
+      email: `${w()}.${i}@example.com`,
+      balance: Math.round(r() * 1e8) / 100,
+      visits: Math.floor(r() * 10_000),
+      tags: [w(), w()],
+      updated: 1_700_000_000_000 + Math.floor(r() * 1e10),
+    };
+    records[rec.id] = rec;
+    bytes += 150; // about the v8 size of one record
+  }
+  return { records, meta: { count: Object.keys(records).length } };
+}
+
+interface Rec {
+  id: string;
+  name: string;
+  email: string;
+  balance: number;
+  visits: number;
+  tags: string[];
+  updated: number;
+}
+
+/** 1 % of the record keys, a different draw every time. */
+function changedKeys(keys: string[], round: number): string[] {
+  const n = Math.max(1, Math.floor(keys.length / 100));
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) out.push(keys[(i * 97 + round * 7919) % keys.length]!);
+  return [...new Set(out)];
+}
+
+/** p50 of a 1 % checkpoint of the 10 MB state: the SDK's tracked path. */
+async function bigViaSdk(ctx: BenchContext, rounds: number): Promise<number> {
+  const raw = bigState();
+  const rp = await Restartpoint.start({
+    app: `bench-sdk-${randomBytes(4).toString('hex')}`,
+    nodeId: 'bench',
+    nats: { servers: ctx.nats },
+    storage: memoryAdapter(),
+    sidecar: false,
+    leaseTtlMs: BIG_LEASE_TTL_MS,
+  });
+  const lat: number[] = [];
+  try {
+    const state = rp.track(raw);
+    const keys = Object.keys(state.records);
+    await rp.checkpoint(state);
+    for (let i = 0; i < rounds + 2; i++) {
+      const t0 = performance.now();
+      for (const key of changedKeys(keys, i)) {
+        const rec = state.records[key]!;
+        rec.balance = i + 0.5;
+        rec.updated += 1000;
+      }
+      await rp.checkpoint(state);
+      if (i >= 2) lat.push(performance.now() - t0);
+    }
+  } finally {
+    await rp.close();
+  }
+  return p50(lat);
+}
+
+/** p50 of the same checkpoint through the sidecar: a JSON merge patch of the changed fields. */
+async function bigViaSidecar(ctx: BenchContext, rounds: number): Promise<number> {
+  const state = bigState();
+  const sc = await startSidecar(ctx, BIG_LEASE_TTL_MS);
+  const lat: number[] = [];
+  try {
+    const keys = Object.keys(state.records);
+    await ok(
+      await fetch(`${sc.base}/checkpoint`, {
+        method: 'POST',
+        headers: { ...sc.auth, 'content-type': 'application/json' },
+        body: JSON.stringify(state),
+      }),
+    );
+    for (let i = 0; i < rounds + 2; i++) {
+      const t0 = performance.now();
+      const records: Record<string, Partial<Rec>> = {};
+      for (const key of changedKeys(keys, i)) {
+        const rec = state.records[key]!;
+        rec.balance = i + 0.5;
+        rec.updated += 1000;
+        records[key] = { balance: rec.balance, updated: rec.updated };
+      }
+      await ok(
+        await fetch(`${sc.base}/checkpoint`, {
+          method: 'POST',
+          headers: { ...sc.auth, 'content-type': 'application/merge-patch+json' },
+          body: JSON.stringify({ records }),
+        }),
+      );
+      // The first two build the sidecar's tracked copy and warm up: not timed, as for the SDK.
+      if (i >= 2) lat.push(performance.now() - t0);
+    }
+  } finally {
+    await sc.stop();
   }
   return p50(lat);
 }
@@ -109,22 +348,65 @@ export const sidecarSuite: Suite = {
   description: 'a step (20 writes + checkpoint) through the sidecar HTTP API vs the SDK',
   async run(ctx) {
     const rows: BenchRow[] = [];
-    const sdk: number[] = [];
-    const api: number[] = [];
-    for (let i = 0; i < ctx.repeat; i++) {
-      ctx.progress(`  sidecar: ${STEPS} steps via SDK and via the API (${i + 1}/${ctx.repeat})`);
-      sdk.push(await viaSdk(ctx));
-      api.push(await viaSidecar(ctx));
+    const ratios: Record<string, number> = {};
+    if (ctx.wants('sidecar.step')) {
+      const sdk: number[] = [];
+      const api: number[] = [];
+      const batch: number[] = [];
+      for (let i = 0; i < ctx.repeat; i++) {
+        ctx.progress(
+          `  sidecar: ${STEPS} steps via SDK, POST /batch and single requests (${i + 1}/${ctx.repeat})`,
+        );
+        sdk.push(await viaSdk(ctx));
+        batch.push(await viaBatch(ctx));
+        api.push(await viaSidecar(ctx));
+      }
+      const s = median(sdk);
+      const a = median(api);
+      const b = median(batch);
+      rows.push({
+        name: 'sidecar.sdk.step_p50',
+        value: s,
+        unit: 'ms',
+        note: `${WRITES} writes of 1 KiB + checkpoint`,
+      });
+      rows.push({ name: 'sidecar.batch.step_p50', value: b, unit: 'ms', note: 'one POST /batch per step' });
+      rows.push({
+        name: 'sidecar.api.step_p50',
+        value: a,
+        unit: 'ms',
+        note: 'one request per write + POST /checkpoint',
+      });
+      ratios['sidecar.step_over_sdk'] = b / s;
+      ratios['sidecar.step_single_requests_over_sdk'] = a / s;
     }
-    const s = median(sdk);
-    const a = median(api);
-    rows.push({
-      name: 'sidecar.sdk.step_p50',
-      value: s,
-      unit: 'ms',
-      note: `${WRITES} writes of 1 KiB + checkpoint`,
-    });
-    rows.push({ name: 'sidecar.api.step_p50', value: a, unit: 'ms', note: 'same over loopback HTTP' });
-    return { rows, ratios: { 'sidecar.step_over_sdk': a / s } };
+    if (ctx.wants('sidecar.10mb')) {
+      const rounds = 8;
+      const sdk: number[] = [];
+      const api: number[] = [];
+      for (let i = 0; i < ctx.repeat; i++) {
+        ctx.progress(
+          `  sidecar.10mb_1pct: ${rounds} checkpoints via SDK (tracked) and a merge patch (${i + 1}/${ctx.repeat})`,
+        );
+        sdk.push(await bigViaSdk(ctx, rounds));
+        api.push(await bigViaSidecar(ctx, rounds));
+      }
+      const s = median(sdk);
+      const a = median(api);
+      rows.push({
+        name: 'sidecar.10mb_1pct.sdk_p50',
+        value: s,
+        unit: 'ms',
+        note: 'rp.track + rp.checkpoint',
+      });
+      rows.push({
+        name: 'sidecar.10mb_1pct.patch_p50',
+        value: a,
+        unit: 'ms',
+        note: 'POST /checkpoint, application/merge-patch+json',
+      });
+      ratios['sidecar.10mb_1pct.checkpoint_over_sdk'] = a / s;
+    }
+    return { rows, ratios };
   },
 };

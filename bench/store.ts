@@ -5,7 +5,9 @@
  * since concurrent puts to one file store are serialized anyway), for every adapter; the standby's apply rate; and, for adapters with
  * snapshot mode, the time to form a snapshot of and to roll back 10 000 unsealed writes.
  *
- * Ratios: `store.<adapter>.replicated_over_raw` = replicated writes/s ÷ raw writes/s.
+ * Ratios: `store.<adapter>.replicated_over_raw` = replicated writes/s ÷ raw writes/s, and
+ * `store.memory.replicated_over_publish` = replicated writes/s (memory store) ÷ the raw async
+ * JetStream publish of the same bytes to the same server (`rawPublish`).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -18,6 +20,8 @@ import { memoryAdapter } from '../adapters/memory/index.js';
 import { postgresAdapter } from '../adapters/postgres/index.js';
 import { redisAdapter } from '../adapters/redis/index.js';
 import { Restartpoint } from '../src/index.js';
+import { appNames } from '../src/protocol/subjects.js';
+import { closeLink, ensureStream, openLink } from '../src/transport/connection.js';
 import type { StorageAdapter, WriteOp } from '../src/storage/adapter.js';
 import { medianOf, type BenchContext, type BenchRow, type Suite } from './harness.js';
 
@@ -92,6 +96,42 @@ async function dropApp(servers: string, app: string): Promise<void> {
   await jsm.streams.delete(`RP_${app}`).catch(() => undefined);
   await jsm.streams.delete(`KV_rp-${app}-lease`).catch(() => undefined);
   await nc.close();
+}
+
+/** Bytes of one write frame: the SDK's default `batchBytes`, capped below the server's max payload. */
+const FRAME_BYTES = 256 * 1024;
+
+/**
+ * The transport's own limit for the same bytes: `n` 1 KiB values, cut into messages of the size
+ * the replicator's write frames have (`batchBytes`, 256 KiB by default), published to the app's
+ * stream on the same server with the same stream settings and dedupe ids, up to 256 in flight
+ * (the publisher's default), every ack awaited. Returns ms.
+ */
+async function rawPublish(ctx: BenchContext, n: number): Promise<number> {
+  const app = `bench-${randomBytes(4).toString('hex')}`;
+  const names = appNames(app);
+  const link = await openLink({ servers: ctx.nats }, 'bench-raw-publish');
+  try {
+    await ensureStream(link, names);
+    const perMsg = Math.floor(Math.min(FRAME_BYTES, link.maxPayload - 4096) / VALUE.length);
+    const msgs = Math.ceil(n / perMsg);
+    const t0 = performance.now();
+    const inFlight = new Set<Promise<unknown>>();
+    for (let m = 0; m < msgs; m++) {
+      const count = Math.min(perMsg, n - m * perMsg);
+      const body = Buffer.allocUnsafe(count * VALUE.length);
+      for (let i = 0; i < count; i++) VALUE.copy(body, i * VALUE.length);
+      const p = link.js.publish(names.subject, body, { msgID: `${app}.1.${m + 1}.0` });
+      inFlight.add(p);
+      void p.finally(() => inFlight.delete(p));
+      if (inFlight.size >= 256) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    return performance.now() - t0;
+  } finally {
+    await closeLink(link);
+    await dropApp(ctx.nats, app);
+  }
 }
 
 /** Replicated writes: returns ms for `n` puts with a checkpoint every 1 000. */
@@ -203,6 +243,18 @@ export const storeSuite: Suite = {
       rows.push({ name: `store.${kind.name}.raw`, value: raw, unit: 'writes/s' });
       rows.push({ name: `store.${kind.name}.replicated`, value: rep, unit: 'writes/s' });
       ratios[`store.${kind.name}.replicated_over_raw`] = rep / raw;
+      if (kind.name === 'memory') {
+        // Interleaved with the replicated runs above in time as closely as the suite allows.
+        const pubMs = await medianOf(ctx.repeat, () => rawPublish(ctx, WRITES));
+        const pub = (WRITES / pubMs) * 1000;
+        rows.push({
+          name: 'store.memory.publish',
+          value: pub,
+          unit: 'writes/s',
+          note: 'raw JetStream publish of the same bytes, 256 KiB messages, 256 in flight',
+        });
+        ratios['store.memory.replicated_over_publish'] = rep / pub;
+      }
       const apply = await medianOf(ctx.repeat, () => applyRate(ctx, kind, 10_000));
       rows.push({
         name: `store.${kind.name}.standby_apply`,

@@ -8,9 +8,11 @@ The sidecar starts this app when its node becomes primary, with these variables 
   RESTARTPOINT_RESUMED_FROM  the checkpoint the state was restored from (0 on a fresh app)
 
 On start it reads its state with GET /state (a fresh app gets `initialState` from the config;
-after a takeover, the state of the last checkpoint). Each step writes one account to the store
-(PUT /store/acct-<n>), sometimes deletes one, updates `state["mirror"]` (what the store must
-hold) and declares a restart point with POST /checkpoint. It prints one JSON line per event on
+after a takeover, the state of the last checkpoint). Each step writes one account to the store,
+sometimes deletes one, updates `state["mirror"]` (what the store must hold) and declares a
+restart point: all of it in one POST /batch, whose checkpoint is a JSON merge patch of what the
+step changed in the state (the sidecar applies it to its copy and ships only that change). All
+requests go over one kept-alive connection. It prints one JSON line per event on
 stdout: {"ev":"resumed",...} once, then {"ev":"step","checkpoint":n,...} per acknowledged step.
 At "resumed" it also prints digests of its mirror and of the store as read back through the
 API: after a takeover they must be equal (store and image agree).
@@ -20,14 +22,13 @@ after this many steps in this run and exit 0; default 0 = run until stopped).
 """
 
 import hashlib
+import http.client
 import json
 import os
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 ACCOUNTS = 7  # keys acct-0 .. acct-6: a known set, so the store can be read back whole
 
@@ -62,22 +63,38 @@ class ApiError(Exception):
         self.status, self.code = status, code
 
 
+_target = urllib.parse.urlsplit(URL)
+_conn = None
+
+
 def call(method, path, body=None, content_type=None):
-    """One API call: returns (status, headers, body bytes); raises ApiError for an error answer."""
-    req = urllib.request.Request(URL + path, data=body, method=method)
-    req.add_header("Authorization", f"Bearer {TOKEN}")
+    """One API call over a kept-alive connection: returns (status, headers, body bytes); raises
+    ApiError for an error answer. Every call here is idempotent, so a connection the sidecar
+    closed (idle timeout) is reopened and the call sent again once."""
+    global _conn
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as res:
-            return res.status, res.headers, res.read()
-    except urllib.error.HTTPError as e:
-        raw = e.read()
+        headers["Content-Type"] = content_type
+    for attempt in (1, 2):
+        if _conn is None:
+            _conn = http.client.HTTPConnection(_target.hostname, _target.port, timeout=30)
+        try:
+            _conn.request(method, path, body=body, headers=headers)
+            res = _conn.getresponse()
+            raw = res.read()
+            break
+        except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest):
+            _conn.close()
+            _conn = None
+            if attempt == 2:
+                raise
+    if res.status >= 400:
         try:
             err = json.loads(raw)["error"]
-            raise ApiError(e.code, err["code"], err["message"]) from None
+            raise ApiError(res.status, err["code"], err["message"])
         except (ValueError, KeyError):
-            raise ApiError(e.code, "HTTP", raw.decode("utf-8", "replace")) from None
+            raise ApiError(res.status, "HTTP", raw.decode("utf-8", "replace")) from None
+    return res.status, res.headers, raw
 
 
 def store_path(key):
@@ -101,12 +118,14 @@ def digest(entries):
     return h.hexdigest()
 
 
-def checkpoint(state):
-    """POST /checkpoint until acknowledged; a REPLICATION answer is retryable."""
-    body = json.dumps(state).encode("utf-8")
+def batch(writes, patch):
+    """POST /batch until acknowledged: the writes, then a checkpoint of the state changed by
+    `patch` (a JSON merge patch: null deletes a key). A REPLICATION answer is retryable; sending
+    the same batch again is harmless (the same values, the same patch)."""
+    body = json.dumps({"writes": writes, "checkpoint": {"patch": patch}}).encode("utf-8")
     for attempt in range(1, 100):
         try:
-            return json.loads(call("POST", "/checkpoint", body, "application/json")[2])
+            return json.loads(call("POST", "/batch", body, "application/json")[2])["checkpoint"]
         except ApiError as e:
             if e.code != "REPLICATION":
                 raise
@@ -116,20 +135,23 @@ def checkpoint(state):
 
 
 def step(state):
-    """One step: write an account (sometimes close one), update the state, checkpoint it."""
+    """One step: write an account (sometimes close one), update the state, checkpoint it, in
+    one request. Only what changed goes in the checkpoint's patch."""
     n = state["steps"] + 1
     key = f"acct-{n % ACCOUNTS}"
     amount = (n * 37) % 101
     value = f"{n}:{amount}"
-    call("PUT", store_path(key), value.encode("utf-8"), "text/plain")
+    writes = [{"key": key, "text": value}]
+    mirror = {key: value}
     state["mirror"][key] = value
     if n % 5 == 0:  # now and then an account is closed
         gone = f"acct-{(n + 3) % ACCOUNTS}"
-        call("DELETE", store_path(gone))
+        writes.append({"op": "delete", "key": gone})
+        mirror[gone] = None
         state["mirror"].pop(gone, None)
     state["steps"] = n
     state["total"] += amount
-    return checkpoint(state)
+    return batch(writes, {"steps": n, "total": state["total"], "mirror": mirror})
 
 
 def main():

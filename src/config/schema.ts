@@ -98,9 +98,10 @@ const api = documented(
     tokenFile: path('a file path', '/run/restartpoint/orders.token', true).optional(),
     portFile: path('a file path', '/run/restartpoint/orders.port', true).optional(),
     maxBodyBytes: intField(1024, 1024 * MiB, 'bytes', 64 * MiB).default(64 * MiB),
+    socket: path('a file path (a Unix-domain socket)', '/run/restartpoint/orders.sock').optional(),
   }),
   {
-    must: 'a mapping with port, token, tokenFile, portFile, maxBodyBytes (all optional)',
+    must: 'a mapping with port, token, tokenFile, portFile, maxBodyBytes, socket (all optional)',
     example: '{ port: 7878 }',
   },
 ).default({ port: 0, maxBodyBytes: 64 * MiB });

@@ -10,6 +10,8 @@
  * ```
  */
 import { FrameError, FrameRejectReason, InvalidArgumentError } from '../errors.js';
+import type { BufferPool } from './pool.js';
+import { copyOffThread, ReedSolomon } from './reed-solomon.js';
 import { decodeShard, joinShards, sameCoding, ShardScheme, type Shard } from './shard.js';
 
 /** Options of a `ShardAssembler`. */
@@ -22,6 +24,12 @@ export interface ShardAssemblerOptions {
   readonly maxPendingBytes?: number;
   /** How many rebuilt parts are remembered, to drop their late shards. Default 4 096. */
   readonly rememberRebuilt?: number;
+  /**
+   * Rebuild parts into buffers from this pool. The caller then gives each part back with
+   * `releasePart(bytes)` once nothing reads it or any view of it (decoded records, image
+   * payloads): a part never released is simply left to the garbage collector.
+   */
+  readonly pool?: BufferPool;
 }
 
 /** What an assembler did and refused. */
@@ -44,7 +52,18 @@ interface Pending {
   readonly first: Shard;
   readonly shards: (Shard | undefined)[];
   have: number;
+  /** Payload bytes of the shards this entry holds. */
   bytes: number;
+  /**
+   * Reed-Solomon with k > 1, once k shards are in: the part being assembled (each data shard's
+   * slices copied to their place on the threadpool), and the parity shards in codec layout.
+   */
+  out?: Buffer;
+  parity?: Buffer;
+  /** Copies still running into `out` / `parity`. */
+  readonly copies: Promise<void>[];
+  /** Bit i: shard i is (being) copied in. */
+  present: number;
 }
 
 /**
@@ -66,6 +85,9 @@ export class ShardAssembler {
   readonly #maxParts: number;
   readonly #maxBytes: number;
   readonly #remember: number;
+  readonly #pool: BufferPool | undefined;
+  /** The memory of parts built in pooled buffers and handed out by `add()`. */
+  readonly #lent = new WeakSet<ArrayBufferLike>();
   /** Incomplete parts, oldest first (Map keeps insertion order). */
   readonly #pending = new Map<string, Pending>();
   /** Ids of parts rebuilt (or being rebuilt), oldest first. */
@@ -78,6 +100,19 @@ export class ShardAssembler {
     this.#maxParts = positive('maxPendingParts', opts.maxPendingParts ?? 1024);
     this.#maxBytes = positive('maxPendingBytes', opts.maxPendingBytes ?? 256 * 1024 * 1024);
     this.#remember = positive('rememberRebuilt', opts.rememberRebuilt ?? 4096);
+    this.#pool = opts.pool;
+  }
+
+  /**
+   * Gives the buffer behind a part that `add()` returned back to the `pool` option's pool. Call
+   * it only once nothing reads the part, or any view into it, any more. Parts that are views of
+   * a shard (copies, k = 1) and parts of an assembler without a pool are ignored, as is a second
+   * call.
+   */
+  releasePart(part: Uint8Array): void {
+    if (!this.#pool || !this.#lent.has(part.buffer)) return;
+    this.#lent.delete(part.buffer);
+    this.#pool.release(part);
   }
 
   /**
@@ -120,6 +155,8 @@ export class ShardAssembler {
         shards: new Array<Shard | undefined>(shard.data + shard.parity),
         have: 0,
         bytes: 0,
+        copies: [],
+        present: 0,
       };
       this.#pending.set(id, entry);
     } else if (!sameCoding(entry.first, shard)) {
@@ -135,12 +172,24 @@ export class ShardAssembler {
     }
     entry.shards[shard.index] = shard;
     entry.have++;
+    const inPlace = shard.scheme === ShardScheme.ReedSolomon && shard.data > 1;
     const need = shard.scheme === ShardScheme.Copies ? 1 : shard.data;
     if (entry.have < need) {
       entry.bytes += shard.payload.byteLength;
       this.#pendingBytes += shard.payload.byteLength;
       this.#evict(id);
       return undefined;
+    }
+    if (inPlace) {
+      // The k-th shard: the data shards held, and as many parity shards as data shards are
+      // missing, are copied to their places on the threadpool.
+      let parityNeeded = 0;
+      for (let i = 0; i < shard.data; i++) if (!entry.shards[i]) parityNeeded++;
+      for (const [i, s] of entry.shards.entries()) {
+        if (!s) continue;
+        if (i >= shard.data && parityNeeded-- <= 0) continue;
+        this.#place(entry, s);
+      }
     }
     // From here on the part is done as far as every later shard is concerned, even while the
     // rebuild below is still running on the threadpool.
@@ -152,7 +201,11 @@ export class ShardAssembler {
     if (shard.scheme === ShardScheme.ReedSolomon) {
       for (let i = 0; i < shard.data; i++) if (!entry.shards[i]) withParity = true;
     }
-    const part = await joinShards(entry.shards);
+    const part = inPlace ? await this.#finish(entry) : await joinShards(entry.shards, this.#pool);
+    // joinShards built it in a pooled buffer unless it is a view of a shard's payload.
+    if (this.#pool && !entry.shards.some((s) => s?.payload.buffer === part.buffer)) {
+      this.#lent.add(part.buffer);
+    }
     this.counters.rebuilt++;
     if (withParity) this.counters.rebuiltWithParity++;
     return part;
@@ -180,6 +233,63 @@ export class ShardAssembler {
     return this.#pendingBytes;
   }
 
+  /**
+   * Starts copying `shard`'s slices to their place in the part being assembled (data) or in the
+   * parity scratch (parity), on the threadpool.
+   */
+  #place(e: Pending, shard: Shard): void {
+    const { data: k, parity: m, stripe } = shard;
+    const size = shard.payload.byteLength;
+    const stripes = size / stripe;
+    const alloc = (n: number): Buffer => (this.#pool ? this.#pool.acquire(n) : Buffer.allocUnsafe(n));
+    const src = Buffer.from(shard.payload.buffer, shard.payload.byteOffset, size);
+    if (shard.index < k) {
+      e.out ??= alloc(k * size);
+      for (let j = 0; j < stripes; j++) {
+        e.copies.push(copyOffThread(src, j * stripe, e.out, (j * k + shard.index) * stripe, stripe));
+      }
+    } else {
+      e.out ??= alloc(k * size);
+      e.parity ??= alloc(m * size);
+      const r = shard.index - k;
+      for (let j = 0; j < stripes; j++) {
+        e.copies.push(copyOffThread(src, j * stripe, e.parity, (j * m + r) * stripe, stripe));
+      }
+    }
+    e.present |= 1 << shard.index;
+  }
+
+  /** Waits for an in-place part's copies, computes its missing data shards, returns the part. */
+  async #finish(e: Pending): Promise<Uint8Array> {
+    const { data: k, parity: m, stripe, length } = e.first;
+    const out = e.out!;
+    const size = out.length / k;
+    const stripes = size / stripe;
+    const copied = await Promise.allSettled(e.copies);
+    const failed = copied.find((c) => c.status === 'rejected');
+    const missing = ~e.present & ((1 << k) - 1);
+    let coded: PromiseSettledResult<void>[] = [];
+    if (!failed && missing !== 0) {
+      const codec = new ReedSolomon(k, m);
+      coded = await Promise.allSettled(
+        Array.from({ length: stripes }, (_, j) =>
+          codec.reconstruct(e.present, missing, {
+            data: out,
+            dataOffset: j * k * stripe,
+            parity: e.parity!,
+            parityOffset: j * m * stripe,
+            shardSize: stripe,
+          }),
+        ),
+      );
+    }
+    if (e.parity && this.#pool) this.#pool.release(e.parity);
+    const error = failed ?? coded.find((c) => c.status === 'rejected');
+    if (error) throw (error as PromiseRejectedResult).reason;
+    if (this.#pool) this.#lent.add(out.buffer);
+    return out.subarray(0, length);
+  }
+
   #evict(keep: string): void {
     for (const [id, e] of this.#pending) {
       if (this.#pending.size <= this.#maxParts && this.#pendingBytes <= this.#maxBytes) return;
@@ -191,6 +301,14 @@ export class ShardAssembler {
     this.#pending.delete(id);
     this.#pendingBytes -= e.bytes;
     this.#count(reason, e.have);
+    const pool = this.#pool;
+    if (pool && (e.out || e.parity)) {
+      // Back to the pool once no copy writes into them any more.
+      void Promise.allSettled(e.copies).then(() => {
+        if (e.out) pool.release(e.out);
+        if (e.parity) pool.release(e.parity);
+      });
+    }
   }
 
   #count(reason: FrameRejectReason, n = 1): void {

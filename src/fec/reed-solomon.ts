@@ -110,6 +110,26 @@ export class ReedSolomon {
   }
 
   /**
+   * Computes only the parity shards in the bit mask `rows` (bit r = parity shard k + r) from the
+   * k data shards, and writes only those. The other parity slots of the parity region are
+   * declared present, so the library neither computes nor writes them (nor reads them: with
+   * every data shard present it reads data only). That lets each parity row be written straight
+   * into its own message buffer, `parityOffset` placed so that slot r lands on it: the other
+   * slots may then overlap unrelated bytes, which stay untouched (a test checks both facts
+   * against this library version). Throws `RangeError` like `encode`.
+   */
+  async encodeRows(rows: number, regions: ShardRegions): Promise<void> {
+    if (this.parity === 0) return;
+    const m = this.parity;
+    if (!Number.isInteger(rows) || rows <= 0 || rows >= 1 << m) {
+      throw new RangeError(`parity rows mask ${rows} must name rows of 0..${m - 1}`);
+    }
+    const targets = rows * (1 << this.data);
+    const all = (1 << (this.data + m)) - 1;
+    await this.#run(all & ~targets, targets, regions);
+  }
+
+  /**
    * Rebuilds the shards in the bit mask `missing` from the shards in `present` (bit i is shard
    * i; data shards are 0..k−1, parity shards k..k+m−1). `present` must name at least k shards,
    * `missing` between 1 and m, and the two must not overlap. Shards in neither mask may be
@@ -169,6 +189,30 @@ export class ReedSolomon {
       );
     });
   }
+}
+
+const replication = new ReedSolomon(1, 1);
+
+/**
+ * Copies `size` bytes (a positive multiple of 8) from `from` at `fromOffset` to `to` at
+ * `toOffset` on libuv's threadpool, and resolves when done. It is the library's own replication
+ * path: with k = 1 a "parity" shard is a copy of the data shard. Neither region may change, nor
+ * be read (`to`), until it resolves. Throws `RangeError` (before any native call) on bad bounds.
+ */
+export function copyOffThread(
+  from: Buffer,
+  fromOffset: number,
+  to: Buffer,
+  toOffset: number,
+  size: number,
+): Promise<void> {
+  return replication.encode({
+    data: from,
+    dataOffset: fromOffset,
+    parity: to,
+    parityOffset: toOffset,
+    shardSize: size,
+  });
 }
 
 /**

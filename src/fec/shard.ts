@@ -45,9 +45,11 @@
  * Any k valid shards of a Reed-Solomon part (any one copy) rebuild it: see `joinShards` and
  * `ShardAssembler`. The rebuilt bytes are a part again, verified once more by `decodePart`.
  */
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc.js';
+import { BufferPool } from './pool.js';
 import { ConfigError, FrameError, FrameRejectReason, InvalidArgumentError } from '../errors.js';
 import {
+  copyOffThread,
   MAX_DATA_SHARDS,
   MAX_PARITY_SHARDS,
   ReedSolomon,
@@ -77,6 +79,8 @@ const TRAILER_BYTES = 4;
 const MAX_APP_BYTES = 64;
 const MAX_U32 = 0xffff_ffff;
 const APP_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+/** Scratch for parity shards during a rebuild: read by the codec only, returned right after. */
+const scratchPool = new BufferPool({ maxIdleBytes: 64 * 1024 * 1024 });
 
 /** Which part a shard belongs to: the frame's (epoch, seq) and the part index. */
 export interface PartId {
@@ -183,6 +187,9 @@ export function shardMessageId(app: string, epoch: number, seq: number, part: nu
  * those bytes until the promise settles. Padding is always zeros; no uninitialized memory is
  * ever sent. Throws `ConfigError` for a bad scheme and `InvalidArgumentError` for a bad app
  * name, id or a part over 4 GiB − 1 bytes.
+ *
+ * The messages are views into one new buffer, owned by the caller. On a hot path use
+ * `encodeShardsPooled`, which takes that buffer from a `BufferPool` and gives it back.
  */
 export async function encodeShards(
   app: string,
@@ -190,6 +197,55 @@ export async function encodeShards(
   partBytes: Uint8Array,
   scheme: FecScheme,
 ): Promise<Buffer[]> {
+  return (await encodeInto(app, id, partBytes, scheme, undefined)).shards;
+}
+
+/** The shard messages of one part, in one buffer taken from a `BufferPool`. */
+export interface ShardSet {
+  /** The k + m messages in index order (copies: n), each a view into the pooled buffer. */
+  readonly shards: readonly Buffer[];
+  /**
+   * Gives the buffer back to the pool. Call it only once nothing can read any of the messages
+   * any more: every publish of every shard **resolved with an ack** and none waits in a
+   * re-send backlog (or each was sealed into an envelope, which copies). After a publish that
+   * rejected, never call it (the NATS client may still send the bytes on reconnect): drop the
+   * set and let the garbage collector have it. Calling it twice is harmless.
+   */
+  release(): void;
+}
+
+/**
+ * `encodeShards` into a pooled buffer: the same messages, byte for byte, but no allocation in
+ * the steady state. Every shard costs one copy of its payload (data shards; parity is written
+ * in place by the codec) and one CRC-32 pass, done slice by slice right before the copy so the
+ * bytes are read from memory once. Read `ShardSet.release` for when the buffer may go back.
+ */
+export async function encodeShardsPooled(
+  app: string,
+  id: PartId,
+  partBytes: Uint8Array,
+  scheme: FecScheme,
+  pool: BufferPool,
+): Promise<ShardSet> {
+  const { shards, slab } = await encodeInto(app, id, partBytes, scheme, pool);
+  let released = false;
+  return {
+    shards,
+    release: () => {
+      if (released) return;
+      released = true;
+      pool.release(slab);
+    },
+  };
+}
+
+async function encodeInto(
+  app: string,
+  id: PartId,
+  partBytes: Uint8Array,
+  scheme: FecScheme,
+  pool: BufferPool | undefined,
+): Promise<{ shards: Buffer[]; slab: Buffer }> {
   const shape = validateFecScheme(scheme);
   if (!APP_PATTERN.test(app)) {
     throw new InvalidArgumentError(`app name '${app}' must be 1-64 characters of [A-Za-z0-9_-]`);
@@ -212,54 +268,92 @@ export async function encodeShards(
   if (part.length > MAX_U32) throw new InvalidArgumentError(`a part of ${part.length} bytes is over 4 GiB`);
   const appBytes = Buffer.from(app, 'ascii');
   const head = { ...shape, appBytes, id, length: part.length };
+  const alloc = (n: number): Buffer => (pool ? pool.acquire(n) : Buffer.allocUnsafe(n));
+  const bodyAt = SHARD_HEADER_BYTES + appBytes.length;
 
   if (shape.scheme === ShardScheme.Copies) {
+    const count = shape.parity + 1;
+    const msgLen = bodyAt + part.length + TRAILER_BYTES;
+    const slab = alloc(count * msgLen);
     const out: Buffer[] = [];
-    for (let i = 0; i <= shape.parity; i++) out.push(fill(newShard(head, i, 0, part.length), [part]));
-    return out;
+    for (let i = 0; i < count; i++) {
+      const msg = slab.subarray(i * msgLen, (i + 1) * msgLen);
+      writeHeader(msg, head, i, 0, part.length);
+      out.push(fill(msg, [part]));
+    }
+    return { shards: out, slab };
   }
 
   const { data: k, parity: m } = shape;
   const { stripes, stripe } = stripeLayout(part.length, k);
   const payload = stripes * stripe;
   const stripeBytes = k * stripe;
+  const msgLen = bodyAt + payload + TRAILER_BYTES;
+  const slab = alloc((k + m) * msgLen);
+  const out: Buffer[] = [];
+  for (let i = 0; i < k + m; i++) {
+    const msg = slab.subarray(i * msgLen, (i + 1) * msgLen);
+    writeHeader(msg, head, i, stripe, payload);
+    out.push(msg);
+  }
   // Each stripe's k data slices must lie back to back for the codec. Whole stripes are the part
-  // itself; only a stripe the part does not fill is copied into a zeroed buffer.
+  // itself; only a stripe the part does not fill is copied into zero-padded scratch.
   const regions: Buffer[] = [];
+  let scratch: Buffer | undefined;
   for (let j = 0; j < stripes; j++) {
     const start = j * stripeBytes;
     if (start + stripeBytes <= part.length) {
       regions.push(part.subarray(start, start + stripeBytes));
     } else {
-      const padded = Buffer.alloc(stripeBytes);
-      if (start < part.length) part.copy(padded, 0, start);
-      regions.push(padded);
+      scratch = alloc(stripeBytes);
+      const n = start < part.length ? part.copy(scratch, 0, start) : 0;
+      scratch.fill(0, n);
+      regions.push(scratch);
     }
   }
-  const parity = m > 0 ? Buffer.allocUnsafe(stripes * m * stripe) : undefined;
+  // Parity row r of stripe j is written by the codec straight into message k + r, at its place
+  // in that message's payload: the parity region is positioned so that its slot r lands there
+  // (`encodeRows` writes that slot only; the region stays inside the slab, see the bound below).
   const codec = new ReedSolomon(k, m);
-  const coding = parity
-    ? Promise.all(
-        regions.map((data, j) =>
-          codec.encode({ data, parity, parityOffset: j * m * stripe, shardSize: stripe }),
-        ),
-      )
-    : undefined;
-
-  // The data shards are built while the threadpool computes parity.
-  const out: Buffer[] = [];
-  for (let i = 0; i < k; i++) {
-    const slices = regions.map((region) => region.subarray(i * stripe, (i + 1) * stripe));
-    out.push(fill(newShard(head, i, stripe, payload), slices));
-  }
-  if (coding && parity) {
-    await coding;
+  const coding: Promise<void>[] = [];
+  for (let j = 0; j < stripes && m > 0; j++) {
     for (let r = 0; r < m; r++) {
-      const slices = regions.map((_, j) => parity.subarray((j * m + r) * stripe, (j * m + r + 1) * stripe));
-      out.push(fill(newShard(head, k + r, stripe, payload), slices));
+      coding.push(
+        codec.encodeRows(1 << r, {
+          data: regions[j]!,
+          parity: slab,
+          // ≥ 0 since message k + r starts past r whole messages; ends by the slab's end since
+          // (m − 1)(T − 1) ≥ 0.
+          parityOffset: (k + r) * msgLen + bodyAt + j * stripe - r * stripe,
+          shardSize: stripe,
+        }),
+      );
     }
   }
-  return out;
+  // The data shards' payloads are copied on the threadpool too (the codec's replication path),
+  // while this thread checksums them from the part: the one JS thread only runs CRC-32.
+  for (let i = 0; i < k; i++) {
+    for (let j = 0; j < stripes; j++) {
+      coding.push(copyOffThread(regions[j]!, i * stripe, slab, i * msgLen + bodyAt + j * stripe, stripe));
+    }
+  }
+  try {
+    for (let i = 0; i < k; i++) {
+      let crc = crc32(out[i]!.subarray(0, bodyAt));
+      for (let j = 0; j < stripes; j++) crc = crc32(regions[j]!.subarray(i * stripe, (i + 1) * stripe), crc);
+      out[i]!.writeUInt32BE(crc, bodyAt + payload);
+    }
+  } finally {
+    // Always wait for every codec call: they write into the slab and read the scratch.
+    const settled = await Promise.allSettled(coding);
+    if (scratch && pool) pool.release(scratch);
+    for (const s of settled) if (s.status === 'rejected') throw s.reason;
+  }
+  for (let r = 0; r < m; r++) {
+    const msg = out[k + r]!;
+    msg.writeUInt32BE(crc32(msg.subarray(0, bodyAt + payload)), bodyAt + payload);
+  }
+  return { shards: out, slab };
 }
 
 interface Head {
@@ -271,9 +365,8 @@ interface Head {
   readonly length: number;
 }
 
-/** A shard message with its header written; the caller fills every payload byte. */
-function newShard(h: Head, index: number, stripe: number, payload: number): Buffer {
-  const buf = Buffer.allocUnsafe(SHARD_HEADER_BYTES + h.appBytes.length + payload + TRAILER_BYTES);
+/** Writes a shard header (and app name) at the start of `buf`. */
+function writeHeader(buf: Buffer, h: Head, index: number, stripe: number, payload: number): void {
   buf[0] = MAGIC0;
   buf[1] = MAGIC1;
   buf[2] = SHARD_VERSION;
@@ -283,18 +376,18 @@ function newShard(h: Head, index: number, stripe: number, payload: number): Buff
   buf[6] = index;
   buf[7] = h.appBytes.length;
   buf.writeUInt32BE(h.id.epoch, 8);
-  buf.writeBigUInt64BE(BigInt(h.id.seq), 12);
+  buf.writeUInt32BE(Math.floor(h.id.seq / 0x1_0000_0000), 12);
+  buf.writeUInt32BE(h.id.seq >>> 0, 16);
   buf.writeUInt16BE(h.id.part, 20);
   buf.writeUInt16BE(0, 22);
   buf.writeUInt32BE(h.length, 24);
   buf.writeUInt32BE(stripe, 28);
   buf.writeUInt32BE(payload, 32);
   h.appBytes.copy(buf, SHARD_HEADER_BYTES);
-  return buf;
 }
 
 /**
- * Copies `slices` into the payload of a shard made by `newShard`, in order, and writes the
+ * Copies `slices` into the payload of a shard whose header is written, in order, and writes the
  * CRC-32 trailer. Each slice is checksummed just before it is copied, while it is in cache: one
  * pass over memory instead of two.
  */
@@ -302,7 +395,6 @@ function fill(msg: Buffer, slices: readonly Buffer[]): Buffer {
   let at = SHARD_HEADER_BYTES + msg[7]!;
   let crc = crc32(msg.subarray(0, at));
   for (const slice of slices) {
-    // zlib's crc32 returns 0, not the running value, for an empty view with no backing store.
     if (slice.length === 0) continue;
     crc = crc32(slice, crc);
     slice.copy(msg, at);
@@ -433,8 +525,15 @@ export function sameCoding(a: Shard, b: Shard): boolean {
  * (`malformed`) when they disagree or sit at the wrong index, `RangeError` when too few are
  * given. Uses data shards where present and parity only for the missing ones. The result may be
  * a view into a shard's payload (one copy, or k = 1).
+ *
+ * With `pool`, a rebuilt part that needed a buffer of its own is built in one from the pool
+ * (`pool.acquire`); the result is then a view of it (`subarray(0, length)`), and whoever is done
+ * with it may hand that buffer back — see `ShardAssembler.releasePart`.
  */
-export async function joinShards(shards: readonly (Shard | undefined)[]): Promise<Uint8Array> {
+export async function joinShards(
+  shards: readonly (Shard | undefined)[],
+  pool?: BufferPool,
+): Promise<Uint8Array> {
   let first: Shard | undefined;
   let count = 0;
   for (let i = 0; i < shards.length; i++) {
@@ -464,7 +563,7 @@ export async function joinShards(shards: readonly (Shard | undefined)[]): Promis
   // k = 1: the single data shard is the padded part itself.
   if (k === 1 && shards[0]) return shards[0].payload.subarray(0, length);
 
-  const out = Buffer.allocUnsafe(k * payload);
+  const out = pool ? pool.acquire(k * payload) : Buffer.allocUnsafe(k * payload);
   const stripeBytes = k * stripe;
   let present = 0;
   let missing = 0;
@@ -481,8 +580,9 @@ export async function joinShards(shards: readonly (Shard | undefined)[]): Promis
   }
   if (missing === 0) return out.subarray(0, length);
 
-  // Only as many parity shards as there are missing data shards are copied in and used.
-  const parity = Buffer.allocUnsafe(stripes * m * stripe);
+  // Only as many parity shards as there are missing data shards are copied in and used, into
+  // scratch from a pool: only the codec reads it, and it goes back once the codec is done.
+  const parity = scratchPool.acquire(stripes * m * stripe);
   let need = k - popcount(present);
   for (let r = 0; r < m && need > 0; r++) {
     const s = shards[k + r];
@@ -494,7 +594,7 @@ export async function joinShards(shards: readonly (Shard | undefined)[]): Promis
     }
   }
   const codec = new ReedSolomon(k, m);
-  await Promise.all(
+  const settled = await Promise.allSettled(
     Array.from({ length: stripes }, (_, j) =>
       codec.reconstruct(present, missing, {
         data: out,
@@ -505,6 +605,8 @@ export async function joinShards(shards: readonly (Shard | undefined)[]): Promis
       }),
     ),
   );
+  scratchPool.release(parity);
+  for (const r of settled) if (r.status === 'rejected') throw r.reason;
   return out.subarray(0, length);
 }
 

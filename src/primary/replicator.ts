@@ -79,7 +79,15 @@ export interface ReplicatorOptions {
 }
 
 type QueueItem =
-  | { readonly kind: 'write'; readonly op: WriteOp; resolve(): void; reject(err: unknown): void }
+  | {
+      readonly kind: 'write';
+      readonly op: WriteOp;
+      /** `encodedOpSize(op)`, computed once. */
+      readonly size: number;
+      /** Settles the caller's promise: with the publisher's `ready()` of the write's group. */
+      resolve(ready: Promise<void>): void;
+      reject(err: unknown): void;
+    }
   | { readonly kind: 'mark'; run(): void };
 
 /** Most ops handed to the store in one `apply` call. */
@@ -153,17 +161,19 @@ export class Replicator {
    */
   write(op: WriteOp): Promise<void> {
     if (this.#stopped) return Promise.reject(this.#stopped);
-    const size = encodedOpSize(op) + 4;
-    if (size > this.#limits.maxFrameBytes) {
+    const size = encodedOpSize(op);
+    if (size + 4 > this.#limits.maxFrameBytes) {
       return Promise.reject(
-        limitError('maxFrameBytes', 'a write frame of this one op', size, this.#limits.maxFrameBytes),
+        limitError('maxFrameBytes', 'a write frame of this one op', size + 4, this.#limits.maxFrameBytes),
       );
     }
+    // One promise per write: it settles, once the store has the write, with the publisher's
+    // `ready()` taken once for the whole group of writes drained together (backpressure).
     const applied = new Promise<void>((resolve, reject) =>
-      this.#queue.push({ kind: 'write', op, resolve, reject }),
+      this.#queue.push({ kind: 'write', op, size, resolve, reject }),
     );
     this.#kick();
-    return applied.then(() => this.#o.publisher.ready());
+    return applied;
   }
 
   /** Runs `run` after every write queued before it reached the store; resolves with its result. */
@@ -214,6 +224,7 @@ export class Replicator {
         if (group.length === 0) continue;
       }
       const ok = await this.#applyLocally(group.map((g) => g.op));
+      const accepted: typeof group = [];
       for (let i = 0; i < group.length; i++) {
         const g = group[i]!;
         const err = this.#stopped ?? ok[i];
@@ -222,12 +233,18 @@ export class Replicator {
           continue;
         }
         this.#batch.push(g.op);
-        this.#batchBytes += encodedOpSize(g.op);
+        this.#batchBytes += g.size;
         this.#openWriteOps++;
         if (this.#batchBytes >= this.#o.batchBytes) this.#flush();
-        g.resolve();
+        accepted.push(g);
       }
       if (this.#batch.length > 0) this.#flushTimer ??= setTimeout(() => this.#flush(), 5);
+      if (accepted.length > 0) {
+        const ready = this.#o.publisher.ready();
+        // Rejections reach the callers through their own promises.
+        ready.catch(() => undefined);
+        for (const g of accepted) g.resolve(ready);
+      }
     }
   }
 

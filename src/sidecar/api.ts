@@ -5,6 +5,8 @@
  *
  * ```text
  * POST   /checkpoint     body = the whole state (JSON or node:v8 bytes) ─► rp.checkpoint(state)
+ *                        or a JSON merge patch (application/merge-patch+json) of the last state
+ * POST   /batch          many writes and an optional checkpoint (state or patch) in one request
  * PUT    /store/{key}    body = the value's bytes                     ─► rp.store.put
  * GET    /store/{key}    ─► the value's bytes, or 404
  * DELETE /store/{key}    ─► rp.store.delete
@@ -18,6 +20,7 @@
  * to fix it. Bodies are read with a byte limit that is enforced while they stream in.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { chmod, lstat, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { deserialize, serialize } from 'node:v8';
@@ -70,6 +73,11 @@ export interface SidecarApiOptions {
   readonly metrics?: MetricsSource;
   /** Receives unexpected errors (those answered 500). */
   readonly onError?: (err: unknown, route: string) => void;
+  /**
+   * Also serve the API on this Unix-domain socket path (mode 0600), beside the TCP port. A
+   * stale socket file left by a killed sidecar is replaced.
+   */
+  readonly socket?: string;
 }
 
 /** An error answered as `{ error: { code, message } }` with `status`. */
@@ -87,6 +95,7 @@ export class HttpError extends Error {
 /** Routes and their methods (docs/sidecar-api.yaml has the same). */
 export const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/checkpoint': ['POST'],
+  '/batch': ['POST'],
   '/store/{key}': ['GET', 'PUT', 'DELETE'],
   '/state': ['GET'],
   '/status': ['GET'],
@@ -101,16 +110,29 @@ export class SidecarApi {
   readonly #server: Server;
   readonly #tokenDigest: Buffer;
   #port = 0;
+  /** The server on `socket`, once listening. */
+  #unix: Server | undefined;
+  /** The sidecar's copy of the app's state, for merge patches (see `#patchState`). */
+  #copy: { readonly rp: Restartpoint<unknown>; base: unknown; tracked: object | undefined } | undefined;
+  /** Whether the app has sent a merge patch (then whole states are tracked too). */
+  #patching = false;
 
   constructor(o: SidecarApiOptions) {
     this.#o = o;
     this.#tokenDigest = digest(o.token);
-    this.#server = createServer((req, res) => {
+    this.#server = this.#newServer();
+  }
+
+  #newServer(): Server {
+    const server = createServer((req, res) => {
       void this.#handle(req, res);
     });
     // A slow or stuck client must not hold a connection forever.
-    this.#server.requestTimeout = 120_000;
-    this.#server.headersTimeout = 10_000;
+    server.requestTimeout = 120_000;
+    server.headersTimeout = 10_000;
+    // Keep-alive: an app reuses one connection for its requests (idle ones close after 65 s).
+    server.keepAliveTimeout = 65_000;
+    return server;
   }
 
   /** The port it listens on (after `listen()`). */
@@ -120,7 +142,7 @@ export class SidecarApi {
 
   /** Starts listening on 127.0.0.1; resolves with the port. */
   listen(): Promise<number> {
-    return new Promise((resolve, reject) => {
+    return new Promise<number>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(
           new InvalidArgumentError(
@@ -133,20 +155,52 @@ export class SidecarApi {
       this.#server.once('error', onError);
       this.#server.listen(this.#o.port, '127.0.0.1', () => {
         this.#server.off('error', onError);
-        this.#port = (this.#server.address() as AddressInfo).port;
-        resolve(this.#port);
+        resolve((this.#server.address() as AddressInfo).port);
       });
+    }).then(async (port) => {
+      if (this.#o.socket) await this.#listenUnix(this.#o.socket);
+      // Set last: a non-zero `port` means every listener is up.
+      this.#port = port;
+      return port;
     });
+  }
+
+  /** Serves the API on a Unix-domain socket too (mode 0600). */
+  async #listenUnix(path: string): Promise<void> {
+    const st = await lstat(path).catch(() => undefined);
+    if (st?.isSocket()) await rm(path, { force: true });
+    else if (st) {
+      throw new InvalidArgumentError(
+        `api.socket ${path} exists and is not a socket: remove it or name another path`,
+      );
+    }
+    const server = this.#newServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: Error) =>
+        reject(
+          new InvalidArgumentError(`the sidecar API cannot listen on api.socket ${path}: ${err.message}`),
+        ),
+      );
+      server.listen(path, () => resolve());
+    });
+    await chmod(path, 0o600);
+    this.#unix = server;
   }
 
   /** Stops listening and closes idle connections. */
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      this.#server.close(() => resolve());
-      this.#server.closeIdleConnections();
-      // Requests in flight get a moment to finish; then their connections are cut.
-      setTimeout(() => this.#server.closeAllConnections(), 2_000).unref();
-    });
+    const servers = this.#unix ? [this.#server, this.#unix] : [this.#server];
+    return Promise.all(
+      servers.map(
+        (server) =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeIdleConnections();
+            // Requests in flight get a moment to finish; then their connections are cut.
+            setTimeout(() => server.closeAllConnections(), 2_000).unref();
+          }),
+      ),
+    ).then(() => undefined);
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -181,6 +235,8 @@ export class SidecarApi {
           return this.#state(req, res);
         case '/checkpoint':
           return await this.#checkpoint(req, res);
+        case '/batch':
+          return await this.#batch(req, res);
         default:
           return await this.#store(req, res, rawPath.slice('/store/'.length));
       }
@@ -282,11 +338,17 @@ export class SidecarApi {
   async #checkpoint(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const rp = this.#primary();
     const type = mediaType(req.headers['content-type']);
+    if (type === MERGE_PATCH_MEDIA_TYPE) {
+      const patch = parseJson(await readBody(req, this.#o.maxBodyBytes), 'a JSON merge patch');
+      const ack = await rp.checkpoint(this.#patchState(rp, patch));
+      sendJson(res, 200, { epoch: ack.epoch, checkpoint: ack.checkpoint });
+      return;
+    }
     if (type !== 'application/json' && type !== V8_MEDIA_TYPE) {
       throw new HttpError(
         415,
         'UNSUPPORTED_MEDIA_TYPE',
-        `POST /checkpoint takes Content-Type application/json or ${V8_MEDIA_TYPE}, got ${type ? `'${type}'` : 'none'}: send the whole state as JSON with Content-Type: application/json`,
+        `POST /checkpoint takes Content-Type application/json, ${MERGE_PATCH_MEDIA_TYPE} or ${V8_MEDIA_TYPE}, got ${type ? `'${type}'` : 'none'}: send the whole state as JSON with Content-Type: application/json`,
       );
     }
     const body = await readBody(req, this.#o.maxBodyBytes);
@@ -320,8 +382,96 @@ export class SidecarApi {
         );
       }
     }
-    const ack = await rp.checkpoint(state);
+    const ack = await rp.checkpoint(this.#wholeState(rp, state));
     sendJson(res, 200, { epoch: ack.epoch, checkpoint: ack.checkpoint });
+  }
+
+  /** A whole new state: it becomes the base later merge patches apply to. */
+  #wholeState(rp: Restartpoint<unknown>, state: unknown): unknown {
+    // Once the app has sent a patch, a whole state is tracked from the start, so the next
+    // patch's checkpoint is O(change) at once (tracking it only then makes that checkpoint diff
+    // the whole state). An app that only sends whole states keeps the untracked path, which
+    // measured about twice as fast for a whole new state each time.
+    let tracked: object | undefined;
+    if (this.#patching && isPlainObject(state)) {
+      try {
+        tracked = rp.track(state);
+      } catch {
+        tracked = undefined; // not trackable: patches track it later, or replace it
+      }
+    }
+    this.#copy = { rp, base: state, tracked };
+    return tracked ?? state;
+  }
+
+  /**
+   * Applies a JSON merge patch (RFC 7386) to the sidecar's copy of the state and returns what
+   * to checkpoint. The copy is the last state this API checkpointed for this instance, or the
+   * restored state (`GET /state`) before the first. It is wrapped with `rp.track()`, so the
+   * patch's changes are recorded as it is applied and the checkpoint encodes only them (the
+   * SDK's tracked path: O(changed entries), not O(state)).
+   */
+  #patchState(rp: Restartpoint<unknown>, patch: unknown): unknown {
+    this.#patching = true;
+    // The restored state is copied: `GET /state` keeps answering it unchanged.
+    if (this.#copy?.rp !== rp) this.#copy = { rp, base: structuredClone(rp.state), tracked: undefined };
+    const copy = this.#copy;
+    const problem = patchProblem(patch);
+    if (problem) throw new HttpError(400, 'BAD_PATCH', `${problem}: send a JSON merge patch (RFC 7386)`);
+    if (!isPlainObject(patch) || !isPlainObject(copy.base)) {
+      // A non-object patch replaces the state; so does any patch of a state that is no object.
+      return this.#wholeState(rp, isPlainObject(patch) ? mergeInto({}, patch) : patch);
+    }
+    copy.tracked ??= rp.track(copy.base);
+    mergeInto(copy.tracked as Record<string, unknown>, patch);
+    return copy.tracked;
+  }
+
+  /**
+   * `POST /batch`: `{ "writes": [...], "checkpoint": { "state" | "patch": ... } }`. The writes
+   * are handed to `rp.store` in order, pipelined, and the checkpoint (if any) is called after
+   * them, so it seals them all. Answered once every write is in the local store and the
+   * checkpoint is acknowledged: what `PUT /store` and `POST /checkpoint` each wait for.
+   */
+  async #batch(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const rp = this.#primary();
+    const type = mediaType(req.headers['content-type']);
+    if (type !== 'application/json') {
+      throw new HttpError(
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+        `POST /batch takes Content-Type application/json, got ${type ? `'${type}'` : 'none'}`,
+      );
+    }
+    const batch = parseBatch(parseJson(await readBody(req, this.#o.maxBodyBytes), 'a batch'));
+    // Everything below is called synchronously, in order: the checkpoint seals every write.
+    const writes = batch.writes.map((w) =>
+      w.value === undefined ? rp.store.delete(w.key) : rp.store.put(w.key, w.value),
+    );
+    let checkpoint: Promise<{ epoch: number; checkpoint: number }> | undefined;
+    if (batch.checkpoint) {
+      const c = batch.checkpoint;
+      const state = 'patch' in c ? this.#patchState(rp, c.patch) : this.#wholeState(rp, c.state);
+      checkpoint = rp.checkpoint(state);
+    }
+    const done = await Promise.allSettled(writes);
+    const ack = checkpoint ? await Promise.allSettled([checkpoint]) : [];
+    const failed = done.findIndex((d) => d.status === 'rejected');
+    if (failed >= 0) {
+      const e = toHttpError((done[failed] as PromiseRejectedResult).reason);
+      throw new HttpError(
+        e.status,
+        e.code,
+        `write ${failed} (key ${JSON.stringify(batch.writes[failed]!.key)}) failed: ${e.message}; the other writes${checkpoint ? ' and the checkpoint' : ''} went ahead without it`,
+        e.headers,
+      );
+    }
+    const body: Record<string, unknown> = { writes: writes.length };
+    if (ack[0]) {
+      if (ack[0].status === 'rejected') throw ack[0].reason;
+      body.checkpoint = { epoch: ack[0].value.epoch, checkpoint: ack[0].value.checkpoint };
+    }
+    sendJson(res, 200, body);
   }
 
   async #store(req: IncomingMessage, res: ServerResponse, encoded: string): Promise<void> {
@@ -361,6 +511,115 @@ export class SidecarApi {
     res.writeHead(204);
     res.end();
   }
+}
+
+/** Media type of a JSON merge patch (RFC 7386). */
+export const MERGE_PATCH_MEDIA_TYPE = 'application/merge-patch+json';
+
+function parseJson(body: Buffer, what: string): unknown {
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new HttpError(
+      400,
+      'BAD_JSON',
+      `the body is not valid JSON (${(err as Error).message}): send ${what}`,
+    );
+  }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v) as object | null;
+  return proto === Object.prototype || proto === null;
+}
+
+/** Why a merge patch is refused: a `__proto__` key anywhere (it would change a prototype). */
+function patchProblem(patch: unknown, path = 'patch'): string | undefined {
+  if (!isPlainObject(patch)) return undefined;
+  for (const [k, v] of Object.entries(patch)) {
+    if (k === '__proto__') return `${path} has a "__proto__" key`;
+    const p = patchProblem(v, `${path}.${k}`);
+    if (p) return p;
+  }
+  return undefined;
+}
+
+/**
+ * RFC 7386 merge: `null` deletes a key, an object merges into an object, anything else
+ * replaces. `target` may be a tracked proxy: every change goes through it.
+ */
+function mergeInto(target: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) {
+      delete target[k];
+      continue;
+    }
+    const cur = Object.prototype.hasOwnProperty.call(target, k) ? target[k] : undefined;
+    if (isPlainObject(v) && isPlainObject(cur)) mergeInto(cur, v);
+    else target[k] = isPlainObject(v) ? mergeInto({}, v) : v;
+  }
+  return target;
+}
+
+/** One write of a batch: a put (value set) or a delete. */
+interface BatchWrite {
+  readonly key: string;
+  readonly value: Buffer | string | undefined;
+}
+
+/** Checks a `POST /batch` body; throws `HttpError` 400 naming the first bad field. */
+function parseBatch(body: unknown): {
+  writes: BatchWrite[];
+  checkpoint: { state: unknown } | { patch: unknown } | undefined;
+} {
+  const bad = (msg: string): HttpError =>
+    new HttpError(
+      400,
+      'BAD_BATCH',
+      `${msg}: send { "writes": [{ "key": "k", "text": "…" } | { "key": "k", "value": "<base64>" } | { "op": "delete", "key": "k" }], "checkpoint": { "state": … } | { "patch": … } } (docs/sidecar-api.yaml)`,
+    );
+  if (!isPlainObject(body)) throw bad('the body is not a JSON object');
+  for (const k of Object.keys(body)) {
+    if (k !== 'writes' && k !== 'checkpoint') throw bad(`unknown field ${JSON.stringify(k)}`);
+  }
+  const rawWrites = body.writes ?? [];
+  if (!Array.isArray(rawWrites)) throw bad('"writes" is not an array');
+  const writes = rawWrites.map((w: unknown, i): BatchWrite => {
+    if (!isPlainObject(w)) throw bad(`writes[${i}] is not an object`);
+    const { op = 'put', key, value, text } = w;
+    for (const k of Object.keys(w)) {
+      if (!['op', 'key', 'value', 'text'].includes(k))
+        throw bad(`writes[${i}] has an unknown field ${JSON.stringify(k)}`);
+    }
+    if (typeof key !== 'string' || key === '') throw bad(`writes[${i}].key is not a non-empty string`);
+    if (op === 'delete') {
+      if (value !== undefined || text !== undefined) throw bad(`writes[${i}] deletes, and has a value`);
+      return { key, value: undefined };
+    }
+    if (op !== 'put') throw bad(`writes[${i}].op is ${JSON.stringify(op)}, not "put" or "delete"`);
+    if ((value === undefined) === (text === undefined)) {
+      throw bad(`writes[${i}] needs exactly one of "text" (a string) and "value" (base64 bytes)`);
+    }
+    if (text !== undefined) {
+      if (typeof text !== 'string') throw bad(`writes[${i}].text is not a string`);
+      return { key, value: Buffer.from(text, 'utf8') };
+    }
+    if (typeof value !== 'string' || value.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(value)) {
+      throw bad(`writes[${i}].value is not base64 (RFC 4648, with padding)`);
+    }
+    return { key, value: Buffer.from(value, 'base64') };
+  });
+  const c = body.checkpoint;
+  if (c === undefined) return { writes, checkpoint: undefined };
+  if (!isPlainObject(c) || Object.keys(c).length !== 1 || !('state' in c || 'patch' in c)) {
+    throw bad('"checkpoint" must be { "state": <the whole state> } or { "patch": <a JSON merge patch> }');
+  }
+  if ('patch' in c) {
+    const problem = patchProblem(c.patch);
+    if (problem) throw new HttpError(400, 'BAD_PATCH', `${problem}: send a JSON merge patch (RFC 7386)`);
+  }
+  return { writes, checkpoint: 'state' in c ? { state: c.state } : { patch: c.patch } };
 }
 
 function digest(s: string): Buffer {

@@ -154,6 +154,7 @@ export class Sidecar {
       token,
       port: c.api.port,
       maxBodyBytes: c.api.maxBodyBytes,
+      ...(c.api.socket ? { socket: c.api.socket } : {}),
       metrics,
       onError: (err, route) =>
         this.#logger.error({ route, error: (err as Error)?.stack ?? String(err) }, 'api error'),
@@ -161,7 +162,13 @@ export class Sidecar {
     const port = await this.#api.listen();
     if (c.api.portFile) await writePrivate(c.api.portFile, `${port}\n`);
     this.#logger.info(
-      { port, url: `http://127.0.0.1:${port}`, tokenFile: c.api.tokenFile, portFile: c.api.portFile },
+      {
+        port,
+        url: `http://127.0.0.1:${port}`,
+        tokenFile: c.api.tokenFile,
+        portFile: c.api.portFile,
+        ...(c.api.socket ? { socket: c.api.socket } : {}),
+      },
       'api listening',
     );
     try {
@@ -171,6 +178,7 @@ export class Sidecar {
       await this.#api.close();
       await rm(c.api.tokenFile, { force: true }).catch(() => undefined);
       if (c.api.portFile) await rm(c.api.portFile, { force: true }).catch(() => undefined);
+      if (c.api.socket) await rm(c.api.socket, { force: true }).catch(() => undefined);
       await releaseTokenFile();
     }
   }

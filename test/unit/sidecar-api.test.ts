@@ -8,7 +8,10 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { memoryAdapter } from '../../adapters/memory/index.js';
 import { parseConfig } from '../../src/config/load.js';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { jsonProblem, ROUTES, V8_MEDIA_TYPE } from '../../src/sidecar/api.js';
 import { Sidecar } from '../../src/sidecar/sidecar.js';
@@ -395,6 +398,157 @@ describe('standby start problems', () => {
       reason: expect.stringMatching(/cannot connect to NATS at nats:\/\/127\.0\.0\.1:1/),
     });
     expect(await a.stop()).toBe(0);
+  });
+});
+
+describe('sidecar API: POST /batch, merge patches, keep-alive, Unix socket (issue 16)', () => {
+  const app = freshApp('sidecar-batch');
+  apps.push(app);
+  let a: Awaited<ReturnType<typeof startSidecar>>;
+  const json = (body: unknown, type = 'application/json') => ({
+    method: 'POST',
+    headers: { 'Content-Type': type },
+    body: JSON.stringify(body),
+  });
+
+  beforeAll(async () => {
+    a = await startSidecar(app, 'a', {
+      initialState: { n: 0 },
+      api: { port: 0, token: TOKEN, maxBodyBytes: 65536 },
+    });
+    await a.waitState('primary');
+  });
+
+  it('makes the writes, then the checkpoint that seals them, in one request', async () => {
+    const res = await a.call(
+      '/batch',
+      json({
+        writes: [
+          { key: 'b1', text: 'hello' },
+          { op: 'put', key: 'b2', value: Buffer.from([0, 1, 2, 255]).toString('base64') },
+          { key: 'gone', text: 'x' },
+          { op: 'delete', key: 'gone' },
+        ],
+        checkpoint: { state: { n: 1, m: { a: 1, b: 2 } } },
+      }),
+    );
+    expect(res.status).toBe(200);
+    expect(res.headers.get('connection')).toBe('keep-alive');
+    expect(res.headers.get('keep-alive')).toMatch(/timeout=65/);
+    const body = (await res.json()) as { writes: number; checkpoint: { epoch: number; checkpoint: number } };
+    expect(body.writes).toBe(4);
+    expect(body.checkpoint.checkpoint).toBeGreaterThanOrEqual(1);
+    expect(await (await a.call('/store/b1')).text()).toBe('hello');
+    expect(Buffer.from(await (await a.call('/store/b2')).arrayBuffer())).toEqual(Buffer.from([0, 1, 2, 255]));
+    expect((await a.call('/store/gone')).status).toBe(404);
+    // Writes alone: answered once they are in the store.
+    const w = await a.call('/batch', json({ writes: [{ key: 'b3', text: 'w' }] }));
+    expect(await w.json()).toEqual({ writes: 1 });
+    expect(await (await a.call('/store/b3')).text()).toBe('w');
+  });
+
+  it('refuses a malformed batch whole, before writing anything', async () => {
+    for (const bad of [
+      [],
+      { writes: {} },
+      {
+        writes: [
+          { key: 'x1', text: 'a' },
+          { key: '', text: 'b' },
+        ],
+      },
+      {
+        writes: [
+          { key: 'x1', text: 'a' },
+          { key: 'x2', value: 'not base64!' },
+        ],
+      },
+      { writes: [{ key: 'x1', text: 'a', value: 'AA==' }] },
+      { writes: [{ op: 'delete', key: 'x1', text: 'a' }] },
+      { writes: [{ key: 'x1', text: 'a' }], checkpoint: { state: 1, patch: {} } },
+      { writes: [{ key: 'x1', text: 'a' }], extra: 1 },
+    ]) {
+      const res = await a.call('/batch', json(bad));
+      expect(res.status, JSON.stringify(bad)).toBe(400);
+      expect((await errorOf(res)).code).toBe('BAD_BATCH');
+    }
+    const proto = await a.call('/batch', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: '{"writes":[{"key":"x1","text":"a"}],"checkpoint":{"patch":{"__proto__":{"p":1}}}}',
+    });
+    expect((await errorOf(proto)).code).toBe('BAD_PATCH');
+    expect((await a.call('/store/x1')).status).toBe(404);
+    expect((await a.call('/batch', { method: 'POST', body: '{}' })).status).toBe(415);
+  });
+
+  it('checkpoints merge patches through the tracked path, and a standby resumes the patched state', async () => {
+    const big = Object.fromEntries(
+      Array.from({ length: 200 }, (_, i) => [`r${i}`, { v: i, s: 'x'.repeat(20) }]),
+    );
+    expect((await a.call('/checkpoint', json({ n: 10, recs: big }))).status).toBe(200);
+    const p1 = await a.call(
+      '/batch',
+      json({
+        writes: [{ key: 'p', text: '1' }],
+        checkpoint: { patch: { n: 11, recs: { r3: { v: 333 }, r4: null, r200: { v: 200 } } } },
+      }),
+    );
+    expect(p1.status).toBe(200);
+    const p2 = await a.call(
+      '/checkpoint',
+      json({ recs: { r5: { s: null } }, extra: [1, 2] }, 'application/merge-patch+json'),
+    );
+    expect(p2.status).toBe(200);
+    const status = (await (await a.call('/status')).json()) as { lastCheckpoint: { imagePath: string } };
+    expect(status.lastCheckpoint.imagePath).toBe('tracked');
+    // GET /state still answers the state this node started from.
+    expect(await (await a.call('/state')).json()).toEqual({ n: 0 });
+
+    const want = structuredClone(big) as Record<string, { v: number; s?: string }>;
+    want.r3 = { v: 333, s: 'x'.repeat(20) };
+    delete want.r4;
+    want.r200 = { v: 200 };
+    want.r5 = { v: 5 };
+    const b = await startSidecar(app, 'b', { initialState: { n: 0 } });
+    await b.waitState('standby');
+    expect(await a.stop()).toBe(0);
+    await b.waitState('primary');
+    expect(await (await b.call('/state')).json()).toEqual({ n: 11, recs: want, extra: [1, 2] });
+    expect(await (await b.call('/store/p')).text()).toBe('1');
+    // A patch on the new primary applies to the state it resumed from.
+    expect((await b.call('/checkpoint', json({ n: 12 }, 'application/merge-patch+json'))).status).toBe(200);
+    expect(await b.stop()).toBe(0);
+  }, 60_000);
+
+  it('serves the API on a Unix-domain socket too (mode 0600)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rp-sock-'));
+    const socket = join(dir, 'api.sock');
+    const u = await startSidecar(freshApp('sidecar-sock'), 'u', {
+      api: { port: 0, token: TOKEN, maxBodyBytes: 4096, socket },
+    });
+    apps.push(u.sidecar.status().app);
+    expect(statSync(socket).mode & 0o777).toBe(0o600);
+    const get = (path: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = httpRequest(
+          { socketPath: socket, path, headers: { Authorization: `Bearer ${TOKEN}` } },
+          (res) => {
+            let body = '';
+            res.on('data', (c: Buffer) => (body += c.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+    const s = await get('/status');
+    expect(s.status).toBe(200);
+    expect(JSON.parse(s.body)).toMatchObject({ nodeId: 'u' });
+    expect((await get('/healthz')).status).toBeLessThan(600);
+    expect(await u.stop()).toBe(0);
+    expect(existsSync(socket)).toBe(false);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
 
