@@ -138,7 +138,7 @@ describe('postgres adapter: options, schema, pool', () => {
     const second = postgresAdapter({ connectionString: url, table });
     try {
       await first.open();
-      expect(await rows(`SELECT id, version FROM "${table}_schema"`)).toEqual([{ id: 1, version: 1 }]);
+      expect(await rows(`SELECT id, version FROM "${table}_schema"`)).toEqual([{ id: 1, version: 2 }]);
       let opened = false;
       const opening = second.open().then(() => {
         opened = true;
@@ -181,10 +181,10 @@ describe('postgres adapter: options, schema, pool', () => {
       const a = postgresAdapter({ connectionString: url, table });
       await a.open();
       await a.close();
-      await rows(`UPDATE "${table}_schema" SET version = 2`);
+      await rows(`UPDATE "${table}_schema" SET version = 3`);
       const b = postgresAdapter({ connectionString: url, table });
       await expect(b.open()).rejects.toThrow(
-        /schema version 2, newer than this restartpoint build reads \(1\)/,
+        /schema version 3, newer than this restartpoint build reads \(2\)/,
       );
       await b.close();
 
