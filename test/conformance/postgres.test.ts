@@ -84,7 +84,17 @@ testAdapter('postgres', async () => {
         await terminateSessions(table);
         return 'kept';
       },
-      killConnections: () => terminateSessions(table),
+      // Mid-commit: wait (up to 3 s) until a session of the store is running a statement.
+      killConnections: async () => {
+        for (let i = 0; i < 300; i++) {
+          const active = await rows(
+            `SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%"${table}%'`,
+          );
+          if (active.length > 0) break;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        await terminateSessions(table);
+      },
       cutOff: async () => {
         proxy.blackhole();
         return async () => proxy.restore();
