@@ -51,7 +51,7 @@ testAdapter('redis', async () => {
         return 'empty';
       },
       killConnections: () =>
-        onPrivate((r) => r.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes')).then(() => undefined),
+        onPrivate((r) => r.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')).then(() => undefined),
       cutOff: async () => {
         proxy.blackhole();
         return async () => proxy.restore();
