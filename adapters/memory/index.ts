@@ -21,7 +21,7 @@ import {
   type StorageAdapter,
   type StoreIdentity,
 } from '../../src/storage/adapter.js';
-import { addEntry, emptyDigest, entryLanes, removeEntry, type Digest } from '../../src/storage/digest.js';
+import { addEntry, emptyDigest, entryLanes } from '../../src/storage/digest.js';
 import { newIdentity, verifyResult } from '../../src/storage/identity.js';
 
 /** Options of `memoryAdapter`. There are none yet; the parameter keeps the factory shape uniform. */
@@ -41,10 +41,12 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
   /** Version areas not formed yet: area → key → its last op there (`null` is a delete). */
   const areas = new Map<number, Map<string, Uint8Array | null>>();
   let closed = false;
-  // Nothing outside this process can change the Map, so the token only records who opened it.
+  // Nothing outside this process can change the Map, so the token only records who opened it,
+  // and the Map is its own content record: no digest is kept per commit (that would only cost
+  // commit time); `verify` reports the content's digest as found and as recorded, and
+  // `unrecorded` after direct writes, like the other adapters.
   let identity: StoreIdentity | undefined;
-  /** The digest of the visible content, kept by commit and formSnapshot; `undefined` after direct writes. */
-  let recorded: Digest | undefined = emptyDigest();
+  let recorded = true;
 
   function assertOpen(): void {
     if (closed) throw new ClosedError('the memory adapter is closed');
@@ -53,13 +55,8 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
   // `new Uint8Array(v)` always copies; `v.slice()` would not, because `Buffer#slice` is a view.
   const copy = (v: Uint8Array): Uint8Array => new Uint8Array(v);
 
-  /** Sets (value) or deletes (`null`) a committed key, keeping the recorded digest. */
+  /** Sets (value) or deletes (`null`) a committed key. */
   function setCommitted(key: string, value: Uint8Array | null): void {
-    const old = data.get(key);
-    if (recorded !== undefined) {
-      if (old !== undefined) removeEntry(recorded, entryLanes('sha1', key, old));
-      if (value !== null) addEntry(recorded, entryLanes('sha1', key, value));
-    }
     if (value === null) data.delete(key);
     else data.set(key, value);
   }
@@ -80,7 +77,7 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       const found = emptyDigest();
       if (quick) found.keys = data.size;
       else for (const [key, value] of data) addEntry(found, entryLanes('sha1', key, value));
-      return verifyResult(identity, found, recorded, quick);
+      return verifyResult(identity, found, recorded ? found : undefined, quick);
     },
 
     async get(key) {
@@ -94,21 +91,21 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       assertOpen();
       assertValidKey(key);
       assertValidValue(value);
-      recorded = undefined;
+      recorded = false;
       data.set(key, copy(value));
     },
 
     async delete(key) {
       assertOpen();
       assertValidKey(key);
-      recorded = undefined;
+      recorded = false;
       data.delete(key);
     },
 
     async apply(ops) {
       assertOpen();
       assertValidOps(ops);
-      recorded = undefined;
+      recorded = false;
       for (const op of ops) {
         if (op.op === 'put') data.set(op.key, copy(op.value));
         else data.delete(op.key);
@@ -141,7 +138,7 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       data.clear();
       areas.clear();
       meta = undefined;
-      recorded = emptyDigest();
+      recorded = true;
     },
 
     async close() {
