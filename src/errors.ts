@@ -21,6 +21,7 @@ export const ErrorCode = {
   InvalidArgument: 'ERR_INVALID_ARGUMENT',
   Usage: 'ERR_USAGE',
   Limit: 'ERR_LIMIT',
+  StoreLost: 'ERR_STORE_LOST',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -153,8 +154,26 @@ export class LimitError extends RestartpointError {
 
 /** The storage adapter failed. */
 export class StorageError extends RestartpointError {
-  constructor(message: string, options?: ErrorOptions & { retryable?: boolean }) {
-    super(ErrorCode.Storage, message, options?.retryable ?? false, options);
+  constructor(
+    message: string,
+    options?: ErrorOptions & { retryable?: boolean },
+    /** Subclasses only: a more precise stable code (`ERR_STORE_LOST`). */
+    code: ErrorCode = ErrorCode.Storage,
+  ) {
+    super(code, message, options?.retryable ?? false, options);
+  }
+}
+
+/**
+ * The store under an adapter is not the one it opened: its identity token is missing or belongs
+ * to another store (a flushed or restarted-empty Redis, a replaced file, a dropped table), or a
+ * check found it damaged underneath the adapter. Never retryable: once raised, every later call
+ * of that adapter instance rejects with it. The node must not trust the store: clear it and
+ * rebuild from the relays, or refuse. `code` is `ERR_STORE_LOST`; it is a `StorageError`.
+ */
+export class StoreLostError extends StorageError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, { ...options, retryable: false }, ErrorCode.StoreLost);
   }
 }
 

@@ -34,23 +34,35 @@
  * between any two calls, and the applier forms what it wrote before). `clear()` drops them.
  * docs/adapters-file.md has the crash-safety argument in full.
  */
-import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { crc32 } from 'node:zlib';
 import {
   ClosedError,
   ConfigError,
-  InvalidArgumentError,
   RestartpointError,
   StorageError,
+  StoreLostError,
 } from '../../src/errors.js';
 import {
+  assertValidArea,
   assertValidKey,
   assertValidOps,
   assertValidValue,
   type SnapshotStore,
   type StorageAdapter,
+  type StoreIdentity,
+  type VerifyResult,
   type WriteOp,
 } from '../../src/storage/adapter.js';
+import {
+  decodeIdentity,
+  encodeIdentity,
+  foreignAtOpen,
+  newIdentity,
+  storeLost,
+  tokenProblem,
+} from '../../src/storage/identity.js';
 import {
   batchBodyLength,
   CHUNK,
@@ -71,6 +83,7 @@ import {
   writeFully,
   type Change,
   type Range,
+  type ScannedRecord,
 } from './log-format.js';
 
 /** Options of `fileAdapter`. */
@@ -120,30 +133,193 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
   let tail: Promise<unknown> = Promise.resolve();
   // Log size at the last failed compaction; none is tried again before the log doubles.
   let compactFailedAt = 0;
+  /** The token this instance opened with (set by the first load). */
+  let identity: StoreIdentity | undefined;
+  let nodeId: string | undefined;
+  /** Set once the store was found lost: every later call rejects with it. */
+  let lost: StoreLostError | undefined;
 
   function assertOpen(): void {
     if (closed) throw new ClosedError(`the file store at ${o.root} is closed`);
+    if (lost !== undefined) throw lost;
+  }
+
+  const lostHere = (why: string, cause?: unknown): StoreLostError => storeLost(`file ${o.root}`, why, cause);
+
+  /**
+   * The live log is still the file this adapter wrote: same inode at its path, same size.
+   * Two stats (a few µs), run before every mutation.
+   */
+  async function checkLog(s: Store): Promise<void> {
+    const at = await stat(s.log.path).catch(() => undefined);
+    if (at === undefined)
+      throw lostHere(`${s.log.path} is gone: the store was removed underneath the adapter`);
+    if (at.ino !== s.log.ino) {
+      throw lostHere(
+        `${s.log.path} is another file than the one the adapter opened: the store was replaced underneath it`,
+      );
+    }
+    const { size } = await s.log.fh.stat();
+    if (size !== s.log.size) {
+      throw lostHere(
+        `${s.log.path} is ${size} bytes, the adapter wrote ${s.log.size}: it was ${size < s.log.size ? 'truncated' : 'appended to'} underneath the adapter`,
+      );
+    }
+  }
+
+  /** The store's IDENT file against the token this instance opened with (or claims it the first time). */
+  async function checkIdentity(s: Store): Promise<void> {
+    const path = join(o.root, 'IDENT');
+    const found = await readFile(path, 'utf8').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (identity !== undefined) {
+      const problem = tokenProblem(found, identity);
+      if (problem !== undefined) throw lostHere(problem);
+      return;
+    }
+    if (found !== undefined) {
+      const id = decodeIdentity(found);
+      if (id === undefined || encodeIdentity(id) !== found)
+        throw lostHere(`${path} holds no identity token this build writes`);
+      const foreign = foreignAtOpen(id, FORMAT.trim(), nodeId);
+      if (foreign !== undefined) throw lostHere(foreign);
+      identity = id;
+      return;
+    }
+    // No token: a new store, or one of an older version (adopted: the index is rebuilt from the
+    // log at every load, so there is nothing else to record).
+    void s;
+    const id = newIdentity(FORMAT.trim(), nodeId);
+    await writeSmallFile(o, 'IDENT', encodeIdentity(id));
+    identity = id;
   }
 
   /** Runs `fn` after every earlier mutation, loading (or reloading) the store first if needed. */
   function mutate<T>(fn: (s: Store) => Promise<T>): Promise<T> {
     const run = tail.then(async () => {
+      assertOpen();
       if (store === undefined || needsRecovery) {
+        const before = store?.log;
         if (store !== undefined) retire(store.log);
         store = undefined;
-        store = await load(o);
+        const loaded = await load(o);
+        // A reload after a failed mutation may cut that mutation's partial record, never more:
+        // a log that went back behind what this adapter had completed lost data underneath it.
+        if (
+          before !== undefined &&
+          (loaded.log.id < before.id || (loaded.log.id === before.id && loaded.log.size < before.size))
+        ) {
+          retire(loaded.log);
+          throw lostHere(
+            `${before.path} went back from ${before.size} bytes to ${loaded.log.path} at ${loaded.log.size}: data was lost underneath the adapter`,
+          );
+        }
+        try {
+          await checkIdentity(loaded);
+        } catch (err) {
+          retire(loaded.log);
+          throw err;
+        }
+        store = loaded;
         needsRecovery = false;
+      } else {
+        await checkLog(store);
       }
       try {
         return await fn(store);
       } catch (err) {
-        needsRecovery = true;
+        if (!(err instanceof StoreLostError)) needsRecovery = true;
         throw err;
       }
     });
     tail = run.catch(() => undefined);
     return run.catch((err: unknown) => {
-      throw storageError(o.root, err);
+      const e = storageError(o.root, err);
+      if (e instanceof StoreLostError) lost ??= e;
+      throw e;
+    });
+  }
+
+  /** Reads that check what they read (CRC, file length) mark the adapter lost when they fail. */
+  async function reading<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } catch (err) {
+      if (err instanceof StoreLostError) lost ??= err;
+      throw err;
+    }
+  }
+
+  /**
+   * Full check: the log at its path, scanned again from disk, must say exactly what the index
+   * says (every key at the same place with the same CRC, the same meta), end where the adapter
+   * last wrote, and be the same file. Runs in the mutation queue: no write moves under it.
+   */
+  async function verify(quick: boolean): Promise<VerifyResult> {
+    return mutate(async (s) => {
+      // mutate() has checked the file's inode and size; the token is read again here.
+      await checkIdentity(s);
+      const base = { identity: identity!, keys: s.index.size, expectedKeys: s.index.size, quick };
+      const none = { digest: undefined, expectedDigest: undefined };
+      if (quick) {
+        return {
+          ...base,
+          ...none,
+          status: 'ok',
+          ok: true,
+          detail: `identity ok, ${s.log.path} is the file written (inode and size), ${s.index.size} keys`,
+        };
+      }
+      const fh = await open(s.log.path, 'r');
+      let scanned: Store;
+      let end: number | undefined;
+      try {
+        const { size, ino } = await fh.stat();
+        scanned = emptyStore({ ...s.log, fh, size, ino });
+        end = await scanLog(fh, size, (record) => {
+          applyRecord(scanned, record);
+          return true;
+        });
+      } finally {
+        await fh.close();
+      }
+      const differ: string[] = [];
+      if (end !== s.log.size)
+        differ.push(`the log's valid records end at ${String(end)}, the adapter wrote ${s.log.size} bytes`);
+      for (const [key, at] of s.index) {
+        const got = scanned.index.get(key);
+        if (got === undefined) differ.push(`key ${JSON.stringify(key)} is missing`);
+        else if (got.offset !== at.offset || got.length !== at.length || got.crc !== at.crc)
+          differ.push(`key ${JSON.stringify(key)} changed`);
+        if (differ.length > 5) break;
+      }
+      for (const key of scanned.index.keys()) {
+        if (differ.length > 5) break;
+        if (!s.index.has(key)) differ.push(`key ${JSON.stringify(key)} appeared`);
+      }
+      if (
+        (s.meta === undefined) !== (scanned.meta === undefined) ||
+        (s.meta !== undefined && (s.meta.offset !== scanned.meta!.offset || s.meta.crc !== scanned.meta!.crc))
+      ) {
+        differ.push('the meta changed');
+      }
+      const found = { ...base, keys: scanned.index.size, ...none };
+      if (differ.length > 0) {
+        return {
+          ...found,
+          status: 'mismatch',
+          ok: false,
+          detail: `the log on disk disagrees with what the adapter wrote: ${differ.slice(0, 5).join('; ')}`,
+        };
+      }
+      return {
+        ...found,
+        status: 'ok',
+        ok: true,
+        detail: `identity ok; ${s.log.path} rescanned: every record's CRC, ${scanned.index.size} keys at the places and with the CRCs written`,
+      };
     });
   }
 
@@ -195,18 +371,31 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
     return fn(store);
   }
 
+  /** A read of a value: checked by its CRC and the file's length (readRange). */
+  async function readValue(
+    fn: (s: Store) => Promise<Uint8Array> | undefined,
+  ): Promise<Uint8Array | undefined> {
+    return reading(withStore(fn));
+  }
+
   return {
     kind: 'file',
     capabilities: { durable: true, snapshot: true },
 
-    async open() {
+    async open(openOpts) {
       assertOpen();
+      nodeId ??= openOpts?.nodeId;
       await mutate(async () => undefined);
+    },
+
+    async verify(verifyOpts) {
+      assertOpen();
+      return verify(verifyOpts?.quick === true);
     },
 
     async get(key) {
       assertValidKey(key);
-      return withStore((s) => {
+      return readValue((s) => {
         const at = s.index.get(key);
         return at === undefined ? undefined : readRange(o.root, s.log, at);
       });
@@ -220,7 +409,7 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
       const { record, valueOffset } = encodePutRecord(Buffer.from(key, 'utf8'), value);
       await mutate(async (s) => {
         const at = await append(s.log, record);
-        setKey(s, key, { offset: at + valueOffset, length: value.length });
+        setKey(s, key, { offset: at + valueOffset, length: value.length, crc: crc32(value) });
         maybeCompact(s);
       });
     },
@@ -252,7 +441,13 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
         for (let i = 0; i < ops.length; i++) {
           const op = ops[i]!;
           const { record, valueOffset } = records[i]!;
-          setKey(s, op.key, op.op === 'put' ? { offset: at + valueOffset, length: op.value.length } : null);
+          setKey(
+            s,
+            op.key,
+            op.op === 'put'
+              ? { offset: at + valueOffset, length: op.value.length, crc: crc32(op.value) }
+              : null,
+          );
           at += record.length;
         }
         maybeCompact(s);
@@ -275,7 +470,7 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
     },
 
     async readMeta() {
-      return withStore((s) => (s.meta === undefined ? undefined : readRange(o.root, s.log, s.meta)));
+      return readValue((s) => (s.meta === undefined ? undefined : readRange(o.root, s.log, s.meta)));
     },
 
     async writeArea(area, ops) {
@@ -300,7 +495,7 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
       await mutate(async (s) => {
         const w = new RecordWriter(s.log.fh, s.log.size, RecordType.Form, formBodyLength(meta.length));
         await w.add(encodeFormHead(area, meta.length));
-        const metaAt = { offset: await w.add(meta), length: meta.length };
+        const metaAt = { offset: await w.add(meta), length: meta.length, crc: crc32(meta) };
         await w.finish();
         if (o.fsync) await s.log.fh.datasync();
         s.log.size = w.end;
@@ -379,6 +574,8 @@ interface Log {
   /** Reads in flight; a retired log is closed when they reach 0. */
   reads: number;
   retired: boolean;
+  /** Inode of the file, to tell it from a file put in its place. */
+  ino: number;
 }
 
 /** The loaded store: its live log and what that log says. */
@@ -473,15 +670,6 @@ function formArea(s: Store, area: number, meta: Range): void {
   dropAreas(s, area);
 }
 
-/** Throws `InvalidArgumentError` unless `area` is a checkpoint number: a non-negative safe integer. */
-function assertValidArea(area: unknown): asserts area is number {
-  if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 0) {
-    throw new InvalidArgumentError(
-      `snapshot area must be a non-negative safe integer (a checkpoint number), got ${typeof area === 'number' ? area : typeof area}`,
-    );
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reading
 
@@ -490,7 +678,25 @@ async function readRange(root: string, log: Log, at: Range): Promise<Uint8Array>
   try {
     // A fresh Uint8Array per call: the caller owns it, and nothing else can see it.
     const out = new Uint8Array(at.length);
-    await readFully(log.fh, out, at.offset);
+    try {
+      await readFully(log.fh, out, at.offset);
+    } catch (err) {
+      if ((err as Error).message.startsWith('unexpected end of log file')) {
+        throw storeLost(
+          `file ${root}`,
+          `${log.path} is shorter than the adapter wrote it (a value at ${at.offset} is past its end): it was truncated underneath the adapter`,
+          err,
+        );
+      }
+      throw err;
+    }
+    // Checked on every read: damaged or replaced bytes are an error, never returned as data.
+    if (at.crc !== undefined && crc32(out) !== at.crc) {
+      throw storeLost(
+        `file ${root}`,
+        `the ${at.length} bytes at ${at.offset} of ${log.path} fail their CRC: the file was changed underneath the adapter`,
+      );
+    }
     return out;
   } catch (err) {
     throw storageError(root, err);
@@ -544,11 +750,16 @@ async function writeBatch(
   for (let i = 0; i < ops.length; i++) {
     const op = ops[i]!;
     await w.add(encodeBatchOp(keys[i]!, op.op === 'put' ? op.value.length : null));
-    if (op.op === 'put') changes.push([op.key, { offset: await w.add(op.value), length: op.value.length }]);
-    else changes.push([op.key, null]);
+    if (op.op === 'put') {
+      changes.push([
+        op.key,
+        { offset: await w.add(op.value), length: op.value.length, crc: crc32(op.value) },
+      ]);
+    } else changes.push([op.key, null]);
   }
   await w.add(encodeBatchMetaHead(meta?.length));
-  const metaAt = meta === undefined ? undefined : { offset: await w.add(meta), length: meta.length };
+  const metaAt =
+    meta === undefined ? undefined : { offset: await w.add(meta), length: meta.length, crc: crc32(meta) };
   await w.finish();
   return { end: w.end, changes, metaAt };
 }
@@ -581,7 +792,15 @@ async function rewrite(o: Options, s: Store | undefined, keep: boolean): Promise
   let next: Store;
   try {
     await writeFully(fh, LOG_MAGIC, 0);
-    const log: Log = { id, path, fh, size: LOG_MAGIC.length, reads: 0, retired: false };
+    const log: Log = {
+      id,
+      path,
+      fh,
+      size: LOG_MAGIC.length,
+      reads: 0,
+      retired: false,
+      ino: (await fh.stat()).ino,
+    };
     next = emptyStore(log);
 
     const keys = entries.map(([key]) => Buffer.from(key, 'utf8'));
@@ -590,7 +809,11 @@ async function rewrite(o: Options, s: Store | undefined, keep: boolean): Promise
     for (const [key, at] of await copyOps(o.root, w, from?.log, entries, keys)) setKey(next, key, at);
     await w.add(encodeBatchMetaHead(meta?.length));
     if (meta !== undefined) {
-      setMeta(next, { offset: await copyValue(o.root, w, from!.log, meta, undefined), length: meta.length });
+      setMeta(next, {
+        offset: await copyValue(o.root, w, from!.log, meta, undefined),
+        length: meta.length,
+        crc: meta.crc,
+      });
     }
     await w.finish();
     log.size = w.end;
@@ -645,7 +868,10 @@ async function copyOps(
       const [key, at] = group[j]!;
       await w.add(encodeBatchOp(keys[i + j]!, at?.length ?? null));
       if (at === null) out.push([key, null]);
-      else out.push([key, { offset: await copyValue(root, w, from!, at, ahead[j]), length: at.length }]);
+      else {
+        const offset = await copyValue(root, w, from!, at, ahead[j]);
+        out.push([key, { offset, length: at.length, crc: at.crc }]);
+      }
     }
   }
   return out;
@@ -733,29 +959,34 @@ async function load(o: Options): Promise<Store> {
   return store;
 }
 
+/** Applies a scanned record to `s`: the same rules as the live calls. */
+function applyRecord(s: Store, record: ScannedRecord): void {
+  // Area writes wait in their area until a form record.
+  if (record.type === RecordType.Area) {
+    for (const [key, at] of record.changes) setAreaKey(s, record.area!, key, at);
+  } else if (record.type === RecordType.Form) {
+    formArea(s, record.area!, record.meta!);
+  } else if (record.type === RecordType.Release) {
+    dropAreas(s, Infinity);
+  } else {
+    for (const [key, at] of record.changes) setKey(s, key, at);
+    if (record.meta !== undefined) setMeta(s, record.meta ?? undefined);
+  }
+}
+
 /** Loads one log, or `undefined` when it does not start with a complete snapshot record. */
 async function loadLog(o: Options, id: number): Promise<Store | undefined> {
   const path = logPath(o, id);
   const fh = await open(path, 'r+');
   try {
-    const { size } = await fh.stat();
-    const s = emptyStore({ id, path, fh, size: 0, reads: 0, retired: false });
+    const { size, ino } = await fh.stat();
+    const s = emptyStore({ id, path, fh, size: 0, reads: 0, retired: false, ino });
     let records = 0;
     const end = await scanLog(fh, size, (record) => {
       // Exactly one snapshot, first; anything else is not a log this adapter wrote.
       if ((records === 0) !== (record.type === RecordType.Snapshot)) return false;
       records++;
-      // The same rules as the live calls: area writes wait in their area until a form record.
-      if (record.type === RecordType.Area) {
-        for (const [key, at] of record.changes) setAreaKey(s, record.area!, key, at);
-      } else if (record.type === RecordType.Form) {
-        formArea(s, record.area!, record.meta!);
-      } else if (record.type === RecordType.Release) {
-        dropAreas(s, Infinity);
-      } else {
-        for (const [key, at] of record.changes) setKey(s, key, at);
-        if (record.meta !== undefined) setMeta(s, record.meta ?? undefined);
-      }
+      applyRecord(s, record);
       return true;
     });
     if (end === undefined || records === 0) {
@@ -777,7 +1008,7 @@ async function loadLog(o: Options, id: number): Promise<Store | undefined> {
 
 /** Names the store creates at its root; anything else means `dir` belongs to someone else. */
 function isOwnName(name: string): boolean {
-  return name === 'FORMAT' || name === 'FORMAT.tmp' || /^log-\d{10}(\.tmp|\.corrupt)?$/.test(name);
+  return /^(FORMAT|IDENT)(\.tmp)?$/.test(name) || /^log-\d{10}(\.tmp|\.corrupt)?$/.test(name);
 }
 
 /** Writes a small file at the store's root atomically (temporary file, fsync, rename). */

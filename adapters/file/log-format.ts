@@ -57,6 +57,8 @@ export const CHUNK = 1024 * 1024;
 export interface Range {
   readonly offset: number;
   readonly length: number;
+  /** CRC-32 of the bytes, checked when they are read back (absent: not checked). */
+  readonly crc?: number;
 }
 
 /** One key's change: its value's new range, or `null` when deleted. */
@@ -284,7 +286,8 @@ async function readRecord(r: Reader): Promise<ScannedRecord | undefined> {
     const len = await r.take(4);
     if (len === undefined || r.pos + len.readUInt32BE(0) > bodyEnd) return undefined;
     const at = { offset: r.pos, length: len.readUInt32BE(0) };
-    return (await r.pass(at.length)) ? at : undefined;
+    const crc = await r.pass(at.length);
+    return crc === undefined ? undefined : { ...at, crc };
   };
 
   const areaOf = async (): Promise<number | undefined> => {
@@ -298,8 +301,9 @@ async function readRecord(r: Reader): Promise<ScannedRecord | undefined> {
       const k = await key();
       if (k === undefined) return undefined;
       const at = { offset: r.pos, length: bodyEnd - r.pos };
-      if (!(await r.pass(at.length))) return undefined;
-      changes.push([k, at]);
+      const crc = await r.pass(at.length);
+      if (crc === undefined) return undefined;
+      changes.push([k, { ...at, crc }]);
       break;
     }
     case RecordType.Delete: {
@@ -390,14 +394,20 @@ class Reader {
     return out;
   }
 
-  /** Consumes `n` bytes into the CRC without keeping them; `false` past the end. */
-  async pass(n: number): Promise<boolean> {
+  /**
+   * Consumes `n` bytes into the CRC without keeping them; resolves the CRC-32 of those bytes
+   * alone (a value's own CRC, for the index), or `undefined` past the end.
+   */
+  async pass(n: number): Promise<number | undefined> {
+    let own = 0;
     for (let left = n; left > 0;) {
       const step = Math.min(left, CHUNK);
-      if ((await this.take(step)) === undefined) return false;
+      const bytes = await this.take(step);
+      if (bytes === undefined) return undefined;
+      own = crc32(bytes, own);
       left -= step;
     }
-    return true;
+    return own;
   }
 }
 

@@ -11,14 +11,18 @@
  * key → its last op in that checkpoint (a value, or `null` for a delete), kept beside the
  * visible data; forming one applies it to the data and sets the meta in one synchronous step.
  */
-import { ClosedError, InvalidArgumentError } from '../../src/errors.js';
+import { ClosedError } from '../../src/errors.js';
 import {
+  assertValidArea,
   assertValidKey,
   assertValidOps,
   assertValidValue,
   type SnapshotStore,
   type StorageAdapter,
+  type StoreIdentity,
 } from '../../src/storage/adapter.js';
+import { addEntry, emptyDigest, entryLanes } from '../../src/storage/digest.js';
+import { newIdentity, verifyResult } from '../../src/storage/identity.js';
 
 /** Options of `memoryAdapter`. There are none yet; the parameter keeps the factory shape uniform. */
 export type MemoryAdapterOptions = Record<string, never>;
@@ -37,6 +41,12 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
   /** Version areas not formed yet: area → key → its last op there (`null` is a delete). */
   const areas = new Map<number, Map<string, Uint8Array | null>>();
   let closed = false;
+  // Nothing outside this process can change the Map, so the token only records who opened it,
+  // and the Map is its own content record: no digest is kept per commit (that would only cost
+  // commit time); `verify` reports the content's digest as found and as recorded, and
+  // `unrecorded` after direct writes, like the other adapters.
+  let identity: StoreIdentity | undefined;
+  let recorded = true;
 
   function assertOpen(): void {
     if (closed) throw new ClosedError('the memory adapter is closed');
@@ -45,12 +55,29 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
   // `new Uint8Array(v)` always copies; `v.slice()` would not, because `Buffer#slice` is a view.
   const copy = (v: Uint8Array): Uint8Array => new Uint8Array(v);
 
+  /** Sets (value) or deletes (`null`) a committed key. */
+  function setCommitted(key: string, value: Uint8Array | null): void {
+    if (value === null) data.delete(key);
+    else data.set(key, value);
+  }
+
   return {
     kind: 'memory',
     capabilities: { durable: false, snapshot: true },
 
-    async open() {
+    async open(openOpts) {
       assertOpen();
+      identity ??= newIdentity('restartpoint-memory 1', openOpts?.nodeId);
+    },
+
+    async verify(verifyOpts) {
+      assertOpen();
+      identity ??= newIdentity('restartpoint-memory 1', undefined);
+      const quick = verifyOpts?.quick === true;
+      const found = emptyDigest();
+      if (quick) found.keys = data.size;
+      else for (const [key, value] of data) addEntry(found, entryLanes('sha1', key, value));
+      return verifyResult(identity, found, recorded ? found : undefined, quick);
     },
 
     async get(key) {
@@ -64,18 +91,21 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       assertOpen();
       assertValidKey(key);
       assertValidValue(value);
+      recorded = false;
       data.set(key, copy(value));
     },
 
     async delete(key) {
       assertOpen();
       assertValidKey(key);
+      recorded = false;
       data.delete(key);
     },
 
     async apply(ops) {
       assertOpen();
       assertValidOps(ops);
+      recorded = false;
       for (const op of ops) {
         if (op.op === 'put') data.set(op.key, copy(op.value));
         else data.delete(op.key);
@@ -94,10 +124,7 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       // loop below never awaits, so no other call can observe the batch half-applied.
       assertValidOps(ops);
       assertValidValue(newMeta);
-      for (const op of ops) {
-        if (op.op === 'put') data.set(op.key, copy(op.value));
-        else data.delete(op.key);
-      }
+      for (const op of ops) setCommitted(op.key, op.op === 'put' ? copy(op.value) : null);
       meta = copy(newMeta);
     },
 
@@ -111,6 +138,7 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       data.clear();
       areas.clear();
       meta = undefined;
+      recorded = true;
     },
 
     async close() {
@@ -134,10 +162,7 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       assertValidArea(area);
       assertValidValue(newMeta);
       // One synchronous step: no reader can see the area half applied, or the data without its meta.
-      for (const [key, value] of areas.get(area) ?? []) {
-        if (value === null) data.delete(key);
-        else data.set(key, value);
-      }
+      for (const [key, value] of areas.get(area) ?? []) setCommitted(key, value);
       meta = copy(newMeta);
       // This area is formed now and those below it were formed before: nothing of them is needed.
       for (const id of areas.keys()) if (id <= area) areas.delete(id);
@@ -148,13 +173,4 @@ export function memoryAdapter(_opts: MemoryAdapterOptions = {}): StorageAdapter 
       areas.clear();
     },
   };
-}
-
-/** Throws `InvalidArgumentError` unless `area` is a checkpoint number: a non-negative safe integer. */
-function assertValidArea(area: unknown): asserts area is number {
-  if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 0) {
-    throw new InvalidArgumentError(
-      `snapshot area must be a non-negative safe integer (a checkpoint number), got ${typeof area === 'number' ? area : typeof area}`,
-    );
-  }
 }

@@ -30,16 +30,38 @@ import {
   InvalidArgumentError,
   RestartpointError,
   StorageError,
+  StoreLostError,
 } from '../../src/errors.js';
 import {
+  assertValidArea,
   assertValidKey,
   assertValidOps,
   assertValidValue,
   type StorageAdapter,
+  type StoreIdentity,
+  type VerifyResult,
   type WriteOp,
 } from '../../src/storage/adapter.js';
 import {
+  combineDigest,
+  decodeDigest,
+  digestFromTotals,
+  emptyDigest,
+  encodeDigest,
+  type Digest,
+} from '../../src/storage/digest.js';
+import {
+  decodeIdentity,
+  encodeIdentity,
+  foreignAtOpen,
+  newIdentity,
+  storeLost,
+  tokenProblem,
+  verifyResult,
+} from '../../src/storage/identity.js';
+import {
   chunkRows,
+  digestTotalsSql,
   ensureSchema,
   NAME_RE,
   names,
@@ -71,6 +93,22 @@ export interface PostgresAdapterOptions {
    * owner does), and `connectionString` and `lib` are then not needed.
    */
   readonly pool?: unknown;
+  /**
+   * Milliseconds a statement of the writer session may run before the server cancels it
+   * (`statement_timeout`, SQLSTATE 57014; default 30 000). The transaction is rolled back: no
+   * partial commit. The call rejects with a retryable `StorageError`.
+   */
+  readonly statementTimeout?: number;
+  /**
+   * Milliseconds the client waits for any query's reply before giving up on it (`pg`'s
+   * `query_timeout`; default `statementTimeout` + 5 000): the bound on a server or network that
+   * stopped answering. The connection is then dropped (the server rolls back an open
+   * transaction) and the call rejects with a retryable `StorageError`. Only for the pool the
+   * adapter creates; a passed `pool` keeps its own.
+   */
+  readonly queryTimeout?: number;
+  /** Milliseconds a new connection may take (`connectionTimeoutMillis`; default 5 000). Adapter-made pool only. */
+  readonly connectionTimeout?: number;
 }
 
 /** Default of `PostgresAdapterOptions.table`. */
@@ -105,12 +143,56 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
   /** Set once the store was first reached and checked; reads wait for nothing else. */
   let opened: Promise<Pool> | undefined;
   let closed = false;
+  /** The token this instance opened with (set by the first writer session). */
+  let identity: StoreIdentity | undefined;
+  let token = '';
+  let nodeId: string | undefined;
+  /** Set once the store was found lost: every later call rejects with it. */
+  let lost: StoreLostError | undefined;
   let tail: Promise<unknown> = Promise.resolve();
   // Direct writes waiting in the queue; later ones join it until it starts.
   let batch: DirectBatch | undefined;
 
   function assertOpen(): void {
     if (closed) throw new ClosedError(`the postgres store ${o.where} is closed`);
+    if (lost !== undefined) throw lost;
+  }
+
+  /** `err` as the caller sees it; a `StoreLostError` also marks the adapter lost. */
+  function fail(err: unknown): Error {
+    const e = storageError(o.where, err);
+    if (e instanceof StoreLostError) lost ??= e;
+    return e;
+  }
+
+  /** A read on a pooled connection. */
+  async function read<T>(fn: (p: Pool) => Promise<T>): Promise<T> {
+    const p = await ready();
+    try {
+      return await fn(p);
+    } catch (err) {
+      throw fail(err);
+    }
+  }
+
+  /** Throws `StoreLostError` unless `found` (the meta row's ident) is this instance's token. */
+  function checkToken(found: unknown, metaRowMissing = false): void {
+    if (identity === undefined) return;
+    const problem = metaRowMissing
+      ? `its meta row (${n.meta}) is gone: the store was wiped underneath the adapter`
+      : tokenProblem(typeof found === 'string' ? found : undefined, identity);
+    if (problem !== undefined) throw storeLost(`postgres ${o.where}`, problem);
+  }
+
+  /** After a write found no meta row holding our token: the `StoreLostError` saying why. */
+  async function lostNow(c: Queryable): Promise<StoreLostError> {
+    const r = await c.query(`SELECT ident FROM ${n.meta} WHERE id = 1`);
+    try {
+      checkToken(r.rows[0]?.ident, r.rows.length === 0);
+    } catch (err) {
+      return err as StoreLostError;
+    }
+    return storeLost(`postgres ${o.where}`, 'its identity token changed while the write ran');
   }
 
   function getPool(): Promise<Pool> {
@@ -157,9 +239,22 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
         // WAL is one sequence: flushing a durable commit flushes every write before it too.
         const sc = (await c.query('SHOW synchronous_commit')).rows[0]?.synchronous_commit as unknown;
         if (typeof sc === 'string' && SYNCHRONOUS_COMMIT.test(sc)) w.durableCommit = sc;
-        await c.query('SET synchronous_commit = off');
+        await c.query(`SET synchronous_commit = off; SET statement_timeout = ${o.statementTimeout}`);
         await takeOwnerLock(c, n, o.where);
-        await inTransaction(w, (q) => ensureSchema(q, n, o.where), true);
+        // Every writer session, the first and each reconnect, checks the identity token (the
+        // first creates or adopts it) before any write.
+        const id = await inTransaction(
+          w,
+          async (q) => {
+            await ensureSchema(q, n, o.where);
+            return claimIdentity(q, n, o.where, identity, nodeId);
+          },
+          true,
+        );
+        if (identity === undefined) {
+          identity = id;
+          token = encodeIdentity(id);
+        }
       } catch (err) {
         c.release(true);
         throw err;
@@ -179,7 +274,7 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       .then(() => pool!)
       .catch((err: unknown) => {
         opened = undefined;
-        throw storageError(o.where, err);
+        throw fail(err);
       });
     return opened;
   }
@@ -198,12 +293,57 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
     });
     tail = run.catch(() => undefined);
     return run.catch((err: unknown) => {
-      throw storageError(o.where, err);
+      throw fail(err);
     });
   }
 
   async function formedNow(w: Writer): Promise<number> {
-    return formedOf((await w.c.query(`SELECT formed FROM ${n.meta} WHERE id = 1`)).rows, o.where);
+    const r = await w.c.query(`SELECT formed, ident FROM ${n.meta} WHERE id = 1`);
+    checkToken(r.rows[0]?.ident, r.rows.length === 0);
+    return formedOf(r.rows, o.where);
+  }
+
+  /** The recorded digest, the visible content's digest (or count), and the token, in one snapshot. */
+  async function verify(quick: boolean): Promise<VerifyResult> {
+    const found = await read((p) =>
+      p.query(
+        quick
+          ? `SELECT m.ident, m.digest, t.n FROM ${n.meta} AS m, LATERAL (
+               SELECT count(*)::int AS n FROM ${n.data} AS d WHERE d.area <= m.formed AND d.value IS NOT NULL) AS t
+             WHERE m.id = 1`
+          : `SELECT m.ident, m.digest, t.* FROM ${n.meta} AS m, LATERAL (
+               ${digestTotalsSql(`FROM ${n.data} AS d WHERE d.area <= m.formed AND d.value IS NOT NULL`)}) AS t
+             WHERE m.id = 1`,
+      ),
+    );
+    const row = found.rows[0] as
+      | {
+          ident: string | null;
+          digest: string | null;
+          n: number;
+          l0?: string;
+          l1?: string;
+          l2?: string;
+          l3?: string;
+        }
+      | undefined;
+    try {
+      checkToken(row?.ident, row === undefined);
+    } catch (err) {
+      throw fail(err);
+    }
+    const content = quick
+      ? { ...emptyDigest(), keys: row!.n }
+      : digestFromTotals(row!.n, [row!.l0!, row!.l1!, row!.l2!, row!.l3!]);
+    const recorded = row!.digest === null ? undefined : decodeDigest(row!.digest);
+    return verifyResult(identity!, content, recorded, quick);
+  }
+
+  /** The count and lane totals of the visible rows `from` selects (alias `d`). */
+  async function totals(c: Queryable, from: string, values: unknown[]): Promise<Digest> {
+    const r = await c.query(digestTotalsSql(from), values);
+    const row = r.rows[0] as { n: number; l0: string; l1: string; l2: string; l3: string };
+    return digestFromTotals(row.n, [row.l0, row.l1, row.l2, row.l3]);
   }
 
   /** Queues a direct write, joining the batch still waiting at the end of the queue if any. */
@@ -213,7 +353,7 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       b.done = mutate(async (w) => {
         if (batch === b) batch = undefined; // started: later writes form a new batch
         const rows: Row[] = [...b.ops].map(([k, v]) => [Buffer.from(k, 'utf8'), v]);
-        await applyDirect(w, n, o.where, rows);
+        await applyDirect(w, n, o.where, rows, token, lostNow);
       });
       batch = b;
     }
@@ -228,21 +368,34 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
     kind: 'postgres',
     capabilities: { durable: true, snapshot: true },
 
-    async open() {
+    async open(openOpts) {
+      assertOpen();
+      nodeId ??= openOpts?.nodeId;
       await ready();
+    },
+
+    async verify(verifyOpts) {
+      assertOpen();
+      return verify(verifyOpts?.quick === true);
     },
 
     async get(key) {
       assertOpen();
       assertValidKey(key);
-      const p = await ready();
-      const r = await run(o.where, () =>
+      // One statement, one snapshot: the value and the token it was read under.
+      const r = await read((p) =>
         p.query(
-          `SELECT value FROM ${n.data} WHERE key = $1 AND area <= (SELECT formed FROM ${n.meta} WHERE id = 1)
-           ORDER BY area DESC LIMIT 1`,
+          `SELECT (SELECT ident FROM ${n.meta} WHERE id = 1) AS ident,
+             (SELECT value FROM ${n.data} WHERE key = $1 AND area <= (SELECT formed FROM ${n.meta} WHERE id = 1)
+              ORDER BY area DESC LIMIT 1) AS value`,
           [Buffer.from(key, 'utf8')],
         ),
       );
+      try {
+        checkToken(r.rows[0]?.ident);
+      } catch (err) {
+        throw fail(err);
+      }
       const value = r.rows[0]?.value as Buffer | null | undefined;
       return value === null || value === undefined ? undefined : owned(value);
     },
@@ -265,18 +418,25 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       assertOpen();
       assertValidOps(ops);
       const rows = collapse(ops);
-      await mutate((w) => applyDirect(w, n, o.where, rows));
+      await mutate((w) => applyDirect(w, n, o.where, rows, token, lostNow));
     },
 
     async keys() {
       assertOpen();
-      const p = await ready();
-      const r = await run(o.where, () =>
+      // The token is checked right after the listing: a listing of a store that was lost by
+      // then is refused (one lost before it began is caught either way).
+      const r = await read((p) =>
         p.query(
           `SELECT key FROM ${n.data}
            WHERE area <= (SELECT formed FROM ${n.meta} WHERE id = 1) AND value IS NOT NULL`,
         ),
       );
+      const m = await read((p) => p.query(`SELECT ident FROM ${n.meta} WHERE id = 1`));
+      try {
+        checkToken(m.rows[0]?.ident, m.rows.length === 0);
+      } catch (err) {
+        throw fail(err);
+      }
       // By UTF-16 code unit, as the contract says: not the database's collation, not byte order.
       return r.rows.map((row: { key: Buffer }) => row.key.toString('utf8')).sort();
     },
@@ -292,10 +452,25 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
           w,
           async (c) => {
             // The meta row first: its lock orders this against every other transactional write.
-            const r = await c.query(`UPDATE ${n.meta} SET meta = $1 WHERE id = 1 RETURNING formed`, [
-              view(meta),
-            ]);
-            await writeVisible(c, n, rows, formedOf(r.rows, o.where));
+            // It must hold our token: a wiped or foreign store gets nothing.
+            const r = await c.query(
+              `UPDATE ${n.meta} SET meta = $1 WHERE id = 1 AND ident = $2 RETURNING formed, digest`,
+              [view(meta), token],
+            );
+            if (r.rows.length === 0) throw await lostNow(c);
+            const formed = formedOf(r.rows, o.where);
+            // The digest: minus the old entries of the keys written, plus their new ones, both
+            // hashed by the server in this transaction (src/storage/digest.ts, MD5).
+            const recorded = r.rows[0].digest === null ? undefined : decodeDigest(r.rows[0].digest as string);
+            const keys = rows.map((row) => row[0]);
+            const touched = `FROM ${n.data} AS d WHERE d.key = ANY($1::bytea[]) AND d.area <= ${formed} AND d.value IS NOT NULL`;
+            if (recorded !== undefined && keys.length > 0)
+              combineDigest(recorded, await totals(c, touched, [keys]), -1);
+            await writeVisible(c, n, rows, formed);
+            if (recorded !== undefined && keys.length > 0) {
+              combineDigest(recorded, await totals(c, touched, [keys]), 1);
+              await c.query(`UPDATE ${n.meta} SET digest = $1 WHERE id = 1`, [encodeDigest(recorded)]);
+            }
           },
           true,
         ),
@@ -304,8 +479,12 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
 
     async readMeta() {
       assertOpen();
-      const p = await ready();
-      const r = await run(o.where, () => p.query(`SELECT meta FROM ${n.meta} WHERE id = 1`));
+      const r = await read((p) => p.query(`SELECT meta, ident FROM ${n.meta} WHERE id = 1`));
+      try {
+        checkToken(r.rows[0]?.ident, r.rows.length === 0);
+      } catch (err) {
+        throw fail(err);
+      }
       const meta = r.rows[0]?.meta as Buffer | null | undefined;
       return meta === null || meta === undefined ? undefined : owned(meta);
     },
@@ -316,7 +495,11 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
         inTransaction(
           w,
           async (c) => {
-            await c.query(`UPDATE ${n.meta} SET formed = 0, meta = NULL WHERE id = 1`);
+            const r = await c.query(
+              `UPDATE ${n.meta} SET formed = 0, meta = NULL, digest = $2 WHERE id = 1 AND ident = $1 RETURNING 1`,
+              [token, encodeDigest(emptyDigest())],
+            );
+            if (r.rows.length === 0) throw await lostNow(c);
             await c.query(`TRUNCATE ${n.data}`);
           },
           true,
@@ -339,17 +522,17 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
 
     async writeArea(area, ops) {
       assertOpen();
-      assertArea('writeArea', area);
+      assertPositiveArea('writeArea', area);
       assertValidOps(ops);
       const rows = collapse(ops);
       await mutate(async (w) => {
         let written: boolean;
         if (rows.length === 0) written = (await formedNow(w)) < area;
-        else if (chunkRows(rows).length === 1) written = await writeArea(w.c, n, area, rows);
+        else if (chunkRows(rows).length === 1) written = await writeArea(w.c, n, area, rows, token);
         else {
           // Several statements: one transaction, so that a refused area leaves no partial write.
           written = await inTransaction(w, async (c) => {
-            if (!(await writeArea(c, n, area, rows))) throw new AreaRefused();
+            if (!(await writeArea(c, n, area, rows, token))) throw new AreaRefused();
             return true;
           }).catch((err: unknown) => {
             if (err instanceof AreaRefused) return false;
@@ -366,13 +549,17 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
 
     async formSnapshot(area, meta) {
       assertOpen();
-      assertArea('formSnapshot', area);
+      assertPositiveArea('formSnapshot', area);
       assertValidValue(meta);
       await mutate((w) =>
         inTransaction(
           w,
           async (c) => {
-            const r = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1 FOR UPDATE`);
+            const r = await c.query(
+              `SELECT formed, digest FROM ${n.meta} WHERE id = 1 AND ident = $1 FOR UPDATE`,
+              [token],
+            );
+            if (r.rows.length === 0) throw await lostNow(c);
             const formed = formedOf(r.rows, o.where);
             if (area <= formed) {
               throw new InvalidArgumentError(
@@ -388,7 +575,19 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
                 `formSnapshot(${area}): area ${String(below)} below it holds writes and was never formed; form it first or releaseAreas()`,
               );
             }
-            await c.query(`UPDATE ${n.meta} SET formed = ${area}, meta = $1 WHERE id = 1`, [view(meta)]);
+            // The digest: minus the visible entries of the area's keys, plus the area's values.
+            const recorded = r.rows[0].digest === null ? undefined : decodeDigest(r.rows[0].digest as string);
+            if (recorded !== undefined) {
+              const old = `FROM ${n.data} AS d WHERE d.area <= ${formed} AND d.value IS NOT NULL
+                AND d.key IN (SELECT key FROM ${n.data} WHERE area = ${area})`;
+              combineDigest(recorded, await totals(c, old, []), -1);
+              const neu = `FROM ${n.data} AS d WHERE d.area = ${area} AND d.value IS NOT NULL`;
+              combineDigest(recorded, await totals(c, neu, []), 1);
+            }
+            await c.query(`UPDATE ${n.meta} SET formed = ${area}, meta = $1, digest = $2 WHERE id = 1`, [
+              view(meta),
+              recorded === undefined ? null : encodeDigest(recorded),
+            ]);
             // Reclaim: the versions the new snapshot supersedes, then its tombstones (which now
             // shadow nothing). What stays is one visible row per key: the invariant of ./sql.ts.
             await c.query(
@@ -408,10 +607,13 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
         // Durable: areas that came back after a server crash would be formed with the next ones.
         inTransaction(
           w,
-          (c) =>
-            c.query(
-              `DELETE FROM ${n.data} WHERE area > 0 AND area > (SELECT formed FROM ${n.meta} WHERE id = 1)`,
-            ),
+          async (c) => {
+            const r = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1 AND ident = $1 FOR UPDATE`, [
+              token,
+            ]);
+            if (r.rows.length === 0) throw await lostNow(c);
+            await c.query(`DELETE FROM ${n.data} WHERE area > 0 AND area > ${formedOf(r.rows, o.where)}`);
+          },
           true,
         ),
       );
@@ -429,6 +631,9 @@ interface Options {
   readonly pool: Pool | undefined;
   /** The store, for messages: table and database, password left out. */
   readonly where: string;
+  readonly statementTimeout: number;
+  readonly queryTimeout: number;
+  readonly connectionTimeout: number;
 }
 
 function checkOptions(opts: PostgresAdapterOptions): Options {
@@ -477,7 +682,28 @@ function checkOptions(opts: PostgresAdapterOptions): Options {
   }
   const connectionString = typeof cs === 'string' ? cs : undefined;
   const at = connectionString === undefined ? 'a caller-provided pool' : redact(connectionString);
-  return { table, connectionString, lib, pool: pool as Pool | undefined, where: `"${table}" at ${at}` };
+  const ms = (name: 'statementTimeout' | 'queryTimeout' | 'connectionTimeout', dflt: number): number => {
+    const v: unknown = opts[name];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+      throw new ConfigError(
+        `storage.${name}`,
+        `must be a positive whole number of milliseconds, got ${show(v)}`,
+      );
+    }
+    return v;
+  };
+  const statementTimeout = ms('statementTimeout', 30_000);
+  return {
+    table,
+    connectionString,
+    lib,
+    pool: pool as Pool | undefined,
+    where: `"${table}" at ${at}`,
+    statementTimeout,
+    queryTimeout: ms('queryTimeout', statementTimeout + 5_000),
+    connectionTimeout: ms('connectionTimeout', 5_000),
+  };
 }
 
 function isPoolLike(v: unknown): boolean {
@@ -521,6 +747,8 @@ async function createPool(o: Options): Promise<Pool> {
     connectionString: o.connectionString,
     application_name: 'restartpoint',
     keepAlive: true,
+    query_timeout: o.queryTimeout,
+    connectionTimeoutMillis: o.connectionTimeout,
   });
   // An idle connection that dies (server restart) is reported here; without a listener Node
   // would crash the process. The next query opens a new connection and reports its own failure.
@@ -561,16 +789,33 @@ interface DirectBatch {
 const BATCH_OPS = 10_000;
 const BATCH_BYTES = 32 * 1024 * 1024;
 
-/** Writes `rows` (distinct keys) as visible data: one statement for one row, else one transaction. */
-async function applyDirect(w: Writer, n: Names, where: string, rows: readonly Row[]): Promise<void> {
+/**
+ * Writes `rows` (distinct keys) as visible data: one statement for one row, else one
+ * transaction. Both check the identity token and make the digest unrecorded; a store without
+ * our token gets nothing, and `lostNow` says why.
+ */
+async function applyDirect(
+  w: Writer,
+  n: Names,
+  where: string,
+  rows: readonly Row[],
+  token: string,
+  lostNow: (c: Queryable) => Promise<Error>,
+): Promise<void> {
   if (rows.length === 0) return;
   // The common case, one round trip: a single statement reads the formed mark in its own
   // snapshot, drops older visible versions and writes the keys at the mark (or drops them).
-  if (await writeVisibleOnce(w.c, n, rows)) return;
+  const once = await writeVisibleOnce(w.c, n, rows, token);
+  if (once === 'done') return;
+  if (once === 'lost') throw await lostNow(w.c);
   await inTransaction(w, async (c) => {
-    // FOR SHARE keeps the mark still until this commits (each statement of a READ COMMITTED
+    // The lock keeps the mark still until this commits (each statement of a READ COMMITTED
     // transaction takes a new snapshot); it does not block readers.
-    const r = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1 FOR SHARE`);
+    const r = await c.query(
+      `UPDATE ${n.meta} SET digest = NULL WHERE id = 1 AND ident = $1 RETURNING formed`,
+      [token],
+    );
+    if (r.rows.length === 0) throw await lostNow(c);
     await writeVisible(c, n, rows, formedOf(r.rows, where));
   });
 }
@@ -644,6 +889,51 @@ async function takeOwnerLock(c: Queryable, n: Names, where: string): Promise<voi
   );
 }
 
+/** The store format named in identity tokens. */
+const POSTGRES_STORE_FORMAT = 'restartpoint-postgres 2';
+
+/**
+ * Inside the schema transaction of a new writer session: the first time (`expected` undefined)
+ * takes the token found, or sets a new one (digest: the empty store's when the store is empty,
+ * unrecorded when it holds an older version's data); on a reconnect requires `expected`.
+ */
+async function claimIdentity(
+  c: Queryable,
+  n: Names,
+  where: string,
+  expected: StoreIdentity | undefined,
+  nodeId: string | undefined,
+): Promise<StoreIdentity> {
+  const r = await c.query(
+    `SELECT ident, meta IS NULL AND formed = 0 AS bare FROM ${n.meta} WHERE id = 1 FOR UPDATE`,
+  );
+  const row = r.rows[0] as { ident: string | null; bare: boolean } | undefined;
+  if (row === undefined) throw storeLost(`postgres ${where}`, `its meta row (${n.meta}) is gone`);
+  if (expected !== undefined) {
+    const problem = tokenProblem(row.ident, expected);
+    if (problem !== undefined) throw storeLost(`postgres ${where}`, problem);
+    return expected;
+  }
+  if (row.ident !== null) {
+    const found = decodeIdentity(row.ident);
+    if (found === undefined || encodeIdentity(found) !== row.ident) {
+      throw storeLost(`postgres ${where}`, `${n.meta} holds an identity token this build does not write`);
+    }
+    const foreign = foreignAtOpen(found, POSTGRES_STORE_FORMAT, nodeId);
+    if (foreign !== undefined) throw storeLost(`postgres ${where}`, foreign);
+    return found;
+  }
+  const fresh = newIdentity(POSTGRES_STORE_FORMAT, nodeId);
+  const empty =
+    row.bare &&
+    (await c.query(`SELECT NOT EXISTS (SELECT 1 FROM ${n.data}) AS empty`)).rows[0]?.empty === true;
+  await c.query(`UPDATE ${n.meta} SET ident = $1, digest = $2 WHERE id = 1`, [
+    encodeIdentity(fresh),
+    empty ? encodeDigest(emptyDigest()) : null,
+  ]);
+  return fresh;
+}
+
 function formedOf(rows: any[], where: string): number {
   const formed: unknown = rows[0]?.formed;
   // bigint arrives as a string; areas are checkpoint numbers, far below 2^53.
@@ -653,8 +943,10 @@ function formedOf(rows: any[], where: string): number {
   return value;
 }
 
-function assertArea(what: string, area: unknown): asserts area is number {
-  if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 1) {
+/** `assertValidArea`, and not 0: area 0 holds the visible rows of a store without snapshots. */
+function assertPositiveArea(what: string, area: unknown): asserts area is number {
+  assertValidArea(area, what);
+  if (area < 1) {
     throw new InvalidArgumentError(
       `${what}: the area must be a positive integer (a checkpoint number), got ${show(area)}`,
     );
@@ -678,14 +970,6 @@ function owned(b: Buffer): Uint8Array {
   return new Uint8Array(b);
 }
 
-async function run<T>(where: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw storageError(where, err);
-  }
-}
-
 /** Whether `err` means the session is gone (a dropped connection, the server shutting down). */
 function isConnectionError(err: unknown): boolean {
   if (err instanceof RestartpointError) return false;
@@ -696,7 +980,7 @@ function isConnectionError(err: unknown): boolean {
 }
 
 /** SQLSTATE classes and codes after which the same call may succeed later, unchanged. */
-const RETRYABLE_SQLSTATE = /^(08|53|57P0[123]|40001|40P01|55P03)/;
+const RETRYABLE_SQLSTATE = /^(08|53|57P0[123]|57014|40001|40P01|55P03)/;
 const RETRYABLE_ERRNO = new Set([
   'ECONNREFUSED',
   'ECONNRESET',

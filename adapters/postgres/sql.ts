@@ -8,8 +8,10 @@
  *                  area = 0 or a formed snapshot: visible; area above the formed snapshot: an
  *                  unformed version area (invisible); value NULL = a tombstone (unformed areas only)
  * <table>_area_idx (area) WHERE area > 0: finds the rows of one area without a full scan
- * <table>_meta     one row: formed bigint (last formed snapshot, 0 = none), meta bytea NULL
- * <table>_schema   one row: version integer (1); read first, never changes shape
+ * <table>_meta     one row: formed bigint (last formed snapshot, 0 = none), meta bytea NULL,
+ *                  ident text NULL (the identity token), digest text NULL ("<keys> <32 hex>":
+ *                  count and digest of the visible data as committed; NULL = unrecorded)
+ * <table>_schema   one row: version integer (2); read first, never changes shape
  * ```
  *
  * Invariant kept by every write (each in one transaction or one statement): every key has at
@@ -18,8 +20,12 @@
  */
 import { ConfigError, StorageError } from '../../src/errors.js';
 
-/** The schema version this build creates and reads. A newer one is refused, an older one migrated. */
-export const SCHEMA_VERSION = 1;
+/**
+ * The schema version this build creates and reads. A newer one is refused, an older one migrated.
+ * Version 2 added `ident` and `digest` to the meta table (issue 12): an older build, which would
+ * commit without keeping the digest, refuses it.
+ */
+export const SCHEMA_VERSION = 2;
 
 /** First key of the transaction-level advisory lock taken around schema creation ("RPST"). */
 const SCHEMA_LOCK_CLASS = 0x52505354;
@@ -91,12 +97,16 @@ export async function ensureSchema(c: Queryable, n: Names, where: string): Promi
           `upgrade restartpoint, or point 'storage.table' at another table`,
       );
     }
-    // Version 1 is the only one so far; a later release migrates older versions here, in this
-    // same locked transaction.
     if (!has.data || !has.meta) {
       throw new StorageError(
         `postgres store ${where}: ${n.schema} exists but ${!has.data ? n.data : n.meta} is missing; the store is damaged`,
       );
+    }
+    // Migrations, in this same locked transaction. 1 → 2: the identity token and the digest
+    // (NULL: the store adopts a token at this open, and its digest is unrecorded).
+    if (version < 2) {
+      await c.query(`ALTER TABLE ${n.meta} ADD COLUMN ident text, ADD COLUMN digest text`);
+      await c.query(`UPDATE ${n.schema} SET version = 2 WHERE id = 1`);
     }
     // Without its row every read would see an empty store: refuse instead.
     const meta = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1`);
@@ -128,7 +138,9 @@ function createStatements(n: Names): string[] {
     `CREATE TABLE ${n.meta} (
        id     smallint PRIMARY KEY CHECK (id = 1),
        formed bigint   NOT NULL DEFAULT 0 CHECK (formed >= 0),
-       meta   bytea
+       meta   bytea,
+       ident  text,
+       digest text
      )`,
     `INSERT INTO ${n.meta} (id) VALUES (1)`,
     `CREATE TABLE ${n.schema} (
@@ -215,11 +227,16 @@ export async function writeVisible(
  * nothing, when `rows` do not fit one statement (then use `writeVisible` in a transaction).
  * Keys are distinct.
  */
-export async function writeVisibleOnce(c: Queryable, n: Names, rows: readonly Row[]): Promise<boolean> {
+export async function writeVisibleOnce(
+  c: Queryable,
+  n: Names,
+  rows: readonly Row[],
+  token: string,
+): Promise<'done' | 'too-large' | 'lost'> {
   const puts = rows.filter((r) => r[1] !== null);
   const deletes = rows.filter((r) => r[1] === null).map((r) => r[0]);
-  if (chunkRows(puts).length > 1 || deletes.length > CHUNK_KEYS) return false;
-  const values: unknown[] = [];
+  if (chunkRows(puts).length > 1 || deletes.length > CHUNK_KEYS) return 'too-large';
+  const values: unknown[] = [token];
   const tuples: string[] = [];
   const keyParams: string[] = [];
   for (const [key, value] of puts) {
@@ -227,7 +244,12 @@ export async function writeVisibleOnce(c: Queryable, n: Names, rows: readonly Ro
     tuples.push(`($${values.length - 1}::bytea, $${values.length}::bytea)`);
     keyParams.push(`$${values.length - 1}::bytea`);
   }
-  const parts = [`f AS (SELECT formed FROM ${n.meta} WHERE id = 1)`];
+  // f is empty when the meta row is gone or holds another token: then nothing is written, and
+  // the count of f (or of the rows written) says so. A direct write makes the digest unrecorded.
+  const parts = [
+    `f AS (SELECT formed FROM ${n.meta} WHERE id = 1 AND ident = $1)`,
+    `inv AS (UPDATE ${n.meta} SET digest = NULL WHERE id = 1 AND ident = $1 AND digest IS NOT NULL)`,
+  ];
   if (deletes.length > 0) {
     values.push(deletes);
     parts.push(
@@ -235,35 +257,52 @@ export async function writeVisibleOnce(c: Queryable, n: Names, rows: readonly Ro
     );
   }
   if (puts.length === 0) {
-    await c.query(`WITH ${parts.join(', ')} SELECT 1`, values);
-    return true;
+    const r = await c.query(`WITH ${parts.join(', ')} SELECT count(*)::int AS n FROM f`, values);
+    return r.rows[0]?.n === 1 ? 'done' : 'lost';
   }
   // All parts see one snapshot and touch disjoint rows: other keys, or areas below the mark.
   parts.push(
     `older AS (DELETE FROM ${n.data} AS d USING f WHERE d.key IN (${keyParams.join(', ')}) AND d.area < f.formed)`,
   );
-  await c.query(
+  const r = await c.query(
     `WITH ${parts.join(', ')}
      INSERT INTO ${n.data} (key, area, value) SELECT v.key, f.formed, v.value FROM (VALUES ${tuples.join(', ')}) AS v (key, value), f
      ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
     values,
   );
-  return true;
+  // Every put is one row inserted or updated, unless f was empty.
+  return r.rowCount === puts.length ? 'done' : 'lost';
+}
+
+/**
+ * The entry hash of a row (src/storage/digest.ts, MD5): SQL over columns `key` and `value` of
+ * the alias `d`.
+ */
+const ENTRY_MD5 = `md5(convert_to(length(d.key)::text || ':', 'UTF8') || d.key || d.value)`;
+
+/** `count, a, b, c, d`: the count and the four unreduced lane totals of the rows `d` selected by `from`. */
+export function digestTotalsSql(from: string): string {
+  const lane = (i: number): string =>
+    `coalesce(sum(('x' || substr(h, ${8 * i + 1}, 8))::bit(32)::bigint), 0)::text`;
+  return `SELECT count(*)::int AS n, ${[0, 1, 2, 3].map((i) => `${lane(i)} AS l${i}`).join(', ')}
+          FROM (SELECT ${ENTRY_MD5} AS h ${from}) AS e`;
 }
 
 /**
  * Writes `rows` (deletes as tombstones) into version area `area`, provided `area` is above the
  * formed snapshot: each statement checks that itself, so a one-chunk write needs no
- * transaction. Resolves `false` (having written nothing) when it is not.
+ * transaction. Resolves `false` (having written nothing) when it is not, or when the meta row
+ * does not hold `token` (the caller then finds out which).
  */
 export async function writeArea(
   c: Queryable,
   n: Names,
   area: number,
   rows: readonly Row[],
+  token: string,
 ): Promise<boolean> {
   for (const chunk of chunkRows(rows)) {
-    const values: unknown[] = [];
+    const values: unknown[] = [token];
     const tuples: string[] = [];
     for (const [key, value] of chunk) {
       values.push(key, value);
@@ -272,7 +311,7 @@ export async function writeArea(
     const r = await c.query(
       `INSERT INTO ${n.data} (key, area, value)
        SELECT v.key, ${area}, v.value FROM (VALUES ${tuples.join(', ')}) AS v (key, value)
-       WHERE ${area} > (SELECT formed FROM ${n.meta} WHERE id = 1)
+       WHERE ${area} > (SELECT formed FROM ${n.meta} WHERE id = 1 AND ident = $1)
        ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
       values,
     );

@@ -4,6 +4,9 @@
  *
  * ```text
  * {<prefix>}:format     string  "restartpoint-redis 1": marks the prefix as a store of this layout
+ * {<prefix>}:ident      string  the identity token (JSON: storeId, nodeId, format), checked by every call
+ * {<prefix>}:digest     string  "<keys> <32 hex>": count and digest of the visible data as committed
+ *                               (src/storage/digest.ts); absent after direct writes (unrecorded)
  * {<prefix>}:data       hash    store key → value (the visible store)
  * {<prefix>}:meta       string  the meta of the last commit / formed snapshot
  * {<prefix>}:areas      set     ids of the version areas written and not yet formed or released
@@ -15,28 +18,43 @@
  * slot: a MULTI or a Lua script touching several of them is legal there (and atomic), at the
  * price of the store never spreading over several cluster nodes.
  *
- * A commit is one MULTI/EXEC sent as one pipeline: Redis runs a transaction only once it has
- * read its EXEC, and then runs all of it before any other client's command, so a client killed
- * before EXEC leaves nothing and a reader sees all of the batch or none of it. Snapshot mode
- * writes areas with MULTI/EXEC too and forms a snapshot with one Lua script (merge the area into
- * the data hash, set the meta, drop the area), which Redis also runs whole. docs/adapters-redis.md
- * has the layout, the atomicity argument and the durability caveats in full.
+ * Every call is one Lua script (EVALSHA; the scripts are loaded at connect). Redis runs a script
+ * whole before any other client's command, and only once it has read all of it, so a client
+ * killed mid-send leaves nothing and a reader sees all of a batch or none of it. Each script
+ * first compares the identity token with the one this instance opened with, so nothing is read
+ * from or written into a flushed, restarted-empty or different store. A commit applies the
+ * collapsed ops, keeping the digest from the old values it reads, and sets the meta; forming a
+ * snapshot merges the area into the data hash the same way. docs/adapters-redis.md has the
+ * layout, the atomicity argument and the durability caveats in full.
  */
+import { createHash } from 'node:crypto';
 import {
   ClosedError,
   ConfigError,
-  InvalidArgumentError,
   RestartpointError,
   StorageError,
+  StoreLostError,
 } from '../../src/errors.js';
 import {
+  assertValidArea,
   assertValidKey,
   assertValidOps,
   assertValidValue,
   type SnapshotStore,
   type StorageAdapter,
+  type StoreIdentity,
+  type VerifyResult,
   type WriteOp,
 } from '../../src/storage/adapter.js';
+import { addEntry, decodeDigest, emptyDigest, entryLanes } from '../../src/storage/digest.js';
+import {
+  decodeIdentity,
+  encodeIdentity,
+  foreignAtOpen,
+  newIdentity,
+  storeLost,
+  verifyResult,
+} from '../../src/storage/identity.js';
 
 /** Options of `redisAdapter`. */
 export interface RedisAdapterOptions {
@@ -58,8 +76,22 @@ export interface RedisAdapterOptions {
   /**
    * An existing ioredis client (`Redis`, or a `Cluster`) to use instead of creating one. The
    * adapter never closes it; `close()` leaves it connected. It must not be in subscriber mode.
+   * Create it with `autoResendUnfulfilledCommands: false`, so that a command cut off by a lost
+   * connection is reported rather than resent to whatever server answers next (the identity
+   * check inside every script refuses an emptied server either way). `commandTimeout` and
+   * `connectTimeout` below do not apply to it: set them on the client.
    */
   readonly client?: unknown;
+  /**
+   * Milliseconds a command may take before it rejects with a retryable `StorageError` (default
+   * 10 000). The connection is then dropped and the next call reconnects and checks the store's
+   * identity. A timed-out commit may or may not have run (each is one script: all or nothing);
+   * committing the same batch again is safe. Must cover the largest commit (about 10 µs per key
+   * on Redis's side with the digest kept).
+   */
+  readonly commandTimeout?: number;
+  /** Milliseconds a connection attempt may take (default 5 000). */
+  readonly connectTimeout?: number;
 }
 
 /**
@@ -73,14 +105,19 @@ export interface RedisAdapterOptions {
  *   server's persistence**: a resolved `commit` / `formSnapshot` / `clear` is in Redis's memory
  *   and, with `appendonly yes` + `appendfsync always`, on its disk; with `everysec` the last
  *   second can be lost in a server crash, and a server keeping no AOF or RDB keeps nothing.
- * - `commit`, `formSnapshot`, `releaseAreas` and `clear` are atomic: a SIGKILL of this process at
- *   any instant leaves the store before or after, and readers see all of it or none of it.
+ * - Every call is one Lua script, run whole by Redis, that first compares `{<prefix>}:ident`
+ *   with the token this instance opened with: a flushed, restarted-empty or different server
+ *   makes that call, and every later one, reject with `StoreLostError`; nothing is written
+ *   into it. `commit`, `formSnapshot`, `releaseAreas` and `clear` are atomic: a SIGKILL of this
+ *   process at any instant leaves the store before or after, and readers see all or none.
+ * - The adapter's own client never reconnects behind the caller's back: a lost connection
+ *   rejects the calls in flight (retryable), and the next call connects anew.
  * - Calls are sent on one connection in call order, so writes issued without awaiting apply in
  *   call order. `put` copies its value; buffers passed to `commit` / `writeArea` must not
  *   change until the call settles.
  * - `open()` marks the prefix with a format key and rejects (StorageError) when the prefix holds
- *   a store of another layout. `clear()` deletes every key under the prefix, that marker
- *   included (the next `open()` sets it again).
+ *   a store of another layout. `clear()` deletes the data, meta and areas, and keeps the
+ *   format, the identity token and an (empty) digest.
  * - `close()` quits the connection the adapter made, after the replies to calls already made.
  */
 export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & SnapshotStore {
@@ -94,15 +131,35 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
   // later calls queue behind them, so commands reach Redis in call order.
   let waiting = 0;
   let closed = false;
+  /** The token this instance opened with (set by the first connection). */
+  let identity: StoreIdentity | undefined;
+  let token = '';
+  let nodeId: string | undefined;
+  /** Set once the store was found lost: every later call rejects with it. */
+  let lost: StoreLostError | undefined;
 
   function assertOpen(): void {
     if (closed) throw new ClosedError(`the redis store ${where} is closed`);
+    if (lost !== undefined) throw lost;
   }
 
   function connect(): Promise<Client> {
-    connecting ??= openClient(o, k, where, () => closed).then(
-      (c) => {
+    connecting ??= openClient(o, k, where, () => closed, identity, nodeId).then(
+      ({ c, id }) => {
+        if (identity === undefined) {
+          identity = id;
+          token = encodeIdentity(id);
+        }
         client = c;
+        // A connection that ends is never reused: the next call connects (and checks) anew.
+        if (o.client === undefined) {
+          c.on('end', () => {
+            if (client === c) {
+              client = undefined;
+              connecting = undefined;
+            }
+          });
+        }
         return c;
       },
       (err: unknown) => {
@@ -114,13 +171,31 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
     return connecting;
   }
 
+  /** Maps a failure, marking the store lost, or dropping a connection that timed out. */
+  function fail(err: unknown, c: Client | undefined): Error {
+    const e = storageError(where, err);
+    if (e instanceof StoreLostError) lost ??= e;
+    else if (isNoScript(err) || isTimeout(err)) {
+      // A timed-out connection may be dead or late; a server without our scripts was restarted
+      // (or flushed its script cache): reconnect, load and check before the next command.
+      if (c !== undefined && client === c) {
+        client = undefined;
+        connecting = undefined;
+        if (o.client === undefined) c.disconnect();
+      }
+    }
+    return e;
+  }
+
   /**
    * Runs `send` with the client. `send` must issue its commands synchronously (before its first
    * await): that, plus the queue behind a pending connection, keeps Redis's order the call order.
    */
   function run<T>(send: (c: Client) => Promise<T>): Promise<T> {
+    let used: Client | undefined;
     const go = (c: Client): Promise<T> => {
       assertOpen();
+      used = c;
       return send(c);
     };
     let result: Promise<T>;
@@ -144,42 +219,84 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
       );
     }
     return result.catch((err: unknown) => {
-      throw storageError(where, err);
+      throw fail(err, used);
     });
   }
 
-  /** MULTI … EXEC of what `fill` queues; rejects if any command in it failed. */
-  function transaction(fill: (m: Multi) => void): Promise<void> {
-    return run(async (c) => {
-      const m = c.multi();
-      fill(m);
-      const replies = await m.exec();
-      if (replies === null) throw new StorageError(`redis store ${where}: a transaction was aborted`);
-      const failed = replies.find(([err]) => err !== null)?.[0];
-      if (failed) {
-        // Only a key of the wrong type under our prefix gets here (Redis checks everything else
-        // while queueing and then refuses the whole EXEC): someone else wrote into the store.
+  /** Runs one of the scripts by its SHA (loaded at connect), with the identity token as ARGV[1]. */
+  function script(s: Script, keys: readonly string[], args: readonly (string | Buffer)[]): Promise<unknown> {
+    return run((c) => c.evalsha(s.sha, keys.length, ...keys, token, ...args));
+  }
+
+  function scriptBuffer(
+    s: Script,
+    keys: readonly string[],
+    args: readonly (string | Buffer)[],
+  ): Promise<unknown> {
+    return run((c) => c.evalshaBuffer(s.sha, keys.length, ...keys, token, ...args));
+  }
+
+  /** The keys every script gets first: identity, data, digest, meta, areas. */
+  const base = [k.ident, k.data, k.digest, k.meta, k.areas] as const;
+
+  async function verify(quick: boolean): Promise<VerifyResult> {
+    for (let attempt = 1; ; attempt++) {
+      const before = (await script(SCRIPTS.state, base, [])) as [number, string | null, string | null];
+      const recorded = before[1] === null ? undefined : decodeDigest(before[1]);
+      const found = emptyDigest();
+      if (quick) {
+        found.keys = Number(before[0]);
+        return verifyResult(identity!, found, recorded, true);
+      }
+      // HSCAN may return a field twice (while the hash is rehashed): count each once.
+      const seen = new Set<string>();
+      let cursor = '0';
+      do {
+        const [next, entries] = (await run((c) => c.hscanBuffer(k.data, cursor, 'COUNT', 1000))) as [
+          Buffer | string,
+          Buffer[],
+        ];
+        cursor = next.toString();
+        for (let i = 0; i + 1 < entries.length; i += 2) {
+          const key = entries[i]!.toString('utf8');
+          if (seen.has(key)) continue;
+          seen.add(key);
+          addEntry(found, entryLanes('sha1', entries[i]!, entries[i + 1]!));
+        }
+      } while (cursor !== '0');
+      const after = (await script(SCRIPTS.state, base, [])) as [number, string | null, string | null];
+      // Every commit and form changes the digest (or the meta): unchanged means one snapshot.
+      if (after[1] === before[1] && after[2] === before[2] && Number(after[0]) === Number(before[0])) {
+        return verifyResult(identity!, found, recorded, false);
+      }
+      if (attempt >= 5) {
         throw new StorageError(
-          `redis store ${where}: part of a transaction failed (${failed.message}); a key under the prefix was written by something else`,
-          { cause: failed },
+          `redis store ${where}: verify: the store changed during each of ${attempt} scans; retry when commits pause`,
+          { retryable: true },
         );
       }
-    });
+    }
   }
 
   return {
     kind: 'redis',
     capabilities: { durable: true, snapshot: true },
 
-    async open() {
+    async open(openOpts) {
       assertOpen();
+      nodeId ??= openOpts?.nodeId;
       await run(async () => undefined);
+    },
+
+    async verify(verifyOpts) {
+      assertOpen();
+      return verify(verifyOpts?.quick === true);
     },
 
     async get(key) {
       assertOpen();
       assertValidKey(key);
-      const value = await run((c) => c.hgetBuffer(k.data, key));
+      const value = (await scriptBuffer(SCRIPTS.get, base, [key])) as Buffer | null;
       return value === null ? undefined : copyOut(value);
     },
 
@@ -189,39 +306,30 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
       assertValidValue(value);
       // Buffer.from(Uint8Array) copies: the caller may reuse its buffer at once.
       const copy = Buffer.from(value);
-      await run((c) => c.hset(k.data, key, copy));
+      await script(SCRIPTS.apply, base, ['p', key, copy]);
     },
 
     async delete(key) {
       assertOpen();
       assertValidKey(key);
-      await run((c) => c.hdel(k.data, key));
+      await script(SCRIPTS.apply, base, ['d', key]);
     },
 
     async apply(ops) {
       assertOpen();
       assertValidOps(ops);
-      // One round trip for a group of primary writes, in order (MULTI: atomic as a bonus). A run
-      // of puts is one HSET with many fields (a repeated field: the later value wins, as in
-      // call order), which keeps the client's per-command cost out of the hot path.
-      await transaction((m) => {
-        let run: (string | Buffer)[] = [];
-        for (const op of ops) {
-          if (op.op === 'put') {
-            run.push(op.key, Buffer.from(op.value));
-            continue;
-          }
-          if (run.length > 0) m.hset(k.data, ...run);
-          run = [];
-          m.hdel(k.data, op.key);
-        }
-        if (run.length > 0) m.hset(k.data, ...run);
-      });
+      // One round trip for a group of primary writes, in order (one script: atomic as a bonus).
+      const args: (string | Buffer)[] = [];
+      for (const op of ops) {
+        if (op.op === 'put') args.push('p', op.key, Buffer.from(op.value));
+        else args.push('d', op.key);
+      }
+      await script(SCRIPTS.apply, base, args);
     },
 
     async keys() {
       assertOpen();
-      const keys = await run((c) => c.hkeys(k.data));
+      const keys = (await script(SCRIPTS.keys, base, [])) as string[];
       // Redis orders by bytes; the contract's order is UTF-16 code units: the default sort.
       return keys.sort();
     },
@@ -231,22 +339,21 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
       assertValidOps(ops);
       assertValidValue(meta);
       const { puts, deletes } = lastOpPerKey(ops);
-      await transaction((m) => {
-        for (const args of fieldValueChunks(puts)) m.hset(k.data, ...args);
-        for (const fields of chunks(deletes)) m.hdel(k.data, ...fields);
-        m.set(k.meta, view(meta));
-      });
+      const args: (string | Buffer)[] = [view(meta), String(puts.size)];
+      for (const [key, value] of puts) args.push(key, view(value));
+      for (const key of deletes) args.push(key);
+      await script(SCRIPTS.commit, base, args);
     },
 
     async readMeta() {
       assertOpen();
-      const meta = await run((c) => c.getBuffer(k.meta));
+      const meta = (await scriptBuffer(SCRIPTS.readMeta, base, [])) as Buffer | null;
       return meta === null ? undefined : copyOut(meta);
     },
 
     async clear() {
       assertOpen();
-      await run((c) => c.eval(CLEAR, 4, k.areas, k.data, k.meta, k.format));
+      await script(SCRIPTS.clear, base, []);
     },
 
     async close() {
@@ -265,42 +372,28 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
       assertValidOps(ops);
       if (ops.length === 0) return;
       const { puts, deletes } = lastOpPerKey(ops);
-      const [putsKey, tombsKey] = [k.areaPuts(area), k.areaTombs(area)];
-      await transaction((m) => {
-        m.sadd(k.areas, String(area));
-        // A put cancels an earlier tombstone of the same area and a delete an earlier put, so
-        // the area holds each key at most once: its last op.
-        for (const args of fieldValueChunks(puts)) m.hset(putsKey, ...args);
-        for (const fields of chunks([...puts.keys()])) m.srem(tombsKey, ...fields);
-        for (const fields of chunks(deletes)) {
-          m.hdel(putsKey, ...fields);
-          m.sadd(tombsKey, ...fields);
-        }
-      });
+      // A put cancels an earlier tombstone of the same area and a delete an earlier put, so
+      // the area holds each key at most once: its last op.
+      const args: (string | Buffer)[] = [String(area), String(puts.size)];
+      for (const [key, value] of puts) args.push(key, view(value));
+      for (const key of deletes) args.push(key);
+      await script(SCRIPTS.writeArea, [...base, k.areaPuts(area), k.areaTombs(area)], args);
     },
 
     async formSnapshot(area, meta) {
       assertOpen();
       assertValidArea(area);
       assertValidValue(meta);
-      await run((c) =>
-        c.eval(
-          FORM_SNAPSHOT,
-          5,
-          k.data,
-          k.meta,
-          k.areas,
-          k.areaPuts(area),
-          k.areaTombs(area),
-          String(area),
-          view(meta),
-        ),
+      await script(
+        SCRIPTS.formSnapshot,
+        [...base, k.areaPuts(area), k.areaTombs(area)],
+        [String(area), view(meta)],
       );
     },
 
     async releaseAreas() {
       assertOpen();
-      await run((c) => c.eval(RELEASE_AREAS, 1, k.areas));
+      await script(SCRIPTS.releaseAreas, base, []);
     },
   };
 }
@@ -311,10 +404,6 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
 /** Content of `{<prefix>}:format`; the number changes when the layout changes incompatibly. */
 const REDIS_STORE_FORMAT = 'restartpoint-redis 1';
 const DEFAULT_URL = 'redis://127.0.0.1:6379';
-/** Most fields one HSET / HDEL / SADD in a transaction carries. */
-const MAX_FIELDS_PER_COMMAND = 1000;
-/** Most value bytes one HSET carries (a larger single value goes alone). */
-const MAX_BYTES_PER_COMMAND = 8 * 1024 * 1024;
 
 interface Options {
   readonly prefix: string;
@@ -323,6 +412,8 @@ interface Options {
   readonly displayUrl: string;
   readonly lib: unknown;
   readonly client: Client | undefined;
+  readonly commandTimeout: number;
+  readonly connectTimeout: number;
 }
 
 function checkOptions(opts: RedisAdapterOptions): Options {
@@ -370,11 +461,32 @@ function checkOptions(opts: RedisAdapterOptions): Options {
     );
   }
   const u = typeof url === 'string' ? url : DEFAULT_URL;
-  return { prefix, url: u, displayUrl: redact(u), lib, client };
+  const ms = (name: 'commandTimeout' | 'connectTimeout', dflt: number): number => {
+    const v: unknown = opts[name];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+      throw new ConfigError(
+        `storage.${name}`,
+        `must be a positive whole number of milliseconds, got ${describe(v)}`,
+      );
+    }
+    return v;
+  };
+  return {
+    prefix,
+    url: u,
+    displayUrl: redact(u),
+    lib,
+    client,
+    commandTimeout: ms('commandTimeout', 10_000),
+    connectTimeout: ms('connectTimeout', 5_000),
+  };
 }
 
 interface KeyNames {
   readonly format: string;
+  readonly ident: string;
+  readonly digest: string;
   readonly data: string;
   readonly meta: string;
   readonly areas: string;
@@ -390,6 +502,8 @@ function keyNames(prefix: string): KeyNames {
   const base = `{${prefix}}`;
   return {
     format: `${base}:format`,
+    ident: `${base}:ident`,
+    digest: `${base}:digest`,
     data: `${base}:data`,
     meta: `${base}:meta`,
     areas: `${base}:areas`,
@@ -398,67 +512,178 @@ function keyNames(prefix: string): KeyNames {
   };
 }
 
-function assertValidArea(area: unknown): asserts area is number {
-  if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 0) {
-    throw new InvalidArgumentError(
-      `snapshot area must be a non-negative safe integer, got ${describe(area)}`,
-    );
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Scripts. Each runs whole or not at all, like a transaction. Keys not passed in KEYS are built
-// from KEYS[1]'s hash tag, so they are in the same cluster slot as the declared ones.
+// Scripts. Each runs whole, like a transaction, and starts by checking the identity token.
+// Every script gets KEYS = ident, data, digest, meta, areas (then its own), ARGV[1] = the token
+// this instance opened with. Keys not passed in KEYS are built from KEYS[5]'s hash tag, so they
+// are in the same cluster slot as the declared ones. The digest arithmetic is the one of
+// src/storage/digest.ts: four 32-bit lanes of SHA-1("<key bytes>:" key value), summed mod 2^32.
 
-/** Drops the areas listed in KEYS[1] (the areas set), and the set. */
+const PRELUDE = `
+local tok = redis.call('GET', KEYS[1])
+if tok ~= ARGV[1] then
+  return redis.error_reply('RPLOST ' .. (tok and 'foreign' or 'gone'))
+end
+local M = 4294967296
+local function lanes(h)
+  return tonumber(string.sub(h, 1, 8), 16), tonumber(string.sub(h, 9, 16), 16),
+    tonumber(string.sub(h, 17, 24), 16), tonumber(string.sub(h, 25, 32), 16)
+end
+local function dread()
+  local s = redis.call('GET', KEYS[3])
+  if not s then return nil end
+  local n, h = string.match(s, '^(%d+) (%x+)$')
+  if not n or #h ~= 32 then return nil end
+  local a, b, c, d = lanes(h)
+  return { tonumber(n), a, b, c, d }
+end
+local function dchange(dg, f, v, sign)
+  local a, b, c, d = lanes(redis.sha1hex(#f .. ':' .. f .. v))
+  dg[2] = (dg[2] + sign * a) % M
+  dg[3] = (dg[3] + sign * b) % M
+  dg[4] = (dg[4] + sign * c) % M
+  dg[5] = (dg[5] + sign * d) % M
+  dg[1] = dg[1] + sign
+end
+local function dwrite(dg)
+  redis.call('SET', KEYS[3], string.format('%d %08x%08x%08x%08x', dg[1], dg[2], dg[3], dg[4], dg[5]))
+end
+local function hashOrNone(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'hash' and t ~= 'none' then
+    return redis.error_reply('ERR ' .. key .. ' is a ' .. t .. ', not a hash: something else wrote under the prefix')
+  end
+end
+`;
+
+/** Sets (v) or deletes (v == false) a visible key, keeping the digest `dg` when there is one. */
+const SET_VISIBLE = `
+local function setVisible(dg, f, v)
+  if dg then
+    local old = redis.call('HGET', KEYS[2], f)
+    if old then dchange(dg, f, old, -1) end
+    if v then dchange(dg, f, v, 1) end
+  end
+  if v then redis.call('HSET', KEYS[2], f, v) else redis.call('HDEL', KEYS[2], f) end
+end
+`;
+
+/** Drops the areas listed in KEYS[5] (the areas set), and the set. */
 const RELEASE_AREAS_BODY = `
-local base = string.sub(KEYS[1], 1, #KEYS[1] - #':areas')
-local ids = redis.call('SMEMBERS', KEYS[1])
+local base = string.sub(KEYS[5], 1, #KEYS[5] - #':areas')
+local ids = redis.call('SMEMBERS', KEYS[5])
 for i = 1, #ids do
   redis.call('UNLINK', base .. ':a:' .. ids[i], base .. ':t:' .. ids[i])
 end
-redis.call('UNLINK', KEYS[1])
+redis.call('UNLINK', KEYS[5])
 `;
 
-/** KEYS: areas set. Returns the number of areas dropped. */
-const RELEASE_AREAS = `${RELEASE_AREAS_BODY}
-return #ids
-`;
+const EMPTY_DIGEST = '0 00000000000000000000000000000000';
 
-/** KEYS: areas set, data hash, meta, format marker. */
-const CLEAR = `${RELEASE_AREAS_BODY}
-redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4])
-return #ids
-`;
+interface Script {
+  readonly lua: string;
+  readonly sha: string;
+}
 
-/**
- * KEYS: data hash, meta, areas set, the area's puts hash, the area's tombstone set.
- * ARGV: area id, meta. Applies the area to the data, sets the meta, drops the area (and any
- * area below it: those checkpoints were formed, so what is left of them is garbage).
- */
-const FORM_SNAPSHOT = `
-local fields = redis.call('HKEYS', KEYS[4])
+function defineScript(body: string): Script {
+  const lua = PRELUDE + body;
+  return { lua, sha: createHash('sha1').update(lua).digest('hex') };
+}
+
+const SCRIPTS = {
+  /** → value or nil. ARGV[2] = field. */
+  get: defineScript(`return redis.call('HGET', KEYS[2], ARGV[2])`),
+  /** → every field. */
+  keys: defineScript(`return redis.call('HKEYS', KEYS[2])`),
+  /** → meta or nil. */
+  readMeta: defineScript(`return redis.call('GET', KEYS[4])`),
+  /** → { visible key count, digest record or nil, meta or nil }. */
+  state: defineScript(
+    `return { redis.call('HLEN', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) }`,
+  ),
+  /**
+   * Direct writes. ARGV[2..]: 'p', field, value | 'd', field, in call order. They make the
+   * digest unrecorded (the primary's writes are checked against the relay, not the store).
+   */
+  apply: defineScript(`
+local bad = hashOrNone(KEYS[2]) if bad then return bad end
+redis.call('DEL', KEYS[3])
+local i = 2
+while i <= #ARGV do
+  if ARGV[i] == 'p' then
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  else
+    redis.call('HDEL', KEYS[2], ARGV[i + 1])
+    i = i + 2
+  end
+end
+return 0`),
+  /** ARGV[2] = meta, ARGV[3] = number of puts, then field, value per put, then deleted fields. */
+  commit: defineScript(`${SET_VISIBLE}
+local bad = hashOrNone(KEYS[2]) if bad then return bad end
+local dg = dread()
+local i = 4
+for j = 1, tonumber(ARGV[3]) do
+  setVisible(dg, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for j = i, #ARGV do setVisible(dg, ARGV[j], false) end
+redis.call('SET', KEYS[4], ARGV[2])
+if dg then dwrite(dg) end
+return 0`),
+  /** KEYS[6], KEYS[7]: the area's puts and tombstones. ARGV[2] = area, ARGV[3] = number of puts, puts, deletes. */
+  writeArea: defineScript(`
+local bad = hashOrNone(KEYS[6]) if bad then return bad end
+redis.call('SADD', KEYS[5], ARGV[2])
+local i = 4
+for j = 1, tonumber(ARGV[3]) do
+  redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1])
+  redis.call('SREM', KEYS[7], ARGV[i])
+  i = i + 2
+end
+for j = i, #ARGV do
+  redis.call('HDEL', KEYS[6], ARGV[j])
+  redis.call('SADD', KEYS[7], ARGV[j])
+end
+return 0`),
+  /**
+   * KEYS[6], KEYS[7]: the area's puts and tombstones. ARGV[2] = area, ARGV[3] = meta. Applies
+   * the area to the data (digest kept), sets the meta, drops the area and any area below it
+   * (those checkpoints were formed, so what is left of them is garbage).
+   */
+  formSnapshot: defineScript(`${SET_VISIBLE}
+local bad = hashOrNone(KEYS[2]) if bad then return bad end
+local dg = dread()
+local fields = redis.call('HKEYS', KEYS[6])
 for i = 1, #fields do
-  redis.call('HSET', KEYS[1], fields[i], redis.call('HGET', KEYS[4], fields[i]))
+  setVisible(dg, fields[i], redis.call('HGET', KEYS[6], fields[i]))
 end
-local gone = redis.call('SMEMBERS', KEYS[5])
-for i = 1, #gone do
-  redis.call('HDEL', KEYS[1], gone[i])
-end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('UNLINK', KEYS[4], KEYS[5])
-redis.call('SREM', KEYS[3], ARGV[1])
-local base = string.sub(KEYS[3], 1, #KEYS[3] - #':areas')
-local area = tonumber(ARGV[1])
-local ids = redis.call('SMEMBERS', KEYS[3])
+local gone = redis.call('SMEMBERS', KEYS[7])
+for i = 1, #gone do setVisible(dg, gone[i], false) end
+redis.call('SET', KEYS[4], ARGV[3])
+if dg then dwrite(dg) end
+redis.call('UNLINK', KEYS[6], KEYS[7])
+redis.call('SREM', KEYS[5], ARGV[2])
+local base = string.sub(KEYS[5], 1, #KEYS[5] - #':areas')
+local area = tonumber(ARGV[2])
+local ids = redis.call('SMEMBERS', KEYS[5])
 for i = 1, #ids do
   if tonumber(ids[i]) < area then
     redis.call('UNLINK', base .. ':a:' .. ids[i], base .. ':t:' .. ids[i])
-    redis.call('SREM', KEYS[3], ids[i])
+    redis.call('SREM', KEYS[5], ids[i])
   end
 end
-return #fields + #gone
-`;
+return #fields + #gone`),
+  /** → the number of areas dropped. */
+  releaseAreas: defineScript(`${RELEASE_AREAS_BODY}
+return #ids`),
+  /** Drops data, meta and areas; the digest becomes the empty store's; format and token stay. */
+  clear: defineScript(`${RELEASE_AREAS_BODY}
+redis.call('UNLINK', KEYS[2], KEYS[4])
+redis.call('SET', KEYS[3], '${EMPTY_DIGEST}')
+return #ids`),
+};
 
 /** KEYS: format key. ARGV: this version's format. Sets it when missing; returns what is there. */
 const CLAIM_FORMAT = `
@@ -466,6 +691,23 @@ local found = redis.call('GET', KEYS[1])
 if found then return found end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
+`;
+
+/**
+ * KEYS: ident, data, digest, meta, areas. ARGV: a new token. Returns { how, token }: the token
+ * found ('found'), or the new one, set on an empty store with an empty digest ('new') or on a
+ * store with content but no token, an older version's, with no digest ('adopted').
+ */
+const CLAIM_IDENT = `
+local tok = redis.call('GET', KEYS[1])
+if tok then return { 'found', tok } end
+redis.call('SET', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2], KEYS[4], KEYS[5]) == 0 then
+  redis.call('SET', KEYS[3], '${EMPTY_DIGEST}')
+  return { 'new', ARGV[1] }
+end
+redis.call('DEL', KEYS[3])
+return { 'adopted', ARGV[1] }
 `;
 
 // ---------------------------------------------------------------------------------------------
@@ -485,30 +727,6 @@ function lastOpPerKey(ops: readonly WriteOp[]): { puts: Map<string, Uint8Array>;
     else puts.set(key, value);
   }
   return { puts, deletes };
-}
-
-/** `field, value, field, value, …` argument lists, bounded in fields and bytes. */
-function* fieldValueChunks(puts: ReadonlyMap<string, Uint8Array>): Generator<(string | Buffer)[]> {
-  let args: (string | Buffer)[] = [];
-  let bytes = 0;
-  for (const [key, value] of puts) {
-    if (
-      args.length > 0 &&
-      (args.length >= 2 * MAX_FIELDS_PER_COMMAND || bytes + value.byteLength > MAX_BYTES_PER_COMMAND)
-    ) {
-      yield args;
-      args = [];
-      bytes = 0;
-    }
-    args.push(key, view(value));
-    bytes += value.byteLength;
-  }
-  if (args.length > 0) yield args;
-}
-
-function* chunks(fields: readonly string[]): Generator<string[]> {
-  for (let i = 0; i < fields.length; i += MAX_FIELDS_PER_COMMAND)
-    yield fields.slice(i, i + MAX_FIELDS_PER_COMMAND);
 }
 
 /** A Buffer over the same bytes (ioredis sends Buffers as bytes, other objects as strings). */
@@ -531,29 +749,19 @@ interface Client {
   quit(): Promise<unknown>;
   disconnect(): void;
   on(event: 'error', listener: (err: Error) => void): unknown;
-  hgetBuffer(key: string, field: string): Promise<Buffer | null>;
-  hset(key: string, ...fieldsAndValues: (string | Buffer)[]): Promise<number>;
-  hdel(key: string, ...fields: string[]): Promise<number>;
-  hkeys(key: string): Promise<string[]>;
-  getBuffer(key: string): Promise<Buffer | null>;
+  on(event: 'end', listener: () => void): unknown;
   eval(script: string, numKeys: number, ...args: (string | Buffer)[]): Promise<unknown>;
-  multi(): Multi;
-}
-
-interface Multi {
-  hset(key: string, ...fieldsAndValues: (string | Buffer)[]): Multi;
-  hdel(key: string, ...fields: string[]): Multi;
-  set(key: string, value: Buffer): Multi;
-  sadd(key: string, ...members: string[]): Multi;
-  srem(key: string, ...members: string[]): Multi;
-  exec(): Promise<[Error | null, unknown][] | null>;
+  evalsha(sha: string, numKeys: number, ...args: (string | Buffer)[]): Promise<unknown>;
+  evalshaBuffer(sha: string, numKeys: number, ...args: (string | Buffer)[]): Promise<unknown>;
+  hscanBuffer(key: string, cursor: string, ...args: (string | number)[]): Promise<unknown>;
+  script(subcommand: 'LOAD', script: string): Promise<unknown>;
 }
 
 type RedisClass = new (url: string, options: Record<string, unknown>) => Client;
 
 function isClient(c: unknown): c is Client {
   if (typeof c !== 'object' || c === null) return false;
-  const methods = ['multi', 'hgetBuffer', 'getBuffer', 'hkeys', 'eval', 'connect'] as const;
+  const methods = ['evalsha', 'evalshaBuffer', 'hscanBuffer', 'eval', 'script', 'connect'] as const;
   return methods.every((m) => typeof (c as Record<string, unknown>)[m] === 'function');
 }
 
@@ -586,8 +794,19 @@ async function loadRedisClass(lib: unknown): Promise<RedisClass> {
   return cls;
 }
 
-/** Connects (or takes the given client), checks the store's format marker, resolves the client. */
-async function openClient(o: Options, k: KeyNames, where: string, isClosed: () => boolean): Promise<Client> {
+/**
+ * Connects (or takes the given client), checks the store's format marker, loads the scripts,
+ * and claims the identity token: the first time (`expected` undefined) it takes the token found
+ * or sets a new one; on a reconnect it requires the one this instance opened with.
+ */
+async function openClient(
+  o: Options,
+  k: KeyNames,
+  where: string,
+  isClosed: () => boolean,
+  expected: StoreIdentity | undefined,
+  nodeId: string | undefined,
+): Promise<{ c: Client; id: StoreIdentity }> {
   let c: Client;
   const own = o.client === undefined;
   if (o.client !== undefined) {
@@ -598,10 +817,21 @@ async function openClient(o: Options, k: KeyNames, where: string, isClosed: () =
     }
   } else {
     const Redis = await loadRedisClass(o.lib);
-    // lazyConnect: connect() below then rejects on failure instead of retrying out of sight.
-    c = new Redis(o.url, { lazyConnect: true });
+    c = new Redis(o.url, {
+      // connect() below then rejects on failure instead of retrying out of sight.
+      lazyConnect: true,
+      // Never reconnect behind the caller's back, never queue while disconnected, never resend
+      // a command cut off by a lost connection to whatever server answers next: the calls in
+      // flight reject (retryable), the next call connects anew and checks the identity token.
+      retryStrategy: () => null,
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: o.commandTimeout,
+      connectTimeout: o.connectTimeout,
+    });
     let lastError: Error | undefined;
-    // Without a listener ioredis prints every reconnect error; failures reach callers as rejections.
+    // Without a listener ioredis prints every connection error; failures reach callers as rejections.
     c.on('error', (err) => {
       lastError = err;
     });
@@ -627,21 +857,77 @@ async function openClient(o: Options, k: KeyNames, where: string, isClosed: () =
         `redis store ${where}: ${k.format} holds ${JSON.stringify(format)}; this version reads ${JSON.stringify(REDIS_STORE_FORMAT)} (use another prefix)`,
       );
     }
+    for (const s of Object.values(SCRIPTS)) await c.script('LOAD', s.lua);
+    let id: StoreIdentity;
+    if (expected !== undefined) {
+      // A reconnect: the scripts check the token on every call; check it once now too, so an
+      // emptied server is reported by the call that reconnected.
+      await c.evalsha(
+        SCRIPTS.state.sha,
+        5,
+        k.ident,
+        k.data,
+        k.digest,
+        k.meta,
+        k.areas,
+        encodeIdentity(expected),
+      );
+      id = expected;
+    } else {
+      const fresh = newIdentity(REDIS_STORE_FORMAT, nodeId);
+      const [, tok] = (await c.eval(
+        CLAIM_IDENT,
+        5,
+        k.ident,
+        k.data,
+        k.digest,
+        k.meta,
+        k.areas,
+        encodeIdentity(fresh),
+      )) as [string, string];
+      const decoded = decodeIdentity(tok);
+      if (decoded === undefined) throw storeLost(`redis ${where}`, `${k.ident} holds no identity token`);
+      const foreign = foreignAtOpen(decoded, REDIS_STORE_FORMAT, nodeId);
+      if (foreign !== undefined) throw storeLost(`redis ${where}`, foreign);
+      // Compared as stored text from now on: re-encode only what this build wrote the same way.
+      if (encodeIdentity(decoded) !== tok)
+        throw storeLost(`redis ${where}`, `${k.ident} holds a token this build does not write`);
+      id = decoded;
+    }
     if (isClosed()) throw new ClosedError(`the redis store ${where} is closed`);
-    return c;
+    return { c, id };
   } catch (err) {
     if (own) c.disconnect();
-    throw storageError(where, err);
+    throw storageError(where, err, expected);
   }
 }
 
 /** Reply errors that retrying unchanged will not fix; everything else (connection, LOADING, OOM…) may pass. */
-const PERMANENT_REPLY = /^(ERR|WRONGTYPE|NOSCRIPT|NOPERM|WRONGPASS|NOAUTH|EXECABORT)\b/;
+const PERMANENT_REPLY = /^(ERR|WRONGTYPE|NOPERM|WRONGPASS|NOAUTH|EXECABORT)\b/;
 
-/** Our own errors pass through; client and server errors become `StorageError`s naming the store. */
-function storageError(where: string, err: unknown): Error {
+function isNoScript(err: unknown): boolean {
+  return err instanceof Error && /^NOSCRIPT\b/.test(err.message);
+}
+
+function isTimeout(err: unknown): boolean {
+  return err instanceof Error && /timed out/i.test(err.message);
+}
+
+/**
+ * Our own errors pass through; a script's `RPLOST` is a `StoreLostError`; other client and
+ * server errors become `StorageError`s naming the store.
+ */
+function storageError(where: string, err: unknown, expected?: StoreIdentity): Error {
   if (err instanceof RestartpointError) return err;
   const message = err instanceof Error ? err.message : String(err);
+  const rplost = /^RPLOST (\w+)/.exec(message);
+  if (rplost !== null) {
+    const why =
+      rplost[1] === 'gone'
+        ? `its identity token is gone: the server was flushed or restarted empty, or the prefix was deleted underneath the adapter`
+        : `its identity token changed${expected === undefined ? '' : ` (this adapter opened store ${expected.storeId})`}: the adapter now reaches another store`;
+    return storeLost(`redis ${where}`, why, err);
+  }
   return new StorageError(`redis store ${where}: ${message}`, {
     cause: err,
     retryable: !PERMANENT_REPLY.test(message),

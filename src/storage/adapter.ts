@@ -18,6 +18,71 @@ export type WriteOp =
   | { readonly op: 'put'; readonly key: string; readonly value: Uint8Array }
   | { readonly op: 'delete'; readonly key: string };
 
+/** Options of `open()`. */
+export interface OpenOptions {
+  /**
+   * The node opening the store. Written into the store's identity token when the token is
+   * created; a store whose token names another node is refused (`StoreLostError`): it is some
+   * other node's store.
+   */
+  readonly nodeId?: string;
+}
+
+/**
+ * The identity token an adapter writes into its store at the first `open()` and checks after:
+ * at every reconnect, and (where the adapter says so) inside its writes. A missing or foreign
+ * token is a `StoreLostError` on that call and every later one.
+ */
+export interface StoreIdentity {
+  /** Random, made when the token is created (a new or emptied store, or one adopted from an older format). */
+  readonly storeId: string;
+  /** `OpenOptions.nodeId` of the open that created the token, when it was given. */
+  readonly nodeId?: string;
+  /** The adapter's store format, like `restartpoint-redis 1`. */
+  readonly format: string;
+}
+
+/** Options of `verify()`. */
+export interface VerifyOptions {
+  /**
+   * `true`: the cheap check only, identity and key count (O(1) on memory, file and redis; one
+   * index-only count on postgres). Default `false`: rescan the visible content (O(store)).
+   */
+  readonly quick?: boolean;
+}
+
+/**
+ * What `verify()` found. It compares the store's visible content (what `get` / `keys` show)
+ * with what the adapter recorded while committing: a key count and an order-independent
+ * digest (src/storage/digest.ts), kept atomically by every `commit`, `formSnapshot` and
+ * `clear`. Direct `put` / `delete` / `apply` make the record **unrecorded** until the next
+ * `clear()`: they are the primary's writes, checked against the relay, not the store.
+ */
+export interface VerifyResult {
+  /**
+   * `'ok'`: content and record agree. `'mismatch'`: they do not; `detail` says how. The store
+   * must not be trusted. `'unrecorded'`: direct writes (or an adopted older-format store) left
+   * no record to compare with; the identity was checked, nothing else.
+   */
+  readonly status: 'ok' | 'mismatch' | 'unrecorded';
+  /** `status === 'ok'`. */
+  readonly ok: boolean;
+  /** The token checked (every call of `verify` checks it first, rejecting `StoreLostError`). */
+  readonly identity: StoreIdentity;
+  /** Visible keys found. */
+  readonly keys: number;
+  /** Visible keys recorded; `undefined` when unrecorded. */
+  readonly expectedKeys: number | undefined;
+  /** Digest of the content found (32 hex digits); `undefined` for a quick check, or where the adapter checks otherwise (file: see its page). */
+  readonly digest: string | undefined;
+  /** Digest recorded; `undefined` when unrecorded or not kept by this adapter. */
+  readonly expectedDigest: string | undefined;
+  /** Whether this was the quick check. */
+  readonly quick: boolean;
+  /** Human-readable: what was compared, and on a mismatch what differs. */
+  readonly detail: string;
+}
+
 /** What an adapter can do beyond the required contract. Declared, never thrown as "not implemented". */
 export interface AdapterCapabilities {
   /** Committed data survives a process crash (file, redis with persistence, postgres). */
@@ -65,8 +130,26 @@ export interface StorageAdapter extends Partial<SnapshotStore> {
   /**
    * Prepares the store. Idempotent. Finishes or undoes a commit that a crash interrupted, so that
    * after `open()` the store is exactly at the last completed commit (plus any direct writes).
+   *
+   * Identity: the first `open()` of an empty store writes a new identity token (`StoreIdentity`,
+   * with `opts.nodeId`); a store with a token keeps it, and is refused with `StoreLostError`
+   * when the token names another node than `opts.nodeId` (both given). A store with data or a
+   * meta but no token (written by an older version) adopts a new token, with its digest record
+   * `unrecorded`. From then on the adapter checks the token (see `verify` and each adapter's
+   * page); a missing or foreign one makes that call and every later one reject with
+   * `StoreLostError`. Repeated `open()` calls after the first ignore `opts`.
    */
-  open(): Promise<void>;
+  open(opts?: OpenOptions): Promise<void>;
+  /**
+   * Checks the store against what this adapter committed to it: the identity token, then (full
+   * check) the visible content against the recorded key count and digest, or (`quick`) the key
+   * count only. Rejects `StoreLostError` for a missing or foreign token (and marks the adapter
+   * lost), a retryable `StorageError` when the store cannot be reached; resolves a
+   * `VerifyResult` otherwise, `status: 'mismatch'` included (the adapter stays usable: the
+   * caller decides, normally `clear()` and a rebuild). Safe beside other calls (a concurrent
+   * commit makes a rescan retry, or report on a consistent snapshot).
+   */
+  verify(opts?: VerifyOptions): Promise<VerifyResult>;
   /** The value of `key`, or `undefined` when it is absent. Never throws for a missing key. */
   get(key: string): Promise<Uint8Array | undefined>;
   /** Sets `key` (primary path). Not required to be durable or atomic with other calls. */
@@ -136,6 +219,19 @@ export function assertValidValue(value: unknown): asserts value is Uint8Array {
   if (value.byteLength > MAX_VALUE_BYTES) {
     throw new InvalidArgumentError(
       `store value is ${value.byteLength} bytes; values are limited to ${MAX_VALUE_BYTES} bytes`,
+    );
+  }
+}
+
+/**
+ * Throws `InvalidArgumentError` unless `area` is a version area number: a non-negative safe
+ * integer (a checkpoint number). `what` names the call for the message.
+ */
+export function assertValidArea(area: unknown, what = 'snapshot area'): asserts area is number {
+  if (typeof area !== 'number' || !Number.isSafeInteger(area) || area < 0) {
+    const shown = typeof area === 'number' ? String(area) : area === null ? 'null' : typeof area;
+    throw new InvalidArgumentError(
+      `${what}: the area must be a non-negative safe integer (a checkpoint number), got ${shown}`,
     );
   }
 }

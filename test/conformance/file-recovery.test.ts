@@ -114,7 +114,7 @@ describe('file adapter: options and layout', () => {
     const a = await openStore();
     await a.put('a/b', text('v1'));
     await a.commit(batch('gen-1'), text('gen-1'));
-    expect((await readdir(dir)).sort()).toEqual(['FORMAT', 'log-0000000001']);
+    expect((await readdir(dir)).sort()).toEqual(['FORMAT', 'IDENT', 'log-0000000001']);
     expect(await readFile(join(dir, 'FORMAT'), 'utf8')).toBe('restartpoint-file-store 2\n');
     const log = await readFile(await onlyLog());
     expect(log.subarray(0, 8).toString('latin1')).toBe('RPLOG\0\0\x01');

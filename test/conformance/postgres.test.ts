@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { postgresAdapter } from '../../adapters/postgres/index.js';
 import { ConfigError, InvalidArgumentError, StorageError } from '../../src/errors.js';
 import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 import { testCrashDuringCommit } from './crash.js';
+import { startProxy } from './faults.js';
 import { testAdapter } from './suite.js';
 
 // A real PostgreSQL, never a stand-in. Each case gets a fresh table, dropped afterwards.
@@ -44,12 +45,61 @@ async function newTable(): Promise<string> {
 const drop = (table: string) => () =>
   sql(`DROP TABLE IF EXISTS "${table}", "${table}_meta", "${table}_schema"`);
 
+// The suite reaches PostgreSQL through a TCP proxy that its fault cases can black-hole.
+const target = new URL(url);
+const proxy = await startProxy(Number(target.port || 5432));
+afterAll(() => proxy.close());
+const viaProxy = Object.assign(new URL(url), { port: String(proxy.port) }).toString();
+
+/** Ends every server session of the adapter on `table`: its writer (by its lock) and its readers. */
+async function terminateSessions(table: string): Promise<void> {
+  await rows(
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+     WHERE pid <> pg_backend_pid() AND (query LIKE '%"${table}%' OR pid IN (
+       SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.objid = hashtext('${table}')::oid AND l.objsubid = 2))`,
+  );
+}
+
 testAdapter('postgres', async () => {
   const table = await newTable();
+  const options = {
+    connectionString: viaProxy,
+    table,
+    statementTimeout: 4000,
+    queryTimeout: 4000,
+    connectionTimeout: 2000,
+  };
   return {
-    adapter: postgresAdapter({ connectionString: url, table }),
-    reopen: async () => postgresAdapter({ connectionString: url, table }),
+    adapter: postgresAdapter(options),
+    reopen: async () => postgresAdapter(options),
     cleanup: drop(table),
+    faults: {
+      wipe: () => rows(`TRUNCATE "${table}"`).then(() => undefined),
+      deleteSome: (keys) =>
+        rows(
+          `DELETE FROM "${table}" WHERE key IN (${keys.map((k) => `convert_to('${k.replace(/'/g, "''")}', 'UTF8')`).join(', ')})`,
+        ).then(() => undefined),
+      // pg_terminate_backend of every session of the adapter: the server (and the data) stay.
+      restart: async () => {
+        await terminateSessions(table);
+        return 'kept';
+      },
+      // Mid-commit: wait (up to 3 s) until a session of the store is running a statement.
+      killConnections: async () => {
+        for (let i = 0; i < 300; i++) {
+          const active = await rows(
+            `SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%"${table}%'`,
+          );
+          if (active.length > 0) break;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        await terminateSessions(table);
+      },
+      cutOff: async () => {
+        proxy.blackhole();
+        return async () => proxy.restore();
+      },
+    },
   };
 });
 
@@ -138,7 +188,7 @@ describe('postgres adapter: options, schema, pool', () => {
     const second = postgresAdapter({ connectionString: url, table });
     try {
       await first.open();
-      expect(await rows(`SELECT id, version FROM "${table}_schema"`)).toEqual([{ id: 1, version: 1 }]);
+      expect(await rows(`SELECT id, version FROM "${table}_schema"`)).toEqual([{ id: 1, version: 2 }]);
       let opened = false;
       const opening = second.open().then(() => {
         opened = true;
@@ -181,10 +231,10 @@ describe('postgres adapter: options, schema, pool', () => {
       const a = postgresAdapter({ connectionString: url, table });
       await a.open();
       await a.close();
-      await rows(`UPDATE "${table}_schema" SET version = 2`);
+      await rows(`UPDATE "${table}_schema" SET version = 3`);
       const b = postgresAdapter({ connectionString: url, table });
       await expect(b.open()).rejects.toThrow(
-        /schema version 2, newer than this restartpoint build reads \(1\)/,
+        /schema version 3, newer than this restartpoint build reads \(2\)/,
       );
       await b.close();
 

@@ -5,6 +5,7 @@ import { redisAdapter } from '../../adapters/redis/index.js';
 import { ClosedError, ConfigError, StorageError } from '../../src/errors.js';
 import type { WriteOp } from '../../src/storage/adapter.js';
 import { testCrashDuringCommit } from './crash.js';
+import { startPrivateRedis, startProxy } from './faults.js';
 import { testAdapter } from './suite.js';
 
 // A real Redis: RESTARTPOINT_TEST_REDIS, else the local one. Each store gets a fresh prefix and
@@ -15,12 +16,47 @@ afterAll(() => admin.quit());
 
 const newPrefix = (): string => `rp-test-${randomBytes(8).toString('hex')}`;
 
+// The suite runs on a private redis-server (no persistence) behind a TCP proxy, so that its
+// fault cases can flush, restart and cut off a real server without touching anyone else's keys.
+const priv = await startPrivateRedis();
+const proxy = await startProxy(priv.port);
+const viaProxy = `redis://127.0.0.1:${proxy.port}`;
+afterAll(async () => {
+  await proxy.close();
+  await priv.stop();
+});
+
+/** Runs one command on the private server with a short-lived client of the test's own. */
+async function onPrivate<T>(fn: (r: Redis) => Promise<T>): Promise<T> {
+  const r = await reachRedis(priv.url);
+  try {
+    return await fn(r);
+  } finally {
+    r.disconnect();
+  }
+}
+
 testAdapter('redis', async () => {
   const prefix = newPrefix();
+  const options = { url: viaProxy, prefix, commandTimeout: 4000, connectTimeout: 2000 };
   return {
-    adapter: redisAdapter({ url, prefix }),
-    reopen: async () => redisAdapter({ url, prefix }),
-    cleanup: () => removePrefix(prefix),
+    adapter: redisAdapter(options),
+    reopen: async () => redisAdapter(options),
+    cleanup: () => onPrivate((r) => r.flushall()).then(() => undefined),
+    faults: {
+      wipe: () => onPrivate((r) => r.flushall()).then(() => undefined),
+      deleteSome: (keys) => onPrivate((r) => r.hdel(`{${prefix}}:data`, ...keys)).then(() => undefined),
+      restart: async () => {
+        await priv.restart();
+        return 'empty';
+      },
+      killConnections: () =>
+        onPrivate((r) => r.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')).then(() => undefined),
+      cutOff: async () => {
+        proxy.blackhole();
+        return async () => proxy.restore();
+      },
+    },
   };
 });
 
@@ -74,7 +110,7 @@ describe('redis adapter specifics', () => {
         { op: 'delete', key: 'y' },
       ]);
       expect(await keysUnder(prefix)).toEqual(
-        ['a:1', 'areas', 'data', 'format', 'meta', 't:1'].map((s) => `{${prefix}}:${s}`),
+        ['a:1', 'areas', 'data', 'digest', 'format', 'ident', 'meta', 't:1'].map((s) => `{${prefix}}:${s}`),
       );
       await a.close();
       await expect(a.get('k')).rejects.toBeInstanceOf(ClosedError);
@@ -108,7 +144,7 @@ describe('redis adapter specifics', () => {
 });
 
 describe('redis adapter snapshot mode: what the shared suite cannot see', () => {
-  it('forming and releasing leave no area keys behind; clear leaves nothing under the prefix', async () => {
+  it('forming and releasing leave no area keys behind; clear leaves only the marker, token and digest', async () => {
     const prefix = newPrefix();
     const a = redisAdapter({ url, prefix });
     const put = (key: string, value: string): WriteOp => ({ op: 'put', key, value: Buffer.from(value) });
@@ -119,12 +155,14 @@ describe('redis adapter snapshot mode: what the shared suite cannot see', () => 
       await a.writeArea(3, [put('c', '3')]);
       await a.formSnapshot(2, Buffer.from('cp-2'));
       // Area 1 was below the formed one: garbage, dropped with it. Area 3 waits.
-      expect(await keysUnder(prefix)).toEqual(under('a:3', 'areas', 'data', 'format', 'meta'));
+      expect(await keysUnder(prefix)).toEqual(
+        under('a:3', 'areas', 'data', 'digest', 'format', 'ident', 'meta'),
+      );
       await a.releaseAreas();
-      expect(await keysUnder(prefix)).toEqual(under('data', 'format', 'meta'));
+      expect(await keysUnder(prefix)).toEqual(under('data', 'digest', 'format', 'ident', 'meta'));
       await a.writeArea(4, [{ op: 'delete', key: 'a' }]);
       await a.clear();
-      expect(await keysUnder(prefix)).toEqual([]);
+      expect(await keysUnder(prefix)).toEqual(under('digest', 'format', 'ident'));
     } finally {
       await a.close();
       await removePrefix(prefix);

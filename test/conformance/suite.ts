@@ -20,7 +20,7 @@
 import { randomBytes } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it, type TestContext } from 'vitest';
-import { ClosedError, InvalidArgumentError } from '../../src/errors.js';
+import { ClosedError, ErrorCode, InvalidArgumentError, StorageError } from '../../src/errors.js';
 import type { SnapshotStore, StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 
 /** What an adapter's `make` returns: a fresh, empty store (not opened yet). */
@@ -34,6 +34,31 @@ export interface AdapterUnderTest {
   readonly reopen?: () => Promise<StorageAdapter>;
   /** Deletes the store (directory, database schema, key prefix). Runs after `close()`. */
   readonly cleanup: () => Promise<void>;
+  /**
+   * Faults injected into the store underneath the adapter, for the `store faults` cases. Each
+   * case needs its hook; an adapter without one lists the case (or the group) as a gap.
+   */
+  readonly faults?: StoreFaults;
+}
+
+/**
+ * Real faults in the real store, done from outside the adapter (another client, the files).
+ * Keys are store keys as the adapter was given them.
+ */
+export interface StoreFaults {
+  /** Wipes the whole store (FLUSHALL, TRUNCATE of the table, the files replaced by another store). */
+  wipe?(): Promise<void>;
+  /** Loses the data of some keys (HDEL of fields, DELETE of rows, a log cut short). */
+  deleteSome?(keys: readonly string[]): Promise<void>;
+  /** Restarts the server: `'empty'` when it comes back without the data (no persistence), else `'kept'`. */
+  restart?(): Promise<'empty' | 'kept'>;
+  /** Kills the adapter's connections to the server (CLIENT KILL, pg_terminate_backend). */
+  killConnections?(): Promise<void>;
+  /**
+   * Makes the store stop answering (a network black hole) until the returned function is
+   * called. The adapter in `make()` must be set up with timeouts of at most 5 s.
+   */
+  cutOff?(): Promise<() => Promise<void>>;
 }
 
 /** Options of `testAdapter`. */
@@ -44,6 +69,9 @@ export interface ConformanceOptions {
 
 /** Gap key naming every snapshot-mode case at once. */
 export const SNAPSHOT_MODE = 'snapshot mode';
+
+/** Gap key naming every store-fault case at once. */
+export const STORE_FAULTS = 'store faults';
 
 /** An adapter with snapshot mode. */
 type SnapshotAdapter = StorageAdapter & SnapshotStore;
@@ -58,7 +86,7 @@ export function testAdapter(
   opts: ConformanceOptions = {},
 ): void {
   const gaps = new Map(Object.entries(opts.gaps ?? {}));
-  const titles = new Set<string>([SNAPSHOT_MODE]);
+  const titles = new Set<string>([SNAPSHOT_MODE, STORE_FAULTS]);
 
   describe(`storage adapter ${name}`, () => {
     let under: AdapterUnderTest;
@@ -908,20 +936,227 @@ export function testAdapter(
       );
     });
 
+    // -- store faults (issue 12): a store that lost data is detected, never trusted ------------
+
+    describe(STORE_FAULTS, () => {
+      /** The fault hook `name`; fails the case asking for a gap when the adapter has none. */
+      function hook<K extends keyof StoreFaults>(k: K): NonNullable<StoreFaults[K]> {
+        const f = under.faults?.[k];
+        if (f === undefined) {
+          throw new Error(
+            `${name} has no faults.${k} hook: add it to make(), or list the case (or ${JSON.stringify(STORE_FAULTS)}) in its gaps with the reason`,
+          );
+        }
+        return f.bind(under.faults) as NonNullable<StoreFaults[K]>;
+      }
+      function faultCase(title: string, fn: () => Promise<void>): void {
+        kase(title, fn, STORE_FAULTS);
+      }
+      const twenty = (gen: string): WriteOp[] =>
+        Array.from({ length: 20 }, (_, i) => put(`k${i}`, `${gen}-${i}`));
+
+      faultCase('verify() on an untouched store is ok, quick and full, and names the store', async () => {
+        await a.commit(twenty('g1'), bytes('cp-1'));
+        const full = await a.verify();
+        expect(full, full.detail).toMatchObject({
+          status: 'ok',
+          ok: true,
+          keys: 20,
+          expectedKeys: 20,
+          quick: false,
+        });
+        expect(full.identity.storeId).toMatch(/^\w{8,}$/);
+        const quick = await a.verify({ quick: true });
+        expect(quick, quick.detail).toMatchObject({ status: 'ok', ok: true, keys: 20, quick: true });
+        await a.commit([del('k0'), put('k1', 'changed')], bytes('cp-2'));
+        expect((await a.verify()).ok).toBe(true);
+        await a.clear();
+        expect(await a.verify()).toMatchObject({ ok: true, keys: 0 });
+      });
+
+      faultCase(
+        'a store wiped underneath is detected: StoreLostError on every call, or a verify mismatch',
+        async () => {
+          await a.commit(twenty('g1'), bytes('cp-1'));
+          await hook('wipe')();
+          const seen = await detect(a);
+          expect(seen, 'a wiped store must never verify ok').not.toBe('ok');
+          if (seen === 'lost') {
+            await expectLostEverywhere(a);
+          } else {
+            // Never silently healed: later commits keep the mismatch, until a clear().
+            expect((await a.verify({ quick: true })).ok).toBe(false);
+            await a.commit([put('k1', 'again')], bytes('cp-2'));
+            expect((await a.verify()).status).toBe('mismatch');
+            await a.clear();
+            expect((await a.verify()).ok).toBe(true);
+          }
+        },
+      );
+
+      faultCase('a few keys lost underneath are detected, by the quick check too', async () => {
+        await a.commit(twenty('g1'), bytes('cp-1'));
+        await a.commit(twenty('g2').slice(0, 10), bytes('cp-2'));
+        await hook('deleteSome')(['k3', 'k7', 'k11']);
+        const quick = await detect(a, true);
+        expect(quick, 'the quick check must see lost keys').not.toBe('ok');
+        const full = await detect(a);
+        expect(full).not.toBe('ok');
+        if (full === 'lost' || quick === 'lost') await expectLostEverywhere(a);
+      });
+
+      faultCase(
+        'a server restart: an emptied store is lost on the next call; a kept one carries on',
+        async () => {
+          await a.commit(twenty('g1'), bytes('cp-1'));
+          const how = await hook('restart')();
+          if (how === 'empty') {
+            // At most a few retryable errors (the connection was cut), then StoreLostError.
+            const err = await untilNotRetryable(() => a.get('k1'));
+            expect(err, 'a get on an emptied store must not resolve').toBeInstanceOf(StorageError);
+            expect((err as StorageError).code).toBe(ErrorCode.StoreLost);
+            await expectLostEverywhere(a);
+          } else {
+            const err = await untilNotRetryable(() => a.commit([put('k1', 'after')], bytes('cp-2')));
+            expect(err).toBeUndefined();
+            expect(decode(await a.get('k1'))).toBe('after');
+            expect((await a.verify()).ok).toBe(true);
+          }
+        },
+      );
+
+      faultCase(
+        'a connection killed mid-commit: a retryable error at most, never a partial commit',
+        async () => {
+          await a.commit(twenty('g1'), bytes('cp-1'));
+          const big = Array.from({ length: 20_000 }, (_, i) => put(`big${i}`, `v${i}-${'x'.repeat(200)}`));
+          const committing = a.commit(big, bytes('cp-2')).then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          await new Promise((r) => setTimeout(r, 5));
+          await hook('killConnections')();
+          const err = await committing;
+          if (err !== undefined) {
+            expect(err).toBeInstanceOf(StorageError);
+            expect((err as StorageError).retryable, String(err)).toBe(true);
+          }
+          // All of it or none of it, whatever the kill hit.
+          const firstRead = await untilNotRetryable(() => a.keys());
+          expect(firstRead).toBeUndefined();
+          const n = (await a.keys()).length;
+          expect([20, 20_020]).toContain(n);
+          expect((await a.verify()).ok).toBe(true);
+          // The same batch again is safe and completes the commit.
+          expect(await untilNotRetryable(() => a.commit(big, bytes('cp-2')))).toBeUndefined();
+          expect((await a.keys()).length).toBe(20_020);
+          expect(decode(await a.readMeta())).toBe('cp-2');
+          expect((await a.verify()).ok).toBe(true);
+        },
+      );
+
+      faultCase(
+        'a store that stops answering: calls reject retryable within the timeouts, never hang',
+        async () => {
+          await a.commit(twenty('g1'), bytes('cp-1'));
+          const reconnect = await hook('cutOff')();
+          try {
+            const t0 = Date.now();
+            const err = await a.commit([put('k1', 'cut')], bytes('cp-2')).then(
+              () => undefined,
+              (e: unknown) => e,
+            );
+            const ms = Date.now() - t0;
+            expect(err, 'a commit to a store that does not answer must fail').toBeInstanceOf(StorageError);
+            expect((err as StorageError).retryable, String(err)).toBe(true);
+            expect(ms, 'bounded by the adapter timeouts (set to at most 5 s in make())').toBeLessThan(12_000);
+            const read = await a.get('k1').then(
+              () => undefined,
+              (e: unknown) => e,
+            );
+            expect(read).toBeInstanceOf(StorageError);
+            expect((read as StorageError).retryable).toBe(true);
+          } finally {
+            await reconnect();
+          }
+          // Back: the same commit again goes through, and the store is whole.
+          expect(await untilNotRetryable(() => a.commit([put('k1', 'cut')], bytes('cp-2')))).toBeUndefined();
+          expect(decode(await a.get('k1'))).toBe('cut');
+          expect(decode(await a.readMeta())).toBe('cp-2');
+          expect((await a.verify()).ok).toBe(true);
+        },
+      );
+    });
+
     // Gaps must name cases that exist: a renamed case must not leave a stale gap hiding nothing.
-    const unknown = [...gaps.keys()].filter((g) => !titles.has(g));
-    if (unknown.length > 0) {
-      it('gaps name existing cases', () => {
+    // Checked when the case runs: nested groups register their titles after this line.
+    it('gaps name existing cases', () => {
+      const unknown = [...gaps.keys()].filter((g) => !titles.has(g));
+      if (unknown.length > 0) {
         throw new Error(
           `gaps name no case of the suite: ${unknown.map((g) => JSON.stringify(g)).join(', ')}`,
         );
-      });
-    }
+      }
+    });
   });
 }
 
 // -----------------------------------------------------------------------------------------------
 // Helpers
+
+/** How a store with a fault looks to the adapter: `'lost'` (StoreLostError) or a verify status. */
+async function detect(a: StorageAdapter, quick = false): Promise<'lost' | 'ok' | 'mismatch' | 'unrecorded'> {
+  try {
+    return (await a.verify({ quick })).status;
+  } catch (err) {
+    if (err instanceof StorageError && err.code === ErrorCode.StoreLost) {
+      expect(err.retryable).toBe(false);
+      return 'lost';
+    }
+    throw err;
+  }
+}
+
+/** Once lost, every call of the instance rejects with StoreLostError: never a silent continue. */
+async function expectLostEverywhere(a: StorageAdapter): Promise<void> {
+  const calls: [string, () => Promise<unknown>][] = [
+    ['get', () => a.get('k1')],
+    ['put', () => a.put('k1', bytes('x'))],
+    ['delete', () => a.delete('k1')],
+    ['keys', () => a.keys()],
+    ['commit', () => a.commit([put('k1', 'y')], bytes('m'))],
+    ['readMeta', () => a.readMeta()],
+    ['verify', () => a.verify()],
+    ['clear', () => a.clear()],
+  ];
+  for (const [what, call] of calls) {
+    const err = await call().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err, `${what} on a lost store must reject`).toBeInstanceOf(StorageError);
+    expect((err as StorageError).code, `${what}: ${String(err)}`).toBe(ErrorCode.StoreLost);
+  }
+}
+
+/**
+ * Calls `fn` until it does not reject with a retryable error (at most 10 tries, 100 ms apart):
+ * resolves `undefined` when it resolved, else the non-retryable error.
+ */
+async function untilNotRetryable(fn: () => Promise<unknown>): Promise<unknown> {
+  let last: unknown;
+  for (let i = 0; i < 10; i++) {
+    try {
+      await fn();
+      return undefined;
+    } catch (err) {
+      last = err;
+      if (!(err instanceof StorageError && err.retryable)) return err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error(`still retryable after 10 tries: ${String(last)}`);
+}
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
