@@ -309,9 +309,9 @@ export function leaseBucketProblems(config: Partial<StreamConfig>): SettingProbl
   }
   if ((config.max_msgs_per_subject ?? 1) < 1) {
     out.push({
-      setting: 'max_msgs_per_subject (history)',
+      setting: 'max_msgs_per_subject',
       value: String(config.max_msgs_per_subject),
-      why: 'every revision of every key is kept: presence records rewritten every second grow the bucket without bound (guarantee 6)',
+      why: 'the history is unlimited, so every revision of every key is kept: presence records rewritten every second grow the bucket without bound (guarantee 6)',
       fix: 'set the history (max_msgs_per_subject) to 1',
     });
   }

@@ -30,10 +30,14 @@ export class HoldProxy {
     this.port = port;
   }
 
-  static start(targetPort: number): Promise<HoldProxy> {
+  /** Starts a proxy on a free loopback port, forwarding to `target` (`nats://host:port`). */
+  static start(target: string): Promise<HoldProxy> {
+    const url = new URL(target);
+    const host = url.hostname;
+    const port = Number(url.port || 4222);
     return new Promise((resolve, reject) => {
       let proxy: HoldProxy | undefined;
-      const server = createServer((client) => proxy?.accept(client, targetPort));
+      const server = createServer((client) => proxy?.accept(client, host, port));
       server.once('error', reject);
       server.listen(0, '127.0.0.1', () => {
         proxy = new HoldProxy(server, (server.address() as { port: number }).port);
@@ -116,8 +120,8 @@ export class HoldProxy {
     for (const l of [...this.#listeners]) l();
   }
 
-  private accept(client: Socket, targetPort: number): void {
-    const upstream = connect({ host: '127.0.0.1', port: targetPort });
+  private accept(client: Socket, host: string, port: number): void {
+    const upstream = connect({ host, port });
     const pair: Pair = { client, upstream, held: [] };
     this.#pairs.add(pair);
     const end = (): void => {

@@ -39,7 +39,7 @@ const procs: AppProcess[] = [];
 beforeAll(async () => {
   nc = await requireNats();
   dir = await mkdtemp(join(tmpdir(), 'rp-zombie-'));
-  proxy = await HoldProxy.start(Number(new URL(NATS_URL).port));
+  proxy = await HoldProxy.start(NATS_URL);
 });
 afterAll(async () => {
   await Promise.all(procs.map((p) => p.kill()));
