@@ -130,7 +130,8 @@ describe('zombie primary (SIGSTOP mid-checkpoint, takeover, SIGCONT)', () => {
 
     // a's frames still in the proxy: all of its epoch, all for checkpoints after the cutoff.
     const late = proxy.heldParts(app);
-    expect(late.length).toBeGreaterThanOrEqual(2);
+    // At least the seal (the hold may have begun after the checkpoint's first frames went out).
+    expect(late.some((p) => p.kind === FrameKind.Seal)).toBe(true);
     for (const p of late) {
       expect(p.epoch).toBe(aEpoch);
       expect(p.checkpoint).toBeGreaterThan(cutoff);
