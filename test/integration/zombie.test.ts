@@ -83,6 +83,12 @@ async function stopped(pid: number): Promise<void> {
 }
 
 type AppEvent = Parameters<Parameters<AppProcess['on']>[0]>[0];
+/** The first of several waits; the others may reject later (a timeout, a kill) unobserved. */
+function first<T>(waits: Promise<T>[]): Promise<T> {
+  for (const w of waits) w.catch(() => undefined);
+  return Promise.race(waits);
+}
+
 const staleCount = (e: AppEvent): number =>
   Number((e.rejected as Record<string, number> | undefined)?.stale ?? 0);
 
@@ -116,7 +122,7 @@ describe('zombie primary (SIGSTOP mid-checkpoint, takeover, SIGCONT)', () => {
     await stopped(a.child!.pid!);
 
     // A standby takes over and fences at a's last checkpoint that reached the relay.
-    const [winner, other] = await Promise.race([
+    const [winner, other] = await first([
       b.waitFor((e) => e.ev === 'primary', 'b takes over', 20_000).then((e) => [b, c, e] as const),
       c.waitFor((e) => e.ev === 'primary', 'c takes over', 20_000).then((e) => [c, b, e] as const),
     ]).then(([w, o, e]) => {
@@ -182,7 +188,7 @@ describe('zombie primary (SIGSTOP mid-checkpoint, takeover, SIGCONT)', () => {
       cutoff,
     );
     await winner.p.kill();
-    const next = await Promise.race([
+    const next = await first([
       other.waitFor((e) => e.ev === 'primary', 'standby takes over', 20_000).then((e) => ({ p: other, e })),
       d.waitFor((e) => e.ev === 'primary', 'd takes over', 20_000).then((e) => ({ p: d, e })),
     ]);
