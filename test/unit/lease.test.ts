@@ -14,8 +14,8 @@ import { FencedError } from '../../src/errors.js';
 import { LeaseKeeper, claimWhenVacant, now } from '../../src/failover/lease.js';
 import {
   LeaseConflict,
+  LeaseStore,
   type LeaseRead,
-  type LeaseStore,
   type LeaseValue,
 } from '../../src/transport/lease-store.js';
 
@@ -56,6 +56,11 @@ class FakeStore {
       this.writes.push(w);
       this.auto?.(w);
     });
+  }
+
+  /** The real `writeOrAdopt` (a lost reply read back), over this store's `write` and `read`. */
+  writeOrAdopt(value: LeaseValue, revision: number): Promise<number> {
+    return LeaseStore.prototype.writeOrAdopt.call(this.asStore(), value, revision);
   }
 
   release(): Promise<void> {
@@ -152,6 +157,8 @@ describe('LeaseKeeper', () => {
       TTL,
       (err) => lost.push({ err, at: now() }),
     );
+    // Node b claimed: the key holds b's record at a later revision.
+    store.current = { value: { holder: 'b', epoch: 2 }, revision: 2 };
     store.auto = (w) => w.reject(new LeaseConflict('lease changed under revision 1'));
     await vi.advanceTimersByTimeAsync(TTL / 4);
     expect(store.writes).toHaveLength(1);
