@@ -439,6 +439,7 @@ describe('status report pieces (pure)', () => {
       streamServers: NATS_URL,
       nodes: statusNodes([rec({ nodeId: 'a', state: 'primary', updatedAt: now - 70_000 })], 'a', null, now),
       switchover: null,
+      settingProblems: [],
     };
     const out = formatStatus(report);
     expect(out).toMatch(/^leader\s+a \(presence stale for 1m10s: it may be dead/m);

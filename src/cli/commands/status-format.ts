@@ -51,6 +51,11 @@ export function formatStatus(r: StatusReport): string {
     ],
   ];
   let out = rows.map(([k, v]) => `${k.padEnd(24)}${v}\n`).join('');
+  if (r.settingProblems && r.settingProblems.length > 0) {
+    out +=
+      '\nsettings that break guarantees (nodes refuse to start; delete and let restartpoint create them, or fix):\n';
+    out += r.settingProblems.map((p) => `  ${p}\n`).join('');
+  }
 
   out += '\nnodes\n';
   if (r.nodes.length === 0) {

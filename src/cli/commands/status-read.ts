@@ -20,6 +20,12 @@ import {
   type PresenceRecord,
   type SwitchoverRequest,
 } from '../../transport/inspect.js';
+import {
+  HEADER_ROOM,
+  leaseBucketProblems,
+  streamProblems,
+  type SettingProblem,
+} from '../../transport/connection.js';
 
 /** One relay's lag as a standby reported it (`null`: unknown, the relay was unreachable). */
 export interface StatusRelayLag {
@@ -89,6 +95,16 @@ export interface StatusReport {
   expiredNodes?: number;
   /** A pending planned switchover, or `null`. */
   switchover: SwitchoverRequest | null;
+  /**
+   * Settings of the stream (where it was read) or the lease bucket that break a guarantee, each
+   * with its fix; a node refuses to start on them (docs/failover.md, "Existing streams and
+   * buckets"). Empty when all is well.
+   */
+  settingProblems?: string[];
+}
+
+function describeProblems(what: string, problems: SettingProblem[]): string[] {
+  return problems.map((p) => `${what}: ${p.setting} is ${p.value}: ${p.why}. Fix: ${p.fix}`);
 }
 
 /** What `readStatus` needs. */
@@ -279,6 +295,20 @@ export async function readStatus(opts: StatusOptions): Promise<StatusReport> {
         streamServers,
         nodes: statusNodes(records, lease.leader, lastSealed, now),
         switchover,
+        settingProblems: [
+          ...describeProblems(
+            `stream ${names.stream}`,
+            streamProblems(info.config, {
+              subjects: names.streamSubjects,
+              replicas: 1,
+              maxPayload: (sc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM,
+            }),
+          ),
+          ...describeProblems(
+            `lease bucket ${names.leaseBucket}`,
+            kv ? leaseBucketProblems((await streamInfo(nc, `KV_${names.leaseBucket}`))?.config ?? {}) : [],
+          ),
+        ],
       };
       const relayList = flagRelays.length > 0 ? flagRelays : fromPresence;
       if (relayList.length > 0) {
