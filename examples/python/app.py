@@ -204,9 +204,10 @@ def main():
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+    except (OSError, http.client.HTTPException) as e:
         # The sidecar is gone (killed, or its host is going down): nothing here can be saved.
         # One line, no traceback; a standby's sidecar takes over and starts the app there.
-        reason = getattr(e, "reason", None) or e
+        # (ConnectionError and TimeoutError are OSErrors.)
+        reason = getattr(e, "strerror", None) or e
         print(f"app.py: the sidecar's API at {URL} does not answer ({reason}): stopping", file=sys.stderr, flush=True)
         sys.exit(1)

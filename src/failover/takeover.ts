@@ -21,7 +21,7 @@
  * Each step reports its duration (`TakeoverStats`). A step that fails releases the lease so
  * another node can take over, and rejects.
  */
-import { FencedError, ReplicationError, type RestartpointError } from '../errors.js';
+import { FencedError, ReplicationError, StorageError, type RestartpointError } from '../errors.js';
 import { FrameKind } from '../protocol/frame.js';
 import { encodeFence } from '../protocol/records.js';
 import type { StandbyRunner } from '../standby/runner.js';
@@ -61,6 +61,14 @@ export interface TakeoverOptions<S> {
     msg: string;
     [k: string]: unknown;
   }) => void;
+  /**
+   * How the store is checked before this node resumes from it: `'quick'` (identity token and key
+   * count, O(1)), `'full'` (every key and value against the digest of what was committed, O(store)),
+   * or `'off'`.
+   */
+  readonly verifyStore: 'quick' | 'full' | 'off';
+  /** Deadline of each store step of the takeover (verify, rollback, the final commit, restore). */
+  readonly storeTimeoutMs: number;
   /** Aborts the wait for the lease (the standby is being stopped). */
   readonly signal?: AbortSignal;
   /** Called once the lease is ours, with its epoch (before catch-up). */
@@ -95,7 +103,8 @@ export async function takeOver<S>(o: TakeoverOptions<S>): Promise<Promotion<S>> 
     o.transition('catching-up', claim.previous ? `lease of ${claim.previous} ran out` : 'lease vacant');
     await catchUpStep(o);
     const caughtUpAt = now();
-    const position = await rollBackStep(o);
+    const position = await deadline(o, 'rolling the store back', rollBackStep(o));
+    await deadline(o, 'verifying the store', verifyStep(o, position));
     const rolledBackAt = now();
     const problem = o.resumeProblem(position.checkpoint);
     if (problem) throw problem;
@@ -105,17 +114,21 @@ export async function takeOver<S>(o: TakeoverOptions<S>): Promise<Promotion<S>> 
     await fenceStep(o, claim.epoch, position, keeper);
     const fencedAt = now();
     o.transition('restoring');
-    const state = await o.restore(position.checkpoint);
+    const state = await deadline(o, 'restoring the image', o.restore(position.checkpoint));
     const restoredAt = now();
-    await o.storage.commit(
-      [],
-      encodeMeta({
-        app: o.app,
-        epoch: claim.epoch,
-        checkpoint: position.checkpoint,
-        streamSeq: 0,
-        role: 'primary',
-      }),
+    await deadline(
+      o,
+      'recording the new role in the store',
+      o.storage.commit(
+        [],
+        encodeMeta({
+          app: o.app,
+          epoch: claim.epoch,
+          checkpoint: position.checkpoint,
+          streamSeq: 0,
+          role: 'primary',
+        }),
+      ),
     );
     if (lost) throw lost;
     return {
@@ -206,6 +219,47 @@ async function catchUpStep<S>(o: TakeoverOptions<S>): Promise<void> {
     throw new ReplicationError(
       `node '${o.nodeId}' cannot take over: ${stuck}. It released the lease; a node that read the missing frames can take over (restart this one to rebuild from the relays, and check that no relay lost data)`,
     );
+  }
+}
+
+/**
+ * Step 3a: the store must hold exactly what this node committed before it resumes from it (a
+ * flushed Redis, a truncated table, a damaged file are caught here, not after the app resumed).
+ * A mismatch refuses the takeover: the lease is released so another node takes over, and this
+ * node's store must be cleared (a restart rebuilds it from the relays).
+ */
+async function verifyStep<S>(o: TakeoverOptions<S>, position: AppliedPosition): Promise<void> {
+  if (o.verifyStore === 'off') return;
+  const v = await o.storage.verify({ quick: o.verifyStore === 'quick' });
+  if (v.status === 'mismatch') {
+    throw new StorageError(
+      `node '${o.nodeId}' cannot take over: its ${o.storage.kind} store does not hold what it committed up to checkpoint ${position.checkpoint} (${v.detail}). It released the lease so another node takes over; restart this node to rebuild its store from the relays, and find out what changed the store underneath it`,
+    );
+  }
+  if (v.status === 'unrecorded') {
+    o.log({ level: 'warn', msg: 'store not verifiable (no digest recorded)', detail: v.detail });
+  }
+}
+
+/** Rejects with a retryable `StorageError` when `step` takes longer than `storeTimeoutMs`. */
+async function deadline<S, T>(o: TakeoverOptions<S>, what: string, step: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new StorageError(
+            `takeover step '${what}' took longer than storeTimeoutMs (${o.storeTimeoutMs} ms): the ${o.storage.kind} store does not answer; the lease is released so another node can take over`,
+            { retryable: true },
+          ),
+        ),
+      o.storeTimeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([step, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

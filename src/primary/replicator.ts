@@ -11,7 +11,7 @@
  * Frames that failed to publish are kept and sent again (same dedupe id) before the next seal,
  * so a later checkpoint can only be acknowledged once every earlier frame is durable.
  */
-import { FencedError, ReplicationError, RestartpointError } from '../errors.js';
+import { FencedError, ReplicationError, RestartpointError, StorageError } from '../errors.js';
 import { FrameKind, type Frame } from '../protocol/frame.js';
 import {
   IMAGE_HEADER_BYTES,
@@ -74,6 +74,11 @@ export interface ReplicatorOptions {
   readonly fencedError: () => FencedError;
   /** Called with the figures of every acknowledged checkpoint, in acknowledgement order. */
   readonly onAck?: (stats: CheckpointStats) => void;
+  /**
+   * The local store refused a write with a `StorageError` (its data lost, a timeout, unreachable):
+   * the owner steps down. Called once per failed group, before the writes' promises reject.
+   */
+  readonly onStoreFailure?: (err: StorageError) => void;
   /** Writes per checkpoint, image and frame sizes refused with `LimitError`. Default: `DEFAULT_LIMITS`. */
   readonly limits?: Pick<Limits, 'maxWritesPerCheckpoint' | 'maxImageBytes' | 'maxFrameBytes'>;
 }
@@ -238,6 +243,11 @@ export class Replicator {
         if (this.#batchBytes >= this.#o.batchBytes) this.#flush();
         accepted.push(g);
       }
+      // The local store failed (lost its data, timed out, unreachable): this node must not go on
+      // acknowledging checkpoints whose writes its own store does not hold. (After the writes got
+      // the store's own error.)
+      const failed = ok.find((e) => e instanceof StorageError);
+      if (failed !== undefined && !this.#stopped) this.#o.onStoreFailure?.(failed as StorageError);
       if (this.#batch.length > 0) this.#flushTimer ??= setTimeout(() => this.#flush(), 5);
       if (accepted.length > 0) {
         const ready = this.#o.publisher.ready();

@@ -177,6 +177,12 @@ export const OPTION_FIELDS = {
     env: true,
   }).default('delay-write'),
   leaseTtlMs: intField(100, 600_000, 'milliseconds', 2000, { env: true }).default(2000),
+  verifyStore: documented(z.enum(['quick', 'full', 'off']), {
+    must: "'quick' (identity and key count), 'full' (every key and value against the committed digest) or 'off'",
+    example: 'quick',
+    env: true,
+  }).default('quick'),
+  storeTimeoutMs: intField(100, 3_600_000, 'milliseconds', 15_000, { env: true }).default(15_000),
   checkpointTimeoutMs: intField(100, 3_600_000, 'milliseconds', 10_000, { env: true }).default(10_000),
   batchBytes: intField(1, 64 * 1024 * 1024, 'bytes', 262_144).default(256 * 1024),
   keyframeEvery: intField(1, 1_000_000, 'checkpoints', 32).default(32),

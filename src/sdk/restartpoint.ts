@@ -10,7 +10,14 @@
  * ```
  */
 import { EventEmitter } from 'node:events';
-import { ClosedError, FencedError, InvalidArgumentError, type RestartpointError } from '../errors.js';
+import {
+  ClosedError,
+  FencedError,
+  InvalidArgumentError,
+  StoreLostError,
+  type RestartpointError,
+  type StorageError,
+} from '../errors.js';
 import { ImageEncoder } from '../image/chain.js';
 import { track } from '../image/tracked.js';
 import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary/replicator.js';
@@ -246,7 +253,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       });
       const rpt = reporter;
       rpt.transition('starting');
-      await o.storage.open();
+      await o.storage.open({ nodeId: o.nodeId });
       const standby = new StandbyRunner({
         links: relaySet.links,
         names,
@@ -280,6 +287,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           app: o.app,
           nodeId: o.nodeId,
           leaseTtlMs: o.leaseTtlMs,
+          verifyStore: o.verifyStore,
+          storeTimeoutMs: o.storeTimeoutMs,
           mode: o.mode,
           storage: o.storage,
           standby,
@@ -330,12 +339,20 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           rpt.observe('checkpoint', { ...stats, epoch: claim.epoch });
         },
         fencedError: () => keeper.lostError ?? new FencedError(`node '${o.nodeId}' is no longer primary`),
+        onStoreFailure: (err) => {
+          if (holder.rp) holder.rp.#stepDown(err);
+        },
       });
       const self = new Restartpoint<S>({
         o,
         keeper,
         replicator,
-        get: (key) => o.storage.get(key),
+        get: (key) =>
+          o.storage.get(key).catch((err: unknown) => {
+            // A read that finds the store's identity gone: its data is not what was written.
+            if (err instanceof StoreLostError && holder.rp) holder.rp.#stepDown(err);
+            throw err;
+          }),
         shutdown: async () => {
           await relaySet.close(link);
           await closeLink(link);
@@ -540,6 +557,23 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         if (this.#handingOver === settled) this.#handingOver = undefined;
       },
     );
+  }
+
+  /**
+   * This node's own store failed under it (lost its data, timed out, unreachable): stop
+   * acknowledging, demote with the reason, and release the lease at once so a standby, whose
+   * store is intact, takes over now rather than after a TTL.
+   */
+  #stepDown(err: StorageError): void {
+    if (this.#fenced || this.#closed) return;
+    this.demote(
+      new FencedError(
+        `node '${this.nodeId}' stepped down: its own ${this.#o.storage.kind} store failed (${err.code}: ${err.message}); a standby takes over`,
+        { cause: err },
+      ),
+      'store failed',
+    );
+    void this.#keeper.stop(true);
   }
 
   /** @internal Called by the lease keeper when the lease is lost. */

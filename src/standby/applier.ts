@@ -131,6 +131,8 @@ export interface ApplierOptions {
   /** Called after each committed checkpoint. */
   /** Called after each committed checkpoint, with the seq of the seal frame that completed it. */
   readonly onCommit?: (pos: AppliedPosition, sealSeq: number) => void;
+  /** Called before a store call that failed with a retryable error is tried again. */
+  readonly onStoreRetry?: (err: RestartpointError, attempt: number) => void;
   /** Called when a newer epoch's fence is applied. */
   readonly onFence?: (epoch: number, nodeId: string, streamSeq: number) => void;
   /**
@@ -149,6 +151,9 @@ export interface ApplierOptions {
    */
   readonly limits?: Pick<Limits, 'maxWritesPerCheckpoint' | 'maxStagedBytes'>;
 }
+
+/** How long a standby retries a store call that fails with a retryable error. */
+const STORE_RETRY_MS = 30_000;
 
 /** Most frames a standby holds while waiting for an earlier one or for a fence. */
 const MAX_WAITING = 65_536;
@@ -410,7 +415,7 @@ export class Applier {
         // Snapshot mode stores writes at once; only delay-write holds them in memory.
         if (this.#mode === 'delay-write') this.#stageBytes(st, f);
         if (this.#mode === 'snapshot') {
-          await this.#o.adapter.writeArea!(f.checkpoint, ops);
+          await this.#store(() => this.#o.adapter.writeArea!(f.checkpoint, ops));
           st.writes.set(f.seq, []);
         } else {
           st.writes.set(f.seq, ops);
@@ -435,6 +440,25 @@ export class Applier {
     st.frames.push(f);
     this.counters.framesApplied++;
     await this.#commitReady();
+  }
+
+  /**
+   * Runs a store call; a `retryable` failure (a connection lost, a timeout: the adapter reconnects
+   * and checks the store's identity on the next call) is retried with backoff for up to
+   * `STORE_RETRY_MS`, since committing the same batch again is safe. What cannot be retried, or
+   * still fails, stops the standby with the store's own error.
+   */
+  async #store<T>(call: () => Promise<T>): Promise<T> {
+    const until = performance.now() + STORE_RETRY_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await call();
+      } catch (err) {
+        if (!(err instanceof RestartpointError) || !err.retryable || performance.now() >= until) throw err;
+        this.#o.onStoreRetry?.(err, attempt);
+        await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** Math.min(attempt, 5))));
+      }
+    }
   }
 
   /** Counts a frame held while it waits (for its turn or its fence) against the staged limit. */
@@ -510,7 +534,7 @@ export class Applier {
       ord.early.clear();
       this.#order.delete(e);
     }
-    if (this.#mode === 'snapshot') await this.#o.adapter.releaseAreas!();
+    if (this.#mode === 'snapshot') await this.#store(() => this.#o.adapter.releaseAreas!());
     this.#o.onFence?.(h.epoch, h.nodeId, h.streamSeq);
     const waiting = this.#waiting;
     this.#waiting = [];
@@ -616,12 +640,12 @@ export class Applier {
       const pos = { epoch: st.epoch, checkpoint: next, streamSeq: st.sealStreamSeq };
       const meta = encodeMeta({ app: this.#o.app, ...pos, role: 'standby' });
       if (this.#mode === 'snapshot') {
-        await this.#o.adapter.formSnapshot!(next, meta);
+        await this.#store(() => this.#o.adapter.formSnapshot!(next, meta));
       } else {
         const seqs = [...st.writes.keys()].sort((a, b) => a - b);
         const all: WriteOp[] = [];
         for (const s of seqs) for (const op of st.writes.get(s)!) all.push(op);
-        await this.#o.adapter.commit(all, meta);
+        await this.#store(() => this.#o.adapter.commit(all, meta));
       }
       this.#o.images.apply(next, st.image);
       if (unconfirmed) this.#unconfirmed.push(...st.frames);

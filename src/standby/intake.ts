@@ -41,6 +41,7 @@ export interface IntakeOptions {
   readonly onReject?: (err: FrameError, streamSeq: number) => void;
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
+  readonly onStoreRetry?: ApplierOptions['onStoreRetry'];
 }
 
 /** Refusals by reason. */
@@ -82,6 +83,7 @@ export class Intake {
         this.#decoder.discardBefore(epoch);
         o.onFence?.(epoch, nodeId, seq);
       },
+      onStoreRetry: o.onStoreRetry,
       durable: (epoch, seqs) => seqs.every((seq) => this.witnesses.frameCount(epoch, seq) >= need),
     });
   }

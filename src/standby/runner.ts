@@ -38,6 +38,7 @@ export interface StandbyOptions {
   readonly onReject?: IntakeOptions['onReject'];
   readonly onCommit?: IntakeOptions['onCommit'];
   readonly onFence?: IntakeOptions['onFence'];
+  readonly onStoreRetry?: IntakeOptions['onStoreRetry'];
   /**
    * When to apply (seed claim 2: the relays hold the data durably meanwhile): `everyMs` applies
    * what arrived in batches once per interval; `maxBytesPerSec` caps the apply bandwidth.
@@ -104,6 +105,7 @@ export class StandbyRunner {
       onReject: opts.onReject,
       onCommit: opts.onCommit,
       onFence: opts.onFence,
+      onStoreRetry: opts.onStoreRetry,
     });
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);

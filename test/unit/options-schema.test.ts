@@ -52,6 +52,8 @@ describe('the one options schema', () => {
         'RESTARTPOINT_STORAGE_TABLE storage.table string',
         'RESTARTPOINT_MODE mode string',
         'RESTARTPOINT_LEASE_TTL_MS leaseTtlMs int',
+        'RESTARTPOINT_VERIFY_STORE verifyStore string',
+        'RESTARTPOINT_STORE_TIMEOUT_MS storeTimeoutMs int',
         'RESTARTPOINT_CHECKPOINT_TIMEOUT_MS checkpointTimeoutMs int',
         'RESTARTPOINT_CLUSTER_KEY clusterKey string',
         'RESTARTPOINT_CLUSTER_KEY_FILE clusterKeyFile string',
