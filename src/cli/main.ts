@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { UsageError } from '../errors.js';
 import { drillCommand } from './commands/drill.js';
+import { inspectCommand } from './commands/inspect.js';
 import { sidecarCommand } from './commands/sidecar.js';
 import { statusCommand } from './commands/status.js';
 import { switchoverCommand } from './commands/switchover.js';
@@ -17,7 +18,13 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  for (const cmd of [drillCommand(), statusCommand(), switchoverCommand(), sidecarCommand()]) {
+  for (const cmd of [
+    drillCommand(),
+    statusCommand(),
+    inspectCommand(),
+    switchoverCommand(),
+    sidecarCommand(),
+  ]) {
     // addCommand does not pass settings down: usage errors must reach main() to exit 2 with a hint.
     cmd.copyInheritedSettings(program);
     program.addCommand(cmd);
