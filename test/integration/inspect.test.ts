@@ -241,6 +241,10 @@ describe('restartpoint inspect (real nats-servers)', () => {
     expect(human.status).toBe(0);
     expect(human.stdout).toContain('fence 2/1 (checkpoint 2): on relay 0, missing on relay 1');
     expect(human.stdout).toContain('foreign');
+    // No relay holds the app: a usage error, as for status.
+    const none = await run('inspect', '--app', freshApp('insp-none'), '--nats', NATS_URL);
+    expect(none.status).toBe(2);
+    expect(none.stderr).toMatch(/no app .*\(stream RP_insp-none-\w+ not found/);
   }, 20_000);
 
   it('opens a signed stream with the key (flag or config file) and says what it cannot open without', async () => {

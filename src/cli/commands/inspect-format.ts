@@ -17,7 +17,9 @@ function detail(f: InspectFrame): string {
   if (f.fence) {
     return `node ${f.fence.nodeId}, cutoff ${f.fence.cutoffCheckpoint} (epoch ${f.fence.cutoffEpoch ?? '?'})`;
   }
-  if (f.seal) return `${f.seal.writeFrames} write frames, ${f.seal.writeOps} ops`;
+  if (f.seal) {
+    return `${f.seal.writeFrames} write frame${f.seal.writeFrames === 1 ? '' : 's'}, ${f.seal.writeOps} ops`;
+  }
   if (f.image) {
     const i = f.image;
     return `${i.format}${i.format === 'delta' ? ` on ${i.base}` : ''}, v${i.stateVersion}, ${i.payloadBytes} bytes${i.codec === 'brotli' ? ` (brotli, ${i.rawBytes} raw)` : ''}`;

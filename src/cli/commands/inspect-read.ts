@@ -293,7 +293,13 @@ export async function readInspect(o: InspectOptions): Promise<InspectReport> {
       return codecs[current]!.open(data);
     } catch (err) {
       if (!(err instanceof FrameError) || err.reason !== FrameRejectReason.Magic) throw err;
-      const m = codecs[1 - current]!.open(data);
+      let m: DecodedMessage;
+      try {
+        m = codecs[1 - current]!.open(data);
+      } catch (again) {
+        if (!(again instanceof FrameError) || again.reason !== FrameRejectReason.Magic) throw again;
+        throw new FrameError(FrameRejectReason.Magic, 'neither a frame part nor an FEC shard (bad magic)');
+      }
       current = 1 - current;
       return m;
     }

@@ -129,6 +129,12 @@ export function inspectCommand(): Command {
           : undefined,
       });
       if (tty) process.stderr.write('\r\x1b[K');
+      if (r.relays.some((x) => x.reachable) && r.relays.every((x) => x.stream === null)) {
+        throw new UsageError(
+          `no app '${o.app}' on ${r.relays.map((x) => x.servers).join(', ')} (stream ${r.stream} not found)`,
+          'check --app, and --relay when the app uses relays',
+        );
+      }
       process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : formatInspect(r));
       // Exit 1 when no relay could be read at all.
       if (r.relays.every((x) => !x.reachable)) process.exitCode = 1;
