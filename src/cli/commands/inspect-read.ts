@@ -310,108 +310,111 @@ export async function readInspect(o: InspectOptions): Promise<InspectReport> {
   const sharedFrames = new Map<string, Frame>();
   let fec = false;
 
-  const relays: InspectRelay[] = [];
-  for (const [i, t] of o.relays.entries()) {
-    const r: InspectRelay = {
-      servers: t.servers.join('|'),
-      reachable: false,
-      stream: null,
-      from,
-      read: 0,
-      lastRead: 0,
-      truncated: false,
-      frames: [],
-      rejected: [],
-      counts: {},
-    };
-    relays.push(r);
-    let l: NatsLink;
-    try {
-      l = await link(t);
-    } catch (err) {
-      r.error = `unreachable: ${(err as Error).message}`;
-      continue;
-    }
-    r.reachable = true;
-    try {
-      const info = await l.jsm.streams.info(names.stream).catch(() => undefined);
-      if (!info) {
-        r.error = `no stream ${names.stream} on this relay`;
-        continue;
+  const relays: InspectRelay[] = o.relays.map((t) => ({
+    servers: t.servers.join('|'),
+    reachable: false,
+    stream: null,
+    from,
+    read: 0,
+    lastRead: 0,
+    truncated: false,
+    frames: [],
+    rejected: [],
+    counts: {},
+  }));
+  // All relays at once: with FEC, the shards of a part then arrive close together (the rebuild
+  // holds few pending parts), and a slow relay does not hold up the others.
+  await Promise.all(
+    o.relays.map(async (t, i) => {
+      const r = relays[i]!;
+      let l: NatsLink;
+      try {
+        l = await link(t);
+      } catch (err) {
+        r.error = `unreachable: ${(err as Error).message}`;
+        return;
       }
-      const s = info.state;
-      r.stream = { messages: s.messages, bytes: s.bytes, firstSeq: s.first_seq, lastSeq: s.last_seq };
-      r.from = Math.max(from, s.first_seq);
-      if (s.messages === 0 || r.from > s.last_seq) continue;
-      const decoder = new FrameDecoder(decoderOptions);
-      const frames = new Map<string, InspectFrame>();
-      const total = Math.min(limit, s.last_seq - r.from + 1);
-      await readRange(l, names.stream, r.from, s.last_seq, limit, stallMs, async (m) => {
-        r.read++;
-        r.lastRead = m.streamSeq;
-        if (r.read % 250 === 0) o.onProgress?.(i, r.read, total);
-        let d: DecodedMessage;
-        try {
-          d = open(m.data);
-        } catch (err) {
-          if (!(err instanceof FrameError)) throw err;
-          const signed = !o.envelope && m.data[0] === 0x52 && m.data[1] === 0x41;
-          r.rejected.push({
-            streamSeq: m.streamSeq,
-            bytes: m.data.byteLength,
-            reason: signed ? 'signed' : err.reason,
-            message: signed
-              ? 'a signed envelope: pass --key (or --config with clusterKey) to open it'
-              : err.message,
-          });
+      r.reachable = true;
+      try {
+        const info = await l.jsm.streams.info(names.stream).catch(() => undefined);
+        if (!info) {
+          r.error = `no stream ${names.stream} on this relay`;
           return;
         }
-        const k = frameKey(d.key.epoch, d.key.seq);
-        let f = frames.get(k);
-        if (!f) {
-          f = {
-            streamSeq: m.streamSeq,
-            streamSeqs: [],
-            bytes: 0,
-            epoch: d.key.epoch,
-            seq: d.key.seq,
-            kind: null,
-            checkpoint: d.part ? d.part.checkpoint : null,
-            parts: d.part ? d.part.parts : null,
-            complete: false,
-            bodyBytes: null,
-          };
-          frames.set(k, f);
-        }
-        f.streamSeqs.push(m.streamSeq);
-        f.bytes += m.data.byteLength;
-        if (d.shard) {
-          fec = true;
-          (f.shards ??= []).push(d.shard.index);
-        }
-        try {
-          const frame = await (d.shard ? shared : decoder).add(d);
-          if (!frame) return;
-          if (d.shard) sharedFrames.set(k, frame);
-          else describe(frame, f);
-        } catch (err) {
-          if (!(err instanceof FrameError)) throw err;
-          r.rejected.push({
-            streamSeq: m.streamSeq,
-            bytes: m.data.byteLength,
-            reason: err.reason,
-            message: err.message,
-          });
-        }
-      });
-      r.truncated = r.lastRead < s.last_seq;
-      r.frames = [...frames.values()];
-    } catch (err) {
-      r.error = `read failed after ${r.read} messages: ${(err as Error).message}`;
-    } finally {
-      await l.nc.close().catch(() => undefined);
-    }
-  }
+        const s = info.state;
+        r.stream = { messages: s.messages, bytes: s.bytes, firstSeq: s.first_seq, lastSeq: s.last_seq };
+        r.from = Math.max(from, s.first_seq);
+        if (s.messages === 0 || r.from > s.last_seq) return;
+        const decoder = new FrameDecoder(decoderOptions);
+        const frames = new Map<string, InspectFrame>();
+        const total = Math.min(limit, s.last_seq - r.from + 1);
+        await readRange(l, names.stream, r.from, s.last_seq, limit, stallMs, async (m) => {
+          r.read++;
+          r.lastRead = m.streamSeq;
+          if (r.read % 250 === 0) o.onProgress?.(i, r.read, total);
+          let d: DecodedMessage;
+          try {
+            d = open(m.data);
+          } catch (err) {
+            if (!(err instanceof FrameError)) throw err;
+            const signed = !o.envelope && m.data[0] === 0x52 && m.data[1] === 0x41;
+            r.rejected.push({
+              streamSeq: m.streamSeq,
+              bytes: m.data.byteLength,
+              reason: signed ? 'signed' : err.reason,
+              message: signed
+                ? 'a signed envelope: pass --key (or --config with clusterKey) to open it'
+                : err.message,
+            });
+            return;
+          }
+          const k = frameKey(d.key.epoch, d.key.seq);
+          let f = frames.get(k);
+          if (!f) {
+            f = {
+              streamSeq: m.streamSeq,
+              streamSeqs: [],
+              bytes: 0,
+              epoch: d.key.epoch,
+              seq: d.key.seq,
+              kind: null,
+              checkpoint: d.part ? d.part.checkpoint : null,
+              parts: d.part ? d.part.parts : null,
+              complete: false,
+              bodyBytes: null,
+            };
+            frames.set(k, f);
+          }
+          f.streamSeqs.push(m.streamSeq);
+          f.bytes += m.data.byteLength;
+          if (d.shard) {
+            fec = true;
+            (f.shards ??= []).push(d.shard.index);
+          }
+          try {
+            const frame = await (d.shard ? shared : decoder).add(d);
+            if (!frame) return;
+            if (d.shard) sharedFrames.set(k, frame);
+            else describe(frame, f);
+          } catch (err) {
+            if (!(err instanceof FrameError)) throw err;
+            r.rejected.push({
+              streamSeq: m.streamSeq,
+              bytes: m.data.byteLength,
+              reason: err.reason,
+              message: err.message,
+            });
+          }
+        });
+        r.truncated = r.lastRead < s.last_seq;
+        r.frames = [...frames.values()];
+      } catch (err) {
+        r.error = `read failed after ${r.read} messages: ${(err as Error).message}`;
+      } finally {
+        await l.nc.close().catch(() => undefined);
+      }
+    }),
+  );
   // Frames rebuilt from shards (of any relay) describe every relay's entry of them.
   for (const r of relays) {
     for (const f of r.frames) {

@@ -118,6 +118,8 @@ export function inspectCommand(): Command {
       checkAppName(o.app);
       const { targets, keys } = resolveTargets(o);
       const tty = process.stderr.isTTY === true;
+      // Relays are read at once: one line with each relay's count.
+      const progress = targets.map(() => '-');
       const r = await readInspect({
         app: o.app,
         relays: targets,
@@ -125,7 +127,10 @@ export function inspectCommand(): Command {
         from: o.from,
         limit: o.limit,
         onProgress: tty
-          ? (i, read, total) => process.stderr.write(`\rrelay ${i}: ${read}/${total} messages read`)
+          ? (i, read, total) => {
+              progress[i] = `${read}/${total}`;
+              process.stderr.write(`\r\x1b[Kmessages read per relay: ${progress.join('  ')}`);
+            }
           : undefined,
       });
       if (tty) process.stderr.write('\r\x1b[K');
