@@ -348,66 +348,73 @@ export async function readInspect(o: InspectOptions): Promise<InspectReport> {
         const decoder = new FrameDecoder(decoderOptions);
         const frames = new Map<string, InspectFrame>();
         const total = Math.min(limit, s.last_seq - r.from + 1);
-        await readRange(l, names.stream, r.from, s.last_seq, limit, stallMs, async (m) => {
-          r.read++;
-          r.lastRead = m.streamSeq;
-          if (r.read % 250 === 0) o.onProgress?.(i, r.read, total);
-          let d: DecodedMessage;
-          try {
-            d = open(m.data);
-          } catch (err) {
-            if (!(err instanceof FrameError)) throw err;
-            const signed = !o.envelope && m.data[0] === 0x52 && m.data[1] === 0x41;
-            r.rejected.push({
-              streamSeq: m.streamSeq,
-              bytes: m.data.byteLength,
-              reason: signed ? 'signed' : err.reason,
-              message: signed
-                ? 'a signed envelope: pass --key (or --config with clusterKey) to open it'
-                : err.message,
-            });
-            return;
-          }
-          const k = frameKey(d.key.epoch, d.key.seq);
-          let f = frames.get(k);
-          if (!f) {
-            f = {
-              streamSeq: m.streamSeq,
-              streamSeqs: [],
-              bytes: 0,
-              epoch: d.key.epoch,
-              seq: d.key.seq,
-              kind: null,
-              checkpoint: d.part ? d.part.checkpoint : null,
-              parts: d.part ? d.part.parts : null,
-              complete: false,
-              bodyBytes: null,
-            };
-            frames.set(k, f);
-          }
-          f.streamSeqs.push(m.streamSeq);
-          f.bytes += m.data.byteLength;
-          if (d.shard) {
-            fec = true;
-            (f.shards ??= []).push(d.shard.index);
-          }
-          try {
-            const frame = await (d.shard ? shared : decoder).add(d);
-            if (!frame) return;
-            if (d.shard) sharedFrames.set(k, frame);
-            else describe(frame, f);
-          } catch (err) {
-            if (!(err instanceof FrameError)) throw err;
-            r.rejected.push({
-              streamSeq: m.streamSeq,
-              bytes: m.data.byteLength,
-              reason: err.reason,
-              message: err.message,
-            });
-          }
-        });
-        r.truncated = r.lastRead < s.last_seq;
-        r.frames = [...frames.values()];
+        // A read that fails (a relay that stops answering) keeps what it read, as truncated.
+        const finish = (): void => {
+          r.truncated = r.lastRead < s.last_seq;
+          r.frames = [...frames.values()];
+        };
+        try {
+          await readRange(l, names.stream, r.from, s.last_seq, limit, stallMs, async (m) => {
+            r.read++;
+            r.lastRead = m.streamSeq;
+            if (r.read % 250 === 0) o.onProgress?.(i, r.read, total);
+            let d: DecodedMessage;
+            try {
+              d = open(m.data);
+            } catch (err) {
+              if (!(err instanceof FrameError)) throw err;
+              const signed = !o.envelope && m.data[0] === 0x52 && m.data[1] === 0x41;
+              r.rejected.push({
+                streamSeq: m.streamSeq,
+                bytes: m.data.byteLength,
+                reason: signed ? 'signed' : err.reason,
+                message: signed
+                  ? 'a signed envelope: pass --key (or --config with clusterKey) to open it'
+                  : err.message,
+              });
+              return;
+            }
+            const k = frameKey(d.key.epoch, d.key.seq);
+            let f = frames.get(k);
+            if (!f) {
+              f = {
+                streamSeq: m.streamSeq,
+                streamSeqs: [],
+                bytes: 0,
+                epoch: d.key.epoch,
+                seq: d.key.seq,
+                kind: null,
+                checkpoint: d.part ? d.part.checkpoint : null,
+                parts: d.part ? d.part.parts : null,
+                complete: false,
+                bodyBytes: null,
+              };
+              frames.set(k, f);
+            }
+            f.streamSeqs.push(m.streamSeq);
+            f.bytes += m.data.byteLength;
+            if (d.shard) {
+              fec = true;
+              (f.shards ??= []).push(d.shard.index);
+            }
+            try {
+              const frame = await (d.shard ? shared : decoder).add(d);
+              if (!frame) return;
+              if (d.shard) sharedFrames.set(k, frame);
+              else describe(frame, f);
+            } catch (err) {
+              if (!(err instanceof FrameError)) throw err;
+              r.rejected.push({
+                streamSeq: m.streamSeq,
+                bytes: m.data.byteLength,
+                reason: err.reason,
+                message: err.message,
+              });
+            }
+          });
+        } finally {
+          finish();
+        }
       } catch (err) {
         r.error = `read failed after ${r.read} messages: ${(err as Error).message}`;
       } finally {
@@ -446,10 +453,11 @@ const before = (a: { epoch: number; seq: number }, b: { epoch: number; seq: numb
  * Fences and seals held by some relays and missing on others. A relay counts as missing one only
  * when its read covered the frame: it read from the stream's start or saw a frame at or before
  * it, and it read to the end or saw a frame at or after it (frames ordered by epoch, then seq).
- * Unreachable relays, and relays without the stream, are left out.
+ * A read that failed counts as truncated where it stopped. Unreachable relays, and relays
+ * without the stream, are left out.
  */
 export function disagreements(relays: readonly InspectRelay[]): InspectDisagreement[] {
-  const read = relays.map((r, i) => ({ r, i })).filter(({ r }) => r.stream !== null && !r.error);
+  const read = relays.map((r, i) => ({ r, i })).filter(({ r }) => r.stream !== null);
   const all = new Map<string, InspectDisagreement>();
   for (const { r, i } of read) {
     for (const f of r.frames) {
