@@ -307,7 +307,8 @@ export async function readInspect(o: InspectOptions): Promise<InspectReport> {
   const decoderOptions = { app, maxFrameBytes: Number.MAX_SAFE_INTEGER };
   // FEC: shards of one part are spread over the relays, so parts are rebuilt from all of them.
   const shared = new FrameDecoder(decoderOptions);
-  const sharedFrames = new Map<string, Frame>();
+  /** What frames rebuilt from shards hold (their records decoded; the bodies are not kept). */
+  const sharedFrames = new Map<string, InspectFrame>();
   let fec = false;
 
   const relays: InspectRelay[] = o.relays.map((t) => ({
@@ -400,8 +401,13 @@ export async function readInspect(o: InspectOptions): Promise<InspectReport> {
             try {
               const frame = await (d.shard ? shared : decoder).add(d);
               if (!frame) return;
-              if (d.shard) sharedFrames.set(k, frame);
-              else describe(frame, f);
+              if (d.shard) {
+                const info = { ...f };
+                describe(frame, info);
+                sharedFrames.set(k, info);
+              } else {
+                describe(frame, f);
+              }
             } catch (err) {
               if (!(err instanceof FrameError)) throw err;
               r.rejected.push({
@@ -425,8 +431,13 @@ export async function readInspect(o: InspectOptions): Promise<InspectReport> {
   // Frames rebuilt from shards (of any relay) describe every relay's entry of them.
   for (const r of relays) {
     for (const f of r.frames) {
-      const frame = sharedFrames.get(frameKey(f.epoch, f.seq));
-      if (frame && !f.complete) describe(frame, f);
+      const info = sharedFrames.get(frameKey(f.epoch, f.seq));
+      if (!info || f.complete) continue;
+      const { kind, checkpoint, complete, bodyBytes, fence, seal, image, writes, error } = info;
+      Object.assign(f, { kind, checkpoint, complete, bodyBytes });
+      for (const [name, v] of Object.entries({ fence, seal, image, writes, error })) {
+        if (v !== undefined) Object.assign(f, { [name]: v });
+      }
     }
     for (const f of r.frames) {
       const k = f.kind ?? 'incomplete';
