@@ -25,8 +25,11 @@ function detail(f: InspectFrame): string {
     return `${i.format}${i.format === 'delta' ? ` on ${i.base}` : ''}, v${i.stateVersion}, ${i.payloadBytes} bytes${i.codec === 'brotli' ? ` (brotli, ${i.rawBytes} raw)` : ''}`;
   }
   if (f.writes) return `${f.writes.ops} ops (${f.writes.puts} put, ${f.writes.deletes} delete)`;
-  if (!f.complete)
-    return f.shards ? `shards ${f.shards.join(',')} only: not enough to rebuild` : 'parts missing';
+  if (!f.complete) {
+    return f.shards
+      ? `shards ${f.shards.join(',')} only: not enough to rebuild`
+      : `${f.streamSeqs.length} of ${f.parts} parts: not joined`;
+  }
   return '';
 }
 

@@ -41,7 +41,10 @@ export interface InspectFrame {
   epoch: number;
   /** The frame's number within its epoch. */
   seq: number;
-  /** `null` until the frame could be joined (FEC: too few shards on all relays read). */
+  /**
+   * From the part header, told keyframe or delta once an image is joined (`image` until then);
+   * `null` for FEC shards until their frame could be rebuilt (too few shards on all relays read).
+   */
   kind: InspectKind | null;
   /** The checkpoint the frame belongs to (fence: the cutoff); `null` as for `kind`. */
   checkpoint: number | null;
@@ -145,6 +148,13 @@ export interface InspectOptions {
 }
 
 const frameKey = (epoch: number, seq: number): string => `${epoch}:${seq}`;
+
+const HEADER_KINDS: Record<FrameKind, InspectKind> = {
+  [FrameKind.Fence]: 'fence',
+  [FrameKind.Seal]: 'seal',
+  [FrameKind.Image]: 'image',
+  [FrameKind.Writes]: 'writes',
+};
 
 /** The kind of a frame, from its header and (image) its record. */
 function describe(frame: Frame, f: InspectFrame): void {
@@ -384,7 +394,8 @@ export async function readInspect(o: InspectOptions): Promise<InspectReport> {
                 bytes: 0,
                 epoch: d.key.epoch,
                 seq: d.key.seq,
-                kind: null,
+                // A part's header names its kind (an image: keyframe or delta once joined).
+                kind: d.part ? HEADER_KINDS[d.part.kind] : null,
                 checkpoint: d.part ? d.part.checkpoint : null,
                 parts: d.part ? d.part.parts : null,
                 complete: false,
