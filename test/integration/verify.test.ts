@@ -12,11 +12,14 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileAdapter } from '../../adapters/file/index.js';
+import { postgresAdapter } from '../../adapters/postgres/index.js';
 import { redisAdapter } from '../../adapters/redis/index.js';
+import pg from 'pg';
 import type { StorageAdapter } from '../../src/storage/adapter.js';
 
 const BIN = fileURLToPath(new URL('../../bin/restartpoint.js', import.meta.url));
 const REDIS_URL = process.env.RESTARTPOINT_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const PG_URL = process.env.RESTARTPOINT_TEST_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/test';
 const run = (...args: string[]) =>
   spawnSync(process.execPath, [BIN, 'verify', ...args], { encoding: 'utf8', timeout: 60_000 });
 const json = (r: ReturnType<typeof run>) => JSON.parse(r.stdout) as Record<string, unknown>;
@@ -156,6 +159,31 @@ describe('restartpoint verify', () => {
     expect(json(bad)).toMatchObject({ ok: false, status: 'mismatch' });
     expect(json(bad).detail).toMatch(/complete records end at \d+/);
     expect((await stat(path)).size).toBe(Math.floor(size / 2)); // verify cut nothing
+  });
+
+  it('postgres: refused without --offline; ok with it; rows deleted underneath are exit 1 naming the mismatch', async () => {
+    const table = `rp_verify_${process.pid}`;
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    try {
+      await fill(postgresAdapter({ connectionString: PG_URL, table }), 'b');
+      const cfg = await config('pg', `{ kind: postgres, connectionString: '${PG_URL}', table: ${table} }`);
+      const live = run('--config', cfg);
+      expect(live.status).toBe(2);
+      expect(live.stderr).toMatch(/writer lock/);
+      const ok = run('--config', cfg, '--offline', '--json');
+      expect(ok.status).toBe(0);
+      expect(json(ok)).toMatchObject({ ok: true, status: 'ok', keys: 60, expectedKeys: 60 });
+      await client.query(`DELETE FROM ${table} WHERE key = ANY($1)`, [
+        [Buffer.from('k1-1'), Buffer.from('k3-3')],
+      ]);
+      const bad = run('--config', cfg, '--offline', '--json');
+      expect(bad.status).toBe(1);
+      expect(json(bad)).toMatchObject({ ok: false, status: 'mismatch', keys: 58, expectedKeys: 60 });
+    } finally {
+      await client.query(`DROP TABLE IF EXISTS ${table}, ${table}_meta, ${table}_schema`);
+      await client.end();
+    }
   });
 
   it('a bad config, a missing file, or a memory store is exit 2', async () => {

@@ -99,11 +99,17 @@ export async function verifyNode(
   const t0 = performance.now();
   const ms = () => Math.round(performance.now() - t0);
 
+  if (s.kind === 'postgres' && !opts.offline) {
+    throw new UsageError(
+      `the postgres store (${where(s)}) can only be verified while its node is stopped: open() takes the table's writer lock, which a running node holds (verify would wait 60 s for it, and a node starting meanwhile would wait for verify)`,
+      'stop the node, then run verify again with --offline (Redis stores can be verified live)',
+    );
+  }
   if (s.kind === 'file') {
     if (!opts.offline) {
       throw new UsageError(
         `the file store at ${s.dir!} can only be verified while its node is stopped: opening it from a second process runs crash recovery, which cuts a record the node is appending and deletes a compaction in progress, and the node then finds its store lost`,
-        'stop the node, then run verify again with --offline (Redis and PostgreSQL stores can be verified live)',
+        'stop the node, then run verify again with --offline (Redis stores can be verified live)',
       );
     }
     const { inspectFileStore } = await import('restartpoint/adapters/file');
@@ -218,7 +224,11 @@ export function verifyCommand(): Command {
     .description("check a node's store against what its commits recorded (identity, key count, digest)")
     .requiredOption('--config <file>', "the node's sidecar config (its storage section and nodeId)")
     .option('--quick', 'identity and key count only (O(1)); default: every key and value (O(store))', false)
-    .option('--offline', 'file stores: assert the node is stopped (required for kind file)', false)
+    .option(
+      '--offline',
+      'file and postgres stores: assert the node is stopped (required for those kinds)',
+      false,
+    )
     .option('--json', 'print one JSON object (docs/cli.md)', false)
     .action(async (o: { config: string; quick: boolean; offline: boolean; json: boolean }) => {
       const config = loadConfigFlag(o.config);
