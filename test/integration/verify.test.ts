@@ -114,6 +114,27 @@ describe('restartpoint verify', () => {
     expect(human2.stdout).toMatch(/keys\s+57 found, 60 expected/);
   });
 
+  it("redis: a primary's direct writes leave it unrecorded: exit 0, identity only; verify writes nothing", async () => {
+    const prefix = `rp-verify-direct-${process.pid}-${Date.now()}`;
+    prefixes.push(prefix);
+    await fill(redisAdapter({ url: REDIS_URL, prefix }), 'b');
+    const a = redisAdapter({ url: REDIS_URL, prefix });
+    await a.open({ nodeId: 'b' });
+    await a.put('direct', Buffer.from('x'));
+    await a.close();
+    const snapshot = async () => {
+      const keys = (await redis.keys(`{${prefix}}:*`)).sort();
+      return Promise.all(keys.map(async (k) => [k, (await redis.dump(k))?.toString('hex')]));
+    };
+    const before = await snapshot();
+    const cfg = await config('redis-d', `{ kind: redis, prefix: '${prefix}', url: '${REDIS_URL}' }`);
+    const r = run('--config', cfg, '--json');
+    expect(r.status).toBe(0);
+    expect(json(r)).toMatchObject({ ok: true, status: 'unrecorded', keys: 61, expectedKeys: null });
+    expect(json(r).fix).toMatch(/only the identity was checked/);
+    expect(await snapshot()).toEqual(before);
+  });
+
   it("redis: a store wiped underneath, or another node's, is exit 1 (empty / lost)", async () => {
     const prefix = `rp-verify-wipe-${process.pid}-${Date.now()}`;
     prefixes.push(prefix);
