@@ -124,7 +124,7 @@ describe('restartpoint verify', () => {
     await a.close();
     const snapshot = async () => {
       const keys = (await redis.keys(`{${prefix}}:*`)).sort();
-      return Promise.all(keys.map(async (k) => [k, (await redis.dump(k))?.toString('hex')]));
+      return Promise.all(keys.map(async (k) => [k, (await redis.dumpBuffer(k))?.toString('hex')]));
     };
     const before = await snapshot();
     const cfg = await config('redis-d', `{ kind: redis, prefix: '${prefix}', url: '${REDIS_URL}' }`);
