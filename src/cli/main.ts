@@ -9,6 +9,7 @@ import { drillCommand } from './commands/drill.js';
 import { sidecarCommand } from './commands/sidecar.js';
 import { statusCommand } from './commands/status.js';
 import { switchoverCommand } from './commands/switchover.js';
+import { verifyCommand } from './commands/verify.js';
 
 /** Builds the program (exported for tests). */
 export function buildProgram(): Command {
@@ -17,7 +18,13 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  for (const cmd of [drillCommand(), statusCommand(), switchoverCommand(), sidecarCommand()]) {
+  for (const cmd of [
+    drillCommand(),
+    statusCommand(),
+    switchoverCommand(),
+    sidecarCommand(),
+    verifyCommand(),
+  ]) {
     // addCommand does not pass settings down: usage errors must reach main() to exit 2 with a hint.
     cmd.copyInheritedSettings(program);
     program.addCommand(cmd);
