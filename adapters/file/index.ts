@@ -1045,3 +1045,46 @@ function storageError(root: string, err: unknown): Error {
     retryable: code !== undefined && RETRYABLE_CODES.has(code),
   });
 }
+
+/** What `inspectFileStore` found, without changing anything. */
+export interface FileStoreInspection {
+  /** `<dir>/FORMAT` names this adapter's store format. */
+  readonly isStore: boolean;
+  /** The live (newest) log's path, when there is one. */
+  readonly log: string | undefined;
+  /** Its size in bytes. */
+  readonly size: number | undefined;
+  /** Where its last complete, CRC-checked record ends; `undefined` when it does not start like a log. */
+  readonly end: number | undefined;
+}
+
+/**
+ * Reads a file store's directory and newest log **read-only** (no recovery, no truncation, no
+ * leftover deleted, no token written), for `restartpoint verify` on a stopped node: `end < size`
+ * means bytes after the last complete record (a torn tail after a crash mid-write, or a log cut
+ * or damaged underneath), which the next `open()` would cut away.
+ */
+export async function inspectFileStore(dir: string): Promise<FileStoreInspection> {
+  const root = resolve(dir);
+  const names = await readdir(root).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [] as string[];
+    throw err;
+  });
+  const format = names.includes('FORMAT') ? await readFile(join(root, 'FORMAT'), 'utf8') : undefined;
+  const isStore = format === FORMAT || format === FORMAT_1;
+  const ids = names
+    .map((n) => LOG_NAME.exec(n)?.[1])
+    .filter((n): n is string => n !== undefined)
+    .map(Number)
+    .sort((a, b) => b - a);
+  if (!isStore || ids.length === 0) return { isStore, log: undefined, size: undefined, end: undefined };
+  const path = join(root, `log-${String(ids[0]).padStart(10, '0')}`);
+  const fh = await open(path, 'r');
+  try {
+    const { size } = await fh.stat();
+    const end = await scanLog(fh, size, () => true);
+    return { isStore, log: path, size, end };
+  } finally {
+    await fh.close();
+  }
+}

@@ -10,6 +10,7 @@ import { inspectCommand } from './commands/inspect.js';
 import { sidecarCommand } from './commands/sidecar.js';
 import { statusCommand } from './commands/status.js';
 import { switchoverCommand } from './commands/switchover.js';
+import { verifyCommand } from './commands/verify.js';
 
 /** Builds the program (exported for tests). */
 export function buildProgram(): Command {
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
     inspectCommand(),
     switchoverCommand(),
     sidecarCommand(),
+    verifyCommand(),
   ]) {
     // addCommand does not pass settings down: usage errors must reach main() to exit 2 with a hint.
     cmd.copyInheritedSettings(program);

@@ -202,9 +202,9 @@ async function catchUpStep<S>(o: TakeoverOptions<S>): Promise<void> {
   await standby.catchUp(o.readQuorum);
   // A read quorum is enough to miss nothing acknowledged; the relays beyond it, read briefly too,
   // add the witnesses that spare re-publishing checkpoints which are durable already.
-  if (standby.relayCount > o.readQuorum) {
-    await boundedCatchUp(standby, standby.relayCount, Math.min(500, o.leaseTtlMs / 2));
-  }
+  // Only relays whose connection is up: one that is down is not waited for at all.
+  const up = standby.connectedRelays;
+  if (up > o.readQuorum) await boundedCatchUp(standby, up, Math.min(500, o.leaseTtlMs / 2));
   await standby.applier.relax();
   let stuck = standby.intake.stuck();
   if (stuck) {

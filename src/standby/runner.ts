@@ -142,6 +142,11 @@ export class StandbyRunner {
     if (this.#tokens < 0) await new Promise((r) => setTimeout(r, (-this.#tokens / rate) * 1000));
   }
 
+  /** Number of relays whose connection is up now. */
+  get connectedRelays(): number {
+    return this.#o.links.filter((l) => l.connected()).length;
+  }
+
   /** Number of relays read. */
   get relayCount(): number {
     return this.#o.links.length;

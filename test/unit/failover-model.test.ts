@@ -34,6 +34,7 @@ import {
 } from '../../src/protocol/records.js';
 import { messageId } from '../../src/protocol/subjects.js';
 import { Intake } from '../../src/standby/intake.js';
+import { mulberry } from '../../src/drill/types.js';
 import type { StorageAdapter, WriteOp } from '../../src/storage/adapter.js';
 
 const APP = 'fmodel';
@@ -278,7 +279,7 @@ class World {
     const up = this.relays.flatMap((r, i) => (r.up ? [i] : []));
     // The real takeover waits for a read quorum and for the fence (and kept frames) to be durable.
     if (up.length < Math.max(this.readQuorum, this.need)) return;
-    const rnd = mulberry32(seed);
+    const rnd = mulberry(seed);
     const extra = up.length - this.readQuorum;
     const reads = shuffle(up, rnd).slice(0, this.readQuorum + Math.floor(rnd() * (extra + 1)));
     // The old primary is gone: its acknowledgements stop here; its backlog dies with it, unless it
@@ -373,17 +374,6 @@ async function interleave(node: Node, world: World, relays: number[], rnd: () =>
     if (open.length === 0 || node.fatal) return;
     await node.read(world, open[Math.floor(rnd() * open.length)]!, 1 + Math.floor(rnd() * 4));
   }
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function shuffle<T>(xs: T[], rnd: () => number): T[] {
