@@ -77,6 +77,8 @@ export class Intake {
       onReject: (err, seq) => this.reject(err, seq),
       onCommit: (pos, sealSeq) => {
         this.witnesses.forgetThrough(pos.epoch, sealSeq);
+        // Dropped frames of committed checkpoints were replaced by another copy, or are void.
+        for (const [k, d] of this.#dropped) if (d.checkpoint <= pos.checkpoint) this.#dropped.delete(k);
         o.onCommit?.(pos, sealSeq);
       },
       onFence: (epoch, nodeId, seq) => {
