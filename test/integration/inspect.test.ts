@@ -4,12 +4,10 @@
  * relay, read back as `--json`.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { TestRelay, freePort } from '../../src/drill/nats-servers.js';
@@ -28,20 +26,9 @@ import { appNames } from '../../src/protocol/subjects.js';
 import type { InspectReport } from '../../src/cli/commands/inspect.js';
 import type { FecScheme } from '../../src/fec/shard.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
+import { runCli } from '../helpers/cli.js';
 
-const BIN = fileURLToPath(new URL('../../bin/restartpoint.js', import.meta.url));
-
-function run(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const run = runCli;
 
 async function inspectJson(...args: string[]): Promise<InspectReport> {
   const r = await run('inspect', ...args, '--json');

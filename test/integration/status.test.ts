@@ -1,6 +1,4 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
@@ -20,21 +18,10 @@ import {
 } from '../../src/transport/presence.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 import { startStandby } from '../helpers/standby.js';
-
-const BIN = fileURLToPath(new URL('../../bin/restartpoint.js', import.meta.url));
+import { runCli } from '../helpers/cli.js';
 
 /** Runs the CLI without blocking this process (a node may be running in it). */
-function run(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const run = runCli;
 
 async function statusJson(...args: string[]): Promise<StatusReport> {
   const r = await run('status', ...args, '--json');
