@@ -22,11 +22,19 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { deleteAppAt, splitServers } from '../transport/inspect.js';
+import { appNames } from '../protocol/subjects.js';
+import { deleteAppAt, kvStreamName, splitServers } from '../transport/inspect.js';
 import { AppProcess, clearStore, num, type AppEvent } from './app-process.js';
 import { checkZombie, takeoverViolations, warm } from './checks.js';
-import { LeaseWatch, leaseTtlViolation } from './lease-watch.js';
-import { TestRelay, probeConnect, procState, provisionR3, type NatsServerProcess } from './nats-servers.js';
+import { LeaseWatch, checkTakeoverLease } from './lease-watch.js';
+import {
+  TestRelay,
+  probeConnect,
+  procState,
+  provisionR3,
+  streamLeader,
+  type NatsServerProcess,
+} from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
 import {
   DEFAULT_STEP_MS,
@@ -74,8 +82,11 @@ export interface ChaosRound {
   carried: number[];
   /** The standby of this round is a brand-new node with an empty store (it takes over). */
   fresh: boolean;
-  /** `--nats-cluster`: index of the NATS node SIGKILLed during this round. */
-  natsNodeKill?: number;
+  /**
+   * `--nats-cluster`: during this round the NATS node that leads the lease bucket's stream is
+   * SIGKILLed (restarted after the takeover).
+   */
+  natsLeaderKill?: true;
 }
 
 /** Relays that `ack: 'quorum'` over `relays` can do without. */
@@ -125,7 +136,12 @@ export function chaosSchedule(
       const relay = pick(up);
       const kind = rand() < 0.5 ? 'kill' : 'pause';
       const x = rand();
-      const twoOk = carried.length === 0 && r < o.kills && !relayFaults.some((f) => f.across === 2);
+      // Not into the last round while the fresh node is still due (it needs every relay up).
+      const twoOk =
+        carried.length === 0 &&
+        r < o.kills &&
+        (freshDone || r + 1 < o.kills) &&
+        !relayFaults.some((f) => f.across === 2);
       const across: 0 | 1 | 2 = twoOk && x < 0.4 ? 2 : x < 0.6 ? 0 : 1;
       relayFaults.push({ relay, kind, across });
     }
@@ -141,7 +157,7 @@ export function chaosSchedule(
       relayFaults,
       carried,
       fresh,
-      ...(r === natsKillAt ? { natsNodeKill: Math.floor(rand() * 3) } : {}),
+      ...(r === natsKillAt ? { natsLeaderKill: true as const } : {}),
     });
     carried = relayFaults.filter((f) => f.across === 2).map((f) => f.relay);
   }
@@ -180,6 +196,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
     stepMs,
     medians: drillMedians([]),
     durationMs: 0,
+    leaseChecks: { judged: 0, early: 0, unjudged: 0, minGapMs: null },
     faults,
     chaos: { relays: nRelays, ack: 'quorum', tolerate, freshJoins: 0, freshTakeovers: 0 },
     timeline,
@@ -391,10 +408,11 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
       }
       // 4. --nats-cluster: one NATS node dies while the primary holds the lease.
       let natsKilled: NatsServerProcess | undefined;
-      if (round.natsNodeKill !== undefined && cluster) {
-        natsKilled = cluster.servers[round.natsNodeKill]!;
-        faults.push(await killNatsNode(natsKilled, round.natsNodeKill, r, atMs));
-        say(`${tag}: NATS cluster node ${round.natsNodeKill} SIGKILLed`);
+      if (round.natsLeaderKill && cluster) {
+        const rec = await killLeaseLeader(cluster, app, r, atMs);
+        natsKilled = cluster.servers[rec.index]!;
+        faults.push(rec.fault);
+        say(`${tag}: ${rec.fault.target} SIGKILLed`);
       }
       // 5. The primary works its steps, then holds at its kill point.
       primary.send({ cmd: 'arm', point: round.point, afterSteps: round.afterSteps });
@@ -479,7 +497,16 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
       // The lease record, as the server stored it: no claim sooner than a TTL after the last renewal.
       if (!(await leases.seenEpoch(epoch, 5_000)))
         say(`${tag}: the lease watch did not see epoch ${epoch} within 5 s`);
-      const early = leaseTtlViolation(leases.samples, { kill: r, killedEpoch, ttlMs: opts.leaseTtlMs });
+      const early = checkTakeoverLease(
+        report.leaseChecks!,
+        leases.samples,
+        {
+          kill: r,
+          killedEpoch,
+          ttlMs: opts.leaseTtlMs,
+        },
+        leases.holes,
+      );
       if (early) report.violations.push(early);
       let zombie: ZombieReport | undefined;
       if (kind !== 'kill') {
@@ -603,20 +630,30 @@ async function waitState(pid: number | undefined, state: string, timeoutMs = 2_0
   return st;
 }
 
-/** SIGKILLs one node of the NATS cluster and records the evidence. */
-export async function killNatsNode(
-  s: NatsServerProcess,
-  index: number,
+/**
+ * SIGKILLs the node of the NATS cluster that leads the lease bucket's stream (the first node
+ * when no leader is known) and records the evidence.
+ */
+export async function killLeaseLeader(
+  cluster: TestRelay,
+  app: string,
   round: number,
   atMs: () => number,
-): Promise<FaultRecord> {
+): Promise<{ index: number; fault: FaultRecord }> {
+  const stream = kvStreamName(appNames(app).leaseBucket);
+  const leader = await streamLeader(cluster, stream).catch(() => undefined);
+  const index = leader ?? 0;
+  const s = cluster.servers[index]!;
   const pid = s.pid;
   await s.kill();
   return {
-    atMs: atMs(),
-    kind: 'nats-node-kill',
-    target: `nats node ${index} (${s.url})`,
-    evidence: `pid ${pid} ${procState(pid)} (SIGKILL); connect 127.0.0.1:${s.port}: ${await probeConnect(s.port)}`,
-    round,
+    index,
+    fault: {
+      atMs: atMs(),
+      kind: 'nats-node-kill',
+      target: `nats node ${index} (${s.url}${leader !== undefined ? `, leader of ${stream}` : ''})`,
+      evidence: `pid ${pid} ${procState(pid)} (SIGKILL); connect 127.0.0.1:${s.port}: ${await probeConnect(s.port)}`,
+      round,
+    },
   };
 }

@@ -27,30 +27,90 @@ export interface LeaseSample {
  */
 export const LEASE_CLOCK_SLACK_MS = 1;
 
+/** What the lease record says about one takeover. */
+export interface LeaseJudgement {
+  /** `early`: claimed sooner than a TTL after the last renewal; `unknown`: the record lacks one of them. */
+  verdict: 'ok' | 'early' | 'unknown';
+  /** ms from the deposed primary's last renewal to the claim (when both were seen). */
+  gapMs?: number;
+  /** The violation line for `early`. */
+  violation?: string;
+}
+
 /**
- * A claim sooner than the lease allows, as one violation line, or undefined. The last renewal
- * of `killedEpoch` (the newest revision holding that epoch with a holder) is compared with the
- * first revision of a higher epoch after it (the claim). Undefined as well when the record
- * does not show both (nothing to judge).
+ * Whether a takeover claimed the lease sooner than the lease allows. The last renewal of
+ * `killedEpoch` (the newest revision holding that epoch with a holder) is compared with the
+ * first revision of a higher epoch after it (the claim): less than `ttlMs` apart (minus
+ * {@link LEASE_CLOCK_SLACK_MS}) is `early`. `unknown` when the record does not show both.
  */
+export function judgeTakeover(
+  samples: readonly LeaseSample[],
+  o: { kill: number; killedEpoch: number; ttlMs: number },
+  holes: readonly (readonly [number, number])[] = [],
+): LeaseJudgement {
+  const renewals = samples.filter((s) => s.epoch === o.killedEpoch && typeof s.holder === 'string');
+  if (renewals.length === 0) return { verdict: 'unknown' };
+  const last = renewals.reduce((a, b) => (b.revision > a.revision ? b : a));
+  const claims = samples.filter((s) => s.epoch > o.killedEpoch && s.revision > last.revision);
+  if (claims.length === 0) return { verdict: 'unknown' };
+  const claim = claims.reduce((a, b) => (b.revision < a.revision ? b : a));
+  // A revision missed in between (the watch stalled): the real last renewal or claim may be it.
+  if (holes.some(([after, next]) => after < claim.revision && next > last.revision))
+    return { verdict: 'unknown' };
+  const gapMs = claim.t - last.t;
+  if (gapMs + LEASE_CLOCK_SLACK_MS >= o.ttlMs) return { verdict: 'ok', gapMs };
+  return {
+    verdict: 'early',
+    gapMs,
+    violation: `kill ${o.kill}: epoch ${claim.epoch} claimed the lease ${gapMs} ms after the last renewal of epoch ${o.killedEpoch} (revision ${last.revision} by ${String(last.holder)}), sooner than the lease TTL of ${o.ttlMs} ms allows`,
+  };
+}
+
+/** The violation line of {@link judgeTakeover}, or undefined. */
 export function leaseTtlViolation(
   samples: readonly LeaseSample[],
   o: { kill: number; killedEpoch: number; ttlMs: number },
 ): string | undefined {
-  const renewals = samples.filter((s) => s.epoch === o.killedEpoch && typeof s.holder === 'string');
-  if (renewals.length === 0) return undefined;
-  const last = renewals.reduce((a, b) => (b.revision > a.revision ? b : a));
-  const claims = samples.filter((s) => s.epoch > o.killedEpoch && s.revision > last.revision);
-  if (claims.length === 0) return undefined;
-  const claim = claims.reduce((a, b) => (b.revision < a.revision ? b : a));
-  const gap = claim.t - last.t;
-  if (gap + LEASE_CLOCK_SLACK_MS >= o.ttlMs) return undefined;
-  return `kill ${o.kill}: epoch ${claim.epoch} claimed the lease ${gap} ms after the last renewal of epoch ${o.killedEpoch} (revision ${last.revision} by ${String(last.holder)}), sooner than the lease TTL of ${o.ttlMs} ms allows`;
+  return judgeTakeover(samples, o).violation;
+}
+
+/** Counts of the lease check over a run (`leaseChecks` in `--json`). */
+export interface LeaseChecks {
+  /** Takeovers whose claim and the deposed primary's last renewal were both in the record. */
+  judged: number;
+  /** Of those, claims sooner than the TTL (each one also a violation). */
+  early: number;
+  /** Takeovers the record could not judge (the watch missed a revision: history 1). */
+  unjudged: number;
+  /** The smallest renewal-to-claim gap seen, ms (null: none judged). */
+  minGapMs: number | null;
+}
+
+/** Judges one takeover, adds it to `checks`, and returns the violation line (if any). */
+export function checkTakeoverLease(
+  checks: LeaseChecks,
+  samples: readonly LeaseSample[],
+  o: { kill: number; killedEpoch: number; ttlMs: number },
+  holes: readonly (readonly [number, number])[] = [],
+): string | undefined {
+  const j = judgeTakeover(samples, o, holes);
+  if (j.verdict === 'unknown') checks.unjudged++;
+  else checks.judged++;
+  if (j.verdict === 'early') checks.early++;
+  if (j.gapMs !== undefined) checks.minGapMs = Math.min(checks.minGapMs ?? j.gapMs, j.gapMs);
+  return j.violation;
 }
 
 /** Watches one app's lease record for the whole drill. */
 export class LeaseWatch {
+  /** Revisions of the lease key. */
   readonly samples: LeaseSample[] = [];
+  /**
+   * Revisions of the bucket this watch did not see: `[seen, next seen]` whenever the bucket's
+   * revisions (one sequence for every key) jump. The first snapshot is not a hole.
+   */
+  readonly holes: [number, number][] = [];
+  #lastRevision: number | undefined;
   readonly #nc: NatsConnection;
   readonly #stop: () => void;
   #waiters: { epoch: number; resolve: () => void }[] = [];
@@ -73,10 +133,17 @@ export class LeaseWatch {
       await nc.close();
       throw new Error(`cannot watch the lease of ${app}: ${(err as Error).message}`, { cause: err });
     }
-    const iter = await kv.watch({ key: appNames(app).leaseKey });
+    // Every key (presence records too): the bucket's revisions are one sequence, so a revision
+    // this watch missed shows as a jump.
+    const leaseKey = appNames(app).leaseKey;
+    const iter = await kv.watch({ key: '>' });
     const w = new LeaseWatch(nc, () => iter.stop());
     void (async () => {
       for await (const e of iter) {
+        const prev = w.#lastRevision;
+        if (prev !== undefined && e.revision > prev + 1 && e.isUpdate) w.holes.push([prev, e.revision]);
+        if (prev === undefined || e.revision > prev) w.#lastRevision = e.revision;
+        if (e.key !== leaseKey) continue;
         const v = e.operation === 'PUT' ? parseLeaseValue(e.value) : undefined;
         w.samples.push({
           t: e.created.getTime(),

@@ -233,3 +233,19 @@ export function probeConnect(port: number, timeoutMs = 1_000): Promise<string> {
     s.once('error', (err: NodeJS.ErrnoException) => done(err.code ?? err.message));
   });
 }
+
+/**
+ * The index in `cluster.servers` of the server that leads `stream` (its Raft leader), or
+ * undefined when there is none (yet): a JetStream cluster's weakest moment is losing the leader.
+ */
+export async function streamLeader(cluster: TestRelay, stream: string): Promise<number | undefined> {
+  const nc = await connect({ servers: cluster.urls, timeout: 3_000 });
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 3_000 });
+    const leader = (await jsm.streams.info(stream)).cluster?.leader;
+    const m = leader ? /-s(\d+)$/.exec(leader) : null;
+    return m ? Number(m[1]) : undefined;
+  } finally {
+    await nc.close();
+  }
+}

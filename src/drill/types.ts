@@ -225,6 +225,11 @@ export interface DrillReport {
   medians: DrillMedians;
   /** Wall-clock duration of the run. */
   durationMs: number;
+  /**
+   * The lease check of every takeover, from the lease record's server timestamps: claims judged,
+   * claims sooner than the TTL, takeovers the record could not judge, smallest gap (ms).
+   */
+  leaseChecks?: { judged: number; early: number; unjudged: number; minGapMs: number | null };
   /** chaos, --nats-cluster: every fault injected, in order (docs/drill.md). */
   faults?: FaultRecord[];
   /** chaos: relays, the ack policy and how many relays may be down at once. */

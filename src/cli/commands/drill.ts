@@ -176,6 +176,18 @@ function merge(runs: DrillReport[]): Merged {
       corrupt: runs.reduce((n, r) => n + r.rejected.corrupt, 0),
     },
     takeovers,
+    leaseChecks: runs.every((r) => r.leaseChecks)
+      ? {
+          judged: runs.reduce((n, r) => n + r.leaseChecks!.judged, 0),
+          early: runs.reduce((n, r) => n + r.leaseChecks!.early, 0),
+          unjudged: runs.reduce((n, r) => n + r.leaseChecks!.unjudged, 0),
+          minGapMs: runs.reduce<number | null>(
+            (m, r) =>
+              r.leaseChecks!.minGapMs === null ? m : Math.min(m ?? Infinity, r.leaseChecks!.minGapMs),
+            null,
+          ),
+        }
+      : undefined,
     violations: runs.flatMap((r) => r.violations.map((v) => `${r.scenario}: ${v}`)),
     medians: drillMedians(takeovers),
     durationMs: runs.reduce((n, r) => n + r.durationMs, 0),
