@@ -307,6 +307,12 @@ export function drillCommand(): Command {
           'relay-loss and shard-loss use 3 and 6 relays; for N relays run: restartpoint drill --scenario chaos --relays N',
         );
       }
+      if (o.scenario === 'chaos' && (o.stateMb > 0 || o.injectForged !== undefined)) {
+        throw new UsageError(
+          `--scenario chaos does not take ${o.stateMb > 0 ? '--state-mb' : '--inject-forged'}`,
+          'run those with the kill scenario: restartpoint drill --state-mb 10 (or --key K --inject-forged N)',
+        );
+      }
       if (o.natsCluster !== undefined && (o.scenario === 'partition' || o.scenario === 'all')) {
         throw new UsageError(
           `--nats-cluster does not combine with --scenario ${o.scenario}`,
