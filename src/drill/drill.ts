@@ -149,7 +149,6 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
 
   const track = (node: AppProcess): void => {
     node.on((e) => {
-      process.stderr.write(`DBG ${node.id} ${JSON.stringify(e)}\n`);
       const r = role.get(node.id);
       if (e.ev === 'primary') role.set(node.id, { epoch: num(e.epoch), nextCp: num(e.resumed) + 1, wt: 0 });
       else if (e.ev === 'standby') role.delete(node.id);
