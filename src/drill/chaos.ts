@@ -37,7 +37,6 @@ import {
 } from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
 import {
-  DEFAULT_STEP_MS,
   KillPoints,
   drillMedians,
   emptyTimeline,
@@ -53,8 +52,24 @@ import {
 /** Largest `--relays` of the chaos drill. */
 export const MAX_CHAOS_RELAYS = 7;
 
-/** How long a standby may take to reach what the primary acknowledged before it counts as stuck. */
+/**
+ * How long a standby's applied checkpoint may stand still, while it is behind what the primary
+ * acknowledged and the policy's relays are up, before it counts as stuck (a violation).
+ */
 export const STUCK_MS = 45_000;
+
+/**
+ * How long a standby that keeps advancing may take to reach what the primary acknowledged before
+ * the drill goes on without waiting (it is slow, not stuck: counted in `chaos.slowCatchUps`).
+ */
+export const CATCH_UP_MS = 300_000;
+
+/**
+ * Default pause of the sample app after each step in `chaos`, ms. Brand-new and restarted nodes
+ * replay the stream; at 2 ms (the other scenarios' default) 30 rounds on a small loaded machine
+ * grow it past what a replaying standby can catch up with.
+ */
+export const CHAOS_STEP_MS = 10;
 
 /** A primary fault of the chaos drill. */
 export type PrimaryFault = 'kill' | 'pause' | 'partition';
@@ -173,7 +188,7 @@ function nodeId(i: number): string {
 export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
   const say = opts.progress ?? (() => undefined);
   const nRelays = opts.relays ?? 3;
-  const stepMs = opts.stepMs ?? DEFAULT_STEP_MS;
+  const stepMs = opts.stepMs ?? CHAOS_STEP_MS;
   const app = `drill-${randomBytes(4).toString('hex')}`;
   const startedAt = Date.now();
   const atMs = (): number => Date.now() - startedAt;
@@ -198,7 +213,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
     durationMs: 0,
     leaseChecks: { judged: 0, early: 0, unjudged: 0, minGapMs: null },
     faults,
-    chaos: { relays: nRelays, ack: 'quorum', tolerate, freshJoins: 0, freshTakeovers: 0 },
+    chaos: { relays: nRelays, ack: 'quorum', tolerate, freshJoins: 0, freshTakeovers: 0, slowCatchUps: 0 },
     timeline,
   };
   if (!(Number.isInteger(nRelays) && nRelays >= 1 && nRelays <= MAX_CHAOS_RELAYS)) {
@@ -358,21 +373,28 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         await startStandby(node);
         standbys.push(node);
       }
-      // 2. No stuck standby: each reaches what the primary acknowledged so far.
+      // 2. No stuck standby: each one advances until it has applied what the primary acknowledged.
       const target = lastAcked;
       for (const s of standbys) {
-        if ((lastApplied.get(s.id) ?? 0) >= target) continue;
-        try {
-          await s.waitFor(
-            (e) => e.ev === 'applied' && num(e.checkpoint) >= target,
-            `applied checkpoint ${target}`,
-            STUCK_MS,
-          );
-        } catch (err) {
-          if (!/no applied checkpoint/.test((err as Error).message)) throw err;
-          report.violations.push(
-            `${tag}: stuck standby: ${s.id} did not apply checkpoint ${target} within ${STUCK_MS} ms (last applied ${lastApplied.get(s.id) ?? 'none'}; relays down: ${active.map((a) => a.f.relay).join(', ') || 'none'})`,
-          );
+        const until = Date.now() + CATCH_UP_MS;
+        while ((lastApplied.get(s.id) ?? 0) < target) {
+          if (Date.now() > until) {
+            report.chaos!.slowCatchUps++;
+            say(
+              `${tag}: standby ${s.id} still behind after ${CATCH_UP_MS} ms (applied ${lastApplied.get(s.id)}, target ${target}); going on`,
+            );
+            break;
+          }
+          try {
+            // `applied` comes (every 200 ms) only when the applied checkpoint moved.
+            await s.waitFor((e) => e.ev === 'applied', `applied checkpoint moving`, STUCK_MS);
+          } catch (err) {
+            if (!/no applied checkpoint moving/.test((err as Error).message)) throw err;
+            report.violations.push(
+              `${tag}: stuck standby: ${s.id} applied nothing for ${STUCK_MS} ms while behind (last applied ${lastApplied.get(s.id) ?? 'none'}, acknowledged ${target}; relays down: ${active.map((x) => x.f.relay).join(', ') || 'none'})`,
+            );
+            break;
+          }
         }
       }
       for (const s of standbys) await warm(s, ackAt);

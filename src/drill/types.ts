@@ -233,7 +233,15 @@ export interface DrillReport {
   /** chaos, --nats-cluster: every fault injected, in order (docs/drill.md). */
   faults?: FaultRecord[];
   /** chaos: relays, the ack policy and how many relays may be down at once. */
-  chaos?: { relays: number; ack: string; tolerate: number; freshJoins: number; freshTakeovers: number };
+  chaos?: {
+    relays: number;
+    ack: string;
+    tolerate: number;
+    freshJoins: number;
+    freshTakeovers: number;
+    /** Standbys still behind (but advancing) after `CATCH_UP_MS`: slow, not stuck. */
+    slowCatchUps: number;
+  };
   /** For the HTML report; left out of `--json` (see {@link reportJson}). */
   timeline?: DrillTimeline;
 }

@@ -375,7 +375,9 @@ export function drillCommand(): Command {
               key: o.key,
               injectForged: o.injectForged,
               stateMb: o.stateMb,
-              stepMs: o.stepMs,
+              // chaos has a default of its own (CHAOS_STEP_MS) unless --step-ms is given.
+              stepMs:
+                scenario === 'chaos' && cmd.getOptionValueSource('stepMs') !== 'cli' ? undefined : o.stepMs,
               ...(o.relays !== undefined ? { relays: o.relays } : {}),
               ...(o.natsCluster !== undefined ? { natsCluster: o.natsCluster } : {}),
               progress,
