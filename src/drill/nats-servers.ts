@@ -149,6 +149,9 @@ export class TestRelay {
           `cluster {`,
           `  name: ${name}`,
           `  listen: 127.0.0.1:${routes[i]}`,
+          // Clients keep to the URLs they were given: a client behind a drill's proxy must not
+          // learn the servers' own addresses from the cluster and reconnect around the proxy.
+          `  no_advertise: true`,
           `  routes: [${routes.map((p) => `nats-route://127.0.0.1:${p}`).join(', ')}]`,
           `}`,
         ].join('\n'),
