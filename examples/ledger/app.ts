@@ -270,7 +270,8 @@ async function main(): Promise<void> {
   const rp = await Restartpoint.start<LedgerState>({
     app: values.app,
     nodeId: values.node,
-    nats: { servers: values.nats },
+    // Several servers (a cluster) separated by commas.
+    nats: { servers: values.nats!.includes(',') ? values.nats!.split(',') : values.nats! },
     storage,
     initialState: () => ({
       steps: 0,

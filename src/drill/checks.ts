@@ -3,7 +3,6 @@
  * the deposed primary was told), that a standby is warm before a fault, and that a deposed
  * primary which kept running is fenced.
  */
-import type { TcpProxy } from './proxy.js';
 import { num, type AppEvent, type AppProcess } from './app-process.js';
 import type { TakeoverReport, ZombieReport } from './types.js';
 
@@ -90,7 +89,8 @@ export async function checkZombie(
     wtAtFault: number;
     acks: readonly { node: string; epoch: number; checkpoint: number; t: number }[];
     timeoutMs: number;
-    proxy: TcpProxy | undefined;
+    /** partition: the cut link(s), healed once the zombie reported `demoted`. */
+    proxy: { heal(): void } | undefined;
     violations: string[];
     kill: number;
   },

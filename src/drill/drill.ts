@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { deleteAppAt } from '../transport/inspect.js';
+import { deleteAppAt, splitServers } from '../transport/inspect.js';
 import { AppProcess, clearStore, num } from './app-process.js';
 import {
   CORRUPT_REASONS,
@@ -30,8 +30,10 @@ import {
   takeoverViolations,
   warm,
 } from './checks.js';
+import { killLeaseLeader, runChaos } from './chaos.js';
 import { injectHostile } from './hostile.js';
-import { TestRelay } from './nats-servers.js';
+import { LeaseWatch, checkTakeoverLease } from './lease-watch.js';
+import { TestRelay, provisionR3 } from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
 import {
   DEFAULT_STEP_MS,
@@ -42,6 +44,7 @@ import {
   mulberry,
   type DrillOptions,
   type DrillReport,
+  type FaultRecord,
   type TakeoverReport,
   type ZombieReport,
 } from './types.js';
@@ -62,6 +65,7 @@ function thin<T>(xs: T[], max: number): T[] {
 
 /** Runs a drill. Never throws for a guarantee violation: those are in `violations`. */
 export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
+  if (opts.scenario === 'chaos') return runChaos(opts);
   const say = opts.progress ?? (() => undefined);
   const rand = mulberry(opts.seed);
   const app = `drill-${randomBytes(4).toString('hex')}`;
@@ -75,6 +79,11 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   const relayed = scenario === 'relay-loss' || scenario === 'shard-loss';
   /** partition: each node reaches NATS through a proxy of its own; the primary's is cut. */
   const proxies = new Map<string, TcpProxy>();
+  /** --nats-cluster 3: the lease's NATS is a cluster the drill starts; one node dies mid-run. */
+  let cluster: TestRelay | undefined;
+  let natsUrl = opts.nats;
+  let leases: LeaseWatch | undefined;
+  const faults: FaultRecord[] = [];
   const relayArgs = (): string[] => {
     if (!relayed) return [];
     const urls = relays.map((r) => r.urls.join('|')).join(',');
@@ -91,7 +100,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     '--dir',
     join(dir, id),
     '--nats',
-    proxies.get(id)?.url ?? opts.nats,
+    proxies.get(id)?.url ?? natsUrl,
     '--ttl',
     String(opts.leaseTtlMs),
     '--mode',
@@ -121,6 +130,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     stepMs,
     medians: drillMedians([]),
     durationMs: 0,
+    leaseChecks: { judged: 0, early: 0, unjudged: 0, minGapMs: null },
     timeline,
   };
   const rejectedSeen = { forged: new Set<string>(), corrupt: new Set<string>() };
@@ -182,6 +192,18 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     }
     track(nodes.a);
     track(nodes.b);
+    if (opts.natsCluster !== undefined) {
+      if (opts.natsCluster !== 3) throw new Error(`natsCluster ${opts.natsCluster} is not supported: use 3`);
+      if (scenario === 'partition')
+        throw new Error(
+          'natsCluster does not combine with the partition scenario (one proxy per node): use chaos',
+        );
+      cluster = await TestRelay.cluster(`rpdrill${randomBytes(2).toString('hex')}`);
+      natsUrl = cluster.urls.join(',');
+      // The lease bucket (and the stream, when it lives on nats) at R3, before any node starts.
+      await provisionR3(cluster.urls, app, !relayed);
+      report.faults = faults;
+    }
     if (relayed) {
       const n = scenario === 'relay-loss' ? 3 : 6;
       for (let i = 0; i < n; i++) relays.push(await TestRelay.single());
@@ -197,6 +219,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     nodes.a.start(args('a'));
     const first = await nodes.a.waitFor((e) => e.ev === 'primary', 'primary role', startMs);
     lastEpoch = Number(first.epoch);
+    leases = await LeaseWatch.start(splitServers(natsUrl), app);
     nodes.b.start(args('b'));
     await nodes.b.waitFor((e) => e.ev === 'standby', 'standby role', startMs);
     let primary = nodes.a;
@@ -237,6 +260,14 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       }
       report.relaysKilled += lost.length;
       if (lost.length > 0) say(`kill ${kill}/${opts.kills}: relay(s) ${lost.join(', ')} SIGKILLed`);
+      // --nats-cluster: one NATS node dies in the middle kill, while the primary holds the lease.
+      let natsNode: number | undefined;
+      if (cluster && kill === Math.ceil(opts.kills / 2)) {
+        const rec = await killLeaseLeader(cluster, app, kill, () => Date.now() - startedAt);
+        natsNode = rec.index;
+        faults.push(rec.fault);
+        say(`kill ${kill}/${opts.kills}: ${rec.fault.target} SIGKILLed`);
+      }
       primary.send({ cmd: 'arm', point, afterSteps });
       const at = await primary.waitFor(
         (e) => e.ev === 'at-killpoint' || e.ev === 'demoted',
@@ -276,6 +307,20 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       }
       const took = await tookP;
       const takeoverMs = took.t - tKill;
+      // The lease record, as the server stored it: no claim sooner than a TTL after the last renewal.
+      if (!(await leases.seenEpoch(Number(took.epoch), 5_000)))
+        say(`kill ${kill}/${opts.kills}: the lease watch did not see epoch ${String(took.epoch)} within 5 s`);
+      const early = checkTakeoverLease(
+        report.leaseChecks!,
+        leases.samples,
+        {
+          kill,
+          killedEpoch,
+          ttlMs: opts.leaseTtlMs,
+        },
+        leases.holes,
+      );
+      if (early) report.violations.push(early);
       const resumed = Number(took.resumed);
       const resumedEpoch = Number(took.resumedEpoch);
       const epoch = Number(took.epoch);
@@ -343,6 +388,10 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         await relays[i]!.servers[0]!.start();
         timeline.relays.push({ t: Date.now(), kind: 'relay-start', relay: i });
       }
+      if (natsNode !== undefined) {
+        await cluster!.servers[natsNode]!.start();
+        faults[faults.length - 1]!.restoredAtMs = Date.now() - startedAt;
+      }
       const killed = primary;
       primary = standby;
       standby = killed;
@@ -355,6 +404,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     report.ok = false;
   } finally {
     await Promise.all([nodes.a.kill(), nodes.b.kill()]);
+    await leases?.close();
     await Promise.all(relays.map((r) => r.destroy()));
     await Promise.all([...proxies.values()].map((p) => p.close()));
     if (!opts.keep) {
@@ -364,8 +414,9 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         });
       }
       await rm(dir, { recursive: true, force: true });
-      await deleteAppAt(opts.nats, app).catch(() => undefined);
+      if (!cluster) await deleteAppAt(opts.nats, app).catch(() => undefined);
     }
+    await cluster?.destroy();
   }
   report.medians = drillMedians(report.takeovers);
   timeline.endedAt = Date.now();

@@ -5,12 +5,16 @@
  * same port and storage, like a host that died and came back.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { appNames } from '../protocol/subjects.js';
+import { closeLink, ensureStream, openLink } from '../transport/connection.js';
 
 /** A free TCP port on 127.0.0.1. */
 export function freePort(): Promise<number> {
@@ -80,6 +84,16 @@ export class NatsServerProcess {
     await gone;
   }
 
+  /** The process id of the running server (undefined before start). */
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  /** Sends a signal (SIGSTOP: a frozen host that keeps its sockets; SIGCONT wakes it). */
+  signal(sig: NodeJS.Signals): void {
+    if (this.running) this.#child!.kill(sig);
+  }
+
   /** Whether the process runs. */
   get running(): boolean {
     return this.#child !== undefined && this.#child.exitCode === null && this.#child.signalCode === null;
@@ -135,6 +149,9 @@ export class TestRelay {
           `cluster {`,
           `  name: ${name}`,
           `  listen: 127.0.0.1:${routes[i]}`,
+          // Clients keep to the URLs they were given: a client behind a drill's proxy must not
+          // learn the servers' own addresses from the cluster and reconnect around the proxy.
+          `  no_advertise: true`,
           `  routes: [${routes.map((p) => `nats-route://127.0.0.1:${p}`).join(', ')}]`,
           `}`,
         ].join('\n'),
@@ -170,5 +187,68 @@ export class TestRelay {
   async destroy(): Promise<void> {
     await Promise.all(this.servers.map((s) => s.kill()));
     await rm(this.#dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The state letter of a process from `/proc/PID/stat` (`R`, `S`, `T` = stopped, `Z`...), or
+ * `'gone'` when there is no such process: evidence that a signal took effect.
+ */
+export function procState(pid: number | undefined): string {
+  if (pid === undefined) return 'gone';
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? 'unknown';
+  } catch {
+    return 'gone';
+  }
+}
+
+/**
+ * `--nats-cluster 3`: creates the app's lease bucket (and, when `stream`, its frame stream) on a
+ * cluster at R3 before any node starts, exactly as a node would create them at R1. A node then
+ * finds them and checks their settings (an existing bucket or stream with more replicas than
+ * asked for is accepted).
+ */
+export async function provisionR3(servers: readonly string[], app: string, stream: boolean): Promise<void> {
+  const link = await openLink({ servers: [...servers] }, `restartpoint:drill:${app}`);
+  try {
+    const names = appNames(app);
+    if (stream) await ensureStream(link, names, 3);
+    await new Kvm(link.nc).create(names.leaseBucket, { history: 1, replicas: 3 });
+  } finally {
+    await closeLink(link);
+  }
+}
+
+/** Whether a TCP connect to 127.0.0.1:`port` is refused: `ECONNREFUSED`, `connected`, or the error code. */
+export function probeConnect(port: number, timeoutMs = 1_000): Promise<string> {
+  return new Promise((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port });
+    const done = (what: string): void => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(what);
+    };
+    const timer = setTimeout(() => done('no answer (timeout)'), timeoutMs);
+    s.once('connect', () => done('connected'));
+    s.once('error', (err: NodeJS.ErrnoException) => done(err.code ?? err.message));
+  });
+}
+
+/**
+ * The index in `cluster.servers` of the server that leads `stream` (its Raft leader), or
+ * undefined when there is none (yet): a JetStream cluster's weakest moment is losing the leader.
+ */
+export async function streamLeader(cluster: TestRelay, stream: string): Promise<number | undefined> {
+  const nc = await connect({ servers: cluster.urls, timeout: 3_000 });
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 3_000 });
+    const leader = (await jsm.streams.info(stream)).cluster?.leader;
+    const m = leader ? /-s(\d+)$/.exec(leader) : null;
+    return m ? Number(m[1]) : undefined;
+  } finally {
+    await nc.close();
   }
 }

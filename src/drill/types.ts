@@ -68,11 +68,43 @@ export interface DrillOptions {
    * machine it never catches up with a primary checkpointing flat out (0).
    */
   stepMs?: number;
+  /** chaos: how many relays (nats-servers the drill starts), 1-7. Default 3. */
+  relays?: number;
+  /**
+   * 3: `nats` is a three-node JetStream cluster the drill starts (lease bucket and stream at R3);
+   * one of its nodes is SIGKILLed mid-run and restarted after the next takeover.
+   */
+  natsCluster?: number;
 }
 
 /** Drill scenarios, in the order `--scenario all` runs them. */
 export const Scenarios = ['kill', 'pause', 'partition', 'relay-loss', 'shard-loss'] as const;
-export type Scenario = (typeof Scenarios)[number];
+/** Scenarios that only run on their own (`--scenario NAME`), never in `all`: too long. */
+export const SoloScenarios = ['chaos'] as const;
+export type Scenario = (typeof Scenarios)[number] | (typeof SoloScenarios)[number];
+
+/** One fault the drill injected (`faults` in `--json`), with evidence that it took effect. */
+export interface FaultRecord {
+  /** Milliseconds since the run started. */
+  atMs: number;
+  /**
+   * `primary-kill`, `primary-pause`, `primary-partition`, `relay-kill`, `relay-pause`,
+   * `nats-node-kill`.
+   */
+  kind: string;
+  /** The node id (`a`, `b`…), `relay N`, or the NATS cluster node's name. */
+  target: string;
+  /**
+   * What shows it took effect, read after the fault: `pid 123 gone (SIGKILL)`, `pid 123 state T
+   * (/proc/123/stat)`, `connect 127.0.0.1:4301: ECONNREFUSED`, `proxy cut: 3 connection(s)
+   * blackholed`.
+   */
+  evidence: string;
+  /** When it was undone (relay restarted or SIGCONTed, link healed), ms since the start. */
+  restoredAtMs?: number;
+  /** The kill (takeover round) during which it was injected. */
+  round: number;
+}
 
 /** What a deposed primary that kept running (pause, partition) did after the takeover. */
 export interface ZombieReport {
@@ -127,6 +159,8 @@ export interface TakeoverReport {
   writesDiscarded: number;
   /** pause, partition: what the deposed primary did afterwards. */
   zombie?: ZombieReport;
+  /** chaos: the primary's fault of this takeover. */
+  fault?: 'kill' | 'pause' | 'partition';
   /**
    * Sidecar mode (`--config`): the resumed app's own report that its store and image agree
    * (the verification hook, docs/drill.md); `null` when the app printed none.
@@ -191,6 +225,23 @@ export interface DrillReport {
   medians: DrillMedians;
   /** Wall-clock duration of the run. */
   durationMs: number;
+  /**
+   * The lease check of every takeover, from the lease record's server timestamps: claims judged,
+   * claims sooner than the TTL, takeovers the record could not judge, smallest gap (ms).
+   */
+  leaseChecks?: { judged: number; early: number; unjudged: number; minGapMs: number | null };
+  /** chaos, --nats-cluster: every fault injected, in order (docs/drill.md). */
+  faults?: FaultRecord[];
+  /** chaos: relays, the ack policy and how many relays may be down at once. */
+  chaos?: {
+    relays: number;
+    ack: string;
+    tolerate: number;
+    freshJoins: number;
+    freshTakeovers: number;
+    /** Standbys still behind (but advancing) after `CATCH_UP_MS`: slow, not stuck. */
+    slowCatchUps: number;
+  };
   /** For the HTML report; left out of `--json` (see {@link reportJson}). */
   timeline?: DrillTimeline;
 }

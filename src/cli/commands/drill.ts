@@ -15,6 +15,7 @@ import {
   DrillStores,
   MAX_STATE_MB,
   Scenarios,
+  SoloScenarios,
   drillMedians,
   reportJson,
   runDrill,
@@ -24,6 +25,7 @@ import {
 } from '../../drill/drill.js';
 import { renderReport } from '../../drill/report.js';
 import { runSidecarDrill } from '../../drill/sidecar-drill.js';
+import { MAX_CHAOS_RELAYS } from '../../drill/chaos.js';
 import { UsageError } from '../../errors.js';
 import { intFlag, loadConfigFlag } from '../flags.js';
 
@@ -45,6 +47,8 @@ interface DrillFlags {
   stepMs: number;
   report?: string;
   config?: string;
+  relays?: number;
+  natsCluster?: number;
 }
 
 /** Flags that the sidecar config decides in `--config` mode. */
@@ -60,6 +64,8 @@ const NOT_WITH_CONFIG = [
   'stepMs',
   'key',
   'injectForged',
+  'relays',
+  'natsCluster',
 ] as const;
 
 /** `--config FILE -- <command…>`: the checked config figures the sidecar drill needs. */
@@ -170,6 +176,18 @@ function merge(runs: DrillReport[]): Merged {
       corrupt: runs.reduce((n, r) => n + r.rejected.corrupt, 0),
     },
     takeovers,
+    leaseChecks: runs.every((r) => r.leaseChecks)
+      ? {
+          judged: runs.reduce((n, r) => n + r.leaseChecks!.judged, 0),
+          early: runs.reduce((n, r) => n + r.leaseChecks!.early, 0),
+          unjudged: runs.reduce((n, r) => n + r.leaseChecks!.unjudged, 0),
+          minGapMs: runs.reduce<number | null>(
+            (m, r) =>
+              r.leaseChecks!.minGapMs === null ? m : Math.min(m ?? Infinity, r.leaseChecks!.minGapMs),
+            null,
+          ),
+        }
+      : undefined,
     violations: runs.flatMap((r) => r.violations.map((v) => `${r.scenario}: ${v}`)),
     medians: drillMedians(takeovers),
     durationMs: runs.reduce((n, r) => n + r.durationMs, 0),
@@ -214,7 +232,7 @@ export function drillCommand(): Command {
         '--scenario <name>',
         "what fails: the primary ('kill', 'pause', 'partition'), relays, shards, or 'all' in turn",
       )
-        .choices([...Scenarios, 'all'])
+        .choices([...Scenarios, ...SoloScenarios, 'all'])
         .default('kill'),
     )
     .option('--redis-url <url>', 'Redis for --store redis', 'redis://127.0.0.1:6379')
@@ -241,6 +259,16 @@ export function drillCommand(): Command {
       'pause of the sample app after each acknowledged step (0: as fast as it can)',
       intFlag('--step-ms', 0, 10_000),
       DEFAULT_STEP_MS,
+    )
+    .option(
+      '--relays <n>',
+      `--scenario chaos: relays (nats-servers the drill starts, ack quorum), 1-${MAX_CHAOS_RELAYS}`,
+      intFlag('--relays', 1, MAX_CHAOS_RELAYS),
+    )
+    .option(
+      '--nats-cluster <n>',
+      'run nats as a JetStream cluster of N (3) nodes the drill starts, lease and stream at R3; one node is SIGKILLed mid-run',
+      intFlag('--nats-cluster', 3, 3),
     )
     .option('--report <file>', 'write a self-contained HTML report (timeline, RTO/RPO table) to FILE')
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
@@ -271,6 +299,24 @@ export function drillCommand(): Command {
         throw new UsageError(
           '--inject-forged needs --key',
           'forged frames are only told apart from real ones in signed mode: add --key $(openssl rand -hex 32)',
+        );
+      }
+      if (o.relays !== undefined && o.scenario !== 'chaos') {
+        throw new UsageError(
+          `--relays needs --scenario chaos (got ${o.scenario})`,
+          'relay-loss and shard-loss use 3 and 6 relays; for N relays run: restartpoint drill --scenario chaos --relays N',
+        );
+      }
+      if (o.scenario === 'chaos' && (o.stateMb > 0 || o.injectForged !== undefined)) {
+        throw new UsageError(
+          `--scenario chaos does not take ${o.stateMb > 0 ? '--state-mb' : '--inject-forged'}`,
+          'run those with the kill scenario: restartpoint drill --state-mb 10 (or --key K --inject-forged N)',
+        );
+      }
+      if (o.natsCluster !== undefined && (o.scenario === 'partition' || o.scenario === 'all')) {
+        throw new UsageError(
+          `--nats-cluster does not combine with --scenario ${o.scenario}`,
+          'partition proxies one server per node; use --scenario chaos (which partitions every link) or kill, pause',
         );
       }
       const reportPath = o.report !== undefined ? checkReportPath(o.report) : undefined;
@@ -329,7 +375,11 @@ export function drillCommand(): Command {
               key: o.key,
               injectForged: o.injectForged,
               stateMb: o.stateMb,
-              stepMs: o.stepMs,
+              // chaos has a default of its own (CHAOS_STEP_MS) unless --step-ms is given.
+              stepMs:
+                scenario === 'chaos' && cmd.getOptionValueSource('stepMs') !== 'cli' ? undefined : o.stepMs,
+              ...(o.relays !== undefined ? { relays: o.relays } : {}),
+              ...(o.natsCluster !== undefined ? { natsCluster: o.natsCluster } : {}),
               progress,
               onTakeover: () => bar?.increment(),
             }),
