@@ -97,7 +97,7 @@ export class Intake {
    */
   async take(relay: number, streamSeq: number, data: Uint8Array): Promise<void> {
     try {
-      const m = this.#o.codec.open(data);
+      const m = this.#o.codec.open(data, relay);
       if (m.shard) {
         this.witnesses.add(m.key, m.shard.index);
       } else {
