@@ -629,7 +629,7 @@ function checkValueLimit(value: Uint8Array, limits: Limits): void {
 function standbyReports(
   o: ResolvedOptions<unknown>,
   rpt: NodeReporter,
-): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence'> {
+): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence' | 'onLateCopy'> {
   return {
     onReject: (err, seq) => {
       rpt.observe('rejected', err.reason);
@@ -643,5 +643,14 @@ function standbyReports(
     },
     onFence: (epoch, nodeId, seq) =>
       o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
+    // Another relay's copy of a committed frame: expected with several relays, not a rejection.
+    onLateCopy: (key, relay, seq) =>
+      o.log({
+        level: 'debug',
+        msg: 'late copy',
+        relay,
+        streamSeq: seq,
+        frame: `${key.epoch}/${key.seq}.${key.part}`,
+      }),
   };
 }

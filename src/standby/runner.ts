@@ -39,6 +39,8 @@ export interface StandbyOptions {
   readonly onCommit?: IntakeOptions['onCommit'];
   readonly onFence?: IntakeOptions['onFence'];
   readonly onStoreRetry?: IntakeOptions['onStoreRetry'];
+  /** Another relay's copy of a frame already committed (expected; logged at debug level). */
+  readonly onLateCopy?: IntakeOptions['onLateCopy'];
   /**
    * When to apply (seed claim 2: the relays hold the data durably meanwhile): `everyMs` applies
    * what arrived in batches once per interval; `maxBytesPerSec` caps the apply bandwidth.
@@ -106,6 +108,7 @@ export class StandbyRunner {
       onCommit: opts.onCommit,
       onFence: opts.onFence,
       onStoreRetry: opts.onStoreRetry,
+      onLateCopy: opts.onLateCopy,
     });
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
