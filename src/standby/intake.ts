@@ -109,16 +109,24 @@ export class Intake {
    * fails, which stops the standby.
    */
   async take(relay: number, streamSeq: number, data: Uint8Array): Promise<void> {
-    let late: PartKey | undefined;
     try {
       const m = this.#o.codec.open(data, relay);
-      // Witnesses of committed frames are forgotten; another relay's copy of one arriving now is
-      // late, not a refusal (the same relay's copy again still is a duplicate).
-      if (
-        this.#isForgotten(m.key) &&
-        !this.witnesses.repeatAfterCommit(m.key, m.shard ? m.shard.index : relay)
-      )
-        late = m.key;
+      // Witnesses of committed frames are forgotten at the commit; another relay's copy of one
+      // arriving now is expected, not a refusal (the same relay's copy again still is a duplicate).
+      const after = this.#isForgotten(m.key)
+        ? this.witnesses.afterCommit(m.key, m.shard ? m.shard.index : relay)
+        : undefined;
+      if (after === 'late') {
+        this.counters.lateCopies++;
+        this.#o.onLateCopy?.(m.key, relay, streamSeq);
+        return;
+      }
+      if (after === 'repeat') {
+        throw new FrameError(
+          FrameRejectReason.Duplicate,
+          `part ${m.key.epoch}/${m.key.seq}.${m.key.part} again on relay ${relay}, after its checkpoint was committed`,
+        );
+      }
       if (m.shard) {
         this.witnesses.add(m.key, m.shard.index);
       } else {
@@ -151,11 +159,7 @@ export class Intake {
       }
       this.#dropped.delete(frameKey(frame));
     } catch (err) {
-      if (late && err instanceof FrameError && err.reason === FrameRejectReason.Duplicate) {
-        // Another relay's copy of a frame committed here already: expected, not a refusal.
-        this.counters.lateCopies++;
-        this.#o.onLateCopy?.(late, relay, streamSeq);
-      } else if (err instanceof FrameError) this.reject(err, streamSeq);
+      if (err instanceof FrameError) this.reject(err, streamSeq);
       else throw err;
     }
   }

@@ -124,19 +124,18 @@ export class Witnesses {
   }
 
   /**
-   * For a message forgotten at a commit: whether `who` had already witnessed it (a repeat on the
-   * same relay), and notes `who` now. `false`: another relay's late copy (also when the record
-   * was pruned long ago).
+   * For a message whose witnesses were forgotten at a commit: `'late'` when `who` had not
+   * witnessed it (another relay's late copy; `who` is noted now), `'repeat'` when it had (the
+   * same relay's copy again), `undefined` when it was never witnessed here (or was pruned).
    */
-  repeatAfterCommit(key: PartKey, who: number): boolean {
+  afterCommit(key: PartKey, who: number): 'late' | 'repeat' | undefined {
     const id = `${key.epoch}:${key.seq * PARTS + key.part}`;
-    const mask = this.#retired.get(id) ?? 0;
+    const mask = this.#retired.get(id);
+    if (mask === undefined) return undefined;
     const bit = who < 31 ? 1 << who : 0;
-    if (bit !== 0 && (mask & bit) !== 0) return true;
-    this.#retired.delete(id);
+    if (bit === 0 || (mask & bit) !== 0) return 'repeat';
     this.#retired.set(id, mask | bit);
-    if (this.#retired.size > MAX_RETIRED) this.#retired.delete(this.#retired.keys().next().value!);
-    return false;
+    return 'late';
   }
 
   /** Messages remembered. */
