@@ -110,6 +110,11 @@ export class FrameCodec {
     return list.map((relay, i) => ({ relay, bytes: sealed ? sealed[i]! : part, msgId }));
   }
 
+  /** Largest message this codec produces (the relays' smallest `max_payload`, envelope included). */
+  get maxPayload(): number {
+    return this.#o.maxPayload;
+  }
+
   /** Whether messages are FEC shards. */
   get fec(): boolean {
     return this.#o.fec !== undefined;

@@ -266,6 +266,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         apply: o.apply,
         ...standbyReports(o, rpt),
       });
+      // A relay down at start is read once it comes up (the policy could do without it).
+      relaySet.onJoin((relay, l) => {
+        o.log({ level: 'info', msg: 'relay joined', relay, servers: l.servers });
+        void standby.joinRelay(relay);
+      });
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
       rpt.transition('standby');
