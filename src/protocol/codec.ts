@@ -164,14 +164,30 @@ export class FrameCodec {
    * sealed for another relay is refused as `forged` (a copy replayed from another relay's stream).
    */
   open(data: Uint8Array, relay?: number): DecodedMessage {
+    return this.openInner(data, relay).message;
+  }
+
+  /**
+   * `open`, also handing back the inner bytes (the encoded part or shard, out of its envelope):
+   * what a backfill re-seals for another relay.
+   */
+  openInner(data: Uint8Array, relay?: number): { message: DecodedMessage; inner: Uint8Array } {
     const { app, envelope, fec } = this.#o;
     const bytes = envelope ? envelope.open(data, relay) : data;
     if (fec) {
       const shard = decodeShard(bytes, app);
-      return { key: { epoch: shard.epoch, seq: shard.seq, part: shard.part }, shard };
+      return {
+        message: { key: { epoch: shard.epoch, seq: shard.seq, part: shard.part }, shard },
+        inner: bytes,
+      };
     }
     const part = decodePart(bytes, app);
-    return { key: { epoch: part.epoch, seq: part.seq, part: part.part }, part };
+    return { message: { key: { epoch: part.epoch, seq: part.seq, part: part.part }, part }, inner: bytes };
+  }
+
+  /** The app this codec encodes for. */
+  get app(): string {
+    return this.#o.app;
   }
 }
 

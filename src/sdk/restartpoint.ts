@@ -380,6 +380,21 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       void readSwitchover(kv)
         .then((req) => (req && req.epoch < claim.epoch ? clearSwitchover(kv) : undefined))
         .catch(() => undefined);
+      // Anti-entropy: relays that missed acknowledged frames (down while the predecessor ran, or
+      // down now and back later) are caught up from the others (src/transport/backfill.ts).
+      relaySet.enableBackfill(pos.epoch, (res) =>
+        'error' in res
+          ? o.log({ level: 'warn', msg: 'relay backfill failed', relay: res.target, error: res.error })
+          : o.log({
+              level: res.copied > 0 || res.unrecoverable > 0 ? 'info' : 'debug',
+              msg: 'relay backfilled',
+              relay: res.target,
+              fromEpoch: pos.epoch,
+              missingParts: res.missingParts,
+              copied: res.copied,
+              unrecoverable: res.unrecoverable,
+            }),
+      );
       self.#auto?.start();
       o.log({ level: 'info', msg: 'primary', epoch: claim.epoch, resumedFrom: pos.checkpoint });
       return self;

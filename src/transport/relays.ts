@@ -13,6 +13,7 @@ import type { EnvelopeCodec } from '../protocol/envelope.js';
 import type { Frame } from '../protocol/frame.js';
 import type { AppNames } from '../protocol/subjects.js';
 import { closeLink, ensureStream, openLink, type NatsLink, type NatsOptions } from './connection.js';
+import { backfill, type BackfillResult } from './backfill.js';
 import { FramePublisher } from './publisher.js';
 
 /** One relay: a NATS server or cluster (client options pass through), and its stream's replicas. */
@@ -166,6 +167,13 @@ export class RelaySet {
   readonly #joinListeners: ((relay: number, link: NatsLink) => void)[] = [];
   /** Relays joined after start, with what to do with the link when the set closes. */
   readonly #connecting: Promise<void>[] = [];
+  readonly #stream: string;
+  /** Backfill on: every relay that comes back is caught up with parts of epochs from this one. */
+  #backfillFrom: number | undefined;
+  #onBackfill: (r: BackfillResult | { target: number; error: string }) => void = () => undefined;
+  readonly #backfills = new Set<Promise<unknown>>();
+  /** Aborted when the set closes or halts: stops backfill runs. */
+  readonly #stop = new AbortController();
 
   private constructor(
     relays: RelayState[],
@@ -173,11 +181,13 @@ export class RelaySet {
       need: number;
       fec: FecSettings | undefined;
       app: string;
+      stream: string;
       faults?: FaultHook;
       envelope?: EnvelopeCodec;
       onError: (msg: string) => void;
     },
   ) {
+    this.#stream = o.stream;
     this.#relays = relays;
     this.#links = relays.map((r) => r.link);
     this.need = o.need;
@@ -307,12 +317,16 @@ export class RelaySet {
       need: fec ? fec.shardsNeeded : acksNeeded(opts.ack, n),
       fec,
       app: opts.app,
+      stream: opts.names.stream,
       faults: opts.faults,
       envelope: opts.envelope,
       onError: opts.onError ?? (() => undefined),
     });
     for (const [i, l] of links.entries()) {
-      if (l !== undefined) continue;
+      if (l !== undefined) {
+        set.#watchReconnects(i, l);
+        continue;
+      }
       set.#onError(
         `relay ${i} (${relays[i]!.link.servers}) unreachable at start: ${((first[i] as PromiseRejectedResult).reason as Error).message}; the policy can do without it, it is tried every ${RETRY_MS} ms and joins when it comes up`,
       );
@@ -354,10 +368,76 @@ export class RelaySet {
       r.link = link;
       r.publisher = publisherOf(link);
       this.#links[i] = link;
+      this.#watchReconnects(i, link);
       for (const fn of this.#joinListeners) fn(i, link);
+      this.#backfillLater(i);
       // Whatever the primary sent meanwhile waits in its backlog.
       if (r.backlog.length > 0) void this.#drain(r);
       return;
+    }
+  }
+
+  /** Backfills relay `i` each time its client reconnects (the relay was down, or unreachable). */
+  #watchReconnects(i: number, link: NatsLink): void {
+    void (async () => {
+      try {
+        for await (const st of link.nc.status()) {
+          if (this.#closed) return;
+          if (st.type === 'reconnect') this.#backfillLater(i);
+        }
+      } catch {
+        // the connection closed
+      }
+    })();
+  }
+
+  /**
+   * Turns backfill on (a primary, after its takeover): every connected relay is caught up now
+   * from the others with the parts of epochs from `fromEpoch` on that it lacks, and any relay
+   * again each time it comes back. `onResult` sees each run's figures (or its failure).
+   */
+  enableBackfill(
+    fromEpoch: number,
+    onResult: (r: BackfillResult | { target: number; error: string }) => void = () => undefined,
+  ): void {
+    this.#backfillFrom = fromEpoch;
+    this.#onBackfill = onResult;
+    for (const [i, r] of this.#relays.entries()) if (r.link.connected()) this.#backfillLater(i);
+  }
+
+  #backfillLater(i: number): void {
+    if (this.#backfillFrom === undefined || this.#closed) return;
+    const run = this.backfill(i, this.#backfillFrom).then(
+      (res) => res && this.#onBackfill(res),
+      (err: unknown) => this.#onBackfill({ target: i, error: (err as Error).message }),
+    );
+    this.#backfills.add(run);
+    void run.finally(() => this.#backfills.delete(run));
+  }
+
+  /**
+   * Catches relay `target` up from the other relays with the parts of epochs from `fromEpoch` on
+   * that it lacks (see backfill.ts). `undefined` when it is not connected, or already running.
+   */
+  async backfill(target: number, fromEpoch: number): Promise<BackfillResult | undefined> {
+    const r = this.#relays[target]!;
+    if (r.backfilling || !r.link.connected() || this.#closed) return undefined;
+    r.backfilling = true;
+    try {
+      return await backfill({
+        codec: this.codec,
+        stream: this.#stream,
+        links: this.#links,
+        target,
+        fromEpoch,
+        signal: this.#stop.signal,
+        send: (bytes, msgId) => {
+          if (this.#closed) return Promise.reject(new ReplicationError('relay set closed'));
+          return r.publisher.send(bytes, msgId);
+        },
+      });
+    } finally {
+      r.backfilling = false;
     }
   }
 
@@ -491,13 +571,16 @@ export class RelaySet {
    */
   halt(): void {
     this.#closed = true;
+    this.#stop.abort();
     for (const r of this.#relays) for (const out of r.backlog.splice(0)) out.done(false);
   }
 
   /** Closes every link but `keep` (the shared lease link, closed by its owner). */
   async close(keep?: NatsLink): Promise<void> {
     this.#closed = true;
+    this.#stop.abort();
     await Promise.all(this.#connecting);
+    await Promise.allSettled([...this.#backfills]);
     for (const r of this.#relays) if (r.link !== keep && !isPending(r.link)) await closeLink(r.link);
   }
 }
