@@ -30,6 +30,7 @@ import { limitError, type Limits } from '../limits.js';
 import { closeLink, openLeaseBucket, openLink } from '../transport/connection.js';
 import { LeaseStore } from '../transport/lease-store.js';
 import { RelaySet } from '../transport/relays.js';
+import type { RelayStateSample } from '../transport/presence.js';
 import { EnvelopeCodec } from '../protocol/envelope.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';
 import { NodeReporter } from './reporting.js';
@@ -274,7 +275,15 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
       rpt.transition('standby');
-      rpt.present({ sample: () => standby.lagSamples() });
+      const relayStates = (): RelayStateSample[] =>
+        relaySet.stats().map((x) => ({
+          servers: x.servers,
+          connected: x.connected,
+          pending: x.pending === true,
+          backfilling: x.backfilling === true,
+          backlog: x.backlog,
+        }));
+      rpt.present({ sample: () => standby.lagSamples(), relayStates });
 
       // The operator's view of a standby: per-relay lag, every 5 s, until it takes over.
       const lagTimer = setInterval(() => {
