@@ -30,7 +30,8 @@
  *  44+N       B  body: the inner message; when encrypted, its AES-256-GCM ciphertext followed
  *                by the 16-byte tag (the header [0, 12+N) is the additional authenticated data;
  *                relay-bound: with byte 5 read as 0, so every relay's copy shares one ciphertext)
- *  44+N+B     4  CRC-32 (zlib) of bytes [0, 44+N+B)
+ *  44+N+B     4  CRC-32 (zlib) of bytes [0, 44+N+B); relay-bound: of the body [44+N, 44+N+B)
+ *                followed by bytes [0, 44+N) (so each relay's copy re-checksums 44+N bytes)
  * ```
  *
  * Keys. Each cluster key (at least 32 bytes) yields two keys by HKDF-SHA256 (salt
@@ -61,6 +62,7 @@ import {
   createDecipheriv,
   createHash,
   createHmac,
+  hash,
   hkdfSync,
   randomBytes,
   timingSafeEqual,
@@ -172,13 +174,29 @@ export function parseClusterKey(v: unknown): ClusterKeys {
 interface DerivedKey {
   readonly mac: Buffer;
   readonly enc: Buffer;
+  /** The MAC key xor ipad / opad (64 bytes each): HMAC of short inputs without a Hmac object. */
+  readonly ipad: Buffer;
+  readonly opad: Buffer;
 }
 
 function derive(key: Buffer, app: string): DerivedKey {
-  return {
-    mac: Buffer.from(hkdfSync('sha256', key, SALT, `mac:${app}`, 32)),
-    enc: Buffer.from(hkdfSync('sha256', key, SALT, `enc:${app}`, 32)),
-  };
+  const mac = Buffer.from(hkdfSync('sha256', key, SALT, `mac:${app}`, 32));
+  const ipad = Buffer.alloc(64, 0x36);
+  const opad = Buffer.alloc(64, 0x5c);
+  for (let i = 0; i < mac.length; i++) {
+    ipad[i]! ^= mac[i]!;
+    opad[i]! ^= mac[i]!;
+  }
+  return { mac, enc: Buffer.from(hkdfSync('sha256', key, SALT, `enc:${app}`, 32)), ipad, opad };
+}
+
+/**
+ * HMAC-SHA256(k, header ++ digest) by its definition, H(opad ++ H(ipad ++ m)), with one-shot
+ * hashes: a relay-bound copy's MAC costs two hashes of about 100 bytes and no Hmac object.
+ */
+function shortHmac(k: DerivedKey, header: Uint8Array, digest: Uint8Array): Buffer {
+  const inner = hash('sha256', Buffer.concat([k.ipad, header, digest]), 'buffer');
+  return hash('sha256', Buffer.concat([k.opad, inner]), 'buffer');
 }
 
 /**
@@ -244,18 +262,20 @@ export class EnvelopeCodec {
     } else {
       first.set(inner, bodyAt);
     }
-    const digest = createHash('sha256')
-      .update(first.subarray(bodyAt, bodyAt + bodyLen))
-      .digest();
+    const body = first.subarray(bodyAt, bodyAt + bodyLen);
+    const digest = hash('sha256', body, 'buffer');
+    // Relay-bound: the CRC runs over the body first, then the header and MAC, so each relay's
+    // copy adds a CRC over 44 bytes, not over the whole message.
+    const bodyCrc = crc32(body);
     return relays.map((relay, i) => {
-      const out = i === relays.length - 1 ? first : Buffer.from(first);
+      let out = first;
+      if (i < relays.length - 1) {
+        out = Buffer.allocUnsafe(first.length);
+        first.copy(out);
+      }
       out[RELAY_AT] = relay;
-      createHmac('sha256', k.mac)
-        .update(out.subarray(0, headerLen))
-        .update(digest)
-        .digest()
-        .copy(out, headerLen);
-      out.writeUInt32BE(crc32(out.subarray(0, bodyAt + bodyLen)) >>> 0, bodyAt + bodyLen);
+      shortHmac(k, out.subarray(0, headerLen), digest).copy(out, headerLen);
+      out.writeUInt32BE(crc32(out.subarray(0, bodyAt), bodyCrc) >>> 0, bodyAt + bodyLen);
       return out;
     });
   }
@@ -336,7 +356,13 @@ export class EnvelopeCodec {
         `${b.length - end - CRC_BYTES} stray bytes after the envelope`,
       );
     }
-    if (crc32(b.subarray(0, end)) >>> 0 !== b.readUInt32BE(end)) {
+    // Relay-bound (flag bit 1): the CRC covers the body, then bytes [0, 44+N). A damaged flag
+    // byte picks the wrong order and reads as damage too.
+    const crc =
+      (flags & FLAG_RELAY_BOUND) !== 0
+        ? crc32(b.subarray(0, bodyAt), crc32(b.subarray(bodyAt, end)))
+        : crc32(b.subarray(0, end));
+    if (crc >>> 0 !== b.readUInt32BE(end)) {
       throw new FrameError(FrameRejectReason.Checksum, 'envelope CRC-32 mismatch');
     }
     if (b[2] !== ENVELOPE_VERSION) {

@@ -30,6 +30,13 @@ const reason = (fn: () => unknown): string => {
   return 'accepted';
 };
 
+/** Re-stamps a relay-bound envelope's CRC (body first, then header and MAC), as a forger would. */
+const recrcBound = (b: Buffer): void => {
+  const bodyAt = b[4]! & 1 ? 56 : 44;
+  const end = b.length - 4;
+  b.writeUInt32BE(crc32(b.subarray(0, bodyAt), crc32(b.subarray(bodyAt, end))) >>> 0, end);
+};
+
 const writes = { kind: FrameKind.Writes, epoch: 1, seq: 2, checkpoint: 1 } as const;
 
 describe('relay binding of signed messages', () => {
@@ -54,14 +61,32 @@ describe('relay binding of signed messages', () => {
       // Rewriting the relay byte (and the CRC, as a forger would) breaks the MAC.
       const moved = Buffer.from(copies[0]!);
       moved[5] = 1;
-      moved.writeUInt32BE(crc32(moved.subarray(0, moved.length - 4)) >>> 0, moved.length - 4);
+      recrcBound(moved);
       expect(reason(() => c.open(moved, 1))).toMatch(/^forged: .*(MAC mismatch|encrypted body)/);
       // Clearing the flag bit does not turn it into an unbound (previous-format) message either.
       const unflagged = Buffer.from(copies[1]!);
       unflagged[4] = unflagged[4]! & ~FLAG_RELAY_BOUND;
       unflagged[5] = 0;
       unflagged.writeUInt32BE(crc32(unflagged.subarray(0, unflagged.length - 4)) >>> 0, unflagged.length - 4);
+      // (now an unbound envelope, whose CRC runs over the bytes in order)
       expect(reason(() => c.open(unflagged, 0))).toMatch(/^forged/);
+    }
+  });
+
+  it('every flipped bit of a relay-bound envelope is rejected, as damage or (CRC re-stamped) as forged', () => {
+    const part = encodeFrame('bind1', { ...writes, body: Buffer.from('abc') }, 1 << 20)[0]!;
+    for (const encrypt of [false, true]) {
+      const c = envelope(encrypt);
+      const sealed = c.sealFor(part, [1])[0]!;
+      for (let i = 0; i < sealed.length * 8; i++) {
+        const bad = Buffer.from(sealed);
+        bad[i >> 3] ^= 1 << (i & 7);
+        expect(reason(() => c.open(bad, 1))).not.toBe('accepted');
+        if (i < (sealed.length - 4) * 8) {
+          recrcBound(bad);
+          expect(reason(() => c.open(bad, 1))).not.toBe('accepted');
+        }
+      }
     }
   });
 
