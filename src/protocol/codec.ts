@@ -83,6 +83,38 @@ export class FrameCodec {
     this.partBytes = o.fec ? maxPartBytes(payload, o.fec, o.app.length) : payload;
   }
 
+  /**
+   * The messages of one part for the relays in `relays` only (backfill): the same bytes
+   * `encode` sends them, sealed for each (signed mode). `part` is the encoded part (frame.ts).
+   */
+  async encodePart(key: PartKey, part: Uint8Array, relays: readonly number[]): Promise<OutMessage[]> {
+    const { app, envelope, fec } = this.#o;
+    const want = new Set(relays);
+    if (fec) {
+      const shards = await encodeShards(app, key, part, fec);
+      const out: OutMessage[] = [];
+      for (const [j, bytes] of shards.entries()) {
+        const relay = relayOfShard(j, this.#o.relays);
+        if (!want.has(relay)) continue;
+        out.push({
+          relay,
+          bytes: envelope ? envelope.seal(bytes, relay) : bytes,
+          msgId: shardMessageId(app, key.epoch, key.seq, key.part, j),
+        });
+      }
+      return out;
+    }
+    const list = [...want];
+    const sealed = envelope ? envelope.sealFor(part, list) : undefined;
+    const msgId = messageId(app, key.epoch, key.seq, key.part);
+    return list.map((relay, i) => ({ relay, bytes: sealed ? sealed[i]! : part, msgId }));
+  }
+
+  /** Largest message this codec produces (the relays' smallest `max_payload`, envelope included). */
+  get maxPayload(): number {
+    return this.#o.maxPayload;
+  }
+
   /** Whether messages are FEC shards. */
   get fec(): boolean {
     return this.#o.fec !== undefined;
@@ -104,15 +136,22 @@ export class FrameCodec {
           key,
           messages: shards.map((bytes, j) => ({
             relay: relayOfShard(j, relays),
-            bytes: envelope ? envelope.seal(bytes) : bytes,
+            // Signed: bound to the relay it goes to (envelope flag bit 1), so a copy replayed onto
+            // another relay's stream is refused there.
+            bytes: envelope ? envelope.seal(bytes, relayOfShard(j, relays)) : bytes,
             msgId: shardMessageId(app, frame.epoch, frame.seq, i, j),
           })),
         });
       } else {
         const msgId = messageId(app, frame.epoch, frame.seq, i);
-        // Sealed once: every relay gets the same bytes (and, encrypted, the same nonce).
-        const bytes = envelope ? envelope.seal(part) : part;
-        out.push({ key, messages: Array.from({ length: relays }, (_, relay) => ({ relay, bytes, msgId })) });
+        const all = Array.from({ length: relays }, (_, relay) => relay);
+        // Signed: one envelope per relay, bound to it (they share the body hash and, encrypted,
+        // the nonce and ciphertext). Unsigned: every relay gets the same bytes.
+        const sealed = envelope ? envelope.sealFor(part, all) : undefined;
+        out.push({
+          key,
+          messages: all.map((relay) => ({ relay, bytes: sealed ? sealed[relay]! : part, msgId })),
+        });
       }
     }
     return out;
@@ -121,17 +160,34 @@ export class FrameCodec {
   /**
    * Opens one message: verifies the envelope (signed mode), then decodes the part or shard.
    * Throws `FrameError` (the rejection, by reason) for anything that is not a genuine, intact
-   * message of this app.
+   * message of this app. `relay`: the index of the relay it was read from; a signed message
+   * sealed for another relay is refused as `forged` (a copy replayed from another relay's stream).
    */
-  open(data: Uint8Array): DecodedMessage {
+  open(data: Uint8Array, relay?: number): DecodedMessage {
+    return this.openInner(data, relay).message;
+  }
+
+  /**
+   * `open`, also handing back the inner bytes (the encoded part or shard, out of its envelope):
+   * what a backfill re-seals for another relay.
+   */
+  openInner(data: Uint8Array, relay?: number): { message: DecodedMessage; inner: Uint8Array } {
     const { app, envelope, fec } = this.#o;
-    const bytes = envelope ? envelope.open(data) : data;
+    const bytes = envelope ? envelope.open(data, relay) : data;
     if (fec) {
       const shard = decodeShard(bytes, app);
-      return { key: { epoch: shard.epoch, seq: shard.seq, part: shard.part }, shard };
+      return {
+        message: { key: { epoch: shard.epoch, seq: shard.seq, part: shard.part }, shard },
+        inner: bytes,
+      };
     }
     const part = decodePart(bytes, app);
-    return { key: { epoch: part.epoch, seq: part.seq, part: part.part }, part };
+    return { message: { key: { epoch: part.epoch, seq: part.seq, part: part.part }, part }, inner: bytes };
+  }
+
+  /** The app this codec encodes for. */
+  get app(): string {
+    return this.#o.app;
   }
 }
 

@@ -20,14 +20,18 @@
  *   0         2  magic 0x52 0x41 ("RA")
  *   2         1  version (1)
  *   3         1  key id (0..255): which cluster key signed (and encrypted) this message
- *   4         1  flags: bit 0 = body encrypted (AES-256-GCM); bits 1..7 are 0
- *   5         3  reserved (0)
+ *   4         1  flags: bit 0 = body encrypted (AES-256-GCM); bit 1 = relay-bound; bits 2..7 are 0
+ *   5         1  relay index R (config order) when relay-bound, else 0
+ *   6         2  reserved (0)
  *   8         4  B = body bytes
  *  12         N  nonce: 12 random bytes when encrypted, absent otherwise (N = 0)
  *  12+N      32  MAC: HMAC-SHA256 under the key id's MAC key over bytes [0, 12+N) ++ body
+ *                (relay-bound: over bytes [0, 12+N) ++ SHA-256(body), see below)
  *  44+N       B  body: the inner message; when encrypted, its AES-256-GCM ciphertext followed
- *                by the 16-byte tag (the header [0, 12+N) is the additional authenticated data)
- *  44+N+B     4  CRC-32 (zlib) of bytes [0, 44+N+B)
+ *                by the 16-byte tag (the header [0, 12+N) is the additional authenticated data;
+ *                relay-bound: with byte 5 read as 0, so every relay's copy shares one ciphertext)
+ *  44+N+B     4  CRC-32 (zlib) of bytes [0, 44+N+B); relay-bound: of the body [44+N, 44+N+B)
+ *                followed by bytes [0, 44+N) (so each relay's copy re-checksums 44+N bytes)
  * ```
  *
  * Keys. Each cluster key (at least 32 bytes) yields two keys by HKDF-SHA256 (salt
@@ -42,11 +46,23 @@
  * not configured, MAC mismatch, or a GCM tag that does not verify → `forged`. The CRC comes first
  * so that damage reads as damage; the MAC is what an adversary cannot get past, as a forger can
  * recompute the CRC but not the MAC.
+ *
+ * Relay binding (flag bit 1). A primary seals each relay's copy for that relay: byte 5 names the
+ * relay (its index in the `relays` list, the same order on every node), and the MAC covers it. A
+ * standby opens a message with the index of the relay it read it from; a relay-bound message read
+ * from another relay is `forged` ("bound to relay R"): a genuine message that an attacker copied
+ * from one relay's stream onto another's adds no witness there, so it cannot make a checkpoint
+ * look durable that the policy's relays never acknowledged. The MAC of a relay-bound envelope is
+ * HMAC(header ++ SHA-256(body)): the body is hashed once per message and each relay's copy costs
+ * one HMAC over 44 bytes. Envelopes without bit 1 (written before relay binding) are still read,
+ * and still count as a witness wherever they are found: they carry no binding to check.
  */
 import {
   createCipheriv,
   createDecipheriv,
+  createHash,
   createHmac,
+  hash,
   hkdfSync,
   randomBytes,
   timingSafeEqual,
@@ -65,6 +81,9 @@ const MAC_BYTES = 32;
 const TAG_BYTES = 16;
 const CRC_BYTES = 4;
 const FLAG_ENCRYPTED = 0x01;
+/** Flag bit 1: byte 5 names the relay this copy was sealed for, under the MAC. */
+export const FLAG_RELAY_BOUND = 0x02;
+const RELAY_AT = 5;
 /** Shortest cluster key, in bytes. */
 export const MIN_KEY_BYTES = 32;
 const SALT = Buffer.from('restartpoint-envelope-v1', 'ascii');
@@ -155,13 +174,29 @@ export function parseClusterKey(v: unknown): ClusterKeys {
 interface DerivedKey {
   readonly mac: Buffer;
   readonly enc: Buffer;
+  /** The MAC key xor ipad / opad (64 bytes each): HMAC of short inputs without a Hmac object. */
+  readonly ipad: Buffer;
+  readonly opad: Buffer;
 }
 
 function derive(key: Buffer, app: string): DerivedKey {
-  return {
-    mac: Buffer.from(hkdfSync('sha256', key, SALT, `mac:${app}`, 32)),
-    enc: Buffer.from(hkdfSync('sha256', key, SALT, `enc:${app}`, 32)),
-  };
+  const mac = Buffer.from(hkdfSync('sha256', key, SALT, `mac:${app}`, 32));
+  const ipad = Buffer.alloc(64, 0x36);
+  const opad = Buffer.alloc(64, 0x5c);
+  for (let i = 0; i < mac.length; i++) {
+    ipad[i]! ^= mac[i]!;
+    opad[i]! ^= mac[i]!;
+  }
+  return { mac, enc: Buffer.from(hkdfSync('sha256', key, SALT, `enc:${app}`, 32)), ipad, opad };
+}
+
+/**
+ * HMAC-SHA256(k, header ++ digest) by its definition, H(opad ++ H(ipad ++ m)), with one-shot
+ * hashes: a relay-bound copy's MAC costs two hashes of about 100 bytes and no Hmac object.
+ */
+function shortHmac(k: DerivedKey, header: Uint8Array, digest: Uint8Array): Buffer {
+  const inner = hash('sha256', Buffer.concat([k.ipad, header, digest]), 'buffer');
+  return hash('sha256', Buffer.concat([k.opad, inner]), 'buffer');
 }
 
 /**
@@ -184,8 +219,68 @@ export class EnvelopeCodec {
     return envelopeOverhead(this.#encrypt);
   }
 
-  /** Wraps one message (a part or a shard) in a signed (and maybe encrypted) envelope. */
-  seal(inner: Uint8Array): Buffer {
+  /**
+   * Wraps one message (a part or a shard) in a signed (and maybe encrypted) envelope; with
+   * `relay`, bound to that relay (flag bit 1, byte 5).
+   */
+  seal(inner: Uint8Array, relay?: number): Buffer {
+    if (relay === undefined) return this.#sealUnbound(inner);
+    return this.sealFor(inner, [relay])[0]!;
+  }
+
+  /**
+   * One relay-bound envelope of `inner` per relay of `relays`, in that order. They share the
+   * nonce and ciphertext (encrypted) and the body hash: each extra relay costs one short HMAC.
+   */
+  sealFor(inner: Uint8Array, relays: readonly number[]): Buffer[] {
+    for (const r of relays) {
+      if (!Number.isInteger(r) || r < 0 || r > 255) {
+        throw new RangeError(`relay index ${r} does not fit the envelope's relay byte (0..255)`);
+      }
+    }
+    const k = this.#keys.get(this.#current)!;
+    const nonceBytes = this.#encrypt ? NONCE_BYTES : 0;
+    const headerLen = ENVELOPE_HEADER_BYTES + nonceBytes;
+    const bodyLen = inner.byteLength + (this.#encrypt ? TAG_BYTES : 0);
+    const first = Buffer.alloc(headerLen + MAC_BYTES + bodyLen + CRC_BYTES);
+    first[0] = 0x52;
+    first[1] = 0x41;
+    first[2] = ENVELOPE_VERSION;
+    first[3] = this.#current;
+    first[4] = (this.#encrypt ? FLAG_ENCRYPTED : 0) | FLAG_RELAY_BOUND;
+    first.writeUInt32BE(bodyLen, 8);
+    const bodyAt = headerLen + MAC_BYTES;
+    if (this.#encrypt) {
+      const nonce = randomBytes(NONCE_BYTES);
+      nonce.copy(first, ENVELOPE_HEADER_BYTES);
+      const c = createCipheriv('aes-256-gcm', k.enc, nonce);
+      // Relay byte still 0 here: the additional data is the same for every relay's copy.
+      c.setAAD(first.subarray(0, headerLen));
+      const n = c.update(inner).copy(first, bodyAt);
+      c.final().copy(first, bodyAt + n);
+      c.getAuthTag().copy(first, bodyAt + inner.byteLength);
+    } else {
+      first.set(inner, bodyAt);
+    }
+    const body = first.subarray(bodyAt, bodyAt + bodyLen);
+    const digest = hash('sha256', body, 'buffer');
+    // Relay-bound: the CRC runs over the body first, then the header and MAC, so each relay's
+    // copy adds a CRC over 44 bytes, not over the whole message.
+    const bodyCrc = crc32(body);
+    return relays.map((relay, i) => {
+      let out = first;
+      if (i < relays.length - 1) {
+        out = Buffer.allocUnsafe(first.length);
+        first.copy(out);
+      }
+      out[RELAY_AT] = relay;
+      shortHmac(k, out.subarray(0, headerLen), digest).copy(out, headerLen);
+      out.writeUInt32BE(crc32(out.subarray(0, bodyAt), bodyCrc) >>> 0, bodyAt + bodyLen);
+      return out;
+    });
+  }
+
+  #sealUnbound(inner: Uint8Array): Buffer {
     const k = this.#keys.get(this.#current)!;
     const nonceBytes = this.#encrypt ? NONCE_BYTES : 0;
     const headerLen = ENVELOPE_HEADER_BYTES + nonceBytes;
@@ -219,9 +314,10 @@ export class EnvelopeCodec {
   /**
    * Verifies one envelope and returns the inner message (decrypted). Throws `FrameError`
    * (`truncated`, `unsigned`, `magic`, `checksum`, `version`, `malformed`, `forged`) and never
-   * hands back a byte the MAC did not cover.
+   * hands back a byte the MAC did not cover. With `relay` (the index of the relay it was read
+   * from), a relay-bound envelope sealed for another relay is `forged`.
    */
-  open(bytes: Uint8Array): Uint8Array {
+  open(bytes: Uint8Array, relay?: number): Uint8Array {
     const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     if (b.length >= 2 && b[0] === 0x52 && (b[1] === 0x50 || b[1] === 0x53)) {
       throw new FrameError(
@@ -260,7 +356,13 @@ export class EnvelopeCodec {
         `${b.length - end - CRC_BYTES} stray bytes after the envelope`,
       );
     }
-    if (crc32(b.subarray(0, end)) >>> 0 !== b.readUInt32BE(end)) {
+    // Relay-bound (flag bit 1): the CRC covers the body, then bytes [0, 44+N). A damaged flag
+    // byte picks the wrong order and reads as damage too.
+    const crc =
+      (flags & FLAG_RELAY_BOUND) !== 0
+        ? crc32(b.subarray(0, bodyAt), crc32(b.subarray(bodyAt, end)))
+        : crc32(b.subarray(0, end));
+    if (crc >>> 0 !== b.readUInt32BE(end)) {
       throw new FrameError(FrameRejectReason.Checksum, 'envelope CRC-32 mismatch');
     }
     if (b[2] !== ENVELOPE_VERSION) {
@@ -269,7 +371,13 @@ export class EnvelopeCodec {
         `envelope version ${b[2]} (this build reads ${ENVELOPE_VERSION})`,
       );
     }
-    if ((flags & ~FLAG_ENCRYPTED) !== 0 || b[5] !== 0 || b[6] !== 0 || b[7] !== 0) {
+    const bound = (flags & FLAG_RELAY_BOUND) !== 0;
+    if (
+      (flags & ~(FLAG_ENCRYPTED | FLAG_RELAY_BOUND)) !== 0 ||
+      (!bound && b[5] !== 0) ||
+      b[6] !== 0 ||
+      b[7] !== 0
+    ) {
       throw new FrameError(
         FrameRejectReason.Malformed,
         `envelope flags 0x${flags.toString(16)} or reserved bytes not zero`,
@@ -280,16 +388,31 @@ export class EnvelopeCodec {
       throw new FrameError(FrameRejectReason.Forged, `signed with key id ${b[3]}, which is not configured`);
     const header = b.subarray(0, headerLen);
     const body = b.subarray(bodyAt, end);
-    const mac = createHmac('sha256', k.mac).update(header).update(body).digest();
+    const mac = createHmac('sha256', k.mac)
+      .update(header)
+      .update(bound ? createHash('sha256').update(body).digest() : body)
+      .digest();
     if (!timingSafeEqual(mac, b.subarray(headerLen, bodyAt))) {
       throw new FrameError(FrameRejectReason.Forged, `MAC mismatch under key id ${b[3]}`);
+    }
+    if (bound && relay !== undefined && b[RELAY_AT] !== relay) {
+      // Genuine, but sealed for another relay: copied onto this relay's stream by someone else.
+      throw new FrameError(
+        FrameRejectReason.Forged,
+        `sealed for relay ${b[RELAY_AT]} but read from relay ${relay}: a genuine message copied from another relay's stream (it adds no witness here)`,
+      );
     }
     if (!nonceBytes) return body;
     if (bodyLen < TAG_BYTES)
       throw new FrameError(FrameRejectReason.Malformed, 'encrypted body shorter than its tag');
     try {
       const d = createDecipheriv('aes-256-gcm', k.enc, b.subarray(ENVELOPE_HEADER_BYTES, headerLen));
-      d.setAAD(header);
+      // Relay-bound: the additional data has the relay byte as 0 (one ciphertext for all relays).
+      d.setAAD(
+        bound
+          ? Buffer.concat([b.subarray(0, RELAY_AT), Buffer.of(0), b.subarray(RELAY_AT + 1, headerLen)])
+          : header,
+      );
       d.setAuthTag(body.subarray(bodyLen - TAG_BYTES));
       return Buffer.concat([d.update(body.subarray(0, bodyLen - TAG_BYTES)), d.final()]);
     } catch (err) {
@@ -307,5 +430,11 @@ export class EnvelopeCodec {
   /** Pipeline form of `open`. */
   decode(messages: readonly Uint8Array[]): Uint8Array[] {
     return messages.map((m) => this.open(m));
+  }
+
+  /** The relay a relay-bound envelope was sealed for; `undefined` for an unbound or bad one. */
+  static boundRelay(bytes: Uint8Array): number | undefined {
+    if (bytes.length < ENVELOPE_HEADER_BYTES || bytes[0] !== 0x52 || bytes[1] !== 0x41) return undefined;
+    return (bytes[4]! & FLAG_RELAY_BOUND) !== 0 ? bytes[RELAY_AT] : undefined;
   }
 }

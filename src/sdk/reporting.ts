@@ -13,6 +13,7 @@ import {
   presenceKey,
   readSwitchover,
   writePresence,
+  type RelayStateSample,
   type SwitchoverRequest,
 } from '../transport/presence.js';
 import type { LogEvent } from '../types.js';
@@ -39,6 +40,7 @@ export class NodeReporter {
   readonly #o: ReporterOptions;
   #timer: NodeJS.Timeout | undefined;
   #sample: (() => Promise<RelayLagSample[]>) | undefined;
+  #relayStates: (() => RelayStateSample[]) | undefined;
   #onSwitchover: ((req: SwitchoverRequest) => void) | undefined;
   #stopped = false;
   #tick: Promise<void> = Promise.resolve();
@@ -87,8 +89,11 @@ export class NodeReporter {
   present(opts: {
     sample?: () => Promise<RelayLagSample[]>;
     onSwitchover?: (req: SwitchoverRequest) => void;
+    /** Each relay as this node sees it (connected, pending, backfilling, backlog); kept when not given. */
+    relayStates?: () => RelayStateSample[];
   }): void {
     this.#sample = opts.sample;
+    if (opts.relayStates) this.#relayStates = opts.relayStates;
     this.#onSwitchover = opts.onSwitchover;
     if (!this.#timer && !this.#stopped) this.#kick();
   }
@@ -123,6 +128,7 @@ export class NodeReporter {
       pid: process.pid,
       updatedAt: Date.now(),
       relays,
+      ...(this.#relayStates ? { relayStates: this.#relayStates() } : {}),
     }).catch((err: unknown) =>
       this.#o.log({ level: 'debug', msg: 'presence not written', error: (err as Error)?.message }),
     );

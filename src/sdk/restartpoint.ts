@@ -30,6 +30,7 @@ import { limitError, type Limits } from '../limits.js';
 import { closeLink, openLeaseBucket, openLink } from '../transport/connection.js';
 import { LeaseStore } from '../transport/lease-store.js';
 import { RelaySet } from '../transport/relays.js';
+import type { RelayStateSample } from '../transport/presence.js';
 import { EnvelopeCodec } from '../protocol/envelope.js';
 import { resolveOptions, type ResolvedOptions, type StartOptions } from './options.js';
 import { NodeReporter } from './reporting.js';
@@ -266,10 +267,23 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         apply: o.apply,
         ...standbyReports(o, rpt),
       });
+      // A relay down at start is read once it comes up (the policy could do without it).
+      relaySet.onJoin((relay, l) => {
+        o.log({ level: 'info', msg: 'relay joined', relay, servers: l.servers });
+        void standby.joinRelay(relay);
+      });
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
       rpt.transition('standby');
-      rpt.present({ sample: () => standby.lagSamples() });
+      const relayStates = (): RelayStateSample[] =>
+        relaySet.stats().map((x) => ({
+          servers: x.servers,
+          connected: x.connected,
+          pending: x.pending === true,
+          backfilling: x.backfilling === true,
+          backlog: x.backlog,
+        }));
+      rpt.present({ sample: () => standby.lagSamples(), relayStates });
 
       // The operator's view of a standby: per-relay lag, every 5 s, until it takes over.
       const lagTimer = setInterval(() => {
@@ -375,6 +389,21 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       void readSwitchover(kv)
         .then((req) => (req && req.epoch < claim.epoch ? clearSwitchover(kv) : undefined))
         .catch(() => undefined);
+      // Anti-entropy: relays that missed acknowledged frames (down while the predecessor ran, or
+      // down now and back later) are caught up from the others (src/transport/backfill.ts).
+      relaySet.enableBackfill(pos.epoch, (res) =>
+        'error' in res
+          ? o.log({ level: 'warn', msg: 'relay backfill failed', relay: res.target, error: res.error })
+          : o.log({
+              level: res.copied > 0 || res.unrecoverable > 0 ? 'info' : 'debug',
+              msg: 'relay backfilled',
+              relay: res.target,
+              fromEpoch: pos.epoch,
+              missingParts: res.missingParts,
+              copied: res.copied,
+              unrecoverable: res.unrecoverable,
+            }),
+      );
       self.#auto?.start();
       o.log({ level: 'info', msg: 'primary', epoch: claim.epoch, resumedFrom: pos.checkpoint });
       return self;
@@ -629,7 +658,7 @@ function checkValueLimit(value: Uint8Array, limits: Limits): void {
 function standbyReports(
   o: ResolvedOptions<unknown>,
   rpt: NodeReporter,
-): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence'> {
+): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence' | 'onLateCopy'> {
   return {
     onReject: (err, seq) => {
       rpt.observe('rejected', err.reason);
@@ -643,5 +672,14 @@ function standbyReports(
     },
     onFence: (epoch, nodeId, seq) =>
       o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
+    // Another relay's copy of a committed frame: expected with several relays, not a rejection.
+    onLateCopy: (key, relay, seq) =>
+      o.log({
+        level: 'debug',
+        msg: 'late copy',
+        relay,
+        streamSeq: seq,
+        frame: `${key.epoch}/${key.seq}.${key.part}`,
+      }),
   };
 }

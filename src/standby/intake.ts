@@ -12,7 +12,7 @@
  * refused it, is counted here by reason and reported through `onReject`.
  */
 import { FrameError, FrameRejectReason } from '../errors.js';
-import { FrameDecoder, type FrameCodec } from '../protocol/codec.js';
+import { FrameDecoder, type FrameCodec, type PartKey } from '../protocol/codec.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import { DEFAULT_LIMITS, type Limits } from '../limits.js';
 import { Applier, type ApplierOptions, type ApplyMode, type ImageSink } from './applier.js';
@@ -42,18 +42,27 @@ export interface IntakeOptions {
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
   readonly onStoreRetry?: ApplierOptions['onStoreRetry'];
+  /**
+   * A late copy: another relay's copy of a frame of a checkpoint already committed here (its
+   * witnesses were forgotten at the commit). Expected with several relays, not a refusal.
+   */
+  readonly onLateCopy?: (key: PartKey, relay: number, streamSeq: number) => void;
 }
 
-/** Refusals by reason. */
+/** Refusals by reason, and late copies (expected, not refusals). */
 export interface IntakeCounters {
   rejected: Record<string, number>;
+  /** Copies of frames of already committed checkpoints read from another relay. */
+  lateCopies: number;
 }
 
 /** The message path of one standby run. */
 export class Intake {
   readonly applier: Applier;
   readonly witnesses = new Witnesses();
-  readonly counters: IntakeCounters = { rejected: {} };
+  readonly counters: IntakeCounters = { rejected: {}, lateCopies: 0 };
+  /** Frames up to here (epoch, seq) had their witnesses forgotten at a commit. */
+  #forgot: { epoch: number; seq: number } | undefined;
   readonly #o: IntakeOptions;
   readonly #decoder: FrameDecoder;
   /** Genuine frames dropped here (gap, limit) and not taken since, by `epoch:seq`. */
@@ -77,6 +86,10 @@ export class Intake {
       onReject: (err, seq) => this.reject(err, seq),
       onCommit: (pos, sealSeq) => {
         this.witnesses.forgetThrough(pos.epoch, sealSeq);
+        const f = this.#forgot;
+        if (!f || pos.epoch > f.epoch || (pos.epoch === f.epoch && sealSeq > f.seq)) {
+          this.#forgot = { epoch: pos.epoch, seq: sealSeq };
+        }
         // Dropped frames of committed checkpoints were replaced by another copy, or are void.
         for (const [k, d] of this.#dropped) if (d.checkpoint <= pos.checkpoint) this.#dropped.delete(k);
         o.onCommit?.(pos, sealSeq);
@@ -97,7 +110,23 @@ export class Intake {
    */
   async take(relay: number, streamSeq: number, data: Uint8Array): Promise<void> {
     try {
-      const m = this.#o.codec.open(data);
+      const m = this.#o.codec.open(data, relay);
+      // Witnesses of committed frames are forgotten at the commit; another relay's copy of one
+      // arriving now is expected, not a refusal (the same relay's copy again still is a duplicate).
+      const after = this.#isForgotten(m.key)
+        ? this.witnesses.afterCommit(m.key, m.shard ? m.shard.index : relay)
+        : undefined;
+      if (after === 'late') {
+        this.counters.lateCopies++;
+        this.#o.onLateCopy?.(m.key, relay, streamSeq);
+        return;
+      }
+      if (after === 'repeat') {
+        throw new FrameError(
+          FrameRejectReason.Duplicate,
+          `part ${m.key.epoch}/${m.key.seq}.${m.key.part} again on relay ${relay}, after its checkpoint was committed`,
+        );
+      }
       if (m.shard) {
         this.witnesses.add(m.key, m.shard.index);
       } else {
@@ -133,6 +162,12 @@ export class Intake {
       if (err instanceof FrameError) this.reject(err, streamSeq);
       else throw err;
     }
+  }
+
+  /** Whether `key`'s witnesses were forgotten at a commit (its frame is committed or void). */
+  #isForgotten(key: PartKey): boolean {
+    const f = this.#forgot;
+    return f !== undefined && (key.epoch < f.epoch || (key.epoch === f.epoch && key.seq <= f.seq));
   }
 
   /**

@@ -11,6 +11,7 @@ import type { Limits } from '../limits.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
 import { StreamReader, lastStreamSeq, streamState, type StreamMessage } from '../transport/consumer.js';
+import { isPending } from '../transport/relays.js';
 import type { RelayLagSample } from '../observability/observer.js';
 import type { Applier, ApplyMode } from './applier.js';
 import { Intake, type IntakeOptions } from './intake.js';
@@ -39,6 +40,8 @@ export interface StandbyOptions {
   readonly onCommit?: IntakeOptions['onCommit'];
   readonly onFence?: IntakeOptions['onFence'];
   readonly onStoreRetry?: IntakeOptions['onStoreRetry'];
+  /** Another relay's copy of a frame already committed (expected; logged at debug level). */
+  readonly onLateCopy?: IntakeOptions['onLateCopy'];
   /**
    * When to apply (seed claim 2: the relays hold the data durably meanwhile): `everyMs` applies
    * what arrived in batches once per interval; `maxBytesPerSec` caps the apply bandwidth.
@@ -85,6 +88,8 @@ export class StandbyRunner {
   #tokens = 0;
   #tokensAt = performance.now();
   #failure: unknown;
+  #stopped = false;
+  #started = false;
   #onFailure: ((err: unknown) => void)[] = [];
 
   constructor(opts: StandbyOptions) {
@@ -106,6 +111,7 @@ export class StandbyRunner {
       onCommit: opts.onCommit,
       onFence: opts.onFence,
       onStoreRetry: opts.onStoreRetry,
+      onLateCopy: opts.onLateCopy,
     });
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
@@ -221,15 +227,31 @@ export class StandbyRunner {
    */
   async start(): Promise<void> {
     await this.#o.adapter.clear();
+    this.#started = true;
     await Promise.all(
       this.#readers.map((reader, relay) =>
-        reader.start(
-          1,
-          (m) => this.#enqueue(relay, m),
-          (err) => this.#fail(err),
-        ),
+        // A relay down since the node started is read once it joins (`joinRelay`).
+        isPending(this.#o.links[relay]!)
+          ? undefined
+          : reader.start(
+              1,
+              (m) => this.#enqueue(relay, m),
+              (err) => this.#fail(err),
+            ),
       ),
     );
+  }
+
+  /**
+   * Relay `relay`, down when the node started, is connected now (its link replaced in place in
+   * `links`): read it from where this run stands on it (its first message). Witnesses from it
+   * count from then on, so checkpoints it holds become durable here without waiting for a
+   * takeover. Nothing once the run stopped.
+   */
+  async joinRelay(relay: number): Promise<void> {
+    // Before start() the relay is read by start() itself; after stop(), not at all.
+    if (!this.#started || this.#stopped) return;
+    await this.#restartReader(relay);
   }
 
   /** Messages of all relays go through one queue: the applier takes one at a time. */
@@ -363,6 +385,7 @@ export class StandbyRunner {
 
   /** Stops reading. */
   async stop(): Promise<void> {
+    this.#stopped = true;
     this.unpace();
     await Promise.all(this.#readers.map((r) => r.stop()));
     await this.#chain;

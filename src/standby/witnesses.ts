@@ -9,6 +9,9 @@ import type { PartKey } from '../protocol/codec.js';
 /** Most messages remembered; past it the oldest are forgotten (they were committed or are void). */
 const MAX_WITNESSED = 200_000;
 
+/** Committed messages whose witnesses are still remembered (as a bit mask), to tell late copies. */
+const MAX_RETIRED = 100_000;
+
 /** Part index in the inner key: frames have at most 0xffff parts. */
 const PARTS = 0x10000;
 
@@ -18,6 +21,11 @@ export class Witnesses {
   /** epoch → seq → how many parts the frame has (learned from any decoded part). */
   readonly #parts = new Map<number, Map<number, number>>();
   #size = 0;
+  /**
+   * `epoch:seq·2^16+part` → witnesses (bit i = relay or shard i, up to 31) of messages forgotten
+   * at a commit: another relay's copy arriving later is a late copy, the same relay's a repeat.
+   */
+  readonly #retired = new Map<string, number>();
 
   /** Notes that frame `(epoch, seq)` has `parts` parts. */
   setParts(epoch: number, seq: number, parts: number): void {
@@ -80,11 +88,13 @@ export class Witnesses {
     }
     for (const [ep, m] of this.#byEpoch) {
       if (ep < epoch) {
+        for (const [k, w] of m) this.#retire(ep, k, w);
         this.#size -= m.size;
         this.#byEpoch.delete(ep);
       } else if (ep === epoch) {
-        for (const k of m.keys()) {
+        for (const [k, w] of m) {
           if (Math.floor(k / PARTS) <= seq) {
+            this.#retire(ep, k, w);
             m.delete(k);
             this.#size--;
           }
@@ -102,6 +112,30 @@ export class Witnesses {
     if (!m) return;
     const parts = this.#parts.get(epoch)?.get(seq) ?? 1;
     for (let part = 0; part < parts; part++) if (m.delete(seq * PARTS + part)) this.#size--;
+  }
+
+  #retire(epoch: number, k: number, who: Set<number>): void {
+    let mask = 0;
+    for (const w of who) if (w < 31) mask |= 1 << w;
+    const id = `${epoch}:${k}`;
+    this.#retired.delete(id);
+    this.#retired.set(id, mask);
+    if (this.#retired.size > MAX_RETIRED) this.#retired.delete(this.#retired.keys().next().value!);
+  }
+
+  /**
+   * For a message whose witnesses were forgotten at a commit: `'late'` when `who` had not
+   * witnessed it (another relay's late copy; `who` is noted now), `'repeat'` when it had (the
+   * same relay's copy again), `undefined` when it was never witnessed here (or was pruned).
+   */
+  afterCommit(key: PartKey, who: number): 'late' | 'repeat' | undefined {
+    const id = `${key.epoch}:${key.seq * PARTS + key.part}`;
+    const mask = this.#retired.get(id);
+    if (mask === undefined) return undefined;
+    const bit = who < 31 ? 1 << who : 0;
+    if (bit === 0 || (mask & bit) !== 0) return 'repeat';
+    this.#retired.set(id, mask | bit);
+    return 'late';
   }
 
   /** Messages remembered. */

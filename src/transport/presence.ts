@@ -41,6 +41,21 @@ export interface PresenceRecord {
   readonly updatedAt: number;
   /** A standby's lag per relay (empty on a primary). */
   readonly relays: readonly RelayLagSample[];
+  /**
+   * Each relay as this node sees it, primary or standby: connected, down since the node started
+   * (`pending`), being caught up by backfill, messages in the primary's backlog for it. Absent in
+   * records of older versions.
+   */
+  readonly relayStates?: readonly RelayStateSample[];
+}
+
+/** One relay as a node sees it (presence `relayStates`, shown by `status`). */
+export interface RelayStateSample {
+  readonly servers: string;
+  readonly connected: boolean;
+  readonly pending: boolean;
+  readonly backfilling: boolean;
+  readonly backlog: number;
 }
 
 /** A request to hand the primary role over. */

@@ -13,6 +13,7 @@ import type { EnvelopeCodec } from '../protocol/envelope.js';
 import type { Frame } from '../protocol/frame.js';
 import type { AppNames } from '../protocol/subjects.js';
 import { closeLink, ensureStream, openLink, type NatsLink, type NatsOptions } from './connection.js';
+import { backfill, type BackfillResult } from './backfill.js';
 import { FramePublisher } from './publisher.js';
 
 /** One relay: a NATS server or cluster (client options pass through), and its stream's replicas. */
@@ -70,6 +71,40 @@ export interface RelayStats {
   readonly connected: boolean;
   /** Frames waiting to be re-sent to this relay. */
   readonly backlog: number;
+  /** Not connected once yet: down since this node started, connecting in the background. */
+  readonly pending?: boolean;
+  /** Being caught up from the other relays (backfill) now. */
+  readonly backfilling?: boolean;
+}
+
+/**
+ * The stand-in for a relay that was down when the node started: never connected, so every user
+ * skips it (`connected()` is false); replaced in place in `RelaySet.links` once it connects.
+ */
+export function pendingLink(servers: string): NatsLink {
+  const down = (): never => {
+    throw new ReplicationError(`relay ${servers} is not connected yet (down since this node started)`);
+  };
+  return {
+    get nc() {
+      return down();
+    },
+    get js() {
+      return down();
+    },
+    get jsm() {
+      return down();
+    },
+    maxPayload: Infinity,
+    servers,
+    connected: () => false,
+    pending: true,
+  } as NatsLink;
+}
+
+/** Whether `link` is the stand-in of a relay that has not connected yet. */
+export function isPending(link: NatsLink): boolean {
+  return (link as { pending?: boolean }).pending === true;
 }
 
 interface Outgoing {
@@ -80,10 +115,18 @@ interface Outgoing {
 }
 
 interface RelayState {
-  readonly link: NatsLink;
-  readonly publisher: FramePublisher;
+  link: NatsLink;
+  publisher: FramePublisher;
   readonly backlog: Outgoing[];
   draining: boolean;
+  backfilling: boolean;
+}
+
+/** How often a relay that was down at start is tried again. */
+const RETRY_MS = 1_000;
+
+function describeSpec(spec: RelaySpec): string {
+  return Array.isArray(spec.servers) ? spec.servers.join(',') : spec.servers;
 }
 
 /** Most messages one relay's backlog holds before the oldest are dropped (the relay then has a gap). */
@@ -119,6 +162,18 @@ export class RelaySet {
   readonly #faults: FaultHook | undefined;
   #closed = false;
   #onError: (msg: string) => void;
+  /** Links in config order; a stand-in (`pendingLink`) is replaced in place when its relay joins. */
+  readonly #links: NatsLink[];
+  readonly #joinListeners: ((relay: number, link: NatsLink) => void)[] = [];
+  /** Relays joined after start, with what to do with the link when the set closes. */
+  readonly #connecting: Promise<void>[] = [];
+  readonly #stream: string;
+  /** Backfill on: every relay that comes back is caught up with parts of epochs from this one. */
+  #backfillFrom: number | undefined;
+  #onBackfill: (r: BackfillResult | { target: number; error: string }) => void = () => undefined;
+  readonly #backfills = new Set<Promise<unknown>>();
+  /** Aborted when the set closes or halts: stops backfill runs. */
+  readonly #stop = new AbortController();
 
   private constructor(
     relays: RelayState[],
@@ -126,12 +181,15 @@ export class RelaySet {
       need: number;
       fec: FecSettings | undefined;
       app: string;
+      stream: string;
       faults?: FaultHook;
       envelope?: EnvelopeCodec;
       onError: (msg: string) => void;
     },
   ) {
+    this.#stream = o.stream;
     this.#relays = relays;
+    this.#links = relays.map((r) => r.link);
     this.need = o.need;
     this.fec = o.fec;
     this.#faults = o.faults;
@@ -139,15 +197,29 @@ export class RelaySet {
     this.codec = new FrameCodec({
       app: o.app,
       relays: relays.length,
+      // Relays down at start are left out; one that joins with a smaller limit is reported.
       maxPayload: Math.min(...relays.map((r) => r.link.maxPayload)),
       fec: o.fec?.scheme,
       envelope: o.envelope,
     });
   }
 
-  /** Links to each relay, in config order. */
+  /**
+   * Links to each relay, in config order. The array is live: a relay that was down at start
+   * has a stand-in (`isPending`, never connected) that is replaced in place once it connects.
+   */
   get links(): NatsLink[] {
-    return this.#relays.map((r) => r.link);
+    return this.#links;
+  }
+
+  /** Calls `fn(relay, link)` each time a relay that was down at start connects and joins. */
+  onJoin(fn: (relay: number, link: NatsLink) => void): void {
+    this.#joinListeners.push(fn);
+  }
+
+  /** The relays (config order) still waiting for their first connection. */
+  get pending(): number[] {
+    return this.#relays.flatMap((r, i) => (isPending(r.link) ? [i] : []));
   }
 
   /**
@@ -160,8 +232,23 @@ export class RelaySet {
   }
 
   /**
-   * Connects to every relay and provisions the stream on each (`replicas` ways). Every relay
-   * must be reachable at start; later outages are ridden out.
+   * Relays that must be reachable at start: enough to meet the ack policy as a primary and to
+   * read a read quorum as a standby (the larger of the two). Fewer than `n` when the policy can
+   * do without some.
+   */
+  static relaysNeededAtStart(ack: AckPolicy, n: number, fec?: FecSettings): number {
+    if (fec) return n - fec.tolerate;
+    const need = acksNeeded(ack, n);
+    return Math.max(need, n - need + 1);
+  }
+
+  /**
+   * Connects to the relays and provisions the stream on each (`replicas` ways). Resolves once
+   * the relays the policy needs (`relaysNeededAtStart`) are connected; the others keep being
+   * tried in the background and join when they come up (`onJoin`). Rejects with
+   * `ReplicationError` naming the unreachable relays when fewer than that answered their first
+   * connection attempt (each bounded by the client's connect timeout), and with `ConfigError` for
+   * a relay whose existing stream breaks a guarantee.
    */
   static async open(opts: {
     specs: RelaySpec[];
@@ -179,37 +266,179 @@ export class RelaySet {
     onError?: (msg: string) => void;
   }): Promise<RelaySet> {
     const fec = opts.fec ? resolveFec(opts.fec, opts.specs.length) : undefined;
-    const links: NatsLink[] = [];
-    try {
-      for (const [i, spec] of opts.specs.entries()) {
-        const { replicas, ...nats } = spec;
-        const link =
-          i === 0 && opts.shared ? opts.shared : await openLink(nats, `${opts.clientName}:relay${i}`);
-        links.push(link);
+    const n = opts.specs.length;
+    const required = RelaySet.relaysNeededAtStart(opts.ack, n, fec);
+    const connectOne = async (i: number): Promise<NatsLink> => {
+      const { replicas, ...nats } = opts.specs[i]!;
+      const link =
+        i === 0 && opts.shared ? opts.shared : await openLink(nats, `${opts.clientName}:relay${i}`);
+      try {
         await ensureStream(link, opts.names, replicas ?? 1);
+      } catch (err) {
+        if (link !== opts.shared) await closeLink(link);
+        throw err;
       }
-    } catch (err) {
-      for (const l of links) if (l !== opts.shared) await closeLink(l);
-      throw err;
+      return link;
+    };
+    const first = await Promise.allSettled(opts.specs.map((_, i) => connectOne(i)));
+    const links = first.map((r) => (r.status === 'fulfilled' ? r.value : undefined));
+    const closeAll = async (): Promise<void> => {
+      for (const l of links) if (l && l !== opts.shared) await closeLink(l);
+    };
+    // A relay that answered but whose stream is wrong (or that lacks JetStream) fails loudly:
+    // it is misconfigured, not down, and waiting for it would hide that.
+    const config = first.find(
+      (r): r is PromiseRejectedResult => r.status === 'rejected' && r.reason instanceof ConfigError,
+    );
+    if (config) {
+      await closeAll();
+      throw config.reason;
     }
-    const relays = links.map((link) => ({
-      link,
-      publisher: new FramePublisher(link, {
-        app: opts.app,
-        subject: opts.names.subject,
-        timeoutMs: opts.timeoutMs,
-      }),
-      backlog: [],
-      draining: false,
-    }));
-    return new RelaySet(relays, {
-      need: fec ? fec.shardsNeeded : acksNeeded(opts.ack, links.length),
+    const up = links.filter((l) => l !== undefined).length;
+    if (up < required) {
+      await closeAll();
+      const down = first.flatMap((r, i) =>
+        r.status === 'rejected'
+          ? [`relay ${i} (${describeSpec(opts.specs[i]!)}): ${(r.reason as Error).message}`]
+          : [],
+      );
+      throw new ReplicationError(
+        `${up} of ${n} relay(s) reachable at start, the ack policy ${JSON.stringify(opts.ack)}${fec ? ` with fec.tolerate ${fec.tolerate}` : ''} needs ${required} (to acknowledge checkpoints and to read a read quorum). Unreachable: ${down.join('; ')}. Start those relays or fix their addresses in 'relays'`,
+        { cause: (first.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined)?.reason },
+      );
+    }
+    const publisherOf = (link: NatsLink): FramePublisher =>
+      new FramePublisher(link, { app: opts.app, subject: opts.names.subject, timeoutMs: opts.timeoutMs });
+    const relays: RelayState[] = links.map((l, i) => {
+      const link = l ?? pendingLink(describeSpec(opts.specs[i]!));
+      return { link, publisher: publisherOf(link), backlog: [], draining: false, backfilling: false };
+    });
+    const set = new RelaySet(relays, {
+      need: fec ? fec.shardsNeeded : acksNeeded(opts.ack, n),
       fec,
       app: opts.app,
+      stream: opts.names.stream,
       faults: opts.faults,
       envelope: opts.envelope,
       onError: opts.onError ?? (() => undefined),
     });
+    for (const [i, l] of links.entries()) {
+      if (l !== undefined) {
+        set.#watchReconnects(i, l);
+        continue;
+      }
+      set.#onError(
+        `relay ${i} (${relays[i]!.link.servers}) unreachable at start: ${((first[i] as PromiseRejectedResult).reason as Error).message}; the policy can do without it, it is tried every ${RETRY_MS} ms and joins when it comes up`,
+      );
+      set.#connecting.push(set.#connectLater(i, () => connectOne(i), publisherOf));
+    }
+    return set;
+  }
+
+  /** Tries relay `i` until it connects (or the set closes), then puts it in place of its stand-in. */
+  async #connectLater(
+    i: number,
+    connect: () => Promise<NatsLink>,
+    publisherOf: (link: NatsLink) => FramePublisher,
+  ): Promise<void> {
+    let reported = '';
+    while (!this.#closed) {
+      await new Promise((res) => setTimeout(res, RETRY_MS).unref());
+      if (this.#closed) return;
+      let link: NatsLink;
+      try {
+        link = await connect();
+      } catch (err) {
+        const msg = (err as Error).message;
+        // A relay that answers with a misconfigured stream is reported once per new reason.
+        if (msg !== reported && err instanceof ConfigError) this.#onError(`relay ${i}: ${msg}`);
+        reported = msg;
+        continue;
+      }
+      if (this.#closed) {
+        await closeLink(link);
+        return;
+      }
+      const r = this.#relays[i]!;
+      if (link.maxPayload < this.codec.maxPayload) {
+        this.#onError(
+          `relay ${i} (${link.servers}) accepts messages of at most ${link.maxPayload} bytes, fewer than the ${this.codec.maxPayload} this node cuts parts to: larger messages fail on it (give every relay the same max_payload)`,
+        );
+      }
+      r.link = link;
+      r.publisher = publisherOf(link);
+      this.#links[i] = link;
+      this.#watchReconnects(i, link);
+      for (const fn of this.#joinListeners) fn(i, link);
+      this.#backfillLater(i);
+      // Whatever the primary sent meanwhile waits in its backlog.
+      if (r.backlog.length > 0) void this.#drain(r);
+      return;
+    }
+  }
+
+  /** Backfills relay `i` each time its client reconnects (the relay was down, or unreachable). */
+  #watchReconnects(i: number, link: NatsLink): void {
+    void (async () => {
+      try {
+        for await (const st of link.nc.status()) {
+          if (this.#closed) return;
+          if (st.type === 'reconnect') this.#backfillLater(i);
+        }
+      } catch {
+        // the connection closed
+      }
+    })();
+  }
+
+  /**
+   * Turns backfill on (a primary, after its takeover): every connected relay is caught up now
+   * from the others with the parts of epochs from `fromEpoch` on that it lacks, and any relay
+   * again each time it comes back. `onResult` sees each run's figures (or its failure).
+   */
+  enableBackfill(
+    fromEpoch: number,
+    onResult: (r: BackfillResult | { target: number; error: string }) => void = () => undefined,
+  ): void {
+    this.#backfillFrom = fromEpoch;
+    this.#onBackfill = onResult;
+    for (const [i, r] of this.#relays.entries()) if (r.link.connected()) this.#backfillLater(i);
+  }
+
+  #backfillLater(i: number): void {
+    if (this.#backfillFrom === undefined || this.#closed) return;
+    const run = this.backfill(i, this.#backfillFrom).then(
+      (res) => res && this.#onBackfill(res),
+      (err: unknown) => this.#onBackfill({ target: i, error: (err as Error).message }),
+    );
+    this.#backfills.add(run);
+    void run.finally(() => this.#backfills.delete(run));
+  }
+
+  /**
+   * Catches relay `target` up from the other relays with the parts of epochs from `fromEpoch` on
+   * that it lacks (see backfill.ts). `undefined` when it is not connected, or already running.
+   */
+  async backfill(target: number, fromEpoch: number): Promise<BackfillResult | undefined> {
+    const r = this.#relays[target]!;
+    if (r.backfilling || !r.link.connected() || this.#closed) return undefined;
+    r.backfilling = true;
+    try {
+      return await backfill({
+        codec: this.codec,
+        stream: this.#stream,
+        links: this.#links,
+        target,
+        fromEpoch,
+        signal: this.#stop.signal,
+        send: (bytes, msgId) => {
+          if (this.#closed) return Promise.reject(new ReplicationError('relay set closed'));
+          return r.publisher.send(bytes, msgId);
+        },
+      });
+    } finally {
+      r.backfilling = false;
+    }
   }
 
   /** Per-relay figures. */
@@ -218,6 +447,8 @@ export class RelaySet {
       servers: r.link.servers,
       connected: r.link.connected(),
       backlog: r.backlog.length,
+      pending: isPending(r.link),
+      backfilling: r.backfilling,
     }));
   }
 
@@ -340,12 +571,16 @@ export class RelaySet {
    */
   halt(): void {
     this.#closed = true;
+    this.#stop.abort();
     for (const r of this.#relays) for (const out of r.backlog.splice(0)) out.done(false);
   }
 
   /** Closes every link but `keep` (the shared lease link, closed by its owner). */
   async close(keep?: NatsLink): Promise<void> {
     this.#closed = true;
-    for (const r of this.#relays) if (r.link !== keep) await closeLink(r.link);
+    this.#stop.abort();
+    await Promise.all(this.#connecting);
+    await Promise.allSettled([...this.#backfills]);
+    for (const r of this.#relays) if (r.link !== keep && !isPending(r.link)) await closeLink(r.link);
   }
 }

@@ -41,7 +41,12 @@ export function formatStatus(r: StatusReport): string {
           : r.leader,
     ],
     ['epoch', String(r.epoch ?? '-')],
-    ['last sealed checkpoint', r.lastSealed === null ? '-' : `${r.lastSealed} (epoch ${r.lastSealedEpoch})`],
+    [
+      'last sealed checkpoint',
+      r.lastSealed === null
+        ? `-${r.lastSealedNote ? ` (${r.lastSealedNote})` : ''}`
+        : `${r.lastSealed} (epoch ${r.lastSealedEpoch})`,
+    ],
     ['stream', `${r.streamMessages} messages, ${r.streamBytes} bytes, last seq ${r.streamLastSeq}`],
     [
       'switchover',
@@ -111,7 +116,10 @@ export function formatStatus(r: StatusReport): string {
         x.reachable ? 'yes' : 'no',
         x.reachable ? String(x.messages) : '-',
         x.reachable ? String(x.lastSeq) : '-',
-        x.reachable ? `${x.lagMessages} behind` : 'unreachable',
+        (x.reachable ? `${x.lagMessages} behind` : 'unreachable') +
+          // The leader's view, from its presence record (when it reports one).
+          (x.backfilling ? ', backfilling' : '') +
+          (x.leaderConnected === false ? ', leader not connected' : ''),
       ]),
     )
       .split('\n')

@@ -6,7 +6,9 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type StreamInfo } from '@nats-io/jetstream';
 import { UsageError } from '../../errors.js';
+import type { EnvelopeCodec } from '../../protocol/envelope.js';
 import { FrameKind, decodePart } from '../../protocol/frame.js';
+import { readInspect } from './inspect-read.js';
 import { appNames } from '../../protocol/subjects.js';
 import {
   PRESENCE_EXPIRE_MS,
@@ -59,6 +61,21 @@ export interface StatusNode {
   stale: boolean;
   /** A standby's lag per relay (empty on a primary). */
   relays: StatusRelayLag[];
+  /**
+   * Each relay as this node sees it (primary and standby): connected, down since the node
+   * started (`pending`), being caught up from the others (`backfilling`), messages waiting in
+   * the primary's backlog for it. Absent for nodes that do not report it (older versions).
+   */
+  relayStates?: StatusRelayState[];
+}
+
+/** One relay as a node sees it (presence `relayStates`). */
+export interface StatusRelayState {
+  servers: string;
+  connected: boolean;
+  pending: boolean;
+  backfilling: boolean;
+  backlog: number | null;
 }
 
 /** One relay's copy of the stream. */
@@ -68,6 +85,10 @@ export interface StatusRelay {
   messages: number;
   lastSeq: number;
   lagMessages: number;
+  /** Whether the leader is connected to it (its presence record); absent when it does not say. */
+  leaderConnected?: boolean;
+  /** Whether the leader is backfilling it now (copying what it missed from the other relays). */
+  backfilling?: boolean;
 }
 
 /** The `status --json` object (docs/cli.md). Fields are only ever added. */
@@ -82,6 +103,13 @@ export interface StatusReport {
   streamLastSeq: number;
   /** Where the stream figures were read (the `--nats` server, the first `--relay`, or a relay from presence). */
   streamServers: string;
+  /**
+   * How `lastSealed` was read: `plain` (an unsigned part), `decoded` (signed or FEC: opened with
+   * the cluster key and rebuilt from shards, as `inspect` reads), or `null` when no seal could be
+   * read; then `lastSealedNote` says why (a signed stream without `--key`, say).
+   */
+  lastSealedFrom?: 'plain' | 'decoded' | null;
+  lastSealedNote?: string;
   /** Each relay's copy of the stream and how far it is behind the fullest one. */
   relays?: StatusRelay[];
   /** Where `relays` came from: the `--relay` flags, or the relays named in the nodes' presence. */
@@ -114,6 +142,8 @@ export interface StatusOptions {
   app: string;
   /** Relays to report on (`--relay`). None: the relays in the nodes' presence records. */
   relays?: string[];
+  /** Signed streams: the cluster key's codec (`--key`, `--config`), to read the last seal. */
+  envelope?: EnvelopeCodec;
   /** Clock for record ages (tests). */
   now?: () => number;
 }
@@ -181,9 +211,38 @@ export function statusNodes(
       ageMs,
       stale: ageMs > PRESENCE_STALE_MS,
       relays: relayLags(r),
+      ...relayStates(r),
     };
   });
 }
+
+/** A presence record's relay states, checked field by field (absent in older records). */
+function relayStates(rec: PresenceRecord): { relayStates?: StatusRelayState[] } {
+  const list = (rec as { relayStates?: unknown }).relayStates;
+  if (!Array.isArray(list)) return {};
+  const out: StatusRelayState[] = [];
+  for (const r of list as unknown[]) {
+    const x = r as Partial<Record<keyof StatusRelayState, unknown>> | null;
+    if (!x || typeof x.servers !== 'string' || x.servers === '') continue;
+    out.push({
+      servers: x.servers,
+      connected: x.connected === true,
+      pending: x.pending === true,
+      backfilling: x.backfilling === true,
+      backlog: num(x.backlog),
+    });
+  }
+  return { relayStates: out };
+}
+
+/** One server list however written (`a,b`, `a|b`, order): for matching a relay across sources. */
+const serverSet = (servers: string): string =>
+  servers
+    .split(/[,|]/)
+    .map((x) => x.trim())
+    .filter(Boolean)
+    .sort()
+    .join(',');
 
 /** Relays named in presence records, first appearance first, live nodes before stale ones. */
 function presenceRelays(nodes: readonly StatusNode[]): string[] {
@@ -225,6 +284,49 @@ async function newestSeal(
     }
   }
   return undefined;
+}
+
+/**
+ * The newest seal of a signed or FEC stream, read as `inspect` reads (the last 1000 messages of
+ * each relay, opened with the cluster key, parts rebuilt from the shards of all relays).
+ */
+async function decodedSeal(
+  app: string,
+  info: StreamInfo,
+  streamServers: string,
+  relayList: readonly string[],
+  envelope: EnvelopeCodec | undefined,
+): Promise<{ seal?: { checkpoint: number; epoch: number }; note?: string }> {
+  const list = relayList.length > 0 ? [...relayList] : [streamServers];
+  const report = await readInspect({
+    app,
+    relays: list.map((r) => ({ servers: r.split('|') })),
+    envelope,
+    from: Math.max(1, info.state.last_seq - 999),
+    limit: 1000,
+    stallMs: 5_000,
+  });
+  let best: { checkpoint: number; epoch: number; at: number } | undefined;
+  for (const r of report.relays) {
+    for (const f of r.frames) {
+      if (f.kind !== 'seal' || f.checkpoint === null) continue;
+      // The latest epoch's latest seal: a deposed primary's higher numbers do not count over it.
+      if (!best || f.epoch > best.epoch || (f.epoch === best.epoch && f.checkpoint > best.checkpoint)) {
+        best = { checkpoint: f.checkpoint, epoch: f.epoch, at: f.streamSeq };
+      }
+    }
+  }
+  if (best) return { seal: { checkpoint: best.checkpoint, epoch: best.epoch } };
+  const reasons = new Set(report.relays.flatMap((r) => r.rejected.map((x) => x.reason)));
+  if (!envelope && (reasons.has('unsigned') || reasons.has('magic') || reasons.size > 0)) {
+    return {
+      note: `no seal could be read: the stream's messages do not open without the cluster key (${[...reasons].join(', ')}); pass --key or --config`,
+    };
+  }
+  if (reasons.has('forged')) {
+    return { note: 'no seal could be read: the messages do not verify under the given cluster key (forged)' };
+  }
+  return { note: 'no seal among the last 1000 messages of the relays read' };
 }
 
 /**
@@ -280,7 +382,18 @@ export async function readStatus(opts: StatusOptions): Promise<StatusReport> {
             : 'check --app and --nats (pass --relay when the app uses relays)',
         );
       }
-      const seal = await newestSeal(sc, app, info);
+      const relayList = flagRelays.length > 0 ? flagRelays : fromPresence;
+      let seal = await newestSeal(sc, app, info);
+      let sealFrom: 'plain' | 'decoded' | null = seal ? 'plain' : null;
+      let sealNote: string | undefined;
+      if (!seal && info.state.messages > 0) {
+        // Signed or FEC: read the tail as inspect does (envelope opened, parts rebuilt from the
+        // shards of every relay).
+        const decoded = await decodedSeal(app, info, streamServers, relayList, opts.envelope);
+        seal = decoded.seal;
+        sealFrom = seal ? 'decoded' : null;
+        sealNote = decoded.note;
+      }
       const lastSealed = seal?.checkpoint ?? null;
       const now = (opts.now ?? Date.now)();
       const report: StatusReport = {
@@ -293,6 +406,8 @@ export async function readStatus(opts: StatusOptions): Promise<StatusReport> {
         streamBytes: info.state.bytes,
         streamLastSeq: info.state.last_seq,
         streamServers,
+        lastSealedFrom: sealFrom,
+        ...(sealNote ? { lastSealedNote: sealNote } : {}),
         nodes: statusNodes(records, lease.leader, lastSealed, now),
         switchover,
         settingProblems: [
@@ -310,17 +425,22 @@ export async function readStatus(opts: StatusOptions): Promise<StatusReport> {
           ),
         ],
       };
-      const relayList = flagRelays.length > 0 ? flagRelays : fromPresence;
       if (relayList.length > 0) {
         const states = await Promise.all(relayList.map((u) => relayState(u, names.stream)));
         const most = Math.max(0, ...states.map((x) => x?.messages ?? 0));
-        report.relays = relayList.map((servers, i) => ({
-          servers,
-          reachable: states[i] !== undefined,
-          messages: states[i]?.messages ?? 0,
-          lastSeq: states[i]?.lastSeq ?? 0,
-          lagMessages: most - (states[i]?.messages ?? 0),
-        }));
+        // The leader's view of each relay (connected, backfilling), when its record says.
+        const leaderStates = report.nodes.find((n) => n.leader)?.relayStates ?? [];
+        report.relays = relayList.map((servers, i) => {
+          const seen = leaderStates.find((x) => serverSet(x.servers) === serverSet(servers));
+          return {
+            servers,
+            reachable: states[i] !== undefined,
+            messages: states[i]?.messages ?? 0,
+            lastSeq: states[i]?.lastSeq ?? 0,
+            lagMessages: most - (states[i]?.messages ?? 0),
+            ...(seen ? { leaderConnected: seen.connected, backfilling: seen.backfilling } : {}),
+          };
+        });
         report.relaysFrom = flagRelays.length > 0 ? 'flag' : 'presence';
       }
       report.expiredNodes = all.length - records.length;

@@ -5,7 +5,14 @@
  * status-format.ts.
  */
 import { Command } from 'commander';
-import { checkAppName, checkServers, repeatFlag } from '../flags.js';
+import { ConfigError, UsageError } from '../../errors.js';
+import {
+  EnvelopeCodec,
+  parseClusterKey,
+  parseKeyMaterial,
+  type ClusterKeys,
+} from '../../protocol/envelope.js';
+import { checkAppName, checkServers, loadConfigFlag, repeatFlag } from '../flags.js';
 import { readStatus } from './status-read.js';
 import { formatStatus } from './status-format.js';
 
@@ -16,9 +23,47 @@ export {
   type StatusOptions,
   type StatusRelay,
   type StatusRelayLag,
+  type StatusRelayState,
   type StatusReport,
 } from './status-read.js';
 export { formatStatus, formatTable } from './status-format.js';
+
+interface StatusFlags {
+  app: string;
+  nats: string;
+  json: boolean;
+  relay: string[];
+  key?: string;
+  config?: string;
+}
+
+/** The cluster key (`--key`, else the config's) and the config's relays, as inspect reads them. */
+function keyAndRelays(o: StatusFlags): { keys?: ClusterKeys; relays: string[] } {
+  const config = o.config ? loadConfigFlag(o.config) : undefined;
+  if (config && config.app !== o.app) {
+    throw new UsageError(
+      `--app '${o.app}' but the config file ${o.config} is for app '${config.app}'`,
+      'pass the app the config is for, or another config',
+    );
+  }
+  let relays = o.relay;
+  if (relays.length === 0 && config?.relays) {
+    relays = (config.relays as { servers: string | string[] }[]).map((r) =>
+      Array.isArray(r.servers) ? r.servers.join('|') : r.servers,
+    );
+  }
+  let keys: ClusterKeys | undefined;
+  try {
+    if (o.key !== undefined) keys = { keys: new Map([[0, parseKeyMaterial(o.key, '--key')]]), current: 0 };
+    else if (config?.clusterKey !== undefined) keys = parseClusterKey(config.clusterKey);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      throw new UsageError(err.message, 'give the cluster key as 64 hex digits or base64 of 32+ bytes');
+    }
+    throw err;
+  }
+  return { keys, relays };
+}
 
 /** The `status` command. */
 export function statusCommand(): Command {
@@ -34,12 +79,23 @@ export function statusCommand(): Command {
       repeatFlag,
       [] as string[],
     )
+    .option('--key <key>', 'cluster key of a signed stream, to read its last seal (hex or base64, key id 0)')
+    .option(
+      '--config <file>',
+      'sidecar config file: clusterKey / clusterKeyFile, and relays when no --relay is given',
+    )
     .option('--json', 'print one JSON object (docs/cli.md)', false)
-    .action(async (o: { app: string; nats: string; json: boolean; relay: string[] }) => {
+    .action(async (o: StatusFlags) => {
       checkAppName(o.app);
       checkServers('--nats', o.nats);
       for (const r of o.relay) checkServers('--relay', r);
-      const r = await readStatus({ nats: o.nats, app: o.app, relays: o.relay });
+      const { keys, relays } = keyAndRelays(o);
+      const r = await readStatus({
+        nats: o.nats,
+        app: o.app,
+        relays,
+        envelope: keys ? new EnvelopeCodec({ app: o.app, keys }) : undefined,
+      });
       process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : formatStatus(r));
     });
 }
