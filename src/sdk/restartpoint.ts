@@ -41,7 +41,8 @@ import {
   type SidecarAddress,
 } from './sidecar-client.js';
 import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
-import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
+import { AutoCheckpoints, OutputCommits, ResumeGuard, resumeProblem, resumeState } from './restart-points.js';
+import { WRITE_VERSION } from '../protocol/frame.js';
 import type { ResumedFrom, TakeoverStats } from '../types.js';
 
 export type { ResumedFrom, TakeoverStats } from '../types.js';
@@ -243,6 +244,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       // Two processes under one node id corrupt presence, status and switchover: refuse.
       await refuseLiveNodeId(kv, o.app, o.nodeId, { reuse: o.reuseNodeId });
       const leaseStore = new LeaseStore(kv, names.leaseKey);
+      // Mixed versions (a rolling upgrade): whether this standby could resume what it holds.
+      const standbyRef: { s?: StandbyRunner } = {};
+      const guard = new ResumeGuard({
+        stateVersion: o.stateVersion,
+        images: () => standbyRef.s?.images,
+        checkpoint: () => standbyRef.s?.applier.position.checkpoint ?? 0,
+        log: o.log,
+      });
       reporter = new NodeReporter({
         app: o.app,
         nodeId: o.nodeId,
@@ -250,6 +259,17 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         observer: o.observer,
         kv,
         leaseKey: names.leaseKey,
+        versions: {
+          stateVersion: o.stateVersion,
+          protocolVersion: WRITE_VERSION,
+          resumeProblem: () => {
+            const s = standbyRef.s;
+            return (
+              guard.blocked() ??
+              (s ? resumeProblem(o, s.images, s.applier.position.checkpoint)?.message : undefined)
+            );
+          },
+        },
       });
       const rpt = reporter;
       rpt.transition('starting');
@@ -264,8 +284,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         codec: relaySet.codec,
         limits: o.limits,
         apply: o.apply,
-        ...standbyReports(o, rpt),
+        ...standbyReports(o, rpt, guard),
       });
+      standbyRef.s = standby;
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
       rpt.transition('standby');
@@ -297,6 +318,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           lease: leaseStore,
           kv,
           resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
+          resumeBlocked: () => guard.blocked(),
           restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
           transition: (to, reason) => rpt.transition(to, reason),
           log: o.log,
@@ -629,16 +651,19 @@ function checkValueLimit(value: Uint8Array, limits: Limits): void {
 function standbyReports(
   o: ResolvedOptions<unknown>,
   rpt: NodeReporter,
+  guard: ResumeGuard,
 ): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence'> {
   return {
     onReject: (err, seq) => {
       rpt.observe('rejected', err.reason);
       o.log({ level: 'warn', msg: 'frame rejected', reason: err.reason, streamSeq: seq, error: err.message });
+      guard.rejected(err, seq);
     },
     onCommit: (pos) => {
       rpt.checkpoint = pos.checkpoint;
       rpt.epoch = Math.max(rpt.epoch, pos.epoch);
       rpt.observe('applied', { epoch: pos.epoch, checkpoint: pos.checkpoint });
+      guard.check();
       o.log({ level: 'debug', msg: 'checkpoint applied', ...pos });
     },
     onFence: (epoch, nodeId, seq) =>

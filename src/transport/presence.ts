@@ -41,6 +41,18 @@ export interface PresenceRecord {
   readonly updatedAt: number;
   /** A standby's lag per relay (empty on a primary). */
   readonly relays: readonly RelayLagSample[];
+  /** The app's `stateVersion` this node runs with (absent: a node older than upgrades, docs/upgrades.md). */
+  readonly stateVersion?: number;
+  /** The wire version this node writes (and the newest it reads). */
+  readonly protocolVersion?: number;
+  /**
+   * Whether this node could resume from the last checkpoint it holds (a primary: true). False:
+   * the image is of a newer `stateVersion`, or the relays hold frames of a newer wire version
+   * (`cannotResume` says which); such a standby never claims the lease.
+   */
+  readonly canResume?: boolean;
+  /** Why this node cannot resume, when `canResume` is false. */
+  readonly cannotResume?: string;
 }
 
 /** A request to hand the primary role over. */
