@@ -43,6 +43,7 @@ import {
 import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
 import { AutoCheckpoints, OutputCommits, ResumeGuard, resumeProblem, resumeState } from './restart-points.js';
 import { WRITE_VERSION } from '../protocol/frame.js';
+import { checkResumeFromEnv, resumeInSandbox } from './check-resume.js';
 import type { ResumedFrom, TakeoverStats } from '../types.js';
 
 export type { ResumedFrom, TakeoverStats } from '../types.js';
@@ -217,6 +218,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     // Under `restartpoint sidecar`, the sidecar is the node: this app talks to its local API.
     const sidecar = o.sidecar ? sidecarFromEnv(process.env) : undefined;
     if (sidecar) return Restartpoint.#attach(o, sidecar);
+    // `restartpoint check-resume`: resume in a read-only sandbox instead of joining the app.
+    const check = checkResumeFromEnv(process.env, o.app);
+    if (check) return Restartpoint.#sandbox(o, check.report);
     const names = appNames(o.app);
     // The lease lives where `nats` points; frames go to every relay (by default that same server).
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
@@ -407,6 +411,28 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       await closeLink(link);
       throw err;
     }
+  }
+
+  /** Check-resume mode (src/sdk/check-resume.ts): the resume path, read only; nothing is written. */
+  static async #sandbox<S>(o: ResolvedOptions<S>, report: string | undefined): Promise<Restartpoint<S>> {
+    const box = await resumeInSandbox(o, report);
+    const pos = box.position;
+    return new Restartpoint<S>({
+      o,
+      keeper: { isValid: () => false, stop: () => Promise.resolve() },
+      replicator: box.engine,
+      get: (key) => o.storage.get(key),
+      shutdown: box.shutdown,
+      state: box.state,
+      resumedFrom: pos.checkpoint > 0 ? { epoch: pos.epoch, checkpoint: pos.checkpoint } : undefined,
+      epoch: pos.epoch,
+      takeover: { detectMs: 0, catchUpMs: 0, rollbackMs: 0, fenceMs: 0, restoreMs: 0, previous: undefined },
+      reporter: {
+        transition: (to, reason) =>
+          o.log({ level: 'info', msg: 'state transition', to, reason, sandbox: true }),
+        stop: () => Promise.resolve(),
+      },
+    });
   }
 
   /** Sidecar mode: the sidecar already holds the role; state, store and checkpoints go through its API. */
