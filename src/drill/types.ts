@@ -45,7 +45,9 @@ export interface DrillOptions {
    * process keeps running and must demote itself), `relay-loss` (three relays with a quorum
    * policy; one relay is SIGKILLed before each primary kill and restarted after the takeover),
    * `shard-loss` (six relays, FEC 4+2 tolerating one lost relay, 2 % of shards dropped on the
-   * way, and one relay SIGKILLed before each primary kill). Default `kill`.
+   * way, and one relay SIGKILLed before each primary kill), `upgrade` (a rolling upgrade of the
+   * sample app to a build with a new state shape, a node killed mid-upgrade: src/drill/upgrade.ts;
+   * `kills` does not apply). Default `kill`.
    */
   scenario?: Scenario;
   /**
@@ -71,7 +73,7 @@ export interface DrillOptions {
 }
 
 /** Drill scenarios, in the order `--scenario all` runs them. */
-export const Scenarios = ['kill', 'pause', 'partition', 'relay-loss', 'shard-loss'] as const;
+export const Scenarios = ['kill', 'pause', 'partition', 'relay-loss', 'shard-loss', 'upgrade'] as const;
 export type Scenario = (typeof Scenarios)[number];
 
 /** What a deposed primary that kept running (pause, partition) did after the takeover. */
