@@ -225,6 +225,7 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
       writesDiscarded: 0,
     };
     report.takeovers.push(t);
+    opts.onTakeover?.(t);
     report.timeline!.takeovers.push({ t: took.t, servingAt: serving.t, kill, node: next.id });
     if (resumed < ackedAtFault) {
       report.violations.push(
