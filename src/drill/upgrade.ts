@@ -9,7 +9,8 @@
  * 2. `restartpoint switchover` (the real CLI): a hands over at its next checkpoint; b claims,
  *    migrates the image once and resumes.
  * 3. Mid-upgrade: a restarts still on build 1 (a node not yet upgraded) and c joins on build 2.
- *    a reads b's stateVersion-2 images: it must say it cannot resume and never claim.
+ *    a reads b's stateVersion-2 images: it must say it cannot resume and never claim, and the
+ *    presence records (`restartpoint status`) must show the skew.
  * 4. b is SIGKILLed: the failover must land on c (it can resume), not on a.
  * 5. a restarts on build 2; c is SIGKILLed: a takes over. The upgrade is complete.
  *
@@ -25,7 +26,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { deleteAppAt } from '../transport/inspect.js';
+import { connectServers, deleteAppAt, openLeaseBucket, readPresence } from '../transport/inspect.js';
 import { AppProcess, clearStore, num, sampleAppPath, type AppEvent } from './app-process.js';
 import {
   DEFAULT_STEP_MS,
@@ -56,6 +57,41 @@ export interface UpgradeReport {
   oldStandbyReason: string | null;
   /** Where the mid-upgrade failover landed, and on which build. */
   failoverLandedOn: string | null;
+  /**
+   * The presence records (what `restartpoint status` shows) during the mid-upgrade window: a on
+   * stateVersion 1 with `canResume: false`, the primary b on stateVersion 2.
+   */
+  skewShown: boolean;
+}
+
+/**
+ * Waits (presence is rewritten every second) until the presence records show `old` on
+ * stateVersion 1 unable to resume and `primary` on stateVersion 2; false after `ms`.
+ */
+async function skewInPresence(
+  nats: string,
+  app: string,
+  old: string,
+  primary: string,
+  ms: number,
+): Promise<boolean> {
+  const nc = await connectServers(nats, { timeoutMs: 3_000 });
+  try {
+    const kv = await openLeaseBucket(nc, app);
+    if (!kv) return false;
+    const until = Date.now() + ms;
+    while (Date.now() < until) {
+      const recs = await readPresence(kv);
+      const o = recs.find((r) => r.nodeId === old);
+      const p = recs.find((r) => r.nodeId === primary);
+      if (o?.stateVersion === 1 && o.canResume === false && p?.stateVersion === 2 && p.canResume === true)
+        return true;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return false;
+  } finally {
+    await nc.close();
+  }
 }
 
 /** The package's CLI entry (bin/restartpoint.js), found from the sample app's place. */
@@ -104,6 +140,7 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
     oldStandbyRefused: false,
     oldStandbyReason: null,
     failoverLandedOn: null,
+    skewShown: false,
   };
   const report: DrillReport & { upgrade: UpgradeReport } = {
     ok: false,
@@ -328,6 +365,12 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
       .catch(() => undefined);
     upgrade.oldStandbyReason = refused ? String(refused.reason) : null;
     if (!refused) report.violations.push('a (build 1) never said it cannot resume stateVersion-2 images');
+    upgrade.skewShown = await skewInPresence(opts.nats, app, 'a', 'b', 10_000);
+    if (!upgrade.skewShown) {
+      report.violations.push(
+        'presence (restartpoint status) did not show a on stateVersion 1 unable to resume beside b on 2',
+      );
+    }
     await waitApplied(c2, lastAcked, 'c (build 2) catches up');
     await b2.waitFor((e) => e.ev === 'acked' && num(e.checkpoint) >= resumed + 5, 'b acks 5 more', 30_000);
 

@@ -44,5 +44,6 @@ describe('drill --scenario upgrade', () => {
     expect(report.upgrade.oldStandbyRefused).toBe(true);
     expect(report.upgrade.oldStandbyReason).toMatch(/stateVersion 2, newer than this build's stateVersion 1/);
     expect(report.upgrade.failoverLandedOn).toBe('c');
+    expect(report.upgrade.skewShown).toBe(true);
   }, 180_000);
 });
