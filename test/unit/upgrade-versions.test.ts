@@ -17,6 +17,9 @@ import {
 import { ImageChain, ImageEncoder } from '../../src/image/chain.js';
 import type { ImageRecord } from '../../src/protocol/records.js';
 import { ResumeGuard } from '../../src/sdk/restart-points.js';
+import { statusNodes } from '../../src/cli/commands/status-read.js';
+import { formatVersions } from '../../src/cli/commands/status-format.js';
+import type { PresenceRecord } from '../../src/transport/presence.js';
 
 const part = (): Buffer =>
   encodeFrame(
@@ -132,5 +135,51 @@ describe('ResumeGuard', () => {
     );
     g.check();
     expect(logs.filter((e) => e.msg === 'cannot resume')).toHaveLength(1); // logged once
+  });
+});
+
+describe('status: the versions section', () => {
+  const now = 1_800_000_000_000;
+  const rec = (over: Partial<PresenceRecord> & Pick<PresenceRecord, 'nodeId'>): PresenceRecord => ({
+    state: 'standby',
+    epoch: 3,
+    checkpoint: 0,
+    host: 'h',
+    pid: 1,
+    updatedAt: now,
+    relays: [],
+    ...over,
+  });
+
+  it('shows each node, who cannot resume and why, and the skew; untrusted fields become null', () => {
+    const nodes = statusNodes(
+      [
+        rec({
+          nodeId: 'a',
+          stateVersion: 1,
+          protocolVersion: 2,
+          canResume: false,
+          cannotResume: 'image too new',
+        }),
+        rec({ nodeId: 'b', state: 'primary', stateVersion: 2, protocolVersion: 2, canResume: true }),
+        rec({ nodeId: 'c', stateVersion: 'x' as never, canResume: 'no' as never }),
+      ],
+      'b',
+      null,
+      now,
+    );
+    expect(nodes.map((n) => [n.stateVersion, n.protocolVersion, n.canResume, n.cannotResume])).toEqual([
+      [1, 2, false, 'image too new'],
+      [2, 2, true, null],
+      [null, null, null, null],
+    ]);
+    const out = formatVersions(nodes);
+    expect(out).toMatch(/^\s+node\s+stateVersion\s+wire\s+can resume$/m);
+    expect(out).toMatch(/^\s+a\s+1\s+2\s+NO$/m);
+    expect(out).toMatch(/^\s+b \*\s+2\s+2\s+yes$/m);
+    expect(out).toMatch(/a cannot resume and will not take over: image too new/);
+    expect(out).toMatch(/version skew: stateVersion 1 and 2, wire version 2 among live nodes/);
+    // Nodes older than the fields: no section at all.
+    expect(formatVersions(statusNodes([rec({ nodeId: 'z' })], null, null, now))).toBe('');
   });
 });
