@@ -30,6 +30,13 @@
  *          [--relays URL[|URL…][,…] --ack all|quorum|N --fec K+M:F] [--key K [--encrypt]]
  *          [--state-mb N] [--step-ms N]
  * `--key K` turns signed mode on (the cluster key, docs/security.md); `--encrypt` also encrypts.
+ *
+ * `--build 2` runs the ledger's second build (docs/upgrades.md, `drill --scenario upgrade`): its
+ * state has a new shape, `stateVersion: 2`, with `balances` (account → amount as a BigInt)
+ * derived from `mirror`, and a `migrate` that turns a build-1 image into it. `--broken-migrate`
+ * makes that `migrate` throw (the bad release `restartpoint check-resume` must catch). The
+ * `primary` event then also says `stateVersion`, `migratedFrom` (the image's version, or null),
+ * `sourceDigest` (the build-1 digest of the image `migrate` received) and `balancesOk`.
  * Redis keys live under the prefix `<app>:<node>`, Postgres rows in the table `rp_<app>_<node>`.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -49,6 +56,34 @@ export interface LedgerState {
   lastStepAt: Date;
   /** `--state-mb` ballast: record id → 1 KiB string. Empty without the flag. */
   ballast: Map<string, string>;
+  /** Build 2 only (stateVersion 2): each account's amount, derived from `mirror`. */
+  balances?: Map<string, bigint>;
+}
+
+/** The balances build 2 derives from the mirror (`amount:step:epoch` values). */
+export function balancesOf(mirror: Map<string, string>): Map<string, bigint> {
+  const out = new Map<string, bigint>();
+  for (const [k, v] of mirror) out.set(k, BigInt(v.split(':')[0]!));
+  return out;
+}
+
+/** Whether build 2's `balances` are exactly what `mirror` says. */
+export function balancesAgree(s: LedgerState): boolean {
+  const want = balancesOf(s.mirror);
+  const have = s.balances;
+  if (!have || have.size !== want.size) return false;
+  for (const [k, v] of want) if (have.get(k) !== v) return false;
+  return true;
+}
+
+/**
+ * Build 2's `migrate`: a build-1 image (stateVersion 1) becomes a build-2 state, every build-1
+ * field kept as it was and `balances` derived from the mirror.
+ */
+export function migrateLedger(image: unknown, fromVersion: number): LedgerState {
+  if (fromVersion !== 1) throw new Error(`ledger build 2 migrates stateVersion 1 images, not ${fromVersion}`);
+  const s = image as LedgerState;
+  return { ...s, balances: balancesOf(s.mirror) };
 }
 
 /** Bytes of one ballast record (hex text). */
@@ -202,6 +237,8 @@ async function main(): Promise<void> {
       encrypt: { type: 'boolean', default: false },
       'state-mb': { type: 'string', default: '0' },
       'step-ms': { type: 'string', default: '0' },
+      build: { type: 'string', default: '1' },
+      'broken-migrate': { type: 'boolean', default: false },
       'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
       'postgres-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     },
@@ -213,6 +250,13 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const accounts = Number(values.accounts);
+  if (values.build !== '1' && values.build !== '2') {
+    process.stderr.write(`--build '${values.build}' is not a build of the ledger: 1 or 2\n`);
+    process.exit(2);
+  }
+  const build2 = values.build === '2';
+  /** Build 2: what `migrate` was given (the build-1 digest of the image) and from which version. */
+  let migrated: { from: number; sourceDigest: string } | undefined;
   const stateMb = Number(values['state-mb']);
   if (!(stateMb >= 0 && stateMb <= 1024)) {
     process.stderr.write(`--state-mb '${values['state-mb']}' is not a number of MB from 0 to 1024\n`);
@@ -279,7 +323,21 @@ async function main(): Promise<void> {
       mirror: new Map(),
       lastStepAt: new Date(0),
       ballast: makeBallast(stateMb),
+      ...(build2 ? { balances: new Map<string, bigint>() } : {}),
     }),
+    ...(build2
+      ? {
+          stateVersion: 2,
+          migrate: (image: unknown, from: number): LedgerState => {
+            const s = image as LedgerState;
+            migrated = { from, sourceDigest: stateDigest(s, BallastDigest.of(s.ballast)) };
+            if (values['broken-migrate']) {
+              throw new Error(`broken migrate: account totals do not add up at step ${s.steps}`);
+            }
+            return migrateLedger(image, from);
+          },
+        }
+      : {}),
     // A large state is shipped as deltas; keyframes only when the chain grows past half of it.
     ...(stateMb > 0 ? { keyframeEvery: 100_000 } : {}),
     leaseTtlMs: Number(values.ttl),
@@ -322,6 +380,10 @@ async function main(): Promise<void> {
     storeDigest: await storeDigest(storage),
     mirrorDigest: mirrorDigest(rp.state.mirror),
     ballastRecords: rp.state.ballast.size,
+    stateVersion: build2 ? 2 : 1,
+    migratedFrom: migrated?.from ?? null,
+    sourceDigest: migrated?.sourceDigest ?? null,
+    balancesOk: build2 ? balancesAgree(rp.state) : null,
     takeover: rp.takeover,
     // Time spent on the digests above: the drill takes it out of the resume figures.
     verifyMs: Date.now() - resumedAt,
@@ -371,12 +433,14 @@ async function main(): Promise<void> {
           await rp.store.delete(key);
           wt++;
           state.mirror.delete(key);
+          state.balances?.delete(key);
         } else {
           const amount = BigInt(Math.floor(r() * 1000));
           const value = `${amount}:${state.steps + 1}:${epoch}`;
           await rp.store.put(key, value);
           wt++;
           state.mirror.set(key, value);
+          state.balances?.set(key, amount);
           state.total += amount;
         }
         if (killNow && armed?.point === 'between-writes' && i === Math.floor(writes / 2)) {

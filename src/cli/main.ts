@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { UsageError } from '../errors.js';
+import { checkResumeCommand } from './commands/check-resume.js';
 import { drillCommand } from './commands/drill.js';
 import { inspectCommand } from './commands/inspect.js';
 import { sidecarCommand } from './commands/sidecar.js';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
     switchoverCommand(),
     sidecarCommand(),
     verifyCommand(),
+    checkResumeCommand(),
   ]) {
     // addCommand does not pass settings down: usage errors must reach main() to exit 2 with a hint.
     cmd.copyInheritedSettings(program);

@@ -46,10 +46,12 @@ export class AppProcess {
     this.id = id;
   }
 
-  start(args: string[]): void {
+  /** Starts the sample app with `args`; `env` adds to (or, undefined, removes from) the environment. */
+  start(args: string[], env?: Record<string, string | undefined>): void {
     const appPath = sampleAppPath();
     const child = spawn(process.execPath, [appPath, '--node', this.id, ...args], {
       stdio: ['pipe', 'pipe', 'pipe'],
+      ...(env ? { env: { ...process.env, ...env } } : {}),
     });
     this.child = child;
     this.stderr = '';

@@ -35,6 +35,7 @@ import { injectHostile } from './hostile.js';
 import { LeaseWatch, checkTakeoverLease } from './lease-watch.js';
 import { TestRelay, provisionR3 } from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
+import { runUpgradeDrill } from './upgrade.js';
 import {
   DEFAULT_STEP_MS,
   KillPoints,
@@ -52,6 +53,7 @@ import {
 export * from './types.js';
 export { AppProcess, sampleAppPath } from './app-process.js';
 export { WARM_LAG_MS } from './checks.js';
+export { runUpgradeDrill, type UpgradeReport } from './upgrade.js';
 
 /** Down-samples `xs` to at most `max` items, keeping the first and the last. */
 function thin<T>(xs: T[], max: number): T[] {
@@ -66,6 +68,7 @@ function thin<T>(xs: T[], max: number): T[] {
 /** Runs a drill. Never throws for a guarantee violation: those are in `violations`. */
 export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   if (opts.scenario === 'chaos') return runChaos(opts);
+  if (opts.scenario === 'upgrade') return runUpgradeDrill(opts);
   const say = opts.progress ?? (() => undefined);
   const rand = mulberry(opts.seed);
   const app = `drill-${randomBytes(4).toString('hex')}`;

@@ -45,7 +45,9 @@ export interface DrillOptions {
    * process keeps running and must demote itself), `relay-loss` (three relays with a quorum
    * policy; one relay is SIGKILLed before each primary kill and restarted after the takeover),
    * `shard-loss` (six relays, FEC 4+2 tolerating one lost relay, 2 % of shards dropped on the
-   * way, and one relay SIGKILLed before each primary kill). Default `kill`.
+   * way, and one relay SIGKILLed before each primary kill), `upgrade` (a rolling upgrade of the
+   * sample app to a build with a new state shape, a node killed mid-upgrade: src/drill/upgrade.ts;
+   * `kills` does not apply). Default `kill`.
    */
   scenario?: Scenario;
   /**
@@ -80,7 +82,7 @@ export interface DrillOptions {
 /** Drill scenarios, in the order `--scenario all` runs them. */
 export const Scenarios = ['kill', 'pause', 'partition', 'relay-loss', 'shard-loss'] as const;
 /** Scenarios that only run on their own (`--scenario NAME`), never in `all`: too long. */
-export const SoloScenarios = ['chaos'] as const;
+export const SoloScenarios = ['chaos', 'upgrade'] as const;
 export type Scenario = (typeof Scenarios)[number] | (typeof SoloScenarios)[number];
 
 /** One fault the drill injected (`faults` in `--json`), with evidence that it took effect. */

@@ -53,6 +53,12 @@ export interface TakeoverOptions<S> {
   readonly kv: Parameters<typeof readSwitchover>[0];
   /** Refuses to resume from `checkpoint` (an image this node cannot read): checked before the fence. */
   readonly resumeProblem: (checkpoint: number) => RestartpointError | undefined;
+  /**
+   * Why this node must not take over at all (a rolling upgrade: its image or the relays' frames
+   * are newer than its build), or undefined. Checked before the claim: while it says why, the
+   * node stays a standby and never claims, fences or rolls anything back.
+   */
+  readonly resumeBlocked?: () => string | undefined;
   /** The live state to resume `checkpoint` from. */
   readonly restore: (checkpoint: number) => Promise<S>;
   readonly transition: (to: TakeoverState, reason?: string) => void;
@@ -172,10 +178,15 @@ async function claimStep<S>(o: TakeoverOptions<S>): Promise<Claim> {
         beforeClaim: async () => {
           // A node that just handed its role over lets the standby it handed to claim first.
           await yieldAfterSwitchover(o.kv, o.lease, o.nodeId, o.leaseTtlMs, stop.signal);
-          o.transition('claiming', 'lease vacant');
-          // Taking over: pacing ends here, the catch-up runs at full speed.
-          o.standby.unpace();
-          return o.standby.catchUp(o.readQuorum);
+          for (;;) {
+            await waitWhileBlocked(o, stop.signal);
+            o.transition('claiming', 'lease vacant');
+            // Taking over: pacing ends here, the catch-up runs at full speed.
+            o.standby.unpace();
+            await o.standby.catchUp(o.readQuorum);
+            // What the catch-up brought in may be newer than this build: then it does not claim.
+            if (!o.resumeBlocked?.()) return;
+          }
         },
         signal: stop.signal,
         onError: (err) => o.log({ level: 'warn', msg: 'lease read failed', error: String(err) }),
@@ -346,6 +357,31 @@ async function publishDurably<S>(
       o.log({ level: 'warn', msg: `${what} not durable yet, retrying`, attempt, error: err.message });
       await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
     }
+  }
+}
+
+/**
+ * Refusal path of a rolling upgrade (docs/upgrades.md): while `resumeBlocked` says why this node
+ * cannot resume, it stays a standby (it goes on applying what it can) and does not claim. Polls
+ * the condition, which only the standby's progress changes, until it clears or `signal` aborts.
+ */
+async function waitWhileBlocked<S>(o: TakeoverOptions<S>, signal: AbortSignal): Promise<void> {
+  let why = o.resumeBlocked?.();
+  if (why === undefined) return;
+  o.transition('standby', `cannot resume: ${why}`);
+  o.log({ level: 'warn', msg: 'lease vacant, but this node cannot resume: it does not claim', reason: why });
+  while (why !== undefined) {
+    if (signal.aborted) throw signal.reason ?? new Error('stopped');
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(done, 250);
+      function done(): void {
+        clearTimeout(t);
+        signal.removeEventListener('abort', done);
+        resolve();
+      }
+      signal.addEventListener('abort', done, { once: true });
+    });
+    why = o.resumeBlocked?.();
   }
 }
 

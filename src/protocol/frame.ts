@@ -38,6 +38,64 @@ export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 
 /** Current wire version. 2: image bodies carry a codec, the state version and the raw length. */
 export const PROTOCOL_VERSION = 2;
+/**
+ * The oldest wire version this build reads (docs/upgrades.md): a build of version N reads N and
+ * N − 1, so nodes can be upgraded one at a time. Version 1 predates this rule (its fence had
+ * another meaning), so version 2 reads only 2.
+ */
+export const MIN_READ_VERSION = 2;
+
+/**
+ * TEST ONLY: `RESTARTPOINT_TEST_WIRE_VERSION=3` (PROTOCOL_VERSION + 1) makes this build write,
+ * and read up to, the next wire version with today's layout: it stands in for the next release
+ * in the tests of a rolling upgrade of restartpoint itself (docs/upgrades.md). Any other value
+ * is refused at load; unset, the build writes PROTOCOL_VERSION.
+ */
+export const TEST_WIRE_VERSION_ENV = 'RESTARTPOINT_TEST_WIRE_VERSION';
+
+function wireVersionFromEnv(v: string | undefined): number {
+  if (v === undefined || v === '') return PROTOCOL_VERSION;
+  if (v !== String(PROTOCOL_VERSION) && v !== String(PROTOCOL_VERSION + 1)) {
+    throw new RangeError(
+      `${TEST_WIRE_VERSION_ENV}='${v}': this test-only hook takes ${PROTOCOL_VERSION + 1} (PROTOCOL_VERSION + 1) or ${PROTOCOL_VERSION}; unset it outside tests`,
+    );
+  }
+  return Number(v);
+}
+
+/** The wire version this build writes (and the newest it reads): PROTOCOL_VERSION outside tests. */
+export const WRITE_VERSION = wireVersionFromEnv(process.env[TEST_WIRE_VERSION_ENV]);
+
+/**
+ * A part of a wire version this build does not read. `newer`: a version above the newest it
+ * reads (a node of a later release wrote it); `verified`: its CRC-32 checked out over the fields
+ * every version keeps, so it is a genuine frame and not a corrupted one.
+ */
+export class WireVersionError extends FrameError {
+  /** The version byte of the part. */
+  readonly seen: number;
+  /** The newest version this build reads. */
+  readonly reads: number;
+  readonly newer: boolean;
+  readonly verified: boolean;
+  constructor(seen: number, verified: boolean) {
+    super(
+      FrameRejectReason.Version,
+      `wire version ${seen} is not supported (this build reads ${
+        MIN_READ_VERSION === WRITE_VERSION ? `${WRITE_VERSION}` : `${MIN_READ_VERSION} to ${WRITE_VERSION}`
+      }); ${seen > WRITE_VERSION ? 'a node of a newer release wrote it: upgrade this node (docs/upgrades.md)' : 'upgrade every node to a release that reads it'}`,
+    );
+    this.seen = seen;
+    this.reads = WRITE_VERSION;
+    this.newer = seen > WRITE_VERSION;
+    this.verified = verified;
+  }
+}
+
+/** Whether this build reads parts of wire version `v`. */
+function readable(v: number): boolean {
+  return v >= MIN_READ_VERSION && v <= WRITE_VERSION;
+}
 /** Size of the fixed part header, before the app name. */
 export const HEADER_BYTES = 32;
 const MAGIC0 = 0x52;
@@ -88,7 +146,7 @@ export function encodeFrame(app: string, frame: Frame, maxPartBytes: number): Bu
     const buf = Buffer.allocUnsafe(overhead + slice.byteLength);
     buf[0] = MAGIC0;
     buf[1] = MAGIC1;
-    buf[2] = PROTOCOL_VERSION;
+    buf[2] = WRITE_VERSION;
     buf[3] = frame.kind;
     buf.writeUInt16BE(0, 4);
     buf[6] = appBytes.length;
@@ -127,7 +185,7 @@ export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
   const bodyLen = buf.readUInt32BE(28);
   const end = HEADER_BYTES + appLen + bodyLen;
   if (end + TRAILER_BYTES !== buf.length) {
-    if (buf[2] !== PROTOCOL_VERSION) throw versionError(buf[2]!);
+    if (!readable(buf[2]!)) throw new WireVersionError(buf[2]!, false);
     throw new FrameError(
       end + TRAILER_BYTES > buf.length ? FrameRejectReason.Truncated : FrameRejectReason.Malformed,
       `header says ${end + TRAILER_BYTES} bytes, message has ${buf.length}`,
@@ -136,7 +194,7 @@ export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
   if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) {
     throw new FrameError(FrameRejectReason.Checksum, 'CRC-32 mismatch: the frame was corrupted');
   }
-  if (buf[2] !== PROTOCOL_VERSION) throw versionError(buf[2]!);
+  if (!readable(buf[2]!)) throw new WireVersionError(buf[2]!, true);
   const kind = buf[3]!;
   if (kind < FrameKind.Writes || kind > FrameKind.Fence) {
     throw new FrameError(FrameRejectReason.Kind, `unknown record kind ${kind}`);
@@ -173,13 +231,6 @@ export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
     parts,
     body: buf.subarray(HEADER_BYTES + appLen, end),
   };
-}
-
-function versionError(v: number): FrameError {
-  return new FrameError(
-    FrameRejectReason.Version,
-    `wire version ${v} is not supported (this build speaks ${PROTOCOL_VERSION}); upgrade every node to the same release`,
-  );
 }
 
 /** Bytes of a part's framing around its body, for an app name of `appLength` characters. */

@@ -29,6 +29,15 @@ export interface ReporterOptions {
   /** The app's lease bucket (presence records live beside the lease). */
   readonly kv: KV;
   readonly leaseKey: string;
+  /**
+   * What the presence record says about versions (docs/upgrades.md): the app's `stateVersion`,
+   * the wire version, and why this node could not resume (undefined: it can).
+   */
+  readonly versions?: {
+    readonly stateVersion: number;
+    readonly protocolVersion: number;
+    readonly resumeProblem: () => string | undefined;
+  };
 }
 
 /** Reports one node's state, figures and presence. */
@@ -129,6 +138,7 @@ export class NodeReporter {
       updatedAt: Date.now(),
       relays,
       ...(this.#relayStates ? { relayStates: this.#relayStates() } : {}),
+      ...this.#versions(),
     }).catch((err: unknown) =>
       this.#o.log({ level: 'debug', msg: 'presence not written', error: (err as Error)?.message }),
     );
@@ -137,6 +147,25 @@ export class NodeReporter {
       const req = await readSwitchover(kv).catch(() => undefined);
       if (req && req.epoch === this.epoch && !this.#stopped) onSwitchover(req);
     }
+  }
+
+  /** The version fields of the presence record (none without `versions`). */
+  #versions(): {
+    stateVersion?: number;
+    protocolVersion?: number;
+    canResume?: boolean;
+    cannotResume?: string;
+  } {
+    const v = this.#o.versions;
+    if (!v) return {};
+    // A primary is running its state: it resumed already.
+    const problem = this.state === 'primary' ? undefined : v.resumeProblem();
+    return {
+      stateVersion: v.stateVersion,
+      protocolVersion: v.protocolVersion,
+      canResume: problem === undefined,
+      ...(problem !== undefined ? { cannotResume: problem } : {}),
+    };
   }
 
   /** The leader's last checkpoint, from its presence record. */

@@ -2,8 +2,9 @@
  * The SDK's helpers around restart points: output commit (`afterCheckpoint`), automatic
  * checkpoints (`checkpointEveryMs`), and resuming an image of another `stateVersion`.
  */
-import { ConfigError, ImageError, type RestartpointError } from '../errors.js';
+import { ConfigError, ImageError, type FrameError, type RestartpointError } from '../errors.js';
 import type { ImageChain } from '../image/chain.js';
+import { WireVersionError } from '../protocol/frame.js';
 import type { ResolvedOptions } from './options.js';
 
 interface Waiting {
@@ -189,4 +190,82 @@ export async function resumeState<S>(
     );
   }
   return migrated;
+}
+
+/** What a `ResumeGuard` watches. */
+export interface ResumeGuardOptions {
+  /** This build's `stateVersion`. */
+  readonly stateVersion: number;
+  /** The standby's image chain (the last committed checkpoint's image). */
+  readonly images: () => ImageChain | undefined;
+  /** The last committed checkpoint. */
+  readonly checkpoint: () => number;
+  readonly log: (e: { level: 'warn'; msg: string; [k: string]: unknown }) => void;
+}
+
+/**
+ * Mixed versions during a rolling upgrade (docs/upgrades.md): tells whether this node, a standby,
+ * could resume from what it holds. It cannot when
+ *
+ * - the last committed checkpoint's image has a `stateVersion` above this build's: a newer app
+ *   build is primary, and `migrate` only converts older images; or
+ * - the relays hold a genuine frame (its CRC-32 checks out) of a wire version above the newest
+ *   this build reads: a newer restartpoint release is primary, and this node committed nothing
+ *   of those frames, so its store stops at what the older release wrote.
+ *
+ * Such a node must not take over: it would resume the wrong shape, or lose acknowledged
+ * checkpoints. The takeover waits while `blocked()` says why (it never claims), presence
+ * publishes it, and the reason is logged once.
+ */
+export class ResumeGuard {
+  readonly #o: ResumeGuardOptions;
+  #wire: { seen: number; reads: number; streamSeq: number } | undefined;
+  #logged: string | undefined;
+
+  constructor(o: ResumeGuardOptions) {
+    this.#o = o;
+  }
+
+  /** A frame was rejected: a verified part of a newer wire version blocks resuming for good. */
+  rejected(err: FrameError, streamSeq: number): void {
+    if (!(err instanceof WireVersionError) || !err.newer || !err.verified) return;
+    if (this.#wire && this.#wire.seen >= err.seen) return;
+    this.#wire = { seen: err.seen, reads: err.reads, streamSeq };
+    this.check();
+  }
+
+  /** Why this node must not take over, or undefined. */
+  blocked(): string | undefined {
+    if (this.#wire) {
+      const w = this.#wire;
+      return (
+        `the relays hold frames of wire version ${w.seen} (first at stream seq ${w.streamSeq}), ` +
+        `but this restartpoint build reads wire versions up to ${w.reads}: a node of a newer restartpoint release is primary. ` +
+        `This node committed nothing of those frames and will not take over; upgrade it to that release (docs/upgrades.md)`
+      );
+    }
+    const images = this.#o.images();
+    const checkpoint = this.#o.checkpoint();
+    if (images && checkpoint > 0 && images.stateVersion > this.#o.stateVersion) {
+      return (
+        `the last checkpoint (${checkpoint}) holds an image of stateVersion ${images.stateVersion}, ` +
+        `newer than this build's stateVersion ${this.#o.stateVersion} (migrate only converts older images): ` +
+        `a newer app build is primary. This node will not take over; restart it on that build (docs/upgrades.md)`
+      );
+    }
+    return undefined;
+  }
+
+  /** Logs the reason once when it appears (or changes). */
+  check(): void {
+    const why = this.blocked();
+    if (why === undefined) {
+      this.#logged = undefined;
+      return;
+    }
+    const key = this.#wire ? `wire ${this.#wire.seen}` : `state ${this.#o.images()?.stateVersion}`;
+    if (key === this.#logged) return;
+    this.#logged = key;
+    this.#o.log({ level: 'warn', msg: 'cannot resume', reason: why });
+  }
 }

@@ -42,7 +42,9 @@ import {
   type SidecarAddress,
 } from './sidecar-client.js';
 import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
-import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
+import { AutoCheckpoints, OutputCommits, ResumeGuard, resumeProblem, resumeState } from './restart-points.js';
+import { WRITE_VERSION } from '../protocol/frame.js';
+import { checkResumeFromEnv, resumeInSandbox } from './check-resume.js';
 import type { ResumedFrom, TakeoverStats } from '../types.js';
 
 export type { ResumedFrom, TakeoverStats } from '../types.js';
@@ -217,6 +219,9 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     // Under `restartpoint sidecar`, the sidecar is the node: this app talks to its local API.
     const sidecar = o.sidecar ? sidecarFromEnv(process.env) : undefined;
     if (sidecar) return Restartpoint.#attach(o, sidecar);
+    // `restartpoint check-resume`: resume in a read-only sandbox instead of joining the app.
+    const check = checkResumeFromEnv(process.env, o.app);
+    if (check) return Restartpoint.#sandbox(o, check.report);
     const names = appNames(o.app);
     // The lease lives where `nats` points; frames go to every relay (by default that same server).
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
@@ -244,6 +249,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       // Two processes under one node id corrupt presence, status and switchover: refuse.
       await refuseLiveNodeId(kv, o.app, o.nodeId, { reuse: o.reuseNodeId });
       const leaseStore = new LeaseStore(kv, names.leaseKey);
+      // Mixed versions (a rolling upgrade): whether this standby could resume what it holds.
+      const standbyRef: { s?: StandbyRunner } = {};
+      const guard = new ResumeGuard({
+        stateVersion: o.stateVersion,
+        images: () => standbyRef.s?.images,
+        checkpoint: () => standbyRef.s?.applier.position.checkpoint ?? 0,
+        log: o.log,
+      });
       reporter = new NodeReporter({
         app: o.app,
         nodeId: o.nodeId,
@@ -251,6 +264,17 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         observer: o.observer,
         kv,
         leaseKey: names.leaseKey,
+        versions: {
+          stateVersion: o.stateVersion,
+          protocolVersion: WRITE_VERSION,
+          resumeProblem: () => {
+            const s = standbyRef.s;
+            return (
+              guard.blocked() ??
+              (s ? resumeProblem(o, s.images, s.applier.position.checkpoint)?.message : undefined)
+            );
+          },
+        },
       });
       const rpt = reporter;
       rpt.transition('starting');
@@ -265,13 +289,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         codec: relaySet.codec,
         limits: o.limits,
         apply: o.apply,
-        ...standbyReports(o, rpt),
+        ...standbyReports(o, rpt, guard),
       });
       // A relay down at start is read once it comes up (the policy could do without it).
       relaySet.onJoin((relay, l) => {
         o.log({ level: 'info', msg: 'relay joined', relay, servers: l.servers });
         void standby.joinRelay(relay);
       });
+      standbyRef.s = standby;
       await standby.start();
       o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
       rpt.transition('standby');
@@ -311,6 +336,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           lease: leaseStore,
           kv,
           resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
+          resumeBlocked: () => guard.blocked(),
           restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
           transition: (to, reason) => rpt.transition(to, reason),
           log: o.log,
@@ -414,6 +440,28 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       await closeLink(link);
       throw err;
     }
+  }
+
+  /** Check-resume mode (src/sdk/check-resume.ts): the resume path, read only; nothing is written. */
+  static async #sandbox<S>(o: ResolvedOptions<S>, report: string | undefined): Promise<Restartpoint<S>> {
+    const box = await resumeInSandbox(o, report);
+    const pos = box.position;
+    return new Restartpoint<S>({
+      o,
+      keeper: { isValid: () => false, stop: () => Promise.resolve() },
+      replicator: box.engine,
+      get: (key) => o.storage.get(key),
+      shutdown: box.shutdown,
+      state: box.state,
+      resumedFrom: pos.checkpoint > 0 ? { epoch: pos.epoch, checkpoint: pos.checkpoint } : undefined,
+      epoch: pos.epoch,
+      takeover: { detectMs: 0, catchUpMs: 0, rollbackMs: 0, fenceMs: 0, restoreMs: 0, previous: undefined },
+      reporter: {
+        transition: (to, reason) =>
+          o.log({ level: 'info', msg: 'state transition', to, reason, sandbox: true }),
+        stop: () => Promise.resolve(),
+      },
+    });
   }
 
   /** Sidecar mode: the sidecar already holds the role; state, store and checkpoints go through its API. */
@@ -658,16 +706,19 @@ function checkValueLimit(value: Uint8Array, limits: Limits): void {
 function standbyReports(
   o: ResolvedOptions<unknown>,
   rpt: NodeReporter,
+  guard: ResumeGuard,
 ): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence' | 'onLateCopy'> {
   return {
     onReject: (err, seq) => {
       rpt.observe('rejected', err.reason);
       o.log({ level: 'warn', msg: 'frame rejected', reason: err.reason, streamSeq: seq, error: err.message });
+      guard.rejected(err, seq);
     },
     onCommit: (pos) => {
       rpt.checkpoint = pos.checkpoint;
       rpt.epoch = Math.max(rpt.epoch, pos.epoch);
       rpt.observe('applied', { epoch: pos.epoch, checkpoint: pos.checkpoint });
+      guard.check();
       o.log({ level: 'debug', msg: 'checkpoint applied', ...pos });
     },
     onFence: (epoch, nodeId, seq) =>

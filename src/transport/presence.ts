@@ -47,6 +47,18 @@ export interface PresenceRecord {
    * records of older versions.
    */
   readonly relayStates?: readonly RelayStateSample[];
+  /** The app's `stateVersion` this node runs with (absent: a node older than upgrades, docs/upgrades.md). */
+  readonly stateVersion?: number;
+  /** The wire version this node writes (and the newest it reads). */
+  readonly protocolVersion?: number;
+  /**
+   * Whether this node could resume from the last checkpoint it holds (a primary: true). False:
+   * the image is of a newer `stateVersion`, or the relays hold frames of a newer wire version
+   * (`cannotResume` says which); such a standby never claims the lease.
+   */
+  readonly canResume?: boolean;
+  /** Why this node cannot resume, when `canResume` is false. */
+  readonly cannotResume?: string;
 }
 
 /** One relay as a node sees it (presence `relayStates`, shown by `status`). */

@@ -124,8 +124,26 @@ describe('restart points on a real nats-server', () => {
     await v2.checkpoint(v2.state);
     expect(v2.lastCheckpoint?.keyframe).toBe(true);
     await v2.close();
-    // The history now ends in a version 2 image: a version 1 node is refused in turn.
-    const back = await Restartpoint.start(opts(app, 'v1-again')).catch((e: unknown) => e);
-    expect((back as ConfigError).option).toBe('stateVersion');
+    // The history now ends in a version 2 image: a version 1 node cannot resume it (issue 17,
+    // docs/upgrades.md). It stays a standby that never claims the vacant lease, and says why.
+    const stop = new AbortController();
+    const logs: { msg: string; reason?: unknown }[] = [];
+    let declined!: () => void;
+    const sawDecline = new Promise<void>((r) => (declined = r));
+    const back = Restartpoint.start({
+      ...opts(app, 'v1-again'),
+      signal: stop.signal,
+      log: (e) => {
+        logs.push(e);
+        if (e.msg === 'lease vacant, but this node cannot resume: it does not claim') declined();
+      },
+    }).catch((e: unknown) => e);
+    await sawDecline;
+    stop.abort();
+    expect((await back) as Error).toMatchObject({ code: 'ERR_CLOSED' });
+    expect(logs.find((e) => e.msg === 'cannot resume')?.reason).toMatch(
+      /holds an image of stateVersion 2, newer than this build's stateVersion 1/,
+    );
+    expect(logs.some((e) => e.msg === 'lease claimed')).toBe(false);
   });
 });

@@ -3,7 +3,7 @@
  * output, in aligned tables.
  */
 import { PRESENCE_EXPIRE_MS } from '../../transport/presence.js';
-import type { StatusReport } from './status-read.js';
+import type { StatusNode, StatusReport } from './status-read.js';
 
 /** Lays rows out in columns two spaces apart. */
 export function formatTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
@@ -86,6 +86,7 @@ export function formatStatus(r: StatusReport): string {
   if (r.expiredNodes) {
     out += `  (${r.expiredNodes} presence record${r.expiredNodes === 1 ? '' : 's'} older than ${PRESENCE_EXPIRE_MS / 60_000} minutes left out: nodes gone without a clean close)\n`;
   }
+  out += formatVersions(r.nodes);
 
   const lags = r.nodes.flatMap((n) => n.relays.map((x) => ({ node: n.nodeId, ...x })));
   if (lags.length > 0) {
@@ -125,6 +126,41 @@ export function formatStatus(r: StatusReport): string {
       .split('\n')
       .map((l) => (l ? `  ${l}` : l))
       .join('\n');
+  }
+  return out;
+}
+
+/**
+ * The versions of each node (issue 17, docs/upgrades.md): its app `stateVersion`, its wire
+ * version and whether it can resume, then a line per node that cannot and one for a version skew.
+ * Empty when no node reports versions (nodes older than upgrades).
+ */
+export function formatVersions(nodes: readonly StatusNode[]): string {
+  const known = nodes.filter(
+    (n) => n.stateVersion !== null || n.protocolVersion !== null || n.canResume !== null,
+  );
+  if (known.length === 0) return '';
+  let out = '\nversions\n';
+  out += formatTable(
+    ['node', 'stateVersion', 'wire', 'can resume'],
+    known.map((n) => [
+      `${n.nodeId}${n.leader ? ' *' : ''}`,
+      n.stateVersion === null ? '-' : String(n.stateVersion),
+      n.protocolVersion === null ? '-' : String(n.protocolVersion),
+      n.canResume === null ? '-' : n.canResume ? 'yes' : 'NO',
+    ]),
+  )
+    .split('\n')
+    .map((l) => (l ? `  ${l}` : l))
+    .join('\n');
+  const live = known.filter((n) => !n.stale);
+  for (const n of live.filter((x) => x.canResume === false)) {
+    out += `  ${n.nodeId} cannot resume and will not take over: ${n.cannotResume ?? 'no reason given'}\n`;
+  }
+  const states = [...new Set(live.flatMap((n) => (n.stateVersion === null ? [] : [n.stateVersion])))];
+  const wires = [...new Set(live.flatMap((n) => (n.protocolVersion === null ? [] : [n.protocolVersion])))];
+  if (states.length > 1 || wires.length > 1) {
+    out += `  version skew: stateVersion ${states.sort().join(' and ')}, wire version ${wires.sort().join(' and ')} among live nodes (an upgrade in progress; docs/upgrades.md)\n`;
   }
   return out;
 }

@@ -67,6 +67,17 @@ export interface StatusNode {
    * the primary's backlog for it. Absent for nodes that do not report it (older versions).
    */
   relayStates?: StatusRelayState[];
+  /** The app's `stateVersion` the node runs with; `null` for a node older than upgrades. */
+  stateVersion: number | null;
+  /** The wire version the node writes and reads up to; `null` for a node older than upgrades. */
+  protocolVersion: number | null;
+  /**
+   * Whether the node could resume from what it holds; `false` when its image or the relays' frames
+   * are newer than its build (it never claims); `null` for a node older than upgrades.
+   */
+  canResume: boolean | null;
+  /** Why the node cannot resume, or `null`. */
+  cannotResume: string | null;
 }
 
 /** One relay as a node sees it (presence `relayStates`). */
@@ -212,6 +223,10 @@ export function statusNodes(
       stale: ageMs > PRESENCE_STALE_MS,
       relays: relayLags(r),
       ...relayStates(r),
+      stateVersion: Number.isSafeInteger(r.stateVersion) ? r.stateVersion! : null,
+      protocolVersion: Number.isSafeInteger(r.protocolVersion) ? r.protocolVersion! : null,
+      canResume: typeof r.canResume === 'boolean' ? r.canResume : null,
+      cannotResume: typeof r.cannotResume === 'string' ? r.cannotResume : null,
     };
   });
 }
