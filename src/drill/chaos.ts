@@ -405,8 +405,10 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         let evidence: string;
         if (f.kind === 'kill') {
           await s.kill();
-          evidence = `pid ${pid} ${procState(pid)} (SIGKILL); connect 127.0.0.1:${s.port}: ${await probeConnect(s.port)}`;
-          if (procState(pid) !== 'gone') report.violations.push(`${tag}: relay ${f.relay} survived SIGKILL`);
+          const refused = await probeConnect(s.port);
+          evidence = `pid ${pid} ${procState(pid)} (SIGKILL); connect 127.0.0.1:${s.port}: ${refused}`;
+          if (procState(pid) !== 'gone' || refused !== 'ECONNREFUSED')
+            report.violations.push(`${tag}: relay ${f.relay} SIGKILL did not take: ${evidence}`);
           report.relaysKilled++;
         } else {
           s.signal('SIGSTOP');
@@ -434,6 +436,8 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         const rec = await killLeaseLeader(cluster, app, r, atMs);
         natsKilled = cluster.servers[rec.index]!;
         faults.push(rec.fault);
+        if (!/gone .*ECONNREFUSED$/.test(rec.fault.evidence))
+          report.violations.push(`${tag}: the NATS node kill did not take: ${rec.fault.evidence}`);
         say(`${tag}: ${rec.fault.target} SIGKILLed`);
       }
       // 5. The primary works its steps, then holds at its kill point.
@@ -486,6 +490,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
       if (kind === 'kill') {
         await primary.kill();
         rec.evidence = `pid ${pid} ${procState(pid)} (exit signal ${primary.child?.signalCode ?? 'none'})`;
+        if (procState(pid) !== 'gone') report.violations.push(`${tag}: the primary survived SIGKILL`);
       } else if (kind === 'pause') {
         primary.signal('SIGSTOP');
         const st = await waitState(pid, 'T');
@@ -496,6 +501,8 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         for (const p of ps) p.cut();
         const n = ps.reduce((a, p) => a + p.connections, 0);
         rec.evidence = `${ps.filter((p) => p.isCut).length}/${ps.length} proxies cut: ${n} connection(s) blackholed`;
+        if (n === 0 || ps.some((p) => !p.isCut))
+          report.violations.push(`${tag}: the partition did not take: ${rec.evidence}`);
         primary.send({ cmd: 'release' });
       }
       let took: { s: AppProcess; e: AppEvent };
