@@ -398,6 +398,13 @@ export function drillCommand(): Command {
       } else {
         process.stdout.write(`\n${summaryTable(report)}\n\n`);
         if (report.takeovers.length > 0) process.stdout.write(`${mediansLine(report)}\n`);
+        if (report.faults?.length) {
+          const kinds = new Map<string, number>();
+          for (const f of report.faults) kinds.set(f.kind, (kinds.get(f.kind) ?? 0) + 1);
+          process.stdout.write(
+            `faults: ${report.faults.length} injected (${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')}); each with its evidence in --json\n`,
+          );
+        }
         for (const v of report.violations) process.stdout.write(`VIOLATION: ${v}\n`);
         if (reportPath) process.stdout.write(`report: ${reportPath}\n`);
         process.stdout.write(
