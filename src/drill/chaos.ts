@@ -283,6 +283,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
   const role = new Map<string, { epoch: number; nextCp: number; wt: number }>();
   const ackAt = new Map<number, number>();
   const lastApplied = new Map<string, number>();
+  const logs = new Map<string, string[]>();
   let lastAcked = 0;
   let lastEpoch = 0;
   const track = (node: AppProcess): void => {
@@ -304,6 +305,15 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         if (!ackAt.has(num(e.checkpoint))) ackAt.set(num(e.checkpoint), e.t);
       }
       if (e.ev === 'applied') lastApplied.set(node.id, num(e.checkpoint));
+      // The nodes' own warnings, for the end of a failed run (what a reader needs to debug it).
+      if (e.ev === 'log' && e.msg !== 'frame rejected') {
+        const l = logs.get(node.id) ?? [];
+        l.push(
+          `${new Date(e.t).toISOString().slice(11, 23)} ${JSON.stringify({ ...e, t: undefined, ev: undefined, pid: undefined })}`,
+        );
+        if (l.length > 30) l.shift();
+        logs.set(node.id, l);
+      }
     });
   };
   const newNode = (): AppProcess => {
@@ -622,6 +632,9 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
     report.violations.push(`drill aborted: ${(err as Error).message}`);
     report.ok = false;
   } finally {
+    if (report.violations.length > 0) {
+      for (const [id, l] of logs) say(`chaos: node ${id}, last warnings:\n  ${l.join('\n  ')}`);
+    }
     await Promise.all(all.map((n) => n.kill()));
     await leases?.close();
     await Promise.all(relays.map((r) => r.destroy()));
