@@ -283,6 +283,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
   const role = new Map<string, { epoch: number; nextCp: number; wt: number }>();
   const ackAt = new Map<number, number>();
   const lastApplied = new Map<string, number>();
+  const logs = new Map<string, string[]>();
   let lastAcked = 0;
   let lastEpoch = 0;
   const track = (node: AppProcess): void => {
@@ -304,6 +305,15 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         if (!ackAt.has(num(e.checkpoint))) ackAt.set(num(e.checkpoint), e.t);
       }
       if (e.ev === 'applied') lastApplied.set(node.id, num(e.checkpoint));
+      // The nodes' own warnings, for the end of a failed run (what a reader needs to debug it).
+      if (e.ev === 'log' && e.msg !== 'frame rejected') {
+        const l = logs.get(node.id) ?? [];
+        l.push(
+          `${new Date(e.t).toISOString().slice(11, 23)} ${JSON.stringify({ ...e, t: undefined, ev: undefined, pid: undefined })}`,
+        );
+        if (l.length > 30) l.shift();
+        logs.set(node.id, l);
+      }
     });
   };
   const newNode = (): AppProcess => {
@@ -405,8 +415,10 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         let evidence: string;
         if (f.kind === 'kill') {
           await s.kill();
-          evidence = `pid ${pid} ${procState(pid)} (SIGKILL); connect 127.0.0.1:${s.port}: ${await probeConnect(s.port)}`;
-          if (procState(pid) !== 'gone') report.violations.push(`${tag}: relay ${f.relay} survived SIGKILL`);
+          const refused = await probeConnect(s.port);
+          evidence = `pid ${pid} ${procState(pid)} (SIGKILL); connect 127.0.0.1:${s.port}: ${refused}`;
+          if (procState(pid) !== 'gone' || refused !== 'ECONNREFUSED')
+            report.violations.push(`${tag}: relay ${f.relay} SIGKILL did not take: ${evidence}`);
           report.relaysKilled++;
         } else {
           s.signal('SIGSTOP');
@@ -434,6 +446,8 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         const rec = await killLeaseLeader(cluster, app, r, atMs);
         natsKilled = cluster.servers[rec.index]!;
         faults.push(rec.fault);
+        if (!/gone .*ECONNREFUSED$/.test(rec.fault.evidence))
+          report.violations.push(`${tag}: the NATS node kill did not take: ${rec.fault.evidence}`);
         say(`${tag}: ${rec.fault.target} SIGKILLed`);
       }
       // 5. The primary works its steps, then holds at its kill point.
@@ -486,6 +500,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
       if (kind === 'kill') {
         await primary.kill();
         rec.evidence = `pid ${pid} ${procState(pid)} (exit signal ${primary.child?.signalCode ?? 'none'})`;
+        if (procState(pid) !== 'gone') report.violations.push(`${tag}: the primary survived SIGKILL`);
       } else if (kind === 'pause') {
         primary.signal('SIGSTOP');
         const st = await waitState(pid, 'T');
@@ -496,6 +511,8 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         for (const p of ps) p.cut();
         const n = ps.reduce((a, p) => a + p.connections, 0);
         rec.evidence = `${ps.filter((p) => p.isCut).length}/${ps.length} proxies cut: ${n} connection(s) blackholed`;
+        if (n === 0 || ps.some((p) => !p.isCut))
+          report.violations.push(`${tag}: the partition did not take: ${rec.evidence}`);
         primary.send({ cmd: 'release' });
       }
       let took: { s: AppProcess; e: AppEvent };
@@ -615,6 +632,9 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
     report.violations.push(`drill aborted: ${(err as Error).message}`);
     report.ok = false;
   } finally {
+    if (report.violations.length > 0) {
+      for (const [id, l] of logs) say(`chaos: node ${id}, last warnings:\n  ${l.join('\n  ')}`);
+    }
     await Promise.all(all.map((n) => n.kill()));
     await leases?.close();
     await Promise.all(relays.map((r) => r.destroy()));

@@ -269,6 +269,8 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         const rec = await killLeaseLeader(cluster, app, kill, () => Date.now() - startedAt);
         natsNode = rec.index;
         faults.push(rec.fault);
+        if (!/gone .*ECONNREFUSED$/.test(rec.fault.evidence))
+          report.violations.push(`kill ${kill}: the NATS node kill did not take: ${rec.fault.evidence}`);
         say(`kill ${kill}/${opts.kills}: ${rec.fault.target} SIGKILLed`);
       }
       primary.send({ cmd: 'arm', point, afterSteps });

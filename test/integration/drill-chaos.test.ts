@@ -43,6 +43,32 @@ function expectEvidence(faults: readonly FaultRecord[]): void {
   }
 }
 
+describe('drill flags of chaos and --nats-cluster', () => {
+  it.each([
+    [['drill', '--relays', '3'], /--relays needs --scenario chaos \(got kill\)/],
+    [['drill', '--scenario', 'chaos', '--relays', '9'], /--relays must be an integer from 1 to 7/],
+    [
+      ['drill', '--nats-cluster', '2'],
+      /--nats-cluster must be 3 \(a three-node JetStream cluster\), got '2'/,
+    ],
+    [
+      ['drill', '--scenario', 'partition', '--nats-cluster', '3'],
+      /--nats-cluster does not combine with --scenario partition/,
+    ],
+    [
+      ['drill', '--scenario', 'all', '--nats-cluster', '3'],
+      /--nats-cluster does not combine with --scenario all/,
+    ],
+    [['drill', '--scenario', 'chaos', '--state-mb', '5'], /--scenario chaos does not take --state-mb/],
+  ])('%j is a usage error: exit 2, the problem and a hint', async (args, problem) => {
+    const r = await runCli(...args);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(problem);
+    expect(r.stderr).toMatch(/hint:/);
+    expect(r.stdout).toBe('');
+  });
+});
+
 describe('drill --scenario chaos (the nemesis drill)', () => {
   it('seed 1, 4 kills, 3 relays: 0 lost, every fault listed with evidence, the schedule of the seed', async () => {
     const run = await runCli(

@@ -8,7 +8,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import {
   DEFAULT_STEP_MS,
@@ -268,7 +268,13 @@ export function drillCommand(): Command {
     .option(
       '--nats-cluster <n>',
       'run nats as a JetStream cluster of N (3) nodes the drill starts, lease and stream at R3; one node is SIGKILLed mid-run',
-      intFlag('--nats-cluster', 3, 3),
+      (v: string) => {
+        if (v !== '3')
+          throw new InvalidArgumentError(
+            `--nats-cluster must be 3 (a three-node JetStream cluster), got '${v}'`,
+          );
+        return 3;
+      },
     )
     .option('--report <file>', 'write a self-contained HTML report (timeline, RTO/RPO table) to FILE')
     .option('--keep', 'keep the temp folder and the NATS stream afterwards', false)
@@ -398,6 +404,13 @@ export function drillCommand(): Command {
       } else {
         process.stdout.write(`\n${summaryTable(report)}\n\n`);
         if (report.takeovers.length > 0) process.stdout.write(`${mediansLine(report)}\n`);
+        if (report.faults?.length) {
+          const kinds = new Map<string, number>();
+          for (const f of report.faults) kinds.set(f.kind, (kinds.get(f.kind) ?? 0) + 1);
+          process.stdout.write(
+            `faults: ${report.faults.length} injected (${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')}); each with its evidence in --json\n`,
+          );
+        }
         for (const v of report.violations) process.stdout.write(`VIOLATION: ${v}\n`);
         if (reportPath) process.stdout.write(`report: ${reportPath}\n`);
         process.stdout.write(
