@@ -121,7 +121,8 @@ export class Intake {
         this.#o.onLateCopy?.(m.key, relay, streamSeq);
         return;
       }
-      if (after === 'repeat') {
+      // (FEC: a repeated shard index goes on to the assembler, which counts it as before.)
+      if (after === 'repeat' && !m.shard) {
         throw new FrameError(
           FrameRejectReason.Duplicate,
           `part ${m.key.epoch}/${m.key.seq}.${m.key.part} again on relay ${relay}, after its checkpoint was committed`,

@@ -172,6 +172,8 @@ export class RelaySet {
   #backfillFrom: number | undefined;
   #onBackfill: (r: BackfillResult | { target: number; error: string }) => void = () => undefined;
   readonly #backfills = new Set<Promise<unknown>>();
+  #backfillTail: Promise<unknown> = Promise.resolve();
+  readonly #queued = new Set<number>();
   /** Aborted when the set closes or halts: stops backfill runs. */
   readonly #stop = new AbortController();
 
@@ -407,10 +409,20 @@ export class RelaySet {
 
   #backfillLater(i: number): void {
     if (this.#backfillFrom === undefined || this.#closed) return;
-    const run = this.backfill(i, this.#backfillFrom).then(
-      (res) => res && this.#onBackfill(res),
-      (err: unknown) => this.#onBackfill({ target: i, error: (err as Error).message }),
-    );
+    const from = this.#backfillFrom;
+    // One run at a time (each reads every relay's stream): runs queue behind each other, and a
+    // relay already queued is not queued twice.
+    if (this.#queued.has(i)) return;
+    this.#queued.add(i);
+    const run = this.#backfillTail.then(() => {
+      this.#queued.delete(i);
+      if (this.#closed) return;
+      return this.backfill(i, from).then(
+        (res) => res && this.#onBackfill(res),
+        (err: unknown) => this.#onBackfill({ target: i, error: (err as Error).message }),
+      );
+    });
+    this.#backfillTail = run;
     this.#backfills.add(run);
     void run.finally(() => this.#backfills.delete(run));
   }
