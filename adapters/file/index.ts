@@ -393,6 +393,38 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
       return verify(verifyOpts?.quick === true);
     },
 
+    async reclaim() {
+      if (closed) throw new ClosedError(`the file store at ${o.root} is closed`);
+      if (lost === undefined) return;
+      const was = lost;
+      const run = tail.then(async () => {
+        // Another node's store is never emptied.
+        const found = await readFile(join(o.root, 'IDENT'), 'utf8').catch(() => undefined);
+        const id = found === undefined ? undefined : decodeIdentity(found);
+        const foreign = id === undefined ? undefined : foreignAtOpen(id, FORMAT.trim(), nodeId);
+        if (foreign !== undefined) throw lostHere(foreign);
+        // What is left of a damaged store cannot be trusted: drop its logs and token; the next
+        // call starts an empty store with a new token (FORMAT stays: the directory stays ours).
+        if (store !== undefined) retire(store.log);
+        store = undefined;
+        const names = await readdir(o.root).catch(() => [] as string[]);
+        for (const name of names) {
+          if (name !== 'FORMAT' && isOwnName(name)) await rm(join(o.root, name), { force: true });
+        }
+        identity = undefined;
+        needsRecovery = false;
+        lost = undefined;
+      });
+      tail = run.catch(() => undefined);
+      try {
+        await run;
+      } catch (err) {
+        lost = err instanceof StoreLostError ? err : was;
+        throw err;
+      }
+      await mutate(async () => undefined);
+    },
+
     async get(key) {
       assertValidKey(key);
       return readValue((s) => {

@@ -149,6 +149,8 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
   let nodeId: string | undefined;
   /** Set once the store was found lost: every later call rejects with it. */
   let lost: StoreLostError | undefined;
+  /** `reclaim()` runs: the next writer session may put back a meta row that was deleted. */
+  let reclaiming = false;
   let tail: Promise<unknown> = Promise.resolve();
   // Direct writes waiting in the queue; later ones join it until it starts.
   let batch: DirectBatch | undefined;
@@ -246,6 +248,7 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
         const id = await inTransaction(
           w,
           async (q) => {
+            if (reclaiming) await restoreMetaRow(q, n);
             await ensureSchema(q, n, o.where);
             return claimIdentity(q, n, o.where, identity, nodeId);
           },
@@ -377,6 +380,28 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
     async verify(verifyOpts) {
       assertOpen();
       return verify(verifyOpts?.quick === true);
+    },
+
+    async reclaim() {
+      if (closed) throw new ClosedError(`the postgres store ${o.where} is closed`);
+      if (lost === undefined) return;
+      await tail;
+      const was = lost;
+      // A new writer session claims the store as a first open (a foreign token is still refused).
+      lost = undefined;
+      identity = undefined;
+      token = '';
+      opened = undefined;
+      if (writer !== undefined) writer.broken = true;
+      reclaiming = true;
+      try {
+        await ready();
+      } catch (err) {
+        if (lost === undefined && !(err instanceof StoreLostError)) lost = was;
+        throw err;
+      } finally {
+        reclaiming = false;
+      }
     },
 
     async get(key) {
@@ -897,6 +922,16 @@ const POSTGRES_STORE_FORMAT = 'restartpoint-postgres 2';
  * takes the token found, or sets a new one (digest: the empty store's when the store is empty,
  * unrecorded when it holds an older version's data); on a reconnect requires `expected`.
  */
+/**
+ * `reclaim()`: a store whose meta row was deleted (a truncated meta table) gets an empty one
+ * back, with no token: the claim that follows writes a new one and `clear()` empties the data.
+ */
+async function restoreMetaRow(c: Queryable, n: Names): Promise<void> {
+  const r = await c.query('SELECT to_regclass($1) IS NOT NULL AS meta', [n.meta]);
+  if (r.rows[0]?.meta !== true) return;
+  await c.query(`INSERT INTO ${n.meta} (id) VALUES (1) ON CONFLICT (id) DO NOTHING`);
+}
+
 async function claimIdentity(
   c: Queryable,
   n: Names,

@@ -293,6 +293,26 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
       return verify(verifyOpts?.quick === true);
     },
 
+    async reclaim() {
+      if (closed) throw new ClosedError(`the redis store ${where} is closed`);
+      if (lost === undefined) return;
+      // Forget the token and the connection: the next connect claims the store as a first open.
+      const was = lost;
+      lost = undefined;
+      identity = undefined;
+      token = '';
+      const c = client;
+      client = undefined;
+      connecting = undefined;
+      if (c !== undefined && o.client === undefined) c.disconnect();
+      try {
+        await run(async () => undefined);
+      } catch (err) {
+        if (lost === undefined && !(err instanceof StoreLostError)) lost = was;
+        throw err;
+      }
+    },
+
     async get(key) {
       assertOpen();
       assertValidKey(key);

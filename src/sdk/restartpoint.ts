@@ -24,6 +24,7 @@ import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary
 import { appNames } from '../protocol/subjects.js';
 import { takeOver, type Promotion } from '../failover/takeover.js';
 import { StandbyRunner, type StandbyOptions } from '../standby/runner.js';
+import { StoreRebuilder } from '../standby/rebuild.js';
 import { refuseLiveNodeId } from '../transport/node-id.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { limitError, type Limits } from '../limits.js';
@@ -254,22 +255,32 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       const rpt = reporter;
       rpt.transition('starting');
       await o.storage.open({ nodeId: o.nodeId });
-      const standby = new StandbyRunner({
-        links: relaySet.links,
-        names,
-        app: o.app,
-        adapter: o.storage,
-        mode: o.mode,
-        need: relaySet.need,
-        codec: relaySet.codec,
-        limits: o.limits,
-        apply: o.apply,
-        ...standbyReports(o, rpt),
+      const runStandby = async (): Promise<StandbyRunner> => {
+        const run = new StandbyRunner({
+          links: relaySet.links,
+          names,
+          app: o.app,
+          adapter: o.storage,
+          mode: o.mode,
+          need: relaySet.need,
+          codec: relaySet.codec,
+          limits: o.limits,
+          apply: o.apply,
+          ...standbyReports(o, rpt),
+        });
+        await run.start();
+        o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
+        rpt.transition('standby');
+        rpt.present({ sample: () => run.lagSamples() });
+        return run;
+      };
+      let standby = await runStandby();
+      // A store found lost (at takeover, or while applying) is rebuilt from the relays in place.
+      const rebuilder = new StoreRebuilder({
+        storage: o.storage,
+        log: o.log,
+        transition: (reason) => rpt.transition('starting', reason),
       });
-      await standby.start();
-      o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
-      rpt.transition('standby');
-      rpt.present({ sample: () => standby.lagSamples() });
 
       // The operator's view of a standby: per-relay lag, every 5 s, until it takes over.
       const lagTimer = setInterval(() => {
@@ -283,32 +294,41 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       const holder: { rp?: Restartpoint<S> } = {};
       let promotion: Promotion<S>;
       try {
-        promotion = await takeOver<S>({
-          app: o.app,
-          nodeId: o.nodeId,
-          leaseTtlMs: o.leaseTtlMs,
-          verifyStore: o.verifyStore,
-          storeTimeoutMs: o.storeTimeoutMs,
-          mode: o.mode,
-          storage: o.storage,
-          standby,
-          readQuorum: relaySet.readQuorum,
-          publish: (frame) => relaySet.publish(frame),
-          lease: leaseStore,
-          kv,
-          resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
-          restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
-          transition: (to, reason) => rpt.transition(to, reason),
-          log: o.log,
-          signal: stop.signal,
-          onClaimed: (claim) => {
-            clearInterval(lagTimer);
-            o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
-            rpt.epoch = claim.epoch;
-            rpt.present({});
-          },
-          onLost: (err) => holder.rp?.demote(err),
-        });
+        for (;;) {
+          try {
+            promotion = await takeOver<S>({
+              app: o.app,
+              nodeId: o.nodeId,
+              leaseTtlMs: o.leaseTtlMs,
+              verifyStore: o.verifyStore,
+              storeTimeoutMs: o.storeTimeoutMs,
+              mode: o.mode,
+              storage: o.storage,
+              standby,
+              readQuorum: relaySet.readQuorum,
+              publish: (frame) => relaySet.publish(frame),
+              lease: leaseStore,
+              kv,
+              resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
+              restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
+              transition: (to, reason) => rpt.transition(to, reason),
+              log: o.log,
+              signal: stop.signal,
+              onClaimed: (claim) => {
+                clearInterval(lagTimer);
+                o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
+                rpt.epoch = claim.epoch;
+                rpt.present({});
+              },
+              onLost: (err) => holder.rp?.demote(err),
+            });
+            break;
+          } catch (err) {
+            await standby.stop().catch(() => undefined);
+            if (!(await rebuilder.recover(err))) throw err;
+            standby = await runStandby();
+          }
+        }
       } finally {
         o.signal?.removeEventListener('abort', onAbort);
         clearInterval(lagTimer);
