@@ -25,6 +25,7 @@ import { appNames } from '../protocol/subjects.js';
 import { takeOver, type Promotion } from '../failover/takeover.js';
 import { StandbyRunner, type StandbyOptions } from '../standby/runner.js';
 import { StoreRebuilder } from '../standby/rebuild.js';
+import { serveVerify, verifyAnswer } from '../transport/control.js';
 import { refuseLiveNodeId } from '../transport/node-id.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { limitError, type Limits } from '../limits.js';
@@ -255,6 +256,13 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       const rpt = reporter;
       rpt.transition('starting');
       await o.storage.open({ nodeId: o.nodeId });
+      // `restartpoint verify --app`: operators ask this node to check its own store.
+      serveVerify(
+        link.nc,
+        o.app,
+        (req) => verifyAnswer(o.storage, o.nodeId, rpt.state ?? 'starting', req),
+        (msg) => o.log({ level: 'warn', msg: 'control', error: msg }),
+      );
       const runStandby = async (): Promise<StandbyRunner> => {
         const run = new StandbyRunner({
           links: relaySet.links,
