@@ -227,8 +227,19 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
       } else {
         await checkLog(store);
       }
+      const log = store.log;
+      const at = log.size;
+      const tail = await tailBytes(log, at);
       try {
-        return await fn(store);
+        const result = await fn(store);
+        // A log truncated between the size check above and this mutation's write: the write
+        // landed past the new end, leaving a hole of zeros where the record before it was.
+        if (log.size > at && tail !== undefined && !(await tailBytes(log, at))?.equals(tail)) {
+          throw lostHere(
+            `${log.path} changed underneath the adapter while it wrote (the bytes before offset ${at} are no longer the last record's): it was truncated or overwritten`,
+          );
+        }
+        return result;
       } catch (err) {
         if (!(err instanceof StoreLostError)) needsRecovery = true;
         throw err;
@@ -753,6 +764,14 @@ function closeLog(log: Log): void {
 // Writing
 
 /** Appends a whole record; resolves to its offset. A failed append leaves recovery to `load`. */
+/** The 4 bytes ending at `end` (the CRC of the record that ends there), or `undefined` for a log too short. */
+async function tailBytes(log: Log, end: number): Promise<Buffer | undefined> {
+  if (end < 8) return undefined;
+  const b = Buffer.alloc(4);
+  const { bytesRead } = await log.fh.read(b, 0, 4, end - 4);
+  return bytesRead === 4 ? b : b.subarray(0, bytesRead);
+}
+
 async function append(log: Log, record: Buffer): Promise<number> {
   const at = log.size;
   await writeFully(log.fh, record, at);

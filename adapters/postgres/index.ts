@@ -1033,7 +1033,9 @@ function storageError(where: string, err: unknown): Error {
   const message = err instanceof Error ? err.message : String(err);
   const retryable =
     (typeof code === 'string' && (RETRYABLE_SQLSTATE.test(code) || RETRYABLE_ERRNO.has(code))) ||
-    /connection terminated|terminating connection|timeout/i.test(message);
+    // The driver's messages for a session that died (pg_terminate_backend, a server restart):
+    // the next call reconnects, so the same call may succeed then.
+    /connection terminated|terminating connection|timeout|not queryable|connection error/i.test(message);
   return new StorageError(
     `postgres store ${where}: ${message}${typeof code === 'string' ? ` (${code})` : ''}`,
     {

@@ -31,6 +31,7 @@ import {
   warm,
 } from './checks.js';
 import { injectHostile } from './hostile.js';
+import { runStoreLossDrill } from './store-loss.js';
 import { TestRelay } from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
 import {
@@ -49,6 +50,7 @@ import {
 export * from './types.js';
 export { AppProcess, sampleAppPath } from './app-process.js';
 export { WARM_LAG_MS } from './checks.js';
+export { runStoreLossDrill, storeLossFaults } from './store-loss.js';
 
 /** Down-samples `xs` to at most `max` items, keeping the first and the last. */
 function thin<T>(xs: T[], max: number): T[] {
@@ -62,6 +64,7 @@ function thin<T>(xs: T[], max: number): T[] {
 
 /** Runs a drill. Never throws for a guarantee violation: those are in `violations`. */
 export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
+  if (opts.scenario === 'store-loss') return runStoreLossDrill(opts);
   const say = opts.progress ?? (() => undefined);
   const rand = mulberry(opts.seed);
   const app = `drill-${randomBytes(4).toString('hex')}`;

@@ -68,11 +68,50 @@ export interface DrillOptions {
    * machine it never catches up with a primary checkpointing flat out (0).
    */
   stepMs?: number;
+  /** `store-loss`: the faults to run (names of `StoreFaultReport.fault`); default every fault of the store kind. */
+  storeFaults?: readonly string[];
 }
 
 /** Drill scenarios, in the order `--scenario all` runs them. */
 export const Scenarios = ['kill', 'pause', 'partition', 'relay-loss', 'shard-loss'] as const;
-export type Scenario = (typeof Scenarios)[number];
+/**
+ * Scenarios run only when named (not by `--scenario all`): `store-loss` injects faults into a
+ * node's own store (src/drill/store-loss.ts) and needs a file, redis or postgres store.
+ */
+export const NamedScenarios = ['store-loss'] as const;
+export type Scenario = (typeof Scenarios)[number] | (typeof NamedScenarios)[number];
+
+/** One fault of `--scenario store-loss` and how it ended (docs/drill.md). */
+export interface StoreFaultReport {
+  /** The fault's name, like `standby-flushall` (`--store-fault` selects by it). */
+  fault: string;
+  /** Whose store was hit. */
+  target: 'standby' | 'primary';
+  /** What was done to the store. */
+  what: string;
+  /** The correct ending for this fault. */
+  expected: 'rebuilt' | 'took-over' | 'refused' | 'survived';
+  /**
+   * `rebuilt`: the node found its store lost, rebuilt it from the relays and went on (took over
+   * with it); `took-over`: the node stepped down and the other took over; `refused`: the node
+   * refused the takeover and released the lease, another took over; `survived`: the fault was
+   * retried away; `failed`: no node took over (a violation).
+   */
+  outcome: 'rebuilt' | 'took-over' | 'refused' | 'survived' | 'failed';
+  detail: string;
+  /** `store rebuild` events of the node whose store was hit, in this round. */
+  rebuilds: number;
+  newPrimary: string | null;
+  resumed: number | null;
+  lastAcked: number | null;
+  /** Acknowledged checkpoints not resumed: must be 0. */
+  checkpointsLost: number | null;
+  /** The resumed store is exactly the writes up to the resumed checkpoint (no divergence). */
+  storeMatches: boolean | null;
+  imageMatches: boolean | null;
+  /** From the fault to the new primary's first acknowledged checkpoint. */
+  ms: number;
+}
 
 /** What a deposed primary that kept running (pause, partition) did after the takeover. */
 export interface ZombieReport {
@@ -191,6 +230,8 @@ export interface DrillReport {
   medians: DrillMedians;
   /** Wall-clock duration of the run. */
   durationMs: number;
+  /** `store-loss`: each fault injected and how it ended. */
+  storeFaults?: StoreFaultReport[];
   /** For the HTML report; left out of `--json` (see {@link reportJson}). */
   timeline?: DrillTimeline;
 }

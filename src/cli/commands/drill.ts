@@ -14,6 +14,7 @@ import {
   DEFAULT_STEP_MS,
   DrillStores,
   MAX_STATE_MB,
+  NamedScenarios,
   Scenarios,
   drillMedians,
   reportJson,
@@ -25,7 +26,7 @@ import {
 import { renderReport } from '../../drill/report.js';
 import { runSidecarDrill } from '../../drill/sidecar-drill.js';
 import { UsageError } from '../../errors.js';
-import { intFlag, loadConfigFlag } from '../flags.js';
+import { intFlag, loadConfigFlag, repeatFlag } from '../flags.js';
 
 interface DrillFlags {
   scenario: Scenario | 'all';
@@ -45,6 +46,7 @@ interface DrillFlags {
   stepMs: number;
   report?: string;
   config?: string;
+  storeFault: string[];
 }
 
 /** Flags that the sidecar config decides in `--config` mode. */
@@ -214,8 +216,14 @@ export function drillCommand(): Command {
         '--scenario <name>',
         "what fails: the primary ('kill', 'pause', 'partition'), relays, shards, or 'all' in turn",
       )
-        .choices([...Scenarios, 'all'])
+        .choices([...Scenarios, ...NamedScenarios, 'all'])
         .default('kill'),
+    )
+    .option(
+      '--store-fault <name>',
+      'with --scenario store-loss: run only this fault (repeat it; docs/drill.md lists them)',
+      repeatFlag,
+      [] as string[],
     )
     .option('--redis-url <url>', 'Redis for --store redis', 'redis://127.0.0.1:6379')
     .option(
@@ -272,6 +280,15 @@ export function drillCommand(): Command {
           '--inject-forged needs --key',
           'forged frames are only told apart from real ones in signed mode: add --key $(openssl rand -hex 32)',
         );
+      }
+      if (o.scenario === 'store-loss' && o.store === 'memory') {
+        throw new UsageError(
+          "--scenario store-loss needs a store outside the node's process: a memory store lives in it, so a fault of it is a fault of the process (--scenario kill covers that)",
+          'use --store file, redis or postgres',
+        );
+      }
+      if (o.storeFault.length > 0 && o.scenario !== 'store-loss') {
+        throw new UsageError('--store-fault goes with --scenario store-loss', 'add --scenario store-loss');
       }
       const reportPath = o.report !== undefined ? checkReportPath(o.report) : undefined;
       const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
@@ -330,6 +347,7 @@ export function drillCommand(): Command {
               injectForged: o.injectForged,
               stateMb: o.stateMb,
               stepMs: o.stepMs,
+              storeFaults: o.storeFault,
               progress,
               onTakeover: () => bar?.increment(),
             }),
@@ -348,6 +366,8 @@ export function drillCommand(): Command {
       } else {
         process.stdout.write(`\n${summaryTable(report)}\n\n`);
         if (report.takeovers.length > 0) process.stdout.write(`${mediansLine(report)}\n`);
+        for (const f of report.storeFaults ?? [])
+          process.stdout.write(`fault ${f.fault}: ${f.outcome} (expected ${f.expected}): ${f.detail}\n`);
         for (const v of report.violations) process.stdout.write(`VIOLATION: ${v}\n`);
         if (reportPath) process.stdout.write(`report: ${reportPath}\n`);
         process.stdout.write(
