@@ -43,11 +43,14 @@ import {
   type WriteOp,
 } from '../../src/storage/adapter.js';
 import {
+  addEntry,
   combineDigest,
   decodeDigest,
   digestFromTotals,
   emptyDigest,
   encodeDigest,
+  lanesOf,
+  removeEntry,
   type Digest,
 } from '../../src/storage/digest.js';
 import {
@@ -63,6 +66,7 @@ import {
   chunkRows,
   digestTotalsSql,
   ensureSchema,
+  entryHash,
   NAME_RE,
   names,
   writeArea,
@@ -484,16 +488,27 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
             );
             if (r.rows.length === 0) throw await lostNow(c);
             const formed = formedOf(r.rows, o.where);
-            // The digest: minus the old entries of the keys written, plus their new ones, both
-            // hashed by the server in this transaction (src/storage/digest.ts, MD5).
+            // The digest: minus the old entries of the keys written (their hashes kept in `h`),
+            // plus the new ones (hashed here, and written into `h` with the rows).
             const recorded = r.rows[0].digest === null ? undefined : decodeDigest(r.rows[0].digest as string);
             const keys = rows.map((row) => row[0]);
-            const touched = `FROM ${n.data} AS d WHERE d.key = ANY($1::bytea[]) AND d.area <= ${formed} AND d.value IS NOT NULL`;
-            if (recorded !== undefined && keys.length > 0)
-              combineDigest(recorded, await totals(c, touched, [keys]), -1);
+            if (recorded !== undefined && keys.length > 0) {
+              const old = await c.query(
+                `SELECT d.h FROM ${n.data} AS d WHERE d.key = ANY($1::bytea[]) AND d.area <= ${formed} AND d.value IS NOT NULL`,
+                [keys],
+              );
+              if (old.rows.some((row: { h: Buffer | null }) => row.h === null)) {
+                // Rows without a kept hash (not expected once recorded): hash them here.
+                const touched = `FROM ${n.data} AS d WHERE d.key = ANY($1::bytea[]) AND d.area <= ${formed} AND d.value IS NOT NULL`;
+                combineDigest(recorded, await totals(c, touched, [keys]), -1);
+              } else {
+                for (const row of old.rows as { h: Buffer }[]) removeEntry(recorded, lanesOf(row.h));
+              }
+              for (const [key, value] of rows)
+                if (value !== null) addEntry(recorded, lanesOf(entryHash(key, value)));
+            }
             await writeVisible(c, n, rows, formed);
             if (recorded !== undefined && keys.length > 0) {
-              combineDigest(recorded, await totals(c, touched, [keys]), 1);
               await c.query(`UPDATE ${n.meta} SET digest = $1 WHERE id = 1`, [encodeDigest(recorded)]);
             }
           },
@@ -603,11 +618,29 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
             // The digest: minus the visible entries of the area's keys, plus the area's values.
             const recorded = r.rows[0].digest === null ? undefined : decodeDigest(r.rows[0].digest as string);
             if (recorded !== undefined) {
-              const old = `FROM ${n.data} AS d WHERE d.area <= ${formed} AND d.value IS NOT NULL
-                AND d.key IN (SELECT key FROM ${n.data} WHERE area = ${area})`;
-              combineDigest(recorded, await totals(c, old, []), -1);
-              const neu = `FROM ${n.data} AS d WHERE d.area = ${area} AND d.value IS NOT NULL`;
-              combineDigest(recorded, await totals(c, neu, []), 1);
+              // From the kept hashes: the area's rows and the visible rows they replace, joined
+              // by the primary key; nothing is hashed again.
+              const pairs = await c.query(
+                `SELECT nw.h AS nh, nw.value IS NULL AS tomb, od.h AS oh, od.key IS NOT NULL AS had
+                 FROM ${n.data} AS nw LEFT JOIN ${n.data} AS od
+                   ON od.key = nw.key AND od.area <= ${formed} AND od.value IS NOT NULL
+                 WHERE nw.area = ${area}`,
+              );
+              type Pair = { nh: Buffer | null; tomb: boolean; oh: Buffer | null; had: boolean };
+              const rowsOf = pairs.rows as Pair[];
+              if (rowsOf.some((p) => (p.had && p.oh === null) || (!p.tomb && p.nh === null))) {
+                // Rows without a kept hash (not expected once recorded): hash them here.
+                const old = `FROM ${n.data} AS d WHERE d.area <= ${formed} AND d.value IS NOT NULL
+                  AND d.key IN (SELECT key FROM ${n.data} WHERE area = ${area})`;
+                combineDigest(recorded, await totals(c, old, []), -1);
+                const neu = `FROM ${n.data} AS d WHERE d.area = ${area} AND d.value IS NOT NULL`;
+                combineDigest(recorded, await totals(c, neu, []), 1);
+              } else {
+                for (const p of rowsOf) {
+                  if (p.had) removeEntry(recorded, lanesOf(p.oh!));
+                  if (!p.tomb) addEntry(recorded, lanesOf(p.nh!));
+                }
+              }
             }
             await c.query(`UPDATE ${n.meta} SET formed = ${area}, meta = $1, digest = $2 WHERE id = 1`, [
               view(meta),
