@@ -227,6 +227,49 @@ async function snapshotTimes(
   }
 }
 
+/**
+ * What keeping the content digest (issue 12) costs a standby's commit: ms per commit of 1 000
+ * puts of 1 KiB (half of them overwrites) into a store whose digest is recorded, and into one
+ * whose digest is unrecorded (a direct put first: the commit then keeps none), interleaved,
+ * medians of 20 each. `undefined` for adapters that keep no digest (memory, file).
+ */
+async function digestCost(
+  ctx: BenchContext,
+  kind: StoreKind,
+): Promise<{ recorded: number; unrecorded: number } | undefined> {
+  if (kind.name !== 'redis' && kind.name !== 'postgres') return undefined;
+  const rec = await kind.make(ctx);
+  const unrec = await kind.make(ctx);
+  try {
+    await rec.adapter.open({ nodeId: 'bench' });
+    await unrec.adapter.open({ nodeId: 'bench' });
+    await unrec.adapter.put('unrecorded', VALUE);
+    const times = { recorded: [] as number[], unrecorded: [] as number[] };
+    for (let r = 0; r < 20; r++) {
+      const ops: WriteOp[] = Array.from({ length: 1000 }, (_, i) => ({
+        op: 'put',
+        key: `k${(r * 500 + i) % 5000}`,
+        value: VALUE,
+      }));
+      for (const [which, a] of [
+        ['recorded', rec.adapter],
+        ['unrecorded', unrec.adapter],
+      ] as const) {
+        const t0 = performance.now();
+        await a.commit(ops, Buffer.from(`cp-${r}`));
+        times[which].push(performance.now() - t0);
+      }
+    }
+    const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[xs.length >> 1]!;
+    return { recorded: median(times.recorded), unrecorded: median(times.unrecorded) };
+  } finally {
+    await rec.adapter.close();
+    await unrec.adapter.close();
+    await rec.cleanup();
+    await unrec.cleanup();
+  }
+}
+
 /** The store suite. */
 export const storeSuite: Suite = {
   prefix: 'store',
@@ -262,6 +305,17 @@ export const storeSuite: Suite = {
         unit: 'writes/s',
         note: 'replay from the stream',
       });
+      const dc = await digestCost(ctx, kind);
+      if (dc) {
+        rows.push({ name: `store.${kind.name}.commit_1k_digest`, value: dc.recorded, unit: 'ms' });
+        rows.push({
+          name: `store.${kind.name}.commit_1k_unrecorded`,
+          value: dc.unrecorded,
+          unit: 'ms',
+          note: 'same commits, no digest kept',
+        });
+        ratios[`store.${kind.name}.commit_digest_over_unrecorded`] = dc.unrecorded / dc.recorded;
+      }
       const snap = await snapshotTimes(ctx, kind);
       if (snap) {
         rows.push({ name: `store.${kind.name}.snapshot_form_10k`, value: snap.form, unit: 'ms' });

@@ -227,8 +227,19 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
       } else {
         await checkLog(store);
       }
+      const log = store.log;
+      const at = log.size;
+      const tail = await tailBytes(log, at);
       try {
-        return await fn(store);
+        const result = await fn(store);
+        // A log truncated between the size check above and this mutation's write: the write
+        // landed past the new end, leaving a hole of zeros where the record before it was.
+        if (log.size > at && tail !== undefined && !(await tailBytes(log, at))?.equals(tail)) {
+          throw lostHere(
+            `${log.path} changed underneath the adapter while it wrote (the bytes before offset ${at} are no longer the last record's): it was truncated or overwritten`,
+          );
+        }
+        return result;
       } catch (err) {
         if (!(err instanceof StoreLostError)) needsRecovery = true;
         throw err;
@@ -391,6 +402,38 @@ export function fileAdapter(opts: FileAdapterOptions): StorageAdapter & Snapshot
     async verify(verifyOpts) {
       assertOpen();
       return verify(verifyOpts?.quick === true);
+    },
+
+    async reclaim() {
+      if (closed) throw new ClosedError(`the file store at ${o.root} is closed`);
+      if (lost === undefined) return;
+      const was = lost;
+      const run = tail.then(async () => {
+        // Another node's store is never emptied.
+        const found = await readFile(join(o.root, 'IDENT'), 'utf8').catch(() => undefined);
+        const id = found === undefined ? undefined : decodeIdentity(found);
+        const foreign = id === undefined ? undefined : foreignAtOpen(id, FORMAT.trim(), nodeId);
+        if (foreign !== undefined) throw lostHere(foreign);
+        // What is left of a damaged store cannot be trusted: drop its logs and token; the next
+        // call starts an empty store with a new token (FORMAT stays: the directory stays ours).
+        if (store !== undefined) retire(store.log);
+        store = undefined;
+        const names = await readdir(o.root).catch(() => [] as string[]);
+        for (const name of names) {
+          if (name !== 'FORMAT' && isOwnName(name)) await rm(join(o.root, name), { force: true });
+        }
+        identity = undefined;
+        needsRecovery = false;
+        lost = undefined;
+      });
+      tail = run.catch(() => undefined);
+      try {
+        await run;
+      } catch (err) {
+        lost = err instanceof StoreLostError ? err : was;
+        throw err;
+      }
+      await mutate(async () => undefined);
     },
 
     async get(key) {
@@ -721,6 +764,14 @@ function closeLog(log: Log): void {
 // Writing
 
 /** Appends a whole record; resolves to its offset. A failed append leaves recovery to `load`. */
+/** The 4 bytes ending at `end` (the CRC of the record that ends there), or `undefined` for a log too short. */
+async function tailBytes(log: Log, end: number): Promise<Buffer | undefined> {
+  if (end < 8) return undefined;
+  const b = Buffer.alloc(4);
+  const { bytesRead } = await log.fh.read(b, 0, 4, end - 4);
+  return bytesRead === 4 ? b : b.subarray(0, bytesRead);
+}
+
 async function append(log: Log, record: Buffer): Promise<number> {
   const at = log.size;
   await writeFully(log.fh, record, at);

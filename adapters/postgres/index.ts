@@ -43,11 +43,14 @@ import {
   type WriteOp,
 } from '../../src/storage/adapter.js';
 import {
+  addEntry,
   combineDigest,
   decodeDigest,
   digestFromTotals,
   emptyDigest,
   encodeDigest,
+  lanesOf,
+  removeEntry,
   type Digest,
 } from '../../src/storage/digest.js';
 import {
@@ -63,6 +66,7 @@ import {
   chunkRows,
   digestTotalsSql,
   ensureSchema,
+  entryHash,
   NAME_RE,
   names,
   writeArea,
@@ -149,6 +153,8 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
   let nodeId: string | undefined;
   /** Set once the store was found lost: every later call rejects with it. */
   let lost: StoreLostError | undefined;
+  /** `reclaim()` runs: the next writer session may put back a meta row that was deleted. */
+  let reclaiming = false;
   let tail: Promise<unknown> = Promise.resolve();
   // Direct writes waiting in the queue; later ones join it until it starts.
   let batch: DirectBatch | undefined;
@@ -246,6 +252,7 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
         const id = await inTransaction(
           w,
           async (q) => {
+            if (reclaiming) await restoreMetaRow(q, n);
             await ensureSchema(q, n, o.where);
             return claimIdentity(q, n, o.where, identity, nodeId);
           },
@@ -379,6 +386,28 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
       return verify(verifyOpts?.quick === true);
     },
 
+    async reclaim() {
+      if (closed) throw new ClosedError(`the postgres store ${o.where} is closed`);
+      if (lost === undefined) return;
+      await tail;
+      const was = lost;
+      // A new writer session claims the store as a first open (a foreign token is still refused).
+      lost = undefined;
+      identity = undefined;
+      token = '';
+      opened = undefined;
+      if (writer !== undefined) writer.broken = true;
+      reclaiming = true;
+      try {
+        await ready();
+      } catch (err) {
+        if (lost === undefined && !(err instanceof StoreLostError)) lost = was;
+        throw err;
+      } finally {
+        reclaiming = false;
+      }
+    },
+
     async get(key) {
       assertOpen();
       assertValidKey(key);
@@ -459,16 +488,27 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
             );
             if (r.rows.length === 0) throw await lostNow(c);
             const formed = formedOf(r.rows, o.where);
-            // The digest: minus the old entries of the keys written, plus their new ones, both
-            // hashed by the server in this transaction (src/storage/digest.ts, MD5).
+            // The digest: minus the old entries of the keys written (their hashes kept in `h`),
+            // plus the new ones (hashed here, and written into `h` with the rows).
             const recorded = r.rows[0].digest === null ? undefined : decodeDigest(r.rows[0].digest as string);
             const keys = rows.map((row) => row[0]);
-            const touched = `FROM ${n.data} AS d WHERE d.key = ANY($1::bytea[]) AND d.area <= ${formed} AND d.value IS NOT NULL`;
-            if (recorded !== undefined && keys.length > 0)
-              combineDigest(recorded, await totals(c, touched, [keys]), -1);
+            if (recorded !== undefined && keys.length > 0) {
+              const old = await c.query(
+                `SELECT d.h FROM ${n.data} AS d WHERE d.key = ANY($1::bytea[]) AND d.area <= ${formed} AND d.value IS NOT NULL`,
+                [keys],
+              );
+              if (old.rows.some((row: { h: Buffer | null }) => row.h === null)) {
+                // Rows without a kept hash (not expected once recorded): hash them here.
+                const touched = `FROM ${n.data} AS d WHERE d.key = ANY($1::bytea[]) AND d.area <= ${formed} AND d.value IS NOT NULL`;
+                combineDigest(recorded, await totals(c, touched, [keys]), -1);
+              } else {
+                for (const row of old.rows as { h: Buffer }[]) removeEntry(recorded, lanesOf(row.h));
+              }
+              for (const [key, value] of rows)
+                if (value !== null) addEntry(recorded, lanesOf(entryHash(key, value)));
+            }
             await writeVisible(c, n, rows, formed);
             if (recorded !== undefined && keys.length > 0) {
-              combineDigest(recorded, await totals(c, touched, [keys]), 1);
               await c.query(`UPDATE ${n.meta} SET digest = $1 WHERE id = 1`, [encodeDigest(recorded)]);
             }
           },
@@ -578,11 +618,29 @@ export function postgresAdapter(opts: PostgresAdapterOptions): StorageAdapter {
             // The digest: minus the visible entries of the area's keys, plus the area's values.
             const recorded = r.rows[0].digest === null ? undefined : decodeDigest(r.rows[0].digest as string);
             if (recorded !== undefined) {
-              const old = `FROM ${n.data} AS d WHERE d.area <= ${formed} AND d.value IS NOT NULL
-                AND d.key IN (SELECT key FROM ${n.data} WHERE area = ${area})`;
-              combineDigest(recorded, await totals(c, old, []), -1);
-              const neu = `FROM ${n.data} AS d WHERE d.area = ${area} AND d.value IS NOT NULL`;
-              combineDigest(recorded, await totals(c, neu, []), 1);
+              // From the kept hashes: the area's rows and the visible rows they replace, joined
+              // by the primary key; nothing is hashed again.
+              const pairs = await c.query(
+                `SELECT nw.h AS nh, nw.value IS NULL AS tomb, od.h AS oh, od.key IS NOT NULL AS had
+                 FROM ${n.data} AS nw LEFT JOIN ${n.data} AS od
+                   ON od.key = nw.key AND od.area <= ${formed} AND od.value IS NOT NULL
+                 WHERE nw.area = ${area}`,
+              );
+              type Pair = { nh: Buffer | null; tomb: boolean; oh: Buffer | null; had: boolean };
+              const rowsOf = pairs.rows as Pair[];
+              if (rowsOf.some((p) => (p.had && p.oh === null) || (!p.tomb && p.nh === null))) {
+                // Rows without a kept hash (not expected once recorded): hash them here.
+                const old = `FROM ${n.data} AS d WHERE d.area <= ${formed} AND d.value IS NOT NULL
+                  AND d.key IN (SELECT key FROM ${n.data} WHERE area = ${area})`;
+                combineDigest(recorded, await totals(c, old, []), -1);
+                const neu = `FROM ${n.data} AS d WHERE d.area = ${area} AND d.value IS NOT NULL`;
+                combineDigest(recorded, await totals(c, neu, []), 1);
+              } else {
+                for (const p of rowsOf) {
+                  if (p.had) removeEntry(recorded, lanesOf(p.oh!));
+                  if (!p.tomb) addEntry(recorded, lanesOf(p.nh!));
+                }
+              }
             }
             await c.query(`UPDATE ${n.meta} SET formed = ${area}, meta = $1, digest = $2 WHERE id = 1`, [
               view(meta),
@@ -897,6 +955,16 @@ const POSTGRES_STORE_FORMAT = 'restartpoint-postgres 2';
  * takes the token found, or sets a new one (digest: the empty store's when the store is empty,
  * unrecorded when it holds an older version's data); on a reconnect requires `expected`.
  */
+/**
+ * `reclaim()`: a store whose meta row was deleted (a truncated meta table) gets an empty one
+ * back, with no token: the claim that follows writes a new one and `clear()` empties the data.
+ */
+async function restoreMetaRow(c: Queryable, n: Names): Promise<void> {
+  const r = await c.query('SELECT to_regclass($1) IS NOT NULL AS meta', [n.meta]);
+  if (r.rows[0]?.meta !== true) return;
+  await c.query(`INSERT INTO ${n.meta} (id) VALUES (1) ON CONFLICT (id) DO NOTHING`);
+}
+
 async function claimIdentity(
   c: Queryable,
   n: Names,
@@ -998,7 +1066,9 @@ function storageError(where: string, err: unknown): Error {
   const message = err instanceof Error ? err.message : String(err);
   const retryable =
     (typeof code === 'string' && (RETRYABLE_SQLSTATE.test(code) || RETRYABLE_ERRNO.has(code))) ||
-    /connection terminated|terminating connection|timeout/i.test(message);
+    // The driver's messages for a session that died (pg_terminate_backend, a server restart):
+    // the next call reconnects, so the same call may succeed then.
+    /connection terminated|terminating connection|timeout|not queryable|connection error/i.test(message);
   return new StorageError(
     `postgres store ${where}: ${message}${typeof code === 'string' ? ` (${code})` : ''}`,
     {

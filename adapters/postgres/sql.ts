@@ -18,14 +18,17 @@
  * most one row with `area <= formed`, and that row is not a tombstone. So `get` is one index
  * probe and `keys` one scan, and neither has to resolve versions.
  */
+import { createHash } from 'node:crypto';
 import { ConfigError, StorageError } from '../../src/errors.js';
 
 /**
  * The schema version this build creates and reads. A newer one is refused, an older one migrated.
  * Version 2 added `ident` and `digest` to the meta table (issue 12): an older build, which would
- * commit without keeping the digest, refuses it.
+ * commit without keeping the digest, refuses it. Version 3 added `h` to the data table: each
+ * row's entry hash (MD5, src/storage/digest.ts), written with the row, so that commits and
+ * snapshot forming keep the digest from stored hashes instead of hashing old values again.
  */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** First key of the transaction-level advisory lock taken around schema creation ("RPST"). */
 const SCHEMA_LOCK_CLASS = 0x52505354;
@@ -108,6 +111,13 @@ export async function ensureSchema(c: Queryable, n: Names, where: string): Promi
       await c.query(`ALTER TABLE ${n.meta} ADD COLUMN ident text, ADD COLUMN digest text`);
       await c.query(`UPDATE ${n.schema} SET version = 2 WHERE id = 1`);
     }
+    // 2 → 3: the rows' entry hashes. Existing rows have none, so the digest becomes unrecorded
+    // (until the next clear(), which every standby run starts with).
+    if (version < 3) {
+      await c.query(`ALTER TABLE ${n.data} ADD COLUMN h bytea`);
+      await c.query(`UPDATE ${n.meta} SET digest = NULL WHERE id = 1`);
+      await c.query(`UPDATE ${n.schema} SET version = 3 WHERE id = 1`);
+    }
     // Without its row every read would see an empty store: refuse instead.
     const meta = await c.query(`SELECT formed FROM ${n.meta} WHERE id = 1`);
     if (meta.rows.length !== 1)
@@ -131,6 +141,7 @@ function createStatements(n: Names): string[] {
        key   bytea  NOT NULL,
        area  bigint NOT NULL CHECK (area >= 0),
        value bytea,
+       h     bytea,
        PRIMARY KEY (key, area)
      )`,
     // Partial: a delay-write store (everything in area 0) pays nothing for it.
@@ -199,9 +210,11 @@ export async function writeVisible(
     const tuples: string[] = [];
     const keyParams: string[] = [];
     for (const [key, value] of chunk) {
-      values.push(key, value);
-      tuples.push(`($${values.length - 1}::bytea, ${formed}, $${values.length}::bytea)`);
-      keyParams.push(`$${values.length - 1}::bytea`);
+      values.push(key, value, entryHash(key, value!));
+      tuples.push(
+        `($${values.length - 2}::bytea, ${formed}, $${values.length - 1}::bytea, $${values.length}::bytea)`,
+      );
+      keyParams.push(`$${values.length - 2}::bytea`);
     }
     // In a data-modifying CTE both parts see the same snapshot; they touch disjoint rows (areas
     // below `formed` / at `formed`), so the order between them does not matter.
@@ -210,8 +223,8 @@ export async function writeVisible(
         ? `WITH older AS (DELETE FROM ${n.data} WHERE key IN (${keyParams.join(', ')}) AND area < ${formed}) `
         : '';
     await c.query(
-      `${reclaim}INSERT INTO ${n.data} (key, area, value) VALUES ${tuples.join(', ')}
-       ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
+      `${reclaim}INSERT INTO ${n.data} (key, area, value, h) VALUES ${tuples.join(', ')}
+       ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value, h = EXCLUDED.h`,
       values,
     );
   }
@@ -278,6 +291,11 @@ export async function writeVisibleOnce(
  * The entry hash of a row (src/storage/digest.ts, MD5): SQL over columns `key` and `value` of
  * the alias `d`.
  */
+/** A row's entry hash as kept in `h`: MD5 of the key's byte length, ':', the key and the value (src/storage/digest.ts). */
+export function entryHash(key: Buffer, value: Buffer): Buffer {
+  return createHash('md5').update(`${key.length}:`).update(key).update(value).digest();
+}
+
 const ENTRY_MD5 = `md5(convert_to(length(d.key)::text || ':', 'UTF8') || d.key || d.value)`;
 
 /** `count, a, b, c, d`: the count and the four unreduced lane totals of the rows `d` selected by `from`. */
@@ -305,14 +323,14 @@ export async function writeArea(
     const values: unknown[] = [token];
     const tuples: string[] = [];
     for (const [key, value] of chunk) {
-      values.push(key, value);
-      tuples.push(`($${values.length - 1}::bytea, $${values.length}::bytea)`);
+      values.push(key, value, value === null ? null : entryHash(key, value));
+      tuples.push(`($${values.length - 2}::bytea, $${values.length - 1}::bytea, $${values.length}::bytea)`);
     }
     const r = await c.query(
-      `INSERT INTO ${n.data} (key, area, value)
-       SELECT v.key, ${area}, v.value FROM (VALUES ${tuples.join(', ')}) AS v (key, value)
+      `INSERT INTO ${n.data} (key, area, value, h)
+       SELECT v.key, ${area}, v.value, v.h FROM (VALUES ${tuples.join(', ')}) AS v (key, value, h)
        WHERE ${area} > (SELECT formed FROM ${n.meta} WHERE id = 1 AND ident = $1)
-       ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value`,
+       ON CONFLICT (key, area) DO UPDATE SET value = EXCLUDED.value, h = EXCLUDED.h`,
       values,
     );
     if (r.rowCount === 0) return false;

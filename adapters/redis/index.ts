@@ -293,6 +293,26 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
       return verify(verifyOpts?.quick === true);
     },
 
+    async reclaim() {
+      if (closed) throw new ClosedError(`the redis store ${where} is closed`);
+      if (lost === undefined) return;
+      // Forget the token and the connection: the next connect claims the store as a first open.
+      const was = lost;
+      lost = undefined;
+      identity = undefined;
+      token = '';
+      const c = client;
+      client = undefined;
+      connecting = undefined;
+      if (c !== undefined && o.client === undefined) c.disconnect();
+      try {
+        await run(async () => undefined);
+      } catch (err) {
+        if (lost === undefined && !(err instanceof StoreLostError)) lost = was;
+        throw err;
+      }
+    },
+
     async get(key) {
       assertOpen();
       assertValidKey(key);
@@ -340,7 +360,9 @@ export function redisAdapter(opts: RedisAdapterOptions): StorageAdapter & Snapsh
       assertValidValue(meta);
       const { puts, deletes } = lastOpPerKey(ops);
       const args: (string | Buffer)[] = [view(meta), String(puts.size)];
-      for (const [key, value] of puts) args.push(key, view(value));
+      // Each put's entry hash is computed here (Node's SHA-1 is several times faster than Lua's,
+      // and off the server's single thread); the script keeps it beside the value.
+      for (const [key, value] of puts) args.push(key, view(value), entryHex(key, value));
       for (const key of deletes) args.push(key);
       await script(SCRIPTS.commit, base, args);
     },
@@ -537,8 +559,9 @@ local function dread()
   local a, b, c, d = lanes(h)
   return { tonumber(n), a, b, c, d }
 end
-local function dchange(dg, f, v, sign)
-  local a, b, c, d = lanes(redis.sha1hex(#f .. ':' .. f .. v))
+local HK = string.sub(KEYS[5], 1, #KEYS[5] - #':areas') .. ':h'
+local function dadd(dg, h, sign)
+  local a, b, c, d = lanes(h)
   dg[2] = (dg[2] + sign * a) % M
   dg[3] = (dg[3] + sign * b) % M
   dg[4] = (dg[4] + sign * c) % M
@@ -556,13 +579,24 @@ local function hashOrNone(key)
 end
 `;
 
-/** Sets (v) or deletes (v == false) a visible key, keeping the digest `dg` when there is one. */
+/**
+ * Sets (v) or deletes (v == false) a visible key, keeping the digest `dg` when there is one.
+ * The entry hash of every visible key is kept beside it (the hash HK): the old entry is
+ * subtracted from its kept hash (no old value read, nothing hashed), the new one added from `h`
+ * (computed by the client, 32 hex digits) or, when `h` is nil, hashed here.
+ */
 const SET_VISIBLE = `
-local function setVisible(dg, f, v)
+local function setVisible(dg, f, v, h)
   if dg then
-    local old = redis.call('HGET', KEYS[2], f)
-    if old then dchange(dg, f, old, -1) end
-    if v then dchange(dg, f, v, 1) end
+    local old = redis.call('HGET', HK, f)
+    if old then dadd(dg, old, -1) end
+    if v then
+      h = h or string.sub(redis.sha1hex(#f .. ':' .. f .. v), 1, 32)
+      dadd(dg, h, 1)
+      redis.call('HSET', HK, f, h)
+    elseif old then
+      redis.call('HDEL', HK, f)
+    end
   end
   if v then redis.call('HSET', KEYS[2], f, v) else redis.call('HDEL', KEYS[2], f) end
 end
@@ -608,6 +642,7 @@ const SCRIPTS = {
   apply: defineScript(`
 local bad = hashOrNone(KEYS[2]) if bad then return bad end
 redis.call('DEL', KEYS[3])
+redis.call('UNLINK', HK)
 local i = 2
 while i <= #ARGV do
   if ARGV[i] == 'p' then
@@ -619,16 +654,39 @@ while i <= #ARGV do
   end
 end
 return 0`),
-  /** ARGV[2] = meta, ARGV[3] = number of puts, then field, value per put, then deleted fields. */
+  /**
+   * ARGV[2] = meta, ARGV[3] = number of puts, then field, value, entry hash (32 hex digits,
+   * src/storage/digest.ts) per put, then deleted fields.
+   */
   commit: defineScript(`${SET_VISIBLE}
 local bad = hashOrNone(KEYS[2]) if bad then return bad end
 local dg = dread()
-local i = 4
-for j = 1, tonumber(ARGV[3]) do
-  setVisible(dg, ARGV[i], ARGV[i + 1])
-  i = i + 2
+local n = tonumber(ARGV[3])
+-- Puts in chunks: one HMGET of the kept hashes, one HSET of them, one HSET of the values.
+local j = 1
+while j <= n do
+  local last = math.min(n, j + 499)
+  local fs, kv, hv = {}, {}, {}
+  for q = j, last do
+    local i = 4 + (q - 1) * 3
+    fs[#fs + 1] = ARGV[i]
+    kv[#kv + 1] = ARGV[i]
+    kv[#kv + 1] = ARGV[i + 1]
+    hv[#hv + 1] = ARGV[i]
+    hv[#hv + 1] = ARGV[i + 2]
+  end
+  if dg then
+    local olds = redis.call('HMGET', HK, unpack(fs))
+    for q = 1, #fs do
+      if olds[q] then dadd(dg, olds[q], -1) end
+      dadd(dg, hv[2 * q], 1)
+    end
+    redis.call('HSET', HK, unpack(hv))
+  end
+  redis.call('HSET', KEYS[2], unpack(kv))
+  j = last + 1
 end
-for j = i, #ARGV do setVisible(dg, ARGV[j], false) end
+for q = 4 + n * 3, #ARGV do setVisible(dg, ARGV[q], false, nil) end
 redis.call('SET', KEYS[4], ARGV[2])
 if dg then dwrite(dg) end
 return 0`),
@@ -657,10 +715,10 @@ local bad = hashOrNone(KEYS[2]) if bad then return bad end
 local dg = dread()
 local fields = redis.call('HKEYS', KEYS[6])
 for i = 1, #fields do
-  setVisible(dg, fields[i], redis.call('HGET', KEYS[6], fields[i]))
+  setVisible(dg, fields[i], redis.call('HGET', KEYS[6], fields[i]), nil)
 end
 local gone = redis.call('SMEMBERS', KEYS[7])
-for i = 1, #gone do setVisible(dg, gone[i], false) end
+for i = 1, #gone do setVisible(dg, gone[i], false, nil) end
 redis.call('SET', KEYS[4], ARGV[3])
 if dg then dwrite(dg) end
 redis.call('UNLINK', KEYS[6], KEYS[7])
@@ -680,7 +738,7 @@ return #fields + #gone`),
 return #ids`),
   /** Drops data, meta and areas; the digest becomes the empty store's; format and token stay. */
   clear: defineScript(`${RELEASE_AREAS_BODY}
-redis.call('UNLINK', KEYS[2], KEYS[4])
+redis.call('UNLINK', KEYS[2], KEYS[4], HK)
 redis.call('SET', KEYS[3], '${EMPTY_DIGEST}')
 return #ids`),
 };
@@ -699,14 +757,23 @@ return ARGV[1]
  * store with content but no token, an older version's, with no digest ('adopted').
  */
 const CLAIM_IDENT = `
+local HK = string.sub(KEYS[5], 1, #KEYS[5] - #':areas') .. ':h'
 local tok = redis.call('GET', KEYS[1])
-if tok then return { 'found', tok } end
+if tok then
+  -- A store of an earlier build kept no entry hashes beside its data: its digest cannot be
+  -- kept from here on, so it becomes unrecorded (until the next clear()).
+  if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('HLEN', KEYS[2]) > 0 and redis.call('EXISTS', HK) == 0 then
+    redis.call('DEL', KEYS[3])
+  end
+  return { 'found', tok }
+end
 redis.call('SET', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[2], KEYS[4], KEYS[5]) == 0 then
   redis.call('SET', KEYS[3], '${EMPTY_DIGEST}')
   return { 'new', ARGV[1] }
 end
 redis.call('DEL', KEYS[3])
+redis.call('UNLINK', HK)
 return { 'adopted', ARGV[1] }
 `;
 
@@ -727,6 +794,12 @@ function lastOpPerKey(ops: readonly WriteOp[]): { puts: Map<string, Uint8Array>;
     else puts.set(key, value);
   }
   return { puts, deletes };
+}
+
+/** The entry hash of `key` holding `value` (src/storage/digest.ts, SHA-1), as the script keeps it: 32 hex digits. */
+function entryHex(key: string, value: Uint8Array): string {
+  const k = Buffer.from(key, 'utf8');
+  return createHash('sha1').update(`${k.length}:`).update(k).update(value).digest('hex').slice(0, 32);
 }
 
 /** A Buffer over the same bytes (ioredis sends Buffers as bytes, other objects as strings). */

@@ -33,6 +33,7 @@ import {
 import { killLeaseLeader, runChaos } from './chaos.js';
 import { injectHostile } from './hostile.js';
 import { LeaseWatch, checkTakeoverLease } from './lease-watch.js';
+import { runStoreLossDrill } from './store-loss.js';
 import { TestRelay, provisionR3 } from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
 import { runUpgradeDrill } from './upgrade.js';
@@ -54,6 +55,7 @@ export * from './types.js';
 export { AppProcess, sampleAppPath } from './app-process.js';
 export { WARM_LAG_MS } from './checks.js';
 export { runUpgradeDrill, type UpgradeReport } from './upgrade.js';
+export { runStoreLossDrill, storeLossFaults } from './store-loss.js';
 
 /** Down-samples `xs` to at most `max` items, keeping the first and the last. */
 function thin<T>(xs: T[], max: number): T[] {
@@ -69,6 +71,7 @@ function thin<T>(xs: T[], max: number): T[] {
 export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   if (opts.scenario === 'chaos') return runChaos(opts);
   if (opts.scenario === 'upgrade') return runUpgradeDrill(opts);
+  if (opts.scenario === 'store-loss') return runStoreLossDrill(opts);
   const say = opts.progress ?? (() => undefined);
   const rand = mulberry(opts.seed);
   const app = `drill-${randomBytes(4).toString('hex')}`;

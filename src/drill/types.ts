@@ -77,12 +77,18 @@ export interface DrillOptions {
    * one of its nodes is SIGKILLed mid-run and restarted after the next takeover.
    */
   natsCluster?: number;
+  /** `store-loss`: the faults to run (names of `StoreFaultReport.fault`); default every fault of the store kind. */
+  storeFaults?: readonly string[];
 }
 
 /** Drill scenarios, in the order `--scenario all` runs them. */
 export const Scenarios = ['kill', 'pause', 'partition', 'relay-loss', 'shard-loss'] as const;
-/** Scenarios that only run on their own (`--scenario NAME`), never in `all`: too long. */
-export const SoloScenarios = ['chaos', 'upgrade'] as const;
+/**
+ * Scenarios that only run on their own (`--scenario NAME`), never in `all`: `chaos` and `upgrade`
+ * are long; `store-loss` injects faults into a node's own store (src/drill/store-loss.ts) and
+ * needs a file, redis or postgres store.
+ */
+export const SoloScenarios = ['chaos', 'upgrade', 'store-loss'] as const;
 export type Scenario = (typeof Scenarios)[number] | (typeof SoloScenarios)[number];
 
 /** One fault the drill injected (`faults` in `--json`), with evidence that it took effect. */
@@ -106,6 +112,38 @@ export interface FaultRecord {
   restoredAtMs?: number;
   /** The kill (takeover round) during which it was injected. */
   round: number;
+}
+
+/** One fault of `--scenario store-loss` and how it ended (docs/drill.md). */
+export interface StoreFaultReport {
+  /** The fault's name, like `standby-flushall` (`--store-fault` selects by it). */
+  fault: string;
+  /** Whose store was hit. */
+  target: 'standby' | 'primary';
+  /** What was done to the store. */
+  what: string;
+  /** The correct ending for this fault. */
+  expected: 'rebuilt' | 'took-over' | 'refused' | 'survived';
+  /**
+   * `rebuilt`: the node found its store lost, rebuilt it from the relays and went on (took over
+   * with it); `took-over`: the node stepped down and the other took over; `refused`: the node
+   * refused the takeover and released the lease, another took over; `survived`: the fault was
+   * retried away; `failed`: no node took over (a violation).
+   */
+  outcome: 'rebuilt' | 'took-over' | 'refused' | 'survived' | 'failed';
+  detail: string;
+  /** `store rebuild` events of the node whose store was hit, in this round. */
+  rebuilds: number;
+  newPrimary: string | null;
+  resumed: number | null;
+  lastAcked: number | null;
+  /** Acknowledged checkpoints not resumed: must be 0. */
+  checkpointsLost: number | null;
+  /** The resumed store is exactly the writes up to the resumed checkpoint (no divergence). */
+  storeMatches: boolean | null;
+  imageMatches: boolean | null;
+  /** From the fault to the new primary's first acknowledged checkpoint. */
+  ms: number;
 }
 
 /** What a deposed primary that kept running (pause, partition) did after the takeover. */
@@ -244,6 +282,8 @@ export interface DrillReport {
     /** Standbys still behind (but advancing) after `CATCH_UP_MS`: slow, not stuck. */
     slowCatchUps: number;
   };
+  /** `store-loss`: each fault injected and how it ended. */
+  storeFaults?: StoreFaultReport[];
   /** For the HTML report; left out of `--json` (see {@link reportJson}). */
   timeline?: DrillTimeline;
 }

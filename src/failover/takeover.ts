@@ -21,7 +21,13 @@
  * Each step reports its duration (`TakeoverStats`). A step that fails releases the lease so
  * another node can take over, and rejects.
  */
-import { FencedError, ReplicationError, StorageError, type RestartpointError } from '../errors.js';
+import {
+  FencedError,
+  ReplicationError,
+  StorageError,
+  StoreLostError,
+  type RestartpointError,
+} from '../errors.js';
 import { FrameKind } from '../protocol/frame.js';
 import { encodeFence } from '../protocol/records.js';
 import type { StandbyRunner } from '../standby/runner.js';
@@ -236,15 +242,16 @@ async function catchUpStep<S>(o: TakeoverOptions<S>): Promise<void> {
 /**
  * Step 3a: the store must hold exactly what this node committed before it resumes from it (a
  * flushed Redis, a truncated table, a damaged file are caught here, not after the app resumed).
- * A mismatch refuses the takeover: the lease is released so another node takes over, and this
- * node's store must be cleared (a restart rebuilds it from the relays).
+ * A mismatch refuses the takeover with a `StoreLostError`: the lease is released so another node
+ * can take over, and the SDK rebuilds this node's store from the relays and stands by again
+ * (src/standby/rebuild.ts).
  */
 async function verifyStep<S>(o: TakeoverOptions<S>, position: AppliedPosition): Promise<void> {
   if (o.verifyStore === 'off') return;
   const v = await o.storage.verify({ quick: o.verifyStore === 'quick' });
   if (v.status === 'mismatch') {
-    throw new StorageError(
-      `node '${o.nodeId}' cannot take over: its ${o.storage.kind} store does not hold what it committed up to checkpoint ${position.checkpoint} (${v.detail}). It released the lease so another node takes over; restart this node to rebuild its store from the relays, and find out what changed the store underneath it`,
+    throw new StoreLostError(
+      `node '${o.nodeId}' cannot take over: its ${o.storage.kind} store does not hold what it committed up to checkpoint ${position.checkpoint} (${v.detail}). It released the lease so another node can take over, and rebuilds its store from the relays; find out what changed the store underneath it`,
     );
   }
   if (v.status === 'unrecorded') {

@@ -24,6 +24,8 @@ import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary
 import { appNames } from '../protocol/subjects.js';
 import { takeOver, type Promotion } from '../failover/takeover.js';
 import { StandbyRunner, type StandbyOptions } from '../standby/runner.js';
+import { StoreRebuilder } from '../standby/rebuild.js';
+import { serveVerify, verifyAnswer } from '../transport/control.js';
 import { refuseLiveNodeId } from '../transport/node-id.js';
 import { assertValidKey, assertValidValue } from '../storage/adapter.js';
 import { limitError, type Limits } from '../limits.js';
@@ -279,27 +281,13 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       const rpt = reporter;
       rpt.transition('starting');
       await o.storage.open({ nodeId: o.nodeId });
-      const standby = new StandbyRunner({
-        links: relaySet.links,
-        names,
-        app: o.app,
-        adapter: o.storage,
-        mode: o.mode,
-        need: relaySet.need,
-        codec: relaySet.codec,
-        limits: o.limits,
-        apply: o.apply,
-        ...standbyReports(o, rpt, guard),
-      });
-      // A relay down at start is read once it comes up (the policy could do without it).
-      relaySet.onJoin((relay, l) => {
-        o.log({ level: 'info', msg: 'relay joined', relay, servers: l.servers });
-        void standby.joinRelay(relay);
-      });
-      standbyRef.s = standby;
-      await standby.start();
-      o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
-      rpt.transition('standby');
+      // `restartpoint verify --app`: operators ask this node to check its own store.
+      serveVerify(
+        link.nc,
+        o.app,
+        (req) => verifyAnswer(o.storage, o.nodeId, rpt.state ?? 'starting', req),
+        (msg) => o.log({ level: 'warn', msg: 'control', error: msg }),
+      );
       const relayStates = (): RelayStateSample[] =>
         relaySet.stats().map((x) => ({
           servers: x.servers,
@@ -308,7 +296,39 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           backfilling: x.backfilling === true,
           backlog: x.backlog,
         }));
-      rpt.present({ sample: () => standby.lagSamples(), relayStates });
+      // A relay down at start is read once it comes up (the policy could do without it), by
+      // whichever standby run is current (a rebuild replaces it).
+      relaySet.onJoin((relay, l) => {
+        o.log({ level: 'info', msg: 'relay joined', relay, servers: l.servers });
+        void standbyRef.s?.joinRelay(relay);
+      });
+      const runStandby = async (): Promise<StandbyRunner> => {
+        const run = new StandbyRunner({
+          links: relaySet.links,
+          names,
+          app: o.app,
+          adapter: o.storage,
+          mode: o.mode,
+          need: relaySet.need,
+          codec: relaySet.codec,
+          limits: o.limits,
+          apply: o.apply,
+          ...standbyReports(o, rpt, guard),
+        });
+        standbyRef.s = run;
+        await run.start();
+        o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
+        rpt.transition('standby');
+        rpt.present({ sample: () => run.lagSamples(), relayStates });
+        return run;
+      };
+      let standby = await runStandby();
+      // A store found lost (at takeover, or while applying) is rebuilt from the relays in place.
+      const rebuilder = new StoreRebuilder({
+        storage: o.storage,
+        log: o.log,
+        transition: (reason) => rpt.transition('starting', reason),
+      });
 
       // The operator's view of a standby: per-relay lag, every 5 s, until it takes over.
       const lagTimer = setInterval(() => {
@@ -322,33 +342,42 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       const holder: { rp?: Restartpoint<S> } = {};
       let promotion: Promotion<S>;
       try {
-        promotion = await takeOver<S>({
-          app: o.app,
-          nodeId: o.nodeId,
-          leaseTtlMs: o.leaseTtlMs,
-          verifyStore: o.verifyStore,
-          storeTimeoutMs: o.storeTimeoutMs,
-          mode: o.mode,
-          storage: o.storage,
-          standby,
-          readQuorum: relaySet.readQuorum,
-          publish: (frame) => relaySet.publish(frame),
-          lease: leaseStore,
-          kv,
-          resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
-          resumeBlocked: () => guard.blocked(),
-          restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
-          transition: (to, reason) => rpt.transition(to, reason),
-          log: o.log,
-          signal: stop.signal,
-          onClaimed: (claim) => {
-            clearInterval(lagTimer);
-            o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
-            rpt.epoch = claim.epoch;
-            rpt.present({});
-          },
-          onLost: (err) => holder.rp?.demote(err),
-        });
+        for (;;) {
+          try {
+            promotion = await takeOver<S>({
+              app: o.app,
+              nodeId: o.nodeId,
+              leaseTtlMs: o.leaseTtlMs,
+              verifyStore: o.verifyStore,
+              storeTimeoutMs: o.storeTimeoutMs,
+              mode: o.mode,
+              storage: o.storage,
+              standby,
+              readQuorum: relaySet.readQuorum,
+              publish: (frame) => relaySet.publish(frame),
+              lease: leaseStore,
+              kv,
+              resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
+              resumeBlocked: () => guard.blocked(),
+              restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
+              transition: (to, reason) => rpt.transition(to, reason),
+              log: o.log,
+              signal: stop.signal,
+              onClaimed: (claim) => {
+                clearInterval(lagTimer);
+                o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
+                rpt.epoch = claim.epoch;
+                rpt.present({});
+              },
+              onLost: (err) => holder.rp?.demote(err),
+            });
+            break;
+          } catch (err) {
+            await standby.stop().catch(() => undefined);
+            if (!(await rebuilder.recover(err))) throw err;
+            standby = await runStandby();
+          }
+        }
       } finally {
         o.signal?.removeEventListener('abort', onAbort);
         clearInterval(lagTimer);

@@ -150,6 +150,16 @@ export interface StorageAdapter extends Partial<SnapshotStore> {
    * commit makes a rescan retry, or report on a consistent snapshot).
    */
   verify(opts?: VerifyOptions): Promise<VerifyResult>;
+  /**
+   * Optional: makes an instance that found its store lost (`StoreLostError`) usable again, for a
+   * rebuild from the relays (src/standby/rebuild.ts). It opens the store as a first `open()`
+   * would: a store whose token is gone (wiped, restarted empty, truncated) gets a new token, and
+   * whatever is left of it is emptied by the `clear()` that follows; a store whose token names
+   * another node is still refused (`StoreLostError`): never clear someone else's store. A no-op
+   * on an instance that is not lost. Without it, a lost store needs a new adapter instance (a
+   * restart of the node).
+   */
+  reclaim?(): Promise<void>;
   /** The value of `key`, or `undefined` when it is absent. Never throws for a missing key. */
   get(key: string): Promise<Uint8Array | undefined>;
   /** Sets `key` (primary path). Not required to be durable or atomic with other calls. */

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { postgresAdapter } from '../../adapters/postgres/index.js';
@@ -188,7 +188,7 @@ describe('postgres adapter: options, schema, pool', () => {
     const second = postgresAdapter({ connectionString: url, table });
     try {
       await first.open();
-      expect(await rows(`SELECT id, version FROM "${table}_schema"`)).toEqual([{ id: 1, version: 2 }]);
+      expect(await rows(`SELECT id, version FROM "${table}_schema"`)).toEqual([{ id: 1, version: 3 }]);
       let opened = false;
       const opening = second.open().then(() => {
         opened = true;
@@ -225,16 +225,46 @@ describe('postgres adapter: options, schema, pool', () => {
       expect(await dump(a)).toEqual({ data: { k: '2' }, meta: 'm2' });
     }));
 
+  it("keeps each row's entry hash (h) with it; a version-2 store is migrated and its digest unrecorded until clear()", async () => {
+    const table = await newTable();
+    const put = (key: string, value: string) => ({ op: 'put' as const, key, value: Buffer.from(value) });
+    try {
+      const a = postgresAdapter({ connectionString: url, table });
+      await a.open({ nodeId: 'n' });
+      await a.commit([put('k1', 'a'), put('k2', 'b')], Buffer.from('m1'));
+      await a.commit([put('k1', 'c'), { op: 'delete', key: 'k2' }], Buffer.from('m2'));
+      await a.writeArea!(1, [put('k3', 'd'), { op: 'delete', key: 'k1' }]);
+      await a.formSnapshot!(1, Buffer.from('m3'));
+      const hs = await rows(`SELECT convert_from(key, 'UTF8') AS k, encode(h, 'hex') AS h FROM "${table}"`);
+      expect(hs).toEqual([{ k: 'k3', h: createHash('md5').update('2:k3d').digest('hex') }]);
+      expect((await a.verify()).status).toBe('ok');
+      await a.close();
+      // What version 2 left: no h column.
+      await rows(`ALTER TABLE "${table}" DROP COLUMN h`);
+      await rows(`UPDATE "${table}_schema" SET version = 2`);
+      const b = postgresAdapter({ connectionString: url, table });
+      await b.open({ nodeId: 'n' });
+      expect(await rows(`SELECT version FROM "${table}_schema"`)).toEqual([{ version: 3 }]);
+      expect((await b.verify()).status).toBe('unrecorded');
+      await b.clear();
+      await b.commit([put('k4', 'e')], Buffer.from('m4'));
+      expect((await b.verify()).status).toBe('ok');
+      await b.close();
+    } finally {
+      await drop(table)();
+    }
+  });
+
   it('refuses a store of a newer schema version and a table that is not a store', async () => {
     const table = await newTable();
     try {
       const a = postgresAdapter({ connectionString: url, table });
       await a.open();
       await a.close();
-      await rows(`UPDATE "${table}_schema" SET version = 3`);
+      await rows(`UPDATE "${table}_schema" SET version = 4`);
       const b = postgresAdapter({ connectionString: url, table });
       await expect(b.open()).rejects.toThrow(
-        /schema version 3, newer than this restartpoint build reads \(2\)/,
+        /schema version 4, newer than this restartpoint build reads \(3\)/,
       );
       await b.close();
 

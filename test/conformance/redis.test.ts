@@ -110,11 +110,38 @@ describe('redis adapter specifics', () => {
         { op: 'delete', key: 'y' },
       ]);
       expect(await keysUnder(prefix)).toEqual(
-        ['a:1', 'areas', 'data', 'digest', 'format', 'ident', 'meta', 't:1'].map((s) => `{${prefix}}:${s}`),
+        ['a:1', 'areas', 'data', 'digest', 'format', 'h', 'ident', 'meta', 't:1'].map(
+          (s) => `{${prefix}}:${s}`,
+        ),
       );
       await a.close();
       await expect(a.get('k')).rejects.toBeInstanceOf(ClosedError);
       expect(await admin.ping()).toBe('PONG');
+    } finally {
+      await removePrefix(prefix);
+    }
+  });
+
+  it("keeps each key's entry hash beside it, so a commit reads no old value; a store of an earlier build without them opens unrecorded", async () => {
+    const prefix = `rp-conf-h-${process.pid}-${Date.now()}`;
+    const put = (key: string, value: string): WriteOp => ({ op: 'put', key, value: Buffer.from(value) });
+    try {
+      const a = redisAdapter({ url, prefix });
+      await a.open({ nodeId: 'n' });
+      await a.commit([put('k1', 'a'), put('k2', 'b')], Buffer.from('m1'));
+      await a.commit([put('k1', 'c'), { op: 'delete', key: 'k2' }], Buffer.from('m2'));
+      expect(await admin.hkeys(`{${prefix}}:h`)).toEqual(['k1']);
+      expect((await a.verify()).status).toBe('ok');
+      await a.close();
+      // An earlier build kept the digest but no entry hashes: the digest cannot be kept on.
+      await admin.del(`{${prefix}}:h`);
+      const b = redisAdapter({ url, prefix });
+      await b.open({ nodeId: 'n' });
+      expect((await b.verify()).status).toBe('unrecorded');
+      await b.clear();
+      await b.commit([put('k3', 'd')], Buffer.from('m3'));
+      expect((await b.verify()).status).toBe('ok');
+      await b.close();
     } finally {
       await removePrefix(prefix);
     }
@@ -156,10 +183,10 @@ describe('redis adapter snapshot mode: what the shared suite cannot see', () => 
       await a.formSnapshot(2, Buffer.from('cp-2'));
       // Area 1 was below the formed one: garbage, dropped with it. Area 3 waits.
       expect(await keysUnder(prefix)).toEqual(
-        under('a:3', 'areas', 'data', 'digest', 'format', 'ident', 'meta'),
+        under('a:3', 'areas', 'data', 'digest', 'format', 'h', 'ident', 'meta'),
       );
       await a.releaseAreas();
-      expect(await keysUnder(prefix)).toEqual(under('data', 'digest', 'format', 'ident', 'meta'));
+      expect(await keysUnder(prefix)).toEqual(under('data', 'digest', 'format', 'h', 'ident', 'meta'));
       await a.writeArea(4, [{ op: 'delete', key: 'a' }]);
       await a.clear();
       expect(await keysUnder(prefix)).toEqual(under('digest', 'format', 'ident'));

@@ -16,6 +16,10 @@ import { postgresAdapter } from '../../adapters/postgres/index.js';
 import { redisAdapter } from '../../adapters/redis/index.js';
 import pg from 'pg';
 import type { StorageAdapter } from '../../src/storage/adapter.js';
+import type { AppVerifyReport } from '../../src/cli/commands/verify.js';
+import { runCli } from '../helpers/cli.js';
+import { liveNodes, nodeOptions } from '../helpers/live.js';
+import { startStandby } from '../helpers/standby.js';
 
 const BIN = fileURLToPath(new URL('../../bin/restartpoint.js', import.meta.url));
 const REDIS_URL = process.env.RESTARTPOINT_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -218,5 +222,61 @@ describe('restartpoint verify', () => {
     const mem = run('--config', await config('mem', '{ kind: memory }'));
     expect(mem.status).toBe(2);
     expect(mem.stderr).toMatch(/memory.*no store to verify/);
+  });
+});
+
+describe('restartpoint verify --app (live nodes answer over NATS)', () => {
+  const live = liveNodes();
+
+  it('every live node verifies its own store; keys deleted underneath a standby make its answer a mismatch and exit 1', async () => {
+    const app = live.app('vapp');
+    const prefix = `rp-vapp-${process.pid}-${Date.now()}`;
+    prefixes.push(prefix);
+    const a = await live.start(nodeOptions<{ n: number }>(app, 'a', { initialState: () => ({ n: 0 }) }));
+    const b = startStandby(
+      nodeOptions<{ n: number }>(app, 'b', {
+        storage: redisAdapter({ url: REDIS_URL, prefix }),
+        initialState: () => ({ n: 0 }),
+      }),
+    );
+    await b.standing;
+    for (let i = 1; i <= 10; i++) {
+      await a.store.put(`k${i}`, `v${i}`);
+      await a.checkpoint({ n: i });
+    }
+    for (let t = 0; t < 200 && (await redis.hlen(`{${prefix}}:data`)) < 10; t++) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    const ok = await runCli('verify', '--app', app, '--json', '--timeout', '20000');
+    expect(ok.stderr).toBe('');
+    const r = JSON.parse(ok.stdout) as AppVerifyReport;
+    expect(r.nodes.map((n) => [n.nodeId, n.state, n.kind, n.status])).toEqual([
+      ['a', 'primary', 'memory', 'unrecorded'],
+      ['b', 'standby', 'redis', 'ok'],
+    ]);
+    expect(r.nodes[1]!.keys).toBe(10);
+    // The full check ran on the node: a digest of every key and value, equal to the recorded one.
+    expect(r.nodes[1]!.digest).toMatch(/^[0-9a-f]{32}$/);
+    expect(r.nodes[1]!.digest).toBe(r.nodes[1]!.expectedDigest);
+    expect(r.missing).toEqual([]);
+    expect(ok.status).toBe(0);
+
+    await redis.hdel(`{${prefix}}:data`, 'k1', 'k2');
+    const bad = await runCli('verify', '--app', app, '--quick', '--timeout', '20000');
+    expect(bad.status).toBe(1);
+    expect(bad.stdout).toMatch(/b {2}standby {2}redis {2}mismatch \(NOT OK\) {2}keys 8\/10/);
+    expect(bad.stdout).toMatch(/the store holds 8 keys, 10 were committed/);
+    b.primary.then(
+      (rp) => rp.close(),
+      () => undefined,
+    );
+  });
+
+  it('--app and --config together, or neither, is exit 2; an app with no live node is exit 1', async () => {
+    expect((await runCli('verify')).status).toBe(2);
+    expect((await runCli('verify', '--app', 'x', '--config', 'y.yaml')).status).toBe(2);
+    const none = await runCli('verify', '--app', live.app('vnone'), '--json', '--timeout', '300');
+    expect(none.status).toBe(1);
+    expect(JSON.parse(none.stdout)).toMatchObject({ ok: false, nodes: [], missing: [] });
   });
 });

@@ -27,7 +27,7 @@ import { renderReport } from '../../drill/report.js';
 import { runSidecarDrill } from '../../drill/sidecar-drill.js';
 import { MAX_CHAOS_RELAYS } from '../../drill/chaos.js';
 import { UsageError } from '../../errors.js';
-import { intFlag, loadConfigFlag } from '../flags.js';
+import { intFlag, loadConfigFlag, repeatFlag } from '../flags.js';
 
 interface DrillFlags {
   scenario: Scenario | 'all';
@@ -49,6 +49,7 @@ interface DrillFlags {
   config?: string;
   relays?: number;
   natsCluster?: number;
+  storeFault: string[];
 }
 
 /** Flags that the sidecar config decides in `--config` mode. */
@@ -235,6 +236,12 @@ export function drillCommand(): Command {
         .choices([...Scenarios, ...SoloScenarios, 'all'])
         .default('kill'),
     )
+    .option(
+      '--store-fault <name>',
+      'with --scenario store-loss: run only this fault (repeat it; docs/drill.md lists them)',
+      repeatFlag,
+      [] as string[],
+    )
     .option('--redis-url <url>', 'Redis for --store redis', 'redis://127.0.0.1:6379')
     .option(
       '--postgres-url <url>',
@@ -325,6 +332,15 @@ export function drillCommand(): Command {
           'partition proxies one server per node; use --scenario chaos (which partitions every link) or kill, pause',
         );
       }
+      if (o.scenario === 'store-loss' && o.store === 'memory') {
+        throw new UsageError(
+          "--scenario store-loss needs a store outside the node's process: a memory store lives in it, so a fault of it is a fault of the process (--scenario kill covers that)",
+          'use --store file, redis or postgres',
+        );
+      }
+      if (o.storeFault.length > 0 && o.scenario !== 'store-loss') {
+        throw new UsageError('--store-fault goes with --scenario store-loss', 'add --scenario store-loss');
+      }
       const reportPath = o.report !== undefined ? checkReportPath(o.report) : undefined;
       const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
       const scenarios: Scenario[] = sidecar ? ['kill'] : o.scenario === 'all' ? [...Scenarios] : [o.scenario];
@@ -386,6 +402,7 @@ export function drillCommand(): Command {
                 scenario === 'chaos' && cmd.getOptionValueSource('stepMs') !== 'cli' ? undefined : o.stepMs,
               ...(o.relays !== undefined ? { relays: o.relays } : {}),
               ...(o.natsCluster !== undefined ? { natsCluster: o.natsCluster } : {}),
+              storeFaults: o.storeFault,
               progress,
               onTakeover: () => bar?.increment(),
             }),
@@ -411,6 +428,8 @@ export function drillCommand(): Command {
             `faults: ${report.faults.length} injected (${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')}); each with its evidence in --json\n`,
           );
         }
+        for (const f of report.storeFaults ?? [])
+          process.stdout.write(`fault ${f.fault}: ${f.outcome} (expected ${f.expected}): ${f.detail}\n`);
         for (const v of report.violations) process.stdout.write(`VIOLATION: ${v}\n`);
         if (reportPath) process.stdout.write(`report: ${reportPath}\n`);
         process.stdout.write(

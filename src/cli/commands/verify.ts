@@ -1,4 +1,8 @@
 /**
+ * `restartpoint verify --app NAME [--nats URL] [--quick] [--json]`: asks every live node of the
+ * app over NATS (src/transport/control.ts) to run `verify()` on its own store, and prints each
+ * answer. Exit 0: every live node answered ok (or unrecorded); 1 otherwise.
+ *
  * `restartpoint verify --config FILE [--quick] [--offline] [--json]`: checks one node's store,
  * from outside the node, with the adapter's own `verify()` (identity token, key count and
  * digest of the committed content against what the commits recorded). Loads the node's sidecar
@@ -12,7 +16,9 @@ import type { SidecarConfig } from '../../config/load.js';
 import { StorageError, StoreLostError, UsageError } from '../../errors.js';
 import { createStorage } from '../../sidecar/storage.js';
 import type { StoreIdentity } from '../../storage/adapter.js';
-import { loadConfigFlag } from '../flags.js';
+import { askVerify, type NodeVerifyAnswer } from '../../transport/control.js';
+import { PRESENCE_STALE_MS, connectServers, openLeaseBucket, readPresence } from '../../transport/inspect.js';
+import { checkAppName, checkServers, intFlag, loadConfigFlag } from '../flags.js';
 
 /** `status` of a `VerifyReport`. */
 export type VerifyStatus = 'ok' | 'unrecorded' | 'mismatch' | 'empty' | 'lost' | 'unreachable';
@@ -218,11 +224,151 @@ export function formatVerify(r: VerifyReport): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** One node's line in `verify --app --json` (docs/cli.md). */
+export interface AppVerifyNode {
+  readonly nodeId: string;
+  /** The node's state when it answered (`primary`, `standby`…). */
+  readonly state: string;
+  readonly kind: string;
+  /** As `VerifyReport.status`: `ok`, `unrecorded`, `mismatch`, `lost` (ERR_STORE_LOST) or `unreachable` (another store error). */
+  readonly status: VerifyStatus;
+  readonly ok: boolean;
+  readonly keys: number | null;
+  readonly expectedKeys: number | null;
+  readonly digest: string | null;
+  readonly expectedDigest: string | null;
+  readonly identity: StoreIdentity | null;
+  readonly detail: string;
+  readonly fix: string | null;
+  /** Time of the check on the node, ms. */
+  readonly ms: number;
+}
+
+/** What `verify --app NAME --json` prints (docs/cli.md). */
+export interface AppVerifyReport {
+  /** Every live node answered, and every answer is ok (or unrecorded). */
+  readonly ok: boolean;
+  readonly app: string;
+  readonly quick: boolean;
+  readonly nodes: readonly AppVerifyNode[];
+  /** Live nodes (fresh presence records) that did not answer within `--timeout`. */
+  readonly missing: readonly string[];
+  /** Wall time of the whole request, ms. */
+  readonly ms: number;
+}
+
+/** One node's answer as a report line. */
+export function appVerifyNode(a: NodeVerifyAnswer): AppVerifyNode {
+  const r = a.result;
+  const status: VerifyStatus =
+    r !== null ? r.status : a.error?.code === 'ERR_STORE_LOST' ? 'lost' : 'unreachable';
+  const ok = status === 'ok' || status === 'unrecorded';
+  return {
+    nodeId: a.nodeId,
+    state: a.state,
+    kind: a.kind,
+    status,
+    ok,
+    keys: r?.keys ?? null,
+    expectedKeys: r?.expectedKeys ?? null,
+    digest: r?.digest ?? null,
+    expectedDigest: r?.expectedDigest ?? null,
+    identity: r?.identity ?? null,
+    detail: r?.detail ?? `${a.error?.code ?? 'error'}: ${a.error?.message ?? 'no detail'}`,
+    fix:
+      status === 'ok'
+        ? null
+        : status === 'unrecorded'
+          ? "the node's own writes (a primary) or an older store left no record: only the identity was checked"
+          : status === 'unreachable'
+            ? 'check that the store is up (the node retries; a standby that cannot reach it at takeover releases the lease)'
+            : a.state === 'standby'
+              ? 'the standby rebuilds a lost store from the relays by itself at its next commit or takeover; restart it if that keeps happening'
+              : REBUILD,
+    ms: a.ms,
+  };
+}
+
+/**
+ * `verify --app`: asks the app's live nodes over NATS (`rpctl.<app>.verify`) to verify their
+ * own stores. Waits for every node with a fresh presence record, or `timeoutMs`.
+ */
+export async function verifyApp(opts: {
+  nats: string;
+  app: string;
+  quick: boolean;
+  timeoutMs: number;
+}): Promise<AppVerifyReport> {
+  const t0 = performance.now();
+  const nc = await connectServers(opts.nats, { timeoutMs: 5_000 }).catch((err: Error) => {
+    throw new UsageError(
+      `cannot connect to NATS at ${opts.nats}: ${err.message}`,
+      'is nats-server running there? check --nats',
+    );
+  });
+  try {
+    const kv = await openLeaseBucket(nc, opts.app);
+    const now = Date.now();
+    const live = kv
+      ? (await readPresence(kv).catch(() => []))
+          .filter((p) => p.state !== 'closed' && now - p.updatedAt <= PRESENCE_STALE_MS)
+          .map((p) => p.nodeId)
+      : [];
+    const answers = await askVerify(nc, opts.app, {
+      quick: opts.quick,
+      timeoutMs: opts.timeoutMs,
+      expect: live.length > 0 ? live.length : undefined,
+    });
+    const nodes = answers.map(appVerifyNode);
+    const answered = new Set(nodes.map((n) => n.nodeId));
+    const missing = live.filter((id) => !answered.has(id)).sort();
+    return {
+      ok: nodes.length > 0 && missing.length === 0 && nodes.every((n) => n.ok),
+      app: opts.app,
+      quick: opts.quick,
+      nodes,
+      missing,
+      ms: Math.round(performance.now() - t0),
+    };
+  } finally {
+    await nc.close().catch(() => undefined);
+  }
+}
+
+/** Human-readable `verify --app` report. */
+export function formatAppVerify(r: AppVerifyReport): string {
+  const show = (v: unknown) => (v === null || v === undefined ? '-' : String(v));
+  const lines = [
+    `app ${r.app}: ${r.nodes.length} node(s) answered, ${r.quick ? 'quick check' : 'full check'}${r.ok ? '' : '  (NOT OK)'}`,
+  ];
+  if (r.nodes.length === 0) lines.push('no node answered: is the app running, and --nats its lease server?');
+  for (const n of r.nodes) {
+    lines.push(
+      `${n.nodeId}  ${n.state}  ${n.kind}  ${n.status}${n.ok ? '' : ' (NOT OK)'}  keys ${show(n.keys)}/${show(n.expectedKeys)}  ${n.ms} ms`,
+      `    ${n.detail}`,
+    );
+    if (n.fix !== null) lines.push(`    fix: ${n.fix}`);
+  }
+  for (const id of r.missing) lines.push(`${id}  did not answer (live in presence): NOT OK`);
+  lines.push(`took ${r.ms} ms`);
+  return `${lines.join('\n')}\n`;
+}
+
 /** The `verify` command. */
 export function verifyCommand(): Command {
   return new Command('verify')
-    .description("check a node's store against what its commits recorded (identity, key count, digest)")
-    .requiredOption('--config <file>', "the node's sidecar config (its storage section and nodeId)")
+    .description(
+      "check a node's store against what its commits recorded (identity, key count, digest): --app asks the live nodes over NATS, --config opens one node's store",
+    )
+    .option('--config <file>', "the node's sidecar config (its storage section and nodeId)")
+    .option('--app <name>', 'ask every live node of this app to verify its own store (over NATS)')
+    .option('--nats <url>', "with --app: the app's lease server", 'nats://127.0.0.1:4222')
+    .option(
+      '--timeout <ms>',
+      'with --app: how long to wait for the answers',
+      intFlag('--timeout', 100, 600_000),
+      10_000,
+    )
     .option('--quick', 'identity and key count only (O(1)); default: every key and value (O(store))', false)
     .option(
       '--offline',
@@ -230,10 +376,35 @@ export function verifyCommand(): Command {
       false,
     )
     .option('--json', 'print one JSON object (docs/cli.md)', false)
-    .action(async (o: { config: string; quick: boolean; offline: boolean; json: boolean }) => {
-      const config = loadConfigFlag(o.config);
-      const r = await verifyNode(config, { quick: o.quick, offline: o.offline });
-      process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : formatVerify(r));
-      if (!r.ok) process.exitCode = 1;
-    });
+    .action(
+      async (o: {
+        config?: string;
+        app?: string;
+        nats: string;
+        timeout: number;
+        quick: boolean;
+        offline: boolean;
+        json: boolean;
+      }) => {
+        if ((o.config === undefined) === (o.app === undefined)) {
+          throw new UsageError(
+            "verify needs exactly one of --config FILE (open one stopped node's store) and --app NAME (ask the live nodes)",
+            'restartpoint verify --app ledger [--quick]  or  restartpoint verify --config node.yaml --offline',
+          );
+        }
+        if (o.app !== undefined) {
+          checkAppName(o.app);
+          checkServers('--nats', o.nats);
+          if (o.offline) throw new UsageError('--offline goes with --config, not --app', 'drop --offline');
+          const r = await verifyApp({ nats: o.nats, app: o.app, quick: o.quick, timeoutMs: o.timeout });
+          process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : formatAppVerify(r));
+          if (!r.ok) process.exitCode = 1;
+          return;
+        }
+        const config = loadConfigFlag(o.config!);
+        const r = await verifyNode(config, { quick: o.quick, offline: o.offline });
+        process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : formatVerify(r));
+        if (!r.ok) process.exitCode = 1;
+      },
+    );
 }
