@@ -332,7 +332,8 @@ export class RelaySet {
       set.#onError(
         `relay ${i} (${relays[i]!.link.servers}) unreachable at start: ${((first[i] as PromiseRejectedResult).reason as Error).message}; the policy can do without it, it is tried every ${RETRY_MS} ms and joins when it comes up`,
       );
-      set.#connecting.push(set.#connectLater(i, () => connectOne(i), publisherOf));
+      const firstError = ((first[i] as PromiseRejectedResult).reason as Error).message;
+      set.#connecting.push(set.#connectLater(i, () => connectOne(i), publisherOf, firstError));
     }
     return set;
   }
@@ -342,8 +343,9 @@ export class RelaySet {
     i: number,
     connect: () => Promise<NatsLink>,
     publisherOf: (link: NatsLink) => FramePublisher,
+    firstError: string,
   ): Promise<void> {
-    let reported = '';
+    let reported = firstError;
     while (!this.#closed) {
       await new Promise((res) => setTimeout(res, RETRY_MS).unref());
       if (this.#closed) return;
@@ -352,8 +354,10 @@ export class RelaySet {
         link = await connect();
       } catch (err) {
         const msg = (err as Error).message;
-        // A relay that answers with a misconfigured stream is reported once per new reason.
-        if (msg !== reported && err instanceof ConfigError) this.#onError(`relay ${i}: ${msg}`);
+        // Each new reason is reported once (a relay that stays down repeats the same one; one
+        // that answers without JetStream, or with a misconfigured stream, says so).
+        if (msg !== reported)
+          this.#onError(`relay ${i} (${this.#relays[i]!.link.servers}) still not joined: ${msg}`);
         reported = msg;
         continue;
       }
