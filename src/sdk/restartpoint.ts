@@ -40,7 +40,16 @@ import {
   type RoleHolder,
   type SidecarAddress,
 } from './sidecar-client.js';
-import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
+import {
+  answerCompact,
+  baseBuilder,
+  clearSwitchover,
+  readCompact,
+  readPresence,
+  readSwitchover,
+  type SwitchoverRequest,
+} from '../transport/presence.js';
+import { BaseKeeper } from '../history/keeper.js';
 import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
 import type { ResumedFrom, TakeoverStats } from '../types.js';
 
@@ -221,6 +230,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
     let relays: RelaySet | undefined;
     let reporter: NodeReporter | undefined;
+    let bases: BaseKeeper | undefined;
     const envelope = o.clusterKey
       ? new EnvelopeCodec({ app: o.app, keys: o.clusterKey, encrypt: o.encrypt })
       : undefined;
@@ -267,9 +277,32 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         ...standbyReports(o, rpt),
       });
       await standby.start();
-      o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
+      o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId, start: standby.startPath });
       rpt.transition('standby');
       rpt.present({ sample: () => standby.lagSamples() });
+      // Bases and retention (docs/history.md): the live standby with the smallest id builds.
+      bases =
+        o.base?.build === false
+          ? undefined
+          : new BaseKeeper({
+              runner: standby,
+              links: relaySet.links,
+              names,
+              codec: relaySet.codec,
+              need: relaySet.need,
+              adapter: o.storage,
+              app: o.app,
+              nodeId: o.nodeId,
+              everyCheckpoints: o.base?.everyCheckpoints,
+              retain: o.retain,
+              timeoutMs: o.checkpointTimeoutMs,
+              isBuilder: async () => baseBuilder(await readPresence(kv), Date.now()) === o.nodeId,
+              compactRequest: async () => (await readCompact(kv))?.id,
+              compactDone: (id, checkpoint, purgedBelow) =>
+                answerCompact(kv, { id, checkpoint, builder: o.nodeId, doneAt: Date.now(), purgedBelow }),
+              log: o.log,
+            });
+      bases?.start();
 
       // The operator's view of a standby: per-relay lag, every 5 s, until it takes over.
       const lagTimer = setInterval(() => {
@@ -302,6 +335,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           log: o.log,
           signal: stop.signal,
           onClaimed: (claim) => {
+            bases?.halt();
             clearInterval(lagTimer);
             o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
             rpt.epoch = claim.epoch;
@@ -312,6 +346,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       } finally {
         o.signal?.removeEventListener('abort', onAbort);
         clearInterval(lagTimer);
+        bases?.halt();
       }
       const { claim, keeper, position: pos, state: image } = promotion;
       rpt.checkpoint = pos.checkpoint;
@@ -379,6 +414,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       o.log({ level: 'info', msg: 'primary', epoch: claim.epoch, resumedFrom: pos.checkpoint });
       return self;
     } catch (err) {
+      bases?.halt();
       reporter?.transition('closed', (err as Error)?.message);
       await reporter?.stop(true);
       await relays?.close(link);

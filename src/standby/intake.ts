@@ -42,6 +42,11 @@ export interface IntakeOptions {
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
   readonly onStoreRetry?: ApplierOptions['onStoreRetry'];
+  /**
+   * Sees every message that opened (a genuine part or shard of this app), with the frame it
+   * belongs to: retention (src/history/retention.ts) learns which stream seq carries which frame.
+   */
+  readonly onOpened?: (relay: number, streamSeq: number, epoch: number, seq: number, bytes: number) => void;
 }
 
 /** Refusals by reason. */
@@ -98,6 +103,7 @@ export class Intake {
   async take(relay: number, streamSeq: number, data: Uint8Array): Promise<void> {
     try {
       const m = this.#o.codec.open(data);
+      this.#o.onOpened?.(relay, streamSeq, m.key.epoch, m.key.seq, data.byteLength);
       if (m.shard) {
         this.witnesses.add(m.key, m.shard.index);
       } else {
