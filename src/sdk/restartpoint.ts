@@ -274,6 +274,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         codec: relaySet.codec,
         limits: o.limits,
         apply: o.apply,
+        onStartPath: (path) => o.log({ level: 'info', msg: 'start path', ...path }),
         ...standbyReports(o, rpt),
       });
       await standby.start();

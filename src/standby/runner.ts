@@ -342,6 +342,8 @@ export class StandbyRunner {
     this.#base = base;
     const bc = base?.manifest.checkpoint;
     if (own && typeof own !== 'string') {
+      // Snapshot mode: areas written above the last formed snapshot are not trusted.
+      if (o.mode === 'snapshot') await o.adapter.releaseAreas?.();
       if (base) this.#seedImage(base);
       this.#intake.applier.seed(
         base
@@ -466,10 +468,17 @@ export class StandbyRunner {
       this.#appliedAt[relay] = m.timestampMs;
       this.#release();
     } catch (err) {
-      if (err instanceof DivergedError && !this.#rebuilding) {
+      // Only a run that trusted its own store rebuilds (once): one that diverges after a clean
+      // start saw a history that contradicts itself, which a rebuild would only repeat.
+      if (err instanceof DivergedError && !this.#rebuilding && this.#startPath?.from === 'own-store') {
         // What this node's store held is not on the agreed history: roll back by rebuilding.
         this.#rebuilding = true;
-        this.#o.onStartPath?.({ from: 'base', base: undefined, own: undefined, why: err.message });
+        this.#o.onStartPath?.({
+          from: 'base',
+          base: undefined,
+          own: undefined,
+          why: `rebuild: ${err.message}`,
+        });
         void this.#rebuild().then(
           () => {
             this.#rebuilding = false;
