@@ -12,8 +12,9 @@ import { storeSuite } from './store.js';
 import { fecSuite } from './fec.js';
 import { relaySuite } from './relay.js';
 import { sidecarSuite } from './sidecar.js';
+import { historySuite } from './history.js';
 
-const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite, imageSuite, sidecarSuite];
+const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite, imageSuite, sidecarSuite, historySuite];
 
 async function main(): Promise<number> {
   let args;
