@@ -6,8 +6,8 @@
  * Per history length H: a primary (memory store) makes H checkpoints (the first ones write the
  * 5 000 keys, then 4 writes each); a standby (memory store, in the same process) builds a base
  * every 1 000 checkpoints and purges the relay below a window of 200 checkpoints. Then:
- * - **join**: a brand-new node (memory store) starts; timed until it has applied checkpoint H
- *   (median of `repeat` joins);
+ * - **join**: the primary makes 10 more checkpoints, then a brand-new node (memory store)
+ *   starts; timed until it has applied the last one (median of `repeat` joins);
  * - **restart**: a node on a file store that had caught up stops, the primary makes 10 more
  *   checkpoints, and the node starts again on its own store; timed until it has applied them
  *   (median of `repeat` restarts);
@@ -30,7 +30,8 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { fileAdapter } from '../adapters/file/index.js';
 import { memoryAdapter } from '../adapters/memory/index.js';
 import { Restartpoint, type LogEvent, type StartOptions } from '../src/index.js';
-import { deleteApp } from '../src/transport/inspect.js';
+import { deleteApp, openLeaseBucket } from '../src/transport/inspect.js';
+import { writeCompact } from '../src/transport/presence.js';
 import { appNames } from '../src/protocol/subjects.js';
 import type { StorageAdapter } from '../src/storage/adapter.js';
 import { median, type BenchContext, type BenchRow, type Suite } from './harness.js';
@@ -130,6 +131,10 @@ async function runHistory(ctx: BenchContext, history: number): Promise<RunFigure
       await step(i <= 10 ? KEYS / 10 : 4);
       if (i % 2_000 === 0) ctx.progress(`  history ${history}: ${i} checkpoints`);
     }
+    // A base at the end of the history (bases come every EVERY checkpoints, not at multiples).
+    const kv = await openLeaseBucket(nc, app);
+    if (!kv) throw new Error(`bench history: no lease bucket for ${app}`);
+    await writeCompact(kv, { id: `bench-${history}`, requestedAt: Date.now() });
     await builder.waitFor(
       (e) => e.msg === 'base durable' && (e.checkpoint as number) === history,
       `base at ${history}`,
@@ -151,6 +156,8 @@ async function runHistory(ctx: BenchContext, history: number): Promise<RunFigure
     // Join: a brand-new node, until it applied checkpoint `history`.
     const joins: number[] = [];
     for (let r = 0; r < ctx.repeat; r++) {
+      // 10 checkpoints after the base, so the joiner has frames to apply after loading it.
+      for (let i = 0; i < 10; i++) await step(4);
       const t0 = performance.now();
       const c = background(opts(`join${r}`, { base: { build: false } }), memoryAdapter());
       await c.waitFor(applied(state.n), `join ${r}`);

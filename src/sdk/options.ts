@@ -335,7 +335,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   }
   if (opts.observer !== undefined) {
     const ob = opts.observer as unknown as Record<string, unknown> | null;
-    const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover'];
+    const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover', 'base'];
     if (ob === null || typeof ob !== 'object') {
       throw new ConfigError(
         'observer',

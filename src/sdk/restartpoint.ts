@@ -302,6 +302,18 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
               compactDone: (id, checkpoint, purgedBelow) =>
                 answerCompact(kv, { id, checkpoint, builder: o.nodeId, doneAt: Date.now(), purgedBelow }),
               log: o.log,
+              onBase: (ev) =>
+                rpt.observe('base', {
+                  checkpoint: ev.checkpoint,
+                  bytes: ev.bytes,
+                  keys: ev.keys,
+                  buildMs: ev.buildMs,
+                  retainFrom: ev.retainFrom,
+                  relays: relaySet.links.map((l, i) => ({
+                    servers: l.servers,
+                    purgedBelow: ev.purgedBelow[i] ?? null,
+                  })),
+                }),
             });
       bases?.start();
 

@@ -17,7 +17,10 @@ import { memoryAdapter } from '../../adapters/memory/index.js';
 import { redisAdapter } from '../../adapters/redis/index.js';
 import type { LogEvent, Restartpoint, StartOptions } from '../../src/index.js';
 import { appNames } from '../../src/protocol/subjects.js';
+import { runCompact } from '../../src/cli/commands/compact.js';
+import { readHistory } from '../../src/cli/commands/status-history.js';
 import { liveNodes, nodeOptions } from '../helpers/live.js';
+import { NATS_URL } from '../helpers/nats.js';
 import { startStandby } from '../helpers/standby.js';
 
 const REDIS_URL = process.env.RESTARTPOINT_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -72,7 +75,13 @@ function standbyNode(o: StartOptions<S>): {
     waitFor: (pred) => {
       const hit = events.find(pred);
       if (hit) return Promise.resolve(hit);
-      return new Promise((resolve) => waiters.push({ pred, resolve }));
+      return new Promise((resolve, reject) => {
+        waiters.push({ pred, resolve });
+        setTimeout(() => {
+          const tail = events.slice(-15).map((e) => JSON.stringify(e));
+          reject(new Error(`not seen in 45 s; last events:\n${tail.join('\n')}`));
+        }, 45_000).unref();
+      });
     },
   };
 }
@@ -137,6 +146,18 @@ describe('bases and retention: join and restart cost the state, not the history'
     state = { n: HISTORY + 1, sum: state.sum + HISTORY + 1 };
     await a.store.put('last', 'x');
     await a.checkpoint(state);
+    // An operator forces a base now; status shows it and what the relay retains.
+    await b2.waitFor((e) => e.msg === 'checkpoint applied' && e.checkpoint === HISTORY + 1);
+    const compacted = await runCompact({ nats: NATS_URL, app, timeoutMs: 30_000 });
+    expect(compacted).toMatchObject({ ok: true, builder: 'b', checkpoint: HISTORY + 1 });
+    const [h] = await readHistory([NATS_URL], app);
+    expect(h).toMatchObject({
+      reachable: true,
+      baseCheckpoint: HISTORY + 1,
+      oldestRetainedCheckpoint: HISTORY + 1 - 100 + 1,
+      retainedCheckpoints: 100,
+    });
+    expect(h!.firstSeq).toBe(compacted.purgedBelow![0]);
     await b2.stop();
     await d.stop();
     await a.close();
