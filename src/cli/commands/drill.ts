@@ -43,6 +43,7 @@ interface DrillFlags {
   injectForged?: number;
   stateMb: number;
   stepMs: number;
+  history: number;
   report?: string;
   config?: string;
 }
@@ -58,6 +59,7 @@ const NOT_WITH_CONFIG = [
   'leaseTtl',
   'stateMb',
   'stepMs',
+  'history',
   'key',
   'injectForged',
 ] as const;
@@ -231,6 +233,12 @@ export function drillCommand(): Command {
     .option('--nats <url>', 'NATS server with JetStream', 'nats://127.0.0.1:4222')
     .option('--lease-ttl <ms>', 'lease TTL of the nodes', intFlag('--lease-ttl', 100, 60_000), 1000)
     .option(
+      '--history <n>',
+      'checkpoints the primary makes before the first fault (a long history: bases and retention)',
+      intFlag('--history', 0, 10_000_000),
+      0,
+    )
+    .option(
       '--state-mb <n>',
       `MB of ballast in the sample app's state (0-${MAX_STATE_MB})`,
       intFlag('--state-mb', 0, MAX_STATE_MB),
@@ -330,6 +338,7 @@ export function drillCommand(): Command {
               injectForged: o.injectForged,
               stateMb: o.stateMb,
               stepMs: o.stepMs,
+              history: o.history,
               progress,
               onTakeover: () => bar?.increment(),
             }),
