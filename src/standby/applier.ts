@@ -132,6 +132,11 @@ export interface ApplierOptions {
   /** Called after each committed checkpoint. */
   /** Called after each committed checkpoint, with the seq of the seal frame that completed it. */
   readonly onCommit?: (pos: AppliedPosition, sealSeq: number) => void;
+  /**
+   * Called for the seal of a checkpoint the seed (a base) already holds, skipped: retention
+   * still learns which frames belong to which checkpoint.
+   */
+  readonly onSkippedSeal?: (epoch: number, checkpoint: number, sealSeq: number) => void;
   /** Called before a store call that failed with a retryable error is tried again. */
   readonly onStoreRetry?: (err: RestartpointError, attempt: number) => void;
   /** Called when a newer epoch's fence is applied. */
@@ -297,8 +302,10 @@ export class Applier {
       frame.kind === FrameKind.Fence
         ? frame.epoch <= this.#seededEpoch
         : frame.checkpoint <= this.#seededThrough
-    )
+    ) {
+      if (frame.kind === FrameKind.Seal) this.#o.onSkippedSeal?.(frame.epoch, frame.checkpoint, frame.seq);
       return;
+    }
     await this.#route(frame, streamSeq);
   }
 

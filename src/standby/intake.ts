@@ -42,6 +42,7 @@ export interface IntakeOptions {
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
   readonly onStoreRetry?: ApplierOptions['onStoreRetry'];
+  readonly onSkippedSeal?: ApplierOptions['onSkippedSeal'];
   /**
    * Sees every message that opened (a genuine part or shard of this app), with the frame it
    * belongs to: retention (src/history/retention.ts) learns which stream seq carries which frame.
@@ -91,6 +92,7 @@ export class Intake {
         o.onFence?.(epoch, nodeId, seq);
       },
       onStoreRetry: o.onStoreRetry,
+      onSkippedSeal: o.onSkippedSeal,
       durable: (epoch, seqs) => seqs.every((seq) => this.witnesses.frameCount(epoch, seq) >= need),
     });
   }

@@ -162,6 +162,8 @@ export class StandbyRunner {
       },
       onFence: opts.onFence,
       onStoreRetry: opts.onStoreRetry,
+      onSkippedSeal: (epoch, checkpoint, sealSeq) =>
+        retention.committed(epoch, checkpoint, sealSeq, Date.now()),
       onOpened: (relay, streamSeq, epoch, seq, bytes) =>
         retention.record(relay, streamSeq, epoch, seq, bytes),
     });
