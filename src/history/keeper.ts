@@ -189,6 +189,7 @@ export class BaseKeeper {
           this.#pending[r] = undefined;
           this.#purged[r] = p.cut;
           o.runner.retention.forget(r, p.cut, p.x);
+          o.log?.({ level: 'info', msg: 'purged', relay: link.servers, below: p.cut, through: p.x });
         } catch (err) {
           o.log?.({ level: 'warn', msg: 'purge', relay: link.servers, error: (err as Error).message });
         }
