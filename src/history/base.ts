@@ -52,6 +52,8 @@ export interface BaseContent {
   /** The image at C, full. */
   readonly image: ImageRecord;
   readonly history: readonly EpochCut[];
+  /** Frame seq of C's seal (see `BaseManifest.sealSeq`), when known. */
+  readonly sealSeq?: number;
 }
 
 /** Digest of a set of store entries, adapter-independent (SHA-1 entry hashes, digest.ts). */
@@ -99,6 +101,7 @@ export function baseFrames(
     history: content.history.map((h) => ({ epoch: h.epoch, cutoff: h.cutoff, cutoffEpoch: h.cutoffEpoch })),
     retainFrom: o.retainFrom,
     builtAt: o.builtAt,
+    ...(content.sealSeq === undefined ? {} : { sealSeq: content.sealSeq }),
   };
   bodies.push(encodeManifest(manifest));
   const frames = bodies.map((body, i): Frame => ({

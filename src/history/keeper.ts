@@ -225,7 +225,8 @@ export class BaseKeeper {
       cutoff: h.cutoff,
       cutoffEpoch: h.cutoffEpoch,
     }));
-    return { checkpoint: pos.checkpoint, epoch: pos.epoch, entries, image, history };
+    const sealSeq = runner.lastSealSeq;
+    return { checkpoint: pos.checkpoint, epoch: pos.epoch, entries, image, history, sealSeq };
   }
 
   /** Stops looking; a build in flight finishes (it never reads the store after this). */

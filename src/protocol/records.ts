@@ -283,6 +283,11 @@ export interface BaseManifest {
   readonly retainFrom: number;
   /** Wall-clock ms when the builder read the store. */
   readonly builtAt: number;
+  /**
+   * Frame seq of C's seal in `epoch`: the frames of that epoch after the base start right after
+   * it (snapshot mode takes an epoch's frames strictly in seq order).
+   */
+  readonly sealSeq?: number;
 }
 
 /** Most chunks a base may have (the index is the low 20 bits of the seq). */
@@ -352,7 +357,8 @@ export function decodeBase(
         ) &&
         isCount(m.retainFrom, 1) &&
         m.retainFrom <= m.checkpoint + 1 &&
-        typeof m.builtAt === 'number';
+        typeof m.builtAt === 'number' &&
+        (m.sealSeq === undefined || isCount(m.sealSeq, 1));
       if (!ok) throw malformed('base manifest lacks a field or has one out of range');
       return { type: BaseType.Manifest, manifest: m as BaseManifest };
     }

@@ -242,6 +242,7 @@ export class Applier {
     position: AppliedPosition,
     history: readonly EpochCut[],
     storeAt?: { epoch: number; checkpoint: number },
+    sealSeq?: number,
   ): void {
     if (this.#position.checkpoint > 0 || this.#fences.length > 0 || this.#staged.size > 0) {
       throw new Error('internal: only a fresh applier can be seeded');
@@ -253,6 +254,9 @@ export class Applier {
     this.#fenceEpoch = Math.max(0, ...history.map((h) => h.epoch));
     this.#seededEpoch = this.#fenceEpoch;
     if (storeAt) this.#storeAt = storeAt;
+    // Snapshot mode takes an epoch's frames in seq order: the base's epoch goes on after its seal.
+    if (this.#mode === 'snapshot' && sealSeq !== undefined && position.epoch > 0)
+      this.#order.set(position.epoch, { next: sealSeq + 1, early: new Map() });
   }
 
   /** The fences applied so far (seeded ones first), in epoch order: the epoch history. */

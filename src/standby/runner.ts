@@ -104,6 +104,8 @@ export class StandbyRunner {
   /** The base this run started from (or rebuilt from), if any. */
   #base: LoadedBase | undefined;
   #startPath: StartPath | undefined;
+  /** Frame seq of the seal of the last committed checkpoint (or of the base's), if known. */
+  #lastSealSeq: number | undefined;
   readonly #o: StandbyOptions;
   #readers: StreamReader[];
   readonly #applied: number[];
@@ -157,6 +159,7 @@ export class StandbyRunner {
       limits: opts.limits,
       onReject: opts.onReject,
       onCommit: (pos, sealSeq) => {
+        this.#lastSealSeq = sealSeq;
         retention.committed(pos.epoch, pos.checkpoint, sealSeq, Date.now());
         opts.onCommit?.(pos, sealSeq);
       },
@@ -187,6 +190,11 @@ export class StandbyRunner {
   /** The base this run loaded (or `undefined`: none, or it resumed without one). */
   get base(): LoadedBase | undefined {
     return this.#base;
+  }
+
+  /** Frame seq of the seal of the last committed checkpoint, if known (a base carries it). */
+  get lastSealSeq(): number | undefined {
+    return this.#lastSealSeq;
   }
 
   /** How this run started. */
@@ -353,7 +361,9 @@ export class StandbyRunner {
           : { epoch: 0, checkpoint: 0, streamSeq: 0 },
         base?.manifest.history ?? [],
         { epoch: own.epoch, checkpoint: own.checkpoint },
+        base?.manifest.sealSeq,
       );
+      this.#lastSealSeq = base?.manifest.sealSeq;
       this.#startPath = {
         from: 'own-store',
         base: bc,
@@ -367,7 +377,10 @@ export class StandbyRunner {
       this.#intake.applier.seed(
         { epoch: base.manifest.epoch, checkpoint: base.manifest.checkpoint, streamSeq: 0 },
         base.manifest.history,
+        undefined,
+        base.manifest.sealSeq,
       );
+      this.#lastSealSeq = base.manifest.sealSeq;
       this.#startPath = { from: 'base', base: bc, own: undefined, why: own ?? 'own store not used' };
     } else {
       // No intact base: the whole history must still be on the relays.
