@@ -19,7 +19,7 @@ import type { AppNames } from '../protocol/subjects.js';
 import { serializeImage } from '../image/serialize.js';
 import type { StorageAdapter, WriteOp } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
-import { purgeBelow } from '../transport/consumer.js';
+import { purgeBelow, streamBounds } from '../transport/consumer.js';
 import type { StandbyRunner } from '../standby/runner.js';
 import type { LogEvent } from '../types.js';
 import { baseFrames, publishBase, type BaseContent } from './base.js';
@@ -109,7 +109,10 @@ export class BaseKeeper {
 
   async #tick(force: boolean): Promise<void> {
     await this.#purgePending();
-    if (!(await this.#o.isBuilder())) return;
+    if (!(await this.#o.isBuilder())) {
+      await this.#trim();
+      return;
+    }
     const request = await this.#o.compactRequest?.().catch(() => undefined);
     const pos = this.#o.runner.applier.position;
     const every = this.#o.everyCheckpoints ?? 1_000;
@@ -193,6 +196,28 @@ export class BaseKeeper {
         } catch (err) {
           o.log?.({ level: 'warn', msg: 'purge', relay: link.servers, error: (err as Error).message });
         }
+      }),
+    );
+  }
+
+  #trimmedAt = 0;
+
+  /**
+   * A standby that does not build still records every message it reads: every 10 s it forgets
+   * what the relays no longer hold (another node purged it) and seals no future window needs,
+   * so its bookkeeping stays bounded by the window, not the history.
+   */
+  async #trim(): Promise<void> {
+    const now = Date.now();
+    if (now - this.#trimmedAt < 10_000) return;
+    this.#trimmedAt = now;
+    const o = this.#o;
+    const x = o.runner.applier.position.checkpoint - this.#retain.checkpoints - 1;
+    await Promise.all(
+      o.links.map(async (link, r) => {
+        if (!link.connected()) return;
+        const b = await streamBounds(link, o.names.stream).catch(() => undefined);
+        if (b) o.runner.retention.forget(r, b.firstSeq, x);
       }),
     );
   }
