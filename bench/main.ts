@@ -13,8 +13,17 @@ import { fecSuite } from './fec.js';
 import { relaySuite } from './relay.js';
 import { sidecarSuite } from './sidecar.js';
 import { bindingSuite } from './relay-binding.js';
+import { historySuite } from './history.js';
 
-const SUITES: Suite[] = [storeSuite, fecSuite, relaySuite, imageSuite, sidecarSuite, bindingSuite];
+const SUITES: Suite[] = [
+  storeSuite,
+  fecSuite,
+  relaySuite,
+  imageSuite,
+  sidecarSuite,
+  bindingSuite,
+  historySuite,
+];
 
 async function main(): Promise<number> {
   let args;

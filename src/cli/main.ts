@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { UsageError } from '../errors.js';
 import { checkResumeCommand } from './commands/check-resume.js';
+import { compactCommand } from './commands/compact.js';
 import { drillCommand } from './commands/drill.js';
 import { inspectCommand } from './commands/inspect.js';
 import { sidecarCommand } from './commands/sidecar.js';
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
     statusCommand(),
     inspectCommand(),
     switchoverCommand(),
+    compactCommand(),
     sidecarCommand(),
     verifyCommand(),
     checkResumeCommand(),

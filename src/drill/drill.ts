@@ -247,6 +247,18 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         await new Promise((r) => setTimeout(r, 50));
     }
 
+    if ((opts.history ?? 0) > 0) {
+      // A long history before the faults: the standby builds bases and the relays are purged,
+      // so each replaced node rejoins from a base, not from the first message.
+      const n = opts.history!;
+      say(`drill: pre-filling ${n} checkpoints before the first fault`);
+      await primary.waitFor(
+        (e) => e.ev === 'acked' && Number(e.checkpoint) >= n,
+        `checkpoint ${n} (--history)`,
+        60_000 + n * (50 + stepMs),
+      );
+    }
+
     const takeoverTimeout = 30_000 + opts.leaseTtlMs * 5 + stateMb * 1_000;
     const zombieTimeout = 15_000 + opts.leaseTtlMs * 5;
     for (let kill = 1; kill <= opts.kills; kill++) {

@@ -64,6 +64,8 @@ export interface DrillOptions {
   injectForged?: number;
   /** Ballast in the sample app's state, in MB (0–1024). Default 0. */
   stateMb?: number;
+  /** Checkpoints the primary makes before the first fault (`drill --history N`); default 0. */
+  history?: number;
   /**
    * Pause of the sample app after each acknowledged step, ms (0–10 000). Default
    * {@link DEFAULT_STEP_MS}: a standby that rejoins replays the whole stream, and on a small

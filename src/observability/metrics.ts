@@ -21,6 +21,7 @@ import {
   type Observer,
   type RelayLagSample,
   type TakeoverObservation,
+  type BaseObservation,
   type Transition,
 } from './observer.js';
 
@@ -90,6 +91,11 @@ export class RestartpointMetrics {
   readonly #takeovers: Counter<string>;
   readonly #takeoverDuration: Gauge<string>;
   readonly #rejected: Counter<string>;
+  readonly #baseCheckpoint: Gauge<string>;
+  readonly #baseBytes: Gauge<string>;
+  readonly #baseBuild: Gauge<string>;
+  readonly #retainFrom: Gauge<string>;
+  readonly #purgedBelow: Gauge<string>;
   /** Relays that got a lag sample, to drop series of relays that went away. */
   #relays = new Set<string>();
 
@@ -226,6 +232,27 @@ export class RestartpointMetrics {
       [...base, 'reason'],
     );
 
+    this.#baseCheckpoint = this.#gauge(
+      'base_checkpoint',
+      'Checkpoint of the last base snapshot this node made durable (docs/history.md).',
+      base,
+    );
+    this.#baseBytes = this.#gauge('base_bytes', 'Bytes of the last base snapshot this node made.', base);
+    this.#baseBuild = this.#gauge(
+      'base_build_seconds',
+      'From reading the store to the last base being durable under the ack policy.',
+      base,
+    );
+    this.#retainFrom = this.#gauge(
+      'retained_from_checkpoint',
+      'Oldest checkpoint whose frames every relay keeps after the last purge (the window start).',
+      base,
+    );
+    this.#purgedBelow = this.#gauge(
+      'relay_purged_below_seq',
+      'Per relay, the first stream sequence kept after the last purge by this node.',
+      [...base, 'relay'],
+    );
     if (opts.collectDefault === true && !this.registry.getSingleMetric('process_cpu_user_seconds_total')) {
       collectDefaultMetrics({ register: this.registry });
     }
@@ -248,6 +275,15 @@ export class RestartpointMetrics {
       rejected: guard((reason: string) => this.#rejected.inc({ ...this.#labels(), reason: String(reason) })),
       lag: guard((relays: readonly RelayLagSample[]) => this.#onLag(relays)),
       takeover: guard((t: TakeoverObservation) => this.#onTakeover(t)),
+      base: guard((b: BaseObservation) => {
+        const l = this.#labels();
+        this.#baseCheckpoint.set(l, b.checkpoint);
+        this.#baseBytes.set(l, b.bytes);
+        this.#baseBuild.set(l, b.buildMs / 1000);
+        this.#retainFrom.set(l, b.retainFrom);
+        for (const r of b.relays)
+          if (r.purgedBelow !== null) this.#purgedBelow.set({ ...l, relay: r.servers }, r.purgedBelow);
+      }),
     };
   }
 

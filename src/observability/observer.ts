@@ -72,8 +72,24 @@ export interface TakeoverObservation extends TakeoverStats {
   readonly resumedFrom: number;
 }
 
+/** A base snapshot made durable by this node (the base builder), and the purge after it. */
+export interface BaseObservation {
+  readonly checkpoint: number;
+  /** Body bytes of the base's chunks and manifest. */
+  readonly bytes: number;
+  readonly keys: number;
+  /** From reading the store to the base being durable. */
+  readonly buildMs: number;
+  /** Relays keep every frame of checkpoints from here on. */
+  readonly retainFrom: number;
+  /** Per relay, the first stream seq kept (`null`: not purged yet). */
+  readonly relays: readonly { readonly servers: string; readonly purgedBelow: number | null }[];
+}
+
 /** Receives a node's figures. Every method is optional. */
 export interface Observer {
+  /** A base snapshot made durable and the relays purged below its window (docs/history.md). */
+  base?(b: BaseObservation): void;
   transition?(t: Transition): void;
   checkpoint?(c: CheckpointObservation): void;
   applied?(pos: { readonly epoch: number; readonly checkpoint: number }): void;

@@ -8,7 +8,8 @@
  * off  size  field
  *   0     2  magic 0x52 0x50 ("RP")
  *   2     1  version (2; 1 was the image body without codec and state version)
- *   3     1  kind: 1 writes, 2 image, 3 seal, 4 fence
+ *   3     1  kind: 1 writes, 2 image, 3 seal, 4 fence, 5 base (a chunk or the manifest of a base
+ *            snapshot, on the subject rp.<app>.base only; see records.ts and src/history/)
  *   4     2  flags (reserved, 0)
  *   6     1  L = length of the app name (1..64)
  *   7     1  reserved (0)
@@ -35,6 +36,12 @@ import { FrameError, FrameRejectReason } from '../errors.js';
 /** Record kinds. */
 export const FrameKind = { Writes: 1, Image: 2, Seal: 3, Fence: 4 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+
+/**
+ * Kind 5: a piece of a base snapshot (src/history/base.ts). Kept out of `FrameKind`: base frames
+ * travel on their own subject and never reach the applier; only the base loader reads them.
+ */
+export const BASE_KIND = 5;
 
 /** Current wire version. 2: image bodies carry a codec, the state version and the raw length. */
 export const PROTOCOL_VERSION = 2;
@@ -196,7 +203,7 @@ export function decodePart(bytes: Uint8Array, expectedApp: string): FramePart {
   }
   if (!readable(buf[2]!)) throw new WireVersionError(buf[2]!, true);
   const kind = buf[3]!;
-  if (kind < FrameKind.Writes || kind > FrameKind.Fence) {
+  if (kind < FrameKind.Writes || kind > BASE_KIND) {
     throw new FrameError(FrameRejectReason.Kind, `unknown record kind ${kind}`);
   }
   if (appLen < 1 || appLen > MAX_APP_BYTES || buf.readUInt16BE(4) !== 0 || buf[7] !== 0) {

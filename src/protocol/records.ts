@@ -17,6 +17,13 @@
  *                   the cut is named by identity, not just by number. Frames of older epochs
  *                   for checkpoints after it are void (standby/applier.ts). A fence without
  *                   the cutoff epoch (written before it existed) still decodes.
+ * base   (kind 5):  u8 type, then by type (a base snapshot, src/history/base.ts; header: epoch =
+ *                   the epoch that sealed the base's checkpoint C, seq = build tag × 2^20 + index,
+ *                   checkpoint = C):
+ *                   1 entries:  the body of a writes record holding only puts (the store at C)
+ *                   2 image:    the body of an image record, a full image (the image at C)
+ *                   3 manifest: UTF-8 JSON, see `BaseManifest` (names C, its epoch, the chunk
+ *                               count and their SHA-256, key count, store digest, epoch history)
  * ```
  */
 import buffer from 'node:buffer';
@@ -235,4 +242,127 @@ export function decodeFence(body: Uint8Array): FenceRecord {
   if (buf.length === 1 + idLen) return { nodeId: buf.toString('utf8', 1) };
   if (buf.length !== 1 + idLen + 4) throw malformed('fence body length does not match its node id');
   return { nodeId: buf.toString('utf8', 1, 1 + idLen), cutoffEpoch: buf.readUInt32BE(1 + idLen) };
+}
+
+/** Types of a base frame body (kind 5). */
+export const BaseType = { Entries: 1, Image: 2, Manifest: 3 } as const;
+export type BaseType = (typeof BaseType)[keyof typeof BaseType];
+
+/** One fence of the epoch history: the primary of `epoch` resumed from `cutoff` of `cutoffEpoch`. */
+export interface EpochCut {
+  readonly epoch: number;
+  readonly cutoff: number;
+  /** `undefined` for a fence written before fences carried it. */
+  readonly cutoffEpoch?: number;
+}
+
+/** The last frame of a base: what it holds and how to check it. */
+export interface BaseManifest {
+  /** Checkpoint C the base is a copy at. */
+  readonly checkpoint: number;
+  /** Epoch that sealed C. */
+  readonly epoch: number;
+  /** Build tag (random, per build): the seq of chunk i is tag × 2^20 + i + 1. */
+  readonly tag: number;
+  /** Node id of the builder. */
+  readonly builder: string;
+  /** Chunk frames before the manifest (entries chunks, then exactly one image chunk). */
+  readonly chunks: number;
+  /** SHA-256 (hex) of each chunk's body, in index order. */
+  readonly chunkSha256: readonly string[];
+  /** Store keys at C. */
+  readonly keys: number;
+  /** Digest of the store at C (src/storage/digest.ts, SHA-1 entry hashes), 32 hex digits. */
+  readonly storeDigest: string;
+  /** The fences applied up to C, in epoch order. */
+  readonly history: readonly EpochCut[];
+  /**
+   * The lowest checkpoint whose frames every relay keeps once this base is in force: retention
+   * purges only frames of checkpoints below it (and older bases).
+   */
+  readonly retainFrom: number;
+  /** Wall-clock ms when the builder read the store. */
+  readonly builtAt: number;
+  /**
+   * Frame seq of C's seal in `epoch`: the frames of that epoch after the base start right after
+   * it (snapshot mode takes an epoch's frames strictly in seq order).
+   */
+  readonly sealSeq?: number;
+}
+
+/** Most chunks a base may have (the index is the low 20 bits of the seq). */
+export const MAX_BASE_CHUNKS = 2 ** 20 - 2;
+
+/** Encodes a base body of `type` around `inner` (an entries, image or manifest body). */
+export function encodeBase(type: BaseType, inner: Uint8Array): Buffer {
+  const buf = Buffer.allocUnsafe(1 + inner.byteLength);
+  buf[0] = type;
+  buf.set(inner, 1);
+  return buf;
+}
+
+/** Encodes a manifest body (type byte included). */
+export function encodeManifest(m: BaseManifest): Buffer {
+  return encodeBase(BaseType.Manifest, Buffer.from(JSON.stringify(m), 'utf8'));
+}
+
+const isCount = (v: unknown, min = 0): v is number => Number.isSafeInteger(v) && (v as number) >= min;
+
+/** Decodes a base body; throws `FrameError` (malformed) for anything off. */
+export function decodeBase(
+  body: Uint8Array,
+):
+  | { type: typeof BaseType.Entries; ops: WriteOp[] }
+  | { type: typeof BaseType.Image; image: ImageRecord }
+  | { type: typeof BaseType.Manifest; manifest: BaseManifest } {
+  if (body.byteLength < 1) throw malformed('base body empty');
+  const inner = body.subarray(1);
+  switch (body[0]) {
+    case BaseType.Entries: {
+      const ops = decodeWrites(inner);
+      if (ops.some((op) => op.op !== 'put')) throw malformed('base entries chunk holds a delete');
+      return { type: BaseType.Entries, ops };
+    }
+    case BaseType.Image: {
+      const image = decodeImage(inner);
+      if (image.format !== ImageFormat.Full) throw malformed('base image chunk holds a delta');
+      return { type: BaseType.Image, image };
+    }
+    case BaseType.Manifest: {
+      let m: Partial<BaseManifest>;
+      try {
+        m = JSON.parse(Buffer.from(inner).toString('utf8')) as Partial<BaseManifest>;
+      } catch {
+        throw malformed('base manifest is not JSON');
+      }
+      const history = m.history;
+      const ok =
+        isCount(m.checkpoint, 1) &&
+        isCount(m.epoch, 1) &&
+        isCount(m.tag, 0) &&
+        typeof m.builder === 'string' &&
+        isCount(m.chunks, 1) &&
+        m.chunks <= MAX_BASE_CHUNKS &&
+        Array.isArray(m.chunkSha256) &&
+        m.chunkSha256.length === m.chunks &&
+        m.chunkSha256.every((h) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h)) &&
+        isCount(m.keys) &&
+        typeof m.storeDigest === 'string' &&
+        Array.isArray(history) &&
+        history.every(
+          (h: Partial<EpochCut>) =>
+            isCount(h?.epoch, 1) &&
+            isCount(h.cutoff) &&
+            (h.cutoffEpoch === undefined || isCount(h.cutoffEpoch)),
+        ) &&
+        isCount(m.retainFrom, 1) &&
+        m.retainFrom <= m.checkpoint + 1 &&
+        typeof m.builtAt === 'number' &&
+        (m.sealSeq === undefined || isCount(m.sealSeq, 1));
+      if (!ok) throw malformed('base manifest lacks a field or has one out of range');
+      return { type: BaseType.Manifest, manifest: m as BaseManifest };
+    }
+    default:
+      throw malformed(`unknown base body type ${body[0]}`);
+  }
 }

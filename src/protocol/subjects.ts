@@ -13,6 +13,8 @@ export interface AppNames {
   readonly stream: string;
   /** Subject frames are published on. */
   readonly subject: string;
+  /** Subject base snapshots (chunks and manifests, src/history/) are published on. */
+  readonly baseSubject: string;
   /** Subjects the stream owns. */
   readonly streamSubjects: string[];
   /** KV bucket holding the lease. */
@@ -26,6 +28,7 @@ export function appNames(app: string): AppNames {
   return {
     stream: `RP_${app}`,
     subject: `rp.${app}.frames`,
+    baseSubject: `rp.${app}.base`,
     streamSubjects: [`rp.${app}.>`],
     leaseBucket: `rp-${app}-lease`,
     leaseKey: 'leader',
@@ -35,4 +38,13 @@ export function appNames(app: string): AppNames {
 /** The JetStream dedupe id of one part: unique per (app, epoch, seq, part). */
 export function messageId(app: string, epoch: number, seq: number, part: number): string {
   return `${app}.${epoch}.${seq}.${part}`;
+}
+
+/**
+ * The JetStream dedupe id of one message of a base: the id the codec gave it (which names the
+ * base's epoch, its build tag inside the seq, the chunk and the part) prefixed with `b.<C>.`, so
+ * it never collides with a frame's id and names (checkpoint, builder, chunk).
+ */
+export function baseMessageId(checkpoint: number, codecId: string): string {
+  return `b.${checkpoint}.${codecId}`;
 }

@@ -218,6 +218,27 @@ export const OPTION_FIELDS = {
     }),
     { must: 'a mapping with everyMs and/or maxBytesPerSec', example: '{ everyMs: 1000 }' },
   ).optional(),
+  retain: documented(
+    z.strictObject({
+      checkpoints: intField(0, 1e9, 'checkpoints kept below the latest base', 1000).optional(),
+      bytes: intField(0, 1e15, 'stream bytes kept below the latest base, per relay', 67_108_864).optional(),
+      ms: intField(0, 1e12, 'milliseconds of history kept below the latest base', 3_600_000).optional(),
+    }),
+    {
+      must: 'a mapping with checkpoints, bytes and/or ms (the window kept below the latest base)',
+      example: '{ checkpoints: 1000 }',
+    },
+  ).optional(),
+  base: documented(
+    z.strictObject({
+      everyCheckpoints: intField(1, 1e9, 'checkpoints between two bases', 1000).optional(),
+      build: documented(z.boolean(), { must: 'true or false', example: 'true' }).optional(),
+    }),
+    {
+      must: 'a mapping with everyCheckpoints and/or build (whether this node may build bases)',
+      example: '{ everyCheckpoints: 1000 }',
+    },
+  ).optional(),
   fec: documented(
     z.strictObject({
       data: intField(1, 255, 'data shards', 4).optional(),

@@ -112,6 +112,18 @@ export interface StartOptions<S> {
    */
   apply?: { everyMs?: number; maxBytesPerSec?: number };
   /**
+   * What the relays keep below the latest base snapshot (docs/history.md): the frames of the last
+   * `checkpoints` checkpoints (default 1 000), at most `bytes` per relay (default 64 MiB) and
+   * `ms` of age (default one hour), whichever keeps less. A node whose own store is older than
+   * the window starts from the base.
+   */
+  retain?: { checkpoints?: number; bytes?: number; ms?: number };
+  /**
+   * Base snapshots (docs/history.md): a standby builds one every `everyCheckpoints` checkpoints
+   * (default 1 000) or on `restartpoint compact`; `build: false` keeps this node from building.
+   */
+  base?: { everyCheckpoints?: number; build?: boolean };
+  /**
    * Forward error correction: each frame part becomes `data` + `parity` Reed-Solomon shards
    * (or `copies` plain copies), shard i published to relay i mod N; the standby rebuilds from any
    * `data` shards. `tolerate` is how many relays an acknowledged frame survives losing (default:
@@ -323,7 +335,7 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   }
   if (opts.observer !== undefined) {
     const ob = opts.observer as unknown as Record<string, unknown> | null;
-    const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover'];
+    const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover', 'base'];
     if (ob === null || typeof ob !== 'object') {
       throw new ConfigError(
         'observer',

@@ -43,7 +43,16 @@ import {
   type RoleHolder,
   type SidecarAddress,
 } from './sidecar-client.js';
-import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
+import {
+  answerCompact,
+  baseBuilder,
+  clearSwitchover,
+  readCompact,
+  readPresence,
+  readSwitchover,
+  type SwitchoverRequest,
+} from '../transport/presence.js';
+import { BaseKeeper } from '../history/keeper.js';
 import { AutoCheckpoints, OutputCommits, ResumeGuard, resumeProblem, resumeState } from './restart-points.js';
 import { WRITE_VERSION } from '../protocol/frame.js';
 import { checkResumeFromEnv, resumeInSandbox } from './check-resume.js';
@@ -229,6 +238,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     const link = await openLink(o.nats, `restartpoint:${o.app}:${o.nodeId}`);
     let relays: RelaySet | undefined;
     let reporter: NodeReporter | undefined;
+    let bases: BaseKeeper | undefined;
     const envelope = o.clusterKey
       ? new EnvelopeCodec({ app: o.app, keys: o.clusterKey, encrypt: o.encrypt })
       : undefined;
@@ -302,6 +312,44 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         o.log({ level: 'info', msg: 'relay joined', relay, servers: l.servers });
         void standbyRef.s?.joinRelay(relay);
       });
+      // Bases and retention (docs/history.md): the live standby with the smallest id builds.
+      const startBases = (run: StandbyRunner): void => {
+        bases?.halt();
+        bases =
+          o.base?.build === false
+            ? undefined
+            : new BaseKeeper({
+                runner: run,
+                links: relaySet.links,
+                names,
+                codec: relaySet.codec,
+                need: relaySet.need,
+                adapter: o.storage,
+                app: o.app,
+                nodeId: o.nodeId,
+                everyCheckpoints: o.base?.everyCheckpoints,
+                retain: o.retain,
+                timeoutMs: o.checkpointTimeoutMs,
+                isBuilder: async () => baseBuilder(await readPresence(kv), Date.now()) === o.nodeId,
+                compactRequest: async () => (await readCompact(kv))?.id,
+                compactDone: (id, checkpoint, purgedBelow) =>
+                  answerCompact(kv, { id, checkpoint, builder: o.nodeId, doneAt: Date.now(), purgedBelow }),
+                log: o.log,
+                onBase: (ev) =>
+                  rpt.observe('base', {
+                    checkpoint: ev.checkpoint,
+                    bytes: ev.bytes,
+                    keys: ev.keys,
+                    buildMs: ev.buildMs,
+                    retainFrom: ev.retainFrom,
+                    relays: relaySet.links.map((l, i) => ({
+                      servers: l.servers,
+                      purgedBelow: ev.purgedBelow[i] ?? null,
+                    })),
+                  }),
+              });
+        bases?.start();
+      };
       const runStandby = async (): Promise<StandbyRunner> => {
         const run = new StandbyRunner({
           links: relaySet.links,
@@ -313,13 +361,15 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           codec: relaySet.codec,
           limits: o.limits,
           apply: o.apply,
+          onStartPath: (path) => o.log({ level: 'info', msg: 'start path', ...path }),
           ...standbyReports(o, rpt, guard),
         });
         standbyRef.s = run;
         await run.start();
-        o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId });
+        o.log({ level: 'info', msg: 'standby', nodeId: o.nodeId, start: run.startPath });
         rpt.transition('standby');
         rpt.present({ sample: () => run.lagSamples(), relayStates });
+        startBases(run);
         return run;
       };
       let standby = await runStandby();
@@ -364,6 +414,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
               log: o.log,
               signal: stop.signal,
               onClaimed: (claim) => {
+                bases?.halt();
                 clearInterval(lagTimer);
                 o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
                 rpt.epoch = claim.epoch;
@@ -373,6 +424,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             });
             break;
           } catch (err) {
+            bases?.halt();
             await standby.stop().catch(() => undefined);
             if (!(await rebuilder.recover(err))) throw err;
             standby = await runStandby();
@@ -381,6 +433,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       } finally {
         o.signal?.removeEventListener('abort', onAbort);
         clearInterval(lagTimer);
+        bases?.halt();
       }
       const { claim, keeper, position: pos, state: image } = promotion;
       rpt.checkpoint = pos.checkpoint;
@@ -463,6 +516,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       o.log({ level: 'info', msg: 'primary', epoch: claim.epoch, resumedFrom: pos.checkpoint });
       return self;
     } catch (err) {
+      bases?.halt();
       reporter?.transition('closed', (err as Error)?.message);
       await reporter?.stop(true);
       await relays?.close(link);

@@ -37,6 +37,7 @@ import {
   decodeImage,
   decodeSeal,
   decodeWrites,
+  type EpochCut,
   type ImageRecord,
   type SealRecord,
 } from '../protocol/records.js';
@@ -131,6 +132,11 @@ export interface ApplierOptions {
   /** Called after each committed checkpoint. */
   /** Called after each committed checkpoint, with the seq of the seal frame that completed it. */
   readonly onCommit?: (pos: AppliedPosition, sealSeq: number) => void;
+  /**
+   * Called for the seal of a checkpoint the seed (a base) already holds, skipped: retention
+   * still learns which frames belong to which checkpoint.
+   */
+  readonly onSkippedSeal?: (epoch: number, checkpoint: number, sealSeq: number) => void;
   /** Called before a store call that failed with a retryable error is tried again. */
   readonly onStoreRetry?: (err: RestartpointError, attempt: number) => void;
   /** Called when a newer epoch's fence is applied. */
@@ -159,7 +165,7 @@ const STORE_RETRY_MS = 30_000;
 const MAX_WAITING = 65_536;
 
 /** A fence: the primary of `epoch` resumed from checkpoint `cutoff`, sealed by `cutoffEpoch`. */
-interface FenceCut {
+export interface FenceCut {
   readonly epoch: number;
   readonly cutoff: number;
   /** `undefined` for fences written before the cut carried its epoch: matched by number only. */
@@ -196,6 +202,14 @@ export class Applier {
   #fenceEpoch = 0;
   #lastStreamSeq = 0;
   #relaxed = false;
+  /** Seeded from a base: frames of checkpoints up to it (and fences up to its history) are skipped. */
+  #seededThrough = 0;
+  #seededEpoch = 0;
+  /**
+   * Restart on its own store: the store already holds up to this checkpoint (of `epoch`), so
+   * checkpoints up to it only advance the image; a fence that cuts below it diverges.
+   */
+  #storeAt: { epoch: number; checkpoint: number } = { epoch: 0, checkpoint: 0 };
   /** See `takeUnconfirmed()`. */
   readonly #unconfirmed: Frame[] = [];
   /** Bytes held for uncommitted checkpoints and waiting frames. */
@@ -216,6 +230,38 @@ export class Applier {
   /** Last committed checkpoint. */
   get position(): AppliedPosition {
     return this.#position;
+  }
+
+  /**
+   * Seeds this (fresh) applier from a base at `position` (its store and image were loaded by the
+   * caller), with the fences applied up to it (`history`): frames of checkpoints up to it are
+   * skipped silently, and so are the fences of the history. `storeAt`: the store already holds
+   * up to this later checkpoint (a restart on its own store): those commit to the image only.
+   */
+  seed(
+    position: AppliedPosition,
+    history: readonly EpochCut[],
+    storeAt?: { epoch: number; checkpoint: number },
+    sealSeq?: number,
+  ): void {
+    if (this.#position.checkpoint > 0 || this.#fences.length > 0 || this.#staged.size > 0) {
+      throw new Error('internal: only a fresh applier can be seeded');
+    }
+    this.#position = position;
+    this.#seededThrough = position.checkpoint;
+    for (const h of history)
+      this.#fences.push({ epoch: h.epoch, cutoff: h.cutoff, cutoffEpoch: h.cutoffEpoch });
+    this.#fenceEpoch = Math.max(0, ...history.map((h) => h.epoch));
+    this.#seededEpoch = this.#fenceEpoch;
+    if (storeAt) this.#storeAt = storeAt;
+    // Snapshot mode takes an epoch's frames in seq order: the base's epoch goes on after its seal.
+    if (this.#mode === 'snapshot' && sealSeq !== undefined && position.epoch > 0)
+      this.#order.set(position.epoch, { next: sealSeq + 1, early: new Map() });
+  }
+
+  /** The fences applied so far (seeded ones first), in epoch order: the epoch history. */
+  get history(): readonly FenceCut[] {
+    return this.#fences;
   }
 
   /** Newest epoch seen in a fence (applied or waiting) or frame. */
@@ -255,6 +301,15 @@ export class Applier {
    */
   async handleFrame(frame: Frame, streamSeq: number): Promise<void> {
     this.#lastStreamSeq = Math.max(this.#lastStreamSeq, streamSeq);
+    // Seeded from a base: what the base already holds is not a duplicate to report, just history.
+    if (
+      frame.kind === FrameKind.Fence
+        ? frame.epoch <= this.#seededEpoch
+        : frame.checkpoint <= this.#seededThrough
+    ) {
+      if (frame.kind === FrameKind.Seal) this.#o.onSkippedSeal?.(frame.epoch, frame.checkpoint, frame.seq);
+      return;
+    }
     await this.#route(frame, streamSeq);
   }
 
@@ -298,6 +353,12 @@ export class Applier {
    * not hold: one past the cut, or the cut's number sealed by another epoch.
    */
   #checkNotDiverged(h: FenceCut): void {
+    const at = this.#storeAt;
+    if (h.epoch > at.epoch && discards(h, at.epoch, at.checkpoint)) {
+      throw new DivergedError(
+        `the primary of epoch ${h.epoch} resumed from checkpoint ${h.cutoff}${h.cutoffEpoch === undefined ? '' : ` of epoch ${h.cutoffEpoch}`}; this node's own store holds checkpoint ${at.checkpoint} of epoch ${at.epoch}, which that history discards: it rebuilds from the base`,
+      );
+    }
     const pos = this.#position;
     const past = pos.checkpoint > h.cutoff;
     const otherAtCut =
@@ -306,10 +367,8 @@ export class Applier {
       h.cutoffEpoch !== undefined &&
       h.cutoffEpoch !== pos.epoch;
     if (!past && !otherAtCut) return;
-    throw new RestartpointError(
-      ErrorCode.Frame,
+    throw new DivergedError(
       `the primary of epoch ${h.epoch} resumed from checkpoint ${h.cutoff}${h.cutoffEpoch === undefined ? '' : ` of epoch ${h.cutoffEpoch}`}, but this standby already committed ${pos.checkpoint} of epoch ${pos.epoch}: its store holds a checkpoint the new history does not; restart it to rebuild from the relays`,
-      false,
     );
   }
 
@@ -415,7 +474,9 @@ export class Applier {
         // Snapshot mode stores writes at once; only delay-write holds them in memory.
         if (this.#mode === 'delay-write') this.#stageBytes(st, f);
         if (this.#mode === 'snapshot') {
-          await this.#store(() => this.#o.adapter.writeArea!(f.checkpoint, ops));
+          // A restart on its own store: the store holds this checkpoint already.
+          if (f.checkpoint > this.#storeAt.checkpoint)
+            await this.#store(() => this.#o.adapter.writeArea!(f.checkpoint, ops));
           st.writes.set(f.seq, []);
         } else {
           st.writes.set(f.seq, ops);
@@ -639,7 +700,14 @@ export class Applier {
       }
       const pos = { epoch: st.epoch, checkpoint: next, streamSeq: st.sealStreamSeq };
       const meta = encodeMeta({ app: this.#o.app, ...pos, role: 'standby' });
-      if (this.#mode === 'snapshot') {
+      if (next <= this.#storeAt.checkpoint) {
+        // A restart on its own store, which holds this checkpoint: only the image advances.
+        if (st.epoch !== this.#storeAt.epoch && next === this.#storeAt.checkpoint) {
+          throw new DivergedError(
+            `checkpoint ${next} of epoch ${st.epoch} is the agreed history; this node's own store holds it from epoch ${this.#storeAt.epoch}: it rebuilds from the base`,
+          );
+        }
+      } else if (this.#mode === 'snapshot') {
         await this.#store(() => this.#o.adapter.formSnapshot!(next, meta));
       } else {
         const seqs = [...st.writes.keys()].sort((a, b) => a - b);
@@ -654,6 +722,24 @@ export class Applier {
       this.counters.checkpointsCommitted++;
       this.#o.onCommit?.(pos, st.sealSeq);
     }
+  }
+}
+
+/** Whether fence `h` discards checkpoint `checkpoint` sealed by `epoch` (a later history). */
+export function discards(h: EpochCut, epoch: number, checkpoint: number): boolean {
+  if (h.epoch <= epoch || checkpoint === 0) return false;
+  if (checkpoint > h.cutoff) return true;
+  return checkpoint === h.cutoff && h.cutoffEpoch !== undefined && h.cutoffEpoch !== epoch;
+}
+
+/**
+ * Fatal: this node's store (or what it committed) holds a checkpoint a later fence discards.
+ * The standby runner rebuilds from the base when it sees one (src/standby/runner.ts).
+ */
+export class DivergedError extends RestartpointError {
+  constructor(message: string) {
+    super(ErrorCode.Frame, message, false);
+    this.name = 'DivergedError';
   }
 }
 

@@ -47,6 +47,12 @@ export interface IntakeOptions {
    * witnesses were forgotten at the commit). Expected with several relays, not a refusal.
    */
   readonly onLateCopy?: (key: PartKey, relay: number, streamSeq: number) => void;
+  readonly onSkippedSeal?: ApplierOptions['onSkippedSeal'];
+  /**
+   * Sees every message that opened (a genuine part or shard of this app), with the frame it
+   * belongs to: retention (src/history/retention.ts) learns which stream seq carries which frame.
+   */
+  readonly onOpened?: (relay: number, streamSeq: number, epoch: number, seq: number, bytes: number) => void;
 }
 
 /** Refusals by reason, and late copies (expected, not refusals). */
@@ -99,6 +105,7 @@ export class Intake {
         o.onFence?.(epoch, nodeId, seq);
       },
       onStoreRetry: o.onStoreRetry,
+      onSkippedSeal: o.onSkippedSeal,
       durable: (epoch, seqs) => seqs.every((seq) => this.witnesses.frameCount(epoch, seq) >= need),
     });
   }
@@ -128,6 +135,7 @@ export class Intake {
           `part ${m.key.epoch}/${m.key.seq}.${m.key.part} again on relay ${relay}, after its checkpoint was committed`,
         );
       }
+      this.#o.onOpened?.(relay, streamSeq, m.key.epoch, m.key.seq, data.byteLength);
       if (m.shard) {
         this.witnesses.add(m.key, m.shard.index);
       } else {

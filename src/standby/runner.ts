@@ -4,16 +4,27 @@
  * by another), feeds the applier, keeps the image chain materialized, and tells the takeover
  * when it has caught up with enough relays to have seen every acknowledged checkpoint.
  */
+import { ErrorCode, RestartpointError } from '../errors.js';
 import { ImageChain } from '../image/chain.js';
 import type { FrameCodec } from '../protocol/codec.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { Limits } from '../limits.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
-import { StreamReader, lastStreamSeq, streamState, type StreamMessage } from '../transport/consumer.js';
+import {
+  StreamReader,
+  lastStreamSeq,
+  lastSubjectSeq,
+  streamBounds,
+  streamState,
+  type StreamMessage,
+} from '../transport/consumer.js';
 import { isPending } from '../transport/relays.js';
 import type { RelayLagSample } from '../observability/observer.js';
-import type { Applier, ApplyMode } from './applier.js';
+import { findBase, type LoadedBase } from '../history/base.js';
+import { RetentionTracker } from '../history/retention.js';
+import type { EpochCut } from '../protocol/records.js';
+import { DivergedError, decodeMeta, discards, encodeMeta, type Applier, type ApplyMode } from './applier.js';
 import { Intake, type IntakeOptions } from './intake.js';
 
 /** Options of a standby run. */
@@ -48,6 +59,23 @@ export interface StandbyOptions {
    * Default: continuously, as fast as frames arrive. A takeover always catches up at full speed.
    */
   readonly apply?: { readonly everyMs?: number; readonly maxBytesPerSec?: number };
+  /**
+   * Trust this node's own store at start when it is on the current history (default true);
+   * `false` always loads the base (or replays the relays) into a cleared store.
+   */
+  readonly resumeOwnStore?: boolean;
+  /** Told how the start went: from the base, from the own store, or from the first message. */
+  readonly onStartPath?: (path: StartPath) => void;
+}
+
+/** How a standby started (see `StandbyRunner.start`). */
+export interface StartPath {
+  readonly from: 'own-store' | 'base' | 'relays';
+  /** The base used (its checkpoint), if any. */
+  readonly base: number | undefined;
+  /** The own store's checkpoint trusted (own-store), or why it was not trusted. */
+  readonly own: number | undefined;
+  readonly why: string;
 }
 
 /** Per-relay progress of a standby. */
@@ -72,8 +100,15 @@ function atLeast(n: number, promises: Promise<void>[]): Promise<void> {
 
 /** One standby run. */
 export class StandbyRunner {
-  readonly intake: Intake;
-  readonly images: ImageChain;
+  #intake!: Intake;
+  #images!: ImageChain;
+  /** Which stream seq carries which frame, and the seals committed: for retention. */
+  #retention: RetentionTracker;
+  /** The base this run started from (or rebuilt from), if any. */
+  #base: LoadedBase | undefined;
+  #startPath: StartPath | undefined;
+  /** Frame seq of the seal of the last committed checkpoint (or of the base's), if known. */
+  #lastSealSeq: number | undefined;
   readonly #o: StandbyOptions;
   #readers: StreamReader[];
   readonly #applied: number[];
@@ -94,25 +129,8 @@ export class StandbyRunner {
 
   constructor(opts: StandbyOptions) {
     this.#o = opts;
-    this.images = new ImageChain({
-      maxImageBytes: opts.limits?.maxImageBytes,
-      maxDepth: opts.limits?.maxDepth,
-    });
-    this.intake = new Intake({
-      app: opts.app,
-      codec: opts.codec,
-      relays: opts.links.length,
-      need: opts.need,
-      adapter: opts.adapter,
-      images: this.images,
-      mode: opts.mode,
-      limits: opts.limits,
-      onReject: opts.onReject,
-      onCommit: opts.onCommit,
-      onFence: opts.onFence,
-      onStoreRetry: opts.onStoreRetry,
-      onLateCopy: opts.onLateCopy,
-    });
+    this.#retention = new RetentionTracker(opts.links.length);
+    this.#fresh();
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
     this.#appliedAt = opts.links.map(() => 0);
@@ -124,6 +142,84 @@ export class StandbyRunner {
       }, opts.apply.everyMs);
       this.#tickTimer.unref();
     }
+  }
+
+  /** A new intake and image chain (at start, and when rebuilding from the base). */
+  #fresh(): void {
+    const opts = this.#o;
+    this.#images = new ImageChain({
+      maxImageBytes: opts.limits?.maxImageBytes,
+      maxDepth: opts.limits?.maxDepth,
+    });
+    this.#retention = new RetentionTracker(opts.links.length);
+    const retention = this.#retention;
+    this.#intake = new Intake({
+      app: opts.app,
+      codec: opts.codec,
+      relays: opts.links.length,
+      need: opts.need,
+      adapter: opts.adapter,
+      images: this.#images,
+      mode: opts.mode,
+      limits: opts.limits,
+      onReject: opts.onReject,
+      onCommit: (pos, sealSeq) => {
+        this.#lastSealSeq = sealSeq;
+        retention.committed(pos.epoch, pos.checkpoint, sealSeq, Date.now());
+        opts.onCommit?.(pos, sealSeq);
+      },
+      onFence: opts.onFence,
+      onStoreRetry: opts.onStoreRetry,
+      onLateCopy: opts.onLateCopy,
+      onSkippedSeal: (epoch, checkpoint, sealSeq) =>
+        retention.committed(epoch, checkpoint, sealSeq, Date.now()),
+      onOpened: (relay, streamSeq, epoch, seq, bytes) =>
+        retention.record(relay, streamSeq, epoch, seq, bytes),
+    });
+  }
+
+  /** The message path of this run. */
+  get intake(): Intake {
+    return this.#intake;
+  }
+
+  /** The materialized image chain of this run. */
+  get images(): ImageChain {
+    return this.#images;
+  }
+
+  /** Retention bookkeeping of this run (src/history/retention.ts). */
+  get retention(): RetentionTracker {
+    return this.#retention;
+  }
+
+  /** The base this run loaded (or `undefined`: none, or it resumed without one). */
+  get base(): LoadedBase | undefined {
+    return this.#base;
+  }
+
+  /** Frame seq of the seal of the last committed checkpoint, if known (a base carries it). */
+  get lastSealSeq(): number | undefined {
+    return this.#lastSealSeq;
+  }
+
+  /** How this run started. */
+  get startPath(): StartPath | undefined {
+    return this.#startPath;
+  }
+
+  /**
+   * Runs `fn` between two messages: nothing is applied while it runs (the relays hold what
+   * arrives meanwhile), so the store, the image and the position are those of one committed
+   * checkpoint. A base builder reads its copy here.
+   */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#chain.then(fn);
+    this.#chain = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
 
   /** Stops pacing: from now on frames apply as fast as they arrive (a takeover catching up). */
@@ -221,13 +317,26 @@ export class StandbyRunner {
   }
 
   /**
-   * Empties the store and starts applying every relay's stream from its first message. The
-   * store is rebuilt from the relays' history, so whatever a crash left in it (a primary's
-   * unsealed writes, a checkpoint the new primary's history does not contain) cannot survive.
+   * Prepares the store and starts applying every relay's frames from its first retained message.
+   *
+   * 1. The newest intact base on the relays is found (src/history/base.ts).
+   * 2. The node's own store is trusted when its meta says it was a standby's (a primary's store
+   *    holds unsealed writes), it passes `verify({ quick: true })`, its checkpoint is at or after
+   *    the base's, and no fence of the base's epoch history discards it. Then the base's image
+   *    (or, without a base, the relays from the first message) brings the image chain up to the
+   *    store's checkpoint, without touching the store.
+   * 3. Otherwise the store is cleared and loaded from the base (or, without a base, rebuilt from
+   *    the relays' first message). A history whose start was purged, with no intact base, is an
+   *    error that says so.
+   * A fence read later that discards what the store held makes the run rebuild from the base.
    */
   async start(): Promise<void> {
-    await this.#o.adapter.clear();
+    await this.#prepare(this.#o.resumeOwnStore ?? true);
     this.#started = true;
+    await this.#startReaders();
+  }
+
+  async #startReaders(): Promise<void> {
     await Promise.all(
       this.#readers.map((reader, relay) =>
         // A relay down since the node started is read once it joins (`joinRelay`).
@@ -237,6 +346,7 @@ export class StandbyRunner {
               1,
               (m) => this.#enqueue(relay, m),
               (err) => this.#fail(err),
+              this.#o.names.subject,
             ),
       ),
     );
@@ -254,6 +364,128 @@ export class StandbyRunner {
     await this.#restartReader(relay);
   }
 
+  async #prepare(trustOwn: boolean): Promise<void> {
+    const o = this.#o;
+    const survey = await findBase({ links: o.links, names: o.names, codec: o.codec, app: o.app });
+    const base = survey.base;
+    const own = trustOwn
+      ? await this.#ownStore(base?.manifest.history ?? [], base?.manifest.checkpoint ?? 0)
+      : undefined;
+    this.#base = base;
+    const bc = base?.manifest.checkpoint;
+    if (own && typeof own !== 'string') {
+      // Snapshot mode: areas written above the last formed snapshot are not trusted.
+      if (o.mode === 'snapshot') await o.adapter.releaseAreas?.();
+      if (base) this.#seedImage(base);
+      this.#intake.applier.seed(
+        base
+          ? { epoch: base.manifest.epoch, checkpoint: base.manifest.checkpoint, streamSeq: 0 }
+          : { epoch: 0, checkpoint: 0, streamSeq: 0 },
+        base?.manifest.history ?? [],
+        { epoch: own.epoch, checkpoint: own.checkpoint },
+        base?.manifest.sealSeq,
+      );
+      this.#lastSealSeq = base?.manifest.sealSeq;
+      this.#startPath = {
+        from: 'own-store',
+        base: bc,
+        own: own.checkpoint,
+        why: 'own store on the current history',
+      };
+    } else if (base) {
+      await o.adapter.clear();
+      await this.#loadStore(base);
+      this.#seedImage(base);
+      this.#intake.applier.seed(
+        { epoch: base.manifest.epoch, checkpoint: base.manifest.checkpoint, streamSeq: 0 },
+        base.manifest.history,
+        undefined,
+        base.manifest.sealSeq,
+      );
+      this.#lastSealSeq = base.manifest.sealSeq;
+      this.#startPath = { from: 'base', base: bc, own: undefined, why: own ?? 'own store not used' };
+    } else {
+      // No intact base: the whole history must still be on the relays.
+      const purged = await Promise.all(
+        o.links.map((l) =>
+          l.connected()
+            ? streamBounds(l, o.names.stream).then(
+                (b) => b.firstSeq > 1,
+                () => false,
+              )
+            : Promise.resolve(false),
+        ),
+      );
+      if (purged.some(Boolean)) {
+        const why = survey.rejected.map((r) => `base ${r.checkpoint}: ${r.why}`).join('; ');
+        throw new RestartpointError(
+          ErrorCode.Frame,
+          `the relays' history was trimmed and no intact base was found (${why || 'no base message on any reachable relay'}): this node cannot rebuild the store; bring back a relay that holds a base, or start from a node whose store is current`,
+          true,
+        );
+      }
+      await o.adapter.clear();
+      this.#startPath = { from: 'relays', base: undefined, own: undefined, why: own ?? 'own store not used' };
+    }
+    o.onStartPath?.(this.#startPath);
+  }
+
+  /** The own store's position when it may be trusted, or why not. */
+  async #ownStore(
+    history: readonly EpochCut[],
+    baseCheckpoint: number,
+  ): Promise<{ epoch: number; checkpoint: number } | string> {
+    const o = this.#o;
+    const meta = decodeMeta(await o.adapter.readMeta());
+    if (!meta || meta.checkpoint <= 0) return 'own store holds no committed checkpoint';
+    if (meta.app !== o.app) return `own store belongs to app '${meta.app}'`;
+    if (meta.role !== 'standby') return "own store was a primary's (it may hold writes no checkpoint sealed)";
+    if (meta.checkpoint < baseCheckpoint)
+      return `own store at checkpoint ${meta.checkpoint} is behind the base at ${baseCheckpoint}`;
+    const cut = history.find((h) => discards(h, meta.epoch, meta.checkpoint));
+    if (cut)
+      return `own store's checkpoint ${meta.checkpoint} of epoch ${meta.epoch} was discarded by the fence of epoch ${cut.epoch} (cut at ${cut.cutoff})`;
+    const v = await o.adapter.verify({ quick: true }).catch((err: unknown) => (err as Error).message);
+    if (typeof v === 'string') return `own store failed its check: ${v}`;
+    if (!v.ok) return `own store failed its check (${v.status}): ${v.detail}`;
+    return { epoch: meta.epoch, checkpoint: meta.checkpoint };
+  }
+
+  /** Writes the base's entries into the (cleared) store, in batches, the meta last. */
+  async #loadStore(base: LoadedBase): Promise<void> {
+    const o = this.#o;
+    const m = base.manifest;
+    const empty = encodeMeta({ app: o.app, epoch: 0, checkpoint: 0, streamSeq: 0, role: 'standby' });
+    const batch = 4_096;
+    const n = base.entries.length;
+    for (let i = 0; i + batch < n; i += batch)
+      await o.adapter.commit(base.entries.slice(i, i + batch), empty);
+    const rest = base.entries.slice(Math.max(0, Math.floor((n - 1) / batch) * batch));
+    await o.adapter.commit(
+      rest,
+      encodeMeta({ app: o.app, epoch: m.epoch, checkpoint: m.checkpoint, streamSeq: 0, role: 'standby' }),
+    );
+  }
+
+  #seedImage(base: LoadedBase): void {
+    this.#images.check(base.manifest.checkpoint, base.image);
+    this.#images.apply(base.manifest.checkpoint, base.image);
+  }
+
+  /**
+   * A fence discarded what this node's store holds: stop reading, clear, load the base (or
+   * replay from the first message) and read again.
+   */
+  async #rebuild(): Promise<void> {
+    await Promise.all(this.#readers.map((r) => r.stop()));
+    this.#readers = this.#o.links.map((l) => new StreamReader(l, this.#o.names.stream));
+    this.#applied.fill(0);
+    this.#appliedAt.fill(0);
+    this.#fresh();
+    await this.#prepare(false);
+    await this.#startReaders();
+  }
+
   /** Messages of all relays go through one queue: the applier takes one at a time. */
   #enqueue(relay: number, m: StreamMessage): Promise<void> {
     const arrived = this.#tick;
@@ -266,25 +498,47 @@ export class StandbyRunner {
   }
 
   async #handle(relay: number, m: StreamMessage): Promise<void> {
+    if (this.#rebuilding) return;
     try {
-      await this.intake.take(relay, m.streamSeq, m.data);
+      await this.#intake.take(relay, m.streamSeq, m.data);
       this.#applied[relay] = m.streamSeq;
       this.#appliedAt[relay] = m.timestampMs;
       this.#release();
     } catch (err) {
+      // Only a run that trusted its own store rebuilds (once): one that diverges after a clean
+      // start saw a history that contradicts itself, which a rebuild would only repeat.
+      if (err instanceof DivergedError && !this.#rebuilding && this.#startPath?.from === 'own-store') {
+        // What this node's store held is not on the agreed history: roll back by rebuilding.
+        this.#rebuilding = true;
+        this.#o.onStartPath?.({
+          from: 'base',
+          base: undefined,
+          own: undefined,
+          why: `rebuild: ${err.message}`,
+        });
+        void this.#rebuild().then(
+          () => {
+            this.#rebuilding = false;
+          },
+          (e: unknown) => this.#fail(e),
+        );
+        return;
+      }
       this.#fail(err);
       throw err;
     }
   }
 
+  #rebuilding = false;
+
   /** Shard figures (FEC): rejected shards by reason, parts rebuilt, rebuilt with parity. */
   get shardCounters(): Intake['shardCounters'] {
-    return this.intake.shardCounters;
+    return this.#intake.shardCounters;
   }
 
   /** The applier this run feeds. */
   get applier(): Applier {
-    return this.intake.applier;
+    return this.#intake.applier;
   }
 
   /**
@@ -344,7 +598,7 @@ export class StandbyRunner {
       };
       links.forEach((l, relay) => {
         if (!l.connected()) return done();
-        lastStreamSeq(l, this.#o.names.stream).then(
+        lastSubjectSeq(l, this.#o.names.stream, this.#o.names.subject).then(
           (seq) => {
             ends[relay] = seq;
             answered++;
@@ -366,6 +620,7 @@ export class StandbyRunner {
         this.#applied[relay]! + 1,
         (m) => this.#enqueue(relay, m),
         (err) => this.#fail(err),
+        this.#o.names.subject,
       )
       .catch(() => undefined); // not reachable now: the next round tries again
   }

@@ -35,10 +35,15 @@ export class StreamReader {
     startSeq: number,
     onMessage: (m: StreamMessage) => Promise<void> | void,
     onError: (err: unknown) => void,
+    /** Read only this subject of the stream (the frames, not the bases beside them). */
+    filterSubject?: string,
   ): Promise<void> {
+    const filter = filterSubject ? { filter_subjects: filterSubject } : {};
     const consumer = await this.#link.js.consumers.get(
       this.#stream,
-      startSeq <= 1 ? { deliver_policy: DeliverPolicy.All } : { opt_start_seq: startSeq },
+      startSeq <= 1
+        ? { deliver_policy: DeliverPolicy.All, ...filter }
+        : { opt_start_seq: startSeq, ...filter },
     );
     // Short heartbeats: after a relay restarts, a stalled consumer is noticed and re-created in
     // seconds rather than the client's default half minute.
@@ -98,4 +103,33 @@ export async function streamState(link: NatsLink, stream: string): Promise<Strea
     firstTimestampMs: ms(state.first_ts),
     lastTimestampMs: ms(state.last_ts),
   };
+}
+
+/**
+ * The stream sequence of the last message on `subject` (0 when there is none): how far a reader
+ * filtered on that subject must get to have read everything stored so far.
+ */
+export async function lastSubjectSeq(link: NatsLink, stream: string, subject: string): Promise<number> {
+  try {
+    const m = await link.jsm.streams.getMessage(stream, { last_by_subj: subject });
+    return m?.seq ?? 0;
+  } catch (err) {
+    if (/no message found|not found|404|10037/i.test((err as Error).message)) return 0;
+    throw err;
+  }
+}
+
+/** Removes every message of the stream below sequence `seq` (first_seq becomes `seq`). */
+export async function purgeBelow(link: NatsLink, stream: string, seq: number): Promise<number> {
+  const r = await link.jsm.streams.purge(stream, { seq });
+  return r.purged;
+}
+
+/** The stream's first and last sequence, message count and bytes. */
+export async function streamBounds(
+  link: NatsLink,
+  stream: string,
+): Promise<{ firstSeq: number; lastSeq: number; messages: number; bytes: number }> {
+  const { state } = await link.jsm.streams.info(stream);
+  return { firstSeq: state.first_seq, lastSeq: state.last_seq, messages: state.messages, bytes: state.bytes };
 }

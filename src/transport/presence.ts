@@ -166,3 +166,68 @@ export async function writeSwitchover(kv: KV, req: SwitchoverRequest): Promise<v
 export async function clearSwitchover(kv: KV): Promise<void> {
   await kv.delete(SWITCHOVER_KEY);
 }
+
+/** KV key of a compaction request (`restartpoint compact`). */
+export const COMPACT_KEY = 'compact';
+/** KV key of the answer to the last compaction request. */
+export const COMPACT_DONE_KEY = 'compact-done';
+
+/** A request that the base builder make a base now. */
+export interface CompactRequest {
+  readonly id: string;
+  /** Wall-clock ms of the request. */
+  readonly requestedAt: number;
+}
+
+/** What the builder did about a compaction request. */
+export interface CompactDone {
+  readonly id: string;
+  /** The checkpoint of the base made for it. */
+  readonly checkpoint: number;
+  readonly builder: string;
+  /** Wall-clock ms when the base was durable. */
+  readonly doneAt: number;
+  /** Relays purged below the window (per relay, the first stream seq kept; null: not purged yet). */
+  readonly purgedBelow: readonly (number | null)[];
+}
+
+/** Writes a compaction request. */
+export async function writeCompact(kv: KV, req: CompactRequest): Promise<void> {
+  await kv.put(COMPACT_KEY, Buffer.from(JSON.stringify(req)));
+}
+
+/** Reads the pending compaction request, if any. */
+export async function readCompact(kv: KV): Promise<CompactRequest | undefined> {
+  const e = await kv.get(COMPACT_KEY);
+  if (!e || e.operation !== 'PUT') return undefined;
+  const v = parseJson(e.value) as Partial<CompactRequest> | undefined;
+  if (!v || typeof v.id !== 'string' || typeof v.requestedAt !== 'number') return undefined;
+  return v as CompactRequest;
+}
+
+/** Withdraws the compaction request and records what was done for it. */
+export async function answerCompact(kv: KV, done: CompactDone): Promise<void> {
+  await kv.put(COMPACT_DONE_KEY, Buffer.from(JSON.stringify(done)));
+  await kv.delete(COMPACT_KEY);
+}
+
+/** The answer to the last compaction request, if any. */
+export async function readCompactDone(kv: KV): Promise<CompactDone | undefined> {
+  const e = await kv.get(COMPACT_DONE_KEY);
+  if (!e || e.operation !== 'PUT') return undefined;
+  const v = parseJson(e.value) as Partial<CompactDone> | undefined;
+  if (!v || typeof v.id !== 'string' || !Number.isSafeInteger(v.checkpoint)) return undefined;
+  return v as CompactDone;
+}
+
+/**
+ * The node that builds bases: the live standby (presence fresher than `PRESENCE_STALE_MS`) with
+ * the smallest node id, or `undefined` when no standby is live.
+ */
+export function baseBuilder(records: readonly PresenceRecord[], nowMs: number): string | undefined {
+  const live = records
+    .filter((r) => r.state === 'standby' && nowMs - r.updatedAt < PRESENCE_STALE_MS)
+    .map((r) => r.nodeId)
+    .sort();
+  return live[0];
+}

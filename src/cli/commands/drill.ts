@@ -45,6 +45,7 @@ interface DrillFlags {
   injectForged?: number;
   stateMb: number;
   stepMs: number;
+  history: number;
   report?: string;
   config?: string;
   relays?: number;
@@ -63,6 +64,7 @@ const NOT_WITH_CONFIG = [
   'leaseTtl',
   'stateMb',
   'stepMs',
+  'history',
   'key',
   'injectForged',
   'relays',
@@ -256,6 +258,12 @@ export function drillCommand(): Command {
     .option('--nats <url>', 'NATS server with JetStream', 'nats://127.0.0.1:4222')
     .option('--lease-ttl <ms>', 'lease TTL of the nodes', intFlag('--lease-ttl', 100, 60_000), 1000)
     .option(
+      '--history <n>',
+      'checkpoints the primary makes before the first fault (a long history: bases and retention)',
+      intFlag('--history', 0, 10_000_000),
+      0,
+    )
+    .option(
       '--state-mb <n>',
       `MB of ballast in the sample app's state (0-${MAX_STATE_MB})`,
       intFlag('--state-mb', 0, MAX_STATE_MB),
@@ -403,6 +411,7 @@ export function drillCommand(): Command {
               ...(o.relays !== undefined ? { relays: o.relays } : {}),
               ...(o.natsCluster !== undefined ? { natsCluster: o.natsCluster } : {}),
               storeFaults: o.storeFault,
+              history: o.history,
               progress,
               onTakeover: () => bar?.increment(),
             }),

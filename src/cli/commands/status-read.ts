@@ -7,6 +7,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type StreamInfo } from '@nats-io/jetstream';
 import { UsageError } from '../../errors.js';
 import type { EnvelopeCodec } from '../../protocol/envelope.js';
+import { readHistory, type StatusHistoryRelay } from './status-history.js';
 import { FrameKind, decodePart } from '../../protocol/frame.js';
 import { readInspect } from './inspect-read.js';
 import { appNames } from '../../protocol/subjects.js';
@@ -140,6 +141,11 @@ export interface StatusReport {
    * buckets"). Empty when all is well.
    */
   settingProblems?: string[];
+  /**
+   * Per relay (or the stream's server when no relay is known): the latest base snapshot and what
+   * the relay retains (issue 13, src/cli/commands/status-history.ts).
+   */
+  history?: StatusHistoryRelay[];
 }
 
 function describeProblems(what: string, problems: SettingProblem[]): string[] {
@@ -458,6 +464,7 @@ export async function readStatus(opts: StatusOptions): Promise<StatusReport> {
         });
         report.relaysFrom = flagRelays.length > 0 ? 'flag' : 'presence';
       }
+      report.history = await readHistory(relayList.length > 0 ? relayList : [streamServers], app);
       report.expiredNodes = all.length - records.length;
       return report;
     } finally {
