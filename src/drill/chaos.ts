@@ -211,7 +211,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
     stepMs,
     medians: drillMedians([]),
     durationMs: 0,
-    leaseChecks: { judged: 0, early: 0, unjudged: 0, minGapMs: null },
+    leaseChecks: { judged: 0, early: 0, unjudged: 0, minGapMs: null, gapsMs: [] },
     faults,
     chaos: { relays: nRelays, ack: 'quorum', tolerate, freshJoins: 0, freshTakeovers: 0, slowCatchUps: 0 },
     timeline,

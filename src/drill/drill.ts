@@ -136,7 +136,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
     stepMs,
     medians: drillMedians([]),
     durationMs: 0,
-    leaseChecks: { judged: 0, early: 0, unjudged: 0, minGapMs: null },
+    leaseChecks: { judged: 0, early: 0, unjudged: 0, minGapMs: null, gapsMs: [] },
     timeline,
   };
   const rejectedSeen = { forged: new Set<string>(), corrupt: new Set<string>() };

@@ -84,6 +84,8 @@ export interface LeaseChecks {
   unjudged: number;
   /** The smallest renewal-to-claim gap seen, ms (null: none judged). */
   minGapMs: number | null;
+  /** Per takeover, in order: the renewal-to-claim gap, ms (null: not judged). */
+  gapsMs: (number | null)[];
 }
 
 /** Judges one takeover, adds it to `checks`, and returns the violation line (if any). */
@@ -98,6 +100,7 @@ export function checkTakeoverLease(
   else checks.judged++;
   if (j.verdict === 'early') checks.early++;
   if (j.gapMs !== undefined) checks.minGapMs = Math.min(checks.minGapMs ?? j.gapMs, j.gapMs);
+  checks.gapsMs.push(j.verdict === 'unknown' ? null : (j.gapMs ?? null));
   return j.violation;
 }
 

@@ -271,7 +271,14 @@ export interface DrillReport {
    * The lease check of every takeover, from the lease record's server timestamps: claims judged,
    * claims sooner than the TTL, takeovers the record could not judge, smallest gap (ms).
    */
-  leaseChecks?: { judged: number; early: number; unjudged: number; minGapMs: number | null };
+  leaseChecks?: {
+    judged: number;
+    early: number;
+    unjudged: number;
+    minGapMs: number | null;
+    /** Per takeover, in order: ms from the deposed primary's last renewal to the claim (null: not judged). */
+    gapsMs: (number | null)[];
+  };
   /** chaos, --nats-cluster: every fault injected, in order (docs/drill.md). */
   faults?: FaultRecord[];
   /** chaos: relays, the ack policy and how many relays may be down at once. */

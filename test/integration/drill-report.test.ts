@@ -104,7 +104,7 @@ describe('drill --report (real drill, the page rendered in headless Chromium)', 
     [['drill', '--report', '/nonexistent-dir/x/drill.html'], /--report .* the folder .* does not exist/],
     [
       ['drill', '--scenario', 'flood'],
-      /Allowed choices are kill, pause, partition, relay-loss, shard-loss, (.*, )?all/,
+      /Allowed choices are kill, pause, partition, relay-loss, shard-loss, (.+, )?chaos, (.+, )?all/,
     ],
   ])('%j is a usage error: exit 2 with a hint', (args, problem) => {
     const r = run(...args);

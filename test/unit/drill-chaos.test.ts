@@ -124,7 +124,7 @@ describe('lease check of a takeover', () => {
   });
 
   it('cannot judge without both the renewal and the claim in the record, and counts that', () => {
-    const checks: LeaseChecks = { judged: 0, early: 0, unjudged: 0, minGapMs: null };
+    const checks: LeaseChecks = { judged: 0, early: 0, unjudged: 0, minGapMs: null, gapsMs: [] };
     expect(
       checkTakeoverLease(checks, renewals(1, 'a', 0, 3, 1), { kill: 1, killedEpoch: 1, ttlMs: TTL }),
     ).toBeUndefined();
@@ -137,6 +137,6 @@ describe('lease check of a takeover', () => {
     ).toBeUndefined();
     const early = [...renewals(1, 'a', 0, 3, 1), { t: 900, revision: 4, holder: 'b', epoch: 2 }];
     expect(checkTakeoverLease(checks, early, { kill: 1, killedEpoch: 1, ttlMs: TTL })).toMatch(/400 ms/);
-    expect(checks).toEqual({ judged: 1, early: 1, unjudged: 2, minGapMs: 400 });
+    expect(checks).toEqual({ judged: 1, early: 1, unjudged: 2, minGapMs: 400, gapsMs: [null, null, 400] });
   });
 });

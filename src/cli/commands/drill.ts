@@ -189,6 +189,7 @@ function merge(runs: DrillReport[]): Merged {
               r.leaseChecks!.minGapMs === null ? m : Math.min(m ?? Infinity, r.leaseChecks!.minGapMs),
             null,
           ),
+          gapsMs: runs.flatMap((r) => r.leaseChecks!.gapsMs),
         }
       : undefined,
     violations: runs.flatMap((r) => r.violations.map((v) => `${r.scenario}: ${v}`)),
