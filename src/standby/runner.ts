@@ -368,11 +368,30 @@ export class StandbyRunner {
     const o = this.#o;
     const survey = await findBase({ links: o.links, names: o.names, codec: o.codec, app: o.app });
     const base = survey.base;
-    const own = trustOwn
+    const ownOrWhy = trustOwn
       ? await this.#ownStore(base?.manifest.history ?? [], base?.manifest.checkpoint ?? 0)
       : undefined;
+    // Without a base, only an untrimmed history can rebuild the image (or the store).
+    const trimmed =
+      base === undefined &&
+      (
+        await Promise.all(
+          o.links.map((l) =>
+            l.connected()
+              ? streamBounds(l, o.names.stream).then(
+                  (b) => b.firstSeq > 1,
+                  () => false,
+                )
+              : Promise.resolve(false),
+          ),
+        )
+      ).some(Boolean);
     this.#base = base;
     const bc = base?.manifest.checkpoint;
+    const own =
+      ownOrWhy !== undefined && typeof ownOrWhy !== 'string' && trimmed
+        ? 'the history was trimmed and no intact base was found to rebuild the image from'
+        : ownOrWhy;
     if (own && typeof own !== 'string') {
       // Snapshot mode: areas written above the last formed snapshot are not trusted.
       if (o.mode === 'snapshot') await o.adapter.releaseAreas?.();
@@ -406,17 +425,7 @@ export class StandbyRunner {
       this.#startPath = { from: 'base', base: bc, own: undefined, why: own ?? 'own store not used' };
     } else {
       // No intact base: the whole history must still be on the relays.
-      const purged = await Promise.all(
-        o.links.map((l) =>
-          l.connected()
-            ? streamBounds(l, o.names.stream).then(
-                (b) => b.firstSeq > 1,
-                () => false,
-              )
-            : Promise.resolve(false),
-        ),
-      );
-      if (purged.some(Boolean)) {
+      if (trimmed) {
         const why = survey.rejected.map((r) => `base ${r.checkpoint}: ${r.why}`).join('; ');
         throw new RestartpointError(
           ErrorCode.Frame,

@@ -111,6 +111,12 @@ describe('bases and retention: join and restart cost the state, not the history'
       state = { n: i, sum: state.sum + i };
       await a.checkpoint(state);
     }
+    // Bases come every 500 checkpoints as the builder sees them (not at exact multiples): one
+    // more, forced, at the end of the history.
+    await b.waitFor((e) => e.msg === 'checkpoint applied' && e.checkpoint === HISTORY);
+    expect(b.events.some((e) => e.msg === 'base durable' && (e.checkpoint as number) < HISTORY)).toBe(true);
+    const forced = await runCompact({ nats: NATS_URL, app, timeoutMs: 30_000 });
+    expect(forced).toMatchObject({ ok: true, builder: 'b', checkpoint: HISTORY });
     const built = await b.waitFor((e) => e.msg === 'base durable' && (e.checkpoint as number) === HISTORY);
     expect(built.keys).toBe(KEYS);
     expect(built.retainFrom).toBe(HISTORY - 100 + 1);
