@@ -362,6 +362,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           limits: o.limits,
           apply: o.apply,
           onStartPath: (path) => o.log({ level: 'info', msg: 'start path', ...path }),
+          verifyOwnStore: o.verifyStore === 'full' ? 'full' : 'quick',
           ...standbyReports(o, rpt, guard),
         });
         standbyRef.s = run;

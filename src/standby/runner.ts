@@ -64,6 +64,12 @@ export interface StandbyOptions {
    * `false` always loads the base (or replays the relays) into a cleared store.
    */
   readonly resumeOwnStore?: boolean;
+  /**
+   * How the own store is checked before a restart trusts it: `quick` (identity token and key
+   * count, the default) or `full` (every key and value against the committed digest). The SDK
+   * passes `full` when the node's `verifyStore` is `full`.
+   */
+  readonly verifyOwnStore?: 'quick' | 'full';
   /** Told how the start went: from the base, from the own store, or from the first message. */
   readonly onStartPath?: (path: StartPath) => void;
 }
@@ -371,21 +377,21 @@ export class StandbyRunner {
     const ownOrWhy = trustOwn
       ? await this.#ownStore(base?.manifest.history ?? [], base?.manifest.checkpoint ?? 0)
       : undefined;
-    // Without a base, only an untrimmed history can rebuild the image (or the store).
-    const trimmed =
-      base === undefined &&
-      (
-        await Promise.all(
-          o.links.map((l) =>
-            l.connected()
-              ? streamBounds(l, o.names.stream).then(
-                  (b) => b.firstSeq > 1,
-                  () => false,
-                )
-              : Promise.resolve(false),
-          ),
-        )
-      ).some(Boolean);
+    // Without a base, only an untrimmed history can rebuild the image (or the store): it is
+    // trimmed when no connected relay still holds its stream from the first message (one relay
+    // that does, such as one a new primary backfilled, is enough to replay from).
+    const firstSeqs = await Promise.all(
+      o.links.map((l) =>
+        l.connected()
+          ? streamBounds(l, o.names.stream).then(
+              (b) => b.firstSeq,
+              () => undefined,
+            )
+          : Promise.resolve(undefined),
+      ),
+    );
+    const read = firstSeqs.filter((f): f is number => f !== undefined);
+    const trimmed = base === undefined && read.length > 0 && read.every((f) => f > 1);
     this.#base = base;
     const bc = base?.manifest.checkpoint;
     const own =
@@ -454,7 +460,9 @@ export class StandbyRunner {
     const cut = history.find((h) => discards(h, meta.epoch, meta.checkpoint));
     if (cut)
       return `own store's checkpoint ${meta.checkpoint} of epoch ${meta.epoch} was discarded by the fence of epoch ${cut.epoch} (cut at ${cut.cutoff})`;
-    const v = await o.adapter.verify({ quick: true }).catch((err: unknown) => (err as Error).message);
+    const v = await o.adapter
+      .verify({ quick: o.verifyOwnStore !== 'full' })
+      .catch((err: unknown) => (err as Error).message);
     if (typeof v === 'string') return `own store failed its check: ${v}`;
     if (!v.ok) return `own store failed its check (${v.status}): ${v.detail}`;
     return { epoch: meta.epoch, checkpoint: meta.checkpoint };

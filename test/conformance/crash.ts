@@ -41,6 +41,13 @@ export interface CrashTarget {
   readonly options: Readonly<Record<string, unknown>>;
   /** A new, unopened instance over the same store, in this process. */
   readonly open: () => Promise<StorageAdapter>;
+  /**
+   * Optional: called before each child starts, and again after it was killed, before the store
+   * is inspected: a networked store may still run what the killed child had already written to
+   * its socket (the kernel delivers those bytes after the process is gone), so the inspection
+   * waits until the server has dropped the child's connection (Redis: `CLIENT LIST`).
+   */
+  readonly settle?: { before(): Promise<void>; after(): Promise<void> };
   /** Optional: a short description of the store's leftovers after a kill, for the run log. */
   readonly inspect?: () => Promise<string>;
   /** Deletes the store. */
@@ -188,6 +195,7 @@ async function runChild(
   valueBytes: number,
   kill: KillPlan,
 ): Promise<ChildRun> {
+  await target.settle?.before();
   const child = spawn(
     process.execPath,
     [
@@ -243,6 +251,7 @@ async function runChild(
   });
   const [code, signal] = await exited;
   clearTimeout(timer);
+  await target.settle?.after();
   lines.close();
   child.stdin.destroy();
   if (signal !== 'SIGKILL') {

@@ -48,7 +48,7 @@ export interface VerifyReport {
 }
 
 const REBUILD =
-  'do not trust this store: restart the node (it clears its store and rebuilds it from the relays); if it is the primary, a standby takes over';
+  'do not trust this store: restart the node with verifyStore full (it then clears its store and rebuilds it from a base and the relays); if it is the primary, a standby takes over';
 
 function where(s: SidecarConfig['storage']): string {
   switch (s.kind) {
