@@ -28,9 +28,11 @@ import { packImage, unpackImage, type PackedPayload } from './compression.js';
 import { decodeDelta, diffTrees, encodeDelta, patchTreeInPlace, type ImageDelta } from './delta.js';
 import { Registry } from './graph.js';
 import { identityDelta } from './identity.js';
-import { deserializeImage, serializeImage } from './serialize.js';
+import { decodeKeyframeTree, tooDeep } from './keyframe-decode.js';
+import { serializeImage } from './serialize.js';
 import { trackerOf, untracked, type StateTracker } from './tracked.js';
 import { findUnserializable, fromTree, toTree, toTreeIndexed, type TreeNode } from './typed-tree.js';
+import { ImageWorker } from './worker.js';
 
 /** Keyframe policy. */
 export interface KeyframePolicy {
@@ -283,9 +285,32 @@ export class ImageChain {
    * record announcing more is refused before anything is decompressed, so a small compressed
    * payload cannot make the standby allocate gigabytes.
    */
-  constructor(opts: { readonly maxImageBytes?: number; readonly maxDepth?: number } = {}) {
+  constructor(
+    opts: {
+      readonly maxImageBytes?: number;
+      readonly maxDepth?: number;
+      /**
+       * Decode keyframes of at least this many raw bytes in a worker thread (worker.ts), so the
+       * event loop keeps running. Default: never (every check on the calling thread).
+       */
+      readonly offThreadBytes?: number;
+      /** Tree nodes per slice coming back from the worker (tests). */
+      readonly sliceNodes?: number;
+    } = {},
+  ) {
     this.maxImageBytes = opts.maxImageBytes ?? 256 * 1024 * 1024;
     this.maxDepth = opts.maxDepth ?? DEFAULT_LIMITS.maxDepth;
+    this.offThreadBytes = opts.offThreadBytes ?? Infinity;
+    if (this.offThreadBytes !== Infinity) this.#worker = new ImageWorker({ sliceNodes: opts.sliceNodes });
+  }
+
+  /** Keyframes of at least this many raw bytes are decoded in the worker (if there is one). */
+  readonly offThreadBytes: number;
+  readonly #worker: ImageWorker | undefined;
+
+  /** Ends the image worker, if one was started. */
+  async close(): Promise<void> {
+    await this.#worker?.close();
   }
 
   /** Checkpoint of the materialized image (0 = none). */
@@ -301,9 +326,10 @@ export class ImageChain {
   /**
    * Validates `rec` as checkpoint `checkpoint`'s image: decompresses it, decodes it, and checks
    * that a delta applies to the image held. Throws `ImageError` if it cannot apply; the image
-   * held is untouched either way.
+   * held is untouched either way. A keyframe of `offThreadBytes` or more (with a worker) is
+   * checked in the image worker: the result is then a promise (rejecting with the same errors).
    */
-  check(checkpoint: number, rec: ImageRecord): void {
+  check(checkpoint: number, rec: ImageRecord): void | Promise<void> {
     if (rec.format === ImageFormat.Delta) {
       if (this.#tree === undefined || rec.base !== this.#checkpoint) {
         throw new ImageError(
@@ -321,26 +347,19 @@ export class ImageChain {
         `image for checkpoint ${checkpoint} announces ${rec.rawLength} bytes, over the limit of ${this.maxImageBytes} (limit 'limits.maxImageBytes'; raise it in the start options)`,
       );
     }
-    const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
     if (rec.format === ImageFormat.Full) {
-      // node:v8 reads on the call stack: an image nested too deep fails there ("Maximum call
-      // stack size exceeded", an ImageError) or, within what it reads, in the walk below.
-      let tree: TreeNode;
-      try {
-        tree = toTree(deserializeImage(raw), this.maxDepth);
-      } catch (err) {
-        if (err instanceof LimitError) throw tooDeep(checkpoint, err);
-        if (err instanceof ImageError && err.cause instanceof RangeError) {
-          throw tooDeep(
-            checkpoint,
-            new LimitError('limits.maxDepth', `node:v8 could not read it: ${err.cause.message}`),
-          );
-        }
-        throw err;
+      if (this.#worker !== undefined && rec.rawLength >= this.offThreadBytes) {
+        // Large: decoded in the worker, the tree comes back in slices (worker.ts).
+        this.#checked = undefined;
+        return this.#worker.decodeKeyframe(checkpoint, rec, this.maxDepth).then((tree) => {
+          this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: tree };
+        });
       }
+      const tree = decodeKeyframeTree(checkpoint, rec.codec, rec.payload, rec.rawLength, this.maxDepth);
       this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: tree };
       return;
     }
+    const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
     const delta = raw.byteLength === 0 ? null : decodeDelta(raw);
     // A delta is nested about as deep as the tree it changes (up to three levels per Map level,
     // plus its own markers); one deeper than that would make a state this node refuses.
@@ -378,14 +397,6 @@ export class ImageChain {
   get tree(): TreeNode | undefined {
     return this.#tree;
   }
-}
-
-/** The standby's refusal of an image nested deeper than its `limits.maxDepth`. */
-function tooDeep(checkpoint: number, err: LimitError): ImageError {
-  return new ImageError(
-    `image for checkpoint ${checkpoint} refused: ${err.message}; give every node the same limits`,
-    { cause: err },
-  );
 }
 
 /** How deep JSON `value` nests (a scalar is 0), counting no further than `stop` + 1. Iterative. */

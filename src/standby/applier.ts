@@ -46,7 +46,7 @@ import { DEFAULT_LIMITS, type Limits } from '../limits.js';
 /** Where committed images go: validates and materializes them (see image/chain.ts). */
 export interface ImageSink {
   /** Checks that `rec` can become checkpoint `checkpoint`'s image; throws `ImageError` if not. */
-  check(checkpoint: number, rec: ImageRecord): void;
+  check(checkpoint: number, rec: ImageRecord): void | Promise<void>;
   /** Advances the materialized image to `checkpoint`. Called after `check` and the store commit. */
   apply(checkpoint: number, rec: ImageRecord): void;
 }
@@ -618,7 +618,7 @@ export class Applier {
       if (!this.#committable(next, st)) return;
       const unconfirmed = this.#relaxed && !this.#durable(st);
       try {
-        this.#o.images.check(next, st.image);
+        await this.#o.images.check(next, st.image);
       } catch (err) {
         if (err instanceof ImageError && err.cause instanceof LimitError) {
           // Over this node's limits.maxDepth: counted once under `limit`, like the other limits.

@@ -5,6 +5,9 @@
  * when it has caught up with enough relays to have seen every acknowledged checkpoint.
  */
 import { ImageChain } from '../image/chain.js';
+
+/** Keyframes of at least this many raw bytes are decoded off the main thread. */
+export const OFF_THREAD_IMAGE_BYTES = 1024 * 1024;
 import type { FrameCodec } from '../protocol/codec.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { Limits } from '../limits.js';
@@ -92,6 +95,9 @@ export class StandbyRunner {
     this.images = new ImageChain({
       maxImageBytes: opts.limits?.maxImageBytes,
       maxDepth: opts.limits?.maxDepth,
+      // Large keyframes are decoded in a worker thread: the lease watch and the consumers keep
+      // running while a 100 MB image is read (docs/images.md#off-the-main-thread).
+      offThreadBytes: OFF_THREAD_IMAGE_BYTES,
     });
     this.intake = new Intake({
       app: opts.app,
@@ -366,6 +372,7 @@ export class StandbyRunner {
     this.unpace();
     await Promise.all(this.#readers.map((r) => r.stop()));
     await this.#chain;
+    await this.images.close();
   }
 
   #release(): void {
