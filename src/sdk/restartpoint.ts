@@ -19,7 +19,7 @@ import {
   type StorageError,
 } from '../errors.js';
 import { ImageEncoder } from '../image/chain.js';
-import { track } from '../image/tracked.js';
+import { track, trackerOf, type StateTracker } from '../image/tracked.js';
 import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary/replicator.js';
 import { appNames } from '../protocol/subjects.js';
 import { takeOver, type Promotion } from '../failover/takeover.js';
@@ -41,7 +41,13 @@ import {
   type SidecarAddress,
 } from './sidecar-client.js';
 import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
-import { AutoCheckpoints, OutputCommits, resumeProblem, resumeState } from './restart-points.js';
+import {
+  AutoCheckpoints,
+  OutputCommits,
+  resumeProblem,
+  resumeState,
+  type Resumed,
+} from './restart-points.js';
 import type { ResumedFrom, TakeoverStats } from '../types.js';
 
 export type { ResumedFrom, TakeoverStats } from '../types.js';
@@ -95,6 +101,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   #handingOver: Promise<unknown> | undefined;
   #fenced: FencedError | undefined;
   #closed = false;
+  readonly #adoptTracker: ((tracker: StateTracker) => boolean) | undefined;
 
   private constructor(init: {
     o: ResolvedOptions<S>;
@@ -107,9 +114,12 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     epoch: number;
     takeover: TakeoverStats;
     reporter: Pick<NodeReporter, 'transition' | 'stop'>;
+    /** The encoder's hook for `track()` of the resumed state (see ImageEncoder.adoptTracker). */
+    adoptTracker?: (tracker: StateTracker) => boolean;
   }) {
     super();
     this.#reporter = init.reporter;
+    this.#adoptTracker = init.adoptTracker;
     this.#o = init.o;
     this.#keeper = init.keeper;
     this.#replicator = init.replicator;
@@ -281,6 +291,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       o.signal?.addEventListener('abort', onAbort, { once: true });
       if (o.signal?.aborted) onAbort();
       const holder: { rp?: Restartpoint<S> } = {};
+      const resumed: Resumed = {};
       let promotion: Promotion<S>;
       try {
         promotion = await takeOver<S>({
@@ -297,7 +308,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           lease: leaseStore,
           kv,
           resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
-          restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
+          restore: (checkpoint) => resumeState(o, standby.images, checkpoint, resumed),
           transition: (to, reason) => rpt.transition(to, reason),
           log: o.log,
           signal: stop.signal,
@@ -315,19 +326,24 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       }
       const { claim, keeper, position: pos, state: image } = promotion;
       rpt.checkpoint = pos.checkpoint;
+      const encoder = new ImageEncoder({
+        maxDepth: o.limits.maxDepth,
+        keyframeEvery: o.keyframeEvery,
+        maxChainShare: o.maxChainShare,
+        stateVersion: o.stateVersion,
+        immutable: o.immutableState,
+      });
+      // The first checkpoint of this epoch: a delta against the image the standbys hold.
+      if (resumed.image !== undefined && resumed.image.checkpoint === pos.checkpoint) {
+        encoder.resume(resumed.image);
+      }
       const replicator = new Replicator({
         epoch: claim.epoch,
         firstCheckpoint: pos.checkpoint + 1,
         firstSeq: 2,
         adapter: o.storage,
         publisher: relaySet,
-        images: new ImageEncoder({
-          maxDepth: o.limits.maxDepth,
-          keyframeEvery: o.keyframeEvery,
-          maxChainShare: o.maxChainShare,
-          stateVersion: o.stateVersion,
-          immutable: o.immutableState,
-        }),
+        images: encoder,
         batchBytes: Math.min(
           o.batchBytes,
           Math.max(1024, Math.min(...relaySet.links.map((l) => l.maxPayload)) - 4096),
@@ -363,6 +379,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         epoch: claim.epoch,
         reporter: rpt,
         takeover: promotion.stats,
+        adoptTracker: (tracker) => encoder.adoptTracker(tracker),
       });
       holder.rp = self;
       rpt.observe('takeover', { epoch: claim.epoch, resumedFrom: pos.checkpoint, ...self.takeover });
@@ -480,7 +497,12 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
    * Throws `InvalidArgumentError` when `state` cannot be tracked.
    */
   track<T extends object>(state: T): T {
-    return track(state);
+    const proxy = track(state);
+    // The resumed state, tracked before it changed: adopt the objects the restore found, so
+    // the first checkpoint of this epoch is a delta of what changed (images.md).
+    const tracker = (state as unknown) === this.state ? trackerOf(proxy) : undefined;
+    if (tracker !== undefined) this.#adoptTracker?.(tracker);
+    return proxy;
   }
 
   /**
