@@ -519,6 +519,9 @@ async function keyframeStall(
   const watch = async <T>(fn: () => Promise<T>): Promise<{ ms: number; stallMs: number; value: T }> => {
     const h = monitorEventLoopDelay({ resolution: 5 });
     h.enable();
+    // The histogram records the gap between two of its timer's ticks: let it tick first, or a
+    // block right after enable() goes unrecorded.
+    await new Promise((r) => setTimeout(r, 30));
     const t0 = performance.now();
     const value = await fn();
     const ms = performance.now() - t0;

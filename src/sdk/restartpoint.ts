@@ -40,7 +40,14 @@ import {
   type RoleHolder,
   type SidecarAddress,
 } from './sidecar-client.js';
-import { clearSwitchover, readSwitchover, type SwitchoverRequest } from '../transport/presence.js';
+import {
+  PRESENCE_STALE_MS,
+  clearSwitchover,
+  readPresence,
+  readSwitchover,
+  type SwitchoverRequest,
+} from '../transport/presence.js';
+import { LagBudget, defaultLagBudget } from '../primary/lag-budget.js';
 import {
   AutoCheckpoints,
   OutputCommits,
@@ -102,6 +109,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   #fenced: FencedError | undefined;
   #closed = false;
   readonly #adoptTracker: ((tracker: StateTracker) => boolean) | undefined;
+  readonly #lagBudget: LagBudget | undefined;
 
   private constructor(init: {
     o: ResolvedOptions<S>;
@@ -116,8 +124,11 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     reporter: Pick<NodeReporter, 'transition' | 'stop'>;
     /** The encoder's hook for `track()` of the resumed state (see ImageEncoder.adoptTracker). */
     adoptTracker?: (tracker: StateTracker) => boolean;
+    /** Back-pressure from the slowest standby (`maxStandbyLag`). */
+    lagBudget?: LagBudget;
   }) {
     super();
+    this.#lagBudget = init.lagBudget;
     this.#reporter = init.reporter;
     this.#adoptTracker = init.adoptTracker;
     this.#o = init.o;
@@ -333,6 +344,30 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         stateVersion: o.stateVersion,
         immutable: o.immutableState,
       });
+      // Back-pressure from the slowest live standby (docs/failover.md, "The lag budget").
+      const lagBudget =
+        o.maxStandbyLag === false
+          ? undefined
+          : new LagBudget({
+              budget: { ...defaultLagBudget(o.leaseTtlMs), ...stripUndefined(o.maxStandbyLag ?? {}) },
+              read: async () =>
+                (await readPresence(kv)).filter(
+                  (p) =>
+                    p.state === 'standby' &&
+                    p.nodeId !== o.nodeId &&
+                    Date.now() - p.updatedAt < PRESENCE_STALE_MS,
+                ),
+              onOverrun: (lag, waitedMs) =>
+                o.log({
+                  level: 'warn',
+                  msg: 'standby lag over budget',
+                  nodeId: lag.nodeId,
+                  behindCheckpoints: lag.checkpoints,
+                  behindMs: Math.round(lag.ms),
+                  behindBytes: lag.bytes,
+                  waitedMs: Math.round(waitedMs),
+                }),
+            });
       // The first checkpoint of this epoch: a delta against the image the standbys hold.
       if (resumed.image !== undefined && resumed.image.checkpoint === pos.checkpoint) {
         encoder.resume(resumed.image);
@@ -351,6 +386,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         limits: o.limits,
         leaseValid: () => keeper.isValid(),
         onAck: (stats) => {
+          lagBudget?.acknowledged(stats.checkpoint, stats.imageBytes + stats.writeBytes);
           rpt.checkpoint = Math.max(rpt.checkpoint, stats.checkpoint);
           rpt.observe('checkpoint', { ...stats, epoch: claim.epoch });
         },
@@ -380,6 +416,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         reporter: rpt,
         takeover: promotion.stats,
         adoptTracker: (tracker) => encoder.adoptTracker(tracker),
+        lagBudget,
       });
       holder.rp = self;
       rpt.observe('takeover', { epoch: claim.epoch, resumedFrom: pos.checkpoint, ...self.takeover });
@@ -472,7 +509,16 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       // The handover checkpoint is in flight: this one runs if it fails, else it is refused.
       return this.#gated(() => this.checkpoint(state));
     }
-    const done = this.#replicator.checkpoint(state);
+    const acked = this.#replicator.checkpoint(state);
+    const budget = this.#lagBudget;
+    // Durable already; its resolution waits while the slowest standby is over the lag budget.
+    const done =
+      budget === undefined
+        ? acked
+        : acked.then(async (ack) => {
+            await budget.wait(() => this.#closed || this.#fenced !== undefined);
+            return ack;
+          });
     if (this.#handover) this.#handOverAt(done);
     const settled = done.then(
       (ack) => this.#commits.acknowledged(ack.checkpoint),
@@ -666,4 +712,9 @@ function standbyReports(
     onFence: (epoch, nodeId, seq) =>
       o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
   };
+}
+
+/** `o` without its undefined fields (so they do not override defaults in a spread). */
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
