@@ -146,7 +146,8 @@ export class LagBudget {
     return lag.ms > b.ms || lag.checkpoints > b.checkpoints || lag.bytes > b.bytes;
   }
 
-  async #refresh(): Promise<void> {
+  /** Re-reads presence if the last reading is old; never waits longer than `limitMs`. */
+  async #refresh(limitMs: number): Promise<void> {
     if (this.#now() - this.#readAt < POLL_MS) return;
     this.#reading ??= this.#read()
       .then((s) => {
@@ -161,7 +162,15 @@ export class LagBudget {
       .finally(() => {
         this.#reading = undefined;
       });
-    await this.#reading;
+    // A KV read that hangs (a server gone quiet) must not hold a checkpoint past `waitMs`.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.#reading,
+      new Promise<void>((r) => {
+        timer = setTimeout(r, Math.max(0, limitMs));
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   /**
@@ -170,7 +179,8 @@ export class LagBudget {
    */
   async wait(stopped: () => boolean): Promise<void> {
     const start = this.#now();
-    await this.#refresh();
+    const left = (): number => this.#budget.waitMs - (this.#now() - start);
+    await this.#refresh(Math.min(POLL_MS, left()));
     for (;;) {
       const lag = this.slowest();
       if (lag === undefined || !this.over(lag) || stopped()) return;
@@ -180,7 +190,7 @@ export class LagBudget {
         return;
       }
       await new Promise((r) => setTimeout(r, Math.min(POLL_MS, this.#budget.waitMs - waited)));
-      await this.#refresh();
+      await this.#refresh(left());
     }
   }
 }
