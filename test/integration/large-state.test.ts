@@ -101,5 +101,13 @@ describe('large states across takeovers', () => {
     expect(next.state).toEqual(expected);
     expect(next.state.orders.get('o7')!.qty).toBe(-7);
     expect(next.state.orders.has('o8')).toBe(false);
+    // Its own first checkpoint: a delta against an image that itself came through a format-3
+    // delta, named by epoch 2.
+    const t = next.track(next.state);
+    t.orders.get('o1')!.qty = 1;
+    await next.checkpoint(t);
+    expect(next.lastCheckpoint).toMatchObject({ checkpoint: 7, keyframe: false, imagePath: 'tracked' });
+    const last = (await imageFrames(app)).find((f) => f.checkpoint === 7)!;
+    expect(last).toMatchObject({ epoch: 3, rec: { format: ImageFormat.DeltaAcross, base: 6, baseEpoch: 2 } });
   });
 });
