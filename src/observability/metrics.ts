@@ -90,6 +90,7 @@ export class RestartpointMetrics {
   readonly #takeovers: Counter<string>;
   readonly #takeoverDuration: Gauge<string>;
   readonly #rejected: Counter<string>;
+  readonly #lagOverruns: Counter<string>;
   /** Relays that got a lag sample, to drop series of relays that went away. */
   #relays = new Set<string>();
 
@@ -226,6 +227,12 @@ export class RestartpointMetrics {
       [...base, 'reason'],
     );
 
+    this.#lagOverruns = this.#counter(
+      'standby_lag_overruns_total',
+      'Checkpoints of this primary that waited out maxStandbyLag.waitMs with a standby still over the lag budget.',
+      base,
+    );
+
     if (opts.collectDefault === true && !this.registry.getSingleMetric('process_cpu_user_seconds_total')) {
       collectDefaultMetrics({ register: this.registry });
     }
@@ -248,6 +255,7 @@ export class RestartpointMetrics {
       rejected: guard((reason: string) => this.#rejected.inc({ ...this.#labels(), reason: String(reason) })),
       lag: guard((relays: readonly RelayLagSample[]) => this.#onLag(relays)),
       takeover: guard((t: TakeoverObservation) => this.#onTakeover(t)),
+      lagOverrun: guard(() => this.#lagOverruns.inc(this.#labels())),
     };
   }
 

@@ -357,16 +357,17 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
                     p.nodeId !== o.nodeId &&
                     Date.now() - p.updatedAt < PRESENCE_STALE_MS,
                 ),
-              onOverrun: (lag, waitedMs) =>
-                o.log({
-                  level: 'warn',
-                  msg: 'standby lag over budget',
+              onOverrun: (lag, waitedMs) => {
+                const seen = {
                   nodeId: lag.nodeId,
                   behindCheckpoints: lag.checkpoints,
                   behindMs: Math.round(lag.ms),
                   behindBytes: lag.bytes,
                   waitedMs: Math.round(waitedMs),
-                }),
+                };
+                o.log({ level: 'warn', msg: 'standby lag over budget', ...seen });
+                rpt.observe('lagOverrun', seen);
+              },
             });
       // The first checkpoint of this epoch: a delta against the image the standbys hold.
       if (resumed.image !== undefined && resumed.image.checkpoint === pos.checkpoint) {

@@ -31,11 +31,13 @@ describe('lag budget (maxStandbyLag)', () => {
     const app = freshApp();
     apps.push(app);
     const logs: LogEvent[] = [];
+    const overruns: { nodeId: string; waitedMs: number }[] = [];
     const a = await live.start(
       nodeOptions<{ n: number }>(app, 'a', {
         initialState: () => ({ n: 0 }),
         maxStandbyLag: { checkpoints: 3, waitMs: 1500 },
         log: (e) => logs.push(e),
+        observer: { lagOverrun: (o) => overruns.push(o) },
       }),
     );
     const stop = new AbortController();
@@ -63,6 +65,9 @@ describe('lag budget (maxStandbyLag)', () => {
       expect(over[0]).toMatchObject({ level: 'warn', nodeId: 'b' });
       expect(over[0]!.behindCheckpoints as number).toBeGreaterThan(3);
       expect(over[0]!.waitedMs as number).toBeGreaterThanOrEqual(1500);
+      // The observer (metrics: restartpoint_standby_lag_overruns_total) hears of each one.
+      expect(overruns.length).toBe(over.length);
+      expect(overruns[0]).toMatchObject({ nodeId: 'b' });
       // Every checkpoint while b lags waits the bound out.
       expect(Math.min(...ms)).toBeGreaterThanOrEqual(1400);
     } finally {
