@@ -326,16 +326,23 @@ export class ImageEncoder {
     }
   }
 
+  /** Whether the next image is a delta against a resumed image (`resume` was called). */
+  get resumed(): boolean {
+    return this.#baseEpoch !== undefined;
+  }
+
   /**
    * `rp.track(state)` of the resumed state, before anything changed through the proxy: the
    * tracker adopts the objects the restore found, so the first checkpoint walks only what
-   * changes (no whole-state diff). Returns whether it was adopted.
+   * changes (no whole-state diff). Returns whether it was adopted; undefined when nothing was
+   * resumed or it was adopted already.
    */
-  adoptTracker(tracker: StateTracker): boolean {
+  adoptTracker(tracker: StateTracker): boolean | undefined {
     const r = this.#resumed;
     const base = this.#base;
-    if (r === undefined || base === undefined || tracker.target !== r.live || r.objects === undefined)
-      return false;
+    // Nothing resumed (a fresh app), or adopted already.
+    if (r === undefined || base === undefined) return undefined;
+    if (tracker.target !== r.live || r.objects === undefined) return false;
     tracker.rebuild(r.objects);
     this.#base = { kind: 'tracked', tree: base.tree, tracker, generation: tracker.generation };
     this.#resumed = undefined;

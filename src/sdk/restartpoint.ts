@@ -108,7 +108,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   #handingOver: Promise<unknown> | undefined;
   #fenced: FencedError | undefined;
   #closed = false;
-  readonly #adoptTracker: ((tracker: StateTracker) => boolean) | undefined;
+  readonly #adoptTracker: ((tracker: StateTracker) => boolean | undefined) | undefined;
   readonly #lagBudget: LagBudget | undefined;
 
   private constructor(init: {
@@ -123,7 +123,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     takeover: TakeoverStats;
     reporter: Pick<NodeReporter, 'transition' | 'stop'>;
     /** The encoder's hook for `track()` of the resumed state (see ImageEncoder.adoptTracker). */
-    adoptTracker?: (tracker: StateTracker) => boolean;
+    adoptTracker?: (tracker: StateTracker) => boolean | undefined;
     /** Back-pressure from the slowest standby (`maxStandbyLag`). */
     lagBudget?: LagBudget;
   }) {
@@ -373,6 +373,17 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       if (resumed.image !== undefined && resumed.image.checkpoint === pos.checkpoint) {
         encoder.resume(resumed.image);
       }
+      if (pos.checkpoint > 0) {
+        // Which image the epoch starts with: an operator's (and the drill's) clue to resume time.
+        o.log({
+          level: 'info',
+          msg: 'first image of the epoch',
+          kind: encoder.resumed ? 'delta' : 'keyframe',
+          base: pos.checkpoint,
+          baseEpoch: resumed.image?.epoch ?? null,
+          shared: resumed.image !== undefined && resumed.image.objects === undefined,
+        });
+      }
       const replicator = new Replicator({
         epoch: claim.epoch,
         firstCheckpoint: pos.checkpoint + 1,
@@ -548,7 +559,13 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     // The resumed state, tracked before it changed: adopt the objects the restore found, so
     // the first checkpoint of this epoch is a delta of what changed (images.md).
     const tracker = (state as unknown) === this.state ? trackerOf(proxy) : undefined;
-    if (tracker !== undefined) this.#adoptTracker?.(tracker);
+    if (tracker !== undefined && this.#adoptTracker?.(tracker) === false) {
+      this.#o.log({
+        level: 'info',
+        msg: 'resumed state tracked without its restore objects',
+        reason: 'the state shares objects, or it changed before track()',
+      });
+    }
     return proxy;
   }
 
