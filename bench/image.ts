@@ -32,6 +32,7 @@ import { memoryAdapter } from '../adapters/memory/index.js';
 import { Restartpoint } from '../src/index.js';
 import { ImageChain, ImageEncoder } from '../src/image/chain.js';
 import { track } from '../src/image/tracked.js';
+import { OFF_THREAD_IMAGE_BYTES } from '../src/standby/runner.js';
 import { FrameKind, encodeFrame } from '../src/protocol/frame.js';
 import type { ImageRecord } from '../src/protocol/records.js';
 import { median, round, type BenchContext, type BenchRow, type Suite } from './harness.js';
@@ -466,9 +467,80 @@ export const imageSuite: Suite = {
           if (mb === 10) worst('image.10mb.restore_over_deserialize', rest.restoreMs / rest.deserializeMs);
         }
       }
+      if (ctx.wants('image.100mb')) {
+        const n = recordCount(100);
+        const stalls = { primary: [] as number[], standby: [] as number[] };
+        const times = { primary: [] as number[], standby: [] as number[] };
+        for (let i = 0; i < ctx.repeat; i++) {
+          ctx.progress(
+            `  image.100mb: ${n} records, keyframe on the primary and the standby (${i + 1}/${ctx.repeat})`,
+          );
+          const k = await keyframeStall(n);
+          for (const side of ['primary', 'standby'] as const) {
+            stalls[side].push(k[side].stallMs);
+            times[side].push(k[side].ms);
+          }
+        }
+        table.push('', 'image.100mb keyframe: worst event-loop delay ms / keyframe ms (median of --repeat)');
+        for (const side of ['primary', 'standby'] as const) {
+          const stall = median(stalls[side]);
+          const ms = median(times[side]);
+          rows.push(
+            { name: `image.100mb.keyframe.${side}.ms`, value: ms, unit: 'ms' },
+            {
+              name: `image.100mb.keyframe.${side}.loop_stall_ms`,
+              value: stall,
+              unit: 'ms',
+              note: 'worst monitorEventLoopDelay sample',
+            },
+          );
+          table.push(`  ${side.padEnd(8)} ${fmt(stall)} / ${fmt(ms)}`);
+          ratios[`image.100mb.loop_stall_over_keyframe.${side}`] = stall / ms;
+          worst('image.100mb.loop_stall_over_keyframe', stall / ms);
+        }
+      }
     } finally {
       await nc.close();
     }
     return { rows, ratios, table: table.join('\n') };
   },
 };
+
+/**
+ * A 100 MB keyframe on both sides, with the event loop watched (`monitorEventLoopDelay`, 5 ms
+ * resolution): on the primary from `encode` (tracked state, first checkpoint) until its record
+ * is ready (compressed); on the standby `ImageChain.checkAsync` + `apply` as the runner does it
+ * (decoded in the image worker, the tree handed back in slices).
+ */
+async function keyframeStall(
+  n: number,
+): Promise<Record<'primary' | 'standby', { ms: number; stallMs: number }>> {
+  const state = track(build(n, 'map'));
+  const watch = async <T>(fn: () => Promise<T>): Promise<{ ms: number; stallMs: number; value: T }> => {
+    const h = monitorEventLoopDelay({ resolution: 5 });
+    h.enable();
+    // The histogram records the gap between two of its timer's ticks: let it tick first, or a
+    // block right after enable() goes unrecorded.
+    await new Promise((r) => setTimeout(r, 30));
+    const t0 = performance.now();
+    const value = await fn();
+    const ms = performance.now() - t0;
+    h.disable();
+    return { ms, stallMs: h.max / 1e6, value };
+  };
+  const encoder = new ImageEncoder({ keyframeEvery: 1_000_000 });
+  // Let a timer tick before the keyframe, so the histogram has a baseline.
+  await new Promise((r) => setTimeout(r, 20));
+  const primary = await watch(async () => encoder.encode(state, 1).record);
+  const chain = new ImageChain({ offThreadBytes: OFF_THREAD_IMAGE_BYTES, maxImageBytes: 2 ** 31 });
+  try {
+    await new Promise((r) => setTimeout(r, 20));
+    const standby = await watch(async () => {
+      await chain.checkAsync(1, primary.value);
+      chain.apply(1, primary.value);
+    });
+    return { primary, standby };
+  } finally {
+    await chain.close();
+  }
+}

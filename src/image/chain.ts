@@ -28,9 +28,18 @@ import { packImage, unpackImage, type PackedPayload } from './compression.js';
 import { decodeDelta, diffTrees, encodeDelta, patchTreeInPlace, type ImageDelta } from './delta.js';
 import { Registry } from './graph.js';
 import { identityDelta } from './identity.js';
-import { deserializeImage, serializeImage } from './serialize.js';
+import { decodeKeyframeTree, tooDeep } from './keyframe-decode.js';
+import { serializeImage } from './serialize.js';
 import { trackerOf, untracked, type StateTracker } from './tracked.js';
-import { findUnserializable, fromTree, toTree, toTreeIndexed, type TreeNode } from './typed-tree.js';
+import {
+  findUnserializable,
+  fromTree,
+  fromTreeIndexed,
+  toTree,
+  toTreeIndexed,
+  type TreeNode,
+} from './typed-tree.js';
+import { ImageWorker } from './worker.js';
 
 /** Keyframe policy. */
 export interface KeyframePolicy {
@@ -117,6 +126,11 @@ export class ImageEncoder {
   #sinceKeyframe = 0;
   #keyframeBytes = 0;
   #chainBytes = 0;
+  /** After `resume`: the epoch of the resumed image, named by the first delta (format 3). */
+  #baseEpoch: number | undefined;
+  /** After `resume`, until the first checkpoint: the resumed live state and its objects. */
+  #resumed:
+    { readonly live: unknown; readonly objects: ReadonlyMap<object, TreeNode> | undefined } | undefined;
 
   constructor(options: ImageEncoderOptions = {}) {
     this.#policy = {
@@ -142,6 +156,7 @@ export class ImageEncoder {
       return this.#encode(raw, tracker, checkpoint);
     } catch (err) {
       this.#base = undefined;
+      this.#baseEpoch = undefined;
       tracker?.invalidate();
       // Incremental paths encode subtrees; a whole walk names the path from the root.
       if (err instanceof SerializationError) throw findUnserializable(raw) ?? err;
@@ -165,13 +180,20 @@ export class ImageEncoder {
       current = !found.keyframe;
     }
     this.#prevCheckpoint = checkpoint;
+    const baseEpoch = this.#baseEpoch;
+    this.#baseEpoch = undefined;
+    this.#resumed = undefined;
     if (!keyframe) {
       // An empty payload means "unchanged": the cheapest delta of all.
       const payload = delta === undefined ? Buffer.alloc(0) : encodeDelta(delta);
       if (this.#chainBytes + payload.byteLength <= this.#keyframeBytes * this.#policy.maxChainShare) {
         this.#sinceKeyframe++;
         this.#chainBytes += payload.byteLength;
-        return this.#result(ImageFormat.Delta, checkpoint - 1, payload, path);
+        // The first delta of an epoch names its base's epoch: a standby holding another image
+        // of that checkpoint (from a deposed history) refuses it instead of patching it.
+        return baseEpoch === undefined
+          ? this.#result(ImageFormat.Delta, checkpoint - 1, payload, path)
+          : this.#result(ImageFormat.DeltaAcross, checkpoint - 1, payload, path, baseEpoch);
       }
     }
     // The walk first: it refuses a state nested deeper than maxDepth before node:v8 overflows
@@ -239,11 +261,18 @@ export class ImageEncoder {
     }
   }
 
-  #result(format: ImageFormat, base: number, payload: Buffer, path: ImagePath): EncodedImage {
+  #result(
+    format: ImageFormat,
+    base: number,
+    payload: Buffer,
+    path: ImagePath,
+    baseEpoch?: number,
+  ): EncodedImage {
     const make = (p: PackedPayload): ImageRecord => ({
       format,
       codec: p.codec,
       base,
+      ...(baseEpoch === undefined ? {} : { baseEpoch }),
       stateVersion: this.#stateVersion,
       rawLength: p.rawLength,
       payload: p.payload,
@@ -259,10 +288,65 @@ export class ImageEncoder {
     };
   }
 
-  /** Forgets the base: the next image is a keyframe (after a takeover). */
+  /** Forgets the base: the next image is a keyframe. */
   reset(): void {
     this.#base = undefined;
     this.#prevCheckpoint = 0;
+    this.#baseEpoch = undefined;
+    this.#resumed = undefined;
+  }
+
+  /**
+   * After a takeover: makes the resumed image the base, so that the first checkpoint of the new
+   * epoch (`checkpoint + 1`) is a delta against it (format 3, naming `epoch`), not a keyframe.
+   * `tree` is the standby's materialized tree (the encoder owns it from now on and patches it);
+   * `live` the state restored from it, `objects` its objects as `fromTreeIndexed` found them
+   * (undefined when the state shares objects). The keyframe policy counts from here: the chain
+   * the standbys hold has an unknown length, so the next keyframe comes by `maxChainShare` of
+   * `keyframeBytes` (the raw size of the resumed image) or by `keyframeEvery`.
+   */
+  resume(r: {
+    readonly tree: TreeNode;
+    readonly checkpoint: number;
+    readonly epoch: number;
+    readonly live: unknown;
+    readonly objects: ReadonlyMap<object, TreeNode> | undefined;
+    readonly keyframeBytes: number;
+  }): void {
+    this.#prevCheckpoint = r.checkpoint;
+    this.#baseEpoch = r.epoch;
+    this.#sinceKeyframe = 0;
+    this.#keyframeBytes = r.keyframeBytes;
+    this.#chainBytes = 0;
+    this.#resumed = { live: r.live, objects: r.objects };
+    if (this.#immutable && r.objects !== undefined) {
+      this.#base = { kind: 'identity', tree: r.tree, live: r.live, registry: Registry.ofTree(r.objects) };
+    } else {
+      this.#base = { kind: 'diff', tree: r.tree };
+    }
+  }
+
+  /** Whether the next image is a delta against a resumed image (`resume` was called). */
+  get resumed(): boolean {
+    return this.#baseEpoch !== undefined;
+  }
+
+  /**
+   * `rp.track(state)` of the resumed state, before anything changed through the proxy: the
+   * tracker adopts the objects the restore found, so the first checkpoint walks only what
+   * changes (no whole-state diff). Returns whether it was adopted; undefined when nothing was
+   * resumed or it was adopted already.
+   */
+  adoptTracker(tracker: StateTracker): boolean | undefined {
+    const r = this.#resumed;
+    const base = this.#base;
+    // Nothing resumed (a fresh app), or adopted already.
+    if (r === undefined || base === undefined) return undefined;
+    if (tracker.target !== r.live || r.objects === undefined) return false;
+    tracker.rebuild(r.objects);
+    this.#base = { kind: 'tracked', tree: base.tree, tracker, generation: tracker.generation };
+    this.#resumed = undefined;
+    return true;
   }
 }
 
@@ -275,17 +359,49 @@ export class ImageChain {
   #tree: TreeNode | undefined;
   #checkpoint = 0;
   #stateVersion = 0;
+  #epoch = 0;
+  #rawBytes = 0;
   #checked:
-    { checkpoint: number; stateVersion: number; full?: TreeNode; delta?: ImageDelta | null } | undefined;
+    | {
+        checkpoint: number;
+        stateVersion: number;
+        full?: TreeNode;
+        delta?: ImageDelta | null;
+        rawBytes?: number;
+      }
+    | undefined;
 
   /**
    * `maxImageBytes`: the largest raw image accepted (`limits.maxImageBytes`, default 256 MiB); a
    * record announcing more is refused before anything is decompressed, so a small compressed
    * payload cannot make the standby allocate gigabytes.
    */
-  constructor(opts: { readonly maxImageBytes?: number; readonly maxDepth?: number } = {}) {
+  constructor(
+    opts: {
+      readonly maxImageBytes?: number;
+      readonly maxDepth?: number;
+      /**
+       * Decode keyframes of at least this many raw bytes in a worker thread (worker.ts), so the
+       * event loop keeps running. Default: never (every check on the calling thread).
+       */
+      readonly offThreadBytes?: number;
+      /** Tree nodes per slice coming back from the worker (tests). */
+      readonly sliceNodes?: number;
+    } = {},
+  ) {
     this.maxImageBytes = opts.maxImageBytes ?? 256 * 1024 * 1024;
     this.maxDepth = opts.maxDepth ?? DEFAULT_LIMITS.maxDepth;
+    this.offThreadBytes = opts.offThreadBytes ?? Infinity;
+    if (this.offThreadBytes !== Infinity) this.#worker = new ImageWorker({ sliceNodes: opts.sliceNodes });
+  }
+
+  /** Keyframes of at least this many raw bytes are decoded in the worker (if there is one). */
+  readonly offThreadBytes: number;
+  readonly #worker: ImageWorker | undefined;
+
+  /** Ends the image worker, if one was started. */
+  async close(): Promise<void> {
+    await this.#worker?.close();
   }
 
   /** Checkpoint of the materialized image (0 = none). */
@@ -303,11 +419,37 @@ export class ImageChain {
    * that a delta applies to the image held. Throws `ImageError` if it cannot apply; the image
    * held is untouched either way.
    */
-  check(checkpoint: number, rec: ImageRecord): void {
-    if (rec.format === ImageFormat.Delta) {
+  check(checkpoint: number, rec: ImageRecord, epoch?: number): void {
+    void this.#check(checkpoint, rec, epoch, false);
+  }
+
+  /**
+   * `check`, except that a keyframe of `offThreadBytes` or more is decoded in the image worker
+   * (with the same result and the same errors) while the event loop keeps running.
+   */
+  async checkAsync(checkpoint: number, rec: ImageRecord, epoch?: number): Promise<void> {
+    const pending = this.#check(checkpoint, rec, epoch, true);
+    if (pending !== undefined) await pending;
+  }
+
+  #check(
+    checkpoint: number,
+    rec: ImageRecord,
+    epoch: number | undefined,
+    async: boolean,
+  ): Promise<void> | undefined {
+    if (rec.format === ImageFormat.Delta || rec.format === ImageFormat.DeltaAcross) {
       if (this.#tree === undefined || rec.base !== this.#checkpoint) {
         throw new ImageError(
           `delta for checkpoint ${checkpoint} applies to image ${rec.base}, but this standby holds image ${this.#checkpoint || 'none'}`,
+        );
+      }
+      // Which history the base belongs to: a format-3 delta names its base's epoch; a format-2
+      // delta applies to an image of its own epoch. (Unknown when the caller gives no epoch.)
+      const baseEpoch = rec.format === ImageFormat.DeltaAcross ? rec.baseEpoch : epoch;
+      if (baseEpoch !== undefined && this.#epoch !== 0 && baseEpoch !== this.#epoch) {
+        throw new ImageError(
+          `delta for checkpoint ${checkpoint} applies to image ${rec.base} of epoch ${baseEpoch}, but this standby holds image ${this.#checkpoint} of epoch ${this.#epoch}`,
         );
       }
       if (rec.stateVersion !== this.#stateVersion) {
@@ -321,26 +463,19 @@ export class ImageChain {
         `image for checkpoint ${checkpoint} announces ${rec.rawLength} bytes, over the limit of ${this.maxImageBytes} (limit 'limits.maxImageBytes'; raise it in the start options)`,
       );
     }
-    const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
     if (rec.format === ImageFormat.Full) {
-      // node:v8 reads on the call stack: an image nested too deep fails there ("Maximum call
-      // stack size exceeded", an ImageError) or, within what it reads, in the walk below.
-      let tree: TreeNode;
-      try {
-        tree = toTree(deserializeImage(raw), this.maxDepth);
-      } catch (err) {
-        if (err instanceof LimitError) throw tooDeep(checkpoint, err);
-        if (err instanceof ImageError && err.cause instanceof RangeError) {
-          throw tooDeep(
-            checkpoint,
-            new LimitError('limits.maxDepth', `node:v8 could not read it: ${err.cause.message}`),
-          );
-        }
-        throw err;
+      if (async && this.#worker !== undefined && rec.rawLength >= this.offThreadBytes) {
+        // Large: decoded in the worker, the tree comes back in slices (worker.ts).
+        this.#checked = undefined;
+        return this.#worker.decodeKeyframe(checkpoint, rec, this.maxDepth).then((tree) => {
+          this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: tree, rawBytes: rec.rawLength };
+        });
       }
-      this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: tree };
-      return;
+      const tree = decodeKeyframeTree(checkpoint, rec.codec, rec.payload, rec.rawLength, this.maxDepth);
+      this.#checked = { checkpoint, stateVersion: rec.stateVersion, full: tree, rawBytes: rec.rawLength };
+      return undefined;
     }
+    const raw = unpackImage(rec.codec, rec.payload, rec.rawLength);
     const delta = raw.byteLength === 0 ? null : decodeDelta(raw);
     // A delta is nested about as deep as the tree it changes (up to three levels per Map level,
     // plus its own markers); one deeper than that would make a state this node refuses.
@@ -355,10 +490,11 @@ export class ImageChain {
       );
     }
     this.#checked = { checkpoint, stateVersion: rec.stateVersion, delta };
+    return undefined;
   }
 
   /** Advances to `checkpoint`'s image, which `check` accepted. */
-  apply(checkpoint: number, _rec: ImageRecord): void {
+  apply(checkpoint: number, _rec: ImageRecord, epoch?: number): void {
     const c = this.#checked;
     if (!c || c.checkpoint !== checkpoint)
       throw new ImageError(`image ${checkpoint} was not checked before apply`);
@@ -367,6 +503,29 @@ export class ImageChain {
     else if (c.delta) this.#tree = patchTreeInPlace(this.#tree!, c.delta);
     this.#checkpoint = checkpoint;
     this.#stateVersion = c.stateVersion;
+    this.#epoch = epoch ?? 0;
+    this.#rawBytes = c.rawBytes ?? this.#rawBytes;
+  }
+
+  /** Epoch of the frame that carried the materialized image's checkpoint (0 = unknown or none). */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /** Raw bytes of the last keyframe applied (the size of the image, about). */
+  get keyframeBytes(): number {
+    return this.#rawBytes;
+  }
+
+  /**
+   * A live copy of the materialized image with its objects, for a new primary: the tree then
+   * belongs to the caller (its encoder patches it), so this chain must not apply anything more.
+   */
+  takeOver():
+    { live: unknown; tree: TreeNode; objects: ReadonlyMap<object, TreeNode> | undefined } | undefined {
+    if (this.#tree === undefined) return undefined;
+    const { value, objects } = fromTreeIndexed(this.#tree);
+    return { live: value, tree: this.#tree, objects };
   }
 
   /** A live copy of the materialized image, or `undefined` when no checkpoint was committed. */
@@ -378,14 +537,6 @@ export class ImageChain {
   get tree(): TreeNode | undefined {
     return this.#tree;
   }
-}
-
-/** The standby's refusal of an image nested deeper than its `limits.maxDepth`. */
-function tooDeep(checkpoint: number, err: LimitError): ImageError {
-  return new ImageError(
-    `image for checkpoint ${checkpoint} refused: ${err.message}; give every node the same limits`,
-    { cause: err },
-  );
 }
 
 /** How deep JSON `value` nests (a scalar is 0), counting no further than `stop` + 1. Iterative. */

@@ -1026,8 +1026,17 @@ class Decoder {
   private readonly byId = new Map<RefId, object>();
   private definitions: Map<RefId, TreeNode> | undefined;
   private readonly stack = new FrameStack(true);
+  /** With `fromTreeIndexed`: every object made, with the node it was made from. */
+  readonly seen: Map<object, TreeNode> | undefined;
+  /** An object was reached twice (a ref): the value is not a tree. */
+  shared = false;
 
-  constructor(private readonly root: TreeNode) {}
+  constructor(
+    private readonly root: TreeNode,
+    indexed = false,
+  ) {
+    this.seen = indexed ? new Map() : undefined;
+  }
 
   /** Decodes the whole tree; a malformed node comes out as a WalkFault carrying the path. */
   run(): unknown {
@@ -1132,8 +1141,19 @@ class Decoder {
     }
   }
 
-  /** The value for node `n`; a container comes back empty with a frame pushed to fill it. */
+  /** `enterNode`, noting the objects made when indexed. */
   private enter(n: TreeNode): unknown {
+    const v = this.enterNode(n);
+    const seen = this.seen;
+    if (seen !== undefined && typeof v === 'object' && v !== null) {
+      if (seen.has(v)) this.shared = true;
+      else seen.set(v, n);
+    }
+    return v;
+  }
+
+  /** The value for node `n`; a container comes back empty with a frame pushed to fill it. */
+  private enterNode(n: TreeNode): unknown {
     switch (typeof n) {
       case 'string':
       case 'number':
@@ -1428,8 +1448,30 @@ function indexDefinitions(root: TreeNode): Map<RefId, TreeNode> {
  * trusts them.
  */
 export function fromTree(node: TreeNode): unknown {
+  return decode(node, false).value;
+}
+
+/**
+ * `fromTree`, also returning every object it made with the node it was made from (what
+ * `toTreeIndexed` returns for a walk of the value): a new primary's tracker adopts them, so the
+ * state it resumes is tracked without a whole-state walk. `objects` is undefined when the value
+ * shares objects (the tree has refs).
+ */
+export function fromTreeIndexed(node: TreeNode): {
+  value: unknown;
+  objects: ReadonlyMap<object, TreeNode> | undefined;
+} {
+  return decode(node, true);
+}
+
+function decode(
+  node: TreeNode,
+  indexed: boolean,
+): { value: unknown; objects: ReadonlyMap<object, TreeNode> | undefined } {
   try {
-    return new Decoder(node).run();
+    const d = new Decoder(node, indexed);
+    const value = d.run();
+    return { value, objects: d.shared ? undefined : d.seen };
   } catch (e) {
     if (!(e instanceof WalkFault)) throw e;
     throw new ImageError(`image tree is malformed: ${shortPath(e.path)} ${e.fault.reason}`, {

@@ -96,6 +96,7 @@ export class RestartpointMetrics {
   readonly #baseBuild: Gauge<string>;
   readonly #retainFrom: Gauge<string>;
   readonly #purgedBelow: Gauge<string>;
+  readonly #lagOverruns: Counter<string>;
   /** Relays that got a lag sample, to drop series of relays that went away. */
   #relays = new Set<string>();
 
@@ -253,6 +254,12 @@ export class RestartpointMetrics {
       'Per relay, the first stream sequence kept after the last purge by this node.',
       [...base, 'relay'],
     );
+    this.#lagOverruns = this.#counter(
+      'standby_lag_overruns_total',
+      'Checkpoints of this primary that waited out maxStandbyLag.waitMs with a standby still over the lag budget.',
+      base,
+    );
+
     if (opts.collectDefault === true && !this.registry.getSingleMetric('process_cpu_user_seconds_total')) {
       collectDefaultMetrics({ register: this.registry });
     }
@@ -284,6 +291,7 @@ export class RestartpointMetrics {
         for (const r of b.relays)
           if (r.purgedBelow !== null) this.#purgedBelow.set({ ...l, relay: r.servers }, r.purgedBelow);
       }),
+      lagOverrun: guard(() => this.#lagOverruns.inc(this.#labels())),
     };
   }
 

@@ -96,4 +96,18 @@ export interface Observer {
   rejected?(reason: string): void;
   lag?(relays: readonly RelayLagSample[]): void;
   takeover?(t: TakeoverObservation): void;
+  /**
+   * Primary: a checkpoint waited out `maxStandbyLag.waitMs` because the slowest standby stayed
+   * over the lag budget (docs/failover.md, "The lag budget").
+   */
+  lagOverrun?(o: LagOverrunObservation): void;
+}
+
+/** What `Observer.lagOverrun` is told. */
+export interface LagOverrunObservation {
+  readonly nodeId: string;
+  readonly behindCheckpoints: number;
+  readonly behindMs: number;
+  readonly behindBytes: number;
+  readonly waitedMs: number;
 }

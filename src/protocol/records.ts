@@ -31,7 +31,7 @@ import { FrameError, FrameRejectReason } from '../errors.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type WriteOp } from '../storage/adapter.js';
 
 /** Image payload formats. */
-export const ImageFormat = { Full: 1, Delta: 2 } as const;
+export const ImageFormat = { Full: 1, Delta: 2, DeltaAcross: 3 } as const;
 export type ImageFormat = (typeof ImageFormat)[keyof typeof ImageFormat];
 
 /** How an image payload is compressed (decided per frame by the primary). */
@@ -51,6 +51,13 @@ export interface ImageRecord {
   readonly codec: ImageCodec;
   /** The checkpoint whose image a delta applies to; 0 for a full image. */
   readonly base: number;
+  /**
+   * Format 3 (`DeltaAcross`, the first image of an epoch made against the resumed image): the
+   * epoch of the frame that carried the base image. A standby holding checkpoint `base` from
+   * another epoch refuses the delta. Absent for formats 1 and 2 (a delta of format 2 applies to
+   * an image of its own epoch).
+   */
+  readonly baseEpoch?: number;
   /** The app's `stateVersion` when it took the image (>= 1). */
   readonly stateVersion: number;
   /** Bytes of the payload once decoded (its own length when `codec` is none). */
@@ -159,13 +166,16 @@ export function decodeWrites(body: Uint8Array): WriteOp[] {
 
 /** Encodes an image record. */
 export function encodeImage(rec: ImageRecord): Buffer {
-  const buf = Buffer.allocUnsafe(IMAGE_HEADER_BYTES + rec.payload.byteLength);
+  const across = rec.format === ImageFormat.DeltaAcross;
+  const header = IMAGE_HEADER_BYTES + (across ? 4 : 0);
+  const buf = Buffer.allocUnsafe(header + rec.payload.byteLength);
   buf[0] = rec.format;
   buf[1] = rec.codec;
   buf.writeUInt32BE(rec.base, 2);
   buf.writeUInt32BE(rec.stateVersion, 6);
   buf.writeUInt32BE(rec.rawLength, 10);
-  buf.set(rec.payload, IMAGE_HEADER_BYTES);
+  if (across) buf.writeUInt32BE(rec.baseEpoch ?? 0, IMAGE_HEADER_BYTES);
+  buf.set(rec.payload, header);
   return buf;
 }
 
@@ -178,8 +188,10 @@ export function decodeImage(body: Uint8Array): ImageRecord {
   if (body.byteLength < IMAGE_HEADER_BYTES) throw malformed('image body truncated');
   const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const format = buf[0]!;
-  if (format !== ImageFormat.Full && format !== ImageFormat.Delta)
+  if (format !== ImageFormat.Full && format !== ImageFormat.Delta && format !== ImageFormat.DeltaAcross)
     throw malformed(`unknown image format ${format}`);
+  const across = format === ImageFormat.DeltaAcross;
+  if (across && body.byteLength < IMAGE_HEADER_BYTES + 4) throw malformed('image body truncated');
   const codec = buf[1]!;
   if (codec !== ImageCodec.None && codec !== ImageCodec.Brotli)
     throw malformed(`unknown image codec ${codec}`);
@@ -189,13 +201,18 @@ export function decodeImage(body: Uint8Array): ImageRecord {
   const stateVersion = buf.readUInt32BE(6);
   if (stateVersion < 1) throw malformed('image state version 0; versions start at 1');
   const rawLength = buf.readUInt32BE(10);
-  const payload = buf.subarray(IMAGE_HEADER_BYTES);
+  const baseEpoch = across ? buf.readUInt32BE(IMAGE_HEADER_BYTES) : undefined;
+  if (across && (baseEpoch! < 1 || base < 1))
+    throw malformed(`delta across epochs names base ${base} of epoch ${baseEpoch}; both start at 1`);
+  const payload = buf.subarray(IMAGE_HEADER_BYTES + (across ? 4 : 0));
   if (codec === ImageCodec.None && rawLength !== payload.byteLength) {
     throw malformed(`uncompressed image of ${payload.byteLength} bytes says it has ${rawLength}`);
   }
   if (rawLength > MAX_RAW_LENGTH)
     throw malformed(`image announces ${rawLength} bytes, more than this Node.js can hold`);
-  return { format, codec, base, stateVersion, rawLength, payload };
+  return across
+    ? { format, codec, base, baseEpoch, stateVersion, rawLength, payload }
+    : { format, codec, base, stateVersion, rawLength, payload };
 }
 
 /** Encodes a seal record. */

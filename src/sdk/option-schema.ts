@@ -239,6 +239,21 @@ export const OPTION_FIELDS = {
       example: '{ everyCheckpoints: 1000 }',
     },
   ).optional(),
+  maxStandbyLag: documented(
+    z.union([
+      z.literal(false),
+      z.strictObject({
+        ms: intField(1, 3_600_000, 'milliseconds', 1000).optional(),
+        checkpoints: intField(1, 1e12, 'checkpoints', 100).optional(),
+        bytes: intField(1024, 1e15, 'bytes', 67_108_864).optional(),
+        waitMs: intField(0, 3_600_000, 'milliseconds', 2000).optional(),
+      }),
+    ]),
+    {
+      must: 'false, or a mapping with ms, checkpoints, bytes and/or waitMs',
+      example: '{ ms: 1000, waitMs: 2000 }',
+    },
+  ).optional(),
   fec: documented(
     z.strictObject({
       data: intField(1, 255, 'data shards', 4).optional(),

@@ -124,6 +124,15 @@ export interface StartOptions<S> {
    */
   base?: { everyCheckpoints?: number; build?: boolean };
   /**
+   * The lag budget: when the slowest live standby is further behind than this (by any of `ms`,
+   * `checkpoints`, `bytes`), `checkpoint()` holds its resolution back, up to `waitMs`, so that
+   * the catch-up a takeover has to do stays bounded; past `waitMs` it resolves all the same and
+   * logs `standby lag over budget`. Lag is read from the standbys' presence records (once a
+   * second). Default: on, `{ ms: leaseTtlMs, waitMs: 2 × leaseTtlMs }`. `false` turns it off.
+   * See docs/failover.md, "The lag budget".
+   */
+  maxStandbyLag?: false | { ms?: number; checkpoints?: number; bytes?: number; waitMs?: number };
+  /**
    * Forward error correction: each frame part becomes `data` + `parity` Reed-Solomon shards
    * (or `copies` plain copies), shard i published to relay i mod N; the standby rebuilds from any
    * `data` shards. `tolerate` is how many relays an acknowledged frame survives losing (default:

@@ -3,7 +3,7 @@
  * checkpoints (`checkpointEveryMs`), and resuming an image of another `stateVersion`.
  */
 import { ConfigError, ImageError, type FrameError, type RestartpointError } from '../errors.js';
-import type { ImageChain } from '../image/chain.js';
+import type { ImageChain, ImageEncoder } from '../image/chain.js';
 import { WireVersionError } from '../protocol/frame.js';
 import type { ResolvedOptions } from './options.js';
 
@@ -156,6 +156,11 @@ export function resumeProblem<S>(
   );
 }
 
+/** What a takeover's restore hands the new primary's image encoder (ImageEncoder.resume). */
+export interface Resumed {
+  image?: Parameters<ImageEncoder['resume']>[0];
+}
+
 /**
  * The state a new primary resumes with: `initialState()` on a fresh app, the materialized image
  * otherwise, passed through `migrate` when it was taken with another `stateVersion`.
@@ -166,10 +171,29 @@ export async function resumeState<S>(
   o: ResolvedOptions<S>,
   images: ImageChain,
   checkpoint: number,
+  resumed?: Resumed,
 ): Promise<S> {
   if (checkpoint === 0) return o.initialState();
-  const image = images.materialize();
   const from = images.stateVersion;
+  if (
+    from === o.stateVersion &&
+    resumed !== undefined &&
+    images.checkpoint === checkpoint &&
+    images.epoch > 0
+  ) {
+    // The standby's tree becomes the new primary's base: its first checkpoint is a delta.
+    const taken = images.takeOver()!;
+    resumed.image = {
+      tree: taken.tree,
+      live: taken.live,
+      objects: taken.objects,
+      checkpoint,
+      epoch: images.epoch,
+      keyframeBytes: images.keyframeBytes,
+    };
+    return taken.live as S;
+  }
+  const image = images.materialize();
   if (from === o.stateVersion) return image as S;
   const problem = resumeProblem(o, images, checkpoint);
   if (problem) throw problem;

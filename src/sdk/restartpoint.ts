@@ -19,7 +19,7 @@ import {
   type StorageError,
 } from '../errors.js';
 import { ImageEncoder } from '../image/chain.js';
-import { track } from '../image/tracked.js';
+import { track, trackerOf, type StateTracker } from '../image/tracked.js';
 import { Replicator, type CheckpointAck, type CheckpointStats } from '../primary/replicator.js';
 import { appNames } from '../protocol/subjects.js';
 import { takeOver, type Promotion } from '../failover/takeover.js';
@@ -44,6 +44,7 @@ import {
   type SidecarAddress,
 } from './sidecar-client.js';
 import {
+  PRESENCE_STALE_MS,
   answerCompact,
   baseBuilder,
   clearSwitchover,
@@ -53,7 +54,15 @@ import {
   type SwitchoverRequest,
 } from '../transport/presence.js';
 import { BaseKeeper } from '../history/keeper.js';
-import { AutoCheckpoints, OutputCommits, ResumeGuard, resumeProblem, resumeState } from './restart-points.js';
+import { LagBudget, defaultLagBudget } from '../primary/lag-budget.js';
+import {
+  AutoCheckpoints,
+  OutputCommits,
+  ResumeGuard,
+  resumeProblem,
+  resumeState,
+  type Resumed,
+} from './restart-points.js';
 import { WRITE_VERSION } from '../protocol/frame.js';
 import { checkResumeFromEnv, resumeInSandbox } from './check-resume.js';
 import type { ResumedFrom, TakeoverStats } from '../types.js';
@@ -109,6 +118,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
   #handingOver: Promise<unknown> | undefined;
   #fenced: FencedError | undefined;
   #closed = false;
+  readonly #adoptTracker: ((tracker: StateTracker) => boolean | undefined) | undefined;
+  readonly #lagBudget: LagBudget | undefined;
 
   private constructor(init: {
     o: ResolvedOptions<S>;
@@ -121,9 +132,15 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     epoch: number;
     takeover: TakeoverStats;
     reporter: Pick<NodeReporter, 'transition' | 'stop'>;
+    /** The encoder's hook for `track()` of the resumed state (see ImageEncoder.adoptTracker). */
+    adoptTracker?: (tracker: StateTracker) => boolean | undefined;
+    /** Back-pressure from the slowest standby (`maxStandbyLag`). */
+    lagBudget?: LagBudget;
   }) {
     super();
+    this.#lagBudget = init.lagBudget;
     this.#reporter = init.reporter;
+    this.#adoptTracker = init.adoptTracker;
     this.#o = init.o;
     this.#keeper = init.keeper;
     this.#replicator = init.replicator;
@@ -391,6 +408,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       o.signal?.addEventListener('abort', onAbort, { once: true });
       if (o.signal?.aborted) onAbort();
       const holder: { rp?: Restartpoint<S> } = {};
+      const resumed: Resumed = {};
       let promotion: Promotion<S>;
       try {
         for (;;) {
@@ -410,7 +428,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
               kv,
               resumeProblem: (checkpoint) => resumeProblem(o, standby.images, checkpoint),
               resumeBlocked: () => guard.blocked(),
-              restore: (checkpoint) => resumeState(o, standby.images, checkpoint),
+              restore: (checkpoint) => resumeState(o, standby.images, checkpoint, resumed),
               transition: (to, reason) => rpt.transition(to, reason),
               log: o.log,
               signal: stop.signal,
@@ -438,19 +456,60 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       }
       const { claim, keeper, position: pos, state: image } = promotion;
       rpt.checkpoint = pos.checkpoint;
+      const encoder = new ImageEncoder({
+        maxDepth: o.limits.maxDepth,
+        keyframeEvery: o.keyframeEvery,
+        maxChainShare: o.maxChainShare,
+        stateVersion: o.stateVersion,
+        immutable: o.immutableState,
+      });
+      // Back-pressure from the slowest live standby (docs/failover.md, "The lag budget").
+      const lagBudget =
+        o.maxStandbyLag === false
+          ? undefined
+          : new LagBudget({
+              budget: { ...defaultLagBudget(o.leaseTtlMs), ...stripUndefined(o.maxStandbyLag ?? {}) },
+              read: async () =>
+                (await readPresence(kv)).filter(
+                  (p) =>
+                    p.state === 'standby' &&
+                    p.nodeId !== o.nodeId &&
+                    Date.now() - p.updatedAt < PRESENCE_STALE_MS,
+                ),
+              onOverrun: (lag, waitedMs) => {
+                const seen = {
+                  nodeId: lag.nodeId,
+                  behindCheckpoints: lag.checkpoints,
+                  behindMs: Math.round(lag.ms),
+                  behindBytes: lag.bytes,
+                  waitedMs: Math.round(waitedMs),
+                };
+                o.log({ level: 'warn', msg: 'standby lag over budget', ...seen });
+                rpt.observe('lagOverrun', seen);
+              },
+            });
+      // The first checkpoint of this epoch: a delta against the image the standbys hold.
+      if (resumed.image !== undefined && resumed.image.checkpoint === pos.checkpoint) {
+        encoder.resume(resumed.image);
+      }
+      if (pos.checkpoint > 0) {
+        // Which image the epoch starts with: an operator's (and the drill's) clue to resume time.
+        o.log({
+          level: 'info',
+          msg: 'first image of the epoch',
+          kind: encoder.resumed ? 'delta' : 'keyframe',
+          base: pos.checkpoint,
+          baseEpoch: resumed.image?.epoch ?? null,
+          shared: resumed.image !== undefined && resumed.image.objects === undefined,
+        });
+      }
       const replicator = new Replicator({
         epoch: claim.epoch,
         firstCheckpoint: pos.checkpoint + 1,
         firstSeq: 2,
         adapter: o.storage,
         publisher: relaySet,
-        images: new ImageEncoder({
-          maxDepth: o.limits.maxDepth,
-          keyframeEvery: o.keyframeEvery,
-          maxChainShare: o.maxChainShare,
-          stateVersion: o.stateVersion,
-          immutable: o.immutableState,
-        }),
+        images: encoder,
         batchBytes: Math.min(
           o.batchBytes,
           Math.max(1024, Math.min(...relaySet.links.map((l) => l.maxPayload)) - 4096),
@@ -458,6 +517,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         limits: o.limits,
         leaseValid: () => keeper.isValid(),
         onAck: (stats) => {
+          lagBudget?.acknowledged(stats.checkpoint, stats.imageBytes + stats.writeBytes);
           rpt.checkpoint = Math.max(rpt.checkpoint, stats.checkpoint);
           rpt.observe('checkpoint', { ...stats, epoch: claim.epoch });
         },
@@ -486,6 +546,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         epoch: claim.epoch,
         reporter: rpt,
         takeover: promotion.stats,
+        adoptTracker: (tracker) => encoder.adoptTracker(tracker),
+        lagBudget,
       });
       holder.rp = self;
       rpt.observe('takeover', { epoch: claim.epoch, resumedFrom: pos.checkpoint, ...self.takeover });
@@ -616,7 +678,16 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       // The handover checkpoint is in flight: this one runs if it fails, else it is refused.
       return this.#gated(() => this.checkpoint(state));
     }
-    const done = this.#replicator.checkpoint(state);
+    const acked = this.#replicator.checkpoint(state);
+    const budget = this.#lagBudget;
+    // Durable already; its resolution waits while the slowest standby is over the lag budget.
+    const done =
+      budget === undefined
+        ? acked
+        : acked.then(async (ack) => {
+            await budget.wait(() => this.#closed || this.#fenced !== undefined);
+            return ack;
+          });
     if (this.#handover) this.#handOverAt(done);
     const settled = done.then(
       (ack) => this.#commits.acknowledged(ack.checkpoint),
@@ -641,7 +712,18 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
    * Throws `InvalidArgumentError` when `state` cannot be tracked.
    */
   track<T extends object>(state: T): T {
-    return track(state);
+    const proxy = track(state);
+    // The resumed state, tracked before it changed: adopt the objects the restore found, so
+    // the first checkpoint of this epoch is a delta of what changed (images.md).
+    const tracker = (state as unknown) === this.state ? trackerOf(proxy) : undefined;
+    if (tracker !== undefined && this.#adoptTracker?.(tracker) === false) {
+      this.#o.log({
+        level: 'info',
+        msg: 'resumed state tracked without its restore objects',
+        reason: 'the state shares objects, or it changed before track()',
+      });
+    }
+    return proxy;
   }
 
   /**
@@ -817,4 +899,9 @@ function standbyReports(
         frame: `${key.epoch}/${key.seq}.${key.part}`,
       }),
   };
+}
+
+/** `o` without its undefined fields (so they do not override defaults in a spread). */
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

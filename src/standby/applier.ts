@@ -47,9 +47,11 @@ import { DEFAULT_LIMITS, type Limits } from '../limits.js';
 /** Where committed images go: validates and materializes them (see image/chain.ts). */
 export interface ImageSink {
   /** Checks that `rec` can become checkpoint `checkpoint`'s image; throws `ImageError` if not. */
-  check(checkpoint: number, rec: ImageRecord): void;
+  check(checkpoint: number, rec: ImageRecord, epoch?: number): void;
+  /** `check`, possibly off the event loop (ImageChain: large keyframes in a worker). */
+  checkAsync?(checkpoint: number, rec: ImageRecord, epoch?: number): Promise<void>;
   /** Advances the materialized image to `checkpoint`. Called after `check` and the store commit. */
-  apply(checkpoint: number, rec: ImageRecord): void;
+  apply(checkpoint: number, rec: ImageRecord, epoch?: number): void;
 }
 
 /** The store meta written with every commit: where this store stands. */
@@ -679,7 +681,9 @@ export class Applier {
       if (!this.#committable(next, st)) return;
       const unconfirmed = this.#relaxed && !this.#durable(st);
       try {
-        this.#o.images.check(next, st.image);
+        const images = this.#o.images;
+        if (images.checkAsync) await images.checkAsync(next, st.image, st.epoch);
+        else images.check(next, st.image, st.epoch);
       } catch (err) {
         if (err instanceof ImageError && err.cause instanceof LimitError) {
           // Over this node's limits.maxDepth: counted once under `limit`, like the other limits.
@@ -715,7 +719,7 @@ export class Applier {
         for (const s of seqs) for (const op of st.writes.get(s)!) all.push(op);
         await this.#store(() => this.#o.adapter.commit(all, meta));
       }
-      this.#o.images.apply(next, st.image);
+      this.#o.images.apply(next, st.image, st.epoch);
       if (unconfirmed) this.#unconfirmed.push(...st.frames);
       this.#unstage(next, st);
       this.#position = pos;

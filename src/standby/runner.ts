@@ -6,6 +6,9 @@
  */
 import { ErrorCode, RestartpointError } from '../errors.js';
 import { ImageChain } from '../image/chain.js';
+
+/** Keyframes of at least this many raw bytes are decoded off the main thread. */
+export const OFF_THREAD_IMAGE_BYTES = 1024 * 1024;
 import type { FrameCodec } from '../protocol/codec.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { Limits } from '../limits.js';
@@ -156,6 +159,9 @@ export class StandbyRunner {
     this.#images = new ImageChain({
       maxImageBytes: opts.limits?.maxImageBytes,
       maxDepth: opts.limits?.maxDepth,
+      // Large keyframes are decoded in a worker thread: the lease watch and the consumers keep
+      // running while a 100 MB image is read (docs/images.md#off-the-main-thread).
+      offThreadBytes: OFF_THREAD_IMAGE_BYTES,
     });
     this.#retention = new RetentionTracker(opts.links.length);
     const retention = this.#retention;
@@ -485,8 +491,8 @@ export class StandbyRunner {
   }
 
   #seedImage(base: LoadedBase): void {
-    this.#images.check(base.manifest.checkpoint, base.image);
-    this.#images.apply(base.manifest.checkpoint, base.image);
+    this.#images.check(base.manifest.checkpoint, base.image, base.manifest.epoch);
+    this.#images.apply(base.manifest.checkpoint, base.image, base.manifest.epoch);
   }
 
   /**
@@ -661,6 +667,7 @@ export class StandbyRunner {
     this.unpace();
     await Promise.all(this.#readers.map((r) => r.stop()));
     await this.#chain;
+    await this.images.close();
   }
 
   #release(): void {

@@ -1,0 +1,186 @@
+/**
+ * A typed tree moved between threads in bounded slices.
+ *
+ * Why: a worker that decodes a 100 MB keyframe (image-worker.ts) has to hand the typed tree to
+ * the main thread. One `postMessage` of the whole tree is one structured-clone read on the
+ * receiving side, as long as a `v8.deserialize` of the state: the event loop would stall for
+ * it. Sliced, every message holds at most `maxNodes` tree nodes, and the receiver takes one
+ * message per event-loop turn (it asks for the next one), so its longest stall is one slice.
+ *
+ * ```text
+ * worker: tree ──sliceTree──▶ slice 0 (the tree, big containers cut out, "holes")
+ *                             slice 1..n (items of one cut-out container, maybe with holes)
+ * main:   TreeAssembler.add(slice) per message ──▶ the same tree (treesEqual)
+ * ```
+ *
+ * A container is cut out when its subtree has more than `maxNodes` nodes. Its place holds
+ * `null`, and the slice names it as a hole: a path from the slice's payload, the id of the
+ * container, and its kind. The container's items (array items, or `[key, value]` pairs of an
+ * object, in key order) follow in later slices, each item cut in turn. Pure data, no threads:
+ * the worker glue is in worker.ts.
+ */
+import type { TreeNode, TreeObject } from './typed-tree.js';
+
+/** Nodes per slice by default: about 2-6 ms of structured-clone read on the receiver. */
+export const DEFAULT_SLICE_NODES = 16_384;
+
+/** A cut-out container: where it goes in its slice's payload, and what it is. */
+export interface Hole {
+  /** Keys and indices from the slice's payload to the container's place (empty: the payload). */
+  readonly path: readonly (string | number)[];
+  /** Id of the container; later slices with this `shell` carry its items. */
+  readonly id: number;
+  /** `a`: array, `o`: object. */
+  readonly kind: 'a' | 'o';
+}
+
+/** One message. `shell` undefined: the root slice; otherwise items of container `shell`. */
+export interface TreeSlice {
+  readonly shell?: number;
+  /** The root slice: the tree. An items slice: array items, or `[key, value]` pairs. */
+  readonly payload: TreeNode;
+  readonly holes: readonly Hole[];
+}
+
+/** Node weight of a string: long strings count as several nodes (copying them costs too). */
+function weightOf(node: TreeNode): number {
+  return typeof node === 'string' ? 1 + (node.length >>> 12) : 1;
+}
+
+/**
+ * Subtree weights of every container in `tree`, iteratively (trees may be deep). Only
+ * containers get an entry.
+ */
+function weigh(tree: TreeNode): Map<object, number> {
+  const weights = new Map<object, number>();
+  if (typeof tree !== 'object' || tree === null) return weights;
+  // Post-order: a container is pushed twice, once to enter, once to sum its children.
+  const stack: [object, boolean][] = [[tree, false]];
+  while (stack.length > 0) {
+    const [node, done] = stack.pop()!;
+    const children: TreeNode[] = Array.isArray(node) ? node : Object.values(node as TreeObject);
+    if (done) {
+      let w = 1;
+      for (const c of children) w += typeof c === 'object' && c !== null ? weights.get(c)! : weightOf(c);
+      weights.set(node, w);
+      continue;
+    }
+    stack.push([node, true]);
+    for (const c of children) if (typeof c === 'object' && c !== null) stack.push([c, false]);
+  }
+  return weights;
+}
+
+/**
+ * The slices of `tree`, in the order the receiver must take them. Changes `tree` (cut-out
+ * containers are replaced by `null` in their parents): hand over a tree that is thrown away
+ * afterwards.
+ */
+export function* sliceTree(tree: TreeNode, maxNodes = DEFAULT_SLICE_NODES): Generator<TreeSlice> {
+  const weights = weigh(tree);
+  const weight = (n: TreeNode): number =>
+    typeof n === 'object' && n !== null ? weights.get(n)! : weightOf(n);
+  const shells: object[] = [];
+  // A container within the budget holds nothing over it (weights add up): only containers over
+  // the budget are cut out, and each is cut out whole.
+  // The root slice.
+  const rootHoles: Hole[] = [];
+  if (weight(tree) > maxNodes && typeof tree === 'object' && tree !== null) {
+    rootHoles.push({ path: [], id: 0, kind: Array.isArray(tree) ? 'a' : 'o' });
+    shells.push(tree);
+    yield { payload: null, holes: rootHoles };
+  } else {
+    yield { payload: tree, holes: rootHoles };
+  }
+  // Then the items of every cut-out container, in the order they were cut.
+  for (let id = 0; id < shells.length; id++) {
+    const shell = shells[id]!;
+    const items: TreeNode[] = Array.isArray(shell)
+      ? shell
+      : Object.keys(shell).map((k) => [k, (shell as TreeObject)[k]!]);
+    let batch: TreeNode[] = [];
+    let holes: Hole[] = [];
+    let budget = 0;
+    for (const item of items) {
+      // An object's items are [key, value] pairs made here: weigh the value.
+      const value = Array.isArray(shell) ? item : (item as [string, TreeNode])[1];
+      const cut = typeof value === 'object' && value !== null && weight(value) > maxNodes;
+      const w = cut ? 2 : Array.isArray(shell) ? weight(item) : 2 + weight(value);
+      if (batch.length > 0 && budget + w > maxNodes) {
+        yield { shell: id, payload: batch, holes };
+        batch = [];
+        holes = [];
+        budget = 0;
+      }
+      const at = batch.length;
+      batch.push(item);
+      budget += w;
+      if (cut) {
+        const kind = Array.isArray(value) ? 'a' : 'o';
+        holes.push({ path: Array.isArray(shell) ? [at] : [at, 1], id: shells.length, kind });
+        shells.push(value);
+        if (Array.isArray(shell)) batch[at] = null;
+        else (item as [string, TreeNode])[1] = null;
+      }
+    }
+    if (batch.length > 0 || items.length === 0) yield { shell: id, payload: batch, holes };
+  }
+}
+
+/** Puts `value` at `key` of `parent` as an own data property (also for `__proto__`). */
+function put(parent: Record<string | number, unknown>, key: string | number, value: unknown): void {
+  if (key === '__proto__') {
+    Object.defineProperty(parent, key, { value, writable: true, enumerable: true, configurable: true });
+  } else {
+    parent[key] = value;
+  }
+}
+
+/** Rebuilds a tree from the slices of `sliceTree`, taken in order. */
+export class TreeAssembler {
+  readonly #shells: (TreeNode[] | TreeObject)[] = [];
+  #root: TreeNode = null;
+  #started = false;
+
+  /** Takes the next slice. Throws on a slice out of order (a bug, not bad input). */
+  add(slice: TreeSlice): void {
+    let payload = slice.payload;
+    if (slice.shell === undefined) {
+      if (this.#started) throw new Error('tree transfer: a second root slice');
+      this.#started = true;
+    } else if (this.#shells[slice.shell] === undefined) {
+      throw new Error(`tree transfer: items for container ${slice.shell} before its place`);
+    }
+    for (const hole of slice.holes) {
+      const container: TreeNode[] | TreeObject = hole.kind === 'a' ? [] : {};
+      this.#shells[hole.id] = container;
+      if (hole.path.length === 0) {
+        payload = container;
+        continue;
+      }
+      let at = payload as Record<string | number, TreeNode>;
+      for (let i = 0; i < hole.path.length - 1; i++)
+        at = at[hole.path[i]!] as Record<string | number, TreeNode>;
+      put(at, hole.path[hole.path.length - 1]!, container);
+    }
+    if (slice.shell === undefined) {
+      this.#root = payload;
+      return;
+    }
+    const shell = this.#shells[slice.shell]!;
+    const items = payload as TreeNode[];
+    if (Array.isArray(shell)) {
+      for (const item of items) shell.push(item);
+    } else {
+      for (const item of items) {
+        const [k, v] = item as [string, TreeNode];
+        put(shell as Record<string, unknown>, k, v);
+      }
+    }
+  }
+
+  /** The tree, once every slice was added. */
+  get tree(): TreeNode {
+    return this.#root;
+  }
+}

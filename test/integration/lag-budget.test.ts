@@ -1,0 +1,107 @@
+/**
+ * The lag budget on a real nats-server with a real slowed standby (`apply.maxBytesPerSec`): a
+ * primary's `checkpoint()` holds back while the standby is further behind than
+ * `maxStandbyLag`, and goes on with a log event once `waitMs` ran out.
+ */
+import { describe, expect, it } from 'vitest';
+import { performance } from 'node:perf_hooks';
+import { Restartpoint, type LogEvent } from '../../src/index.js';
+import { freshApp } from '../helpers/nats.js';
+import { liveNodes, nodeOptions } from '../helpers/live.js';
+
+const live = liveNodes();
+const { apps } = live;
+
+/** Runs `n` checkpoints of 64 KiB of writes each; returns each one's latency. */
+async function run(rp: Restartpoint<{ n: number }>, n: number): Promise<number[]> {
+  const ms: number[] = [];
+  const value = 'x'.repeat(64 * 1024);
+  for (let i = 0; i < n; i++) {
+    await rp.store.put(`k${i % 8}`, `${i}${value}`);
+    rp.state.n = i;
+    const t0 = performance.now();
+    await rp.checkpoint(rp.state);
+    ms.push(performance.now() - t0);
+  }
+  return ms;
+}
+
+describe('lag budget (maxStandbyLag)', () => {
+  it('holds checkpoint() back while a slowed standby is over budget, then goes on with a log event', async () => {
+    const app = freshApp();
+    apps.push(app);
+    const logs: LogEvent[] = [];
+    const overruns: { nodeId: string; waitedMs: number }[] = [];
+    const a = await live.start(
+      nodeOptions<{ n: number }>(app, 'a', {
+        initialState: () => ({ n: 0 }),
+        maxStandbyLag: { checkpoints: 3, waitMs: 1500 },
+        log: (e) => logs.push(e),
+        observer: { lagOverrun: (o) => overruns.push(o) },
+      }),
+    );
+    const stop = new AbortController();
+    // A standby that applies 32 KiB/s: half a checkpoint per second.
+    const b = Restartpoint.start(
+      nodeOptions<{ n: number }>(app, 'b', {
+        initialState: () => ({ n: 0 }),
+        apply: { maxBytesPerSec: 32 * 1024 },
+        signal: stop.signal,
+      }),
+    );
+    b.catch(() => undefined);
+    try {
+      // Until b reports itself (presence, once a second), nothing holds a back.
+      const seen = performance.now();
+      while (performance.now() - seen < 10_000) {
+        const stat = await a.checkpoint(a.state);
+        if (logs.some((e) => e.msg === 'standby lag over budget')) break;
+        await run(a, 1);
+        void stat;
+      }
+      const ms = await run(a, 6);
+      const over = logs.filter((e) => e.msg === 'standby lag over budget');
+      expect(over.length).toBeGreaterThan(0);
+      expect(over[0]).toMatchObject({ level: 'warn', nodeId: 'b' });
+      expect(over[0]!.behindCheckpoints as number).toBeGreaterThan(3);
+      expect(over[0]!.waitedMs as number).toBeGreaterThanOrEqual(1500);
+      // The observer (metrics: restartpoint_standby_lag_overruns_total) hears of each one.
+      expect(overruns.length).toBe(over.length);
+      expect(overruns[0]).toMatchObject({ nodeId: 'b' });
+      // Every checkpoint while b lags waits the bound out.
+      expect(Math.min(...ms)).toBeGreaterThanOrEqual(1400);
+    } finally {
+      stop.abort();
+    }
+  }, 120_000);
+
+  it('maxStandbyLag: false never waits', async () => {
+    const app = freshApp();
+    apps.push(app);
+    const logs: LogEvent[] = [];
+    const a = await live.start(
+      nodeOptions<{ n: number }>(app, 'a', {
+        initialState: () => ({ n: 0 }),
+        maxStandbyLag: false,
+        log: (e) => logs.push(e),
+      }),
+    );
+    const stop = new AbortController();
+    const b = Restartpoint.start(
+      nodeOptions<{ n: number }>(app, 'b', {
+        initialState: () => ({ n: 0 }),
+        apply: { maxBytesPerSec: 32 * 1024 },
+        signal: stop.signal,
+      }),
+    );
+    b.catch(() => undefined);
+    try {
+      const ms = await run(a, 30);
+      // b is far behind by the end (30 × 64 KiB at 32 KiB/s), yet no checkpoint waited.
+      expect(Math.max(...ms)).toBeLessThan(1000);
+      expect(logs.some((e) => e.msg === 'standby lag over budget')).toBe(false);
+    } finally {
+      stop.abort();
+    }
+  }, 120_000);
+});
