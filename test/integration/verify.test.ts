@@ -148,7 +148,7 @@ describe('restartpoint verify', () => {
     expect(lost.status).toBe(1);
     expect(json(lost)).toMatchObject({ ok: false, status: 'lost' });
     expect(json(lost).detail).toMatch(/ERR_STORE_LOST/);
-    expect(json(lost).fix).toMatch(/restart the node .*rebuilds it from the relays/);
+    expect(json(lost).fix).toMatch(/restart the node .*rebuilds it from a base and the relays/);
 
     await redis.del(...(await redis.keys(`{${prefix}}:*`)));
     const cfg = await config('redis-w', `{ kind: redis, prefix: '${prefix}', url: '${REDIS_URL}' }`);
