@@ -686,6 +686,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         ? acked
         : acked.then(async (ack) => {
             await budget.wait(() => this.#closed || this.#fenced !== undefined);
+            // The wait can outlast the lease (a paused process wakes up after its successor
+            // took over): resolve only while this node still holds it, as the ack itself did.
+            if (this.#fenced) throw this.#fenced;
+            if (!this.#keeper.isValid()) {
+              throw new FencedError(
+                `checkpoint ${ack.checkpoint} is durable, but node '${this.nodeId}' cannot be sure it still holds the lease after waiting for its standby (maxStandbyLag): a new primary may have taken over`,
+              );
+            }
             return ack;
           });
     if (this.#handover) this.#handOverAt(done);

@@ -160,7 +160,9 @@ function mutate(p: State, op: Op, held: Held): void {
       break;
     case 14: {
       const item = pick(p.list, op.a);
-      if (typeof item === 'object' && item !== null && !Array.isArray(item))
+      // A record, not a typed array or Buffer (its indexes take numbers only: a property named
+      // like an index would be converted, and an object without a prototype cannot be).
+      if (typeof item === 'object' && item !== null && !Array.isArray(item) && !ArrayBuffer.isView(item))
         (item as Record<string, unknown>)[name] = op.v;
       break;
     }
