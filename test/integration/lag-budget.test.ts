@@ -5,7 +5,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { performance } from 'node:perf_hooks';
-import { Restartpoint, type LogEvent } from '../../src/index.js';
+import { Kvm } from '@nats-io/kv';
+import { FencedError, Restartpoint, type LogEvent } from '../../src/index.js';
+import { appNames } from '../../src/protocol/subjects.js';
 import { freshApp } from '../helpers/nats.js';
 import { liveNodes, nodeOptions } from '../helpers/live.js';
 
@@ -70,6 +72,59 @@ describe('lag budget (maxStandbyLag)', () => {
       expect(overruns[0]).toMatchObject({ nodeId: 'b' });
       // Every checkpoint while b lags waits the bound out.
       expect(Math.min(...ms)).toBeGreaterThanOrEqual(1400);
+    } finally {
+      stop.abort();
+    }
+  }, 120_000);
+
+  it('a checkpoint held back by the budget does not resolve once the lease is lost while it waits', async () => {
+    const app = freshApp();
+    apps.push(app);
+    const logs: LogEvent[] = [];
+    const a = await live.start(
+      nodeOptions<{ n: number }>(app, 'a', {
+        initialState: () => ({ n: 0 }),
+        // A long wait: the lease is lost well before it runs out.
+        maxStandbyLag: { checkpoints: 3, waitMs: 30_000 },
+        log: (e) => logs.push(e),
+      }),
+    );
+    const stop = new AbortController();
+    const b = Restartpoint.start(
+      nodeOptions<{ n: number }>(app, 'b', {
+        initialState: () => ({ n: 0 }),
+        apply: { maxBytesPerSec: 16 * 1024 },
+        signal: stop.signal,
+      }),
+    );
+    b.catch(() => undefined);
+    try {
+      // Checkpoints until one is held back (b over budget): it has not resolved after 1 s.
+      let held: Promise<unknown> | undefined;
+      for (const end = performance.now() + 30_000; held === undefined && performance.now() < end;) {
+        await a.store.put('k', 'x'.repeat(64 * 1024));
+        a.state.n++;
+        const cp = a.checkpoint(a.state);
+        cp.catch(() => undefined);
+        const settled = await Promise.race([
+          cp.then(
+            () => true,
+            () => true,
+          ),
+          new Promise<false>((r) => setTimeout(() => r(false), 1_000)),
+        ]);
+        if (!settled) held = cp;
+      }
+      expect(held, 'a checkpoint held back by the lag budget').toBeDefined();
+      // Its lease is taken away while it waits (what a successor's claim does to it).
+      const kv = await new Kvm(live.nc).open(appNames(app).leaseBucket);
+      await kv.delete(appNames(app).leaseKey);
+      // The checkpoint is durable, but this node no longer holds the lease: it must not resolve.
+      const outcome = await held!.then(
+        () => 'resolved',
+        (err: unknown) => err,
+      );
+      expect(outcome).toBeInstanceOf(FencedError);
     } finally {
       stop.abort();
     }
