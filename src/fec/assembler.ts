@@ -52,11 +52,12 @@ interface Pending {
   readonly first: Shard;
   readonly shards: (Shard | undefined)[];
   have: number;
-  /** Payload bytes of the shards this entry holds. */
+  /** Payload bytes of the shards this entry holds, plus its `out` and `parity` buffers. */
   bytes: number;
   /**
-   * Reed-Solomon with k > 1, once k shards are in: the part being assembled (each data shard's
-   * slices copied to their place on the threadpool), and the parity shards in codec layout.
+   * Reed-Solomon with k > 1, from its first shard on: the part being assembled (each data
+   * shard's slices copied to their place on the threadpool as it arrives), and the parity
+   * shards in codec layout.
    */
   out?: Buffer;
   parity?: Buffer;
@@ -174,22 +175,16 @@ export class ShardAssembler {
     entry.have++;
     const inPlace = shard.scheme === ShardScheme.ReedSolomon && shard.data > 1;
     const need = shard.scheme === ShardScheme.Copies ? 1 : shard.data;
+    const before = entry.bytes;
+    entry.bytes += shard.payload.byteLength;
+    // Every shard held when the k-th arrives is used (the d parity shards among them stand in
+    // for the d data shards missing), so each one is copied to its place on the threadpool as
+    // it arrives: the copies overlap the checksums of the shards still to come.
+    if (inPlace) this.#place(entry, shard);
+    this.#pendingBytes += entry.bytes - before;
     if (entry.have < need) {
-      entry.bytes += shard.payload.byteLength;
-      this.#pendingBytes += shard.payload.byteLength;
       this.#evict(id);
       return undefined;
-    }
-    if (inPlace) {
-      // The k-th shard: the data shards held, and as many parity shards as data shards are
-      // missing, are copied to their places on the threadpool.
-      let parityNeeded = 0;
-      for (let i = 0; i < shard.data; i++) if (!entry.shards[i]) parityNeeded++;
-      for (const [i, s] of entry.shards.entries()) {
-        if (!s) continue;
-        if (i >= shard.data && parityNeeded-- <= 0) continue;
-        this.#place(entry, s);
-      }
     }
     // From here on the part is done as far as every later shard is concerned, even while the
     // rebuild below is still running on the threadpool.
@@ -243,17 +238,22 @@ export class ShardAssembler {
     const stripes = size / stripe;
     const alloc = (n: number): Buffer => (this.#pool ? this.#pool.acquire(n) : Buffer.allocUnsafe(n));
     const src = Buffer.from(shard.payload.buffer, shard.payload.byteOffset, size);
+    if (!e.out) {
+      e.out = alloc(k * size);
+      e.bytes += e.out.length;
+    }
     if (shard.index < k) {
-      e.out ??= alloc(k * size);
       for (let j = 0; j < stripes; j++) {
         e.copies.push(copyOffThread(src, j * stripe, e.out, (j * k + shard.index) * stripe, stripe));
       }
     } else {
-      e.out ??= alloc(k * size);
-      e.parity ??= alloc(m * size);
+      if (!e.parity) {
+        e.parity = alloc(m * size);
+        e.bytes += e.parity.length;
+      }
       const r = shard.index - k;
       for (let j = 0; j < stripes; j++) {
-        e.copies.push(copyOffThread(src, j * stripe, e.parity, (j * m + r) * stripe, stripe));
+        e.copies.push(copyOffThread(src, j * stripe, e.parity!, (j * m + r) * stripe, stripe));
       }
     }
     e.present |= 1 << shard.index;

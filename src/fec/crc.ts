@@ -46,3 +46,71 @@ export function crc32(data: Uint8Array, value = 0): number {
   if (data.byteLength === 0) return value;
   return native ? native(data, value) : zlibCrc32(data, value);
 }
+
+/*
+ * CRC-32 arithmetic without the bytes (zlib's `crc32_combine`): the CRC is an affine function of
+ * the message over GF(2), so the CRC of a concatenation, or of the XOR of equal-length messages,
+ * follows from the parts' CRCs and lengths. Polynomials are in zlib's reflected form (bit 31 is
+ * x^0).
+ */
+const POLY = 0xedb8_8320;
+
+/** a·b modulo the CRC-32 polynomial. */
+function multModP(a: number, b: number): number {
+  let m = 0x8000_0000;
+  let p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) === 0) break;
+    }
+    m >>>= 1;
+    b = b & 1 ? (b >>> 1) ^ POLY : b >>> 1;
+  }
+  return p >>> 0;
+}
+
+/** X2N[i] = x^(2^i) mod p. */
+const X2N: number[] = (() => {
+  const t: number[] = [];
+  let p = 0x4000_0000; // x^1
+  t.push(p);
+  for (let i = 1; i < 32; i++) t.push((p = multModP(p, p)));
+  return t;
+})();
+
+/** x^(8·bytes) mod p: advances a CRC register over `bytes` bytes. */
+function shiftBytes(bytes: number): number {
+  let p = 0x8000_0000; // x^0
+  let k = 3;
+  for (let n = bytes; n > 0; n = Math.floor(n / 2), k++) {
+    if (n % 2 === 1) p = multModP(X2N[k & 31]!, p);
+  }
+  return p;
+}
+
+/**
+ * The CRC-32 of A ‖ B from `crcA` = crc32(A), `crcB` = crc32(B) and B's length, without reading
+ * either (zlib's `crc32_combine`).
+ */
+export function crc32Combine(crcA: number, crcB: number, lengthB: number): number {
+  return (multModP(shiftBytes(lengthB), crcA >>> 0) ^ crcB) >>> 0;
+}
+
+/**
+ * The CRC-32 of A₁ ⊕ A₂ ⊕ … ⊕ Aₙ (n messages of `length` bytes each, XORed byte by byte), from
+ * their CRCs. The CRC is affine: crc(a ⊕ b) = crc(a) ⊕ crc(b) ⊕ crc(0…0), so an odd count needs
+ * nothing more and an even one the CRC of `length` zero bytes.
+ */
+export function crc32OfXor(crcs: readonly number[], length: number): number {
+  let x = 0;
+  for (const c of crcs) x ^= c;
+  if (crcs.length % 2 === 0) x ^= crc32Zeros(length);
+  return x >>> 0;
+}
+
+/** crc32 of `length` zero bytes: the register 0xFFFFFFFF advanced over them, inverted. */
+export function crc32Zeros(length: number): number {
+  if (length === 0) return 0;
+  return ~multModP(shiftBytes(length), 0xffff_ffff) >>> 0;
+}

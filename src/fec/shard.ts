@@ -45,11 +45,10 @@
  * Any k valid shards of a Reed-Solomon part (any one copy) rebuild it: see `joinShards` and
  * `ShardAssembler`. The rebuilt bytes are a part again, verified once more by `decodePart`.
  */
-import { crc32 } from './crc.js';
+import { crc32, crc32Combine, crc32OfXor } from './crc.js';
 import { BufferPool } from './pool.js';
 import { ConfigError, FrameError, FrameRejectReason, InvalidArgumentError } from '../errors.js';
 import {
-  copyOffThread,
   MAX_DATA_SHARDS,
   MAX_PARITY_SHARDS,
   ReedSolomon,
@@ -314,11 +313,14 @@ async function encodeInto(
   // Parity row r of stripe j is written by the codec straight into message k + r, at its place
   // in that message's payload: the parity region is positioned so that its slot r lands there
   // (`encodeRows` writes that slot only; the region stays inside the slab, see the bound below).
+  // The threadpool runs only the parity math; this thread meanwhile checksums and copies the
+  // data shards, then checksums each stripe's parity rows as soon as that stripe is coded.
   const codec = new ReedSolomon(k, m);
-  const coding: Promise<void>[] = [];
+  const coded: Promise<unknown>[] = [];
   for (let j = 0; j < stripes && m > 0; j++) {
+    const rows: Promise<void>[] = [];
     for (let r = 0; r < m; r++) {
-      coding.push(
+      rows.push(
         codec.encodeRows(1 << r, {
           data: regions[j]!,
           parity: slab,
@@ -329,29 +331,48 @@ async function encodeInto(
         }),
       );
     }
-  }
-  // The data shards' payloads are copied on the threadpool too (the codec's replication path),
-  // while this thread checksums them from the part: the one JS thread only runs CRC-32.
-  for (let i = 0; i < k; i++) {
-    for (let j = 0; j < stripes; j++) {
-      coding.push(copyOffThread(regions[j]!, i * stripe, slab, i * msgLen + bodyAt + j * stripe, stripe));
-    }
+    const stripeCoded = Promise.all(rows);
+    // Awaited stripe by stripe below: a later stripe's failure must not go unhandled meanwhile.
+    stripeCoded.catch(() => undefined);
+    coded.push(stripeCoded);
   }
   try {
+    // Data shards: each slice is checksummed, then copied while it is still in cache. The
+    // payload's CRC is kept apart from the header's, for parity shard k below.
+    const payloadCrcs: number[] = [];
     for (let i = 0; i < k; i++) {
-      let crc = crc32(out[i]!.subarray(0, bodyAt));
-      for (let j = 0; j < stripes; j++) crc = crc32(regions[j]!.subarray(i * stripe, (i + 1) * stripe), crc);
-      out[i]!.writeUInt32BE(crc, bodyAt + payload);
+      const msg = out[i]!;
+      let crc = 0;
+      for (let j = 0; j < stripes; j++) {
+        const slice = regions[j]!.subarray(i * stripe, (i + 1) * stripe);
+        crc = crc32(slice, crc);
+        slice.copy(msg, bodyAt + j * stripe);
+      }
+      payloadCrcs.push(crc);
+      msg.writeUInt32BE(crc32Combine(crc32(msg.subarray(0, bodyAt)), crc, payload), bodyAt + payload);
     }
+    // Parity shard k (row 0) is the XOR of the k data payloads: the library's matrix has a row
+    // of ones first (it refuses any other), and a test checks it. Its CRC follows from theirs
+    // without reading it. Rows 1.. are checksummed stripe by stripe, as the codec finishes them.
+    const crcs: number[] = [];
+    for (let r = 1; r < m; r++) crcs[r] = crc32(out[k + r]!.subarray(0, bodyAt));
+    for (let j = 0; j < coded.length && m > 1; j++) {
+      await coded[j];
+      for (let r = 1; r < m; r++) {
+        const at = bodyAt + j * stripe;
+        crcs[r] = crc32(out[k + r]!.subarray(at, at + stripe), crcs[r]);
+      }
+    }
+    if (m > 0) {
+      const head = crc32(out[k]!.subarray(0, bodyAt));
+      crcs[0] = crc32Combine(head, crc32OfXor(payloadCrcs, payload), payload);
+    }
+    for (let r = 0; r < m; r++) out[k + r]!.writeUInt32BE(crcs[r]!, bodyAt + payload);
   } finally {
     // Always wait for every codec call: they write into the slab and read the scratch.
-    const settled = await Promise.allSettled(coding);
+    const settled = await Promise.allSettled(coded);
     if (scratch && pool) pool.release(scratch);
     for (const s of settled) if (s.status === 'rejected') throw s.reason;
-  }
-  for (let r = 0; r < m; r++) {
-    const msg = out[k + r]!;
-    msg.writeUInt32BE(crc32(msg.subarray(0, bodyAt + payload)), bodyAt + payload);
   }
   return { shards: out, slab };
 }

@@ -7,13 +7,21 @@
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { ShardAssembler } from '../../src/fec/assembler.js';
-import { crc32, crc32Implementation } from '../../src/fec/crc.js';
+import { crc32, crc32Combine, crc32Implementation, crc32OfXor, crc32Zeros } from '../../src/fec/crc.js';
 import { BufferPool, POISON_BYTE } from '../../src/fec/pool.js';
 import { copyOffThread, ReedSolomon } from '../../src/fec/reed-solomon.js';
 import { decodeShard, encodeShards, encodeShardsPooled, type FecScheme } from '../../src/fec/shard.js';
 
 const APP = 'ledger';
 const MiB = 1 << 20;
+const schemesUnderTest: FecScheme[] = [
+  { data: 4, parity: 2 },
+  { data: 10, parity: 4 },
+  { data: 1, parity: 2 },
+  { data: 3, parity: 0 },
+  { data: 5, parity: 1 },
+  { copies: 3 },
+];
 
 function bytes(n: number, seed: number): Buffer {
   const b = Buffer.allocUnsafe(n);
@@ -37,17 +45,60 @@ describe('crc32', () => {
     }
     expect(crc32(new Uint8Array(0), 1234)).toBe(1234);
   });
+
+  it('combines CRCs without the bytes: concatenation, XOR of equal lengths, zeros', () => {
+    for (const n of [0, 1, 8, 1000, 65_537, MiB + 3]) {
+      expect(crc32Zeros(n)).toBe(zlibCrc32(Buffer.alloc(n)));
+      const a = bytes(777, n + 5);
+      const b = bytes(n, n + 6);
+      expect(crc32Combine(zlibCrc32(a), zlibCrc32(b), n)).toBe(zlibCrc32(Buffer.concat([a, b])));
+      for (const count of [1, 2, 3, 4, 7]) {
+        const xs = Array.from({ length: count }, (_, i) => bytes(n, n * 31 + i + 1));
+        const x = Buffer.alloc(n);
+        for (const y of xs) for (let i = 0; i < n; i++) x[i]! ^= y[i]!;
+        expect(
+          crc32OfXor(
+            xs.map((y) => zlibCrc32(y)),
+            n,
+          ),
+        ).toBe(zlibCrc32(x));
+      }
+    }
+  });
+});
+
+describe('shard checksums', () => {
+  it("parity shard k is the XOR of the data shards (the codec's first parity row is all ones)", async () => {
+    // encodeShards derives that shard's CRC-32 from the data shards' CRCs on this fact.
+    for (const k of [1, 2, 3, 4, 7, 10, 24]) {
+      for (const m of [1, 2, 6]) {
+        const s = 64;
+        const data = bytes(k * s, k * 10 + m);
+        const parity = Buffer.alloc(m * s);
+        await new ReedSolomon(k, m).encode({ data, parity, shardSize: s });
+        const xor = Buffer.alloc(s);
+        for (let i = 0; i < k; i++) for (let b = 0; b < s; b++) xor[b]! ^= data[i * s + b]!;
+        expect(Buffer.compare(parity.subarray(0, s), xor)).toBe(0);
+      }
+    }
+  });
+
+  it('every message ends with the CRC-32 of its bytes, for every scheme, k parity and stripe layout', async () => {
+    const all: FecScheme[] = [...schemesUnderTest, { data: 2, parity: 3 }, { data: 6, parity: 2 }];
+    for (const scheme of all) {
+      for (const n of [1, 100, 64 * 1024 + 3, MiB, 2 * MiB + 17, 3 * MiB]) {
+        const shards = await encodeShards(APP, { epoch: 3, seq: n, part: 1 }, bytes(n, n + 2), scheme);
+        for (const msg of shards) {
+          const end = msg.length - 4;
+          expect(msg.readUInt32BE(end)).toBe(zlibCrc32(msg.subarray(0, end)));
+        }
+      }
+    }
+  });
 });
 
 describe('encodeShardsPooled', () => {
-  const schemes: FecScheme[] = [
-    { data: 4, parity: 2 },
-    { data: 10, parity: 4 },
-    { data: 1, parity: 2 },
-    { data: 3, parity: 0 },
-    { data: 5, parity: 1 },
-    { copies: 3 },
-  ];
+  const schemes = schemesUnderTest;
   it('makes the same bytes as encodeShards, for every scheme and stripe layout', async () => {
     const pool = new BufferPool({ minPooledBytes: 0, poison: true });
     for (const scheme of schemes) {
