@@ -16,9 +16,11 @@
 import { FrameError, FrameRejectReason } from '../errors.js';
 import { ShardAssembler } from '../fec/assembler.js';
 import { relayOfShard } from '../fec/placement.js';
+import type { BufferPool } from '../fec/pool.js';
 import {
   decodeShard,
   encodeShards,
+  encodeShardsPooled,
   maxPartBytes,
   shardMessageId,
   type FecScheme,
@@ -47,6 +49,14 @@ export interface OutMessage {
 export interface EncodedPart {
   readonly key: PartKey;
   readonly messages: OutMessage[];
+  /**
+   * Set when the messages are views into a buffer of the codec's `pool` (FEC, unsigned): gives
+   * it back. Call it only once nothing can read any of the messages any more — every publish of
+   * every message resolved with an ack, none waits in a re-send backlog, and none ever failed
+   * (see `ShardSet.release` and src/fec/pool.ts). When in doubt, never call it: the buffer is
+   * then left to the garbage collector.
+   */
+  readonly release?: () => void;
 }
 
 /**
@@ -68,6 +78,13 @@ export interface CodecOptions {
   readonly fec?: FecScheme;
   /** Signed mode: every message is sealed on encode and opened (verified) on decode. */
   readonly envelope?: EnvelopeCodec;
+  /**
+   * FEC: `encode` takes the shard messages' buffers from this pool (no allocation in the steady
+   * state). Unsigned, each `EncodedPart` then carries a `release` the caller must respect;
+   * signed, the shards are sealed (copied) and the buffer goes back at once. `encodePart`
+   * (backfill) never uses it.
+   */
+  readonly pool?: BufferPool;
 }
 
 /** Frames to messages and back. Stateless: `FrameDecoder` holds the joining state. */
@@ -125,23 +142,24 @@ export class FrameCodec {
    * k + m shards, shard i to relay i mod N.
    */
   async encode(frame: Frame): Promise<EncodedPart[]> {
-    const { app, envelope, fec, relays } = this.#o;
+    const { app, envelope, fec, relays, pool } = this.#o;
     const parts = encodeFrame(app, frame, this.partBytes);
     const out: EncodedPart[] = [];
     for (const [i, part] of parts.entries()) {
       const key: PartKey = { epoch: frame.epoch, seq: frame.seq, part: i };
       if (fec) {
-        const shards = await encodeShards(app, key, part, fec);
-        out.push({
-          key,
-          messages: shards.map((bytes, j) => ({
-            relay: relayOfShard(j, relays),
-            // Signed: bound to the relay it goes to (envelope flag bit 1), so a copy replayed onto
-            // another relay's stream is refused there.
-            bytes: envelope ? envelope.seal(bytes, relayOfShard(j, relays)) : bytes,
-            msgId: shardMessageId(app, frame.epoch, frame.seq, i, j),
-          })),
-        });
+        const pooled = pool ? await encodeShardsPooled(app, key, part, fec, pool) : undefined;
+        const shards = pooled ? pooled.shards : await encodeShards(app, key, part, fec);
+        const messages = shards.map((bytes, j) => ({
+          relay: relayOfShard(j, relays),
+          // Signed: bound to the relay it goes to (envelope flag bit 1), so a copy replayed onto
+          // another relay's stream is refused there.
+          bytes: envelope ? envelope.seal(bytes, relayOfShard(j, relays)) : bytes,
+          msgId: shardMessageId(app, frame.epoch, frame.seq, i, j),
+        }));
+        // Sealed envelopes are copies: the shard buffer is free again right away.
+        if (pooled && envelope) pooled.release();
+        out.push(pooled && !envelope ? { key, messages, release: pooled.release } : { key, messages });
       } else {
         const msgId = messageId(app, frame.epoch, frame.seq, i);
         const all = Array.from({ length: relays }, (_, relay) => relay);

@@ -7,6 +7,7 @@
  */
 import { ConfigError, ReplicationError } from '../errors.js';
 import { ackedShardsNeeded, relayLossTolerance } from '../fec/placement.js';
+import { BufferPool } from '../fec/pool.js';
 import { validateFecScheme, type FecScheme } from '../fec/shard.js';
 import { FrameCodec, type OutMessage } from '../protocol/codec.js';
 import type { EnvelopeCodec } from '../protocol/envelope.js';
@@ -110,7 +111,10 @@ export function isPending(link: NatsLink): boolean {
 interface Outgoing {
   readonly bytes: Uint8Array;
   readonly msgId: string;
-  /** Reports this message's first outcome (later ones are ignored). */
+  /**
+   * Reports an outcome: the first one counts for the ack policy; for the buffer's lifetime, a
+   * failure at any time means the client may still hold the bytes (see `#sendAll`).
+   */
   done(ok: boolean): void;
 }
 
@@ -186,6 +190,7 @@ export class RelaySet {
       stream: string;
       faults?: FaultHook;
       envelope?: EnvelopeCodec;
+      shardPool?: BufferPool;
       onError: (msg: string) => void;
     },
   ) {
@@ -203,6 +208,9 @@ export class RelaySet {
       maxPayload: Math.min(...relays.map((r) => r.link.maxPayload)),
       fec: o.fec?.scheme,
       envelope: o.envelope,
+      // Pooled shard buffers, except under a fault hook (drills, tests), which may keep or
+      // replay the bytes it sees.
+      pool: o.fec && !o.faults ? (o.shardPool ?? new BufferPool()) : undefined,
     });
   }
 
@@ -265,6 +273,11 @@ export class RelaySet {
     envelope?: EnvelopeCodec;
     /** Reuse this link for the relay at index 0 (the lease connection), if the same servers. */
     shared?: NatsLink;
+    /**
+     * FEC: the pool the shard messages' buffers come from (default: one of the set's own). Tests
+     * pass one with `poison: true`, so a buffer reused too early is caught.
+     */
+    shardPool?: BufferPool;
     onError?: (msg: string) => void;
   }): Promise<RelaySet> {
     const fec = opts.fec ? resolveFec(opts.fec, opts.specs.length) : undefined;
@@ -322,6 +335,7 @@ export class RelaySet {
       stream: opts.names.stream,
       faults: opts.faults,
       envelope: opts.envelope,
+      shardPool: opts.shardPool,
       onError: opts.onError ?? (() => undefined),
     });
     for (const [i, l] of links.entries()) {
@@ -484,20 +498,40 @@ export class RelaySet {
   async publish(frame: Frame): Promise<void> {
     const parts = await this.codec.encode(frame);
     await Promise.all(
-      parts.map((p) => this.#sendAll(`${p.key.epoch}/${p.key.seq}.${p.key.part}`, p.messages)),
+      parts.map((p) => this.#sendAll(`${p.key.epoch}/${p.key.seq}.${p.key.part}`, p.messages, p.release)),
     );
   }
 
-  #sendAll(what: string, messages: readonly OutMessage[]): Promise<void> {
+  /**
+   * Sends one part's messages. `release` (pooled FEC shards) is called once every message was
+   * acked without a single failure on the way: an ack proves the client packed and wrote the
+   * bytes, while after a failed publish the client may still hold them and send them on
+   * reconnect, and a message in a backlog is read again by its re-send. So a part with any
+   * failure (or one dropped from a full backlog, or halted) is never released: its buffer is
+   * left to the garbage collector. The policy's resolve comes earlier (`need` acks) and does
+   * not wait for this.
+   */
+  #sendAll(what: string, messages: readonly OutMessage[], release?: () => void): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let ok = 0;
       let failed = 0;
       const total = messages.length;
       const need = this.need;
       const unit = this.fec ? 'shard' : 'relay';
+      let unsettled = total;
+      let tainted = false;
       for (const m of messages) {
         let reported = false;
+        let settled = false;
+        // The message's first outcome for its buffer: a failure taints the whole part.
+        const settle = (clean: boolean): void => {
+          if (settled) return;
+          settled = true;
+          if (!clean) tainted = true;
+          if (--unsettled === 0 && !tainted) release?.();
+        };
         const done = (success: boolean): void => {
+          settle(success);
           if (reported) return;
           reported = true;
           if (success) ok++;
@@ -534,6 +568,7 @@ export class RelaySet {
             () => done(true),
             (err: unknown) => {
               this.#onError(`relay ${r.link.servers} missed ${m.msgId}: ${(err as Error).message}`);
+              settle(false);
               this.#enqueue(r, out);
             },
           );
