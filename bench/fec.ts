@@ -36,17 +36,27 @@ const SIZES = [
 const MIN_MS = 150;
 const APP = 'bench';
 
-/** Runs `op` (after one warm-up call) until `MIN_MS` passed; returns bytes per second in MB/s. */
-async function rate(bytes: number, op: () => unknown): Promise<number> {
+/**
+ * Runs `op` (after one warm-up call) until `MIN_MS` passed; returns bytes per second in MB/s.
+ * With `cpu`, also pushes the process's CPU time (user + system, every thread: the threadpool's
+ * work counts) per call, in ms: the work an operation costs, which a loaded host inflates far
+ * less than the wall-clock rate.
+ */
+async function rate(bytes: number, op: () => unknown, cpu?: number[]): Promise<number> {
   await op();
   let n = 0;
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   let dt = 0;
   do {
     await op();
     n++;
     dt = performance.now() - t0;
   } while (dt < MIN_MS);
+  if (cpu) {
+    const c = process.cpuUsage(c0);
+    cpu.push((c.user + c.system) / 1000 / n);
+  }
   return (bytes * n) / (dt * 1000);
 }
 
@@ -104,9 +114,20 @@ export const fecSuite: Suite = {
 
         const pool = new BufferPool();
         const runs: Record<
-          'memcpy' | 'codecEncode' | 'codecRebuild' | 'encode' | 'encodeFresh' | 'rebuild',
+          | 'memcpy'
+          | 'codecEncode'
+          | 'codecRebuild'
+          | 'encode'
+          | 'encodeFresh'
+          | 'rebuild'
+          | 'memcpyCpu'
+          | 'encodeCpu'
+          | 'rebuildCpu',
           number[]
         > = {
+          memcpyCpu: [],
+          encodeCpu: [],
+          rebuildCpu: [],
           memcpy: [],
           encodeFresh: [],
           codecEncode: [],
@@ -115,27 +136,33 @@ export const fecSuite: Suite = {
           rebuild: [],
         };
         for (let r = 0; r < ctx.repeat; r++) {
-          runs.memcpy.push(await rate(size.bytes, () => part.copy(copy)));
+          runs.memcpy.push(await rate(size.bytes, () => part.copy(copy), runs.memcpyCpu));
           runs.codecEncode.push(await rate(size.bytes, () => everyStripe((j) => codec.encode(at(j)))));
           runs.codecRebuild.push(
             await rate(size.bytes, () => everyStripe((j) => codec.reconstruct(present, lost, at(j)))),
           );
           // The publisher's path: shards in a pooled buffer, released once "acked" (here at once).
           runs.encode.push(
-            await rate(size.bytes, async () =>
-              (await encodeShardsPooled(APP, id, part, scheme, pool)).release(),
+            await rate(
+              size.bytes,
+              async () => (await encodeShardsPooled(APP, id, part, scheme, pool)).release(),
+              runs.encodeCpu,
             ),
           );
           runs.encodeFresh.push(await rate(size.bytes, () => encodeShards(APP, id, part, scheme)));
           runs.rebuild.push(
-            await rate(size.bytes, async () => {
-              // The standby's path with a pool: the rebuilt part is handed back once used.
-              const asm = new ShardAssembler({ app: APP, pool });
-              for (const s of survivors) {
-                const part = await asm.add(s);
-                if (part) asm.releasePart(part);
-              }
-            }),
+            await rate(
+              size.bytes,
+              async () => {
+                // The standby's path with a pool: the rebuilt part is handed back once used.
+                const asm = new ShardAssembler({ app: APP, pool });
+                for (const s of survivors) {
+                  const part = await asm.add(s);
+                  if (part) asm.releasePart(part);
+                }
+              },
+              runs.rebuildCpu,
+            ),
           );
         }
         const memcpy = median(runs.memcpy);
@@ -168,6 +195,24 @@ export const fecSuite: Suite = {
             value: rebuild,
             unit: 'MB/s',
             note: `ShardAssembler: ${k} of ${k + m} messages, ${m} data lost`,
+          },
+          {
+            name: `${name}.memcpy_cpu`,
+            value: median(runs.memcpyCpu),
+            unit: 'ms',
+            note: 'CPU time per copy',
+          },
+          {
+            name: `${name}.encode_cpu`,
+            value: median(runs.encodeCpu),
+            unit: 'ms',
+            note: 'CPU time per encode, all threads',
+          },
+          {
+            name: `${name}.rebuild_cpu`,
+            value: median(runs.rebuildCpu),
+            unit: 'ms',
+            note: 'CPU time per rebuild, all threads',
           },
           { name: `${name}.encode_over_memcpy`, value: encode / memcpy, unit: 'x' },
           { name: `${name}.rebuild_over_memcpy`, value: rebuild / memcpy, unit: 'x' },

@@ -63,6 +63,8 @@ interface Pending {
   parity?: Buffer;
   /** Copies still running into `out` / `parity`. */
   readonly copies: Promise<void>[];
+  /** The same copies by stripe: stripe j can be rebuilt once its own copies are done. */
+  readonly stripeCopies: Promise<void>[][];
   /** Bit i: shard i is (being) copied in. */
   present: number;
 }
@@ -157,6 +159,7 @@ export class ShardAssembler {
         have: 0,
         bytes: 0,
         copies: [],
+        stripeCopies: [],
         present: 0,
       };
       this.#pending.set(id, entry);
@@ -244,7 +247,7 @@ export class ShardAssembler {
     }
     if (shard.index < k) {
       for (let j = 0; j < stripes; j++) {
-        e.copies.push(copyOffThread(src, j * stripe, e.out, (j * k + shard.index) * stripe, stripe));
+        this.#copy(e, j, copyOffThread(src, j * stripe, e.out, (j * k + shard.index) * stripe, stripe));
       }
     } else {
       if (!e.parity) {
@@ -253,38 +256,48 @@ export class ShardAssembler {
       }
       const r = shard.index - k;
       for (let j = 0; j < stripes; j++) {
-        e.copies.push(copyOffThread(src, j * stripe, e.parity!, (j * m + r) * stripe, stripe));
+        this.#copy(e, j, copyOffThread(src, j * stripe, e.parity!, (j * m + r) * stripe, stripe));
       }
     }
     e.present |= 1 << shard.index;
   }
 
-  /** Waits for an in-place part's copies, computes its missing data shards, returns the part. */
+  #copy(e: Pending, stripe: number, copy: Promise<void>): void {
+    // Awaited later (by stripe, and all of them before the buffers are given back).
+    copy.catch(() => undefined);
+    e.copies.push(copy);
+    (e.stripeCopies[stripe] ??= []).push(copy);
+  }
+
+  /**
+   * Computes an in-place part's missing data shards, each stripe as soon as its own copies are
+   * done, and returns the part once every copy and every stripe is done.
+   */
   async #finish(e: Pending): Promise<Uint8Array> {
     const { data: k, parity: m, stripe, length } = e.first;
     const out = e.out!;
     const size = out.length / k;
     const stripes = size / stripe;
-    const copied = await Promise.allSettled(e.copies);
-    const failed = copied.find((c) => c.status === 'rejected');
     const missing = ~e.present & ((1 << k) - 1);
-    let coded: PromiseSettledResult<void>[] = [];
-    if (!failed && missing !== 0) {
-      const codec = new ReedSolomon(k, m);
-      coded = await Promise.allSettled(
-        Array.from({ length: stripes }, (_, j) =>
-          codec.reconstruct(e.present, missing, {
-            data: out,
-            dataOffset: j * k * stripe,
-            parity: e.parity!,
-            parityOffset: j * m * stripe,
-            shardSize: stripe,
-          }),
-        ),
-      );
-    }
+    const codec = missing !== 0 ? new ReedSolomon(k, m) : undefined;
+    const coded = Array.from({ length: stripes }, (_, j) => {
+      const copied = Promise.all(e.stripeCopies[j] ?? []);
+      return codec
+        ? copied.then(() =>
+            codec.reconstruct(e.present, missing, {
+              data: out,
+              dataOffset: j * k * stripe,
+              parity: e.parity!,
+              parityOffset: j * m * stripe,
+              shardSize: stripe,
+            }),
+          )
+        : copied;
+    });
+    // Every copy and every stripe settles before the buffers may go anywhere.
+    const settled = await Promise.allSettled([...e.copies, ...coded]);
     if (e.parity && this.#pool) this.#pool.release(e.parity);
-    const error = failed ?? coded.find((c) => c.status === 'rejected');
+    const error = settled.find((c) => c.status === 'rejected');
     if (error) throw (error as PromiseRejectedResult).reason;
     if (this.#pool) this.#lent.add(out.buffer);
     return out.subarray(0, length);
