@@ -60,6 +60,15 @@ async function publish(set: RelaySet, from: number, to: number, inFlight: number
   await Promise.all(running);
 }
 
+/** Polls `cond` (no event tells when a backlog is empty) for up to 20 s. */
+async function until(cond: () => boolean, what: string, errors: string[]): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${errors.join('; ')}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** Every relay's stored messages: how many are not, byte for byte, the message their id names. */
 async function badMessages(app: string, frames: number, maxPayload: number): Promise<number[]> {
   // The expected bytes, from a codec without a pool (fresh buffers, nothing reused).
@@ -125,15 +134,16 @@ describe('RelaySet.publish with pooled FEC shard buffers (real nats-servers)', (
       // Relay 2 dies: its shards go to its backlog (never released), the frames still resolve
       // with the shards of relays 0 and 1, whose clean parts keep being released and reused.
       await relays[2]!.servers[0]!.kill();
+      await until(() => !set.stats()[2]!.connected, 'relay 2 seen down', errors);
       await publish(set, 31, 50, 6);
-      expect(set.stats()[2]!.backlog).toBeGreaterThan(0);
+      expect(set.stats()[2]!.backlog).toBeGreaterThanOrEqual(20);
       await relays[2]!.servers[0]!.start();
       await publish(set, 51, 60, 6);
-      const deadline = Date.now() + 20_000;
-      while (set.stats()[2]!.backlog > 0 || !set.stats()[2]!.connected) {
-        if (Date.now() > deadline) throw new Error(`relay 2 did not catch up: ${errors.join('; ')}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await until(
+        () => set.stats()[2]!.backlog === 0 && set.stats()[2]!.connected,
+        'relay 2 caught up from its backlog',
+        errors,
+      );
       await publish(set, 61, 70, 6);
       expect(pool.stats.hits).toBeGreaterThan(reused);
     } finally {
