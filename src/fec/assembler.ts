@@ -11,7 +11,7 @@
  */
 import { FrameError, FrameRejectReason, InvalidArgumentError } from '../errors.js';
 import type { BufferPool } from './pool.js';
-import { copyOffThread, ReedSolomon } from './reed-solomon.js';
+import { ReedSolomon } from './reed-solomon.js';
 import { decodeShard, joinShards, sameCoding, ShardScheme, type Shard } from './shard.js';
 
 /** Options of a `ShardAssembler`. */
@@ -56,16 +56,11 @@ interface Pending {
   bytes: number;
   /**
    * Reed-Solomon with k > 1, from its first shard on: the part being assembled (each data
-   * shard's slices copied to their place on the threadpool as it arrives), and the parity
-   * shards in codec layout.
+   * shard's slices copied to their place as it arrives), and the parity shards in codec layout.
    */
   out?: Buffer;
   parity?: Buffer;
-  /** Copies still running into `out` / `parity`. */
-  readonly copies: Promise<void>[];
-  /** The same copies by stripe: stripe j can be rebuilt once its own copies are done. */
-  readonly stripeCopies: Promise<void>[][];
-  /** Bit i: shard i is (being) copied in. */
+  /** Bit i: shard i is copied in. */
   present: number;
 }
 
@@ -158,8 +153,6 @@ export class ShardAssembler {
         shards: new Array<Shard | undefined>(shard.data + shard.parity),
         have: 0,
         bytes: 0,
-        copies: [],
-        stripeCopies: [],
         present: 0,
       };
       this.#pending.set(id, entry);
@@ -181,8 +174,9 @@ export class ShardAssembler {
     const before = entry.bytes;
     entry.bytes += shard.payload.byteLength;
     // Every shard held when the k-th arrives is used (the d parity shards among them stand in
-    // for the d data shards missing), so each one is copied to its place on the threadpool as
-    // it arrives: the copies overlap the checksums of the shards still to come.
+    // for the d data shards missing), so each one is copied to its place as it arrives, right
+    // after its checksum, while its bytes are still in cache. (On this thread: a threadpool
+    // call per slice cost more in dispatch than the copy itself.)
     if (inPlace) this.#place(entry, shard);
     this.#pendingBytes += entry.bytes - before;
     if (entry.have < need) {
@@ -232,8 +226,8 @@ export class ShardAssembler {
   }
 
   /**
-   * Starts copying `shard`'s slices to their place in the part being assembled (data) or in the
-   * parity scratch (parity), on the threadpool.
+   * Copies `shard`'s slices to their place in the part being assembled (data) or in the parity
+   * scratch (parity).
    */
   #place(e: Pending, shard: Shard): void {
     const { data: k, parity: m, stripe } = shard;
@@ -247,7 +241,7 @@ export class ShardAssembler {
     }
     if (shard.index < k) {
       for (let j = 0; j < stripes; j++) {
-        this.#copy(e, j, copyOffThread(src, j * stripe, e.out, (j * k + shard.index) * stripe, stripe));
+        src.copy(e.out, (j * k + shard.index) * stripe, j * stripe, (j + 1) * stripe);
       }
     } else {
       if (!e.parity) {
@@ -256,48 +250,36 @@ export class ShardAssembler {
       }
       const r = shard.index - k;
       for (let j = 0; j < stripes; j++) {
-        this.#copy(e, j, copyOffThread(src, j * stripe, e.parity!, (j * m + r) * stripe, stripe));
+        src.copy(e.parity, (j * m + r) * stripe, j * stripe, (j + 1) * stripe);
       }
     }
     e.present |= 1 << shard.index;
   }
 
-  #copy(e: Pending, stripe: number, copy: Promise<void>): void {
-    // Awaited later (by stripe, and all of them before the buffers are given back).
-    copy.catch(() => undefined);
-    e.copies.push(copy);
-    (e.stripeCopies[stripe] ??= []).push(copy);
-  }
-
-  /**
-   * Computes an in-place part's missing data shards, each stripe as soon as its own copies are
-   * done, and returns the part once every copy and every stripe is done.
-   */
+  /** Computes an in-place part's missing data shards (the stripes in parallel), returns the part. */
   async #finish(e: Pending): Promise<Uint8Array> {
     const { data: k, parity: m, stripe, length } = e.first;
     const out = e.out!;
     const size = out.length / k;
     const stripes = size / stripe;
     const missing = ~e.present & ((1 << k) - 1);
-    const codec = missing !== 0 ? new ReedSolomon(k, m) : undefined;
-    const coded = Array.from({ length: stripes }, (_, j) => {
-      const copied = Promise.all(e.stripeCopies[j] ?? []);
-      return codec
-        ? copied.then(() =>
-            codec.reconstruct(e.present, missing, {
-              data: out,
-              dataOffset: j * k * stripe,
-              parity: e.parity!,
-              parityOffset: j * m * stripe,
-              shardSize: stripe,
-            }),
-          )
-        : copied;
-    });
-    // Every copy and every stripe settles before the buffers may go anywhere.
-    const settled = await Promise.allSettled([...e.copies, ...coded]);
+    let coded: PromiseSettledResult<void>[] = [];
+    if (missing !== 0) {
+      const codec = new ReedSolomon(k, m);
+      coded = await Promise.allSettled(
+        Array.from({ length: stripes }, (_, j) =>
+          codec.reconstruct(e.present, missing, {
+            data: out,
+            dataOffset: j * k * stripe,
+            parity: e.parity!,
+            parityOffset: j * m * stripe,
+            shardSize: stripe,
+          }),
+        ),
+      );
+    }
     if (e.parity && this.#pool) this.#pool.release(e.parity);
-    const error = settled.find((c) => c.status === 'rejected');
+    const error = coded.find((c) => c.status === 'rejected');
     if (error) throw (error as PromiseRejectedResult).reason;
     if (this.#pool) this.#lent.add(out.buffer);
     return out.subarray(0, length);
@@ -315,13 +297,10 @@ export class ShardAssembler {
     this.#pendingBytes -= e.bytes;
     this.#count(reason, e.have);
     const pool = this.#pool;
-    if (pool && (e.out || e.parity)) {
-      // Back to the pool once no copy writes into them any more.
-      void Promise.allSettled(e.copies).then(() => {
-        if (e.out) pool.release(e.out);
-        if (e.parity) pool.release(e.parity);
-      });
-    }
+    // Nothing reads or writes a pending part's buffers (the rebuild starts only with the k-th
+    // shard, when the part stops being pending).
+    if (pool && e.out) pool.release(e.out);
+    if (pool && e.parity) pool.release(e.parity);
   }
 
   #count(reason: FrameRejectReason, n = 1): void {
