@@ -52,11 +52,11 @@ interface Pending {
   readonly first: Shard;
   readonly shards: (Shard | undefined)[];
   have: number;
-  /** Payload bytes of the shards this entry holds, plus its `out` and `parity` buffers. */
+  /** Payload bytes of the shards this entry holds. */
   bytes: number;
   /**
-   * Reed-Solomon with k > 1, from its first shard on: the part being assembled (each data
-   * shard's slices copied to their place as it arrives), and the parity shards in codec layout.
+   * Reed-Solomon with k > 1, once k shards are in: the part being assembled (each data shard's
+   * slices copied to their place), and the parity shards in codec layout.
    */
   out?: Buffer;
   parity?: Buffer;
@@ -171,17 +171,23 @@ export class ShardAssembler {
     entry.have++;
     const inPlace = shard.scheme === ShardScheme.ReedSolomon && shard.data > 1;
     const need = shard.scheme === ShardScheme.Copies ? 1 : shard.data;
-    const before = entry.bytes;
-    entry.bytes += shard.payload.byteLength;
-    // Every shard held when the k-th arrives is used (the d parity shards among them stand in
-    // for the d data shards missing), so each one is copied to its place as it arrives, right
-    // after its checksum, while its bytes are still in cache. (On this thread: a threadpool
-    // call per slice cost more in dispatch than the copy itself.)
-    if (inPlace) this.#place(entry, shard);
-    this.#pendingBytes += entry.bytes - before;
     if (entry.have < need) {
+      entry.bytes += shard.payload.byteLength;
+      this.#pendingBytes += shard.payload.byteLength;
       this.#evict(id);
       return undefined;
+    }
+    if (inPlace) {
+      // The k-th shard: the data shards held, and as many parity shards as data shards are
+      // missing (which is every parity shard held), are copied to their places. Not earlier, so
+      // a pending part holds nothing but its shards (a backfill keeps many parts pending).
+      let parityNeeded = 0;
+      for (let i = 0; i < shard.data; i++) if (!entry.shards[i]) parityNeeded++;
+      for (const [i, s] of entry.shards.entries()) {
+        if (!s) continue;
+        if (i >= shard.data && parityNeeded-- <= 0) continue;
+        this.#place(entry, s);
+      }
     }
     // From here on the part is done as far as every later shard is concerned, even while the
     // rebuild below is still running on the threadpool.
@@ -235,19 +241,13 @@ export class ShardAssembler {
     const stripes = size / stripe;
     const alloc = (n: number): Buffer => (this.#pool ? this.#pool.acquire(n) : Buffer.allocUnsafe(n));
     const src = Buffer.from(shard.payload.buffer, shard.payload.byteOffset, size);
-    if (!e.out) {
-      e.out = alloc(k * size);
-      e.bytes += e.out.length;
-    }
+    e.out ??= alloc(k * size);
     if (shard.index < k) {
       for (let j = 0; j < stripes; j++) {
         src.copy(e.out, (j * k + shard.index) * stripe, j * stripe, (j + 1) * stripe);
       }
     } else {
-      if (!e.parity) {
-        e.parity = alloc(m * size);
-        e.bytes += e.parity.length;
-      }
+      e.parity ??= alloc(m * size);
       const r = shard.index - k;
       for (let j = 0; j < stripes; j++) {
         src.copy(e.parity, (j * m + r) * stripe, j * stripe, (j + 1) * stripe);
@@ -296,11 +296,6 @@ export class ShardAssembler {
     this.#pending.delete(id);
     this.#pendingBytes -= e.bytes;
     this.#count(reason, e.have);
-    const pool = this.#pool;
-    // Nothing reads or writes a pending part's buffers (the rebuild starts only with the k-th
-    // shard, when the part stops being pending).
-    if (pool && e.out) pool.release(e.out);
-    if (pool && e.parity) pool.release(e.parity);
   }
 
   #count(reason: FrameRejectReason, n = 1): void {

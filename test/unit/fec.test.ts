@@ -457,13 +457,12 @@ describe('rejections', () => {
     for (const i of [2, 3, 4]) expect(await asm.add(parts[0]![i]!)).toBeUndefined();
     expect(await asm.add(parts[0]![5]!)).toBeDefined();
 
-    // A pending part counts its 1000-byte payloads and the 4000-byte buffer it is assembled in.
-    const byBytes = new ShardAssembler({ app: APP, maxPendingBytes: 10_000 });
-    await byBytes.add(parts[0]![0]!);
-    await byBytes.add(parts[0]![1]!); // 6000
-    await byBytes.add(parts[1]![0]!); // 6000 + 5000 > 10 000: seq 1 goes
+    const byBytes = new ShardAssembler({ app: APP, maxPendingBytes: 2500 });
+    await byBytes.add(parts[0]![0]!); // 1000-byte payloads
+    await byBytes.add(parts[0]![1]!);
+    await byBytes.add(parts[1]![0]!); // 3000 > 2500: seq 1 goes
     expect(byBytes.pending).toBe(1);
-    expect(byBytes.pendingBytes).toBe(5000);
+    expect(byBytes.pendingBytes).toBe(1000);
     expect(byBytes.counters.rejected.evicted).toBe(2);
   });
 
