@@ -14,7 +14,8 @@
  * lost, writes discarded). docs/drill.md describes the whole contract.
  *
  * This file holds the scenarios (`runDrill`); the sample-app driver is in app-process.ts, the
- * checks in checks.ts, the hostile injection in hostile.ts, the report types in types.ts.
+ * checks in checks.ts, the ledger of what each primary was told in ledger.ts, the hostile
+ * injection in hostile.ts, the report types in types.ts.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
