@@ -54,6 +54,18 @@ function p50(xs: number[]): number {
   return median(xs);
 }
 
+/** Starts the SDK on a fresh app, memory store: the baseline. */
+function startSdk(ctx: BenchContext, leaseTtlMs?: number): Promise<Restartpoint<unknown>> {
+  return Restartpoint.start({
+    app: `bench-sdk-${randomBytes(4).toString('hex')}`,
+    nodeId: 'bench',
+    nats: { servers: ctx.nats },
+    storage: memoryAdapter(),
+    sidecar: false,
+    ...(leaseTtlMs ? { leaseTtlMs } : {}),
+  });
+}
+
 /** Starts an in-process sidecar on a fresh app and waits until it is primary. */
 async function startSidecar(
   ctx: BenchContext,
@@ -156,13 +168,7 @@ interface StepP50s {
  */
 async function sideBySide(ctx: BenchContext): Promise<StepP50s> {
   const dir = mkdtempSync(join(tmpdir(), 'rp-bench-sidecar-'));
-  const rp = await Restartpoint.start({
-    app: `bench-sdk-${randomBytes(4).toString('hex')}`,
-    nodeId: 'bench',
-    nats: { servers: ctx.nats },
-    storage: memoryAdapter(),
-    sidecar: false,
-  });
+  const rp = await startSdk(ctx);
   const socketPath = join(dir, 'api.sock');
   const sc = await startSidecar(ctx, undefined, false, socketPath).catch(async (err: unknown) => {
     await rp.close();
@@ -259,14 +265,7 @@ function changedKeys(keys: string[], round: number): string[] {
 /** p50 of a 1 % checkpoint of the 10 MB state: the SDK's tracked path. */
 async function bigViaSdk(ctx: BenchContext, rounds: number): Promise<number> {
   const raw = bigState();
-  const rp = await Restartpoint.start({
-    app: `bench-sdk-${randomBytes(4).toString('hex')}`,
-    nodeId: 'bench',
-    nats: { servers: ctx.nats },
-    storage: memoryAdapter(),
-    sidecar: false,
-    leaseTtlMs: BIG_LEASE_TTL_MS,
-  });
+  const rp = await startSdk(ctx, BIG_LEASE_TTL_MS);
   const lat: number[] = [];
   try {
     const state = rp.track(raw);
