@@ -7,7 +7,11 @@
  * - subject: one `POST /batch` (the 20 writes, base64, and the checkpoint) to an in-process
  *   sidecar over loopback HTTP with the bearer token and a kept-alive connection, sent with
  *   node:http (what the Python example does with http.client);
- * - also measured: `PUT /store/{key}` × 20 (in parallel) + `POST /checkpoint`, one request each.
+ * - also measured: the same `POST /batch` over the sidecar's Unix-domain socket (`api.socket`),
+ *   and `PUT /store/{key}` × 20 (in parallel) + `POST /checkpoint`, one request each.
+ *
+ * The SDK, TCP and socket steps run interleaved, in turn (the order rotating every step), so a
+ * change of the host's load in the middle of a run weighs on all three alike.
  *
  * **A large state**: about 10 MB of JSON-able records in a plain object, 1 % of the records
  * changed (two fields each) per checkpoint.
@@ -16,13 +20,17 @@
  *   the app, applied by the sidecar to its tracked copy). Timed from building the patch to the
  *   answer.
  *
- * Ratios: `sidecar.step_over_sdk` (p50 step through `POST /batch` ÷ through the SDK),
- * `sidecar.step_single_requests_over_sdk` (the same with one request per write), and
+ * Ratios: `sidecar.step_over_sdk` (p50 step through `POST /batch` over TCP ÷ through the SDK),
+ * `sidecar.step_socket_over_sdk` (the same over the Unix socket),
+ * `sidecar.step_single_requests_over_sdk` (one request per write, over TCP), and
  * `sidecar.10mb_1pct.checkpoint_over_sdk` (p50 checkpoint through a merge patch ÷ the SDK's
  * tracked checkpoint).
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { Agent, request as httpRequest } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { memoryAdapter } from '../adapters/memory/index.js';
 import { parseConfig } from '../src/config/load.js';
@@ -46,26 +54,16 @@ function p50(xs: number[]): number {
   return median(xs);
 }
 
-async function viaSdk(ctx: BenchContext): Promise<number> {
-  const rp = await Restartpoint.start({
+/** Starts the SDK on a fresh app, memory store: the baseline. */
+function startSdk(ctx: BenchContext, leaseTtlMs?: number): Promise<Restartpoint<unknown>> {
+  return Restartpoint.start({
     app: `bench-sdk-${randomBytes(4).toString('hex')}`,
     nodeId: 'bench',
     nats: { servers: ctx.nats },
     storage: memoryAdapter(),
     sidecar: false,
+    ...(leaseTtlMs ? { leaseTtlMs } : {}),
   });
-  const lat: number[] = [];
-  try {
-    for (let i = -WARMUP; i < STEPS; i++) {
-      const t0 = performance.now();
-      await Promise.all(Array.from({ length: WRITES }, (_, j) => rp.store.put(`k${j}`, VALUE)));
-      await rp.checkpoint({ i, note: 'bench' });
-      if (i >= 0) lat.push(performance.now() - t0);
-    }
-  } finally {
-    await rp.close();
-  }
-  return p50(lat);
 }
 
 /** Starts an in-process sidecar on a fresh app and waits until it is primary. */
@@ -74,6 +72,8 @@ async function startSidecar(
   leaseTtlMs?: number,
   /** Off for the step runs: the SDK baseline has no metrics observer either. */
   metrics = false,
+  /** `api.socket`: the API on this Unix-domain socket too. */
+  socket?: string,
 ): Promise<{ base: string; auth: Record<string, string>; stop(): Promise<void> }> {
   const token = randomBytes(16).toString('hex');
   const config = parseConfig(
@@ -82,7 +82,7 @@ async function startSidecar(
       nodeId: 'bench',
       nats: { servers: ctx.nats },
       storage: { kind: 'memory' },
-      api: { port: 0, token, maxBodyBytes: 64 * 1024 * 1024 },
+      api: { port: 0, token, maxBodyBytes: 64 * 1024 * 1024, ...(socket ? { socket } : {}) },
       metrics: { enabled: metrics },
       // A 10 MB state parsed and imaged on a loaded 2-core host can hold the loop for seconds.
       ...(leaseTtlMs ? { leaseTtlMs } : {}),
@@ -116,13 +116,16 @@ async function ok(res: Response): Promise<void> {
   await res.arrayBuffer();
 }
 
+/** Where requests go: 127.0.0.1 and a port, or a Unix-domain socket. */
+type Target = { host: string; port: string } | { socketPath: string };
+
 /**
  * POSTs `body` over a kept-alive connection with node:http (as Python's http.client would; the
  * global `fetch` costs this process several milliseconds more per request under load).
  */
 function post(
   agent: Agent,
-  base: URL,
+  target: Target,
   path: string,
   auth: Record<string, string>,
   body: string,
@@ -130,8 +133,7 @@ function post(
   return new Promise((resolve, reject) => {
     const req = httpRequest(
       {
-        host: base.hostname,
-        port: base.port,
+        ...target,
         path,
         method: 'POST',
         agent,
@@ -152,28 +154,65 @@ function post(
   });
 }
 
-/** Steps through `POST /batch`: one request per step, one kept-alive connection. */
-async function viaBatch(ctx: BenchContext): Promise<number> {
-  const sc = await startSidecar(ctx);
-  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-  const base = new URL(sc.base);
-  const lat: number[] = [];
+/** Step p50s (ms) through the SDK and through `POST /batch` over TCP and over the Unix socket. */
+interface StepP50s {
+  sdk: number;
+  batch: number;
+  socket: number;
+}
+
+/**
+ * The SDK, `POST /batch` over TCP and over `api.socket`, stepped in turn: every round runs one
+ * step of each, starting with a different one each round. The SDK has its app; the two batch
+ * paths share one sidecar (one app), as an app using either would.
+ */
+async function sideBySide(ctx: BenchContext): Promise<StepP50s> {
+  const dir = mkdtempSync(join(tmpdir(), 'rp-bench-sidecar-'));
+  const rp = await startSdk(ctx);
+  const socketPath = join(dir, 'api.sock');
+  const sc = await startSidecar(ctx, undefined, false, socketPath).catch(async (err: unknown) => {
+    await rp.close();
+    throw err;
+  });
+  const url = new URL(sc.base);
+  const tcp = new Agent({ keepAlive: true, maxSockets: 1 });
+  const unix = new Agent({ keepAlive: true, maxSockets: 1 });
   const value = VALUE.toString('base64');
+  // The app builds its request inside the timed step, as it would.
+  const batchBody = (i: number): string =>
+    JSON.stringify({
+      writes: Array.from({ length: WRITES }, (_, j) => ({ key: `k${j}`, value })),
+      checkpoint: { state: { i, note: 'bench' } },
+    });
+  const paths: [keyof StepP50s, (i: number) => Promise<void>][] = [
+    [
+      'sdk',
+      async (i) => {
+        await Promise.all(Array.from({ length: WRITES }, (_, j) => rp.store.put(`k${j}`, VALUE)));
+        await rp.checkpoint({ i, note: 'bench' });
+      },
+    ],
+    ['batch', (i) => post(tcp, { host: url.hostname, port: url.port }, '/batch', sc.auth, batchBody(i))],
+    ['socket', (i) => post(unix, { socketPath }, '/batch', sc.auth, batchBody(i))],
+  ];
+  const lat: Record<keyof StepP50s, number[]> = { sdk: [], batch: [], socket: [] };
   try {
     for (let i = -WARMUP; i < STEPS; i++) {
-      const t0 = performance.now();
-      const body = JSON.stringify({
-        writes: Array.from({ length: WRITES }, (_, j) => ({ key: `k${j}`, value })),
-        checkpoint: { state: { i, note: 'bench' } },
-      });
-      await post(agent, base, '/batch', sc.auth, body);
-      if (i >= 0) lat.push(performance.now() - t0);
+      for (let k = 0; k < paths.length; k++) {
+        const [name, step] = paths[(i + WARMUP + k) % paths.length]!;
+        const t0 = performance.now();
+        await step(i);
+        if (i >= 0) lat[name].push(performance.now() - t0);
+      }
     }
   } finally {
-    agent.destroy();
+    tcp.destroy();
+    unix.destroy();
     await sc.stop();
+    await rp.close();
+    rmSync(dir, { recursive: true, force: true });
   }
-  return p50(lat);
+  return { sdk: p50(lat.sdk), batch: p50(lat.batch), socket: p50(lat.socket) };
 }
 
 /** About 10 MB of JSON-able records (plain objects), as the image suite's. */
@@ -226,14 +265,7 @@ function changedKeys(keys: string[], round: number): string[] {
 /** p50 of a 1 % checkpoint of the 10 MB state: the SDK's tracked path. */
 async function bigViaSdk(ctx: BenchContext, rounds: number): Promise<number> {
   const raw = bigState();
-  const rp = await Restartpoint.start({
-    app: `bench-sdk-${randomBytes(4).toString('hex')}`,
-    nodeId: 'bench',
-    nats: { servers: ctx.nats },
-    storage: memoryAdapter(),
-    sidecar: false,
-    leaseTtlMs: BIG_LEASE_TTL_MS,
-  });
+  const rp = await startSdk(ctx, BIG_LEASE_TTL_MS);
   const lat: number[] = [];
   try {
     const state = rp.track(raw);
@@ -361,17 +393,21 @@ export const sidecarSuite: Suite = {
       const sdk: number[] = [];
       const api: number[] = [];
       const batch: number[] = [];
+      const socket: number[] = [];
       for (let i = 0; i < ctx.repeat; i++) {
         ctx.progress(
-          `  sidecar: ${STEPS} steps via SDK, POST /batch and single requests (${i + 1}/${ctx.repeat})`,
+          `  sidecar: ${STEPS} steps via SDK and POST /batch (TCP, Unix socket) in turn, then single requests (${i + 1}/${ctx.repeat})`,
         );
-        sdk.push(await viaSdk(ctx));
-        batch.push(await viaBatch(ctx));
+        const r = await sideBySide(ctx);
+        sdk.push(r.sdk);
+        batch.push(r.batch);
+        socket.push(r.socket);
         api.push(await viaSidecar(ctx));
       }
       const s = median(sdk);
       const a = median(api);
       const b = median(batch);
+      const u = median(socket);
       rows.push({
         name: 'sidecar.sdk.step_p50',
         value: s,
@@ -380,12 +416,20 @@ export const sidecarSuite: Suite = {
       });
       rows.push({ name: 'sidecar.batch.step_p50', value: b, unit: 'ms', note: 'one POST /batch per step' });
       rows.push({
+        name: 'sidecar.batch_socket.step_p50',
+        value: u,
+        unit: 'ms',
+        note: 'one POST /batch per step, over api.socket',
+      });
+      rows.push({
         name: 'sidecar.api.step_p50',
         value: a,
         unit: 'ms',
         note: 'one request per write + POST /checkpoint',
       });
-      ratios['sidecar.step_over_sdk'] = b / s;
+      // Per run, then the median: the paths of one run shared its load.
+      ratios['sidecar.step_over_sdk'] = median(batch.map((x, i) => x / sdk[i]!));
+      ratios['sidecar.step_socket_over_sdk'] = median(socket.map((x, i) => x / sdk[i]!));
       ratios['sidecar.step_single_requests_over_sdk'] = a / s;
     }
     if (ctx.wants('sidecar.10mb')) {

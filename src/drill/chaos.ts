@@ -27,6 +27,7 @@ import { deleteAppAt, kvStreamName, splitServers } from '../transport/inspect.js
 import { AppProcess, clearStore, num, type AppEvent } from './app-process.js';
 import { checkZombie, takeoverViolations, warm } from './checks.js';
 import { LeaseWatch, checkTakeoverLease } from './lease-watch.js';
+import { DrillLedger, takeoverRecord } from './ledger.js';
 import {
   TestRelay,
   probeConnect,
@@ -277,33 +278,15 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
     ];
   };
 
-  // The ledger of what each primary was told (as in drill.ts).
-  const digests = new Map<string, { digest: string; mirrorDigest: string; wt: number }>();
-  const acks: { node: string; epoch: number; checkpoint: number; t: number }[] = [];
-  const role = new Map<string, { epoch: number; nextCp: number; wt: number }>();
-  const ackAt = new Map<number, number>();
+  // The ledger of what each primary was told (ledger.ts).
+  const ledger = new DrillLedger();
+  const { acks, ackAt } = ledger;
   const lastApplied = new Map<string, number>();
   const logs = new Map<string, string[]>();
-  let lastAcked = 0;
   let lastEpoch = 0;
   const track = (node: AppProcess): void => {
+    ledger.track(node);
     node.on((e) => {
-      const r = role.get(node.id);
-      if (e.ev === 'primary') role.set(node.id, { epoch: num(e.epoch), nextCp: num(e.resumed) + 1, wt: 0 });
-      else if (e.ev === 'standby') role.delete(node.id);
-      if (r && typeof e.wt === 'number') r.wt = e.wt;
-      if (e.ev === 'cp-begin' && r) {
-        digests.set(`${r.epoch}:${r.nextCp++}`, {
-          digest: String(e.digest),
-          mirrorDigest: String(e.mirrorDigest),
-          wt: num(e.wt),
-        });
-      }
-      if (e.ev === 'acked') {
-        lastAcked = Math.max(lastAcked, num(e.checkpoint));
-        acks.push({ node: node.id, epoch: num(e.epoch), checkpoint: num(e.checkpoint), t: e.t });
-        if (!ackAt.has(num(e.checkpoint))) ackAt.set(num(e.checkpoint), e.t);
-      }
       if (e.ev === 'applied') lastApplied.set(node.id, num(e.checkpoint));
       // The nodes' own warnings, for the end of a failed run (what a reader needs to debug it).
       if (e.ev === 'log' && e.msg !== 'frame rejected') {
@@ -384,7 +367,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         standbys.push(node);
       }
       // 2. No stuck standby: each one advances until it has applied what the primary acknowledged.
-      const target = lastAcked;
+      const target = ledger.lastAcked;
       for (const s of standbys) {
         const until = Date.now() + CATCH_UP_MS;
         while ((lastApplied.get(s.id) ?? 0) < target) {
@@ -463,9 +446,9 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
       }
       for (const x of active.filter((a) => a.until === 0)) await undo(x);
       active.splice(0, active.length, ...active.filter((a) => a.until !== 0));
-      const ackedAtKill = lastAcked;
-      const killedEpoch = role.get(primary.id)?.epoch ?? lastEpoch;
-      const wtAtFault = role.get(primary.id)?.wt ?? 0;
+      const ackedAtKill = ledger.lastAcked;
+      const killedEpoch = ledger.role(primary)?.epoch ?? lastEpoch;
+      const wtAtFault = ledger.role(primary)?.wt ?? 0;
       // Both waits are set before the fault, on every standby: whichever takes over.
       const tookP = Promise.any(
         standbys.map((s) =>
@@ -528,8 +511,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
       const resumed = num(te.resumed);
       const resumedEpoch = num(te.resumedEpoch);
       const epoch = num(te.epoch);
-      const expected = resumed === 0 ? undefined : digests.get(`${resumedEpoch}:${resumed}`);
-      const stats = (te.takeover ?? {}) as Record<string, unknown>;
+      const expected = ledger.expectedFor(te);
       const verifyMs = num(te.verifyMs);
       const wasFresh = fresh.delete(winner.id);
       if (wasFresh) report.chaos!.freshTakeovers++;
@@ -565,32 +547,25 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
         await primary.kill();
       }
       const served = await servedPs.get(winner.id)!;
-      const finalWt = role.get(primary.id)?.wt ?? wtAtFault;
-      role.delete(primary.id);
+      const finalWt = ledger.role(primary)?.wt ?? wtAtFault;
+      ledger.forget(primary);
       const base = resumedEpoch === killedEpoch ? (expected?.wt ?? 0) : 0;
-      const lostCps = new Set(
-        acks.filter((a) => a.epoch <= killedEpoch && a.checkpoint > resumed).map((a) => a.checkpoint),
-      );
+      const lostCps = ledger.lostAfter(killedEpoch, resumed);
       const t: TakeoverReport = {
-        kill: r,
-        point: round.point,
-        killed: primary.id,
-        newPrimary: winner.id,
-        takeoverMs,
-        lastAcked: ackedAtKill,
-        resumed,
-        epoch,
-        imageMatches: expected !== undefined && expected.digest === te.digest,
-        storeMatches: expected !== undefined && expected.mirrorDigest === te.storeDigest,
-        detectMs: Math.round(num(stats.detectMs)),
-        catchUpMs: Math.round(num(stats.catchUpMs)),
-        fenceMs: Math.round(num(stats.fenceMs)),
-        rollbackMs: Math.round(num(stats.rollbackMs)),
-        restoreMs: Math.round(num(stats.restoreMs)),
-        resumeMs: Math.max(0, served.t - te.t - verifyMs),
-        killToServingMs: Math.max(0, served.t - tKill - verifyMs),
-        checkpointsLost: lostCps.size,
-        writesDiscarded: Math.max(0, finalWt - base),
+        ...takeoverRecord({
+          kill: r,
+          point: round.point,
+          killed: primary.id,
+          newPrimary: winner.id,
+          took: te,
+          served,
+          faultAt: tKill,
+          lastAcked: ackedAtKill,
+          expected,
+          checkpointsLost: lostCps.size,
+          writesDiscarded: Math.max(0, finalWt - base),
+          verifyMs,
+        }),
         fault: kind,
         ...(zombie ? { zombie } : {}),
       };

@@ -14,7 +14,8 @@
  * lost, writes discarded). docs/drill.md describes the whole contract.
  *
  * This file holds the scenarios (`runDrill`); the sample-app driver is in app-process.ts, the
- * checks in checks.ts, the hostile injection in hostile.ts, the report types in types.ts.
+ * checks in checks.ts, the ledger of what each primary was told in ledger.ts, the hostile
+ * injection in hostile.ts, the report types in types.ts.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -33,6 +34,7 @@ import {
 import { killLeaseLeader, runChaos } from './chaos.js';
 import { injectHostile } from './hostile.js';
 import { LeaseWatch, checkTakeoverLease } from './lease-watch.js';
+import { DrillLedger, takeoverRecord } from './ledger.js';
 import { runStoreLossDrill } from './store-loss.js';
 import { TestRelay, provisionR3 } from './nats-servers.js';
 import { TcpProxy } from './proxy.js';
@@ -141,36 +143,15 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   };
   const rejectedSeen = { forged: new Set<string>(), corrupt: new Set<string>() };
 
-  // The ledger of what each primary was told, keyed `epoch:checkpoint`: digests, and how many
-  // writes the primary had made when it declared that checkpoint.
-  const digests = new Map<string, { digest: string; mirrorDigest: string; wt: number }>();
-  const acks: { node: string; epoch: number; checkpoint: number; t: number }[] = [];
+  // The ledger of what each primary was told (ledger.ts).
+  const ledger = new DrillLedger();
+  const { acks, ackAt } = ledger;
   const applied: { node: string; checkpoint: number; t: number }[] = [];
-  /** Per node: its epoch as primary, next checkpoint number, writes so far (this process). */
-  const role = new Map<string, { epoch: number; nextCp: number; wt: number }>();
-  /** When each checkpoint was first acknowledged (ms), for the standby's lag. */
-  const ackAt = new Map<number, number>();
-  let lastAcked = 0;
   let lastEpoch = 0;
 
   const track = (node: AppProcess): void => {
+    ledger.track(node);
     node.on((e) => {
-      const r = role.get(node.id);
-      if (e.ev === 'primary') role.set(node.id, { epoch: num(e.epoch), nextCp: num(e.resumed) + 1, wt: 0 });
-      else if (e.ev === 'standby') role.delete(node.id);
-      if (r && typeof e.wt === 'number') r.wt = e.wt;
-      if (e.ev === 'cp-begin' && r) {
-        digests.set(`${r.epoch}:${r.nextCp++}`, {
-          digest: String(e.digest),
-          mirrorDigest: String(e.mirrorDigest),
-          wt: num(e.wt),
-        });
-      }
-      if (e.ev === 'acked') {
-        lastAcked = Math.max(lastAcked, num(e.checkpoint));
-        acks.push({ node: node.id, epoch: num(e.epoch), checkpoint: num(e.checkpoint), t: e.t });
-        if (!ackAt.has(num(e.checkpoint))) ackAt.set(num(e.checkpoint), e.t);
-      }
       if (e.ev === 'applied') applied.push({ node: node.id, checkpoint: num(e.checkpoint), t: e.t });
       if (e.ev === 'log' && e.msg === 'frame rejected') {
         // A node that rejoins re-reads the stream and rejects the same messages again: count
@@ -303,9 +284,9 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
           `node ${primary.id} was demoted before its kill point: ${String(at.error)}${stateMb > 0 ? `; a ${stateMb} MB keyframe blocks the event loop, try a longer --lease-ttl` : ''}`,
         );
       }
-      const ackedAtKill = lastAcked;
-      const killedEpoch = role.get(primary.id)?.epoch ?? lastEpoch;
-      const wtAtFault = role.get(primary.id)?.wt ?? 0;
+      const ackedAtKill = ledger.lastAcked;
+      const killedEpoch = ledger.role(primary)?.epoch ?? lastEpoch;
+      const wtAtFault = ledger.role(primary)?.wt ?? 0;
       // Both waits are set before the fault, so no event can slip between.
       const tookP = standby.waitFor((e) => e.ev === 'primary', 'takeover', takeoverTimeout);
       const servedP = standby.waitFor(
@@ -341,11 +322,10 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         leases.holes,
       );
       if (early) report.violations.push(early);
-      const resumed = Number(took.resumed);
-      const resumedEpoch = Number(took.resumedEpoch);
-      const epoch = Number(took.epoch);
-      const expected = resumed === 0 ? undefined : digests.get(`${resumedEpoch}:${resumed}`);
-      const stats = (took.takeover ?? {}) as Record<string, unknown>;
+      const resumed = num(took.resumed);
+      const resumedEpoch = num(took.resumedEpoch);
+      const epoch = num(took.epoch);
+      const expected = ledger.expectedFor(took);
       const verifyMs = num(took.verifyMs);
 
       let zombie: ZombieReport | undefined;
@@ -364,32 +344,25 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         await primary.kill();
       }
       const served = await servedP;
-      const finalWt = role.get(primary.id)?.wt ?? wtAtFault;
-      role.delete(primary.id);
+      const finalWt = ledger.role(primary)?.wt ?? wtAtFault;
+      ledger.forget(primary);
       const base = resumedEpoch === killedEpoch ? (expected?.wt ?? 0) : 0;
-      const lostCps = new Set(
-        acks.filter((a) => a.epoch <= killedEpoch && a.checkpoint > resumed).map((a) => a.checkpoint),
-      );
+      const lostCps = ledger.lostAfter(killedEpoch, resumed);
       const t: TakeoverReport = {
-        kill,
-        point,
-        killed: primary.id,
-        newPrimary: standby.id,
-        takeoverMs,
-        lastAcked: ackedAtKill,
-        resumed,
-        epoch,
-        imageMatches: expected !== undefined && expected.digest === took.digest,
-        storeMatches: expected !== undefined && expected.mirrorDigest === took.storeDigest,
-        detectMs: Math.round(num(stats.detectMs)),
-        catchUpMs: Math.round(num(stats.catchUpMs)),
-        fenceMs: Math.round(num(stats.fenceMs)),
-        rollbackMs: Math.round(num(stats.rollbackMs)),
-        restoreMs: Math.round(num(stats.restoreMs)),
-        resumeMs: Math.max(0, served.t - took.t - verifyMs),
-        killToServingMs: Math.max(0, served.t - tKill - verifyMs),
-        checkpointsLost: lostCps.size,
-        writesDiscarded: Math.max(0, finalWt - base),
+        ...takeoverRecord({
+          kill,
+          point,
+          killed: primary.id,
+          newPrimary: standby.id,
+          took,
+          served,
+          faultAt: tKill,
+          lastAcked: ackedAtKill,
+          expected,
+          checkpointsLost: lostCps.size,
+          writesDiscarded: Math.max(0, finalWt - base),
+          verifyMs,
+        }),
         ...(zombie ? { zombie } : {}),
       };
       timeline.takeovers.push({ t: took.t, servingAt: served.t - verifyMs, kill, node: standby.id });

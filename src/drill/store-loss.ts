@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { deleteAppAt } from '../transport/inspect.js';
 import { AppProcess, clearStore, num, type AppEvent } from './app-process.js';
 import { takeoverViolations, warm } from './checks.js';
+import { DrillLedger, takeoverRecord } from './ledger.js';
 import { RedisServerProcess } from './redis-server.js';
 import {
   drillMedians,
@@ -31,7 +32,6 @@ import {
   type DrillOptions,
   type DrillReport,
   type StoreFaultReport,
-  type TakeoverReport,
 } from './types.js';
 
 /** What a fault is expected to end in. */
@@ -279,29 +279,13 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
     String(report.stepMs),
   ];
 
-  // The ledger of what each primary was told (as in the kill drill).
-  const digests = new Map<string, { digest: string; mirrorDigest: string; wt: number }>();
-  const acks: { node: string; epoch: number; checkpoint: number; t: number }[] = [];
-  const ackAt = new Map<number, number>();
-  const role = new Map<string, { epoch: number; nextCp: number }>();
+  // The ledger of what each primary was told (ledger.ts).
+  const ledger = new DrillLedger();
+  const { ackAt } = ledger;
   const rebuilds = new Map<string, AppEvent[]>();
-  let lastAcked = 0;
   const track = (node: AppProcess): void => {
+    ledger.track(node);
     node.on((e) => {
-      const r = role.get(node.id);
-      if (e.ev === 'primary') role.set(node.id, { epoch: num(e.epoch), nextCp: num(e.resumed) + 1 });
-      if (e.ev === 'cp-begin' && r) {
-        digests.set(`${r.epoch}:${r.nextCp++}`, {
-          digest: String(e.digest),
-          mirrorDigest: String(e.mirrorDigest),
-          wt: num(e.wt),
-        });
-      }
-      if (e.ev === 'acked') {
-        lastAcked = Math.max(lastAcked, num(e.checkpoint));
-        acks.push({ node: node.id, epoch: num(e.epoch), checkpoint: num(e.checkpoint), t: e.t });
-        if (!ackAt.has(num(e.checkpoint))) ackAt.set(num(e.checkpoint), e.t);
-      }
       if (e.ev === 'log' && e.msg === 'store rebuild') {
         rebuilds.set(node.id, [...(rebuilds.get(node.id) ?? []), e]);
       }
@@ -363,7 +347,7 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
       const label = `${fault.name} (${round}/${chosen.length})`;
       await warm(standby, ackAt);
       // A few checkpoints after the standby is warm, so that its store holds something to lose.
-      const ackedBefore = lastAcked;
+      const ackedBefore = ledger.lastAcked;
       await primary.waitFor(
         (e) => e.ev === 'acked' && num(e.checkpoint) >= ackedBefore + 3,
         'checkpoints',
@@ -378,8 +362,8 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
       say(`${label}: ${fault.what}`);
       let refusedBy: string | undefined;
       let taker = standby;
-      let ackedAtFault = lastAcked;
-      const killedEpoch = role.get(primary.id)?.epoch ?? lastEpoch;
+      let ackedAtFault = ledger.lastAcked;
+      const killedEpoch = ledger.role(primary)?.epoch ?? lastEpoch;
       if (fault.target === 'primary') {
         // The primary must step down by itself: `demoted`, or it dies of the store error.
         await primary
@@ -387,7 +371,7 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
           .catch((err: unknown) => {
             if (!/exited|failed/.test((err as Error).message)) throw err;
           });
-        ackedAtFault = lastAcked;
+        ackedAtFault = ledger.lastAcked;
         await primary.kill();
       } else {
         if (fault.whileApplying) {
@@ -407,7 +391,7 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
           await warm(standby, ackAt);
         }
         if (fault.name === 'standby-session-killed') await warm(standby, ackAt);
-        ackedAtFault = lastAcked;
+        ackedAtFault = ledger.lastAcked;
         await primary.kill();
       }
       if (fault.expect === 'refused') {
@@ -447,33 +431,22 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
       );
       const resumed = num(took.resumed);
       const epoch = num(took.epoch);
-      const expected = resumed === 0 ? undefined : digests.get(`${num(took.resumedEpoch)}:${resumed}`);
-      const lostCps = new Set(
-        acks.filter((a) => a.epoch <= killedEpoch && a.checkpoint > resumed).map((a) => a.checkpoint),
-      );
-      const stats = (took.takeover ?? {}) as Record<string, unknown>;
-      const verifyMs = num(took.verifyMs);
-      const t: TakeoverReport = {
+      const expected = ledger.expectedFor(took);
+      const lostCps = ledger.lostAfter(killedEpoch, resumed);
+      const t = takeoverRecord({
         kill: round,
         point: 'between-writes',
         killed: primary.id,
         newPrimary: taker.id,
-        takeoverMs: took.t - t0,
+        took,
+        served,
+        faultAt: t0,
         lastAcked: ackedAtFault,
-        resumed,
-        epoch,
-        imageMatches: expected !== undefined && expected.digest === took.digest,
-        storeMatches: expected !== undefined && expected.mirrorDigest === took.storeDigest,
-        detectMs: Math.round(num(stats.detectMs)),
-        catchUpMs: Math.round(num(stats.catchUpMs)),
-        fenceMs: Math.round(num(stats.fenceMs)),
-        rollbackMs: Math.round(num(stats.rollbackMs)),
-        restoreMs: Math.round(num(stats.restoreMs)),
-        resumeMs: Math.max(0, served.t - took.t - verifyMs),
-        killToServingMs: Math.max(0, served.t - t0 - verifyMs),
+        expected,
         checkpointsLost: lostCps.size,
         writesDiscarded: 0,
-      };
+        verifyMs: num(took.verifyMs),
+      });
       const violations = takeoverViolations({
         kill: round,
         resumed,
@@ -525,7 +498,7 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
       if (fault.expect !== 'refused') await fault.after?.(primary.id);
       const other = taker === standby ? primary : standby;
       await other.kill();
-      role.delete(other.id);
+      ledger.forget(other);
       primary = taker;
       standby = other;
       standby.start(args(standby.id));

@@ -28,13 +28,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { connectServers, deleteAppAt, openLeaseBucket, readPresence } from '../transport/inspect.js';
 import { AppProcess, clearStore, num, sampleAppPath, type AppEvent } from './app-process.js';
+import { DrillLedger, takeoverRecord } from './ledger.js';
 import {
   DEFAULT_STEP_MS,
   drillMedians,
   emptyTimeline,
   type DrillOptions,
   type DrillReport,
-  type TakeoverReport,
 } from './types.js';
 
 /** What `--scenario upgrade` adds to the report (`upgrade` in `--json`). */
@@ -184,29 +184,14 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
     ...(stepMs > 0 ? ['--step-ms', String(stepMs)] : []),
   ];
 
-  // The ledger of what each primary was told: epoch:checkpoint → digests, acks, last ack.
-  const digests = new Map<string, { digest: string; mirrorDigest: string }>();
-  const acked = new Map<number, string>();
-  let lastAcked = 0;
-  /** Per process: the last checkpoint it acknowledged. */
-  const ackedBy = new WeakMap<AppProcess, number>();
+  // The ledger of what each primary was told (ledger.ts), one role per process: a node id comes
+  // back as a new process on another build.
+  const ledger = new DrillLedger();
   let lastEpoch = 0;
   const track = (p: AppProcess): void => {
-    let role: { epoch: number; nextCp: number } | undefined;
+    ledger.track(p);
     p.on((e) => {
-      if (e.ev === 'primary') role = { epoch: num(e.epoch), nextCp: num(e.resumed) + 1 };
-      if (e.ev === 'cp-begin' && role) {
-        digests.set(`${role.epoch}:${role.nextCp++}`, {
-          digest: String(e.digest),
-          mirrorDigest: String(e.mirrorDigest),
-        });
-      }
-      if (e.ev === 'acked') {
-        lastAcked = Math.max(lastAcked, num(e.checkpoint));
-        ackedBy.set(p, Math.max(ackedBy.get(p) ?? 0, num(e.checkpoint)));
-        acked.set(num(e.checkpoint), String(e.digest));
-        report.timeline!.acks.push({ t: e.t, checkpoint: num(e.checkpoint), node: p.id });
-      }
+      if (e.ev === 'acked') report.timeline!.acks.push({ t: e.t, checkpoint: num(e.checkpoint), node: p.id });
     });
   };
   const node = (id: string, build: 1 | 2): AppProcess => {
@@ -215,12 +200,6 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
     p.start(args(id, build));
     procs.push(p);
     return p;
-  };
-  /** The digest the resumed checkpoint was declared with, by any epoch. */
-  const expectedAt = (cp: number): { digest: string; mirrorDigest: string } | undefined => {
-    for (const [k, v] of digests) if (k.endsWith(`:${cp}`) && acked.get(cp) === v.digest) return v;
-    for (const [k, v] of digests) if (k.endsWith(`:${cp}`)) return v;
-    return undefined;
   };
   /** Checks one takeover and adds it to the report. */
   const check = async (
@@ -238,29 +217,20 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
       'first checkpoint after the takeover',
       30_000,
     );
-    const expected = expectedAt(resumed);
-    const tk = (took.takeover ?? {}) as Record<string, number>;
-    const t: TakeoverReport = {
+    const expected = ledger.declaredAnyEpoch(resumed);
+    const t = takeoverRecord({
       kill,
       point: 'after-checkpoint',
       killed: killed.id,
       newPrimary: next.id,
-      takeoverMs: took.t - faultAt,
+      took,
+      served: serving,
+      faultAt,
       lastAcked: ackedAtFault,
-      resumed,
-      epoch,
-      storeMatches: expected !== undefined && expected.mirrorDigest === took.storeDigest,
-      imageMatches: expected !== undefined && expected.digest === took.digest,
-      detectMs: Math.round(num(tk.detectMs)),
-      catchUpMs: Math.round(num(tk.catchUpMs)),
-      fenceMs: Math.round(num(tk.fenceMs)),
-      rollbackMs: Math.round(num(tk.rollbackMs)),
-      restoreMs: Math.round(num(tk.restoreMs)),
-      resumeMs: serving.t - took.t,
-      killToServingMs: serving.t - faultAt,
+      expected,
       checkpointsLost: Math.max(0, ackedAtFault - resumed),
       writesDiscarded: 0,
-    };
+    });
     report.takeovers.push(t);
     opts.onTakeover?.(t);
     report.timeline!.takeovers.push({ t: took.t, servingAt: serving.t, kill, node: next.id });
@@ -283,11 +253,11 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
     lastEpoch = epoch;
   };
   const kill = async (p: AppProcess, n: number): Promise<{ at: number; acked: number }> => {
-    const ackedAt = lastAcked;
+    const ackedAt = ledger.lastAcked;
     const at = Date.now();
     report.timeline!.faults.push({ t: at, kill: n, kind: 'kill', node: p.id });
     await p.kill();
-    return { at, acked: Math.max(ackedAt, lastAcked) };
+    return { at, acked: Math.max(ackedAt, ledger.lastAcked) };
   };
   const waitApplied = (p: AppProcess, past: number, what: string): Promise<AppEvent> =>
     p.waitFor((e) => e.ev === 'applied' && num(e.checkpoint) > past, what, 60_000);
@@ -304,7 +274,7 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
     await b1.kill();
     const b2 = node('b', 2);
     await b2.waitFor((e) => e.ev === 'standby', 'b (build 2) standby', 30_000, true);
-    await waitApplied(b2, lastAcked, 'b (build 2) catches up');
+    await waitApplied(b2, ledger.lastAcked, 'b (build 2) catches up');
     say('drill: b restarted on build 2 (stateVersion 2 + migrate) as a standby');
 
     // 2. switchover to b: it migrates the image once and resumes.
@@ -314,10 +284,10 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
     if (!sw.ok) throw new Error(`restartpoint switchover failed: ${sw.error ?? 'no new primary'}`);
     const took = await bPrimary;
     // What a acknowledged before it handed over (b's own acks come after).
-    const handedOver = ackedBy.get(a1) ?? 0;
+    const handedOver = ledger.ackedBy(a1);
     await check(0, a1, b2, took, switchAt, handedOver);
     const resumed = num(took.resumed);
-    const source = expectedAt(resumed);
+    const source = ledger.declaredAnyEpoch(resumed);
     upgrade.switchover = {
       from: 'a',
       to: sw.to ?? 'b',
@@ -371,7 +341,7 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
         'presence (restartpoint status) did not show a on stateVersion 1 unable to resume beside b on 2',
       );
     }
-    await waitApplied(c2, lastAcked, 'c (build 2) catches up');
+    await waitApplied(c2, ledger.lastAcked, 'c (build 2) catches up');
     await b2.waitFor((e) => e.ev === 'acked' && num(e.checkpoint) >= resumed + 5, 'b acks 5 more', 30_000);
 
     // 4. b dies mid-upgrade: the failover must land on c, not on a (build 1).
@@ -397,7 +367,7 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
     await aOld.kill();
     const a2 = node('a', 2);
     await a2.waitFor((e) => e.ev === 'standby', 'a (build 2) standby', 30_000, true);
-    await waitApplied(a2, lastAcked, 'a (build 2) catches up');
+    await waitApplied(a2, ledger.lastAcked, 'a (build 2) catches up');
     const a2Primary = a2.waitFor((e) => e.ev === 'primary', 'a (build 2) primary', 60_000);
     const f2 = await kill(c2, 2);
     await check(2, c2, a2, await a2Primary, f2.at, f2.acked);

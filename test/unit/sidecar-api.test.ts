@@ -414,7 +414,7 @@ describe('sidecar API: POST /batch, merge patches, keep-alive, Unix socket (issu
   beforeAll(async () => {
     a = await startSidecar(app, 'a', {
       initialState: { n: 0 },
-      api: { port: 0, token: TOKEN, maxBodyBytes: 65536 },
+      api: { port: 0, token: TOKEN, maxBodyBytes: 1 << 20 },
     });
     await a.waitState('primary');
   });
@@ -445,6 +445,18 @@ describe('sidecar API: POST /batch, merge patches, keep-alive, Unix socket (issu
     const w = await a.call('/batch', json({ writes: [{ key: 'b3', text: 'w' }] }));
     expect(await w.json()).toEqual({ writes: 1 });
     expect(await (await a.call('/store/b3')).text()).toBe('w');
+  });
+
+  it('reads a batch that arrives in many chunks whole (a body larger than one socket read)', async () => {
+    const values = Array.from({ length: 200 }, (_, i) => Buffer.alloc(1500, i));
+    const body = json({ writes: values.map((v, i) => ({ key: `big${i}`, value: v.toString('base64') })) });
+    expect(body.body.length).toBeGreaterThan(4 * 65536);
+    const res = await a.call('/batch', body);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ writes: 200 });
+    for (const i of [0, 77, 199]) {
+      expect(Buffer.from(await (await a.call(`/store/big${i}`)).arrayBuffer())).toEqual(values[i]);
+    }
   });
 
   it('refuses a malformed batch whole, before writing anything', async () => {

@@ -7,12 +7,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Command } from 'commander';
-import type { NatsConnection } from '@nats-io/transport-node';
 import { UsageError } from '../../errors.js';
-import { appNames } from '../../protocol/subjects.js';
-import { connectServers, openLeaseBucket, readPresence } from '../../transport/inspect.js';
+import { readPresence } from '../../transport/inspect.js';
 import { baseBuilder, readCompactDone, writeCompact } from '../../transport/presence.js';
 import { checkAppName, checkServers, intFlag } from '../flags.js';
+import { pollUntil, withAppBucket } from './app-request.js';
 
 /** The `compact --json` object (docs/cli.md). */
 export interface CompactReport {
@@ -36,21 +35,7 @@ export async function runCompact(opts: {
   timeoutMs: number;
   progress?: (line: string) => void;
 }): Promise<CompactReport> {
-  const names = appNames(opts.app);
-  let nc: NatsConnection;
-  try {
-    nc = await connectServers(opts.nats, { timeoutMs: 5_000, maxReconnectAttempts: 3 });
-  } catch (err) {
-    throw new Error(`cannot connect to NATS at ${opts.nats}: ${(err as Error).message}`);
-  }
-  try {
-    const kv = await openLeaseBucket(nc, opts.app);
-    if (!kv) {
-      throw new UsageError(
-        `no app '${opts.app}' on ${opts.nats} (lease bucket ${names.leaseBucket} not found)`,
-        'check --app and --nats (the server the app passes as `nats`)',
-      );
-    }
+  return withAppBucket(opts.nats, opts.app, async (kv) => {
     const builder = baseBuilder(await readPresence(kv), Date.now());
     if (!builder) {
       throw new UsageError(
@@ -62,19 +47,19 @@ export async function runCompact(opts: {
     const t0 = performance.now();
     await writeCompact(kv, { id, requestedAt: Date.now() });
     opts.progress?.(`asked ${builder} for a base now`);
-    while (performance.now() - t0 < opts.timeoutMs) {
-      const done = await readCompactDone(kv).catch(() => undefined);
-      if (done?.id === id) {
-        return {
-          app: opts.app,
-          ok: true,
-          builder: done.builder,
-          checkpoint: done.checkpoint,
-          purgedBelow: [...done.purgedBelow],
-          ms: Math.round(performance.now() - t0),
-        };
-      }
-      await new Promise((r) => setTimeout(r, 100));
+    const done = await pollUntil(t0 + opts.timeoutMs, 100, async () => {
+      const d = await readCompactDone(kv).catch(() => undefined);
+      return d?.id === id ? d : undefined;
+    });
+    if (done) {
+      return {
+        app: opts.app,
+        ok: true,
+        builder: done.builder,
+        checkpoint: done.checkpoint,
+        purgedBelow: [...done.purgedBelow],
+        ms: Math.round(performance.now() - t0),
+      };
     }
     return {
       app: opts.app,
@@ -85,9 +70,7 @@ export async function runCompact(opts: {
       ms: Math.round(performance.now() - t0),
       error: `no base within ${opts.timeoutMs} ms: is ${builder} applying checkpoints? (the request stays; the builder answers it when it can)`,
     };
-  } finally {
-    await nc.close();
-  }
+  });
 }
 
 /** The `compact` command. */

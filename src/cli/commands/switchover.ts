@@ -8,14 +8,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Command } from 'commander';
-import type { NatsConnection } from '@nats-io/transport-node';
 import { UsageError } from '../../errors.js';
-import { appNames } from '../../protocol/subjects.js';
 import {
   PRESENCE_STALE_MS,
   clearSwitchover,
-  connectServers,
-  openLeaseBucket,
   readLease,
   readPresence,
   readSwitchover,
@@ -23,6 +19,7 @@ import {
   type SwitchoverRequest,
 } from '../../transport/inspect.js';
 import { checkAppName, checkServers, intFlag } from '../flags.js';
+import { pollUntil, withAppBucket } from './app-request.js';
 
 /** The `switchover --json` object (docs/cli.md). */
 export interface SwitchoverReport {
@@ -49,21 +46,7 @@ export async function runSwitchover(opts: {
   force: boolean;
   progress?: (line: string) => void;
 }): Promise<SwitchoverReport> {
-  const names = appNames(opts.app);
-  let nc: NatsConnection;
-  try {
-    nc = await connectServers(opts.nats, { timeoutMs: 5_000, maxReconnectAttempts: 3 });
-  } catch (err) {
-    throw new Error(`cannot connect to NATS at ${opts.nats}: ${(err as Error).message}`);
-  }
-  try {
-    const kv = await openLeaseBucket(nc, opts.app);
-    if (!kv) {
-      throw new UsageError(
-        `no app '${opts.app}' on ${opts.nats} (lease bucket ${names.leaseBucket} not found)`,
-        'check --app and --nats (the server the app passes as `nats`)',
-      );
-    }
+  return withAppBucket(opts.nats, opts.app, async (kv, names) => {
     const lease = await readLease(kv, names);
     if (!lease?.holder) {
       throw new UsageError(
@@ -101,41 +84,39 @@ export async function runSwitchover(opts: {
       `asked ${lease.holder} (epoch ${lease.epoch}) to hand over at its next checkpoint` +
         (live.length ? `; standbys: ${live.map((n) => n.nodeId).join(', ')}` : ''),
     );
-    const deadline = t0 + opts.timeoutMs;
     let lastNote = t0;
-    while (performance.now() < deadline) {
-      const now = await readLease(kv, names).catch(() => undefined);
-      if (now?.holder && now.epoch > lease.epoch) {
-        let resumedFrom: number | null = null;
-        // The new primary's presence shows its checkpoint once it has become primary.
-        for (let i = 0; i < 20 && resumedFrom === null; i++) {
-          const rec = await readPresence(kv).catch(() => []);
-          const me = rec.find(
-            (r) => r.nodeId === now.holder && r.epoch === now.epoch && r.state === 'primary',
-          );
-          if (me) resumedFrom = me.checkpoint;
-          else await new Promise((r) => setTimeout(r, 100));
-        }
-        return {
-          app: opts.app,
-          ok: true,
-          from: lease.holder,
-          fromEpoch: lease.epoch,
-          to: now.holder,
-          toEpoch: now.epoch,
-          resumedFrom,
-          ms: Math.round(performance.now() - t0),
-        };
-      }
+    const now = await pollUntil(t0 + opts.timeoutMs, 50, async () => {
+      const cur = await readLease(kv, names).catch(() => undefined);
+      if (cur?.holder && cur.epoch > lease.epoch) return cur;
       if (performance.now() - lastNote > 5_000) {
         lastNote = performance.now();
         opts.progress?.(
-          now?.holder === lease.holder
+          cur?.holder === lease.holder
             ? `still waiting for ${lease.holder}'s next checkpoint…`
             : 'the lease is released; waiting for a standby to claim it…',
         );
       }
-      await new Promise((r) => setTimeout(r, 50));
+      return undefined;
+    });
+    if (now) {
+      let resumedFrom: number | null = null;
+      // The new primary's presence shows its checkpoint once it has become primary.
+      for (let i = 0; i < 20 && resumedFrom === null; i++) {
+        const rec = await readPresence(kv).catch(() => []);
+        const me = rec.find((r) => r.nodeId === now.holder && r.epoch === now.epoch && r.state === 'primary');
+        if (me) resumedFrom = me.checkpoint;
+        else await new Promise((r) => setTimeout(r, 100));
+      }
+      return {
+        app: opts.app,
+        ok: true,
+        from: lease.holder,
+        fromEpoch: lease.epoch,
+        to: now.holder,
+        toEpoch: now.epoch,
+        resumedFrom,
+        ms: Math.round(performance.now() - t0),
+      };
     }
     // Withdraw the request (if it is still ours) so the primary does not hand over later, unasked.
     const pending = await readSwitchover(kv).catch(() => undefined);
@@ -153,9 +134,7 @@ export async function runSwitchover(opts: {
         `no handover within ${opts.timeoutMs} ms: the primary hands over at its next checkpoint — ` +
         'is the app calling checkpoint() (or using checkpointEveryMs)? The request was withdrawn.',
     };
-  } finally {
-    await nc.close();
-  }
+  });
 }
 
 /** The `switchover` command. */
