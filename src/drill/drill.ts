@@ -308,8 +308,9 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       const wtAtFault = role.get(primary.id)?.wt ?? 0;
       // Both waits are set before the fault, so no event can slip between.
       const tookP = standby.waitFor((e) => e.ev === 'primary', 'takeover', takeoverTimeout);
+      // A new primary demoted before it served never acknowledges: say so at once, with why.
       const servedP = standby.waitFor(
-        (e) => e.ev === 'acked',
+        (e) => e.ev === 'acked' || e.ev === 'demoted',
         'first checkpoint after the takeover',
         takeoverTimeout + 30_000,
       );
@@ -364,6 +365,11 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         await primary.kill();
       }
       const served = await servedP;
+      if (served.ev === 'demoted') {
+        throw new Error(
+          `node ${standby.id} took over (epoch ${String(took.epoch)}) and was demoted before its first checkpoint was acknowledged: ${String(served.error)}`,
+        );
+      }
       const finalWt = role.get(primary.id)?.wt ?? wtAtFault;
       role.delete(primary.id);
       const base = resumedEpoch === killedEpoch ? (expected?.wt ?? 0) : 0;
