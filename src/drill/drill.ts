@@ -300,7 +300,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         // Nobody was killed yet: the primary lost its lease on its own (an event loop blocked
         // for longer than the lease allows, e.g. by a large keyframe).
         throw new Error(
-          `node ${primary.id} was demoted before its kill point: ${String(at.error)}${stateMb > 0 ? `; a ${stateMb} MB keyframe blocks the event loop, try a longer --lease-ttl` : ''}`,
+          `node ${primary.id} was demoted before its kill point: ${String(at.error)}; it could not renew within 0.75 × the ${opts.leaseTtlMs} ms lease (its event loop blocked${stateMb > 0 ? `, e.g. by a keyframe of the ${stateMb} MB state` : ''}, or lease round trips slowed by load): try a longer --lease-ttl; RP_DRILL_NODE_LOGS=DIR keeps the nodes' logs`,
         );
       }
       const ackedAtKill = lastAcked;
