@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { round, type BenchContext, type BenchRow, type Suite } from './harness.js';
 import { imageSuite } from './image.js';
 import { storeSuite } from './store.js';
+import { standbyApplySuite } from './standby-apply.js';
 import { fecSuite } from './fec.js';
 import { relaySuite } from './relay.js';
 import { sidecarSuite } from './sidecar.js';
@@ -17,6 +18,7 @@ import { historySuite } from './history.js';
 
 const SUITES: Suite[] = [
   storeSuite,
+  standbyApplySuite,
   fecSuite,
   relaySuite,
   imageSuite,

@@ -88,6 +88,8 @@ export function migrateLedger(image: unknown, fromVersion: number): LedgerState 
 
 /** Bytes of one ballast record (hex text). */
 const BALLAST_RECORD = 1024;
+/** Ballast records digested between two turns of the event loop (`BallastDigest.sliced`). */
+const SLICE = 256;
 
 type KillPoint = 'between-writes' | 'inside-checkpoint' | 'after-checkpoint';
 
@@ -113,6 +115,22 @@ export class BallastDigest {
   static of(ballast: Map<string, string>): BallastDigest {
     const d = new BallastDigest();
     for (const [k, v] of ballast) d.toggle(k, v);
+    return d;
+  }
+
+  /**
+   * `of`, in slices of `SLICE` records with the event loop let run between them: a new primary
+   * digests its whole restored state while it holds a lease that its keeper must keep renewing
+   * (10 MB took 250 ms on a loaded machine, 100 MB several seconds: in one block, a lease of
+   * 300 ms, or 3 s, ran out and the new primary was demoted before its first checkpoint).
+   */
+  static async sliced(ballast: Map<string, string>): Promise<BallastDigest> {
+    const d = new BallastDigest();
+    let n = 0;
+    for (const [k, v] of ballast) {
+      d.toggle(k, v);
+      if (++n % SLICE === 0) await new Promise((r) => setImmediate(r));
+    }
     return d;
   }
 
@@ -311,6 +329,10 @@ async function main(): Promise<void> {
       emit({ ev: 'applied', ...applied });
     }
   }, 200);
+  // The ballast is built before start(): `initialState()` runs while this node holds the lease,
+  // and a 10 MB state built there blocks the event loop for longer than a short lease allows on
+  // a loaded machine (the primary demoted itself in 'restoring'). Dropped once started.
+  let ballast0: Map<string, string> | undefined = makeBallast(stateMb);
   const rp = await Restartpoint.start<LedgerState>({
     app: values.app,
     nodeId: values.node,
@@ -322,7 +344,7 @@ async function main(): Promise<void> {
       total: 0n,
       mirror: new Map(),
       lastStepAt: new Date(0),
-      ballast: makeBallast(stateMb),
+      ballast: ballast0 ?? makeBallast(stateMb),
       ...(build2 ? { balances: new Map<string, bigint>() } : {}),
     }),
     ...(build2
@@ -354,12 +376,14 @@ async function main(): Promise<void> {
         const reason = String(e.reason);
         rejected[reason] = (rejected[reason] ?? 0) + 1;
         emit({ ev: 'log', ...e, rejected });
-      } else if (e.level === 'warn' || e.level === 'error') emit({ ev: 'log', ...e });
+      } else if (e.level === 'warn' || e.level === 'error' || process.env.RP_DRILL_NODE_LOGS)
+        emit({ ev: 'log', ...e });
     },
   });
   // Stamp the takeover before the digests below: they read the whole store, which is the
   // drill's verification work, not part of the time to resume.
   const resumedAt = Date.now();
+  ballast0 = undefined;
   clearInterval(lagTimer);
   let demoted: Error | undefined;
   rp.on('demoted', (err) => {
@@ -368,7 +392,29 @@ async function main(): Promise<void> {
   });
   const state = rp.track(rp.state);
   const epoch = rp.epoch;
-  const ballast = BallastDigest.of(rp.state.ballast);
+  // The longest the event loop stood still while the digests below ran (the lease keeper runs
+  // on it): `verifyStallMs` in the `primary` event.
+  let verifyStallMs = 0;
+  let ticks = 0;
+  let tickAt = performance.now();
+  const stallProbe = setInterval(() => {
+    const t = performance.now();
+    verifyStallMs = Math.max(verifyStallMs, t - tickAt);
+    tickAt = t;
+    ticks++;
+  }, 5);
+  const ballastStart = { at: performance.now(), ticks };
+  const ballast = await BallastDigest.sliced(rp.state.ballast);
+  // Timer turns while the ballast (nearly all of the state) was digested: 0 when in one block.
+  const ballastTicks = ticks - ballastStart.ticks;
+  const ballastMs = performance.now() - ballastStart.at;
+  const digests = {
+    digest: stateDigest(rp.state, ballast),
+    storeDigest: await storeDigest(storage),
+    mirrorDigest: mirrorDigest(rp.state.mirror),
+  };
+  clearInterval(stallProbe);
+  verifyStallMs = Math.max(verifyStallMs, performance.now() - tickAt);
   emit({
     ev: 'primary',
     node: values.node,
@@ -376,9 +422,7 @@ async function main(): Promise<void> {
     resumed: rp.resumedFrom?.checkpoint ?? 0,
     resumedEpoch: rp.resumedFrom?.epoch ?? 0,
     resumedSteps: rp.state.steps,
-    digest: stateDigest(rp.state, ballast),
-    storeDigest: await storeDigest(storage),
-    mirrorDigest: mirrorDigest(rp.state.mirror),
+    ...digests,
     ballastRecords: rp.state.ballast.size,
     stateVersion: build2 ? 2 : 1,
     migratedFrom: migrated?.from ?? null,
@@ -387,6 +431,9 @@ async function main(): Promise<void> {
     takeover: rp.takeover,
     // Time spent on the digests above: the drill takes it out of the resume figures.
     verifyMs: Date.now() - resumedAt,
+    verifyStallMs: Math.round(verifyStallMs),
+    verifyBallastMs: Math.round(ballastMs),
+    verifyBallastTicks: ballastTicks,
     t: resumedAt,
   });
 

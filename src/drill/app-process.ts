@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { appendFileSync, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -58,7 +58,12 @@ export class AppProcess {
     this.history = [];
     // Writes to a process that died are dropped; its exit is what the drill reacts to.
     child.stdin!.on('error', () => undefined);
+    const logDir = process.env.RP_DRILL_NODE_LOGS;
+    const tee = (line: string): void => {
+      if (logDir) appendFileSync(join(logDir, `${this.id}.log`), `${Date.now()} ${child.pid} ${line}\n`);
+    };
     createInterface({ input: child.stdout! }).on('line', (line) => {
+      tee(line);
       let e: AppEvent;
       try {
         e = JSON.parse(line) as AppEvent;
@@ -69,6 +74,7 @@ export class AppProcess {
       for (const l of [...this.#listeners]) l(e);
     });
     child.stderr!.on('data', (d: Buffer) => {
+      tee(`STDERR ${d.toString()}`);
       this.stderr = (this.stderr + d.toString()).slice(-4000);
     });
   }

@@ -281,7 +281,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         // Nobody was killed yet: the primary lost its lease on its own (an event loop blocked
         // for longer than the lease allows, e.g. by a large keyframe).
         throw new Error(
-          `node ${primary.id} was demoted before its kill point: ${String(at.error)}${stateMb > 0 ? `; a ${stateMb} MB keyframe blocks the event loop, try a longer --lease-ttl` : ''}`,
+          `node ${primary.id} was demoted before its kill point: ${String(at.error)}; it could not renew within 0.75 × the ${opts.leaseTtlMs} ms lease (its event loop blocked${stateMb > 0 ? `, e.g. by a keyframe of the ${stateMb} MB state` : ''}, or lease round trips slowed by load): try a longer --lease-ttl; RP_DRILL_NODE_LOGS=DIR keeps the nodes' logs`,
         );
       }
       const ackedAtKill = ledger.lastAcked;
@@ -289,8 +289,9 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       const wtAtFault = ledger.role(primary)?.wt ?? 0;
       // Both waits are set before the fault, so no event can slip between.
       const tookP = standby.waitFor((e) => e.ev === 'primary', 'takeover', takeoverTimeout);
+      // A new primary demoted before it served never acknowledges: say so at once, with why.
       const servedP = standby.waitFor(
-        (e) => e.ev === 'acked',
+        (e) => e.ev === 'acked' || e.ev === 'demoted',
         'first checkpoint after the takeover',
         takeoverTimeout + 30_000,
       );
@@ -344,6 +345,11 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
         await primary.kill();
       }
       const served = await servedP;
+      if (served.ev === 'demoted') {
+        throw new Error(
+          `node ${standby.id} took over (epoch ${String(took.epoch)}) and was demoted before its first checkpoint was acknowledged: ${String(served.error)}`,
+        );
+      }
       const finalWt = ledger.role(primary)?.wt ?? wtAtFault;
       ledger.forget(primary);
       const base = resumedEpoch === killedEpoch ? (expected?.wt ?? 0) : 0;

@@ -114,6 +114,8 @@ interface Staged {
 export interface ApplierCounters {
   framesApplied: number;
   checkpointsCommitted: number;
+  /** Store commits (snapshots formed) that committed them: fewer when batched. */
+  batches: number;
 }
 
 /** Standby modes the applier implements. */
@@ -131,7 +133,6 @@ export interface ApplierOptions {
    * frames that waited for their turn or their fence and were refused when it came.
    */
   readonly onReject?: (err: FrameError, streamSeq: number) => void;
-  /** Called after each committed checkpoint. */
   /** Called after each committed checkpoint, with the seq of the seal frame that completed it. */
   readonly onCommit?: (pos: AppliedPosition, sealSeq: number) => void;
   /**
@@ -158,7 +159,24 @@ export interface ApplierOptions {
    * frames are joined: `FrameDecoder`.)
    */
   readonly limits?: Pick<Limits, 'maxWritesPerCheckpoint' | 'maxStagedBytes'>;
+  /**
+   * Whether more messages wait to be handled right behind the current one: ready checkpoints may
+   * then wait for them, to be committed together (see `#commitReady`). Default: never batch
+   * across messages. The caller must `recheck()` once the queue is empty while `deferred`.
+   */
+  readonly more?: () => boolean;
 }
+
+/** Longest a ready checkpoint waits for the messages queued behind it (see `#commitReady`). */
+const BATCH_MS = 50;
+/** Longest a run of checkpoints is checked and applied before it is cut (see `#commitRun`). */
+const SLICE_MS = 20;
+/** Most checkpoints in one store commit. */
+const BATCH_CHECKPOINTS = 1_000;
+/** Most write ops in one store commit (one checkpoint with more is committed alone). */
+const BATCH_OPS = 100_000;
+/** Most staged bytes in one store commit (likewise). */
+const BATCH_BYTES = 32 * 1024 * 1024;
 
 /** How long a standby retries a store call that fails with a retryable error. */
 const STORE_RETRY_MS = 30_000;
@@ -204,6 +222,10 @@ export class Applier {
   #fenceEpoch = 0;
   #lastStreamSeq = 0;
   #relaxed = false;
+  /** Ready checkpoints wait for a batch (see `#commitReady`). */
+  #deferred = false;
+  /** When the last store commit of checkpoints ended (`performance.now()`). */
+  #committedAt = -Infinity;
   /** Seeded from a base: frames of checkpoints up to it (and fences up to its history) are skipped. */
   #seededThrough = 0;
   #seededEpoch = 0;
@@ -218,7 +240,7 @@ export class Applier {
   #stagedBytes = 0;
   /** The limits in force (see `ApplierOptions.limits`). */
   readonly limits: NonNullable<ApplierOptions['limits']>;
-  readonly counters: ApplierCounters = { framesApplied: 0, checkpointsCommitted: 0 };
+  readonly counters: ApplierCounters = { framesApplied: 0, checkpointsCommitted: 0, batches: 0 };
 
   constructor(opts: ApplierOptions) {
     this.#o = opts;
@@ -289,6 +311,11 @@ export class Applier {
   async relax(): Promise<void> {
     this.#relaxed = true;
     await this.recheck();
+    // Everything committable is committed now, in slices with the event loop let run between.
+    while (this.#deferred) {
+      await new Promise((r) => setImmediate(r));
+      await this.recheck();
+    }
   }
 
   /** Commits what became committable since (a seal seen on one more relay, say). */
@@ -661,71 +688,178 @@ export class Applier {
     return this.#unconfirmed.splice(0);
   }
 
+  /**
+   * Commits what is ready, in batches: every complete, committable checkpoint from the next one
+   * on goes into one store commit (their writes in order, a key written twice kept once, with its
+   * last write), and the image chain advances through them one by one. While more messages wait
+   * behind this one (`more()`), a ready checkpoint may wait for them (at most `BATCH_MS`, and not
+   * once relaxed), so that a standby behind its primary commits many checkpoints per store
+   * commit and catches up instead of falling further behind. The store, the image and the
+   * position only ever move together, between messages, to one committed checkpoint.
+   */
   async #commitReady(): Promise<void> {
     for (;;) {
       // A waiting fence whose cutoff is reached takes effect first: it discards what an older
       // primary staged after the cutoff, which may be exactly the next checkpoint here.
       if (await this.#applyFence()) continue;
-      const next = this.#position.checkpoint + 1;
+      if (!this.#staged.get(this.#position.checkpoint + 1)?.seal) {
+        this.#deferred = false;
+        return;
+      }
+      if (this.#mayDefer()) {
+        this.#deferred = true;
+        return;
+      }
+      const run = this.#readyRun();
+      if (run.length === 0) {
+        this.#deferred = false;
+        return;
+      }
+      if (!(await this.#commitRun(run))) {
+        // Out of time for this turn of the event loop: the rest waits for the next one.
+        this.#deferred = true;
+        return;
+      }
+    }
+  }
+
+  /** Whether ready checkpoints may wait for the messages queued behind this one. */
+  #mayDefer(): boolean {
+    if (this.#relaxed || this.#mode !== 'delay-write' || !this.#o.more?.()) return false;
+    return (
+      performance.now() - this.#committedAt < BATCH_MS &&
+      this.#staged.size < BATCH_CHECKPOINTS &&
+      this.#stagedBytes < BATCH_BYTES
+    );
+  }
+
+  /**
+   * Whether ready checkpoints wait: for a batch to fill, or (a long run cut) for the next turn
+   * of the event loop. The caller `recheck()`s once its queue is empty, letting timers run first.
+   */
+  get deferred(): boolean {
+    return this.#deferred;
+  }
+
+  /**
+   * The checkpoints that can be committed now, in order from the next one: complete, sealed,
+   * committable; up to a waiting fence's cutoff (the fence takes effect there), one at a time in
+   * snapshot mode (each forms its own snapshot). Throws `malformed` when the next one is not
+   * what its seal says (a later one is left for its turn).
+   */
+  #readyRun(): { next: number; st: Staged }[] {
+    const run: { next: number; st: Staged }[] = [];
+    const cut = this.#heldFences[0]?.cutoff ?? Infinity;
+    let ops = 0;
+    let bytes = 0;
+    for (let next = this.#position.checkpoint + 1; run.length < BATCH_CHECKPOINTS; next++) {
       const st = this.#staged.get(next);
-      if (!st?.seal) return;
+      if (!st?.seal) break;
       // Frames a re-sent seal names may still be on their way: wait for them.
-      if (st.writeFrames < st.seal.writeFrames || !st.image) return;
+      if (st.writeFrames < st.seal.writeFrames || !st.image) break;
       if (st.writeFrames > st.seal.writeFrames || st.writeOps !== st.seal.writeOps) {
+        if (run.length > 0) break;
         this.#unstage(next, st);
         throw new FrameError(
           FrameRejectReason.Malformed,
           `checkpoint ${next} holds ${st.writeFrames} write frames / ${st.writeOps} ops, its seal names ${st.seal.writeFrames} / ${st.seal.writeOps}`,
         );
       }
-      if (!this.#committable(next, st)) return;
-      const unconfirmed = this.#relaxed && !this.#durable(st);
-      try {
-        const images = this.#o.images;
-        if (images.checkAsync) await images.checkAsync(next, st.image, st.epoch);
-        else images.check(next, st.image, st.epoch);
-      } catch (err) {
-        if (err instanceof ImageError && err.cause instanceof LimitError) {
-          // Over this node's limits.maxDepth: counted once under `limit`, like the other limits.
-          this.#unstage(next, st);
-          throw new FrameError(FrameRejectReason.Limit, `checkpoint ${next}: ${err.message}`);
-        }
-        if (err instanceof ImageError) {
-          throw new RestartpointError(
-            err.code,
-            `checkpoint ${next} cannot be applied: ${err.message}`,
-            false,
-            {
-              cause: err,
-            },
-          );
-        }
-        throw err;
+      if (!this.#committable(next, st)) break;
+      if (run.length > 0 && (ops + st.writeOps > BATCH_OPS || bytes + st.bytes > BATCH_BYTES)) break;
+      run.push({ next, st });
+      ops += st.writeOps;
+      bytes += st.bytes;
+      if (next >= cut || this.#mode === 'snapshot') break;
+    }
+    return run;
+  }
+
+  /**
+   * Commits `run` (see `#readyRun`): checks and applies each image in order, gathers the writes,
+   * then one store commit with the meta of the last checkpoint checked. An image that cannot be
+   * applied ends the run there: what came before it is committed first, then it is refused as
+   * one checkpoint alone always was (a limit: counted; otherwise fatal). A run that takes more
+   * than `SLICE_MS` is cut after the checkpoint that passed it: returns false, the rest is
+   * left for the caller's next turn (`deferred`).
+   */
+  async #commitRun(run: { next: number; st: Staged }[]): Promise<boolean> {
+    const images = this.#o.images;
+    const writes = new Map<string, WriteOp>();
+    const done: { next: number; st: Staged; unconfirmed: boolean }[] = [];
+    let failure: unknown;
+    let diverged: DivergedError | undefined;
+    const t0 = performance.now();
+    let whole = true;
+    for (const { next, st } of run) {
+      // A long run is cut, so that timers (a lease keeper, the lease watch) run in between.
+      if (done.length > 0 && performance.now() - t0 > SLICE_MS) {
+        whole = false;
+        break;
       }
-      const pos = { epoch: st.epoch, checkpoint: next, streamSeq: st.sealStreamSeq };
-      const meta = encodeMeta({ app: this.#o.app, ...pos, role: 'standby' });
+      try {
+        if (images.checkAsync) await images.checkAsync(next, st.image!, st.epoch);
+        else images.check(next, st.image!, st.epoch);
+      } catch (err) {
+        failure = err;
+        break;
+      }
       if (next <= this.#storeAt.checkpoint) {
         // A restart on its own store, which holds this checkpoint: only the image advances.
         if (st.epoch !== this.#storeAt.epoch && next === this.#storeAt.checkpoint) {
-          throw new DivergedError(
+          diverged = new DivergedError(
             `checkpoint ${next} of epoch ${st.epoch} is the agreed history; this node's own store holds it from epoch ${this.#storeAt.epoch}: it rebuilds from the base`,
           );
+          break;
         }
-      } else if (this.#mode === 'snapshot') {
-        await this.#store(() => this.#o.adapter.formSnapshot!(next, meta));
-      } else {
+      } else if (this.#mode === 'delay-write') {
         const seqs = [...st.writes.keys()].sort((a, b) => a - b);
-        const all: WriteOp[] = [];
-        for (const s of seqs) for (const op of st.writes.get(s)!) all.push(op);
-        await this.#store(() => this.#o.adapter.commit(all, meta));
+        for (const s of seqs) for (const op of st.writes.get(s)!) writes.set(op.key, op);
       }
-      this.#o.images.apply(next, st.image, st.epoch);
-      if (unconfirmed) this.#unconfirmed.push(...st.frames);
-      this.#unstage(next, st);
-      this.#position = pos;
-      this.counters.checkpointsCommitted++;
-      this.#o.onCommit?.(pos, st.sealSeq);
+      // The image runs ahead of the store only inside this call; it is never seen so.
+      images.apply(next, st.image!, st.epoch);
+      done.push({ next, st, unconfirmed: this.#relaxed && !this.#durable(st) });
     }
+    const last = done.at(-1);
+    if (last !== undefined) {
+      const pos = { epoch: last.st.epoch, checkpoint: last.next, streamSeq: last.st.sealStreamSeq };
+      const meta = encodeMeta({ app: this.#o.app, ...pos, role: 'standby' });
+      if (last.next > this.#storeAt.checkpoint) {
+        if (this.#mode === 'snapshot') {
+          await this.#store(() => this.#o.adapter.formSnapshot!(last.next, meta));
+        } else {
+          const all = [...writes.values()];
+          await this.#store(() => this.#o.adapter.commit(all, meta));
+        }
+      }
+      this.#committedAt = performance.now();
+      this.counters.batches++;
+      for (const d of done) {
+        if (d.unconfirmed) this.#unconfirmed.push(...d.st.frames);
+        this.#unstage(d.next, d.st);
+        const p = { epoch: d.st.epoch, checkpoint: d.next, streamSeq: d.st.sealStreamSeq };
+        this.#position = p;
+        this.counters.checkpointsCommitted++;
+        this.#o.onCommit?.(p, d.st.sealSeq);
+      }
+    }
+    if (diverged) throw diverged;
+    if (failure === undefined) return whole;
+    const failed = run[done.length]!;
+    if (failure instanceof ImageError && failure.cause instanceof LimitError) {
+      // Over this node's limits.maxDepth: counted once under `limit`, like the other limits.
+      this.#unstage(failed.next, failed.st);
+      throw new FrameError(FrameRejectReason.Limit, `checkpoint ${failed.next}: ${failure.message}`);
+    }
+    if (failure instanceof ImageError) {
+      throw new RestartpointError(
+        failure.code,
+        `checkpoint ${failed.next} cannot be applied: ${failure.message}`,
+        false,
+        { cause: failure },
+      );
+    }
+    throw failure;
   }
 }
 

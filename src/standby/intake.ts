@@ -48,6 +48,8 @@ export interface IntakeOptions {
    */
   readonly onLateCopy?: (key: PartKey, relay: number, streamSeq: number) => void;
   readonly onSkippedSeal?: ApplierOptions['onSkippedSeal'];
+  /** More messages wait behind the current one: commits may be batched (`ApplierOptions.more`). */
+  readonly more?: ApplierOptions['more'];
   /**
    * Sees every message that opened (a genuine part or shard of this app), with the frame it
    * belongs to: retention (src/history/retention.ts) learns which stream seq carries which frame.
@@ -106,6 +108,7 @@ export class Intake {
       },
       onStoreRetry: o.onStoreRetry,
       onSkippedSeal: o.onSkippedSeal,
+      more: o.more,
       durable: (epoch, seqs) => seqs.every((seq) => this.witnesses.frameCount(epoch, seq) >= need),
     });
   }

@@ -9,6 +9,12 @@ import { ImageChain } from '../image/chain.js';
 
 /** Keyframes of at least this many raw bytes are decoded off the main thread. */
 export const OFF_THREAD_IMAGE_BYTES = 1024 * 1024;
+/** Longest the applier runs a backlog before it lets the event loop turn (see `#enqueue`). */
+const TURN_MS = 20;
+/** Most messages queued for the applier before a reader waits (see `#enqueue`). */
+const MAX_QUEUED = 1_024;
+/** Most bytes queued for the applier before a reader waits. */
+const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
 import type { FrameCodec } from '../protocol/codec.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { Limits } from '../limits.js';
@@ -125,6 +131,13 @@ export class StandbyRunner {
   readonly #appliedAt: number[];
   readonly #waiters: { relay: number; seq: number; resolve: () => void }[] = [];
   #chain: Promise<void> = Promise.resolve();
+  /** Messages enqueued and not yet being handled, and their bytes. */
+  #queued = 0;
+  #queuedBytes = 0;
+  /** Bumped by a rebuild: messages its stopped readers queued before are not applied. */
+  #generation = 0;
+  /** When the applier last let the event loop turn (see `#enqueue`). */
+  #turnAt = performance.now();
   #paced: boolean;
   #tick = 0;
   #tickWaiters: (() => void)[] = [];
@@ -187,6 +200,8 @@ export class StandbyRunner {
         retention.committed(epoch, checkpoint, sealSeq, Date.now()),
       onOpened: (relay, streamSeq, epoch, seq, bytes) =>
         retention.record(relay, streamSeq, epoch, seq, bytes),
+      // Messages queued behind the one applied: checkpoints are committed in batches.
+      more: () => this.#queued > 0,
     });
   }
 
@@ -500,6 +515,7 @@ export class StandbyRunner {
    * replay from the first message) and read again.
    */
   async #rebuild(): Promise<void> {
+    this.#generation++;
     await Promise.all(this.#readers.map((r) => r.stop()));
     this.#readers = this.#o.links.map((l) => new StreamReader(l, this.#o.names.stream));
     this.#applied.fill(0);
@@ -509,24 +525,56 @@ export class StandbyRunner {
     await this.#startReaders();
   }
 
-  /** Messages of all relays go through one queue: the applier takes one at a time. */
+  /**
+   * Messages of all relays go through one queue: the applier takes one at a time. A reader hands
+   * over its next message at once while the queue is short (up to `MAX_QUEUED` messages and
+   * `MAX_QUEUED_BYTES`), so that a standby behind its relays has messages queued behind the one
+   * it applies and commits their checkpoints in batches; past that, the reader waits.
+   */
   #enqueue(relay: number, m: StreamMessage): Promise<void> {
     const arrived = this.#tick;
+    const generation = this.#generation;
+    const bytes = m.data.byteLength;
+    this.#queued++;
+    this.#queuedBytes += bytes;
     const run = this.#chain.then(async () => {
-      await this.#pace(m.data.byteLength, arrived);
+      this.#queued--;
+      this.#queuedBytes -= bytes;
+      // Read before a rebuild: the rebuilt run reads its relays again from the start.
+      if (generation !== this.#generation) return;
+      // A backlog is applied in turns of the event loop: timers (the lease watch, presence, a
+      // lease keeper in the same process) run at least every `TURN_MS`.
+      if (performance.now() - this.#turnAt > TURN_MS) {
+        await new Promise((r) => setImmediate(r));
+        this.#turnAt = performance.now();
+      }
+      await this.#pace(bytes, arrived);
       await this.#handle(relay, m);
     });
     this.#chain = run.catch(() => undefined);
+    if (this.#queued < MAX_QUEUED && this.#queuedBytes < MAX_QUEUED_BYTES) {
+      // A failure is recorded by #handle (#fail); the reader learns it from the next wait.
+      run.catch(() => undefined);
+      return Promise.resolve();
+    }
     return run;
   }
 
   async #handle(relay: number, m: StreamMessage): Promise<void> {
-    if (this.#rebuilding) return;
+    if (this.#rebuilding || this.#failure !== undefined) return;
     try {
       await this.#intake.take(relay, m.streamSeq, m.data);
       this.#applied[relay] = m.streamSeq;
       this.#appliedAt[relay] = m.timestampMs;
-      this.#release();
+      // The queue ran dry: what waited for a batch is committed now, in slices, with the event
+      // loop let run between them (a long backlog must not starve the lease watch).
+      const applier = this.#intake.applier;
+      while (this.#queued === 0 && applier.deferred) {
+        await new Promise((r) => setImmediate(r));
+        await applier.recheck();
+      }
+      // Waiters (a catch-up) are released once what they waited for is committed.
+      if (!applier.deferred) this.#release();
     } catch (err) {
       // Only a run that trusted its own store rebuilds (once): one that diverges after a clean
       // start saw a history that contradicts itself, which a rebuild would only repeat.
@@ -636,6 +684,8 @@ export class StandbyRunner {
   /** Replaces relay `relay`'s reader with a new one starting after what was applied from it. */
   async #restartReader(relay: number): Promise<void> {
     await this.#readers[relay]!.stop().catch(() => undefined);
+    // What the old reader queued is applied first: the new one starts after it.
+    await this.#chain;
     const reader = new StreamReader(this.#o.links[relay]!, this.#o.names.stream);
     this.#readers[relay] = reader;
     await reader
