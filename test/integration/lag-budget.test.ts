@@ -116,6 +116,15 @@ describe('lag budget (maxStandbyLag)', () => {
         if (!settled) held = cp;
       }
       expect(held, 'a checkpoint held back by the lag budget').toBeDefined();
+      // Keep it held until the lease loss is seen: b may be about to apply enough to release it
+      // (the budget counts from the newest checkpoint), and a release before this node learns of
+      // the loss is a correct resolution. Four more checkpoints of 64 KiB put b ≥ 16 s further
+      // behind than the budget allows; the loss is seen within a renewal (a quarter TTL).
+      for (let i = 0; i < 4; i++) {
+        await a.store.put(`k${i}`, 'x'.repeat(64 * 1024));
+        a.state.n++;
+        a.checkpoint(a.state).catch(() => undefined);
+      }
       // Its lease is taken away while it waits (what a successor's claim does to it).
       const kv = await new Kvm(live.nc).open(appNames(app).leaseBucket);
       await kv.delete(appNames(app).leaseKey);
