@@ -293,6 +293,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         observer: o.observer,
         kv,
         leaseKey: names.leaseKey,
+        buildsBases: o.base?.build !== false,
         versions: {
           stateVersion: o.stateVersion,
           protocolVersion: WRITE_VERSION,
@@ -345,6 +346,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
                 app: o.app,
                 nodeId: o.nodeId,
                 everyCheckpoints: o.base?.everyCheckpoints,
+                everyBytes: o.base?.everyBytes,
                 retain: o.retain,
                 timeoutMs: o.checkpointTimeoutMs,
                 isBuilder: async () => baseBuilder(await readPresence(kv), Date.now()) === o.nodeId,
