@@ -464,7 +464,11 @@ export async function readStatus(opts: StatusOptions): Promise<StatusReport> {
         });
         report.relaysFrom = flagRelays.length > 0 ? 'flag' : 'presence';
       }
-      report.history = await readHistory(relayList.length > 0 ? relayList : [streamServers], app);
+      report.history = await readHistory(
+        relayList.length > 0 ? relayList : [streamServers],
+        app,
+        opts.envelope,
+      );
       report.expiredNodes = all.length - records.length;
       return report;
     } finally {
