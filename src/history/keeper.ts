@@ -173,6 +173,7 @@ export class BaseKeeper {
       need: o.need,
       timeoutMs: o.timeoutMs,
       app: o.app,
+      afterChunk: holdAfterChunks(content.checkpoint, o.log),
     });
     this.#last = content.checkpoint;
     // Durable under the policy: cut each relay below the window, never below this base.
@@ -291,6 +292,24 @@ export class BaseKeeper {
     this.#stopped = true;
     clearInterval(this.#timer);
   }
+}
+
+/**
+ * Test hook (`RESTARTPOINT_TEST_BASE_HOLD_AFTER_CHUNKS=N`): once N chunks of a base are durable,
+ * log `base held` and never go on, so that a test SIGKILLs a real builder mid-build, with chunks
+ * on the relays and no manifest (test/integration/history-kill.test.ts). Unset: no hook.
+ */
+function holdAfterChunks(
+  checkpoint: number,
+  log: ((e: LogEvent) => void) | undefined,
+): ((durable: number, chunks: number) => Promise<void>) | undefined {
+  const n = Number(process.env.RESTARTPOINT_TEST_BASE_HOLD_AFTER_CHUNKS ?? 0);
+  if (!(n > 0)) return undefined;
+  return async (durable, chunks) => {
+    if (durable < n) return;
+    log?.({ level: 'warn', msg: 'base held', checkpoint, durable, chunks });
+    await new Promise<never>(() => undefined);
+  };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

@@ -346,7 +346,17 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   }
   if (opts.observer !== undefined) {
     const ob = opts.observer as unknown as Record<string, unknown> | null;
-    const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover', 'base'];
+    const methods = [
+      'transition',
+      'checkpoint',
+      'applied',
+      'rejected',
+      'lag',
+      'takeover',
+      'base',
+      'lagOverrun',
+      'behindPurge',
+    ];
     if (ob === null || typeof ob !== 'object') {
       throw new ConfigError(
         'observer',
