@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { memoryAdapter } from '../../adapters/memory/index.js';
 import type { LogEvent, StartOptions } from '../../src/index.js';
 import { runCompact } from '../../src/cli/commands/compact.js';
+import { statusNodes } from '../../src/cli/commands/status-read.js';
 import { openLeaseBucket } from '../../src/transport/inspect.js';
 import { readPresence } from '../../src/transport/presence.js';
 import { liveNodes, nodeOptions } from '../helpers/live.js';
@@ -109,6 +110,11 @@ describe('base triggers and builders', () => {
         expect(standbys.map((r) => [r.nodeId, r.buildsBases])).toEqual([
           ['b0', false],
           ['b1', true],
+        ]);
+        // `status --json` shows it: nodes[].buildsBases.
+        expect(statusNodes(standbys, null, null, Date.now()).map((n) => n.buildsBases)).toEqual([
+          false,
+          true,
         ]);
         break;
       }
