@@ -7,7 +7,8 @@
  * ```text
  * tick (2 s) ─► position unchanged since the last tick?
  *            ─► every connected relay's first message past the last one a commit came from?
- *            ─► a base newer than the position whose window starts past it (findBase)?
+ *            ─► a base newer than the position whose window starts past it (findBase, only
+ *               when a relay holds a base message newer than at the last such read)?
  *            ─► log `standby behind the purge`, metric, runner.rebuildBehind ─► loads that base
  * ```
  *
@@ -17,7 +18,7 @@
 import type { FrameCodec } from '../protocol/codec.js';
 import type { AppNames } from '../protocol/subjects.js';
 import type { NatsLink } from '../transport/connection.js';
-import { streamBounds } from '../transport/consumer.js';
+import { lastSubjectSeq, streamBounds } from '../transport/consumer.js';
 import type { StandbyRunner } from '../standby/runner.js';
 import { findBase } from './base.js';
 
@@ -57,6 +58,12 @@ export class PurgeWatchdog {
   #halted = false;
   /** The position at the previous look (`undefined`: no look yet). */
   #last: number | undefined;
+  /**
+   * Per relay, the last base message's stream seq when `findBase` last found no newer base: the
+   * base is read again only once a relay holds a newer base message (an idle standby started from
+   * a base, whose relays are purged, does not read the base every look).
+   */
+  #baseSeen: string | undefined;
 
   constructor(o: WatchdogOptions) {
     this.#o = o;
@@ -102,9 +109,20 @@ export class PurgeWatchdog {
     );
     const known = firstSeq.flatMap((f, r) => (f === null ? [] : [{ r, f }]));
     if (known.length === 0 || !known.every(({ r, f }) => f > (committed[r] ?? 0) + 1)) return undefined;
+    const baseSeqs = JSON.stringify(
+      await Promise.all(
+        links.map((l) =>
+          l.connected() ? lastSubjectSeq(l, names.stream, names.baseSubject).catch(() => null) : null,
+        ),
+      ),
+    );
+    if (baseSeqs === this.#baseSeen) return undefined;
     const survey = await findBase({ links, names, codec: this.#o.codec, app: this.#o.app });
     const m = survey.base?.manifest;
-    if (!m || m.checkpoint <= pos || m.retainFrom <= pos + 1) return undefined;
+    if (!m || m.checkpoint <= pos || m.retainFrom <= pos + 1) {
+      this.#baseSeen = baseSeqs;
+      return undefined;
+    }
     if (this.#halted || runner.applier.position.checkpoint !== pos) return undefined;
     const ev: BehindPurge = {
       checkpoint: pos,
