@@ -136,6 +136,8 @@ export async function publishBase(
     need: number;
     timeoutMs: number;
     app: string;
+    /** Called once each chunk is durable (chunks then go one at a time): a test's kill point. */
+    afterChunk?: (durable: number, chunks: number) => Promise<void>;
   },
 ): Promise<PublishedBase> {
   const pubs = o.links.map(
@@ -172,10 +174,12 @@ export async function publishBase(
       }),
     );
   };
-  const window = 8;
+  const window = o.afterChunk ? 1 : 8;
   const chunks = frames.slice(0, -1);
-  for (let i = 0; i < chunks.length; i += window)
+  for (let i = 0; i < chunks.length; i += window) {
     await Promise.all(chunks.slice(i, i + window).map(sendFrame));
+    await o.afterChunk?.(Math.min(i + window, chunks.length), chunks.length);
+  }
   await sendFrame(frames.at(-1)!);
   return { firstSeq, complete };
 }

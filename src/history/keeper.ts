@@ -38,6 +38,11 @@ export interface KeeperOptions {
   readonly nodeId: string;
   /** A base every this many committed checkpoints (default 1 000). */
   readonly everyCheckpoints?: number;
+  /**
+   * A base once the frames of checkpoints after the last base take this many stream bytes on
+   * some relay (default 256 MiB): bounds the disk a burst of large checkpoints takes between bases.
+   */
+  readonly everyBytes?: number;
   readonly retain?: Partial<RetainOptions>;
   /** Per message, over all attempts. */
   readonly timeoutMs: number;
@@ -66,6 +71,9 @@ export interface BaseEvent {
   /** Per relay, the first stream seq kept after the purge (`null`: not purged yet). */
   readonly purgedBelow: readonly (number | null)[];
 }
+
+/** Default byte trigger: a base once 256 MiB of frames followed the last one on some relay. */
+export const DEFAULT_EVERY_BYTES = 256 * 1024 * 1024;
 
 /** Builds bases and purges below them, for one standby run. */
 export class BaseKeeper {
@@ -116,7 +124,9 @@ export class BaseKeeper {
     const request = await this.#o.compactRequest?.().catch(() => undefined);
     const pos = this.#o.runner.applier.position;
     const every = this.#o.everyCheckpoints ?? 1_000;
-    const due = pos.checkpoint - this.#last >= every;
+    const due =
+      pos.checkpoint - this.#last >= every ||
+      (pos.checkpoint > this.#last && this.bytesSinceBase() >= (this.#o.everyBytes ?? DEFAULT_EVERY_BYTES));
     if (!(force || request || due) || pos.checkpoint <= this.#last) {
       // Nothing new since the last base: a request is answered with it.
       if (request && pos.checkpoint === this.#last && this.last)
@@ -125,6 +135,21 @@ export class BaseKeeper {
     }
     const ev = await this.build();
     if (ev && request) await this.#o.compactDone?.(request, ev.checkpoint, [...ev.purgedBelow]);
+  }
+
+  /**
+   * Stream bytes, on the relay that holds most, of the frames this run read that belong to
+   * checkpoints after the last base (the byte trigger, `everyBytes`).
+   */
+  bytesSinceBase(): number {
+    const { retention, applier } = this.#o.runner;
+    const history = applier.history;
+    let most = 0;
+    for (let r = 0; r < this.#o.links.length; r++) {
+      const from = retention.cut(r, this.#last, history);
+      most = Math.max(most, retention.bytesBetween(r, from, Number.MAX_SAFE_INTEGER));
+    }
+    return most;
   }
 
   /** Makes a base now (if this standby committed anything new) and purges below it. */
@@ -148,6 +173,7 @@ export class BaseKeeper {
       need: o.need,
       timeoutMs: o.timeoutMs,
       app: o.app,
+      afterChunk: holdAfterChunks(content.checkpoint, o.log),
     });
     this.#last = content.checkpoint;
     // Durable under the policy: cut each relay below the window, never below this base.
@@ -266,6 +292,24 @@ export class BaseKeeper {
     this.#stopped = true;
     clearInterval(this.#timer);
   }
+}
+
+/**
+ * Test hook (`RESTARTPOINT_TEST_BASE_HOLD_AFTER_CHUNKS=N`): once N chunks of a base are durable,
+ * log `base held` and never go on, so that a test SIGKILLs a real builder mid-build, with chunks
+ * on the relays and no manifest (test/integration/history-kill.test.ts). Unset: no hook.
+ */
+function holdAfterChunks(
+  checkpoint: number,
+  log: ((e: LogEvent) => void) | undefined,
+): ((durable: number, chunks: number) => Promise<void>) | undefined {
+  const n = Number(process.env.RESTARTPOINT_TEST_BASE_HOLD_AFTER_CHUNKS ?? 0);
+  if (!(n > 0)) return undefined;
+  return async (durable, chunks) => {
+    if (durable < n) return;
+    log?.({ level: 'warn', msg: 'base held', checkpoint, durable, chunks });
+    await new Promise<never>(() => undefined);
+  };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

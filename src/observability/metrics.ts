@@ -97,6 +97,7 @@ export class RestartpointMetrics {
   readonly #retainFrom: Gauge<string>;
   readonly #purgedBelow: Gauge<string>;
   readonly #lagOverruns: Counter<string>;
+  readonly #behindPurge: Counter<string>;
   /** Relays that got a lag sample, to drop series of relays that went away. */
   #relays = new Set<string>();
 
@@ -259,6 +260,11 @@ export class RestartpointMetrics {
       'Checkpoints of this primary that waited out maxStandbyLag.waitMs with a standby still over the lag budget.',
       base,
     );
+    this.#behindPurge = this.#counter(
+      'standby_behind_purge_rebuilds_total',
+      'Times this standby fell behind the purge point and rebuilt from the base in place (docs/history.md).',
+      base,
+    );
 
     if (opts.collectDefault === true && !this.registry.getSingleMetric('process_cpu_user_seconds_total')) {
       collectDefaultMetrics({ register: this.registry });
@@ -292,6 +298,7 @@ export class RestartpointMetrics {
           if (r.purgedBelow !== null) this.#purgedBelow.set({ ...l, relay: r.servers }, r.purgedBelow);
       }),
       lagOverrun: guard(() => this.#lagOverruns.inc(this.#labels())),
+      behindPurge: guard(() => this.#behindPurge.inc(this.#labels())),
     };
   }
 

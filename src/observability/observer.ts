@@ -101,6 +101,21 @@ export interface Observer {
    * over the lag budget (docs/failover.md, "The lag budget").
    */
   lagOverrun?(o: LagOverrunObservation): void;
+  /**
+   * Standby: it fell behind the purge point (its next frames gone from every relay) and rebuilds
+   * from the newer base in place (docs/history.md, "A standby behind the purge").
+   */
+  behindPurge?(o: BehindPurgeObservation): void;
+}
+
+/** What `Observer.behindPurge` is told. */
+export interface BehindPurgeObservation {
+  /** The standby's committed checkpoint when it was found stuck. */
+  readonly checkpoint: number;
+  /** The base it rebuilds from. */
+  readonly base: number;
+  /** The first checkpoint that base's window keeps. */
+  readonly retainFrom: number;
 }
 
 /** What `Observer.lagOverrun` is told. */

@@ -232,10 +232,11 @@ export const OPTION_FIELDS = {
   base: documented(
     z.strictObject({
       everyCheckpoints: intField(1, 1e9, 'checkpoints between two bases', 1000).optional(),
+      everyBytes: intField(1024, 1e15, 'stream bytes of frames after the last base', 268_435_456).optional(),
       build: documented(z.boolean(), { must: 'true or false', example: 'true' }).optional(),
     }),
     {
-      must: 'a mapping with everyCheckpoints and/or build (whether this node may build bases)',
+      must: 'a mapping with everyCheckpoints, everyBytes and/or build (whether this node may build bases)',
       example: '{ everyCheckpoints: 1000 }',
     },
   ).optional(),

@@ -120,9 +120,11 @@ export interface StartOptions<S> {
   retain?: { checkpoints?: number; bytes?: number; ms?: number };
   /**
    * Base snapshots (docs/history.md): a standby builds one every `everyCheckpoints` checkpoints
-   * (default 1 000) or on `restartpoint compact`; `build: false` keeps this node from building.
+   * (default 1 000), once the frames after the last base take `everyBytes` stream bytes on some
+   * relay (default 256 MiB), or on `restartpoint compact`; `build: false` keeps this node from
+   * building.
    */
-  base?: { everyCheckpoints?: number; build?: boolean };
+  base?: { everyCheckpoints?: number; everyBytes?: number; build?: boolean };
   /**
    * The lag budget: when the slowest live standby is further behind than this (by any of `ms`,
    * `checkpoints`, `bytes`), `checkpoint()` holds its resolution back, up to `waitMs`, so that
@@ -344,7 +346,17 @@ export function resolveOptions<S>(opts: StartOptions<S>): ResolvedOptions<S> {
   }
   if (opts.observer !== undefined) {
     const ob = opts.observer as unknown as Record<string, unknown> | null;
-    const methods = ['transition', 'checkpoint', 'applied', 'rejected', 'lag', 'takeover', 'base'];
+    const methods = [
+      'transition',
+      'checkpoint',
+      'applied',
+      'rejected',
+      'lag',
+      'takeover',
+      'base',
+      'lagOverrun',
+      'behindPurge',
+    ];
     if (ob === null || typeof ob !== 'object') {
       throw new ConfigError(
         'observer',

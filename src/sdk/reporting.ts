@@ -38,6 +38,8 @@ export interface ReporterOptions {
     readonly protocolVersion: number;
     readonly resumeProblem: () => string | undefined;
   };
+  /** Whether this node may build bases (presence `buildsBases`; default true). */
+  readonly buildsBases?: boolean;
 }
 
 /** Reports one node's state, figures and presence. */
@@ -139,6 +141,7 @@ export class NodeReporter {
       relays,
       ...(this.#relayStates ? { relayStates: this.#relayStates() } : {}),
       ...this.#versions(),
+      buildsBases: this.#o.buildsBases !== false,
     }).catch((err: unknown) =>
       this.#o.log({ level: 'debug', msg: 'presence not written', error: (err as Error)?.message }),
     );

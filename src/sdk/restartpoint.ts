@@ -54,6 +54,7 @@ import {
   type SwitchoverRequest,
 } from '../transport/presence.js';
 import { BaseKeeper } from '../history/keeper.js';
+import { PurgeWatchdog } from '../history/watchdog.js';
 import { LagBudget, defaultLagBudget } from '../primary/lag-budget.js';
 import {
   AutoCheckpoints,
@@ -256,6 +257,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
     let relays: RelaySet | undefined;
     let reporter: NodeReporter | undefined;
     let bases: BaseKeeper | undefined;
+    let watchdog: PurgeWatchdog | undefined;
     const envelope = o.clusterKey
       ? new EnvelopeCodec({ app: o.app, keys: o.clusterKey, encrypt: o.encrypt })
       : undefined;
@@ -293,6 +295,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         observer: o.observer,
         kv,
         leaseKey: names.leaseKey,
+        buildsBases: o.base?.build !== false,
         versions: {
           stateVersion: o.stateVersion,
           protocolVersion: WRITE_VERSION,
@@ -332,6 +335,22 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       // Bases and retention (docs/history.md): the live standby with the smallest id builds.
       const startBases = (run: StandbyRunner): void => {
         bases?.halt();
+        // Every standby: rebuild from the base in place when it falls behind the purge point.
+        watchdog?.halt();
+        watchdog = new PurgeWatchdog({
+          runner: run,
+          links: relaySet.links,
+          names,
+          codec: relaySet.codec,
+          app: o.app,
+          onBehind: (e) => {
+            o.log({ level: 'warn', msg: 'standby behind the purge', ...e });
+            rpt.observe('behindPurge', { checkpoint: e.checkpoint, base: e.base, retainFrom: e.retainFrom });
+          },
+          onError: (err) =>
+            o.log({ level: 'warn', msg: 'purge watchdog', error: (err as Error)?.message ?? String(err) }),
+        });
+        watchdog.start();
         bases =
           o.base?.build === false
             ? undefined
@@ -345,6 +364,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
                 app: o.app,
                 nodeId: o.nodeId,
                 everyCheckpoints: o.base?.everyCheckpoints,
+                everyBytes: o.base?.everyBytes,
                 retain: o.retain,
                 timeoutMs: o.checkpointTimeoutMs,
                 isBuilder: async () => baseBuilder(await readPresence(kv), Date.now()) === o.nodeId,
@@ -434,6 +454,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
               signal: stop.signal,
               onClaimed: (claim) => {
                 bases?.halt();
+                watchdog?.halt();
                 clearInterval(lagTimer);
                 o.log({ level: 'info', msg: 'lease claimed', epoch: claim.epoch, previous: claim.previous });
                 rpt.epoch = claim.epoch;
@@ -444,6 +465,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
             break;
           } catch (err) {
             bases?.halt();
+            watchdog?.halt();
             await standby.stop().catch(() => undefined);
             if (!(await rebuilder.recover(err))) throw err;
             standby = await runStandby();
@@ -453,6 +475,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
         o.signal?.removeEventListener('abort', onAbort);
         clearInterval(lagTimer);
         bases?.halt();
+        watchdog?.halt();
       }
       const { claim, keeper, position: pos, state: image } = promotion;
       rpt.checkpoint = pos.checkpoint;
@@ -580,6 +603,7 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       return self;
     } catch (err) {
       bases?.halt();
+      watchdog?.halt();
       reporter?.transition('closed', (err as Error)?.message);
       await reporter?.stop(true);
       await relays?.close(link);

@@ -127,6 +127,8 @@ export class StandbyRunner {
   readonly #o: StandbyOptions;
   #readers: StreamReader[];
   readonly #applied: number[];
+  /** Per relay: stream seq of the last message whose take committed a checkpoint (watchdog). */
+  readonly #committedSeq: number[];
   /** Per relay: when the relay stored the last message applied from it (wall-clock ms). */
   readonly #appliedAt: number[];
   readonly #waiters: { relay: number; seq: number; resolve: () => void }[] = [];
@@ -155,6 +157,7 @@ export class StandbyRunner {
     this.#fresh();
     this.#readers = opts.links.map((l) => new StreamReader(l, opts.names.stream));
     this.#applied = opts.links.map(() => 0);
+    this.#committedSeq = opts.links.map(() => 0);
     this.#appliedAt = opts.links.map(() => 0);
     this.#paced = opts.apply?.everyMs !== undefined || opts.apply?.maxBytesPerSec !== undefined;
     if (opts.apply?.everyMs !== undefined) {
@@ -519,9 +522,55 @@ export class StandbyRunner {
     await Promise.all(this.#readers.map((r) => r.stop()));
     this.#readers = this.#o.links.map((l) => new StreamReader(l, this.#o.names.stream));
     this.#applied.fill(0);
+    this.#committedSeq.fill(0);
     this.#appliedAt.fill(0);
     this.#fresh();
     await this.#prepare(false);
+    // The new readers' messages are taken (#handle drops them while rebuilding); the old ones'
+    // are dropped by their generation.
+    this.#rebuilding = false;
+    await this.#startReaders();
+  }
+
+  /** Whether the run is rebuilding its store (after a divergence, or behind the purge). */
+  get rebuilding(): boolean {
+    return this.#rebuilding;
+  }
+
+  /** Per relay, the stream seq of the last message whose take committed a checkpoint. */
+  get committedSeqs(): readonly number[] {
+    return this.#committedSeq;
+  }
+
+  /**
+   * This standby fell behind the purge point (src/history/watchdog.ts): its next frames are gone
+   * from every relay. Stops reading, drops what was queued, clears the store, loads the newest
+   * base and reads every relay again from its first message. Resolves once reading again.
+   */
+  async rebuildBehind(why: string): Promise<void> {
+    if (this.#rebuilding || this.#stopped || !this.#started) return;
+    // Between two messages: no take is half done when the store is cleared.
+    await this.exclusive(async () => {
+      this.#rebuilding = true;
+      // Messages the old readers queued are dropped (#enqueue compares generations).
+      this.#generation++;
+    });
+    try {
+      this.#o.onStartPath?.({ from: 'base', base: undefined, own: undefined, why: `rebuild: ${why}` });
+      await Promise.all(this.#readers.map((r) => r.stop()));
+      await this.#chain; // messages queued by the old readers are dropped (generation)
+      this.#readers = this.#o.links.map((l) => new StreamReader(l, this.#o.names.stream));
+      this.#applied.fill(0);
+      this.#committedSeq.fill(0);
+      this.#appliedAt.fill(0);
+      this.#fresh();
+      await this.#prepare(false);
+    } catch (err) {
+      this.#fail(err);
+      throw err;
+    } finally {
+      this.#rebuilding = false;
+    }
     await this.#startReaders();
   }
 
@@ -563,7 +612,9 @@ export class StandbyRunner {
   async #handle(relay: number, m: StreamMessage): Promise<void> {
     if (this.#rebuilding || this.#failure !== undefined) return;
     try {
+      const before = this.#intake.applier.position.checkpoint;
       await this.#intake.take(relay, m.streamSeq, m.data);
+      if (this.#intake.applier.position.checkpoint !== before) this.#committedSeq[relay] = m.streamSeq;
       this.#applied[relay] = m.streamSeq;
       this.#appliedAt[relay] = m.timestampMs;
       // The queue ran dry: what waited for a batch is committed now, in slices, with the event

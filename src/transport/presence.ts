@@ -59,6 +59,11 @@ export interface PresenceRecord {
   readonly canResume?: boolean;
   /** Why this node cannot resume, when `canResume` is false. */
   readonly cannotResume?: string;
+  /**
+   * Whether this node may build bases (`false`: its options say `base: { build: false }`, so it
+   * is never chosen builder). Absent in records of older versions: it may.
+   */
+  readonly buildsBases?: boolean;
 }
 
 /** One relay as a node sees it (presence `relayStates`, shown by `status`). */
@@ -222,11 +227,14 @@ export async function readCompactDone(kv: KV): Promise<CompactDone | undefined> 
 
 /**
  * The node that builds bases: the live standby (presence fresher than `PRESENCE_STALE_MS`) with
- * the smallest node id, or `undefined` when no standby is live.
+ * the smallest node id among those that may build (`buildsBases` not false), or `undefined` when
+ * there is none.
  */
 export function baseBuilder(records: readonly PresenceRecord[], nowMs: number): string | undefined {
   const live = records
-    .filter((r) => r.state === 'standby' && nowMs - r.updatedAt < PRESENCE_STALE_MS)
+    .filter(
+      (r) => r.state === 'standby' && r.buildsBases !== false && nowMs - r.updatedAt < PRESENCE_STALE_MS,
+    )
     .map((r) => r.nodeId)
     .sort();
   return live[0];

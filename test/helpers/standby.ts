@@ -19,5 +19,8 @@ export function startStandby<S>(o: StartOptions<S>): {
     },
   });
   primary.catch(() => undefined);
-  return { standing: Promise.race([p, primary.then(() => undefined)]), primary };
+  const stood = Promise.race([p, primary.then(() => undefined)]);
+  // A start that fails rejects `primary`; a test that never awaits `standing` is not failed by it.
+  stood.catch(() => undefined);
+  return { standing: stood, primary };
 }

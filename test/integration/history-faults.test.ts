@@ -3,7 +3,9 @@
  * - a node restarts on its own store whose last checkpoint a later fence discarded: it starts
  *   from its store, reads the fence, rolls back by rebuilding, and ends on the agreed history;
  * - a forged newer base (a chunk that does not hash to its manifest) and a base left half-built
- *   (chunks, no manifest: the builder died mid-build) are passed over for the older intact base.
+ *   (chunks, no manifest: the builder died mid-build) are passed over for the older intact base;
+ * - with the only base corrupted and the history purged below it, a joining node fails with an
+ *   error that names the base, what is wrong with it, and the fix (nothing is written to its store).
  *
  * Frames of the "history" are made with the production codec and published as a primary would;
  * what is checked is what the real node does with them.
@@ -278,4 +280,72 @@ describe('history faults', () => {
     expect(rp.state).toEqual({ n: 10, epoch: 1 });
     expect(Buffer.from((await rp.store.get('k9'))!).toString()).toBe('1:9');
   }, 60_000);
+
+  it('the only base corrupted and the history purged: a clear error, the store left empty', async () => {
+    const app = live.app('hcorrupt');
+    const pub = await publisher(live.nc, app);
+    await pub.fence(1, 0, 0);
+    for (let cp = 1; cp <= 10; cp++) await pub.checkpoint(1, 2 + 3 * (cp - 1), cp);
+    await pub.close();
+    const raw = serializeImage({ n: 8, epoch: 1 } satisfies S);
+    const base = baseFrames(
+      {
+        checkpoint: 8,
+        epoch: 1,
+        entries: Array.from({ length: 8 }, (_, i) => ({
+          op: 'put' as const,
+          key: `k${i + 1}`,
+          value: Buffer.from(`1:${i + 1}`),
+        })),
+        image: {
+          format: ImageFormat.Full,
+          codec: ImageCodec.None,
+          base: 0,
+          stateVersion: 1,
+          rawLength: raw.byteLength,
+          payload: raw,
+        },
+        history: [{ epoch: 1, cutoff: 0, cutoffEpoch: 0 }],
+      },
+      { builder: 'x', retainFrom: 9, builtAt: 1 },
+    );
+    // A bit flipped in the entries chunk after the manifest named its hash.
+    const chunk0 = Buffer.from(base.frames[0]!.body);
+    chunk0[chunk0.length - 1] ^= 0x01;
+    for (const f of [{ ...base.frames[0]!, body: chunk0 }, ...base.frames.slice(1)]) {
+      for (const p of await pub.codec.encode(f)) {
+        for (const m of p.messages) {
+          await pub.js.publish(pub.names.baseSubject, m.bytes, {
+            msgID: baseMessageId(f.checkpoint, m.msgId),
+          });
+        }
+      }
+    }
+    // The frames of checkpoints 1..8 purged (the fence and 8 × 3 frames: seqs 1..25).
+    const jsm = await jetstreamManager(live.nc);
+    await jsm.streams.purge(pub.names.stream, { seq: 26 });
+
+    const dir = tmp();
+    const storage = fileAdapter({ dir });
+    const j = node(
+      nodeOptions<S>(app, 'j', {
+        storage,
+        initialState: () => ({ n: 0, epoch: 0 }),
+        leaseTtlMs: 600,
+        base: { build: false },
+      }),
+    );
+    const err = await j.primary.then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).toMatch(/history was trimmed and no intact base was found/);
+    expect(err?.message).toMatch(/base 8: chunk 0 of 2 is missing or does not hash/);
+    expect(err?.message).toMatch(/bring back a relay that holds a base/);
+    await storage.close().catch(() => undefined);
+    const check = fileAdapter({ dir });
+    await check.open({ nodeId: 'j' });
+    expect(await check.keys()).toEqual([]);
+    await check.close();
+  }, 30_000);
 });

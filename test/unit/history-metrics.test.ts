@@ -29,4 +29,12 @@ describe('base metrics', () => {
     // A relay not purged yet has no series (it is purged when it is back).
     expect(text).not.toMatch(/relay="nats:\/\/r2:4222"/);
   });
+
+  it('a standby that rebuilt from the base after falling behind the purge counts it', async () => {
+    const m = new RestartpointMetrics({ labels: { app: 'ledger', node: 'z' } });
+    m.observer.behindPurge!({ checkpoint: 155, base: 320, retainFrom: 311 });
+    m.observer.behindPurge!({ checkpoint: 400, base: 600, retainFrom: 590 });
+    const text = await m.registry.metrics();
+    expect(text).toMatch(/restartpoint_standby_behind_purge_rebuilds_total\{app="ledger",node="z"\} 2/);
+  });
 });

@@ -79,6 +79,8 @@ export interface StatusNode {
   canResume: boolean | null;
   /** Why the node cannot resume, or `null`. */
   cannotResume: string | null;
+  /** Whether the node may build bases (`base.build`); `null` for a node older than the field. */
+  buildsBases: boolean | null;
 }
 
 /** One relay as a node sees it (presence `relayStates`). */
@@ -233,6 +235,7 @@ export function statusNodes(
       protocolVersion: Number.isSafeInteger(r.protocolVersion) ? r.protocolVersion! : null,
       canResume: typeof r.canResume === 'boolean' ? r.canResume : null,
       cannotResume: typeof r.cannotResume === 'string' ? r.cannotResume : null,
+      buildsBases: typeof r.buildsBases === 'boolean' ? r.buildsBases : null,
     };
   });
 }
@@ -464,7 +467,11 @@ export async function readStatus(opts: StatusOptions): Promise<StatusReport> {
         });
         report.relaysFrom = flagRelays.length > 0 ? 'flag' : 'presence';
       }
-      report.history = await readHistory(relayList.length > 0 ? relayList : [streamServers], app);
+      report.history = await readHistory(
+        relayList.length > 0 ? relayList : [streamServers],
+        app,
+        opts.envelope,
+      );
       report.expiredNodes = all.length - records.length;
       return report;
     } finally {
