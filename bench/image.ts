@@ -531,7 +531,10 @@ async function keyframeStall(
   const encoder = new ImageEncoder({ keyframeEvery: 1_000_000 });
   // Let a timer tick before the keyframe, so the histogram has a baseline.
   await new Promise((r) => setTimeout(r, 20));
+  // Off the event loop (keyframe-encode.ts): walked in slices with copy-on-write, serialized in
+  // the image worker.
   const primary = await watch(async () => encoder.encode(state, 1).record);
+  await encoder.close();
   const chain = new ImageChain({ offThreadBytes: OFF_THREAD_IMAGE_BYTES, maxImageBytes: 2 ** 31 });
   try {
     await new Promise((r) => setTimeout(r, 20));

@@ -4,12 +4,14 @@
  * state at the `checkpoint()` call whatever the app changes meanwhile, and deltas must go on
  * after it.
  */
+import fc from 'fast-check';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ImageChain, ImageEncoder, type EncodedImage } from '../../src/image/chain.js';
-import { track } from '../../src/image/tracked.js';
-import { toTree, treesEqual } from '../../src/image/typed-tree.js';
+import { track, untracked } from '../../src/image/tracked.js';
+import { toTree, treesEqual, type TreeNode } from '../../src/image/typed-tree.js';
 import type { ImageRecord } from '../../src/protocol/records.js';
+import { initial, mutate as randomChange, opArb, type Held } from '../helpers/tracked-ops.js';
 
 interface Rec {
   id: string;
@@ -226,5 +228,65 @@ describe('off-thread keyframes of a tracked state', () => {
     expect(stall, `worst event-loop delay ${stall} ms in a ${ms} ms keyframe`).toBeLessThan(
       Math.max(150, ms * 0.1),
     );
+  });
+
+  it('are exact under random changes between slices, with checkpoints landing flights (property)', async () => {
+    let flights = 0;
+    let landed = 0;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.record({ op: opArb, turn: fc.boolean() }), { maxLength: 50 }),
+        fc.integer({ min: 2, max: 6 }),
+        async (steps, every) => {
+          // Slices of 256 children (sliceMs 0): a state of 120 records takes several.
+          const enc = new ImageEncoder({
+            sliceMs: 0,
+            sliceNodes: 64,
+            keyframeEvery: every,
+            maxChainShare: 1000,
+          });
+          const chain = new ImageChain();
+          const state = track(initial(120));
+          const held: Held = {};
+          const pending: { cp: number; image: EncodedImage; expected: TreeNode }[] = [];
+          let cp = 0;
+          const checkpoint = (): void => {
+            cp++;
+            // The image must be the state now, at the call.
+            const expected = toTree(untracked(state));
+            if (enc.flight !== undefined) landed++;
+            const image = enc.encode(state, cp);
+            if (image.offThread === true) flights++;
+            pending.push({ cp, image, expected });
+          };
+          try {
+            checkpoint();
+            for (const { op, turn } of steps) {
+              randomChange(state, op, held);
+              if (op.cp === 0) checkpoint();
+              // Let a slice of a flight run between changes.
+              if (turn) await new Promise((r) => setImmediate(r));
+            }
+            checkpoint();
+            for (const p of pending) {
+              const rec: ImageRecord = await p.image.record;
+              chain.check(p.cp, rec);
+              chain.apply(p.cp, rec);
+              if (!treesEqual(chain.tree!, p.expected)) {
+                throw new Error(
+                  `checkpoint ${p.cp} (${p.image.path}): standby tree\n${JSON.stringify(chain.tree)}\n!= the state at the call\n${JSON.stringify(p.expected)}`,
+                );
+              }
+            }
+          } finally {
+            await enc.close();
+          }
+        },
+      ),
+      { numRuns: 60 },
+    );
+    // The property must have exercised flights, and checkpoints landing them.
+    expect(flights).toBeGreaterThan(60);
+    expect(landed).toBeGreaterThan(10);
   });
 });
