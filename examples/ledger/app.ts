@@ -116,6 +116,23 @@ export class BallastDigest {
     return d;
   }
 
+  /**
+   * `of`, giving the event loop a turn every few ms: 100 MB of ballast takes a second or more to
+   * hash, and a primary that holds its loop that long cannot renew a short lease.
+   */
+  static async ofSliced(ballast: Map<string, string>): Promise<BallastDigest> {
+    const d = new BallastDigest();
+    let t = performance.now();
+    for (const [k, v] of ballast) {
+      d.toggle(k, v);
+      if (performance.now() - t > 5) {
+        await new Promise((r) => setImmediate(r));
+        t = performance.now();
+      }
+    }
+    return d;
+  }
+
   /** Adds a record, or removes it again (XOR). */
   toggle(id: string, value: string): void {
     const h = createHash('sha256').update(`${id}\u0000${value}`).digest();
@@ -137,10 +154,22 @@ export function stateDigest(s: LedgerState, ballast: BallastDigest): string {
 }
 
 /** Ballast of about `mb` MB: 1 KiB records of random hex text (compressible about 2:1). */
-function makeBallast(mb: number): Map<string, string> {
+/**
+ * `mb` MB of ballast records, built a few ms at a time. Built before `Restartpoint.start()`:
+ * `initialState()` runs once this node holds the lease, and seconds of work there would starve
+ * its renewal.
+ */
+async function makeBallast(mb: number): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   const n = Math.round((mb * 1024 * 1024) / BALLAST_RECORD);
-  for (let i = 0; i < n; i++) out.set(`r${i}`, randomBytes(BALLAST_RECORD / 2).toString('hex'));
+  let t = performance.now();
+  for (let i = 0; i < n; i++) {
+    out.set(`r${i}`, randomBytes(BALLAST_RECORD / 2).toString('hex'));
+    if (performance.now() - t > 5) {
+      await new Promise((r) => setImmediate(r));
+      t = performance.now();
+    }
+  }
   return out;
 }
 
@@ -311,6 +340,8 @@ async function main(): Promise<void> {
       emit({ ev: 'applied', ...applied });
     }
   }, 200);
+  // A fresh app's ballast (used only if this node starts the app: a resumed one has it in its image).
+  let ballastSeed = stateMb > 0 ? await makeBallast(stateMb) : undefined;
   const rp = await Restartpoint.start<LedgerState>({
     app: values.app,
     nodeId: values.node,
@@ -322,7 +353,7 @@ async function main(): Promise<void> {
       total: 0n,
       mirror: new Map(),
       lastStepAt: new Date(0),
-      ballast: makeBallast(stateMb),
+      ballast: ballastSeed ?? new Map(),
       ...(build2 ? { balances: new Map<string, bigint>() } : {}),
     }),
     ...(build2
@@ -360,6 +391,7 @@ async function main(): Promise<void> {
   // Stamp the takeover before the digests below: they read the whole store, which is the
   // drill's verification work, not part of the time to resume.
   const resumedAt = Date.now();
+  ballastSeed = undefined;
   clearInterval(lagTimer);
   let demoted: Error | undefined;
   rp.on('demoted', (err) => {
@@ -368,7 +400,7 @@ async function main(): Promise<void> {
   });
   const state = rp.track(rp.state);
   const epoch = rp.epoch;
-  const ballast = BallastDigest.of(rp.state.ballast);
+  const ballast = await BallastDigest.ofSliced(rp.state.ballast);
   emit({
     ev: 'primary',
     node: values.node,

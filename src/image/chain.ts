@@ -115,6 +115,11 @@ export interface EncodedImage {
    * out not to be serializable, too large, or the worker failed.
    */
   readonly offThread?: boolean;
+  /**
+   * An off-thread keyframe's whole image record body (`encodeImage` of `record`), made in the
+   * worker so that the main thread does not copy tens of MB; settles with `record`.
+   */
+  readonly body?: Promise<Uint8Array>;
   /** How the image was found. */
   readonly path: ImagePath;
   /** Payload bytes before compression. */
@@ -239,11 +244,18 @@ export class ImageEncoder {
       mine.then(clear, clear);
     }
     if (record === image.record) return image;
+    let body = image.body;
+    if (body !== undefined) {
+      const own = body;
+      body = (record as Promise<ImageRecord>).then(() => own);
+      body.catch(() => undefined);
+    }
     return {
       record,
       keyframe: image.keyframe,
       path: image.path,
       offThread: image.offThread,
+      ...(body === undefined ? {} : { body }),
       get rawBytes() {
         return image.rawBytes;
       },
@@ -334,9 +346,16 @@ export class ImageEncoder {
     return this.#result(ImageFormat.Full, 0, payload, 'keyframe');
   }
 
-  #flightOptions(): { maxDepth: number; sliceMs: number; sliceNodes?: number; worker: () => ImageWorker } {
+  #flightOptions(): {
+    maxDepth: number;
+    sliceMs: number;
+    sliceNodes?: number;
+    stateVersion: number;
+    worker: () => ImageWorker;
+  } {
     return {
       maxDepth: this.#maxDepth,
+      stateVersion: this.#stateVersion,
       sliceMs: this.#sliceMs,
       sliceNodes: this.#sliceNodes,
       worker: () => (this.#worker ??= new ImageWorker({ sliceNodes: this.#sliceNodes })),
@@ -364,6 +383,7 @@ export class ImageEncoder {
     this.#keyframeBytes = Infinity;
     const keyframe = this.#keyframes;
     let rawBytes = 0;
+    let body: Uint8Array | undefined;
     const record = flight.packed.then((p): ImageRecord => {
       const over =
         p.rawLength > this.#maxImageBytes
@@ -380,6 +400,7 @@ export class ImageEncoder {
       }
       if (this.#keyframes === keyframe) this.#keyframeBytes = p.rawLength;
       rawBytes = p.rawLength;
+      body = p.body;
       return {
         format: ImageFormat.Full,
         codec: p.codec,
@@ -389,8 +410,12 @@ export class ImageEncoder {
         payload: p.payload,
       };
     });
+    const whole = record.then(() => body!);
+    // Settles with `record`, which the caller handles; keep Node from reporting it twice.
+    whole.catch(() => undefined);
     return {
       record,
+      body: whole,
       keyframe: true,
       path: 'keyframe',
       offThread: true,

@@ -11,7 +11,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { decodeKeyframeTree, type KeyframeJob, type WorkerReply } from './keyframe-decode.js';
-import { ownBuffer, packTree, type EncodeJob, type EncodeReply } from './keyframe-serialize.js';
+import { keyframeBody, ownBuffer, packTree, type EncodeJob, type EncodeReply } from './keyframe-serialize.js';
 import { sliceTree, TreeAssembler, type TreeSlice } from './tree-transfer.js';
 
 const port = parentPort;
@@ -58,13 +58,13 @@ function encodeSlice(msg: EncodeJob): void {
   encoding.delete(msg.id);
   packTree(assembler.tree).then(
     (packed) => {
-      const payload = ownBuffer(packed.payload);
+      const body = ownBuffer(keyframeBody(packed, msg.stateVersion ?? 1));
       port!.postMessage(
         {
           id: msg.id,
-          packed: { codec: packed.codec, rawLength: packed.rawLength, payload },
+          packed: { codec: packed.codec, rawLength: packed.rawLength, body },
         } satisfies EncodeReply,
-        [payload],
+        [body],
       );
     },
     (err: unknown) => port!.postMessage({ id: msg.id, error: describe(err) } satisfies EncodeReply),

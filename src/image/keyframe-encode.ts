@@ -20,12 +20,11 @@
  * the flight is over (the walk must be done before a delta is taken, and the tree must be sent
  * before a delta patches it).
  */
-import type { PackedPayload } from './compression.js';
 import { CopyOnWrite } from './cow.js';
 import type { MapIndex } from './map-index.js';
 import { sliceTree, type TreeSlice } from './tree-transfer.js';
 import { SlicedTreeWalk, type IndexedTree, type TreeNode } from './typed-tree.js';
-import type { ImageWorker, KeyframeUpload } from './worker.js';
+import type { ImageWorker, KeyframeUpload, PackedKeyframe } from './worker.js';
 
 /** How long one slice of a flight may hold the event loop, by default (ms). */
 export const DEFAULT_SLICE_MS = 8;
@@ -51,6 +50,8 @@ export interface FlightOptions {
   readonly onFlight: (cow: CopyOnWrite) => void;
   /** Tree nodes per slice sent to the worker (tests). */
   readonly sliceNodes?: number;
+  /** The image's `stateVersion` (its record's header is made in the worker). */
+  readonly stateVersion: number;
 }
 
 /**
@@ -84,9 +85,9 @@ export class KeyframeFlight {
   #slices: Iterator<TreeSlice> | undefined;
   #ahead: IteratorResult<TreeSlice> | undefined;
   #upload: KeyframeUpload | undefined;
-  #settle!: { resolve: (p: PackedPayload) => void; reject: (err: Error) => void };
-  /** The payload; rejects when the walk or the worker failed. */
-  readonly packed: Promise<PackedPayload>;
+  #settle!: { resolve: (p: PackedKeyframe) => void; reject: (err: Error) => void };
+  /** The payload and record body; rejects when the walk or the worker failed. */
+  readonly packed: Promise<PackedKeyframe>;
   /** Slices the walk took, and the longest of them (ms; for tests and the bench). */
   walkSlices = 1;
   longestSliceMs = 0;
@@ -95,7 +96,7 @@ export class KeyframeFlight {
     this.#walk = walk!;
     this.#cow = cow;
     this.#opts = opts;
-    this.packed = new Promise<PackedPayload>((resolve, reject) => {
+    this.packed = new Promise<PackedKeyframe>((resolve, reject) => {
       this.#settle = { resolve, reject };
     });
     // Handled by whoever awaits it; keep Node from reporting it as unhandled meanwhile.
@@ -195,7 +196,7 @@ export class KeyframeFlight {
       }
       this.#ahead = this.#slices!.next();
       const last = this.#ahead.done === true;
-      upload.send(cur.value, last);
+      upload.send(cur.value, last, this.#opts.stateVersion);
       if (last) {
         this.#phase = 'sent';
         this.#slices = undefined;

@@ -14,7 +14,7 @@
  * does not keep (class prototypes; see typed-tree.ts): a standby decodes them to the same typed
  * tree (tested in test/unit/image-keyframe-flight.test.ts).
  */
-import { ImageCodec } from '../protocol/records.js';
+import { encodeImage, ImageFormat, type ImageCodec } from '../protocol/records.js';
 import { packImage, type PackedPayload } from './compression.js';
 import { serializeImage } from './serialize.js';
 import type { TreeSlice } from './tree-transfer.js';
@@ -26,12 +26,17 @@ export interface EncodeJob {
   readonly op: 'encode';
   readonly slice: TreeSlice;
   readonly last: boolean;
+  /** With the last slice: the image's `stateVersion`, for the record's header. */
+  readonly stateVersion?: number;
 }
 
-/** The worker's answer to the last slice: the payload (its buffer transferred), or why not. */
+/**
+ * The worker's answer to the last slice: the whole image record body (`encodeImage`: header and
+ * payload, so the main thread copies nothing; its buffer transferred), or why not.
+ */
 export interface EncodeReply {
   readonly id: number;
-  readonly packed?: { readonly codec: ImageCodec; readonly rawLength: number; readonly payload: ArrayBuffer };
+  readonly packed?: { readonly codec: ImageCodec; readonly rawLength: number; readonly body: ArrayBuffer };
   readonly error?: { readonly message: string; readonly image: boolean };
 }
 
@@ -39,6 +44,18 @@ export interface EncodeReply {
 export async function packTree(tree: TreeNode): Promise<PackedPayload> {
   const raw = serializeImage(fromTree(tree));
   return packImage(raw);
+}
+
+/** A keyframe's record body (`encodeImage`) of `packed`. */
+export function keyframeBody(packed: PackedPayload, stateVersion: number): Buffer {
+  return encodeImage({
+    format: ImageFormat.Full,
+    codec: packed.codec,
+    base: 0,
+    stateVersion,
+    rawLength: packed.rawLength,
+    payload: packed.payload,
+  });
 }
 
 /** `bytes` in an ArrayBuffer of their own (to transfer it): the same memory when it already is. */

@@ -42,9 +42,9 @@ export interface TreeSlice {
   readonly holes: readonly Hole[];
 }
 
-/** Node weight of a string: long strings count as several nodes (copying them costs too). */
+/** Node weight of a string: one more per 128 characters (copying them costs too: a slice of 1 KiB strings is about 2 MB). */
 function weightOf(node: TreeNode): number {
-  return typeof node === 'string' ? 1 + (node.length >>> 12) : 1;
+  return typeof node === 'string' ? 1 + (node.length >>> 7) : 1;
 }
 
 /**

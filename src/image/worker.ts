@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { ImageError, LimitError } from '../errors.js';
-import type { ImageRecord } from '../protocol/records.js';
+import { IMAGE_HEADER_BYTES, type ImageRecord } from '../protocol/records.js';
 import type { PackedPayload } from './compression.js';
 import type { KeyframeJob, WorkerReply } from './keyframe-decode.js';
 import type { EncodeJob, EncodeReply } from './keyframe-serialize.js';
@@ -51,14 +51,19 @@ interface Pending {
 /** A keyframe being encoded in the worker (keyframe-serialize.ts). */
 interface PendingEncode {
   readonly assembler?: undefined;
-  readonly resolve: (packed: PackedPayload) => void;
+  readonly resolve: (packed: PackedKeyframe) => void;
   readonly reject: (err: Error) => void;
+}
+
+/** A keyframe's payload, and its whole image record body (`payload` is a view into it). */
+export interface PackedKeyframe extends PackedPayload {
+  readonly body: Buffer;
 }
 
 /** A keyframe's tree on its way to the worker: `send` its slices in order; `packed` is the payload. */
 export interface KeyframeUpload {
-  send(slice: TreeSlice, last: boolean): void;
-  readonly packed: Promise<PackedPayload>;
+  send(slice: TreeSlice, last: boolean, stateVersion?: number): void;
+  readonly packed: Promise<PackedKeyframe>;
 }
 
 /** Decodes keyframes in a worker thread. */
@@ -110,20 +115,20 @@ export class ImageWorker {
    */
   encodeKeyframe(): KeyframeUpload {
     if (this.#closed) {
-      const packed = Promise.reject(new ImageError('the image worker was closed'));
+      const packed = Promise.reject<PackedKeyframe>(new ImageError('the image worker was closed'));
       packed.catch(() => undefined);
       return { send: () => undefined, packed };
     }
     const worker = this.#start();
     const id = this.#nextId++;
-    const packed = new Promise<PackedPayload>((resolve, reject) => {
+    const packed = new Promise<PackedKeyframe>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
       if (this.#pending.size === 1) worker.ref();
     });
     return {
-      send: (slice, last) => {
+      send: (slice, last, stateVersion) => {
         if (this.#pending.has(id) && this.#worker === worker) {
-          worker.postMessage({ id, op: 'encode', slice, last } satisfies EncodeJob);
+          worker.postMessage({ id, op: 'encode', slice, last, stateVersion } satisfies EncodeJob);
         }
       },
       packed,
@@ -168,7 +173,8 @@ export class ImageWorker {
     if (p.assembler === undefined) {
       const r = (reply as EncodeReply).packed!;
       this.#done(w, reply.id);
-      p.resolve({ codec: r.codec, rawLength: r.rawLength, payload: Buffer.from(r.payload) });
+      const body = Buffer.from(r.body);
+      p.resolve({ codec: r.codec, rawLength: r.rawLength, payload: body.subarray(IMAGE_HEADER_BYTES), body });
       return;
     }
     const sliced = reply as WorkerReply;
