@@ -81,6 +81,12 @@ export interface ImageEncoderOptions extends Partial<KeyframePolicy> {
   readonly offThread?: boolean;
   /** The longest the event loop is held by one slice of such a keyframe (ms). Default 8. */
   readonly sliceMs?: number;
+  /**
+   * A keyframe goes off the event loop only once its walk has visited this many children
+   * without finishing (smaller states are serialized on the spot). Default 65 536 (about 1 MB
+   * of records).
+   */
+  readonly minOffThreadChildren?: number;
   /** Tree nodes per slice sent to the worker (tests). */
   readonly sliceNodes?: number;
   /**
@@ -171,6 +177,7 @@ export class ImageEncoder {
     { readonly live: unknown; readonly objects: ReadonlyMap<object, TreeNode> | undefined } | undefined;
   readonly #offThread: boolean;
   readonly #sliceMs: number;
+  readonly #minChildren: number | undefined;
   readonly #sliceNodes: number | undefined;
   readonly #maxImageBytes: number;
   readonly #maxFrameBytes: number;
@@ -193,6 +200,7 @@ export class ImageEncoder {
     this.#maxDepth = options.maxDepth ?? DEFAULT_LIMITS.maxDepth;
     this.#offThread = options.offThread ?? true;
     this.#sliceMs = options.sliceMs ?? DEFAULT_SLICE_MS;
+    this.#minChildren = options.minOffThreadChildren;
     this.#sliceNodes = options.sliceNodes;
     this.#maxImageBytes = options.maxImageBytes ?? DEFAULT_LIMITS.maxImageBytes;
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_LIMITS.maxFrameBytes;
@@ -328,6 +336,7 @@ export class ImageEncoder {
       // Walked a slice at a time; a state done within the first slice is small: on the spot.
       const started = startKeyframe(raw, {
         ...this.#flightOptions(),
+        minChildren: this.#minChildren,
         onFlight: (cow) => tracker.beginFlight(cow),
         onWalked: (w) => this.#walked(w, tracker),
       });

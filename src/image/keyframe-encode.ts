@@ -29,6 +29,13 @@ import type { ImageWorker, KeyframeUpload, PackedKeyframe } from './worker.js';
 /** How long one slice of a flight may hold the event loop, by default (ms). */
 export const DEFAULT_SLICE_MS = 8;
 
+/**
+ * The first slice walks at least this many children (about 1 MB of records) before it may stop:
+ * a state smaller than that is always serialized on the spot, whatever the machine's speed, so
+ * small states keep one path (and synchronous records) deterministically.
+ */
+export const DEFAULT_MIN_OFF_THREAD_CHILDREN = 65_536;
+
 /** What the walk found, and the Map indexes it built (cow.ts). */
 export interface Walked extends IndexedTree {
   readonly indexes: ReadonlyMap<Map<unknown, unknown>, MapIndex | null>;
@@ -38,6 +45,8 @@ export interface Walked extends IndexedTree {
 export interface FlightOptions {
   readonly maxDepth: number;
   readonly sliceMs: number;
+  /** The first slice visits at least this many children (`DEFAULT_MIN_OFF_THREAD_CHILDREN`). */
+  readonly minChildren?: number;
   /** The worker that serializes (started on first use). */
   readonly worker: () => ImageWorker;
   /**
@@ -67,7 +76,7 @@ export function startKeyframe(
   const cow = new CopyOnWrite();
   const walk = new SlicedTreeWalk(raw, opts.maxDepth, cow);
   cow.attach(walk);
-  if (walk.advance(performance.now() + opts.sliceMs)) {
+  if (walk.advance(performance.now() + opts.sliceMs, opts.minChildren ?? DEFAULT_MIN_OFF_THREAD_CHILDREN)) {
     cow.detach();
     return { walked: { ...walk.result, indexes: cow.indexes } };
   }

@@ -285,7 +285,12 @@ export class StateTracker {
     for (const [m, index] of indexes) {
       if (index !== null && !this.#maps.has(m) && walked.objects.has(m)) this.#maps.set(m, index);
     }
-    if (replay !== undefined) for (const fn of replay) fn();
+    if (replay !== undefined) {
+      // A Map changed during the walk without an index: its order now is not the keyframe
+      // tree's, so an index made from it later would point at the wrong entries. Re-encode it.
+      for (const [c, d] of this.#dirty) if (c instanceof Map && !this.#maps.has(c)) d.whole = true;
+      for (const fn of replay) fn();
+    }
   }
 
   /** Moves each Map index past the marks, to the Map's order now (beginFlight). */

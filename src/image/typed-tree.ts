@@ -548,15 +548,15 @@ class Encoder {
    * Visits children until the walk is done (true: the tree is `result`) or `performance.now()`
    * passes `deadline` (false: call again). Checks the clock every 256 children.
    */
-  advance(deadline: number): boolean {
+  advance(deadline: number, minChildren = 0): boolean {
     const stack = this.stack;
     this.guard(() => {
-      for (;;) {
+      for (let visited = 0; ; visited += 256) {
         this.ticks = deadline === Infinity ? Infinity : 256;
         while (stack.depth > 0 && this.ticks > 0) {
           if (!this.step(stack.top())) this.close();
         }
-        if (stack.depth === 0 || performance.now() >= deadline) return;
+        if (stack.depth === 0 || (visited >= minChildren && performance.now() >= deadline)) return;
       }
     });
     if (stack.depth > 0) return false;
@@ -1194,9 +1194,12 @@ export class SlicedTreeWalk {
     this.#wrap(() => this.#encoder.begin(value));
   }
 
-  /** Walks until done (true) or `performance.now()` passes `deadline` (false). Throws as `toTree` does. */
-  advance(deadline: number): boolean {
-    if (!this.#done) this.#done = this.#wrap(() => this.#encoder.advance(deadline));
+  /**
+   * Walks until done (true) or `performance.now()` passes `deadline` (false), but not before
+   * about `minChildren` children were visited. Throws as `toTree` does.
+   */
+  advance(deadline: number, minChildren = 0): boolean {
+    if (!this.#done) this.#done = this.#wrap(() => this.#encoder.advance(deadline, minChildren));
     return this.#done;
   }
 

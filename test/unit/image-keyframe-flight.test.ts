@@ -230,6 +230,31 @@ describe('off-thread keyframes of a tracked state', () => {
     );
   });
 
+  it('keep a Map reordered during the walk exact when it changes again after the walk (found by the property)', async () => {
+    const enc = new ImageEncoder({ sliceMs: 0, minOffThreadChildren: 0, keyframeEvery: 10 });
+    encoders.push(enc);
+    const state = track(initial(120));
+    const atCall = toTree(untracked(state));
+    const first = enc.encode(state, 1);
+    expect(enc.flight?.walking).toBe(true);
+    // During the walk: a key moved to the end of the Map (deleted and set again), a record changed.
+    const r0 = state.users.get('u0')!;
+    state.users.delete('u0');
+    state.users.set('u0', r0);
+    state.users.get('u1')!.n = -1;
+    while (enc.flight?.walking === true) await new Promise((r) => setImmediate(r));
+    // After the walk, before the next checkpoint: the Map changes again.
+    state.users.set('u0', { ...untracked(r0), n: 7 });
+    const now = toTree(untracked(state));
+    const second = enc.encode(state, 2);
+    const chain = new ImageChain();
+    chains.push(chain);
+    await apply(chain, 1, first);
+    expect(treesEqual(chain.tree!, atCall)).toBe(true);
+    await apply(chain, 2, second);
+    expect(treesEqual(chain.tree!, now)).toBe(true);
+  });
+
   it('are exact under random changes between slices, with checkpoints landing flights (property)', async () => {
     let flights = 0;
     let landed = 0;
@@ -241,6 +266,7 @@ describe('off-thread keyframes of a tracked state', () => {
           // Slices of 256 children (sliceMs 0): a state of 120 records takes several.
           const enc = new ImageEncoder({
             sliceMs: 0,
+            minOffThreadChildren: 0,
             sliceNodes: 64,
             keyframeEvery: every,
             maxChainShare: 1000,
@@ -283,10 +309,10 @@ describe('off-thread keyframes of a tracked state', () => {
           }
         },
       ),
-      { numRuns: 60 },
+      { numRuns: 120 },
     );
     // The property must have exercised flights, and checkpoints landing them.
-    expect(flights).toBeGreaterThan(60);
+    expect(flights).toBeGreaterThan(120);
     expect(landed).toBeGreaterThan(10);
   });
 });
