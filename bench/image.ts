@@ -334,7 +334,13 @@ function restore(
   const raw = build(n, container);
   const r = prng(17);
   const state = track(raw);
-  const encoder = new ImageEncoder({ keyframeEvery: 1_000_000, maxChainShare: 1000, compress: false });
+  // On the spot (records ready at once): this measures the standby's restore, not the encoder.
+  const encoder = new ImageEncoder({
+    keyframeEvery: 1_000_000,
+    maxChainShare: 1000,
+    compress: false,
+    offThread: false,
+  });
   const chain = new ImageChain();
   const first = encoder.encode(state, 1).record as ImageRecord;
   chain.check(1, first);
@@ -531,7 +537,10 @@ async function keyframeStall(
   const encoder = new ImageEncoder({ keyframeEvery: 1_000_000 });
   // Let a timer tick before the keyframe, so the histogram has a baseline.
   await new Promise((r) => setTimeout(r, 20));
+  // Off the event loop (keyframe-encode.ts): walked in slices with copy-on-write, serialized in
+  // the image worker.
   const primary = await watch(async () => encoder.encode(state, 1).record);
+  await encoder.close();
   const chain = new ImageChain({ offThreadBytes: OFF_THREAD_IMAGE_BYTES, maxImageBytes: 2 ** 31 });
   try {
     await new Promise((r) => setTimeout(r, 20));

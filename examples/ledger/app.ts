@@ -154,11 +154,22 @@ export function stateDigest(s: LedgerState, ballast: BallastDigest): string {
     .digest('hex');
 }
 
-/** Ballast of about `mb` MB: 1 KiB records of random hex text (compressible about 2:1). */
-function makeBallast(mb: number): Map<string, string> {
+/**
+ * About `mb` MB of ballast: 1 KiB records of random hex text (compressible about 2:1), built a
+ * few ms at a time. Built before `Restartpoint.start()`: `initialState()` runs once this node
+ * holds the lease, and seconds of work there would starve its renewal.
+ */
+async function makeBallast(mb: number): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   const n = Math.round((mb * 1024 * 1024) / BALLAST_RECORD);
-  for (let i = 0; i < n; i++) out.set(`r${i}`, randomBytes(BALLAST_RECORD / 2).toString('hex'));
+  let t = performance.now();
+  for (let i = 0; i < n; i++) {
+    out.set(`r${i}`, randomBytes(BALLAST_RECORD / 2).toString('hex'));
+    if (performance.now() - t > 5) {
+      await new Promise((r) => setImmediate(r));
+      t = performance.now();
+    }
+  }
   return out;
 }
 
@@ -332,7 +343,7 @@ async function main(): Promise<void> {
   // The ballast is built before start(): `initialState()` runs while this node holds the lease,
   // and a 10 MB state built there blocks the event loop for longer than a short lease allows on
   // a loaded machine (the primary demoted itself in 'restoring'). Dropped once started.
-  let ballast0: Map<string, string> | undefined = makeBallast(stateMb);
+  let ballast0: Map<string, string> | undefined = await makeBallast(stateMb);
   const rp = await Restartpoint.start<LedgerState>({
     app: values.app,
     nodeId: values.node,
@@ -344,7 +355,7 @@ async function main(): Promise<void> {
       total: 0n,
       mirror: new Map(),
       lastStepAt: new Date(0),
-      ballast: ballast0 ?? makeBallast(stateMb),
+      ballast: ballast0 ?? new Map<string, string>(),
       ...(build2 ? { balances: new Map<string, bigint>() } : {}),
     }),
     ...(build2

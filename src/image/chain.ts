@@ -29,6 +29,12 @@ import { decodeDelta, diffTrees, encodeDelta, patchTreeInPlace, type ImageDelta 
 import { Registry } from './graph.js';
 import { identityDelta } from './identity.js';
 import { decodeKeyframeTree, tooDeep } from './keyframe-decode.js';
+import {
+  DEFAULT_SLICE_MS,
+  KeyframeFlight,
+  startKeyframe,
+  type Walked as FlightWalk,
+} from './keyframe-encode.js';
 import { serializeImage } from './serialize.js';
 import { trackerOf, untracked, type StateTracker } from './tracked.js';
 import {
@@ -68,7 +74,34 @@ export interface ImageEncoderOptions extends Partial<KeyframePolicy> {
    * with `LimitError` on every path. Default `DEFAULT_LIMITS.maxDepth`.
    */
   readonly maxDepth?: number;
+  /**
+   * Keyframes of a tracked state that cannot be walked within one slice are walked a slice at a
+   * time and serialized in the image worker (keyframe-encode.ts). Default true.
+   */
+  readonly offThread?: boolean;
+  /** The longest the event loop is held by one slice of such a keyframe (ms). Default 8. */
+  readonly sliceMs?: number;
+  /**
+   * A keyframe goes off the event loop only once its walk has visited this many children
+   * without finishing (smaller states are serialized on the spot). Default 65 536 (about 1 MB
+   * of records).
+   */
+  readonly minOffThreadChildren?: number;
+  /** Tree nodes per slice sent to the worker (tests). */
+  readonly sliceNodes?: number;
+  /**
+   * `limits.maxImageBytes` and `limits.maxFrameBytes`: an off-thread keyframe's size is known
+   * only once the worker is done; one over them makes its record reject with `LimitError`.
+   */
+  readonly maxImageBytes?: number;
+  readonly maxFrameBytes?: number;
 }
+
+/** A keyframe whose previous keyframe was this large (raw bytes) is serialized off the event loop even when its tree is at hand. */
+const OFF_THREAD_KEYFRAME_BYTES = 1024 * 1024;
+
+/** Bytes of an image record's header (records.ts): counted against `maxFrameBytes`. */
+const IMAGE_RECORD_HEADER_BYTES = 14;
 
 /** How an image was found. */
 export type ImagePath = 'keyframe' | 'tracked' | 'identity' | 'diff';
@@ -82,6 +115,17 @@ export interface EncodedImage {
   readonly record: ImageRecord | Promise<ImageRecord>;
   /** Whole image (true) or delta. */
   readonly keyframe: boolean;
+  /**
+   * An off-thread keyframe (keyframe-encode.ts): its `rawBytes` are 0 until `record` resolves,
+   * and `record` rejects (`SerializationError`, `LimitError`, `ImageError`) when the state turned
+   * out not to be serializable, too large, or the worker failed.
+   */
+  readonly offThread?: boolean;
+  /**
+   * An off-thread keyframe's whole image record body (`encodeImage` of `record`), made in the
+   * worker so that the main thread does not copy tens of MB; settles with `record`.
+   */
+  readonly body?: Promise<Uint8Array>;
   /** How the image was found. */
   readonly path: ImagePath;
   /** Payload bytes before compression. */
@@ -131,6 +175,19 @@ export class ImageEncoder {
   /** After `resume`, until the first checkpoint: the resumed live state and its objects. */
   #resumed:
     { readonly live: unknown; readonly objects: ReadonlyMap<object, TreeNode> | undefined } | undefined;
+  readonly #offThread: boolean;
+  readonly #sliceMs: number;
+  readonly #minChildren: number | undefined;
+  readonly #sliceNodes: number | undefined;
+  readonly #maxImageBytes: number;
+  readonly #maxFrameBytes: number;
+  /** A keyframe in flight (walked or sent a slice at a time), until the next encode lands it. */
+  #flight: KeyframeFlight | undefined;
+  #worker: ImageWorker | undefined;
+  /** The last record still pending: later records resolve after it, so frames go out in order. */
+  #tail: Promise<ImageRecord> | undefined;
+  /** Counts keyframes, so an off-thread keyframe's size lands only if it is still the last one. */
+  #keyframes = 0;
 
   constructor(options: ImageEncoderOptions = {}) {
     this.#policy = {
@@ -141,6 +198,76 @@ export class ImageEncoder {
     this.#immutable = options.immutable ?? false;
     this.#compress = options.compress ?? true;
     this.#maxDepth = options.maxDepth ?? DEFAULT_LIMITS.maxDepth;
+    this.#offThread = options.offThread ?? true;
+    this.#sliceMs = options.sliceMs ?? DEFAULT_SLICE_MS;
+    this.#minChildren = options.minOffThreadChildren;
+    this.#sliceNodes = options.sliceNodes;
+    this.#maxImageBytes = options.maxImageBytes ?? DEFAULT_LIMITS.maxImageBytes;
+    this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_LIMITS.maxFrameBytes;
+  }
+
+  /** The keyframe in flight, if any (tests and the bench). */
+  get flight(): KeyframeFlight | undefined {
+    return this.#flight;
+  }
+
+  /** Ends the image worker, if one was started (a keyframe in flight is landed first). */
+  async close(): Promise<void> {
+    this.#land();
+    const packed = this.#tail;
+    if (packed !== undefined) await packed.then(undefined, () => undefined);
+    await this.#worker?.close();
+    this.#worker = undefined;
+  }
+
+  /**
+   * Finishes a keyframe in flight synchronously: its walk (the next image is taken from its
+   * tree) and the sending of its tree (which a delta is about to patch). The cost of a
+   * checkpoint called before the previous keyframe's flight was over.
+   */
+  #land(): void {
+    const flight = this.#flight;
+    if (flight === undefined) return;
+    this.#flight = undefined;
+    flight.flush();
+  }
+
+  /** Later records resolve after the ones before them: image frames are published in checkpoint order. */
+  #ordered(image: EncodedImage): EncodedImage {
+    const tail = this.#tail;
+    let record = image.record;
+    if (tail !== undefined) {
+      const own = record;
+      record = tail.then(
+        () => own,
+        () => own,
+      );
+    }
+    if (record instanceof Promise) {
+      const mine = record;
+      this.#tail = mine;
+      const clear = (): void => {
+        if (this.#tail === mine) this.#tail = undefined;
+      };
+      mine.then(clear, clear);
+    }
+    if (record === image.record) return image;
+    let body = image.body;
+    if (body !== undefined) {
+      const own = body;
+      body = (record as Promise<ImageRecord>).then(() => own);
+      body.catch(() => undefined);
+    }
+    return {
+      record,
+      keyframe: image.keyframe,
+      path: image.path,
+      offThread: image.offThread,
+      ...(body === undefined ? {} : { body }),
+      get rawBytes() {
+        return image.rawBytes;
+      },
+    };
   }
 
   /**
@@ -150,10 +277,11 @@ export class ImageEncoder {
    * node:v8 cannot serialize. Nothing was encoded then, and the next image is a keyframe.
    */
   encode(state: unknown, checkpoint: number): EncodedImage {
+    this.#land();
     const tracker = trackerOf(state);
     const raw = tracker?.target ?? untracked(state);
     try {
-      return this.#encode(raw, tracker, checkpoint);
+      return this.#ordered(this.#encode(raw, tracker, checkpoint));
     } catch (err) {
       this.#base = undefined;
       this.#baseEpoch = undefined;
@@ -196,15 +324,114 @@ export class ImageEncoder {
           : this.#result(ImageFormat.DeltaAcross, checkpoint - 1, payload, path, baseEpoch);
       }
     }
-    // The walk first: it refuses a state nested deeper than maxDepth before node:v8 overflows
-    // the call stack on it.
-    const walked = current ? undefined : toTreeIndexed(raw, this.#maxDepth);
+    this.#keyframes++;
+    let walked: Walked | undefined;
+    if (current) {
+      // The delta's tree is the state now: only serialize it, off the event loop when large.
+      if (this.#offThread && this.#keyframeBytes >= OFF_THREAD_KEYFRAME_BYTES) {
+        const flight = KeyframeFlight.ofTree(this.#base!.tree, this.#flightOptions());
+        return this.#flew(flight, checkpoint);
+      }
+    } else if (tracker !== undefined && this.#offThread) {
+      // Walked a slice at a time; a state done within the first slice is small: on the spot.
+      const started = startKeyframe(raw, {
+        ...this.#flightOptions(),
+        minChildren: this.#minChildren,
+        onFlight: (cow) => tracker.beginFlight(cow),
+        onWalked: (w) => this.#walked(w, tracker),
+      });
+      if ('flight' in started) return this.#flew(started.flight, checkpoint);
+      walked = started.walked;
+    } else {
+      // The walk first: it refuses a state nested deeper than maxDepth before node:v8 overflows
+      // the call stack on it.
+      walked = toTreeIndexed(raw, this.#maxDepth);
+    }
     const payload = serializeImage(raw);
     if (walked !== undefined) this.#adopt(walked, raw, tracker);
     this.#sinceKeyframe = 0;
     this.#keyframeBytes = payload.byteLength;
     this.#chainBytes = 0;
     return this.#result(ImageFormat.Full, 0, payload, 'keyframe');
+  }
+
+  #flightOptions(): {
+    maxDepth: number;
+    sliceMs: number;
+    sliceNodes?: number;
+    stateVersion: number;
+    worker: () => ImageWorker;
+  } {
+    return {
+      maxDepth: this.#maxDepth,
+      stateVersion: this.#stateVersion,
+      sliceMs: this.#sliceMs,
+      sliceNodes: this.#sliceNodes,
+      worker: () => (this.#worker ??= new ImageWorker({ sliceNodes: this.#sliceNodes })),
+    };
+  }
+
+  /** An off-thread keyframe's walk is done: its tree is the base (on the main thread, between slices). */
+  #walked(w: FlightWalk | Error, tracker: StateTracker): void {
+    if (w instanceof Error) {
+      this.#base = undefined;
+      this.#baseEpoch = undefined;
+      tracker.endFlight(undefined, new Map());
+      return;
+    }
+    tracker.endFlight({ shared: w.shared, objects: w.objects }, w.indexes);
+    this.#base = { kind: 'tracked', tree: w.tree, tracker, generation: tracker.generation };
+  }
+
+  /** The image of a keyframe in flight: its record once the worker is done. */
+  #flew(flight: KeyframeFlight, checkpoint: number): EncodedImage {
+    this.#flight = flight;
+    this.#sinceKeyframe = 0;
+    this.#chainBytes = 0;
+    // Unknown until the worker is done: deltas meanwhile are not held to maxChainShare.
+    this.#keyframeBytes = Infinity;
+    const keyframe = this.#keyframes;
+    let rawBytes = 0;
+    let body: Uint8Array | undefined;
+    const record = flight.packed.then((p): ImageRecord => {
+      const over =
+        p.rawLength > this.#maxImageBytes
+          ? ['maxImageBytes', p.rawLength, this.#maxImageBytes]
+          : p.rawLength + IMAGE_RECORD_HEADER_BYTES > this.#maxFrameBytes
+            ? ['maxFrameBytes', p.rawLength + IMAGE_RECORD_HEADER_BYTES, this.#maxFrameBytes]
+            : undefined;
+      if (over !== undefined) {
+        if (this.#keyframes === keyframe) this.#base = undefined;
+        throw new LimitError(
+          `limits.${over[0]}`,
+          `the image of checkpoint ${checkpoint} is ${over[1]} bytes, over limits.${over[0]} (${over[2]}): raise it in the start options, or keep less in the state`,
+        );
+      }
+      if (this.#keyframes === keyframe) this.#keyframeBytes = p.rawLength;
+      rawBytes = p.rawLength;
+      body = p.body;
+      return {
+        format: ImageFormat.Full,
+        codec: p.codec,
+        base: 0,
+        stateVersion: this.#stateVersion,
+        rawLength: p.rawLength,
+        payload: p.payload,
+      };
+    });
+    const whole = record.then(() => body!);
+    // Settles with `record`, which the caller handles; keep Node from reporting it twice.
+    whole.catch(() => undefined);
+    return {
+      record,
+      body: whole,
+      keyframe: true,
+      path: 'keyframe',
+      offThread: true,
+      get rawBytes() {
+        return rawBytes;
+      },
+    };
   }
 
   /**
@@ -290,6 +517,7 @@ export class ImageEncoder {
 
   /** Forgets the base: the next image is a keyframe. */
   reset(): void {
+    this.#land();
     this.#base = undefined;
     this.#prevCheckpoint = 0;
     this.#baseEpoch = undefined;

@@ -11,7 +11,8 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { decodeKeyframeTree, type KeyframeJob, type WorkerReply } from './keyframe-decode.js';
-import { sliceTree, type TreeSlice } from './tree-transfer.js';
+import { keyframeBody, ownBuffer, packTree, type EncodeJob, type EncodeReply } from './keyframe-serialize.js';
+import { sliceTree, TreeAssembler, type TreeSlice } from './tree-transfer.js';
 
 const port = parentPort;
 if (port === null) throw new Error('image-worker.ts runs as a worker thread only');
@@ -37,9 +38,46 @@ function next(id: number): void {
   port!.postMessage({ id, slice: cur.value, last } satisfies WorkerReply);
 }
 
-port.on('message', (msg: KeyframeJob | { id: number; op: 'more' }) => {
+/** Keyframes being encoded (keyframe-serialize.ts): their trees, as the slices come in. */
+const encoding = new Map<number, TreeAssembler>();
+
+function encodeSlice(msg: EncodeJob): void {
+  let assembler = encoding.get(msg.id);
+  if (assembler === undefined) {
+    assembler = new TreeAssembler();
+    encoding.set(msg.id, assembler);
+  }
+  try {
+    assembler.add(msg.slice);
+  } catch (err) {
+    encoding.delete(msg.id);
+    port!.postMessage({ id: msg.id, error: describe(err) } satisfies EncodeReply);
+    return;
+  }
+  if (!msg.last) return;
+  encoding.delete(msg.id);
+  packTree(assembler.tree).then(
+    (packed) => {
+      const body = ownBuffer(keyframeBody(packed, msg.stateVersion ?? 1));
+      port!.postMessage(
+        {
+          id: msg.id,
+          packed: { codec: packed.codec, rawLength: packed.rawLength, body },
+        } satisfies EncodeReply,
+        [body],
+      );
+    },
+    (err: unknown) => port!.postMessage({ id: msg.id, error: describe(err) } satisfies EncodeReply),
+  );
+}
+
+port.on('message', (msg: KeyframeJob | EncodeJob | { id: number; op: 'more' }) => {
   if (msg.op === 'more') {
     next(msg.id);
+    return;
+  }
+  if (msg.op === 'encode') {
+    encodeSlice(msg);
     return;
   }
   let tree;

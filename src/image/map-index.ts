@@ -18,9 +18,9 @@ export class MapIndex {
   #capacity = 0;
   #live = 0;
 
-  /** Indexes `keys`, in the Map's order. */
-  constructor(keys: Iterable<unknown>) {
-    this.#reset(Array.from(keys));
+  /** Indexes `keys`, in the Map's order; `room`: keys expected in all (appended later, no re-layout). */
+  constructor(keys: Iterable<unknown>, room = 0) {
+    this.#reset(Array.from(keys), room);
   }
 
   /** Number of live keys. */
@@ -70,9 +70,9 @@ export class MapIndex {
   }
 
   /** Lays out `keys` (all live) in fresh slots, with room to grow. O(n). */
-  #reset(keys: unknown[]): void {
+  #reset(keys: unknown[], room = 0): void {
     const n = keys.length;
-    const capacity = Math.max(16, n * 2);
+    const capacity = Math.max(16, n * 2, room + 16);
     const tree = new Int32Array(capacity + 1);
     const slotOf = new Map<unknown, number>();
     for (let i = 1; i <= n; i++) {

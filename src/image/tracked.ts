@@ -22,6 +22,7 @@
  * has a cycle) the registry says so and the encoder takes its full, exact path instead.
  */
 import { InvalidArgumentError } from '../errors.js';
+import type { ChangeHook } from './cow.js';
 import { diffTrees, type ImageDelta } from './delta.js';
 import {
   Container,
@@ -165,6 +166,14 @@ export class StateTracker {
    * objects the app may already hold proxies of. Replayed, if still true, once the walk is done.
    */
   #early: unknown[] | 'overflow' | undefined = [];
+  /** While an off-thread keyframe walks the state: told before every change (cow.ts). */
+  #cow: ChangeHook | undefined;
+  /**
+   * During such a keyframe of a state that was not counted at its call: the registry's share of
+   * every change (counts, homes, marks up to the root), replayed once the walk's objects are
+   * known (`endFlight`).
+   */
+  #replay: (() => void)[] | undefined;
 
   constructor(target: object) {
     this.target = target;
@@ -224,6 +233,98 @@ export class StateTracker {
     this.#dirty = new Map();
     this.#descend = new Map();
     this.#generation++;
+  }
+
+  /**
+   * A keyframe of the state as it is now starts, walked a slice at a time (keyframe-encode.ts):
+   * the marks so far are covered by it and dropped; changes from now on are told to `cow` first
+   * and marked as usual, for the first delta after the keyframe. Ends with `endFlight`.
+   */
+  beginFlight(cow: ChangeHook): void {
+    if (this.walkable) {
+      // The registry stays valid through the keyframe: only the Map indexes must reach the
+      // state of now, the keyframe's tree (the marks say what moved in them).
+      this.#advanceMapIndexes();
+      this.#replay = undefined;
+    } else {
+      // Counted once the walk is done; what changes meanwhile is replayed then.
+      this.#indexed = false;
+      this.#maps = new Map();
+      this.#replay = [];
+    }
+    this.#cow = cow;
+    this.#consume();
+  }
+
+  /**
+   * The keyframe's walk is done: `walked` is what it found (undefined when it failed). The
+   * marks made during it stay, for the next delta; the Maps' entry indexes the walk built
+   * (`indexes`, in the keyframe tree's order) are taken.
+   */
+  endFlight(
+    walked: { readonly shared: boolean; readonly objects: Members } | undefined,
+    indexes: ReadonlyMap<Map<unknown, unknown>, MapIndex | null>,
+  ): void {
+    const replay = this.#replay;
+    this.#cow = undefined;
+    this.#replay = undefined;
+    if (walked === undefined) {
+      this.invalidate();
+      return;
+    }
+    if (walked.shared) {
+      this.rebuild(undefined);
+      return;
+    }
+    if (replay !== undefined) {
+      this.#registry.reset(walked.objects, this.target);
+      this.#replayEarlyReads();
+      this.#indexed = true;
+      this.#maps = new Map();
+    }
+    for (const [m, index] of indexes) {
+      if (index !== null && !this.#maps.has(m) && walked.objects.has(m)) this.#maps.set(m, index);
+    }
+    if (replay !== undefined) {
+      // A Map changed during the walk without an index: its order now is not the keyframe
+      // tree's, so an index made from it later would point at the wrong entries. Re-encode it.
+      for (const [c, d] of this.#dirty) if (c instanceof Map && !this.#maps.has(c)) d.whole = true;
+      for (const fn of replay) fn();
+    }
+  }
+
+  /** Moves each Map index past the marks, to the Map's order now (beginFlight). */
+  #advanceMapIndexes(): void {
+    for (const [m, index] of this.#maps) {
+      const d = this.#dirty.get(m);
+      if (d === undefined) continue;
+      if (d.whole) {
+        this.#maps.delete(m);
+        continue;
+      }
+      for (const k of d.keys) {
+        if (index.has(k) && (!m.has(k) || d.removed?.has(k) === true)) index.remove(k);
+      }
+      for (const k of d.appended ?? []) if (m.has(k) && !index.has(k)) index.append(k);
+      if (index.size !== m.size) this.#maps.delete(m);
+    }
+  }
+
+  /**
+   * The registry's share of a change to `c`: `count` (adopt and release, run only if `c` is
+   * counted) and the marks up to the root. Replayed later during a keyframe's walk of an
+   * uncounted state.
+   */
+  #counting(c: object, count: () => void): void {
+    if (this.#replay !== undefined) {
+      this.#replay.push(() => {
+        if (this.#counted(c)) count();
+        this.#markUp(c);
+      });
+      return;
+    }
+    if (this.#counted(c)) count();
+    this.#markUp(c);
   }
 
   /**
@@ -309,6 +410,7 @@ export class StateTracker {
       },
       set: (t, k, v) => {
         if (typeof k === 'symbol') return Reflect.set(t, k, v);
+        this.#cow?.beforeSet(t, k);
         const had = hasEnumerable(t, k);
         const old = had ? (t as Record<string, unknown>)[k] : undefined;
         const value = this.#storable(v);
@@ -319,6 +421,7 @@ export class StateTracker {
       deleteProperty: (t, k) => {
         if (typeof k === 'symbol') return Reflect.deleteProperty(t, k);
         const had = hasEnumerable(t, k);
+        if (had) this.#cow?.beforeDelete(t, k);
         const old = had ? (t as Record<string, unknown>)[k] : undefined;
         if (!Reflect.deleteProperty(t, k)) return false;
         if (had) this.#noteMember(t, k, had, old);
@@ -326,6 +429,7 @@ export class StateTracker {
       },
       defineProperty: (t, k, desc) => {
         if (typeof k === 'symbol') return Reflect.defineProperty(t, k, desc);
+        this.#cow?.beforeWhole(t);
         const had = hasEnumerable(t, k);
         const old = had ? (t as Record<string, unknown>)[k] : undefined;
         const d = 'value' in desc ? { ...desc, value: this.#storable(desc.value) } : desc;
@@ -348,6 +452,7 @@ export class StateTracker {
       set: (t, k, v) => {
         const a = t as unknown[];
         if (k === 'length') {
+          this.#cow?.beforeWhole(a);
           const before = a.length;
           const dropped = a.slice(typeof v === 'number' && v < before ? v : before);
           if (!Reflect.set(a, k, v)) return false;
@@ -355,6 +460,7 @@ export class StateTracker {
           return true;
         }
         if (typeof k !== 'string' || !isIndexKey(k)) return Reflect.set(a, k, v);
+        this.#cow?.beforeWhole(a);
         const i = Number(k);
         const before = a.length;
         const had = Object.hasOwn(a, i);
@@ -367,6 +473,7 @@ export class StateTracker {
       deleteProperty: (t, k) => {
         const a = t as unknown[];
         if (typeof k !== 'string' || !isIndexKey(k)) return Reflect.deleteProperty(a, k);
+        this.#cow?.beforeWhole(a);
         const i = Number(k);
         const had = Object.hasOwn(a, i);
         const old = had ? a[i] : undefined;
@@ -376,6 +483,7 @@ export class StateTracker {
       },
       defineProperty: (t, k, desc) => {
         const a = t as unknown[];
+        this.#cow?.beforeWhole(a);
         if (typeof k !== 'string' || !isIndexKey(k) || !('value' in desc)) {
           // Accessors on items, or the length redefined: not worth tracking finely.
           const ok = Reflect.defineProperty(a, k, desc);
@@ -448,17 +556,20 @@ export class StateTracker {
       add: (v: unknown) => {
         const value = this.#storable(v);
         if (!s.has(value)) {
+          this.#cow?.beforeWhole(s);
           s.add(value);
-          this.#noteWhole(s);
-          if (this.#counted(s)) this.#registry.adopt(value, s, value);
+          this.#dirtyOf(s).whole = true;
+          this.#counting(s, () => this.#registry.adopt(value, s, value));
         }
         return proxy();
       },
       delete: (v: unknown) => {
         const value = untracked(v);
-        if (!s.delete(value)) return false;
-        this.#noteWhole(s);
-        if (this.#counted(s)) this.#registry.release(value, s, value);
+        if (!s.has(value)) return false;
+        this.#cow?.beforeWhole(s);
+        s.delete(value);
+        this.#dirtyOf(s).whole = true;
+        this.#counting(s, () => this.#registry.release(value, s, value));
         return true;
       },
       clear: () => this.#clear(s),
@@ -523,41 +634,36 @@ export class StateTracker {
     const d = this.#dirtyOf(t);
     d.keys.add(k);
     if (had && !now) (d.removed ??= new Set()).add(k);
-    if (this.#counted(t)) {
-      if (now) this.#registry.adopt((t as Record<string, unknown>)[k], t, k);
+    const value = now ? (t as Record<string, unknown>)[k] : undefined;
+    this.#counting(t, () => {
+      if (now) this.#registry.adopt(value, t, k);
       if (had) this.#registry.release(old, t, k);
-    }
-    this.#markUp(t);
+    });
   }
 
   #noteItem(a: unknown[], i: number, replaced: boolean, old: unknown, value: unknown): void {
     const d = this.#dirtyOf(a);
     if (replaced) d.keys.add(i);
     else d.whole = true;
-    if (this.#counted(a)) {
+    this.#counting(a, () => {
       this.#registry.adopt(value, a, i);
       if (replaced) this.#registry.release(old, a, i);
-    }
-    this.#markUp(a);
+    });
   }
 
   #noteHole(a: unknown[], i: number, old: unknown): void {
     this.#dirtyOf(a).whole = true;
-    if (this.#counted(a)) this.#registry.release(old, a, i);
-    this.#markUp(a);
+    this.#counting(a, () => this.#registry.release(old, a, i));
   }
 
   #noteArrayResize(a: unknown[], dropped: unknown[], firstDropped: number): void {
     this.#dirtyOf(a).whole = true;
-    if (this.#counted(a)) {
-      dropped.forEach((item, j) => this.#registry.release(item, a, firstDropped + j));
-    }
-    this.#markUp(a);
+    this.#counting(a, () => dropped.forEach((item, j) => this.#registry.release(item, a, firstDropped + j)));
   }
 
   #noteWhole(c: object): void {
     this.#dirtyOf(c).whole = true;
-    this.#markUp(c);
+    this.#counting(c, () => undefined);
   }
 
   /** Before a Map first changes since the last checkpoint: index its entries as the tree has them. */
@@ -571,6 +677,7 @@ export class StateTracker {
   }
 
   #mapSet(m: Map<unknown, unknown>, k: unknown, v: unknown): void {
+    this.#cow?.beforeSet(m, k);
     this.#indexMap(m);
     const had = m.has(k);
     const old = had ? m.get(k) : undefined;
@@ -583,16 +690,16 @@ export class StateTracker {
       d.appended.add(k);
       if (isObject(k)) d.whole = true;
     }
-    if (this.#counted(m)) {
+    this.#counting(m, () => {
       if (!had && isObject(k)) this.#registry.adopt(k, m, MAP_KEY);
       this.#registry.adopt(v, m, k);
       if (had) this.#registry.release(old, m, k);
-    }
-    this.#markUp(m);
+    });
   }
 
   #mapDelete(m: Map<unknown, unknown>, k: unknown): boolean {
     if (!m.has(k)) return false;
+    this.#cow?.beforeDelete(m, k);
     this.#indexMap(m);
     const old = m.get(k);
     m.delete(k);
@@ -600,27 +707,25 @@ export class StateTracker {
     d.keys.add(k);
     (d.removed ??= new Set()).add(k);
     d.appended?.delete(k);
-    if (this.#counted(m)) {
+    this.#counting(m, () => {
       this.#registry.release(old, m, k);
       if (isObject(k)) this.#registry.release(k, m, MAP_KEY);
-    }
-    this.#markUp(m);
+    });
     return true;
   }
 
   #clear(c: Map<unknown, unknown> | Set<unknown>): void {
     if (c.size === 0) return;
-    if (this.#counted(c)) {
-      const all = [...c.entries()];
-      c.clear();
+    this.#cow?.beforeWhole(c);
+    const all = this.#counted(c) || this.#replay !== undefined ? [...c.entries()] : [];
+    c.clear();
+    this.#dirtyOf(c).whole = true;
+    this.#counting(c, () => {
       for (const [k, v] of all) {
         if (c instanceof Map && isObject(k)) this.#registry.release(k, c, MAP_KEY);
         this.#registry.release(v, c, k);
       }
-    } else {
-      c.clear();
-    }
-    this.#noteWhole(c);
+    });
   }
 
   /** Marks every container above `c` as leading to a change, up to the root or a marked one. */

@@ -42,50 +42,53 @@ export interface TreeSlice {
   readonly holes: readonly Hole[];
 }
 
-/** Node weight of a string: long strings count as several nodes (copying them costs too). */
+/** Node weight of a string: one more per 128 characters (copying them costs too: a slice of 1 KiB strings is about 2 MB). */
 function weightOf(node: TreeNode): number {
-  return typeof node === 'string' ? 1 + (node.length >>> 12) : 1;
+  return typeof node === 'string' ? 1 + (node.length >>> 7) : 1;
 }
 
 /**
- * Subtree weights of every container in `tree`, iteratively (trees may be deep). Only
- * containers get an entry.
+ * The weight of `node` (1 per container, `weightOf` per leaf, summed over the subtree), counted
+ * no further than just past `cap`: deciding "more than a slice" costs at most a slice. Iterative
+ * (trees may be deep).
  */
-function weigh(tree: TreeNode): Map<object, number> {
-  const weights = new Map<object, number>();
-  if (typeof tree !== 'object' || tree === null) return weights;
-  // Post-order: a container is pushed twice, once to enter, once to sum its children.
-  const stack: [object, boolean][] = [[tree, false]];
+function weightUpTo(node: TreeNode, cap: number): number {
+  if (typeof node !== 'object' || node === null) return weightOf(node);
+  let w = 0;
+  const stack: object[] = [node];
   while (stack.length > 0) {
-    const [node, done] = stack.pop()!;
-    const children: TreeNode[] = Array.isArray(node) ? node : Object.values(node as TreeObject);
-    if (done) {
-      let w = 1;
-      for (const c of children) w += typeof c === 'object' && c !== null ? weights.get(c)! : weightOf(c);
-      weights.set(node, w);
-      continue;
+    const n = stack.pop()!;
+    w++;
+    if (Array.isArray(n)) {
+      for (const c of n as TreeNode[]) {
+        if (typeof c === 'object' && c !== null) stack.push(c);
+        else w += weightOf(c);
+      }
+    } else {
+      for (const k in n) {
+        const c = (n as TreeObject)[k]!;
+        if (typeof c === 'object' && c !== null) stack.push(c);
+        else w += weightOf(c);
+      }
     }
-    stack.push([node, true]);
-    for (const c of children) if (typeof c === 'object' && c !== null) stack.push([c, false]);
+    if (w > cap) return w;
   }
-  return weights;
+  return w;
 }
 
 /**
- * The slices of `tree`, in the order the receiver must take them. Changes `tree` (cut-out
- * containers are replaced by `null` in their parents): hand over a tree that is thrown away
- * afterwards.
+ * The slices of `tree`, in the order the receiver must take them. Lazy, and each step costs
+ * about one slice: a main thread can send a tree it built this way, a slice per event-loop turn.
+ * `tree` is not changed (cut-out places are `null` in the slices' own copies of their parents),
+ * but must not change while the slices are taken.
  */
 export function* sliceTree(tree: TreeNode, maxNodes = DEFAULT_SLICE_NODES): Generator<TreeSlice> {
-  const weights = weigh(tree);
-  const weight = (n: TreeNode): number =>
-    typeof n === 'object' && n !== null ? weights.get(n)! : weightOf(n);
   const shells: object[] = [];
   // A container within the budget holds nothing over it (weights add up): only containers over
   // the budget are cut out, and each is cut out whole.
   // The root slice.
   const rootHoles: Hole[] = [];
-  if (weight(tree) > maxNodes && typeof tree === 'object' && tree !== null) {
+  if (typeof tree === 'object' && tree !== null && weightUpTo(tree, maxNodes) > maxNodes) {
     rootHoles.push({ path: [], id: 0, kind: Array.isArray(tree) ? 'a' : 'o' });
     shells.push(tree);
     yield { payload: null, holes: rootHoles };
@@ -95,17 +98,18 @@ export function* sliceTree(tree: TreeNode, maxNodes = DEFAULT_SLICE_NODES): Gene
   // Then the items of every cut-out container, in the order they were cut.
   for (let id = 0; id < shells.length; id++) {
     const shell = shells[id]!;
-    const items: TreeNode[] = Array.isArray(shell)
-      ? shell
-      : Object.keys(shell).map((k) => [k, (shell as TreeObject)[k]!]);
+    const isArray = Array.isArray(shell);
+    const keys = isArray ? undefined : Object.keys(shell);
+    const count = isArray ? (shell as TreeNode[]).length : keys!.length;
     let batch: TreeNode[] = [];
     let holes: Hole[] = [];
     let budget = 0;
-    for (const item of items) {
+    for (let i = 0; i < count; i++) {
       // An object's items are [key, value] pairs made here: weigh the value.
-      const value = Array.isArray(shell) ? item : (item as [string, TreeNode])[1];
-      const cut = typeof value === 'object' && value !== null && weight(value) > maxNodes;
-      const w = cut ? 2 : Array.isArray(shell) ? weight(item) : 2 + weight(value);
+      const value = isArray ? (shell as TreeNode[])[i]! : (shell as TreeObject)[keys![i]!]!;
+      const wv = weightUpTo(value, maxNodes);
+      const cut = typeof value === 'object' && value !== null && wv > maxNodes;
+      const w = cut ? 2 : isArray ? wv : 2 + wv;
       if (batch.length > 0 && budget + w > maxNodes) {
         yield { shell: id, payload: batch, holes };
         batch = [];
@@ -113,17 +117,15 @@ export function* sliceTree(tree: TreeNode, maxNodes = DEFAULT_SLICE_NODES): Gene
         budget = 0;
       }
       const at = batch.length;
-      batch.push(item);
+      batch.push(isArray ? (cut ? null : value) : [keys![i]!, cut ? null : value]);
       budget += w;
       if (cut) {
         const kind = Array.isArray(value) ? 'a' : 'o';
-        holes.push({ path: Array.isArray(shell) ? [at] : [at, 1], id: shells.length, kind });
-        shells.push(value);
-        if (Array.isArray(shell)) batch[at] = null;
-        else (item as [string, TreeNode])[1] = null;
+        holes.push({ path: isArray ? [at] : [at, 1], id: shells.length, kind });
+        shells.push(value as object);
       }
     }
-    if (batch.length > 0 || items.length === 0) yield { shell: id, payload: batch, holes };
+    if (batch.length > 0 || count === 0) yield { shell: id, payload: batch, holes };
   }
 }
 

@@ -402,6 +402,10 @@ class Frame {
   value: unknown = undefined;
   /** Map walks: the current entry's [key, value] node (being written, or being read). */
   pair: TreeNode[] | undefined = undefined;
+  /** Sliced walks: the object this frame encodes (`src` may be a copy of it, see `WalkViews`). */
+  orig: object | undefined = undefined;
+  /** Sliced walks of a large Map: told every key, in order (see `WalkViews.enterMap`). */
+  sink: ((key: unknown) => void) | undefined = undefined;
 
   set(fill: Fill, src: unknown, out: unknown, keys: string[] | undefined, end: number, start: number): void {
     this.fill = fill;
@@ -416,6 +420,8 @@ class Frame {
     this.key = undefined;
     this.value = undefined;
     this.pair = undefined;
+    this.orig = undefined;
+    this.sink = undefined;
   }
 
   /** The path segment of the child being visited (`.name`, `[3]`, `<Map key "x">`). */
@@ -467,6 +473,11 @@ class FrameStack {
     return this.frames[this.depth - 1] as Frame;
   }
 
+  /** The open frame at `i` (0 = the root's). */
+  at(i: number): Frame {
+    return this.frames[i] as Frame;
+  }
+
   /** The path from the root to the child being visited at the top. */
   path(): string {
     let path = ROOT;
@@ -491,6 +502,9 @@ class Encoder {
   private readonly openErrors = new Set<TreeNode>();
   private readonly stack = new FrameStack();
   private nextId = 1;
+  /** Children left before `step` yields (sliced walks; see `advance`). */
+  private ticks = Infinity;
+  private root: TreeNode = null;
 
   /**
    * @param hostObject an object node:v8 refused as a host object; reported where it is met.
@@ -502,6 +516,8 @@ class Encoder {
     private readonly maxDepth = Infinity,
     /** How many containers hold the value walked (incremental paths walk a part of the state). */
     private readonly above = 0,
+    /** Sliced walks of a live state: what each container looked like when the walk began. */
+    private readonly views?: WalkViews,
   ) {}
 
   /** Whether the walk gave some object an id: the value shares an object or has a cycle. */
@@ -516,25 +532,100 @@ class Encoder {
 
   /** Encodes a whole value; a failure comes out as a WalkFault carrying the path. */
   run(value: unknown): TreeNode {
+    this.begin(value);
+    this.advance(Infinity);
+    return this.root;
+  }
+
+  /** Starts a walk of `value` (nothing visited yet but the root). */
+  begin(value: unknown): void {
+    this.guard(() => {
+      this.root = this.enter(value);
+    });
+  }
+
+  /**
+   * Visits children until the walk is done (true: the tree is `result`) or `performance.now()`
+   * passes `deadline` (false: call again). Checks the clock every 256 children.
+   */
+  advance(deadline: number, minChildren = 0): boolean {
+    const stack = this.stack;
+    this.guard(() => {
+      for (let visited = 0; ; visited += 256) {
+        this.ticks = deadline === Infinity ? Infinity : 256;
+        while (stack.depth > 0 && this.ticks > 0) {
+          if (!this.step(stack.top())) this.close();
+        }
+        if (stack.depth === 0 || (visited >= minChildren && performance.now() >= deadline)) return;
+      }
+    });
+    if (stack.depth > 0) return false;
+    // Inserting the markers only now lets arrays be filled by index while they are encoded.
+    for (const [node, id] of this.arrayIds) node.unshift({ [TREE_TAG]: TreeTag.ArrayId, id });
+    this.arrayIds.clear();
+    return true;
+  }
+
+  /** The tree, once `advance` said the walk is done. */
+  get result(): TreeNode {
+    return this.root;
+  }
+
+  /** Pops the top frame (it is complete). */
+  private close(): void {
+    const stack = this.stack;
+    stack.top().sink = undefined;
+    stack.depth--;
+  }
+
+  /** Runs a part of the walk; a failure comes out as a WalkFault carrying the path. */
+  private guard(fn: () => void): void {
     const stack = this.stack;
     try {
-      const root = this.enter(value);
-      while (stack.depth > 0) {
-        if (!this.step(stack.top())) stack.depth--;
-      }
-      // Inserting the markers only now lets arrays be filled by index while they are encoded.
-      for (const [node, id] of this.arrayIds) node.unshift({ [TREE_TAG]: TreeTag.ArrayId, id });
-      return root;
+      fn();
     } catch (e) {
-      if (e instanceof DepthFault) {
-        const where =
-          this.above > 0 ? `a value ${this.above} levels down, at its ${stack.path()}` : stack.path();
-        throw new DepthFault(e.maxDepth, where);
+      try {
+        if (e instanceof DepthFault) {
+          const where =
+            this.above > 0 ? `a value ${this.above} levels down, at its ${stack.path()}` : stack.path();
+          throw new DepthFault(e.maxDepth, where);
+        }
+        const fault = toFault(e, describeThrownWhileReading);
+        throw new WalkFault(stack.path(), fault);
+      } finally {
+        stack.clear();
       }
-      const fault = toFault(e, describeThrownWhileReading);
-      throw new WalkFault(stack.path(), fault);
-    } finally {
-      stack.clear();
+    }
+    if (stack.depth === 0) stack.clear();
+  }
+
+  /** Whether the walk met `o` and is done with everything in it. */
+  finished(o: object): boolean {
+    return this.seen.has(o) && !this.isOpen(o);
+  }
+
+  private isOpen(o: object): boolean {
+    const stack = this.stack;
+    for (let i = 0; i < stack.depth; i++) if (stack.at(i).orig === o) return true;
+    return false;
+  }
+
+  /**
+   * `o`, being walked, is about to change: go on reading `copy` (its shallow copy from before
+   * the change) instead. Maps switch by themselves (see `mapEntries`).
+   */
+  rebase(o: object, copy: object): void {
+    const stack = this.stack;
+    for (let i = 0; i < stack.depth; i++) {
+      const f = stack.at(i);
+      if (f.orig !== o) continue;
+      if (f.fill === Fill.Set) {
+        const it = (copy as Set<unknown>).values();
+        for (let j = 0; j < f.next; j++) it.next();
+        f.iterator = it;
+      } else if (f.fill !== Fill.Map) {
+        f.src = copy;
+      }
     }
   }
 
@@ -550,20 +641,22 @@ class Encoder {
         const src = f.src as Record<string, unknown>;
         const out = f.out as TreeObject;
         const keys = f.keys as string[];
+        const views = f.orig === src ? this.views : undefined;
         while (f.next < f.end) {
           const key = keys[f.next++] as string;
-          out[escapeKey(key)] = this.enter(src[key]);
-          if (stack.depth !== depth) return true;
+          out[escapeKey(key)] = this.enter(views === undefined ? src[key] : this.read(views, src, key));
+          if (stack.depth !== depth || --this.ticks <= 0) return true;
         }
         return false;
       }
       case Fill.Array: {
         const src = f.src as unknown[];
         const out = f.out as TreeNode[];
+        const views = f.orig === src ? this.views : undefined;
         while (f.next < f.end) {
           const i = f.next++;
-          out[i] = this.enter(src[i]);
-          if (stack.depth !== depth) return true;
+          out[i] = this.enter(views === undefined ? src[i] : this.read(views, src, i));
+          if (stack.depth !== depth || --this.ticks <= 0) return true;
         }
         return false;
       }
@@ -574,7 +667,7 @@ class Encoder {
         while (f.next < f.end) {
           const i = Number(keys[f.next++]);
           out.push([i, this.enter(src[i])]);
-          if (stack.depth !== depth) return true;
+          if (stack.depth !== depth || --this.ticks <= 0) return true;
         }
         return false;
       }
@@ -586,11 +679,12 @@ class Encoder {
             // The key is done (a frame for it may just have closed); now the value.
             f.onKey = false;
             (f.pair as TreeNode[])[1] = this.enter(f.value);
-            if (stack.depth !== depth) return true;
+            if (stack.depth !== depth || --this.ticks <= 0) return true;
           }
           const entry = iterator.next();
           if (entry.done === true) return false;
           f.next++;
+          f.sink?.(entry.value[0]);
           f.key = entry.value[0];
           f.value = entry.value[1];
           f.onKey = true;
@@ -609,7 +703,7 @@ class Encoder {
           if (item.done === true) return false;
           f.next++;
           out.push(this.enter(item.value));
-          if (stack.depth !== depth) return true;
+          if (stack.depth !== depth || --this.ticks <= 0) return true;
         }
       }
       default: {
@@ -623,6 +717,33 @@ class Encoder {
         this.openErrors.delete(f.out as TreeNode);
         return false;
       }
+    }
+  }
+
+  /** Item `key` of `o` (read in place) as it was when the walk began. */
+  private read(views: WalkViews, o: object, key: string | number): unknown {
+    const was = views.was(o, key);
+    return was === UNCHANGED ? (o as Record<string | number, unknown>)[key] : was;
+  }
+
+  /** A Map's entries as they were when the walk began (sliced walks). */
+  private *mapEntries(m: Map<unknown, unknown>, views: WalkViews): Generator<[unknown, unknown]> {
+    let done = 0;
+    const live = m.entries();
+    for (;;) {
+      const src = views.source(m);
+      if (src !== m) {
+        // Copied since: go on in the copy, past the entries already given.
+        let i = 0;
+        for (const e of (src as Map<unknown, unknown>).entries()) if (i++ >= done) yield e;
+        return;
+      }
+      const n = live.next();
+      if (n.done === true) return;
+      const was = views.was(m, n.value[0]);
+      if (was === ADDED) continue;
+      done++;
+      yield was === UNCHANGED ? n.value : [n.value[0], was];
     }
   }
 
@@ -672,6 +793,7 @@ class Encoder {
         'is a Proxy; proxies cannot be part of a checkpoint image: store the target object instead',
       );
     }
+    if (this.views !== undefined) return this.viewed(o, this.views);
     if (Array.isArray(o)) return this.array(o);
     const tag = objectToString.call(o);
     if (tag === '[object Object]') {
@@ -683,6 +805,37 @@ class Encoder {
       return this.plain(o);
     }
     return this.special(o);
+  }
+
+  /**
+   * `object` in a sliced walk: containers are read as they were when the walk began (their
+   * copy, or in place through `views.was`), and their frames remember the object itself.
+   */
+  private viewed(o: object, views: WalkViews): TreeNode {
+    const src = views.source(o);
+    const depth = this.stack.depth;
+    let node: TreeNode;
+    if (Array.isArray(src)) {
+      node = this.array(src, o);
+    } else if (objectToString.call(src) === '[object Object]') {
+      const proto: unknown = Object.getPrototypeOf(src);
+      if (proto !== Object.prototype && proto !== null) {
+        const refused = hostRefusal(src);
+        if (refused !== undefined) throw new PathFault(refused);
+      }
+      node = this.plain(src, o);
+    } else if (types.isMap(src)) {
+      const m = src as Map<unknown, unknown>;
+      node = this.collection(o, TreeTag.Map, Fill.Map, src === o ? this.mapEntries(m, views) : m.entries());
+      if (views.enterMap !== undefined)
+        this.stack.top().sink = views.enterMap(o as Map<unknown, unknown>, m.size);
+    } else if (types.isSet(src)) {
+      node = this.collection(o, TreeTag.Set, Fill.Set, (src as Set<unknown>).values());
+    } else {
+      return this.special(o);
+    }
+    if (this.stack.depth !== depth) this.stack.top().orig = o;
+    return node;
   }
 
   /** Gives the node of an object met twice an id, in place, and returns it. */
@@ -729,34 +882,39 @@ class Encoder {
     if (this.stack.depth + this.above >= this.maxDepth) throw new DepthFault(this.maxDepth, '');
   }
 
-  private plain(o: object): TreeObject {
+  /** `o` read from `src` (itself, or its copy in a sliced walk). */
+  private plain(src: object, o: object = src): TreeObject {
     this.nest();
     const out: TreeObject = {};
     this.seen.set(o, out);
-    const keys = Object.keys(o);
-    if (keys.length > 0) this.stack.push(Fill.Plain, o, out, keys, keys.length);
+    let keys = Object.keys(src);
+    // Read in place in a sliced walk: keys added since the walk began are not part of it.
+    const views = this.views;
+    if (views !== undefined && src === o && views.overlaid(o))
+      keys = keys.filter((k) => views.was(o, k) !== ADDED);
+    if (keys.length > 0) this.stack.push(Fill.Plain, src, out, keys, keys.length);
     return out;
   }
 
-  private array(a: unknown[]): TreeNode {
+  private array(a: unknown[], o: object = a): TreeNode {
     this.nest();
     const length = a.length;
     for (let i = 0; i < length; i++) {
-      if (a[i] === undefined && !hasOwn(a, i)) return this.sparse(a);
+      if (a[i] === undefined && !hasOwn(a, i)) return this.sparse(a, o);
     }
     // An exactly sized copy, overwritten in place: growing an array by push costs several
     // times more (over-allocated backing stores, all of them retained). slice() would build a
     // subclass instance for an Array subclass, hence the check.
     const out = (a.constructor === Array ? a.slice() : new Array<TreeNode>(length)) as TreeNode[];
-    this.seen.set(a, out);
+    this.seen.set(o, out);
     if (length > 0) this.stack.push(Fill.Array, a, out, undefined, length);
     return out;
   }
 
-  private sparse(a: unknown[]): TreeObject {
+  private sparse(a: unknown[], o: object = a): TreeObject {
     const entries: TreeNode[] = [];
     const node: TreeObject = { [TREE_TAG]: TreeTag.Sparse, l: a.length, e: entries };
-    this.seen.set(a, node);
+    this.seen.set(o, node);
     // Extra named properties are not carried.
     const indices = Object.keys(a).filter(isArrayIndex);
     if (indices.length > 0) this.stack.push(Fill.Sparse, a, entries, indices, indices.length);
@@ -999,6 +1157,78 @@ export function toTreeIndexed(value: unknown, maxDepth = Infinity, above = 0): I
   const encoder = new Encoder(undefined, maxDepth, above);
   const tree = runEncoder(encoder, value);
   return { tree, shared: encoder.shared, objects: encoder.objects() };
+}
+
+/** `WalkViews.was`: the item did not change since the walk began. */
+export const UNCHANGED: unique symbol = Symbol('unchanged');
+/** `WalkViews.was`: the item was not there when the walk began (it was added since). */
+export const ADDED: unique symbol = Symbol('added');
+
+/**
+ * What a sliced walk of a live state reads instead of the containers as they are now: the app
+ * goes on changing its state between two slices, and the walk must see the state as it was when
+ * it began (copy-on-write, kept by the caller: src/image/cow.ts).
+ */
+export interface WalkViews {
+  /** A shallow copy of container `o` from when the walk began, or `o` itself (read in place). */
+  source(o: object): object;
+  /** For `o` read in place: what item `key` was when the walk began (`UNCHANGED`, `ADDED`, or the value). */
+  was(o: object, key: unknown): unknown;
+  /** Whether some item of `o` changed since the walk began (then `was` is asked per item). */
+  overlaid(o: object): boolean;
+  /** Called as the walk enters a Map of `size` entries; the sink it returns is told every key in order. */
+  enterMap?(m: Map<unknown, unknown>, size: number): ((key: unknown) => void) | undefined;
+}
+
+/**
+ * A walk of a value into its typed tree, done a slice at a time (`toTreeIndexed` in pieces):
+ * the caller gives the event loop a turn between slices. `views` keeps the walk on the state as
+ * it was at `begin` while the app changes it.
+ */
+export class SlicedTreeWalk {
+  readonly #encoder: Encoder;
+  #done = false;
+
+  constructor(value: unknown, maxDepth: number, views: WalkViews) {
+    this.#encoder = new Encoder(undefined, maxDepth, 0, views);
+    this.#wrap(() => this.#encoder.begin(value));
+  }
+
+  /**
+   * Walks until done (true) or `performance.now()` passes `deadline` (false), but not before
+   * about `minChildren` children were visited. Throws as `toTree` does.
+   */
+  advance(deadline: number, minChildren = 0): boolean {
+    if (!this.#done) this.#done = this.#wrap(() => this.#encoder.advance(deadline, minChildren));
+    return this.#done;
+  }
+
+  /** Whether the walk met `o` and is done with everything in it (changes to it no longer matter). */
+  finished(o: object): boolean {
+    return this.#done || this.#encoder.finished(o);
+  }
+
+  /** `o`, possibly being walked now, will be read from `copy` from now on. */
+  rebase(o: object, copy: object): void {
+    if (!this.#done) this.#encoder.rebase(o, copy);
+  }
+
+  /** The result, once `advance` returned true. */
+  get result(): IndexedTree {
+    return { tree: this.#encoder.result, shared: this.#encoder.shared, objects: this.#encoder.objects() };
+  }
+
+  #wrap<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (e instanceof DepthFault) throw depthLimitError(e.maxDepth, e.path);
+      if (!(e instanceof WalkFault)) throw e;
+      throw new SerializationError(e.path, `${shortPath(e.path)} ${e.fault.reason}`, {
+        cause: e.fault.cause,
+      });
+    }
+  }
 }
 
 /** Encodes a key of a plain object as the typed tree stores it (see the module comment). */

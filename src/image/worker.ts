@@ -20,9 +20,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { ImageError, LimitError } from '../errors.js';
-import type { ImageRecord } from '../protocol/records.js';
+import { IMAGE_HEADER_BYTES, type ImageRecord } from '../protocol/records.js';
+import type { PackedPayload } from './compression.js';
 import type { KeyframeJob, WorkerReply } from './keyframe-decode.js';
-import { TreeAssembler } from './tree-transfer.js';
+import type { EncodeJob, EncodeReply } from './keyframe-serialize.js';
+import { TreeAssembler, type TreeSlice } from './tree-transfer.js';
 import type { TreeNode } from './typed-tree.js';
 
 /**
@@ -46,11 +48,29 @@ interface Pending {
   readonly reject: (err: Error) => void;
 }
 
+/** A keyframe being encoded in the worker (keyframe-serialize.ts). */
+interface PendingEncode {
+  readonly assembler?: undefined;
+  readonly resolve: (packed: PackedKeyframe) => void;
+  readonly reject: (err: Error) => void;
+}
+
+/** A keyframe's payload, and its whole image record body (`payload` is a view into it). */
+export interface PackedKeyframe extends PackedPayload {
+  readonly body: Buffer;
+}
+
+/** A keyframe's tree on its way to the worker: `send` its slices in order; `packed` is the payload. */
+export interface KeyframeUpload {
+  send(slice: TreeSlice, last: boolean, stateVersion?: number): void;
+  readonly packed: Promise<PackedKeyframe>;
+}
+
 /** Decodes keyframes in a worker thread. */
 export class ImageWorker {
   #worker: Worker | undefined;
   #nextId = 1;
-  readonly #pending = new Map<number, Pending>();
+  readonly #pending = new Map<number, Pending | PendingEncode>();
   readonly #sliceNodes: number | undefined;
   #closed = false;
 
@@ -88,6 +108,33 @@ export class ImageWorker {
     });
   }
 
+  /**
+   * Encodes a keyframe from its typed tree in the worker: the caller sends the tree's slices
+   * (`sliceTree`), the last one with `last`; `packed` resolves with the payload (compressed when it
+   * pays, its memory transferred from the worker) or rejects with an `ImageError`.
+   */
+  encodeKeyframe(): KeyframeUpload {
+    if (this.#closed) {
+      const packed = Promise.reject<PackedKeyframe>(new ImageError('the image worker was closed'));
+      packed.catch(() => undefined);
+      return { send: () => undefined, packed };
+    }
+    const worker = this.#start();
+    const id = this.#nextId++;
+    const packed = new Promise<PackedKeyframe>((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      if (this.#pending.size === 1) worker.ref();
+    });
+    return {
+      send: (slice, last, stateVersion) => {
+        if (this.#pending.has(id) && this.#worker === worker) {
+          worker.postMessage({ id, op: 'encode', slice, last, stateVersion } satisfies EncodeJob);
+        }
+      },
+      packed,
+    };
+  }
+
   /** Ends the worker thread; jobs in progress reject. */
   async close(): Promise<void> {
     this.#closed = true;
@@ -115,7 +162,7 @@ export class ImageWorker {
     return w;
   }
 
-  #onReply(w: Worker, reply: WorkerReply): void {
+  #onReply(w: Worker, reply: WorkerReply | EncodeReply): void {
     const p = this.#pending.get(reply.id);
     if (p === undefined) return;
     if (reply.error !== undefined) {
@@ -123,16 +170,24 @@ export class ImageWorker {
       p.reject(rebuild(reply.error));
       return;
     }
+    if (p.assembler === undefined) {
+      const r = (reply as EncodeReply).packed!;
+      this.#done(w, reply.id);
+      const body = Buffer.from(r.body);
+      p.resolve({ codec: r.codec, rawLength: r.rawLength, payload: body.subarray(IMAGE_HEADER_BYTES), body });
+      return;
+    }
+    const sliced = reply as WorkerReply;
     try {
-      p.assembler.add(reply.slice!);
+      p.assembler.add(sliced.slice!);
     } catch (err) {
       this.#done(w, reply.id);
       p.reject(err as Error);
       return;
     }
-    if (reply.last === true) {
+    if (sliced.last === true) {
       this.#done(w, reply.id);
-      p.resolve(p.assembler.tree);
+      (p as Pending).resolve(p.assembler.tree);
       return;
     }
     // The next slice on a later turn of the event loop: timers and I/O run in between.
@@ -154,7 +209,7 @@ export class ImageWorker {
 }
 
 /** The worker's error as the main thread's `decodeKeyframeTree` would have thrown it. */
-function rebuild(e: NonNullable<WorkerReply['error']>): Error {
+function rebuild(e: NonNullable<WorkerReply['error']> & { limit?: string; limitMessage?: string }): Error {
   if (!e.image) return new ImageError(`the image worker failed: ${e.message}`);
   if (e.limit === undefined) return new ImageError(e.message);
   const cause = new LimitError(e.limit, '');

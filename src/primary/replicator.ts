@@ -381,10 +381,13 @@ export class Replicator {
       // and goes out when ready (the standby waits for every frame a seal names).
       const imageHeader = { kind: FrameKind.Image, epoch, seq: this.#seq++, checkpoint: n } as const;
       const record = image.record;
+      // An off-thread keyframe comes with its record body made in the worker (no copy here).
       this.#send(
-        record instanceof Promise
-          ? record.then((r) => ({ ...imageHeader, body: encodeImage(r) }))
-          : { ...imageHeader, body: encodeImage(record) },
+        image.body !== undefined
+          ? image.body.then((body) => ({ ...imageHeader, body }))
+          : record instanceof Promise
+            ? record.then((r) => ({ ...imageHeader, body: encodeImage(r) }))
+            : { ...imageHeader, body: encodeImage(record) },
       );
       this.#send({ kind: FrameKind.Seal, epoch, seq: this.#seq++, checkpoint: n, body: encodeSeal(counts) });
       this.#open = n + 1;

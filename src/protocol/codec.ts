@@ -27,7 +27,17 @@ import {
   type Shard,
 } from '../fec/shard.js';
 import type { EnvelopeCodec } from './envelope.js';
-import { PartAssembler, decodePart, encodeFrame, type Frame, type FramePart } from './frame.js';
+import {
+  PartAssembler,
+  decodePart,
+  encodeFramePart,
+  frameLayout,
+  type Frame,
+  type FramePart,
+} from './frame.js';
+
+/** A large frame's parts are encoded this many ms at a time (see `encode`). */
+const ENCODE_SLICE_MS = 5;
 import { messageId } from './subjects.js';
 
 /** Which part of which frame a message carries: the frame's (epoch, seq) and the part index. */
@@ -143,9 +153,17 @@ export class FrameCodec {
    */
   async encode(frame: Frame): Promise<EncodedPart[]> {
     const { app, envelope, fec, relays, pool } = this.#o;
-    const parts = encodeFrame(app, frame, this.partBytes);
+    const layout = frameLayout(app, frame, this.partBytes);
     const out: EncodedPart[] = [];
-    for (const [i, part] of parts.entries()) {
+    let turn = performance.now();
+    for (let i = 0; i < layout.parts; i++) {
+      // A large frame (a keyframe of a large state: tens of MB to copy and checksum) gives the
+      // event loop a turn every few ms, so lease renewal does not starve (issue 14).
+      if (i > 0 && performance.now() - turn > ENCODE_SLICE_MS) {
+        await new Promise((r) => setImmediate(r));
+        turn = performance.now();
+      }
+      const part = encodeFramePart(layout, frame, i);
       const key: PartKey = { epoch: frame.epoch, seq: frame.seq, part: i };
       if (fec) {
         const pooled = pool ? await encodeShardsPooled(app, key, part, fec, pool) : undefined;

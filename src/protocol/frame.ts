@@ -137,6 +137,22 @@ export interface FramePart extends FrameHeader {
  * server's max payload). Throws if the app name is invalid or the frame needs too many parts.
  */
 export function encodeFrame(app: string, frame: Frame, maxPartBytes: number): Buffer[] {
+  const layout = frameLayout(app, frame, maxPartBytes);
+  const out: Buffer[] = [];
+  for (let i = 0; i < layout.parts; i++) out.push(encodeFramePart(layout, frame, i));
+  return out;
+}
+
+/** How `frame` is cut into parts of at most `maxPartBytes` (see `encodeFrame`). */
+export interface FrameLayout {
+  readonly appBytes: Buffer;
+  readonly overhead: number;
+  readonly room: number;
+  readonly parts: number;
+}
+
+/** The layout of `frame`'s parts; throws as `encodeFrame` does. */
+export function frameLayout(app: string, frame: Frame, maxPartBytes: number): FrameLayout {
   const appBytes = Buffer.from(app, 'ascii');
   const overhead = HEADER_BYTES + appBytes.length + TRAILER_BYTES;
   const room = maxPartBytes - overhead;
@@ -147,30 +163,35 @@ export function encodeFrame(app: string, frame: Frame, maxPartBytes: number): Bu
       `frame of ${frame.body.byteLength} bytes needs ${parts} parts; at most ${MAX_PARTS}`,
     );
   }
-  const out: Buffer[] = [];
-  for (let i = 0; i < parts; i++) {
-    const slice = frame.body.subarray(i * room, Math.min(frame.body.byteLength, (i + 1) * room));
-    const buf = Buffer.allocUnsafe(overhead + slice.byteLength);
-    buf[0] = MAGIC0;
-    buf[1] = MAGIC1;
-    buf[2] = WRITE_VERSION;
-    buf[3] = frame.kind;
-    buf.writeUInt16BE(0, 4);
-    buf[6] = appBytes.length;
-    buf[7] = 0;
-    buf.writeUInt32BE(frame.epoch, 8);
-    buf.writeBigUInt64BE(BigInt(frame.seq), 12);
-    buf.writeUInt32BE(frame.checkpoint, 20);
-    buf.writeUInt16BE(i, 24);
-    buf.writeUInt16BE(parts, 26);
-    buf.writeUInt32BE(slice.byteLength, 28);
-    appBytes.copy(buf, HEADER_BYTES);
-    buf.set(slice, HEADER_BYTES + appBytes.length);
-    const end = HEADER_BYTES + appBytes.length + slice.byteLength;
-    buf.writeUInt32BE(crc32(buf.subarray(0, end)), end);
-    out.push(buf);
-  }
-  return out;
+  return { appBytes, overhead, room, parts };
+}
+
+/**
+ * Part `i` of `frame`, encoded (a copy of its slice of the body, with header and CRC-32). One
+ * part at a time lets a caller give the event loop a turn between parts of a large frame.
+ */
+export function encodeFramePart(layout: FrameLayout, frame: Frame, i: number): Buffer {
+  const { appBytes, overhead, room, parts } = layout;
+  const slice = frame.body.subarray(i * room, Math.min(frame.body.byteLength, (i + 1) * room));
+  const buf = Buffer.allocUnsafe(overhead + slice.byteLength);
+  buf[0] = MAGIC0;
+  buf[1] = MAGIC1;
+  buf[2] = WRITE_VERSION;
+  buf[3] = frame.kind;
+  buf.writeUInt16BE(0, 4);
+  buf[6] = appBytes.length;
+  buf[7] = 0;
+  buf.writeUInt32BE(frame.epoch, 8);
+  buf.writeBigUInt64BE(BigInt(frame.seq), 12);
+  buf.writeUInt32BE(frame.checkpoint, 20);
+  buf.writeUInt16BE(i, 24);
+  buf.writeUInt16BE(parts, 26);
+  buf.writeUInt32BE(slice.byteLength, 28);
+  appBytes.copy(buf, HEADER_BYTES);
+  buf.set(slice, HEADER_BYTES + appBytes.length);
+  const end = HEADER_BYTES + appBytes.length + slice.byteLength;
+  buf.writeUInt32BE(crc32(buf.subarray(0, end)), end);
+  return buf;
 }
 
 /**

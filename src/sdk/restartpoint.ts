@@ -481,6 +481,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
       rpt.checkpoint = pos.checkpoint;
       const encoder = new ImageEncoder({
         maxDepth: o.limits.maxDepth,
+        maxImageBytes: o.limits.maxImageBytes,
+        maxFrameBytes: o.limits.maxFrameBytes,
         keyframeEvery: o.keyframeEvery,
         maxChainShare: o.maxChainShare,
         stateVersion: o.stateVersion,

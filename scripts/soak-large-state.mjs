@@ -1,0 +1,207 @@
+#!/usr/bin/env node
+/**
+ * Soak test of a large state (issue 14): a primary with a ~100 MB tracked state and a hot
+ * standby, for a bounded time, on loopback only.
+ *
+ *   npm run soak:large                                  # 10 minutes, 100 MB (builds dist/ first)
+ *   node --expose-gc scripts/soak-large-state.mjs --minutes 3 --state-mb 50 [--json]
+ *
+ * One process hosts both nodes (distinct node ids, memory stores) on the local nats-server
+ * (127.0.0.1:4222, or RESTARTPOINT_TEST_NATS). The state is `{ n, records }`, `records` a Map of
+ * records of ~1 KiB (`--state-mb` MB of them), tracked with `rp.track`. Every step changes two
+ * records through the proxy, writes one key to the store and awaits a checkpoint (a small
+ * tracked delta; every `keyframeEvery`-th checkpoint, 32 by default, is a whole keyframe of the
+ * state, taken off the event loop), then waits `--step-ms`.
+ *
+ * Every 10 s it samples heap used (after a full GC when run with --expose-gc), RSS, and the
+ * worst event-loop delay since the last sample (`monitorEventLoopDelay`). The verdict: the heap
+ * is flat when the median of the last third of the samples is within 20 % of the median of the
+ * first third (the first sample is left out), no node was demoted (a lease renewal missed: the
+ * primary's event loop starved), and every checkpoint was acknowledged. Exit code 0 then, 1
+ * otherwise.
+ */
+import { randomBytes } from 'node:crypto';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { Restartpoint } from '../dist/src/index.js';
+import { memoryAdapter } from '../dist/adapters/memory/index.js';
+
+const { values: args } = parseArgs({
+  options: {
+    minutes: { type: 'string', default: '10' },
+    'state-mb': { type: 'string', default: '100' },
+    'step-ms': { type: 'string', default: '20' },
+    'sample-s': { type: 'string', default: '10' },
+    'lease-ms': { type: 'string', default: '2000' },
+    json: { type: 'boolean', default: false },
+  },
+});
+const minutes = Number(args.minutes);
+const stateMb = Number(args['state-mb']);
+const stepMs = Number(args['step-ms']);
+const sampleMs = Number(args['sample-s']) * 1000;
+if (!(minutes > 0) || !(stateMb > 0) || !(stepMs >= 0) || !(sampleMs > 0)) {
+  console.error(
+    'usage: soak-large-state.mjs [--minutes N] [--state-mb MB] [--step-ms MS] [--sample-s S] [--lease-ms MS] [--json]',
+  );
+  process.exit(2);
+}
+
+const NATS = process.env.RESTARTPOINT_TEST_NATS ?? 'nats://127.0.0.1:4222';
+const app = `soak-large-${randomBytes(4).toString('hex')}`;
+const log = (...a) => {
+  if (!args.json) console.log(...a);
+};
+
+/** Records of about 1 KiB each (v8 bytes), `stateMb` MB of them. */
+const RECORD_BYTES = 1024;
+const count = Math.round((stateMb * 1e6) / RECORD_BYTES);
+function record(i, v) {
+  return { id: i, balance: v, at: Date.now(), note: `${i}:${v}:`.padEnd(RECORD_BYTES - 64, 'x') };
+}
+function initialState() {
+  const records = new Map();
+  for (let i = 0; i < count; i++) records.set(`r${i}`, record(i, 0));
+  return { n: 0, records };
+}
+
+const errors = [];
+const stats = { steps: 0, keyframes: 0, keyframeMsMax: 0, demotions: 0 };
+let primary;
+
+function startNode(nodeId) {
+  return Restartpoint.start({
+    app,
+    nodeId,
+    nats: { servers: NATS },
+    storage: memoryAdapter(),
+    leaseTtlMs: Number(args['lease-ms']),
+    initialState,
+    log: (e) => {
+      if (e.level === 'error') errors.push(`${nodeId}: ${e.msg}`);
+    },
+  }).then((rp) => {
+    rp.on('demoted', (err) => {
+      stats.demotions++;
+      errors.push(`${nodeId} demoted: ${err.message}`);
+    });
+    return rp;
+  });
+}
+
+const delay = monitorEventLoopDelay({ resolution: 10 });
+const samples = [];
+function sample(t0) {
+  if (typeof globalThis.gc === 'function') globalThis.gc();
+  const m = process.memoryUsage();
+  const row = {
+    t: Math.round((performance.now() - t0) / 1000),
+    heapMB: m.heapUsed / 2 ** 20,
+    rssMB: m.rss / 2 ** 20,
+    loopMaxMs: delay.max / 1e6,
+    steps: stats.steps,
+    checkpoint: primary?.lastCheckpoint?.checkpoint ?? 0,
+    keyframes: stats.keyframes,
+  };
+  delay.reset();
+  samples.push(row);
+  log(
+    `${String(row.t).padStart(5)}  ${row.heapMB.toFixed(0).padStart(7)}  ${row.rssMB.toFixed(0).padStart(7)}  ${row.loopMaxMs.toFixed(0).padStart(8)}  ${String(row.steps).padStart(6)}  ${String(row.keyframes).padStart(4)}`,
+  );
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+async function main() {
+  log(
+    `soak:large: app ${app} on ${NATS}, ${minutes} min, ${count} records (~${stateMb} MB), step every ${stepMs} ms`,
+  );
+  primary = await startNode('large-a');
+  const standby = startNode('large-b');
+  const state = primary.track(primary.state);
+  // Let the standby join before the clock starts.
+  await sleep(1000);
+  delay.enable();
+  const t0 = performance.now();
+  const end = t0 + minutes * 60_000;
+  log('    s   heapMB    rssMB  loopMax  steps  keyf');
+  sample(t0);
+  const sampler = setInterval(() => sample(t0), sampleMs);
+  let i = 0;
+  while (performance.now() < end && stats.demotions === 0) {
+    for (let j = 0; j < 2; j++) {
+      const k = (i * 7919 + j * 104729) % count;
+      state.records.set(`r${k}`, record(k, i));
+    }
+    state.n = ++i;
+    const put = primary.store.put(`k${i % 1000}`, `${i}`);
+    const t = performance.now();
+    try {
+      await put;
+      await primary.checkpoint(state);
+    } catch (err) {
+      errors.push(`step ${i}: ${err.message}`);
+      break;
+    }
+    stats.steps++;
+    if (primary.lastCheckpoint?.keyframe) {
+      stats.keyframes++;
+      stats.keyframeMsMax = Math.max(stats.keyframeMsMax, performance.now() - t);
+    }
+    if (stepMs > 0) await sleep(stepMs);
+  }
+  clearInterval(sampler);
+  sample(t0);
+  await primary.close().catch(() => undefined);
+
+  const xs = samples.slice(1).map((s) => s.heapMB);
+  const third = Math.max(1, Math.floor(xs.length / 3));
+  const first = median(xs.slice(0, third));
+  const last = median(xs.slice(-third));
+  const growth = (last - first) / first;
+  const ok = growth <= 0.2 && stats.demotions === 0 && errors.length === 0;
+  const verdict = {
+    ok,
+    minutes,
+    stateMb,
+    records: count,
+    steps: stats.steps,
+    keyframes: stats.keyframes,
+    keyframeMsMax: Math.round(stats.keyframeMsMax),
+    demotions: stats.demotions,
+    loopMaxMs: Math.round(Math.max(...samples.map((s) => s.loopMaxMs))),
+    heapMB: {
+      firstThirdMedian: +first.toFixed(1),
+      lastThirdMedian: +last.toFixed(1),
+      growthPct: +(growth * 100).toFixed(1),
+      flat: growth <= 0.2,
+    },
+    gc: typeof globalThis.gc === 'function',
+    errors,
+    samples: args.json ? samples : undefined,
+  };
+  if (args.json) console.log(JSON.stringify(verdict));
+  else {
+    log(
+      `\nheap used: first-third median ${verdict.heapMB.firstThirdMedian} MB, last-third median ${verdict.heapMB.lastThirdMedian} MB (${verdict.heapMB.growthPct} %) → ${verdict.heapMB.flat ? 'flat' : 'GROWING'}`,
+    );
+    log(
+      `steps ${stats.steps}, keyframes ${stats.keyframes} (slowest ${verdict.keyframeMsMax} ms), worst event-loop delay ${verdict.loopMaxMs} ms, demotions ${stats.demotions}`,
+    );
+    if (!verdict.gc) log('note: run with node --expose-gc for heap figures after a full GC');
+    if (errors.length) log(`errors:\n  ${errors.join('\n  ')}`);
+    log(`verdict: ${ok ? 'OK — heap flat, no demotion' : 'FAIL'}`);
+  }
+  void standby;
+  process.exit(ok ? 0 : 1);
+}
+
+main().catch((err) => {
+  console.error('soak:large failed:', err);
+  process.exit(1);
+});
