@@ -222,7 +222,7 @@ async function catchUpStep<S>(o: TakeoverOptions<S>): Promise<void> {
   // Only relays whose connection is up: one that is down is not waited for at all.
   const up = standby.connectedRelays;
   if (up > o.readQuorum) await boundedCatchUp(standby, up, Math.min(500, o.leaseTtlMs / 2));
-  await standby.applier.relax();
+  await standby.relax();
   let stuck = standby.intake.stuck();
   if (stuck) {
     o.log({ level: 'warn', msg: 'missing frames after catch-up, reading every relay', reason: stuck });

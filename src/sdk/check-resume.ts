@@ -215,7 +215,7 @@ export async function resumeInSandbox<S>(
     await standby.start();
     await Promise.race([standby.catchUp(relays.readQuorum), standby.failed()]);
     // What a takeover would resume from: every complete sealed checkpoint.
-    await standby.applier.relax();
+    await standby.relax();
     const stuck = standby.intake.stuck();
     await standby.stop();
     position = standby.applier.position;

@@ -252,6 +252,16 @@ export class StandbyRunner {
     return run;
   }
 
+  /**
+   * The applier's `relax()` (commit every complete sealed checkpoint), between two messages: the
+   * message path commits too, and two commits interleaved would both apply the next image (the
+   * second finds the chain ahead of the store: "delta for checkpoint n applies to image n-1, but
+   * this standby holds image n").
+   */
+  relax(): Promise<void> {
+    return this.exclusive(() => this.#intake.applier.relax());
+  }
+
   /** Stops pacing: from now on frames apply as fast as they arrive (a takeover catching up). */
   unpace(): void {
     this.#paced = false;
