@@ -624,7 +624,11 @@ export class StandbyRunner {
     try {
       const before = this.#intake.applier.position.checkpoint;
       await this.#intake.take(relay, m.streamSeq, m.data);
-      if (this.#intake.applier.position.checkpoint !== before) this.#committedSeq[relay] = m.streamSeq;
+      const pos = this.#intake.applier.position;
+      // Batched: the take of a later message (maybe one read past a purged gap) can commit what
+      // earlier ones staged, so the committed checkpoint's seal seq bounds it (the purge
+      // watchdog asks whether a relay's first message is past what this standby committed from).
+      if (pos.checkpoint !== before) this.#committedSeq[relay] = Math.min(m.streamSeq, pos.streamSeq);
       this.#applied[relay] = m.streamSeq;
       this.#appliedAt[relay] = m.timestampMs;
       // The queue ran dry: what waited for a batch is committed now, in slices, with the event

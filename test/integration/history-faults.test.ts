@@ -33,7 +33,7 @@ import { baseFrames } from '../../src/history/base.js';
 import { closeLink, ensureStream, openLeaseBucket, openLink } from '../../src/transport/connection.js';
 import { liveNodes, nodeOptions } from '../helpers/live.js';
 import { NATS_URL } from '../helpers/nats.js';
-import { startStandby } from '../helpers/standby.js';
+import { watchStandby } from '../helpers/standby.js';
 
 interface S {
   n: number;
@@ -111,39 +111,17 @@ async function publisher(nc: Parameters<typeof jetstream>[0], app: string) {
   return { codec, js, names, send, fence, checkpoint, messageId, lease, close };
 }
 
+/** A standby whose events can be awaited (20 s at most); `stop` also closes its store. */
 function node(o: StartOptions<S>) {
-  const events: LogEvent[] = [];
-  const waiters: { pred: (e: LogEvent) => boolean; resolve: (e: LogEvent) => void }[] = [];
-  const ac = new AbortController();
-  const s = startStandby<S>({
-    ...o,
-    signal: ac.signal,
-    log: (e) => {
-      events.push(e);
-      for (let i = waiters.length - 1; i >= 0; i--)
-        if (waiters[i]!.pred(e)) waiters.splice(i, 1)[0]!.resolve(e);
-    },
-  });
+  const w = watchStandby<S>(o);
   return {
-    events,
-    primary: s.primary,
+    events: w.events,
+    primary: w.primary,
     stop: async () => {
-      ac.abort();
-      await s.primary.catch(() => undefined);
+      await w.stop();
       await o.storage.close();
     },
-    waitFor: (pred: (e: LogEvent) => boolean): Promise<LogEvent> => {
-      const hit = events.find(pred);
-      if (hit) return Promise.resolve(hit);
-      return new Promise((resolve, reject) => {
-        waiters.push({ pred, resolve });
-        setTimeout(
-          () =>
-            reject(new Error(`not seen in 20 s; events: ${events.map((e) => JSON.stringify(e)).join('\n')}`)),
-          20_000,
-        ).unref();
-      });
-    },
+    waitFor: (pred: (e: LogEvent) => boolean): Promise<LogEvent> => w.waitFor(pred, 20_000),
   };
 }
 

@@ -21,7 +21,7 @@ import { runCompact } from '../../src/cli/commands/compact.js';
 import { appNames } from '../../src/protocol/subjects.js';
 import { liveNodes, nodeOptions } from '../helpers/live.js';
 import { NATS_URL } from '../helpers/nats.js';
-import { startStandby } from '../helpers/standby.js';
+import { watchStandby, type WatchedStandby } from '../helpers/standby.js';
 
 interface S {
   n: number;
@@ -83,33 +83,7 @@ function child(options: Record<string, unknown>, env: Record<string, string> = {
 }
 
 /** An in-process standby whose log events can be awaited. */
-function standby(o: StartOptions<S>) {
-  const events: LogEvent[] = [];
-  const waiters: { pred: (e: LogEvent) => boolean; resolve: (e: LogEvent) => void }[] = [];
-  const ac = new AbortController();
-  const s = startStandby<S>({
-    ...o,
-    signal: ac.signal,
-    log: (e) => {
-      events.push(e);
-      for (let i = waiters.length - 1; i >= 0; i--)
-        if (waiters[i]!.pred(e)) waiters.splice(i, 1)[0]!.resolve(e);
-    },
-  });
-  return {
-    events,
-    standing: s.standing,
-    primary: s.primary,
-    waitFor: (pred: (e: LogEvent) => boolean): Promise<LogEvent> => {
-      const hit = events.find(pred);
-      return hit ? Promise.resolve(hit) : new Promise((resolve) => waiters.push({ pred, resolve }));
-    },
-    stop: async () => {
-      ac.abort();
-      await s.primary.catch(() => undefined);
-    },
-  };
-}
+const standby = (o: StartOptions<S>): WatchedStandby<S> => watchStandby<S>(o);
 
 const applied = (cp: number) => (e: Ev | LogEvent) => e.msg === 'checkpoint applied' && e.checkpoint === cp;
 

@@ -7,46 +7,21 @@
  */
 import { describe, expect, it } from 'vitest';
 import { memoryAdapter } from '../../adapters/memory/index.js';
-import type { LogEvent, StartOptions } from '../../src/index.js';
+import type { StartOptions } from '../../src/index.js';
 import { runCompact } from '../../src/cli/commands/compact.js';
 import { statusNodes } from '../../src/cli/commands/status-read.js';
 import { openLeaseBucket } from '../../src/transport/inspect.js';
 import { readPresence } from '../../src/transport/presence.js';
 import { liveNodes, nodeOptions } from '../helpers/live.js';
 import { NATS_URL } from '../helpers/nats.js';
-import { startStandby } from '../helpers/standby.js';
+import { watchStandby, type WatchedStandby } from '../helpers/standby.js';
 
 interface S {
   n: number;
 }
 
-/** A standby node whose log events can be awaited. */
-function standby(o: StartOptions<S>) {
-  const events: LogEvent[] = [];
-  const waiters: { pred: (e: LogEvent) => boolean; resolve: (e: LogEvent) => void }[] = [];
-  const ac = new AbortController();
-  const s = startStandby<S>({
-    ...o,
-    signal: ac.signal,
-    log: (e) => {
-      events.push(e);
-      for (let i = waiters.length - 1; i >= 0; i--)
-        if (waiters[i]!.pred(e)) waiters.splice(i, 1)[0]!.resolve(e);
-    },
-  });
-  return {
-    events,
-    standing: s.standing,
-    waitFor: (pred: (e: LogEvent) => boolean): Promise<LogEvent> => {
-      const hit = events.find(pred);
-      return hit ? Promise.resolve(hit) : new Promise((resolve) => waiters.push({ pred, resolve }));
-    },
-    stop: async () => {
-      ac.abort();
-      await s.primary.catch(() => undefined);
-    },
-  };
-}
+/** An in-process standby whose log events can be awaited. */
+const standby = (o: StartOptions<S>): WatchedStandby<S> => watchStandby<S>(o);
 
 describe('base triggers and builders', () => {
   const live = liveNodes();
