@@ -60,10 +60,29 @@ export interface CrashOptions {
   readonly keys?: number;
   /** Bytes per value (default 1024). */
   readonly valueBytes?: number;
-  /** Kills at random delays after the calibration run in the commit test (default 8). */
+  /**
+   * Kills at random delays after the calibration run in the commit test (default 2 in
+   * `npm test`, or `RESTARTPOINT_TEST_CRASH_KILLS`: `npm run test:crash` runs 12).
+   */
   readonly kills?: number;
-  /** The same in the snapshot test (default 6: 3 over the whole run, 3 aimed at the forming). */
+  /** The same in the snapshot test (half over the whole run, half aimed at the forming). */
   readonly snapshotKills?: number;
+}
+
+/**
+ * `RESTARTPOINT_TEST_CRASH_KILLS`: random kills per test. `npm test` keeps to a few per run (every
+ * run lands them at new instants); the long loop is `npm run test:crash`.
+ */
+function crashKillsFromEnv(): number | undefined {
+  const raw = process.env.RESTARTPOINT_TEST_CRASH_KILLS;
+  if (raw === undefined || raw === '') return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 1000) {
+    throw new Error(
+      `RESTARTPOINT_TEST_CRASH_KILLS must be a whole number from 1 to 1000, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return n;
 }
 
 /** What the child does: one `commit`, or area writes and a `formSnapshot`. */
@@ -85,8 +104,8 @@ export function testCrashDuringCommit(
 ): void {
   const keys = opts.keys ?? 10_000;
   const valueBytes = opts.valueBytes ?? 1024;
-  const kills = opts.kills ?? 8;
-  const snapshotKills = opts.snapshotKills ?? 6;
+  const kills = opts.kills ?? crashKillsFromEnv() ?? 2;
+  const snapshotKills = opts.snapshotKills ?? crashKillsFromEnv() ?? 2;
 
   describe(`storage adapter ${name}: SIGKILL during commit and formSnapshot`, () => {
     // Ten child processes each, every one opening, committing 10 000 keys and being checked:

@@ -38,12 +38,6 @@ describe('drill (real nats-server, real processes, SIGKILL)', () => {
     expect(epochs).toEqual([...epochs].sort((x, y) => x - y));
   }, 120_000);
 
-  it('works with the memory store', async () => {
-    const report = await runDrill({ kills: 1, store: 'memory', seed: 3, nats: NATS_URL, leaseTtlMs: 800 });
-    expect(report.violations).toEqual([]);
-    expect(report.ok).toBe(true);
-  }, 60_000);
-
   it('relay-loss: three relays, quorum policy, a relay SIGKILLed before each primary kill', async () => {
     const report = await runDrill({
       kills: 2,
