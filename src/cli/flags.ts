@@ -6,6 +6,7 @@
 import { InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import { loadConfig, type SidecarConfig } from '../config/load.js';
 import { ConfigError, UsageError } from '../errors.js';
+import { parseClusterKey, parseKeyMaterial, type ClusterKeys } from '../protocol/envelope.js';
 import { APP_NAME_PATTERN } from '../protocol/subjects.js';
 import { splitServers } from '../transport/inspect.js';
 
@@ -57,6 +58,26 @@ export function loadConfigFlag(path: string): SidecarConfig {
         err.message,
         'fix the config file (docs/config.md lists every field and its default)',
       );
+    }
+    throw err;
+  }
+}
+
+/**
+ * The cluster key of a signed stream for a reading command: `--key` (key id 0) first, else the
+ * config file's `clusterKey`; `undefined` when neither is given. A bad key is a usage error.
+ */
+export function clusterKeysFlag(
+  key: string | undefined,
+  config: SidecarConfig | undefined,
+): ClusterKeys | undefined {
+  try {
+    if (key !== undefined) return { keys: new Map([[0, parseKeyMaterial(key, '--key')]]), current: 0 };
+    if (config?.clusterKey !== undefined) return parseClusterKey(config.clusterKey);
+    return undefined;
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      throw new UsageError(err.message, 'give the cluster key as 64 hex digits or base64 of 32+ bytes');
     }
     throw err;
   }

@@ -129,6 +129,13 @@ describe('restartpoint status: nodes, switchover, relays', () => {
       await writePresence(kv, recB());
     };
     await fresh();
+    // And they keep beating while the CLI runs, as running nodes do: on a loaded machine one CLI
+    // run can take longer than the stale threshold.
+    let beating = Promise.resolve();
+    const beat = setInterval(() => {
+      beating = fresh().catch(() => undefined);
+    }, 1_000);
+    beat.unref();
     await writePresence(
       kv,
       rec({
@@ -208,6 +215,8 @@ describe('restartpoint status: nodes, switchover, relays', () => {
     ]);
 
     // Without the leader's record, lag is measured against the newest seal in the stream.
+    clearInterval(beat);
+    await beating;
     await deletePresence(kv, 'a');
     await writePresence(kv, recB());
     const noLeader = await statusJson('--app', app);

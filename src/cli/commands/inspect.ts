@@ -7,14 +7,16 @@
  * inspect-read.ts, formatted in inspect-format.ts.
  */
 import { Command } from 'commander';
-import { ConfigError, UsageError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
+import { EnvelopeCodec, type ClusterKeys } from '../../protocol/envelope.js';
 import {
-  EnvelopeCodec,
-  parseClusterKey,
-  parseKeyMaterial,
-  type ClusterKeys,
-} from '../../protocol/envelope.js';
-import { checkAppName, checkServers, intFlag, loadConfigFlag, repeatFlag } from '../flags.js';
+  checkAppName,
+  checkServers,
+  clusterKeysFlag,
+  intFlag,
+  loadConfigFlag,
+  repeatFlag,
+} from '../flags.js';
 import { DEFAULT_INSPECT_LIMIT, readInspect, type InspectTarget } from './inspect-read.js';
 import { formatInspect } from './inspect-format.js';
 
@@ -69,16 +71,7 @@ function resolveTargets(o: InspectFlags): { targets: InspectTarget[]; keys?: Clu
   } else {
     targets = [{ servers: ['nats://127.0.0.1:4222'] }];
   }
-  let keys: ClusterKeys | undefined;
-  try {
-    if (o.key !== undefined) keys = { keys: new Map([[0, parseKeyMaterial(o.key, '--key')]]), current: 0 };
-    else if (config?.clusterKey !== undefined) keys = parseClusterKey(config.clusterKey);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      throw new UsageError(err.message, 'give the cluster key as 64 hex digits or base64 of 32+ bytes');
-    }
-    throw err;
-  }
+  const keys = clusterKeysFlag(o.key, config);
   return { targets, keys };
 }
 

@@ -5,14 +5,9 @@
  * status-format.ts.
  */
 import { Command } from 'commander';
-import { ConfigError, UsageError } from '../../errors.js';
-import {
-  EnvelopeCodec,
-  parseClusterKey,
-  parseKeyMaterial,
-  type ClusterKeys,
-} from '../../protocol/envelope.js';
-import { checkAppName, checkServers, loadConfigFlag, repeatFlag } from '../flags.js';
+import { UsageError } from '../../errors.js';
+import { EnvelopeCodec, type ClusterKeys } from '../../protocol/envelope.js';
+import { checkAppName, checkServers, clusterKeysFlag, loadConfigFlag, repeatFlag } from '../flags.js';
 import { readStatus } from './status-read.js';
 import { formatStatus } from './status-format.js';
 
@@ -52,16 +47,7 @@ function keyAndRelays(o: StatusFlags): { keys?: ClusterKeys; relays: string[] } 
       Array.isArray(r.servers) ? r.servers.join('|') : r.servers,
     );
   }
-  let keys: ClusterKeys | undefined;
-  try {
-    if (o.key !== undefined) keys = { keys: new Map([[0, parseKeyMaterial(o.key, '--key')]]), current: 0 };
-    else if (config?.clusterKey !== undefined) keys = parseClusterKey(config.clusterKey);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      throw new UsageError(err.message, 'give the cluster key as 64 hex digits or base64 of 32+ bytes');
-    }
-    throw err;
-  }
+  const keys = clusterKeysFlag(o.key, config);
   return { keys, relays };
 }
 
