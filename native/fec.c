@@ -15,15 +15,16 @@
  * - computes parity packets as XORs (AVX2 when the CPU has it), fused per super-chunk with the
  *   copy of the data slices into their shard messages and the CRC-32 of every slice while it is
  *   in cache;
- * - rebuilds missing data shards with the inverse of the k·w × k·w 0/1 matrix of the present
- *   packets, inverted by ISA-L's gf_invert_matrix (over GF(2^8), a 0/1 matrix invertible over
- *   GF(2) has the same, 0/1, inverse), and the last missing shard by XOR with parity row 0
- *   (all ones) when it is present;
- * - checksums with ISA-L's crc32_gzip_refl (PCLMULQDQ), which equals zlib's crc32.
+ * - rebuilds missing data shards with the inverse, over GF(2), of the k·w × k·w 0/1 matrix of
+ *   the present packets (invert_gf2), and the last missing shard by XOR with parity row 0 (all
+ *   ones) when it is present, as the library does;
+ * - checksums with ISA-L's crc32_gzip_refl (PCLMULQDQ folding), which equals zlib's crc32.
  *
- * Why not ec_encode_data: with 0/1 coefficients it computes the same XORs through GF(2^8)
- * table lookups (two shuffles per source and target per 32 bytes), 5-10x the work of the XOR
- * schedule here; `bench` measured both (docs/fec.md).
+ * Why not ISA-L's ec_encode_data / gf_invert_matrix: they work over GF(2^8) bytes. The
+ * library's code can be fed to them only as a 0/1 matrix over packets, where ec_encode_data
+ * spends two table shuffles per source and target per 32 bytes on what is a plain XOR here, and
+ * gf_invert_matrix took ~140 ms for a 192 × 192 matrix (24+m) that invert_gf2 inverts in
+ * microseconds. docs/fec.md has the measurements.
  *
  * N-API only (node_api.h), no C++.
  */
@@ -32,7 +33,6 @@
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <isa-l/crc.h>
-#include <isa-l/erasure_code.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -69,11 +69,11 @@ static napi_value throw_range(napi_env env, const char* message) {
 /*
  * ISA-L is loaded with dlopen(RTLD_DEEPBIND), not linked: the node binary exports a `gf_mul` of
  * its own (OpenSSL's curve448), and with ordinary linking libisal's internal calls to its
- * `gf_mul` (gf_invert_matrix, ec_init_tables) resolve to node's and crash. DEEPBIND makes the
- * library bind its own symbols first.
+ * `gf_mul` (gf_invert_matrix, ec_init_tables) resolved to node's and crashed (seen here).
+ * DEEPBIND makes the library bind its own symbols first, and a missing libisal.so.2 is a clear
+ * error at load (the JS side then falls back) instead of a failed dlopen of the addon.
  */
 static uint32_t (*isal_crc32_gzip_refl)(uint32_t, const unsigned char*, uint64_t);
-static int (*isal_gf_invert_matrix)(unsigned char*, unsigned char*, const int);
 static const char* isal_error = NULL;
 
 static int load_isal(void) {
@@ -83,9 +83,8 @@ static int load_isal(void) {
     return 0;
   }
   *(void**)&isal_crc32_gzip_refl = dlsym(lib, "crc32_gzip_refl");
-  *(void**)&isal_gf_invert_matrix = dlsym(lib, "gf_invert_matrix");
-  if (!isal_crc32_gzip_refl || !isal_gf_invert_matrix) {
-    isal_error = "libisal.so.2 lacks crc32_gzip_refl or gf_invert_matrix";
+  if (!isal_crc32_gzip_refl) {
+    isal_error = "libisal.so.2 lacks crc32_gzip_refl";
     return 0;
   }
   return 1;
@@ -184,6 +183,45 @@ static uint32_t x8nmodp(uint64_t n) {
 }
 static uint32_t crc32_combine_op(uint32_t crc1, uint32_t crc2, uint32_t op) {
   return multmodp(op, crc1) ^ crc2;
+}
+
+/* ---------------------------------------------------------------- GF(2) matrices */
+
+#define WORDS (MAX_PACKETS / 64)
+static void set_bit(uint64_t* row, int col) { row[col >> 6] |= 1ull << (col & 63); }
+static int get_bit(const uint64_t* row, int col) { return (int)((row[col >> 6] >> (col & 63)) & 1); }
+
+/*
+ * Inverts the n × n matrix `a` over GF(2) (Gauss-Jordan on 64-bit words; `a` is destroyed).
+ * Returns 0 when it is singular. A 0/1 matrix's inverse over GF(2) is also its inverse over
+ * GF(2^8): the same answer ISA-L's gf_invert_matrix gives, about a thousand times faster for the
+ * 192 × 192 matrices of 24+m codes (gf_invert_matrix took ~140 ms each here).
+ */
+static int invert_gf2(uint64_t a[][WORDS], uint64_t inv[][WORDS], int n) {
+  for (int r = 0; r < n; r++) set_bit(inv[r], r);
+  for (int c = 0; c < n; c++) {
+    int p = c;
+    while (p < n && !get_bit(a[p], c)) p++;
+    if (p == n) return 0;
+    if (p != c) {
+      for (int w = 0; w < WORDS; w++) {
+        uint64_t t = a[p][w];
+        a[p][w] = a[c][w];
+        a[c][w] = t;
+        t = inv[p][w];
+        inv[p][w] = inv[c][w];
+        inv[c][w] = t;
+      }
+    }
+    for (int r = 0; r < n; r++) {
+      if (r == c || !get_bit(a[r], c)) continue;
+      for (int w = 0; w < WORDS; w++) {
+        a[r][w] ^= a[c][w];
+        inv[r][w] ^= inv[c][w];
+      }
+    }
+  }
+  return 1;
 }
 
 /* ---------------------------------------------------------------- schedules */
@@ -289,28 +327,23 @@ static napi_value plan(napi_env env, napi_callback_info info) {
     if (viaXor >= 0 && !useParity0) viaXor = -1; /* parity k present but not among the first k */
     int dense = nm - (viaXor >= 0 ? 1 : 0);
     if (dense > 0) {
-      unsigned char* a = calloc((size_t)kw * kw, 1);
-      unsigned char* inv = calloc((size_t)kw * kw, 1);
-      if (!a || !inv) {
-        free(a);
-        free(inv);
-        free(out);
-        return throw_range(env, "plan: out of memory");
-      }
+      /* Rows of the k·w packets of the chosen shards, as bit sets over the k·w data packets. */
+      uint64_t a[MAX_PACKETS][MAX_PACKETS / 64], inv[MAX_PACKETS][MAX_PACKETS / 64];
+      memset(a, 0, sizeof(a));
+      memset(inv, 0, sizeof(inv));
       for (int b = 0; b < k; b++) {
         for (int p = 0; p < w; p++) {
-          unsigned char* row = a + (size_t)(b * w + p) * kw;
+          const int row = b * w + p;
           if (src[b] < k) {
-            row[src[b] * w + p] = 1;
+            set_bit(a[row], src[b] * w + p);
           } else {
-            memcpy(row, c.bits + (size_t)((src[b] - k) * w + p) * kw, (size_t)kw);
+            const uint8_t* bits = c.bits + (size_t)((src[b] - k) * w + p) * kw;
+            for (int col = 0; col < kw; col++)
+              if (bits[col]) set_bit(a[row], col);
           }
         }
       }
-      int singular = isal_gf_invert_matrix(a, inv, kw);
-      free(a);
-      if (singular) {
-        free(inv);
+      if (!invert_gf2(a, inv, kw)) {
         free(out);
         return throw_range(env, "plan: the present shards' matrix is singular (not a valid code)");
       }
@@ -318,18 +351,13 @@ static napi_value plan(napi_env env, napi_callback_info info) {
         int i = missing[t];
         if (i == viaXor) continue;
         for (int p = 0; p < w; p++) {
-          const unsigned char* row = inv + (size_t)(i * w + p) * kw;
+          const uint64_t* row = inv[i * w + p];
           out[at++] = (int16_t)i;
           out[at++] = (int16_t)p;
           size_t nAt = at++;
           int cnt = 0;
           for (int col = 0; col < kw; col++) {
-            if (!row[col]) continue;
-            if (row[col] != 1) {
-              free(inv);
-              free(out);
-              return throw_range(env, "plan: inverse is not a 0/1 matrix");
-            }
+            if (!get_bit(row, col)) continue;
             out[at++] = (int16_t)src[col / w];
             out[at++] = (int16_t)(col % w);
             cnt++;
@@ -338,7 +366,6 @@ static napi_value plan(napi_env env, napi_callback_info info) {
           count++;
         }
       }
-      free(inv);
     }
     if (viaXor >= 0) {
       for (int p = 0; p < w; p++) {

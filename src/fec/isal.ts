@@ -65,13 +65,15 @@ function load(): { addon?: IsalAddon; reason?: string } {
   if (wanted === 'ronomon') return { reason: 'RESTARTPOINT_FEC_BACKEND=ronomon' };
   const require = createRequire(import.meta.url);
   let reason = '';
-  for (const path of [ADDON, ADDON_FROM_SRC]) {
+  // RESTARTPOINT_FEC_ADDON: another path to the addon (tests point it at a missing file).
+  const override = process.env['RESTARTPOINT_FEC_ADDON'];
+  for (const path of override ? [override] : [ADDON, ADDON_FROM_SRC]) {
     try {
       return { addon: require(path) as IsalAddon };
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'MODULE_NOT_FOUND') {
-        reason ||= 'the addon native/build/Release/restartpoint_fec.node is not built';
+        reason ||= `the addon ${override ?? 'native/build/Release/restartpoint_fec.node'} is not built`;
         continue;
       }
       reason = e.message;
