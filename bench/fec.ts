@@ -12,13 +12,21 @@
  *   with the first m data shards missing, so every rebuild runs the parity math; with a pool,
  *   the part released after each rebuild.
  *
+ * - `encode` and `rebuild` use the backend in use (`isal`, the addon of native/, unless it did
+ *   not load); `encode_ronomon` / `rebuild_ronomon` the same calls on `@ronomon/reed-solomon`
+ *   (the fallback), alternated with them in the same rounds (an in-process A/B).
+ * - `encode_loop_delay_max`: the worst event-loop delay (perf_hooks, 1 ms resolution) while the
+ *   encodes of the default backend ran: how long one encode blocks this thread at most.
+ *
  * Rates are part bytes per second (MB = 10^6 bytes), medians of `--repeat` runs.
  * Ratios: `fec.4p2.encode_over_memcpy` and `fec.4p2.rebuild_over_memcpy` at 16 MiB (goals:
- * ≥ 0.25 each, issue 16).
+ * ≥ 0.25 each, issue 16), and the same for the fallback (`..._ronomon_over_memcpy`).
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ShardAssembler } from '../src/fec/assembler.js';
 import { ReedSolomon } from '../src/fec/reed-solomon.js';
 import { crc32Implementation } from '../src/fec/crc.js';
+import { fecBackend, isal, useFecBackend, type FecBackend } from '../src/fec/isal.js';
 import { BufferPool } from '../src/fec/pool.js';
 import { encodeShards, encodeShardsPooled, stripeLayout } from '../src/fec/shard.js';
 import { median, type BenchRow, type Suite } from './harness.js';
@@ -78,6 +86,8 @@ export const fecSuite: Suite = {
   async run(ctx) {
     const rows: BenchRow[] = [];
     const ratios: Record<string, number> = {};
+    const backend: FecBackend = fecBackend();
+    const viaIsal = isal ? `ISA-L addon, ${isal.xor} XOR` : 'ronomon';
     for (const scheme of SCHEMES.filter((s) => ctx.wants(`fec.${s.tag}`))) {
       const { data: k, parity: m } = scheme;
       const codec = new ReedSolomon(k, m);
@@ -122,9 +132,19 @@ export const fecSuite: Suite = {
           | 'rebuild'
           | 'memcpyCpu'
           | 'encodeCpu'
-          | 'rebuildCpu',
+          | 'rebuildCpu'
+          | 'encodeRonomon'
+          | 'rebuildRonomon'
+          | 'encodeCpuRonomon'
+          | 'rebuildCpuRonomon'
+          | 'loopDelay',
           number[]
         > = {
+          encodeRonomon: [],
+          rebuildRonomon: [],
+          encodeCpuRonomon: [],
+          rebuildCpuRonomon: [],
+          loopDelay: [],
           memcpyCpu: [],
           encodeCpu: [],
           rebuildCpu: [],
@@ -142,28 +162,32 @@ export const fecSuite: Suite = {
             await rate(size.bytes, () => everyStripe((j) => codec.reconstruct(present, lost, at(j)))),
           );
           // The publisher's path: shards in a pooled buffer, released once "acked" (here at once).
-          runs.encode.push(
-            await rate(
-              size.bytes,
-              async () => (await encodeShardsPooled(APP, id, part, scheme, pool)).release(),
-              runs.encodeCpu,
-            ),
-          );
+          const encodeOp = async () => (await encodeShardsPooled(APP, id, part, scheme, pool)).release();
+          // The standby's path with a pool: the rebuilt part is handed back once used.
+          const rebuildOp = async () => {
+            const asm = new ShardAssembler({ app: APP, pool });
+            for (const s of survivors) {
+              const part = await asm.add(s);
+              if (part) asm.releasePart(part);
+            }
+          };
+          const delay = monitorEventLoopDelay({ resolution: 1 });
+          delay.enable();
+          runs.encode.push(await rate(size.bytes, encodeOp, runs.encodeCpu));
+          delay.disable();
+          runs.loopDelay.push(delay.max / 1e6);
           runs.encodeFresh.push(await rate(size.bytes, () => encodeShards(APP, id, part, scheme)));
-          runs.rebuild.push(
-            await rate(
-              size.bytes,
-              async () => {
-                // The standby's path with a pool: the rebuilt part is handed back once used.
-                const asm = new ShardAssembler({ app: APP, pool });
-                for (const s of survivors) {
-                  const part = await asm.add(s);
-                  if (part) asm.releasePart(part);
-                }
-              },
-              runs.rebuildCpu,
-            ),
-          );
+          runs.rebuild.push(await rate(size.bytes, rebuildOp, runs.rebuildCpu));
+          if (backend === 'isal') {
+            // The fallback, alternated with the default in every round.
+            useFecBackend('ronomon');
+            try {
+              runs.encodeRonomon.push(await rate(size.bytes, encodeOp, runs.encodeCpuRonomon));
+              runs.rebuildRonomon.push(await rate(size.bytes, rebuildOp, runs.rebuildCpuRonomon));
+            } finally {
+              useFecBackend('isal');
+            }
+          }
         }
         const memcpy = median(runs.memcpy);
         const codecEncode = median(runs.codecEncode);
@@ -182,7 +206,7 @@ export const fecSuite: Suite = {
             name: `${name}.encode`,
             value: encode,
             unit: 'MB/s',
-            note: `encodeShardsPooled: wire-ready shards, pooled buffers, CRC-32 ${crc32Implementation}`,
+            note: `encodeShardsPooled: wire-ready shards, pooled buffers, ${backend === 'isal' ? viaIsal : `ronomon, CRC-32 ${crc32Implementation}`}`,
           },
           {
             name: `${name}.encode_fresh`,
@@ -194,7 +218,13 @@ export const fecSuite: Suite = {
             name: `${name}.rebuild`,
             value: rebuild,
             unit: 'MB/s',
-            note: `ShardAssembler: ${k} of ${k + m} messages, ${m} data lost`,
+            note: `ShardAssembler: ${k} of ${k + m} messages, ${m} data lost, ${backend}`,
+          },
+          {
+            name: `${name}.encode_loop_delay_max`,
+            value: median(runs.loopDelay),
+            unit: 'ms',
+            note: 'worst event-loop delay during the encodes',
           },
           {
             name: `${name}.memcpy_cpu`,
@@ -217,10 +247,46 @@ export const fecSuite: Suite = {
           { name: `${name}.encode_over_memcpy`, value: encode / memcpy, unit: 'x' },
           { name: `${name}.rebuild_over_memcpy`, value: rebuild / memcpy, unit: 'x' },
         );
+        const encodeRonomon = median(runs.encodeRonomon);
+        const rebuildRonomon = median(runs.rebuildRonomon);
+        if (backend === 'isal') {
+          rows.push(
+            {
+              name: `${name}.encode_ronomon`,
+              value: encodeRonomon,
+              unit: 'MB/s',
+              note: 'the fallback, same rounds',
+            },
+            {
+              name: `${name}.rebuild_ronomon`,
+              value: rebuildRonomon,
+              unit: 'MB/s',
+              note: 'the fallback, same rounds',
+            },
+            {
+              name: `${name}.encode_cpu_ronomon`,
+              value: median(runs.encodeCpuRonomon),
+              unit: 'ms',
+              note: 'CPU time per encode, all threads',
+            },
+            {
+              name: `${name}.rebuild_cpu_ronomon`,
+              value: median(runs.rebuildCpuRonomon),
+              unit: 'ms',
+              note: 'CPU time per rebuild, all threads',
+            },
+            { name: `${name}.encode_ronomon_over_memcpy`, value: encodeRonomon / memcpy, unit: 'x' },
+            { name: `${name}.rebuild_ronomon_over_memcpy`, value: rebuildRonomon / memcpy, unit: 'x' },
+          );
+        }
         if (scheme.tag === '4p2' && size.tag === '16MiB') {
           ratios['fec.4p2.encode_over_memcpy'] = encode / memcpy;
           ratios['fec.4p2.rebuild_over_memcpy'] = rebuild / memcpy;
           ratios['fec.4p2.codec_encode_over_memcpy'] = codecEncode / memcpy;
+          if (backend === 'isal') {
+            ratios['fec.4p2.encode_ronomon_over_memcpy'] = encodeRonomon / memcpy;
+            ratios['fec.4p2.rebuild_ronomon_over_memcpy'] = rebuildRonomon / memcpy;
+          }
         }
       }
     }

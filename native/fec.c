@@ -12,7 +12,7 @@
  * takes that bit matrix from the library's own `create(k, m)` context (w, k, m, then the
  * m·w × k·w bits), so the coefficients are the library's by construction, and:
  *
- * - computes parity packets as XORs (AVX2 when the CPU has it), fused per super-chunk with the
+ * - computes parity packets as XORs (AVX2 when the CPU has it), fused block by block with the
  *   copy of the data slices into their shard messages and the CRC-32 of every slice while it is
  *   in cache;
  * - rebuilds missing data shards with the inverse, over GF(2), of the k·w × k·w 0/1 matrix of
@@ -43,7 +43,9 @@
 #define MAX_W 8
 #define MAX_PACKETS (MAX_K * MAX_W)
 /* Bytes of each packet handled per step of the XOR schedule: the sources stay in L1/L2. */
+#ifndef BLOCK
 #define BLOCK 2048
+#endif
 
 #define CHECK(call)                                                                                \
   do {                                                                                             \
@@ -389,25 +391,6 @@ static napi_value plan(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* Runs a schedule over one stripe: shard i's slice starts at base[i] (`size` bytes). */
-static void run_schedule(const int16_t* sched, uint8_t* const* base, int w, uint32_t size, uint32_t chunk) {
-  const int count = sched[0];
-  const uint8_t* srcs[MAX_PACKETS + 1];
-  for (uint32_t sc = 0; sc < size; sc += (uint32_t)w * chunk) {
-    for (uint32_t o = 0; o < chunk; o += BLOCK) {
-      const uint32_t len = chunk - o < BLOCK ? chunk - o : BLOCK;
-      const int16_t* t = sched + 1;
-      for (int d = 0; d < count; d++) {
-        uint8_t* dst = base[t[0]] + sc + (uint32_t)t[1] * chunk + o;
-        const int ns = t[2];
-        t += 3;
-        for (int s = 0; s < ns; s++, t += 2) srcs[s] = base[t[0]] + sc + (uint32_t)t[1] * chunk + o;
-        xor_kernel(dst, srcs, ns, len);
-      }
-    }
-  }
-}
-
 /* ---------------------------------------------------------------- encode */
 
 typedef struct {
@@ -421,6 +404,7 @@ typedef struct {
   uint32_t bodyAt, stripe, chunk, j0, j1;
   uint32_t* crcs; /* (k + m) × stripes, by shard then stripe */
   uint32_t stripes;
+  int row0Xor;
   /* async */
   napi_ref refs[4];
   int nrefs;
@@ -428,33 +412,78 @@ typedef struct {
   napi_async_work work;
 } encode_job;
 
-/* For each stripe of the range: copy and checksum the k data slices into their messages, compute
- * the parity slices from those copies (zero-padded already) and checksum them. */
+/* Whether parity row 0 of the code is all ones (the library refuses other matrices): then
+ * parity shard k is the XOR of the data shards, packet by packet, and its CRC follows from
+ * theirs. */
+static int row0_is_xor(const code_t* c) {
+  const int kw = c->k * c->w;
+  for (int a = 0; a < c->w; a++)
+    for (int col = 0; col < kw; col++)
+      if (c->bits[(size_t)a * kw + col] != (col % c->w == a)) return 0;
+  return 1;
+}
+
+/* crc32 of `len` zero bytes (seed 0). */
+static uint32_t crc32_zeros(uint64_t len) {
+  return len ? ~multmodp(x8nmodp(len), 0xffffffffu) : 0;
+}
+
+/*
+ * For each stripe of the range, super-chunk by super-chunk, in blocks of BLOCK bytes of every
+ * packet: copy the k·w data blocks into their messages (zero-padded past the part's end) and
+ * checksum each while it is in L1, compute the m·w parity blocks from those copies (still in
+ * L1) and checksum them. Checksums run per packet (each over its blocks in order) and are
+ * joined per shard with crc32_combine; parity shard k's come from the data packets' (XOR).
+ */
 static void encode_run(encode_job* j) {
-  const int k = j->k, m = j->m, n = k + m;
+  const int k = j->k, m = j->m, n = k + m, w = j->w;
+  const uint32_t chunk = j->chunk, super = (uint32_t)w * chunk;
   const uint64_t stripeBytes = (uint64_t)k * j->stripe;
+  const uint32_t op = x8nmodp(chunk), zeros = (k % 2 == 0) ? crc32_zeros(chunk) : 0;
+  const int16_t* sched = j->sched;
   uint8_t* base[MAX_K + MAX_M];
+  const uint8_t* srcs[MAX_PACKETS + 1];
   for (uint32_t s = j->j0; s < j->j1; s++) {
     for (int i = 0; i < n; i++) base[i] = j->slab + (uint64_t)i * j->msgLen + j->bodyAt + (uint64_t)s * j->stripe;
     const uint64_t start = s * stripeBytes;
-    const uint32_t super = (uint32_t)j->w * j->chunk;
     uint32_t crc[MAX_K + MAX_M] = {0};
     for (uint32_t sc = 0; sc < j->stripe; sc += super) {
-      for (int i = 0; i < k; i++) {
-        uint64_t from = start + (uint64_t)i * j->stripe + sc;
-        uint64_t have = from < j->partLength ? j->partLength - from : 0;
-        uint32_t copy = have < super ? (uint32_t)have : super;
-        if (copy) memcpy(base[i] + sc, j->part + from, copy);
-        if (copy < super) memset(base[i] + sc + copy, 0, super - copy);
-        crc[i] = crc32_update(crc[i], base[i] + sc, super);
+      uint32_t pk[MAX_K + MAX_M][MAX_W];
+      memset(pk, 0, sizeof(pk));
+      for (uint32_t o = 0; o < chunk; o += BLOCK) {
+        const uint32_t len = chunk - o < BLOCK ? chunk - o : BLOCK;
+        for (int b = 0; b < k; b++) {
+          for (int c = 0; c < w; c++) {
+            const uint32_t at = sc + (uint32_t)c * chunk + o;
+            uint8_t* dst = base[b] + at;
+            const uint64_t from = start + (uint64_t)b * j->stripe + at;
+            const uint64_t have = from < j->partLength ? j->partLength - from : 0;
+            const uint32_t copy = have < len ? (uint32_t)have : len;
+            if (copy) memcpy(dst, j->part + from, copy);
+            if (copy < len) memset(dst + copy, 0, len - copy);
+            pk[b][c] = crc32_update(pk[b][c], dst, len);
+          }
+        }
+        if (m == 0) continue;
+        const int16_t* t = sched + 1;
+        for (int d = 0; d < sched[0]; d++) {
+          const int shard = t[0], pkt = t[1], ns = t[2];
+          uint8_t* dst = base[shard] + sc + (uint32_t)pkt * chunk + o;
+          t += 3;
+          for (int q = 0; q < ns; q++, t += 2) srcs[q] = base[t[0]] + sc + (uint32_t)t[1] * chunk + o;
+          xor_kernel(dst, srcs, ns, len);
+          if (shard != k || !j->row0Xor) pk[shard][pkt] = crc32_update(pk[shard][pkt], dst, len);
+        }
       }
-      if (m > 0) {
-        /* one super-chunk: base pointers shifted to it, size = super */
-        uint8_t* b2[MAX_K + MAX_M];
-        for (int i = 0; i < n; i++) b2[i] = base[i] + sc;
-        run_schedule(j->sched, b2, j->w, super, j->chunk);
-        for (int r = 0; r < m; r++) crc[k + r] = crc32_update(crc[k + r], base[k + r] + sc, super);
+      if (m > 0 && j->row0Xor) {
+        for (int a = 0; a < w; a++) {
+          uint32_t x = zeros;
+          for (int b = 0; b < k; b++) x ^= pk[b][a];
+          pk[k][a] = x;
+        }
       }
+      for (int i = 0; i < n; i++)
+        for (int c = 0; c < w; c++) crc[i] = crc32_combine_op(crc[i], pk[i][c], op);
     }
     for (int i = 0; i < n; i++) j->crcs[(uint64_t)i * j->stripes + s] = crc[i];
   }
@@ -565,6 +594,7 @@ static napi_value encode(napi_env env, napi_callback_info info) {
   j->j1 = nums[5];
   j->crcs = crcs;
   j->chunk = chunk_size(c.w, c.k, j->stripe);
+  j->row0Xor = row0_is_xor(&c);
   const int n = c.k + c.m;
   /* Bounds: every slice written lies inside the slab, every CRC inside crcs. */
   if (j->stripe == 0 || j->stripe % (uint32_t)(c.w) != 0 || j->stripe % (c.w * j->chunk) != 0 ||
@@ -608,21 +638,44 @@ typedef struct {
   napi_async_work work;
 } rebuild_job;
 
-/* For each stripe: copy the present data slices to their place in the part, then compute the
- * missing ones straight from the parity payloads (no copy of them). */
+/* For each stripe, super-chunk by super-chunk, in blocks of BLOCK bytes of every packet: copy
+ * the present data blocks to their place in the part, then compute the missing ones from those
+ * copies (in L1) and straight from the parity payloads (no copy of them). */
 static void rebuild_run(rebuild_job* j) {
-  const int k = j->k, m = j->m, n = k + m;
+  const int k = j->k, m = j->m, n = k + m, w = j->w;
+  const uint32_t chunk = j->chunk, super = (uint32_t)w * chunk;
+  const int16_t* sched = j->sched;
   uint8_t* base[MAX_K + MAX_M];
+  const uint8_t* srcs[MAX_PACKETS + 1];
   for (uint32_t s = j->j0; s < j->j1; s++) {
     for (int i = 0; i < n; i++) {
       if (i < k) {
         base[i] = j->out + ((uint64_t)s * k + i) * j->stripe;
-        if (j->shard[i]) memcpy(base[i], j->shard[i] + (uint64_t)s * j->stripe, j->stripe);
       } else {
         base[i] = j->shard[i] ? (uint8_t*)j->shard[i] + (uint64_t)s * j->stripe : NULL;
       }
     }
-    if (j->sched) run_schedule(j->sched, base, j->w, j->stripe, j->chunk);
+    for (uint32_t sc = 0; sc < j->stripe; sc += super) {
+      for (uint32_t o = 0; o < chunk; o += BLOCK) {
+        const uint32_t len = chunk - o < BLOCK ? chunk - o : BLOCK;
+        for (int b = 0; b < k; b++) {
+          if (!j->shard[b]) continue;
+          for (int c = 0; c < w; c++) {
+            const uint32_t at = sc + (uint32_t)c * chunk + o;
+            memcpy(base[b] + at, j->shard[b] + (uint64_t)s * j->stripe + at, len);
+          }
+        }
+        if (!sched) continue;
+        const int16_t* t = sched + 1;
+        for (int d = 0; d < sched[0]; d++) {
+          uint8_t* dst = base[t[0]] + sc + (uint32_t)t[1] * chunk + o;
+          const int ns = t[2];
+          t += 3;
+          for (int q = 0; q < ns; q++, t += 2) srcs[q] = base[t[0]] + sc + (uint32_t)t[1] * chunk + o;
+          xor_kernel(dst, srcs, ns, len);
+        }
+      }
+    }
   }
 }
 
