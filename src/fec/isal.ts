@@ -22,6 +22,8 @@ import { codecContext } from './reed-solomon.js';
 export interface IsalAddon {
   /** `avx2` or `scalar`: the XOR kernel the CPU got. */
   readonly xor: string;
+  /** `vpclmulqdq` (the addon's 256-bit fold) or `isa-l` (ISA-L's PCLMULQDQ code): the CRC-32. */
+  readonly crc: string;
   /** The schedule computing `targets` (bit i = shard i) from `present`, for a ronomon context. */
   plan(context: Buffer, present: number, targets: number): Buffer;
   encode(

@@ -5,10 +5,12 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { crc32 as zlibCrc32 } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ShardAssembler } from '../../src/fec/assembler.js';
+import { crc32InUse } from '../../src/fec/crc.js';
 import { fecBackend, isal, isalUnavailableReason, useFecBackend } from '../../src/fec/isal.js';
 import { codecContext, ReedSolomon } from '../../src/fec/reed-solomon.js';
 import { decodeShard, encodeShards, joinShards, stripeLayout, type Shard } from '../../src/fec/shard.js';
@@ -153,6 +155,21 @@ describe('FEC ISA-L backend', () => {
       useFecBackend('ronomon');
       expect(Buffer.from(await joinShards(byIsal.map(keep))).equals(part)).toBe(true);
     }
+  });
+
+  it("computes zlib's CRC-32 on every length to 5 000 and on large random ones, seeded", () => {
+    const addon = isal!;
+    const bytes = randomBytes(3 * MiB + 64);
+    const lengths = Array.from({ length: 5001 }, (_, n) => n);
+    for (let t = 0; t < 40; t++) lengths.push(Math.floor(Math.random() * 3 * MiB));
+    for (const [t, n] of lengths.entries()) {
+      const at = t % 61; // unaligned starts
+      const b = bytes.subarray(at, at + n);
+      const seed = t % 3 === 0 ? 0 : (t * 2_654_435_761) >>> 0;
+      if (addon.crc32(b, seed) !== zlibCrc32(b, seed)) expect.fail(`crc32 of ${n} bytes, seed ${seed}`);
+    }
+    expect(addon.crc).toMatch(/^(vpclmulqdq|isa-l)$/);
+    expect(crc32InUse()).toBe('isal');
   });
 
   it('refuses bad arguments with a RangeError instead of touching memory', () => {
