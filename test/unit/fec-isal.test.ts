@@ -113,6 +113,7 @@ describe('FEC ISA-L backend', () => {
     const shapes: [number, number, number][] = [
       [4, 2, 4 * MiB + 3],
       [4, 2, 1000],
+      [1, 3, 5000],
       [2, 1, 77],
       [3, 5, 150_001],
       [6, 3, 200_001],
