@@ -18,7 +18,8 @@
  * - rebuilds missing data shards with the inverse, over GF(2), of the k·w × k·w 0/1 matrix of
  *   the present packets (invert_gf2), and the last missing shard by XOR with parity row 0 (all
  *   ones) when it is present, as the library does;
- * - checksums with ISA-L's crc32_gzip_refl (PCLMULQDQ folding), which equals zlib's crc32.
+ * - checksums with a VPCLMULQDQ fold over 256-bit registers where the CPU has it, and ISA-L's
+ *   crc32_gzip_refl (PCLMULQDQ, equal to zlib's crc32) for short pieces and the finish.
  *
  * Why not ISA-L's ec_encode_data / gf_invert_matrix: they work over GF(2^8) bytes. The
  * library's code can be fed to them only as a 0/1 matrix over packets, where ec_encode_data
@@ -42,7 +43,8 @@
 #define MAX_M 6
 #define MAX_W 8
 #define MAX_PACKETS (MAX_K * MAX_W)
-/* Bytes of each packet handled per step of the XOR schedule: the sources stay in L1/L2. */
+/* Bytes of every packet handled per step of the fused pass: a step's blocks stay in L1/L2
+ * (2 KiB: 5.2 ms of CPU per 16 MiB 4+2 encode; 1 KiB 6.7 ms; 4 and 8 KiB 5.2-5.5 ms). */
 #ifndef BLOCK
 #define BLOCK 2048
 #endif
