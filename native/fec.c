@@ -483,11 +483,13 @@ static uint32_t crc32_zeros(uint64_t len) {
 }
 
 /*
- * For each stripe of the range, super-chunk by super-chunk, in blocks of BLOCK bytes of every
+ * For each unit of the range (a unit is one super-chunk of one stripe: unit u is super-chunk
+ * u mod S of stripe u div S, S super-chunks per stripe), in blocks of BLOCK bytes of every
  * packet: copy the k·w data blocks into their messages (zero-padded past the part's end) and
  * checksum each while it is in L1, compute the m·w parity blocks from those copies (still in
  * L1) and checksum them. Checksums run per packet (each over its blocks in order) and are
- * joined per shard with crc32_combine; parity shard k's come from the data packets' (XOR).
+ * joined per shard with crc32_combine into one CRC per shard and unit (crcs[shard · units + u]);
+ * parity shard k's come from the data packets' (XOR).
  */
 static void encode_run(encode_job* j) {
   const int k = j->k, m = j->m, n = k + m, w = j->w;
@@ -495,13 +497,15 @@ static void encode_run(encode_job* j) {
   const uint64_t stripeBytes = (uint64_t)k * j->stripe;
   const uint32_t op = x8nmodp(chunk), zeros = (k % 2 == 0) ? crc32_zeros(chunk) : 0;
   const int16_t* sched = j->sched;
+  const uint32_t supers = j->stripe / super, units = j->stripes * supers;
   uint8_t* base[MAX_K + MAX_M];
   const uint8_t* srcs[MAX_PACKETS + 1];
-  for (uint32_t s = j->j0; s < j->j1; s++) {
+  for (uint32_t u = j->j0; u < j->j1; u++) {
+    const uint32_t s = u / supers, sc = (u % supers) * super;
     for (int i = 0; i < n; i++) base[i] = j->slab + (uint64_t)i * j->msgLen + j->bodyAt + (uint64_t)s * j->stripe;
     const uint64_t start = s * stripeBytes;
     uint32_t crc[MAX_K + MAX_M] = {0};
-    for (uint32_t sc = 0; sc < j->stripe; sc += super) {
+    {
       uint32_t pk[MAX_K + MAX_M][MAX_W];
       memset(pk, 0, sizeof(pk));
       for (uint32_t o = 0; o < chunk; o += BLOCK) {
@@ -539,7 +543,7 @@ static void encode_run(encode_job* j) {
       for (int i = 0; i < n; i++)
         for (int c = 0; c < w; c++) crc[i] = crc32_combine_op(crc[i], pk[i][c], op);
     }
-    for (int i = 0; i < n; i++) j->crcs[(uint64_t)i * j->stripes + s] = crc[i];
+    for (int i = 0; i < n; i++) j->crcs[(uint64_t)i * units + u] = crc[i];
   }
 }
 
@@ -598,7 +602,8 @@ static int get_u32(napi_env env, napi_value v, uint32_t* out) {
  * encode(plan, context, part, slab, crcs, [msgLen, bodyAt, stripe, stripes, j0, j1], callback|null)
  * - plan: the encode schedule (plan(context, dataMask, parityMask));
  * - slab: the k + m messages, `msgLen` bytes each, headers written, payloads at `bodyAt`;
- * - crcs: Uint32Array of (k + m) × stripes: each slice's CRC-32 (alone, seed 0);
+ * - from, to: a range of units (super-chunks of stripes, see encode_run);
+ * - crcs: Uint32Array of (k + m) × units: each unit's slice's CRC-32 (alone, seed 0);
  * - with a callback: runs on the threadpool, calls back (null | Error); none: runs here.
  */
 static napi_value encode(napi_env env, napi_callback_info info) {
@@ -651,8 +656,9 @@ static napi_value encode(napi_env env, napi_callback_info info) {
   j->row0Xor = row0_is_xor(&c);
   const int n = c.k + c.m;
   /* Bounds: every slice written lies inside the slab, every CRC inside crcs. */
+  const uint64_t units = j->stripe ? (uint64_t)j->stripes * (j->stripe / (c.w * j->chunk)) : 0;
   if (j->stripe == 0 || j->stripe % (uint32_t)(c.w) != 0 || j->stripe % (c.w * j->chunk) != 0 ||
-      j->j0 > j->j1 || j->j1 > j->stripes || crcLen < (size_t)n * j->stripes ||
+      j->j0 > j->j1 || j->j1 > units || crcLen < (size_t)n * units ||
       (uint64_t)j->bodyAt + (uint64_t)j->stripes * j->stripe > j->msgLen || (uint64_t)n * j->msgLen > slabLen ||
       schedLen < 2 || (c.m > 0 && ((const int16_t*)sched)[0] != c.m * c.w)) {
     free(j);
@@ -692,16 +698,18 @@ typedef struct {
   napi_async_work work;
 } rebuild_job;
 
-/* For each stripe, super-chunk by super-chunk, in blocks of BLOCK bytes of every packet: copy
- * the present data blocks to their place in the part, then compute the missing ones from those
+/* For each unit of the range (a super-chunk of a stripe, as in encode_run), in blocks of BLOCK
+ * bytes of every packet: copy the present data blocks to their place in the part, then compute the missing ones from those
  * copies (in L1) and straight from the parity payloads (no copy of them). */
 static void rebuild_run(rebuild_job* j) {
   const int k = j->k, m = j->m, n = k + m, w = j->w;
   const uint32_t chunk = j->chunk, super = (uint32_t)w * chunk;
   const int16_t* sched = j->sched;
+  const uint32_t supers = j->stripe / super;
   uint8_t* base[MAX_K + MAX_M];
   const uint8_t* srcs[MAX_PACKETS + 1];
-  for (uint32_t s = j->j0; s < j->j1; s++) {
+  for (uint32_t u = j->j0; u < j->j1; u++) {
+    const uint32_t s = u / supers, sc = (u % supers) * super;
     for (int i = 0; i < n; i++) {
       if (i < k) {
         base[i] = j->out + ((uint64_t)s * k + i) * j->stripe;
@@ -709,7 +717,7 @@ static void rebuild_run(rebuild_job* j) {
         base[i] = j->shard[i] ? (uint8_t*)j->shard[i] + (uint64_t)s * j->stripe : NULL;
       }
     }
-    for (uint32_t sc = 0; sc < j->stripe; sc += super) {
+    {
       for (uint32_t o = 0; o < chunk; o += BLOCK) {
         const uint32_t len = chunk - o < BLOCK ? chunk - o : BLOCK;
         for (int b = 0; b < k; b++) {
@@ -752,7 +760,8 @@ static void rebuild_complete(napi_env env, napi_status status, void* data) {
  * rebuild(plan|null, context, shards[], out, [payload, stripe, j0, j1], callback|null)
  * - shards: k + m payloads (Uint8Array) or undefined; every present one `payload` bytes;
  * - plan: rebuild schedule for the missing data shards (null when none is missing);
- * - out: the part, k · payload bytes; present data slices are copied to it.
+ * - out: the part, k · payload bytes; present data slices are copied to it;
+ * - from, to: a range of units (super-chunks of stripes, see encode_run).
  */
 static napi_value rebuild(napi_env env, napi_callback_info info) {
   size_t argc = 6;
@@ -803,7 +812,7 @@ static napi_value rebuild(napi_env env, napi_callback_info info) {
   j->j1 = nums[3];
   j->chunk = chunk_size(c.w, c.k, j->stripe);
   if (j->stripe == 0 || payload % j->stripe != 0 || j->stripe % (c.w * j->chunk) != 0 || j->j0 > j->j1 ||
-      (uint64_t)j->j1 * j->stripe > payload || outLen < (uint64_t)c.k * payload || present < c.k) {
+      (uint64_t)j->j1 * c.w * j->chunk > payload || outLen < (uint64_t)c.k * payload || present < c.k) {
     free(j);
     return throw_range(env, "rebuild: layout out of bounds");
   }
@@ -883,6 +892,38 @@ static napi_value crc32_combine_js(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* joinCrcs(crcs, shards, units, unitBytes) → number[]: each shard's CRC-32 over its units in
+ * order, from the per-unit CRCs encode() left (crc32_combine with one precomputed operator). */
+static napi_value join_crcs(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool isTa = false;
+  napi_typedarray_type type;
+  size_t len = 0, off = 0;
+  void* data = NULL;
+  napi_value ab;
+  uint32_t shards = 0, units = 0, unitBytes = 0;
+  if (argc != 4 || napi_is_typedarray(env, argv[0], &isTa) != napi_ok || !isTa ||
+      napi_get_typedarray_info(env, argv[0], &type, &len, &data, &ab, &off) != napi_ok || type != napi_uint32_array ||
+      !get_u32(env, argv[1], &shards) || !get_u32(env, argv[2], &units) || !get_u32(env, argv[3], &unitBytes) ||
+      units == 0 || (uint64_t)shards * units > len) {
+    return throw_range(env, "joinCrcs(crcs: Uint32Array, shards, units, unitBytes): bad arguments");
+  }
+  const uint32_t* crcs = data;
+  const uint32_t op = x8nmodp(unitBytes);
+  napi_value out;
+  CHECK(napi_create_array_with_length(env, shards, &out));
+  for (uint32_t i = 0; i < shards; i++) {
+    uint32_t crc = crcs[(uint64_t)i * units];
+    for (uint32_t u = 1; u < units; u++) crc = crc32_combine_op(crc, crcs[(uint64_t)i * units + u], op);
+    napi_value v;
+    CHECK(napi_create_uint32(env, crc, &v));
+    CHECK(napi_set_element(env, out, i, v));
+  }
+  return out;
+}
+
 /* chunkSize(w, k, shardSize): the library's packet size, exposed for tests. */
 static napi_value chunk_size_js(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -920,6 +961,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"crc32", NULL, crc32, NULL, NULL, NULL, napi_default, NULL},
       {"crc32Combine", NULL, crc32_combine_js, NULL, NULL, NULL, napi_default, NULL},
       {"chunkSize", NULL, chunk_size_js, NULL, NULL, NULL, napi_default, NULL},
+      {"joinCrcs", NULL, join_crcs, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return NULL;
   napi_value xn;
