@@ -263,7 +263,7 @@ export class ShardAssembler {
   }
 
   /**
-   * The ISA-L backend: one native pass per stripe reads the held shards' payloads where they
+   * The ISA-L backend: one fused native pass reads the held shards' payloads where they
    * are (no copies on this thread), writes the data slices to their places and computes the
    * missing ones.
    */

@@ -5,7 +5,8 @@
  * It computes the **same parity bytes** as `@ronomon/reed-solomon` (the library's own bit matrix
  * is handed to it), so shards from either backend decode with the other. What it changes is how:
  * the copy of each data slice into its message, the parity and the CRC-32 of every slice run in
- * one native pass per stripe, on libuv's threadpool, with AVX2 XORs and ISA-L's PCLMULQDQ CRC;
+ * one fused native pass (synchronous up to 1 MiB, else on libuv's threadpool), with AVX2 XORs
+ * and a VPCLMULQDQ / ISA-L CRC-32;
  * a rebuild reads the shards' payloads in place and writes the part once. docs/fec.md has the
  * figures.
  *
