@@ -12,13 +12,22 @@
  *   with the first m data shards missing, so every rebuild runs the parity math; with a pool,
  *   the part released after each rebuild.
  *
+ * - `encode` and `rebuild` use the backend in use (`isal`, the addon of native/, unless it did
+ *   not load); `encode_ronomon` / `rebuild_ronomon` the same calls on `@ronomon/reed-solomon`
+ *   (the fallback), alternated with them in the same rounds (an in-process A/B).
+ * - `encode_call_sync` / `encode_call_sync_ronomon`: the median time one `encodeShardsPooled`
+ *   call runs on this thread before it returns its promise (the ISA-L backend's whole share of
+ *   the JS thread but a few header CRCs after it; the fallback checksums and copies the data
+ *   shards there, and its parity rows' CRCs later).
+ *
  * Rates are part bytes per second (MB = 10^6 bytes), medians of `--repeat` runs.
  * Ratios: `fec.4p2.encode_over_memcpy` and `fec.4p2.rebuild_over_memcpy` at 16 MiB (goals:
- * ≥ 0.25 each, issue 16).
+ * ≥ 0.25 each, issue 16), and the same for the fallback (`..._ronomon_over_memcpy`).
  */
 import { ShardAssembler } from '../src/fec/assembler.js';
 import { ReedSolomon } from '../src/fec/reed-solomon.js';
 import { crc32Implementation } from '../src/fec/crc.js';
+import { fecBackend, isal, useFecBackend, type FecBackend } from '../src/fec/isal.js';
 import { BufferPool } from '../src/fec/pool.js';
 import { encodeShards, encodeShardsPooled, stripeLayout } from '../src/fec/shard.js';
 import { median, type BenchRow, type Suite } from './harness.js';
@@ -60,6 +69,18 @@ async function rate(bytes: number, op: () => unknown, cpu?: number[]): Promise<n
   return (bytes * n) / (dt * 1000);
 }
 
+/** The median time `op` runs synchronously (until it returns its promise), over 15 calls. */
+async function syncPart(op: () => Promise<unknown>): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < 15; i++) {
+    const t0 = performance.now();
+    const running = op();
+    times.push(performance.now() - t0);
+    await running;
+  }
+  return median(times);
+}
+
 function pattern(n: number): Buffer {
   const b = Buffer.allocUnsafe(n);
   let x = 0x9e3779b9;
@@ -78,6 +99,8 @@ export const fecSuite: Suite = {
   async run(ctx) {
     const rows: BenchRow[] = [];
     const ratios: Record<string, number> = {};
+    const backend: FecBackend = fecBackend();
+    const viaIsal = isal ? `ISA-L addon, ${isal.xor} XOR, ${isal.crc} CRC-32` : 'ronomon';
     for (const scheme of SCHEMES.filter((s) => ctx.wants(`fec.${s.tag}`))) {
       const { data: k, parity: m } = scheme;
       const codec = new ReedSolomon(k, m);
@@ -122,9 +145,21 @@ export const fecSuite: Suite = {
           | 'rebuild'
           | 'memcpyCpu'
           | 'encodeCpu'
-          | 'rebuildCpu',
+          | 'rebuildCpu'
+          | 'encodeRonomon'
+          | 'rebuildRonomon'
+          | 'encodeCpuRonomon'
+          | 'rebuildCpuRonomon'
+          | 'callSync'
+          | 'callSyncRonomon',
           number[]
         > = {
+          callSync: [],
+          callSyncRonomon: [],
+          encodeRonomon: [],
+          rebuildRonomon: [],
+          encodeCpuRonomon: [],
+          rebuildCpuRonomon: [],
           memcpyCpu: [],
           encodeCpu: [],
           rebuildCpu: [],
@@ -142,28 +177,30 @@ export const fecSuite: Suite = {
             await rate(size.bytes, () => everyStripe((j) => codec.reconstruct(present, lost, at(j)))),
           );
           // The publisher's path: shards in a pooled buffer, released once "acked" (here at once).
-          runs.encode.push(
-            await rate(
-              size.bytes,
-              async () => (await encodeShardsPooled(APP, id, part, scheme, pool)).release(),
-              runs.encodeCpu,
-            ),
-          );
+          const encodeOp = async () => (await encodeShardsPooled(APP, id, part, scheme, pool)).release();
+          // The standby's path with a pool: the rebuilt part is handed back once used.
+          const rebuildOp = async () => {
+            const asm = new ShardAssembler({ app: APP, pool });
+            for (const s of survivors) {
+              const part = await asm.add(s);
+              if (part) asm.releasePart(part);
+            }
+          };
+          runs.encode.push(await rate(size.bytes, encodeOp, runs.encodeCpu));
+          runs.callSync.push(await syncPart(encodeOp));
           runs.encodeFresh.push(await rate(size.bytes, () => encodeShards(APP, id, part, scheme)));
-          runs.rebuild.push(
-            await rate(
-              size.bytes,
-              async () => {
-                // The standby's path with a pool: the rebuilt part is handed back once used.
-                const asm = new ShardAssembler({ app: APP, pool });
-                for (const s of survivors) {
-                  const part = await asm.add(s);
-                  if (part) asm.releasePart(part);
-                }
-              },
-              runs.rebuildCpu,
-            ),
-          );
+          runs.rebuild.push(await rate(size.bytes, rebuildOp, runs.rebuildCpu));
+          if (backend === 'isal') {
+            // The fallback, alternated with the default in every round.
+            useFecBackend('ronomon');
+            try {
+              runs.encodeRonomon.push(await rate(size.bytes, encodeOp, runs.encodeCpuRonomon));
+              runs.callSyncRonomon.push(await syncPart(encodeOp));
+              runs.rebuildRonomon.push(await rate(size.bytes, rebuildOp, runs.rebuildCpuRonomon));
+            } finally {
+              useFecBackend('isal');
+            }
+          }
         }
         const memcpy = median(runs.memcpy);
         const codecEncode = median(runs.codecEncode);
@@ -182,7 +219,7 @@ export const fecSuite: Suite = {
             name: `${name}.encode`,
             value: encode,
             unit: 'MB/s',
-            note: `encodeShardsPooled: wire-ready shards, pooled buffers, CRC-32 ${crc32Implementation}`,
+            note: `encodeShardsPooled: wire-ready shards, pooled buffers, ${backend === 'isal' ? viaIsal : `ronomon, CRC-32 ${crc32Implementation}`}`,
           },
           {
             name: `${name}.encode_fresh`,
@@ -194,7 +231,13 @@ export const fecSuite: Suite = {
             name: `${name}.rebuild`,
             value: rebuild,
             unit: 'MB/s',
-            note: `ShardAssembler: ${k} of ${k + m} messages, ${m} data lost`,
+            note: `ShardAssembler: ${k} of ${k + m} messages, ${m} data lost, ${backend}`,
+          },
+          {
+            name: `${name}.encode_call_sync`,
+            value: median(runs.callSync),
+            unit: 'ms',
+            note: 'JS thread: one call until it returns its promise (median)',
           },
           {
             name: `${name}.memcpy_cpu`,
@@ -217,10 +260,52 @@ export const fecSuite: Suite = {
           { name: `${name}.encode_over_memcpy`, value: encode / memcpy, unit: 'x' },
           { name: `${name}.rebuild_over_memcpy`, value: rebuild / memcpy, unit: 'x' },
         );
+        const encodeRonomon = median(runs.encodeRonomon);
+        const rebuildRonomon = median(runs.rebuildRonomon);
+        if (backend === 'isal') {
+          rows.push(
+            {
+              name: `${name}.encode_ronomon`,
+              value: encodeRonomon,
+              unit: 'MB/s',
+              note: 'the fallback, same rounds',
+            },
+            {
+              name: `${name}.rebuild_ronomon`,
+              value: rebuildRonomon,
+              unit: 'MB/s',
+              note: 'the fallback, same rounds',
+            },
+            {
+              name: `${name}.encode_cpu_ronomon`,
+              value: median(runs.encodeCpuRonomon),
+              unit: 'ms',
+              note: 'CPU time per encode, all threads',
+            },
+            {
+              name: `${name}.rebuild_cpu_ronomon`,
+              value: median(runs.rebuildCpuRonomon),
+              unit: 'ms',
+              note: 'CPU time per rebuild, all threads',
+            },
+            {
+              name: `${name}.encode_call_sync_ronomon`,
+              value: median(runs.callSyncRonomon),
+              unit: 'ms',
+              note: 'JS thread: one call until it returns its promise (median)',
+            },
+            { name: `${name}.encode_ronomon_over_memcpy`, value: encodeRonomon / memcpy, unit: 'x' },
+            { name: `${name}.rebuild_ronomon_over_memcpy`, value: rebuildRonomon / memcpy, unit: 'x' },
+          );
+        }
         if (scheme.tag === '4p2' && size.tag === '16MiB') {
           ratios['fec.4p2.encode_over_memcpy'] = encode / memcpy;
           ratios['fec.4p2.rebuild_over_memcpy'] = rebuild / memcpy;
           ratios['fec.4p2.codec_encode_over_memcpy'] = codecEncode / memcpy;
+          if (backend === 'isal') {
+            ratios['fec.4p2.encode_ronomon_over_memcpy'] = encodeRonomon / memcpy;
+            ratios['fec.4p2.rebuild_ronomon_over_memcpy'] = rebuildRonomon / memcpy;
+          }
         }
       }
     }

@@ -71,6 +71,21 @@ if command -v psql >/dev/null 2>&1 &&
     echo "ensure-services: could not create database 'test' (is trust auth on for 127.0.0.1?)" >&2
 fi
 
+# FEC's ISA-L backend (docs/fec.md): Intel ISA-L's headers and library from Debian's packages,
+# then the addon (a no-op when it is up to date). `npm install` already tried to build it, but on
+# a fresh machine libisal-dev is installed only here. Without it FEC falls back to
+# @ronomon/reed-solomon, and test/unit/fec-isal.test.ts fails, saying so.
+if [ ! -f /usr/include/isa-l/erasure_code.h ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-services: installing libisal-dev from Debian's packages (FEC's ISA-L backend)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libisal-dev >/dev/null
+  else
+    echo "ensure-services: warning: ISA-L is missing, so FEC falls back to @ronomon/reed-solomon. Install it (Debian: sudo apt-get install libisal-dev) and run npm run build:native." >&2
+  fi
+fi
+node "$(dirname "$0")/build-native.mjs" >&2
+
 # The drill report test (test/integration/drill-report.test.ts) opens the HTML report in headless
 # Chromium through playwright-core, which drives the system browser at /usr/bin/chromium. Only
 # the test run asks for it (`--with-chromium`): the drill and the bench do not need a browser.

@@ -10,6 +10,7 @@
  * ```
  */
 import { FrameError, FrameRejectReason, InvalidArgumentError } from '../errors.js';
+import { fecBackend, isalRebuild, warnFallbackOnce } from './isal.js';
 import type { BufferPool } from './pool.js';
 import { ReedSolomon } from './reed-solomon.js';
 import { decodeShard, joinShards, sameCoding, ShardScheme, type Shard } from './shard.js';
@@ -177,7 +178,8 @@ export class ShardAssembler {
       this.#evict(id);
       return undefined;
     }
-    if (inPlace) {
+    const native = inPlace && shard.parity > 0 && fecBackend() === 'isal';
+    if (inPlace && !native) {
       // The k-th shard: the data shards held, and as many parity shards as data shards are
       // missing (which is every parity shard held), are copied to their places. Not earlier, so
       // a pending part holds nothing but its shards (a backfill keeps many parts pending).
@@ -199,7 +201,11 @@ export class ShardAssembler {
     if (shard.scheme === ShardScheme.ReedSolomon) {
       for (let i = 0; i < shard.data; i++) if (!entry.shards[i]) withParity = true;
     }
-    const part = inPlace ? await this.#finish(entry) : await joinShards(entry.shards, this.#pool);
+    const part = native
+      ? await this.#finishNative(entry)
+      : inPlace
+        ? await this.#finish(entry)
+        : await joinShards(entry.shards, this.#pool);
     // joinShards built it in a pooled buffer unless it is a view of a shard's payload.
     if (this.#pool && !entry.shards.some((s) => s?.payload.buffer === part.buffer)) {
       this.#lent.add(part.buffer);
@@ -256,8 +262,30 @@ export class ShardAssembler {
     e.present |= 1 << shard.index;
   }
 
+  /**
+   * The ISA-L backend: one fused native pass reads the held shards' payloads where they
+   * are (no copies on this thread), writes the data slices to their places and computes the
+   * missing ones.
+   */
+  async #finishNative(e: Pending): Promise<Uint8Array> {
+    const { data: k, parity: m, stripe, length } = e.first;
+    const size = e.first.payload.byteLength;
+    const out = this.#pool ? this.#pool.acquire(k * size) : Buffer.allocUnsafe(k * size);
+    await isalRebuild(
+      k,
+      m,
+      stripe,
+      size,
+      e.shards.map((s) => s?.payload),
+      out,
+    );
+    if (this.#pool) this.#lent.add(out.buffer);
+    return out.subarray(0, length);
+  }
+
   /** Computes an in-place part's missing data shards (the stripes in parallel), returns the part. */
   async #finish(e: Pending): Promise<Uint8Array> {
+    if (e.first.parity > 0) warnFallbackOnce();
     const { data: k, parity: m, stripe, length } = e.first;
     const out = e.out!;
     const size = out.length / k;

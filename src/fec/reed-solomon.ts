@@ -68,6 +68,23 @@ export interface ShardRegions {
 const contexts = new Map<string, Buffer>();
 
 /**
+ * The library's context for k data and m ≥ 1 parity shards: the bytes w, k, m, then the code's
+ * m·w × k·w bit matrix (one byte per bit). The ISA-L backend (src/fec/isal.ts) computes with this
+ * very matrix, so its parity is the library's. Cached; do not modify it.
+ */
+export function codecContext(data: number, parity: number): Buffer {
+  validateShape(data, parity);
+  if (parity === 0) throw new RangeError('a code without parity shards has no context');
+  const key = `${data}:${parity}`;
+  let ctx = contexts.get(key);
+  if (!ctx) {
+    ctx = native.create(data, parity);
+    contexts.set(key, ctx);
+  }
+  return ctx;
+}
+
+/**
  * A Reed-Solomon codec of `data` data shards and `parity` parity shards. Instances are cheap
  * (the native context is cached per shape) and safe to use from concurrent calls on disjoint
  * buffers.
@@ -88,13 +105,7 @@ export class ReedSolomon {
     this.data = data;
     this.parity = parity;
     if (parity === 0) return;
-    const key = `${data}:${parity}`;
-    let ctx = contexts.get(key);
-    if (!ctx) {
-      ctx = native.create(data, parity);
-      contexts.set(key, ctx);
-    }
-    this.#context = ctx;
+    this.#context = codecContext(data, parity);
   }
 
   /**

@@ -46,6 +46,7 @@
  * `ShardAssembler`. The rebuilt bytes are a part again, verified once more by `decodePart`.
  */
 import { crc32, crc32Combine, crc32OfXor } from './crc.js';
+import { fecBackend, isalEncode, isalRebuild, warnFallbackOnce } from './isal.js';
 import { BufferPool } from './pool.js';
 import { ConfigError, FrameError, FrameRejectReason, InvalidArgumentError } from '../errors.js';
 import {
@@ -295,6 +296,16 @@ async function encodeInto(
     writeHeader(msg, head, i, stripe, payload);
     out.push(msg);
   }
+  if (m > 0 && fecBackend() === 'isal') {
+    // One native pass per stripe (src/fec/isal.ts): copies, parity and every slice's CRC-32.
+    const crcs = await isalEncode(part, slab, { data: k, parity: m, msgLen, bodyAt, stripe, stripes });
+    for (let i = 0; i < k + m; i++) {
+      const msg = out[i]!;
+      msg.writeUInt32BE(crc32Combine(crc32(msg.subarray(0, bodyAt)), crcs[i]!, payload), bodyAt + payload);
+    }
+    return { shards: out, slab };
+  }
+  if (m > 0) warnFallbackOnce();
   // Each stripe's k data slices must lie back to back for the codec. Whole stripes are the part
   // itself; only a stripe the part does not fill is copied into zero-padded scratch.
   const regions: Buffer[] = [];
@@ -585,6 +596,17 @@ export async function joinShards(
   if (k === 1 && shards[0]) return shards[0].payload.subarray(0, length);
 
   const out = pool ? pool.acquire(k * payload) : Buffer.allocUnsafe(k * payload);
+  if (m > 0 && fecBackend() === 'isal') {
+    await isalRebuild(
+      k,
+      m,
+      stripe,
+      payload,
+      Array.from({ length: k + m }, (_, i) => shards[i]?.payload),
+      out,
+    );
+    return out.subarray(0, length);
+  }
   const stripeBytes = k * stripe;
   let present = 0;
   let missing = 0;
@@ -600,6 +622,7 @@ export async function joinShards(
     }
   }
   if (missing === 0) return out.subarray(0, length);
+  warnFallbackOnce();
 
   // Only as many parity shards as there are missing data shards are copied in and used, into
   // scratch from a pool: only the codec reads it, and it goes back once the codec is done.
