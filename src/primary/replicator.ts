@@ -382,7 +382,13 @@ export class Replicator {
       const body = s.body.finish();
       this.#openWriteFrames++;
       this.#openWriteBytes += body.byteLength;
-      this.#send({ kind: FrameKind.Writes, epoch: this.#o.epoch, seq: this.#seq++, checkpoint: s.checkpoint, body });
+      this.#send({
+        kind: FrameKind.Writes,
+        epoch: this.#o.epoch,
+        seq: this.#seq++,
+        checkpoint: s.checkpoint,
+        body,
+      });
     }
   }
 
