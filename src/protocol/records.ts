@@ -175,16 +175,20 @@ export class WritesBuilder {
     const start = this.#len;
     let o = BODY_HEADROOM + start;
     buf[o] = op.op === 'put' ? OP_PUT : OP_DELETE;
-    buf.writeUInt32BE(keyBytes, o + 1);
+    putU32(buf, o + 1, keyBytes);
     o += 5;
-    if (buf.write(op.key, o, keyBytes, 'utf8') !== keyBytes) {
+    const key = op.key;
+    if (keyBytes === key.length) {
+      // As many UTF-8 bytes as UTF-16 units: every character is ASCII, one byte each.
+      for (let i = 0; i < keyBytes; i++) buf[o + i] = key.charCodeAt(i);
+    } else if (buf.write(key, o, keyBytes, 'utf8') !== keyBytes) {
       throw new Error('internal: key length differs from its UTF-8 bytes');
     }
     o += keyBytes;
     let out: WriteOp;
     if (op.op === 'put') {
       const v = op.value;
-      buf.writeUInt32BE(v.byteLength, o);
+      putU32(buf, o, v.byteLength);
       o += 4;
       buf.set(v, o);
       out = { op: 'put', key: op.key, value: buf.subarray(o, o + v.byteLength) };
@@ -235,6 +239,14 @@ export class WritesBuilder {
     this.#buf.copy(grown, BODY_HEADROOM, BODY_HEADROOM, BODY_HEADROOM + this.#len);
     this.#buf = grown;
   }
+}
+
+/** `buf.writeUInt32BE(v, o)` without its argument checks (the builder sized `buf` itself). */
+function putU32(buf: Buffer, o: number, v: number): void {
+  buf[o] = v >>> 24;
+  buf[o + 1] = v >>> 16;
+  buf[o + 2] = v >>> 8;
+  buf[o + 3] = v;
 }
 
 function malformed(what: string): FrameError {

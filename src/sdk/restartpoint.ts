@@ -189,8 +189,8 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           // The app may reuse its buffer once `put` returns. The replicator copies the value into
           // its write frame before `write` returns; a write held back by a handover, or an engine
           // that does not copy (the sidecar's), gets its own copy here.
-          const own =
-            rep.copiesValues === true && !this.#handingOver ? value : Uint8Array.prototype.slice.call(value);
+          if (rep.copiesValues === true && !this.#handingOver) return rep.write({ op: 'put', key, value });
+          const own = Uint8Array.prototype.slice.call(value);
           return this.#gated(() => rep.write({ op: 'put', key, value: own }));
         } catch (err) {
           return Promise.reject(err);
