@@ -13,6 +13,7 @@ import { ImageEncoder } from '../../src/image/chain.js';
 import { Replicator } from '../../src/primary/replicator.js';
 import {
   FrameKind,
+  PartAssembler,
   decodePart,
   encodeFrame,
   encodeFramePart,
@@ -27,10 +28,13 @@ class Sink {
   readonly frames: Frame[] = [];
   readonly parts: Buffer[] = [];
 
+  /** `maxPartBytes`: the largest message (the server's max payload). */
+  constructor(readonly maxPartBytes = 1 << 20) {}
+
   publish(frame: Frame): Promise<unknown> {
     this.frames.push(frame);
     // What the codec does: the part bytes, made now (in place for a builder's body).
-    const layout = frameLayout('app', frame, 1 << 20);
+    const layout = frameLayout('app', frame, this.maxPartBytes);
     for (let i = 0; i < layout.parts; i++) this.parts.push(encodeFramePart(layout, frame, i));
     return Promise.resolve();
   }
@@ -50,9 +54,9 @@ class Sink {
 async function primary(
   adapter: StorageAdapter = memoryAdapter(),
   batchBytes = 1 << 20,
+  sink = new Sink(),
 ): Promise<{ rep: Replicator; sink: Sink; store: StorageAdapter }> {
   await adapter.open();
-  const sink = new Sink();
   const rep = new Replicator({
     epoch: 1,
     firstCheckpoint: 1,
@@ -200,6 +204,19 @@ describe('replicator write path', () => {
     expect(sink.parts[0]!.buffer).toBe(f.body.buffer); // framed where the body is: no copy
     const part = decodePart(sink.parts[0]!, 'app');
     expect(decodeWrites(part.body)).toEqual(decodeWrites(encodeWrites(ops)));
+  });
+
+  it('a frame larger than one part is cut into parts that join to the same body', async () => {
+    const { rep, sink } = await primary(memoryAdapter(), 1 << 20, new Sink(4096));
+    const ops = [put('small', 'x'), put('big', 'y'.repeat(10_000)), put('after', 'z')];
+    await Promise.all(ops.map((o) => rep.write(o)));
+    await rep.checkpoint({});
+    const joiner = new PartAssembler();
+    const frames = sink.parts.map((p) => joiner.add(decodePart(p, 'app'))).filter((f) => f !== undefined);
+    const writes = frames.filter((f) => f.kind === FrameKind.Writes);
+    expect(writes.length).toBe(1);
+    expect(sink.parts.length).toBeGreaterThan(4);
+    expect(Buffer.compare(Buffer.from(writes[0]!.body), encodeWrites(ops))).toBe(0);
   });
 });
 
