@@ -13,13 +13,7 @@
  */
 import { FencedError, ReplicationError, RestartpointError, StorageError } from '../errors.js';
 import { FrameKind, type Frame } from '../protocol/frame.js';
-import {
-  IMAGE_HEADER_BYTES,
-  encodeImage,
-  encodeSeal,
-  encodeWrites,
-  encodedOpSize,
-} from '../protocol/records.js';
+import { IMAGE_HEADER_BYTES, WritesBuilder, encodeImage, encodeSeal } from '../protocol/records.js';
 import type { EncodedImage, ImageEncoder, ImagePath } from '../image/chain.js';
 import type { StorageAdapter, WriteOp } from '../storage/adapter.js';
 import { DEFAULT_LIMITS, limitError, type Limits } from '../limits.js';
@@ -83,14 +77,33 @@ export interface ReplicatorOptions {
   readonly limits?: Pick<Limits, 'maxWritesPerCheckpoint' | 'maxImageBytes' | 'maxFrameBytes'>;
 }
 
+/**
+ * A write frame being filled. Its body is built as the writes are called (each value copied
+ * once, into the body); it goes out once it is closed and the store answered every op in it.
+ */
+interface Staged {
+  /** The checkpoint its writes belong to. */
+  readonly checkpoint: number;
+  readonly body: WritesBuilder;
+  /** Sum of the appended ops' encoded sizes (ops refused later included). */
+  size: number;
+  /** Ops appended that the local store has not answered yet. */
+  unsettled: number;
+  /** Takes no more ops: full, its checkpoint was called, or the writes paused. */
+  closed: boolean;
+}
+
 type QueueItem =
   | {
       readonly kind: 'write';
+      /** The op, its value a view of its copy in the frame body. */
       readonly op: WriteOp;
-      /** `encodedOpSize(op)`, computed once. */
-      readonly size: number;
-      /** Settles the caller's promise: with the publisher's `ready()` of the write's group. */
-      resolve(ready: Promise<void>): void;
+      readonly staged: Staged;
+      /** Where the op's record is in the body (cut out if the store refuses the op). */
+      readonly start: number;
+      readonly end: number;
+      /** Settle the caller's promise (after the publisher's `ready()` of the write's group). */
+      resolve(): void;
       reject(err: unknown): void;
     }
   | { readonly kind: 'mark'; run(): void };
@@ -113,8 +126,12 @@ export class Replicator {
   #next: number;
   /** Checkpoint the writes now flowing through the chain belong to (chain side). */
   #open: number;
-  #batch: WriteOp[] = [];
-  #batchBytes = 0;
+  /** Write frames not sent yet, in call order; the last may be `#staging`. */
+  readonly #staged: Staged[] = [];
+  /** The write frame new writes go into, if one is open. */
+  #staging: Staged | undefined;
+  /** Body bytes the next write frame is allocated with (follows the write rate). */
+  #capacity = 16 * 1024;
   #openWriteFrames = 0;
   #openWriteOps = 0;
   #openWriteBytes = 0;
@@ -159,26 +176,60 @@ export class Replicator {
     this.#o.publisher.halt?.();
   }
 
+  /** `write` copies a put's value (into the frame) before it returns: callers need not. */
+  readonly copiesValues = true;
+
   /**
    * Queues a write: applied to the local store in call order, then batched for the relay.
    * Resolves when the local store has it (not the relay: only `checkpoint()` waits for that).
-   * A write the local store refuses is rejected and not replicated.
+   * A write the local store refuses is rejected and not replicated. A put's value is copied
+   * into its write frame now, once; the store gets that copy, so a caller may reuse its buffer
+   * as soon as this returns.
    */
   write(op: WriteOp): Promise<void> {
     if (this.#stopped) return Promise.reject(this.#stopped);
-    const size = encodedOpSize(op);
+    const keyBytes = Buffer.byteLength(op.key, 'utf8');
+    const size = op.op === 'put' ? 9 + keyBytes + op.value.byteLength : 5 + keyBytes;
     if (size + 4 > this.#limits.maxFrameBytes) {
       return Promise.reject(
         limitError('maxFrameBytes', 'a write frame of this one op', size + 4, this.#limits.maxFrameBytes),
       );
     }
-    // One promise per write: it settles, once the store has the write, with the publisher's
-    // `ready()` taken once for the whole group of writes drained together (backpressure).
+    const s = this.#staging ?? this.#stage(size);
+    const { op: staged, start, end } = s.body.append(op, keyBytes);
+    s.size += size;
+    s.unsettled++;
+    if (s.size >= this.#o.batchBytes) this.#close(s);
+    // One promise per write: it settles once the store has the write and the publisher's
+    // `ready()`, taken once for the whole group of writes drained together, resolved.
     const applied = new Promise<void>((resolve, reject) =>
-      this.#queue.push({ kind: 'write', op, size, resolve, reject }),
+      this.#queue.push({ kind: 'write', op: staged, staged: s, start, end, resolve, reject }),
     );
     this.#kick();
     return applied;
+  }
+
+  /** Opens a write frame for the checkpoint being called, with room for at least `size`. */
+  #stage(size: number): Staged {
+    const s: Staged = {
+      checkpoint: this.#next,
+      body: new WritesBuilder(Math.max(size + 4, this.#capacity)),
+      size: 0,
+      unsettled: 0,
+      closed: false,
+    };
+    this.#staging = s;
+    this.#staged.push(s);
+    return s;
+  }
+
+  /** Closes a write frame to new writes; the next one is sized after it. */
+  #close(s: Staged): void {
+    s.closed = true;
+    if (this.#staging === s) this.#staging = undefined;
+    // A full frame may pass `batchBytes` by its last op: leave room for a small one.
+    const full = this.#o.batchBytes + 4096;
+    this.#capacity = Math.min(full, Math.max(4096, 2 * s.body.bytes));
   }
 
   /** Runs `run` after every write queued before it reached the store; resolves with its result. */
@@ -223,39 +274,60 @@ export class Replicator {
       if (group.length > room) {
         const max = this.#limits.maxWritesPerCheckpoint;
         for (const g of group.slice(Math.max(0, room))) {
-          g.reject(limitError('maxWritesPerCheckpoint', 'write ops in this checkpoint', max + 1, max));
+          this.#refuse(g, limitError('maxWritesPerCheckpoint', 'write ops in this checkpoint', max + 1, max));
         }
         group = group.slice(0, Math.max(0, room));
-        if (group.length === 0) continue;
+        if (group.length === 0) {
+          this.#sendSettled();
+          continue;
+        }
       }
-      const ok = await this.#applyLocally(group.map((g) => g.op));
+      const ops = new Array<WriteOp>(group.length);
+      for (let i = 0; i < group.length; i++) ops[i] = group[i]!.op;
+      const ok = await this.#applyLocally(ops);
       const accepted: typeof group = [];
       for (let i = 0; i < group.length; i++) {
         const g = group[i]!;
         const err = this.#stopped ?? ok[i];
         if (err !== undefined) {
-          g.reject(err);
+          this.#refuse(g, err);
           continue;
         }
-        this.#batch.push(g.op);
-        this.#batchBytes += g.size;
+        g.staged.unsettled--;
         this.#openWriteOps++;
-        if (this.#batchBytes >= this.#o.batchBytes) this.#flush();
         accepted.push(g);
       }
       // The local store failed (lost its data, timed out, unreachable): this node must not go on
       // acknowledging checkpoints whose writes its own store does not hold. (After the writes got
       // the store's own error.)
-      const failed = ok.find((e) => e instanceof StorageError);
-      if (failed !== undefined && !this.#stopped) this.#o.onStoreFailure?.(failed as StorageError);
-      if (this.#batch.length > 0) this.#flushTimer ??= setTimeout(() => this.#flush(), 5);
+      if (accepted.length < group.length) {
+        const failed = ok.find((e) => e instanceof StorageError);
+        if (failed !== undefined && !this.#stopped) this.#o.onStoreFailure?.(failed as StorageError);
+      }
+      this.#sendSettled();
+      const open = this.#staging;
+      if (open !== undefined && open.unsettled === 0 && open.body.count > 0) {
+        this.#flushTimer ??= setTimeout(() => this.#flushIdle(), 5);
+      }
       if (accepted.length > 0) {
-        const ready = this.#o.publisher.ready();
-        // Rejections reach the callers through their own promises.
-        ready.catch(() => undefined);
-        for (const g of accepted) g.resolve(ready);
+        // One `then` for the group: the writes settle with the publisher's `ready()`.
+        this.#o.publisher.ready().then(
+          () => {
+            for (const g of accepted) g.resolve();
+          },
+          (err: unknown) => {
+            for (const g of accepted) g.reject(err);
+          },
+        );
       }
     }
+  }
+
+  /** A write the store (or a limit) refused: out of its frame, its caller rejected. */
+  #refuse(g: Extract<QueueItem, { kind: 'write' }>, err: unknown): void {
+    g.staged.unsettled--;
+    g.staged.body.exclude(g.start, g.end);
+    g.reject(err);
   }
 
   /**
@@ -284,23 +356,40 @@ export class Replicator {
     return out;
   }
 
-  /** Publishes the open batch as one write frame of the open checkpoint. */
-  #flush(): void {
-    clearTimeout(this.#flushTimer);
+  /** The writes paused: the open write frame goes out as it is, once the store has its ops. */
+  #flushIdle(): void {
     this.#flushTimer = undefined;
-    if (this.#batch.length === 0 || this.#stopped) return;
-    const body = encodeWrites(this.#batch, this.#batchBytes);
-    this.#batch = [];
-    this.#batchBytes = 0;
-    this.#openWriteFrames++;
-    this.#openWriteBytes += body.byteLength;
-    this.#send({
-      kind: FrameKind.Writes,
-      epoch: this.#o.epoch,
-      seq: this.#seq++,
-      checkpoint: this.#open,
-      body,
-    });
+    const open = this.#staging;
+    if (open === undefined || open.unsettled > 0) return;
+    this.#close(open);
+    this.#sendSettled();
+  }
+
+  /**
+   * Publishes, in order, the write frames that are closed and whose every op the store
+   * answered (the ops it refused are left out; a frame left empty is not sent).
+   */
+  #sendSettled(): void {
+    const staged = this.#staged;
+    while (staged.length > 0) {
+      const s = staged[0]!;
+      if (!s.closed || s.unsettled > 0) return;
+      staged.shift();
+      if (s.body.count === 0 || this.#stopped) continue;
+      if (s.checkpoint !== this.#open) {
+        throw new Error(`internal: write frame of checkpoint ${s.checkpoint} while ${this.#open} is open`);
+      }
+      const body = s.body.finish();
+      this.#openWriteFrames++;
+      this.#openWriteBytes += body.byteLength;
+      this.#send({
+        kind: FrameKind.Writes,
+        epoch: this.#o.epoch,
+        seq: this.#seq++,
+        checkpoint: s.checkpoint,
+        body,
+      });
+    }
   }
 
   #send(frame: Frame | Promise<Frame>): void {
@@ -369,9 +458,17 @@ export class Replicator {
       return Promise.reject(tooBig);
     }
     this.#next = n + 1;
+    // Writes called from now on belong to the next checkpoint: they go into a new frame.
+    if (this.#staging) this.#close(this.#staging);
     const sealed = this.#mark(() => {
       if (this.#stopped) throw this.#stopped;
-      this.#flush();
+      clearTimeout(this.#flushTimer);
+      this.#flushTimer = undefined;
+      // Every write called before this checkpoint has its answer from the store now.
+      this.#sendSettled();
+      if (this.#staged[0] !== undefined && this.#staged[0].checkpoint <= n) {
+        throw new Error(`internal: writes of checkpoint ${n} not sent at its seal`);
+      }
       const counts = { writeFrames: this.#openWriteFrames, writeOps: this.#openWriteOps, imageFrames: 1 };
       const writeBytes = this.#openWriteBytes;
       // Re-send what failed before, with the same ids: the stream drops copies that did land.

@@ -30,8 +30,8 @@
  * before the version is believed: a corrupted version byte reads as corruption. A frame's body is the concatenation of its parts'
  * bodies in index order; bodies are described in `records.ts`.
  */
-import { crc32 } from 'node:zlib';
 import { FrameError, FrameRejectReason } from '../errors.js';
+import { crc32 } from '../fec/crc.js';
 
 /** Record kinds. */
 export const FrameKind = { Writes: 1, Image: 2, Seal: 3, Fence: 4 } as const;
@@ -166,14 +166,37 @@ export function frameLayout(app: string, frame: Frame, maxPartBytes: number): Fr
   return { appBytes, overhead, room, parts };
 }
 
+/** Bodies that may be framed in place (see `allowInPlace`). */
+const framedInPlace = new WeakSet<Uint8Array>();
+
 /**
- * Part `i` of `frame`, encoded (a copy of its slice of the body, with header and CRC-32). One
+ * Lets `encodeFramePart` frame `body` where it is, when the frame has one part: its header goes
+ * into the bytes just before `body` and its CRC-32 into the 4 just after it (records.ts
+ * `WritesBuilder` keeps that room free and owns those bytes). The part is then a view of that
+ * memory, not a copy; framing it again writes the same bytes.
+ */
+export function allowInPlace(body: Uint8Array): void {
+  framedInPlace.add(body);
+}
+
+/**
+ * Part `i` of `frame`, encoded (a copy of its slice of the body, with header and CRC-32; or,
+ * for a one-part frame whose body allows it, the body framed in place: see `allowInPlace`). One
  * part at a time lets a caller give the event loop a turn between parts of a large frame.
  */
 export function encodeFramePart(layout: FrameLayout, frame: Frame, i: number): Buffer {
   const { appBytes, overhead, room, parts } = layout;
   const slice = frame.body.subarray(i * room, Math.min(frame.body.byteLength, (i + 1) * room));
-  const buf = Buffer.allocUnsafe(overhead + slice.byteLength);
+  const head = HEADER_BYTES + appBytes.length;
+  const inPlace =
+    parts === 1 &&
+    framedInPlace.has(frame.body) &&
+    slice.byteOffset >= head &&
+    slice.byteOffset + slice.byteLength + TRAILER_BYTES <= slice.buffer.byteLength;
+  // A body made with room around it (`allowInPlace`) is framed where it is: no copy of it.
+  const buf = inPlace
+    ? Buffer.from(slice.buffer, slice.byteOffset - head, overhead + slice.byteLength)
+    : Buffer.allocUnsafe(overhead + slice.byteLength);
   buf[0] = MAGIC0;
   buf[1] = MAGIC1;
   buf[2] = WRITE_VERSION;
@@ -188,7 +211,7 @@ export function encodeFramePart(layout: FrameLayout, frame: Frame, i: number): B
   buf.writeUInt16BE(parts, 26);
   buf.writeUInt32BE(slice.byteLength, 28);
   appBytes.copy(buf, HEADER_BYTES);
-  buf.set(slice, HEADER_BYTES + appBytes.length);
+  if (!inPlace) buf.set(slice, HEADER_BYTES + appBytes.length);
   const end = HEADER_BYTES + appBytes.length + slice.byteLength;
   buf.writeUInt32BE(crc32(buf.subarray(0, end)), end);
   return buf;

@@ -29,6 +29,7 @@
 import buffer from 'node:buffer';
 import { FrameError, FrameRejectReason } from '../errors.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type WriteOp } from '../storage/adapter.js';
+import { allowInPlace } from './frame.js';
 
 /** Image payload formats. */
 export const ImageFormat = { Full: 1, Delta: 2, DeltaAcross: 3 } as const;
@@ -113,6 +114,139 @@ export function encodeWrites(ops: readonly WriteOp[], sizeHint?: number): Buffer
   }
   if (o !== size) throw new Error(`internal: writes body size ${o} != ${size}`);
   return buf;
+}
+
+/**
+ * Bytes a `WritesBuilder` keeps free before a body: the largest part header (frame.ts: 32 bytes
+ * and an app name of up to 64), so a one-part frame is framed where the body already is.
+ */
+export const BODY_HEADROOM = 96;
+/** Bytes kept free after a body: the part's CRC-32 trailer (frame.ts). */
+export const BODY_TAILROOM = 4;
+
+/** Where an appended op sits in a `WritesBuilder`'s body, and its value as stored there. */
+export interface AppendedOp {
+  /** The op with its value a view of the body's bytes (a copy of the caller's value). */
+  readonly op: WriteOp;
+  /** Byte range of the op's record in the body. */
+  readonly start: number;
+  readonly end: number;
+}
+
+/**
+ * A writes body built one op at a time: each op's record is written into the body as the op
+ * is appended, so a put's value is copied once, from the caller's buffer into the frame, and a
+ * caller that reuses its buffer afterwards changes nothing. The returned op's value is a view of
+ * that copy (what the local store gets). An op the store then refuses is `exclude`d: `finish`
+ * leaves it out. The body sits between `BODY_HEADROOM` and `BODY_TAILROOM` free bytes, so
+ * `encodeFramePart` frames a one-part frame in place (frame.ts); the bytes are those of
+ * `encodeWrites` over the ops not excluded.
+ */
+export class WritesBuilder {
+  #buf: Buffer;
+  /** Body bytes written (the count field included). */
+  #len = 4;
+  #count = 0;
+  /** Byte ranges of excluded ops, ascending. */
+  #excluded: [number, number][] | undefined;
+  #finished = false;
+
+  /** `capacity`: body bytes to allocate at first (it grows when an op does not fit). */
+  constructor(capacity: number) {
+    this.#buf = Buffer.allocUnsafeSlow(BODY_HEADROOM + Math.max(capacity, 4) + BODY_TAILROOM);
+  }
+
+  /** Body bytes so far (ops appended, excluded ones included, and the count). */
+  get bytes(): number {
+    return this.#len;
+  }
+
+  /** Ops appended and not excluded. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Appends `op` (`keyBytes`: its key's UTF-8 length). */
+  append(op: WriteOp, keyBytes: number): AppendedOp {
+    if (this.#finished) throw new Error('internal: append to a finished writes body');
+    const size = op.op === 'put' ? 9 + keyBytes + op.value.byteLength : 5 + keyBytes;
+    this.#reserve(size);
+    const buf = this.#buf;
+    const start = this.#len;
+    let o = BODY_HEADROOM + start;
+    buf[o] = op.op === 'put' ? OP_PUT : OP_DELETE;
+    putU32(buf, o + 1, keyBytes);
+    o += 5;
+    const key = op.key;
+    if (keyBytes === key.length) {
+      // As many UTF-8 bytes as UTF-16 units: every character is ASCII, one byte each.
+      for (let i = 0; i < keyBytes; i++) buf[o + i] = key.charCodeAt(i);
+    } else if (buf.write(key, o, keyBytes, 'utf8') !== keyBytes) {
+      throw new Error('internal: key length differs from its UTF-8 bytes');
+    }
+    o += keyBytes;
+    let out: WriteOp;
+    if (op.op === 'put') {
+      const v = op.value;
+      putU32(buf, o, v.byteLength);
+      o += 4;
+      buf.set(v, o);
+      out = { op: 'put', key: op.key, value: buf.subarray(o, o + v.byteLength) };
+    } else {
+      out = op;
+    }
+    this.#len = start + size;
+    this.#count++;
+    return { op: out, start, end: this.#len };
+  }
+
+  /** Leaves the op appended at `start..end` out of the body (the store refused it). */
+  exclude(start: number, end: number): void {
+    (this.#excluded ??= []).push([start, end]);
+    this.#count--;
+  }
+
+  /**
+   * The body: a view between its head- and tailroom. Excluded ops are cut out (the bytes after
+   * them move down; call only once no store call still reads a value view).
+   */
+  finish(): Buffer {
+    this.#finished = true;
+    const buf = this.#buf;
+    if (this.#excluded) {
+      let to = 4;
+      let from = 4;
+      for (const [s, e] of this.#excluded.sort((a, b) => a[0] - b[0])) {
+        buf.copy(buf, BODY_HEADROOM + to, BODY_HEADROOM + from, BODY_HEADROOM + s);
+        to += s - from;
+        from = e;
+      }
+      buf.copy(buf, BODY_HEADROOM + to, BODY_HEADROOM + from, BODY_HEADROOM + this.#len);
+      this.#len = to + (this.#len - from);
+      this.#excluded = undefined;
+    }
+    buf.writeUInt32BE(this.#count, BODY_HEADROOM);
+    const body = buf.subarray(BODY_HEADROOM, BODY_HEADROOM + this.#len);
+    allowInPlace(body);
+    return body;
+  }
+
+  /** Makes room for `size` more body bytes: a larger buffer, the bytes so far copied over. */
+  #reserve(size: number): void {
+    const need = BODY_HEADROOM + this.#len + size + BODY_TAILROOM;
+    if (need <= this.#buf.byteLength) return;
+    const grown = Buffer.allocUnsafeSlow(Math.max(need, 2 * this.#buf.byteLength));
+    this.#buf.copy(grown, BODY_HEADROOM, BODY_HEADROOM, BODY_HEADROOM + this.#len);
+    this.#buf = grown;
+  }
+}
+
+/** `buf.writeUInt32BE(v, o)` without its argument checks (the builder sized `buf` itself). */
+function putU32(buf: Buffer, o: number, v: number): void {
+  buf[o] = v >>> 24;
+  buf[o + 1] = v >>> 16;
+  buf[o + 2] = v >>> 8;
+  buf[o + 3] = v;
 }
 
 function malformed(what: string): FrameError {

@@ -184,9 +184,14 @@ export class Restartpoint<S = unknown> extends EventEmitter<Events> {
           }
           assertValidValue(value);
           checkValueLimit(value, limits);
-          // Copy: the app may reuse its buffer before the batch is encoded.
-          const copy = Uint8Array.prototype.slice.call(value);
-          return this.#guard() ?? this.#gated(() => rep.write({ op: 'put', key, value: copy }));
+          const refused = this.#guard();
+          if (refused) return refused;
+          // The app may reuse its buffer once `put` returns. The replicator copies the value into
+          // its write frame before `write` returns; a write held back by a handover, or an engine
+          // that does not copy (the sidecar's), gets its own copy here.
+          if (rep.copiesValues === true && !this.#handingOver) return rep.write({ op: 'put', key, value });
+          const own = Uint8Array.prototype.slice.call(value);
+          return this.#gated(() => rep.write({ op: 'put', key, value: own }));
         } catch (err) {
           return Promise.reject(err);
         }

@@ -29,6 +29,8 @@ import type { TakeoverStats } from '../types.js';
 /** The write path of a primary node, as the SDK facade uses it. */
 export interface PrimaryEngine {
   write(op: WriteOp): Promise<void>;
+  /** `write` copies a put's value before it returns (the caller may then reuse its buffer). */
+  readonly copiesValues?: boolean;
   checkpoint(state: unknown): Promise<CheckpointAck>;
   readonly nextCheckpoint: number;
   readonly lastStats: CheckpointStats | undefined;

@@ -206,14 +206,15 @@ export function assertValidKey(key: unknown): asserts key is string {
     throw new InvalidArgumentError(`store key must be a string, got ${typeof key}`);
   }
   if (key.length === 0) throw new InvalidArgumentError('store key must not be empty');
+  const bytes = Buffer.byteLength(key, 'utf8');
   // Keys travel and rest as UTF-8 (frames, file names, Redis, Postgres). A lone surrogate has no
   // UTF-8 form and would silently become U+FFFD on the standby: a different key than the primary's.
-  if (LONE_SURROGATE.test(key)) {
+  // (A key of as many UTF-8 bytes as UTF-16 units is ASCII: no surrogate to look for.)
+  if (bytes !== key.length && LONE_SURROGATE.test(key)) {
     throw new InvalidArgumentError(
       'store key must be well-formed Unicode; it holds a lone surrogate (U+D800-U+DFFF)',
     );
   }
-  const bytes = Buffer.byteLength(key, 'utf8');
   if (bytes > MAX_KEY_BYTES) {
     throw new InvalidArgumentError(`store key is ${bytes} bytes; keys are limited to ${MAX_KEY_BYTES} bytes`);
   }
