@@ -104,10 +104,22 @@ describe('FEC 4+2 over six relays (real nats-servers, SIGKILLed)', () => {
         }
       }
       const stale: string[] = [];
+      let staleSeen!: () => void;
+      const sawStale = new Promise<void>((r) => (staleSeen = r));
       const c = startStandby(
-        options(app, 'c', { fec, log: (e) => e.reason === 'stale' && stale.push(String(e.error)) }),
+        options(app, 'c', {
+          fec,
+          log: (e) => {
+            if (e.reason !== 'stale') return;
+            stale.push(String(e.error));
+            staleSeen();
+          },
+        }),
       );
       await c.standing;
+      // The standby reads the zombie's shards while it replays; only then does the primary go
+      // (a takeover that read them during its catch-up would be exact too, but quiet).
+      await sawStale;
       await took.checkpoint(took.state);
       await took.close();
       const third = await c.primary;
