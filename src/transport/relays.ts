@@ -471,11 +471,15 @@ export class RelaySet {
 
   /**
    * Catches relay `target` up from the other relays with the parts of epochs from `fromEpoch` on
-   * that it lacks (see backfill.ts). `undefined` when it is not connected, or already running.
+   * that it lacks (see backfill.ts). `undefined` when it is not connected, already running, or
+   * no other relay is connected to copy from (a single relay: reading its own stream would find
+   * nothing to copy, and that read, tens of MB with a large state, came over the connection the
+   * lease shares and delayed a new primary's renewals until it was demoted).
    */
   async backfill(target: number, fromEpoch: number): Promise<BackfillResult | undefined> {
     const r = this.#relays[target]!;
     if (r.backfilling || !r.link.connected() || this.#closed) return undefined;
+    if (!this.#relays.some((s, i) => i !== target && s.link.connected())) return undefined;
     r.backfilling = true;
     try {
       return await backfill({

@@ -5,7 +5,9 @@
  * (which share relay 0's connection) behind tens of MB. The frame must still arrive whole, its
  * parts in order, and a halt must fail what waits for the window at once.
  *
- * One real nats-server of the test's own (max_payload 1 MB, so parts of ~1 MB).
+ * One real nats-server of the test's own (max_payload 1 MB, so parts of ~1 MB). Also: a single
+ * relay is never backfilled (a new primary read its whole stream, over the lease's connection,
+ * to find nothing to copy).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
@@ -146,6 +148,25 @@ describe('RelaySet.publish: the send window (real nats-server)', () => {
       expect(seen.calls()).toBeLessThan(Math.ceil((24 * 1024 * 1024) / set.codec.partBytes));
     } finally {
       server.signal('SIGCONT');
+      await set.close();
+    }
+  }, 30_000);
+
+  it('a single relay is not backfilled: there is nothing to copy from, and its stream is not read', async () => {
+    const app = freshApp('window-backfill');
+    const set = await open(app, []);
+    try {
+      await set.publish(frame(1, 3 * 1024 * 1024));
+      const js = set.links[0]!.js;
+      const get = js.consumers.get.bind(js.consumers);
+      let reads = 0;
+      js.consumers.get = ((...a: Parameters<typeof get>) => {
+        reads++;
+        return get(...a);
+      }) as typeof get;
+      expect(await set.backfill(0, 1)).toBeUndefined();
+      expect(reads).toBe(0);
+    } finally {
       await set.close();
     }
   }, 30_000);
