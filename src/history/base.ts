@@ -202,6 +202,9 @@ export interface BaseSurvey {
   readonly messages: number;
 }
 
+/** Bytes of base messages one pull asks for (see `readBaseMessages`). */
+const BASE_READ_BYTES = 8 * 1024 * 1024;
+
 /** Reads every base message of one relay, in stream order. */
 async function readBaseMessages(link: NatsLink, names: AppNames, stallMs: number): Promise<Uint8Array[]> {
   const info = await link.jsm.streams.info(names.stream, { subjects_filter: names.baseSubject });
@@ -212,7 +215,15 @@ async function readBaseMessages(link: NatsLink, names: AppNames, stallMs: number
     deliver_policy: DeliverPolicy.All,
   });
   const out: Uint8Array[] = [];
-  const messages = await consumer.consume({ max_messages: 256, idle_heartbeat: 1_000, expires: 5_000 });
+  // Pulled by bytes, not by messages: 256 messages of up to 1 MB each (a large base's image
+  // parts) put more than the server's 64 MB pending limit of a client on the wire at once, and
+  // the messages past it were lost: a 100 MB base read as 17–59 of its 103 messages, no
+  // manifest, "no base message on any reachable relay" (issue 14's 10 s-lease drill).
+  const messages = await consumer.consume({
+    max_bytes: Math.max(BASE_READ_BYTES, 2 * link.maxPayload),
+    idle_heartbeat: 1_000,
+    expires: 5_000,
+  });
   const stall = setInterval(() => {
     if (Date.now() - last > stallMs) void messages.close();
   }, 250);

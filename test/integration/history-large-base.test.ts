@@ -13,9 +13,11 @@
  * base's first message matters when the primary's next frames land among the base's messages
  * before the cut is computed (a slow, large base); this test's base is published too fast for that.
  *
- * The cause: a starting node searched for bases, then read the stream bounds. A base being
- * published meanwhile (its manifest not out yet when searched) and purged below before the
- * bounds were read looked like a trimmed history without a base. `surveyHistory` searches again.
+ * The causes, found and fixed: (1) the loader pulled base messages 256 at a time; the parts of a
+ * 100 MB base image (1 MB each) put more than a client's 64 MB pending limit on the wire and the
+ * rest were lost: 17–59 of 103 messages read, no manifest. It pulls by bytes now. (2) A node
+ * searched for bases, then read the stream bounds: a base published and purged below in between
+ * looked like a trimmed history without a base. `surveyHistory` searches again.
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
@@ -26,7 +28,7 @@ import { serializeImage } from '../../src/image/serialize.js';
 import { ImageCodec, ImageFormat } from '../../src/protocol/records.js';
 import { FrameCodec } from '../../src/protocol/codec.js';
 import { appNames } from '../../src/protocol/subjects.js';
-import { closeLink, openLink } from '../../src/transport/connection.js';
+import { closeLink, ensureStream, openLink } from '../../src/transport/connection.js';
 import { lastStreamSeq, purgeBelow, streamBounds } from '../../src/transport/consumer.js';
 import { liveNodes, nodeOptions } from '../helpers/live.js';
 import { NATS_URL } from '../helpers/nats.js';
@@ -157,4 +159,40 @@ describe('bases of a state larger than the byte window', () => {
       await closeLink(link);
     }
   }, 30_000);
+
+  it('finds a base of 100 MB (more than a client may have pending at once)', async () => {
+    const app = live.app('hbig');
+    const link = await openLink({ servers: NATS_URL }, `test:${app}`);
+    const names = appNames(app);
+    const codec = new FrameCodec({ app, relays: 1, maxPayload: link.maxPayload });
+    try {
+      await ensureStream(link, names, 1);
+      // Random bytes, stored as they are (codec None, like a builder's image): ~100 parts of 1 MB.
+      const raw = randomBytes(100 * 1024 * 1024);
+      const { frames } = baseFrames(
+        {
+          checkpoint: 5,
+          epoch: 1,
+          entries: [{ op: 'put', key: 'k', value: Buffer.from('v') }],
+          image: {
+            format: ImageFormat.Full,
+            codec: ImageCodec.None,
+            base: 0,
+            stateVersion: 1,
+            rawLength: raw.byteLength,
+            payload: raw,
+          },
+          history: [],
+        },
+        { builder: 't', retainFrom: 1, builtAt: Date.now() },
+      );
+      await publishBase(frames, { links: [link], names, codec, need: 1, timeoutMs: 10_000, app });
+      const survey = await findBase({ links: [link], names, codec, app });
+      expect(survey.messages).toBeGreaterThan(100);
+      expect(survey.base?.manifest.checkpoint).toBe(5);
+      expect(Buffer.compare(Buffer.from(survey.base!.image.payload), raw)).toBe(0);
+    } finally {
+      await closeLink(link);
+    }
+  }, 60_000);
 });
