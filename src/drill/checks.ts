@@ -51,19 +51,34 @@ export function takeoverViolations(o: {
   return out;
 }
 
-/** How far behind the primary a standby may be to count as warm (ms from ack to applied). */
+/** How far behind the primary a standby may be to count as warm (ms from ack to applied), at least. */
 export const WARM_LAG_MS = 250;
 
 /**
- * Waits until the standby reports (`applied`, every 200 ms) a checkpoint it applied at most
- * {@link WARM_LAG_MS} after the primary's ack, so that every takeover is measured from a warm
- * standby, not from one still replaying the stream. False after 10 s without one.
+ * The warm threshold for nodes with lease `leaseTtlMs`: {@link WARM_LAG_MS}, or one TTL when that
+ * is more. The nodes' default lag budget (`maxStandbyLag.ms`, src/primary/lag-budget.ts) lets a
+ * standby fall one TTL behind before checkpoints wait for it; a stricter threshold than that
+ * (250 ms at a 300 ms lease) could be missed for good by a standby the budget keeps where it
+ * is, and each kill then waited 10 s for nothing ("killing anyway").
  */
-export async function warm(standby: AppProcess, ackAt: ReadonlyMap<number, number>): Promise<boolean> {
+export function warmLagMs(leaseTtlMs: number): number {
+  return Math.max(WARM_LAG_MS, leaseTtlMs);
+}
+
+/**
+ * Waits until the standby reports (`applied`, every 200 ms) a checkpoint it applied at most
+ * `lagMs` after the primary's ack, so that every takeover is measured from a warm standby, not
+ * from one still replaying the stream. False after 10 s without one.
+ */
+export async function warm(
+  standby: AppProcess,
+  ackAt: ReadonlyMap<number, number>,
+  lagMs: number = WARM_LAG_MS,
+): Promise<boolean> {
   try {
     await standby.waitFor(
-      (e) => e.ev === 'applied' && e.t - (ackAt.get(num(e.checkpoint)) ?? e.t) <= WARM_LAG_MS,
-      `applied sample within ${WARM_LAG_MS} ms of its ack`,
+      (e) => e.ev === 'applied' && e.t - (ackAt.get(num(e.checkpoint)) ?? e.t) <= lagMs,
+      `applied sample within ${lagMs} ms of its ack`,
       10_000,
     );
     return true;

@@ -26,10 +26,10 @@ import { AppProcess, clearStore, num } from './app-process.js';
 import {
   CORRUPT_REASONS,
   FORGED_REASONS,
-  WARM_LAG_MS,
   checkZombie,
   takeoverViolations,
   warm,
+  warmLagMs,
 } from './checks.js';
 import { killLeaseLeader, runChaos } from './chaos.js';
 import { injectHostile } from './hostile.js';
@@ -55,7 +55,7 @@ import {
 
 export * from './types.js';
 export { AppProcess, sampleAppPath } from './app-process.js';
-export { WARM_LAG_MS } from './checks.js';
+export { WARM_LAG_MS, warmLagMs } from './checks.js';
 export { runUpgradeDrill, type UpgradeReport } from './upgrade.js';
 export { runStoreLossDrill, storeLossFaults } from './store-loss.js';
 
@@ -247,9 +247,9 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
       const point = opts.points?.length ? opts.points[(kill - 1) % opts.points.length]! : drawn;
       const afterSteps = 3 + Math.floor(rand() * 20);
       // Each takeover is measured from a warm standby: one that has applied what was acked so far.
-      if (!(await warm(standby, ackAt)))
+      if (!(await warm(standby, ackAt, warmLagMs(opts.leaseTtlMs))))
         say(
-          `kill ${kill}/${opts.kills}: the standby is still more than ${WARM_LAG_MS} ms behind; killing anyway`,
+          `kill ${kill}/${opts.kills}: the standby is still more than ${warmLagMs(opts.leaseTtlMs)} ms behind; killing anyway`,
         );
       // Relays lost while the primary works: the ones the policy can spare.
       const lost = relayed ? pickRelays(relays.length, 1, rand) : [];

@@ -35,6 +35,7 @@ import { baseMessageId, type AppNames } from '../protocol/subjects.js';
 import { addEntry, digestHex, emptyDigest, entryLanes } from '../storage/digest.js';
 import type { WriteOp } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
+import { streamBounds } from '../transport/consumer.js';
 import { FramePublisher } from '../transport/publisher.js';
 
 /** The seq of chunk `index` of a build tagged `tag`. */
@@ -201,6 +202,9 @@ export interface BaseSurvey {
   readonly messages: number;
 }
 
+/** Bytes of base messages one pull asks for (see `readBaseMessages`). */
+const BASE_READ_BYTES = 8 * 1024 * 1024;
+
 /** Reads every base message of one relay, in stream order. */
 async function readBaseMessages(link: NatsLink, names: AppNames, stallMs: number): Promise<Uint8Array[]> {
   const info = await link.jsm.streams.info(names.stream, { subjects_filter: names.baseSubject });
@@ -211,7 +215,15 @@ async function readBaseMessages(link: NatsLink, names: AppNames, stallMs: number
     deliver_policy: DeliverPolicy.All,
   });
   const out: Uint8Array[] = [];
-  const messages = await consumer.consume({ max_messages: 256, idle_heartbeat: 1_000, expires: 5_000 });
+  // Pulled by bytes, not by messages: 256 messages of up to 1 MB each (a large base's image
+  // parts) put more than the server's 64 MB pending limit of a client on the wire at once, and
+  // the messages past it were lost: a 100 MB base read as 17–59 of its 103 messages, no
+  // manifest, "no base message on any reachable relay" (issue 14's 10 s-lease drill).
+  const messages = await consumer.consume({
+    max_bytes: Math.max(BASE_READ_BYTES, 2 * link.maxPayload),
+    idle_heartbeat: 1_000,
+    expires: 5_000,
+  });
   const stall = setInterval(() => {
     if (Date.now() - last > stallMs) void messages.close();
   }, 250);
@@ -327,4 +339,51 @@ export async function findBase(o: {
     rejected.push({ checkpoint: m.checkpoint, why: why.why });
   }
   return { base: undefined, rejected, messages };
+}
+
+/** What a starting node finds on the relays: the newest intact base and whether the history was trimmed. */
+export interface HistorySurvey extends BaseSurvey {
+  /** Per relay, the first stream seq it holds (`undefined`: not connected, or not answering). */
+  readonly firstSeqs: (number | undefined)[];
+  /**
+   * No connected relay holds its stream from the first message (the frames before some base were
+   * purged): without a base, neither the store nor the image can be rebuilt from the relays.
+   */
+  readonly trimmed: boolean;
+}
+
+/**
+ * The newest intact base (`findBase`) and the relays' first stream seqs, consistent with each
+ * other. A builder publishes a base's manifest and only then purges below it, so a node that
+ * searched for bases while a base was being published (its manifest not there yet) and read the
+ * stream bounds after the purge would see a trimmed history and no base: a base that did exist
+ * mistaken for one lost (issue 14: a node restarted during a 100 MB base build refused to start
+ * with "no base message on any reachable relay"). So when the bounds say trimmed and the search
+ * found no base, it searches once more: the base that allowed the purge is durable by then.
+ */
+export async function surveyHistory(o: {
+  links: readonly NatsLink[];
+  names: AppNames;
+  codec: FrameCodec;
+  app: string;
+  stallMs?: number;
+  /** Test hook: runs between the first base search and the bounds read. */
+  afterSearch?: () => Promise<void>;
+}): Promise<HistorySurvey> {
+  let survey = await findBase(o);
+  await o.afterSearch?.();
+  const firstSeqs = await Promise.all(
+    o.links.map((l) =>
+      l.connected()
+        ? streamBounds(l, o.names.stream).then(
+            (b) => b.firstSeq,
+            () => undefined,
+          )
+        : Promise.resolve(undefined),
+    ),
+  );
+  const read = firstSeqs.filter((f): f is number => f !== undefined);
+  const trimmed = read.length > 0 && read.every((f) => f > 1);
+  if (trimmed && survey.base === undefined) survey = await findBase(o);
+  return { ...survey, firstSeqs, trimmed };
 }

@@ -30,11 +30,14 @@ import type { ImageWorker, KeyframeUpload, PackedKeyframe } from './worker.js';
 export const DEFAULT_SLICE_MS = 8;
 
 /**
- * The first slice walks at least this many children (about 1 MB of records) before it may stop:
- * a state smaller than that is always serialized on the spot, whatever the machine's speed, so
- * small states keep one path (and synchronous records) deterministically.
+ * The first slice walks at least this many children before it may stop: a state smaller than
+ * that is always serialized on the spot, whatever the machine's speed, so small states keep one
+ * path (and synchronous records) deterministically. Kept low because this part of the walk
+ * holds the event loop whatever its length: 65 536 children (the value until issue 14's drill)
+ * took 0.2–0.6 s of one block for the drill's 100 MB state of 1 KiB strings on the loaded
+ * 2-core machine, and demoted its primary at a 1 000 ms lease; 8 192 take a few tens of ms.
  */
-export const DEFAULT_MIN_OFF_THREAD_CHILDREN = 65_536;
+export const DEFAULT_MIN_OFF_THREAD_CHILDREN = 8_192;
 
 /** What the walk found, and the Map indexes it built (cow.ts). */
 export interface Walked extends IndexedTree {

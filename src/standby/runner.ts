@@ -24,13 +24,12 @@ import {
   StreamReader,
   lastStreamSeq,
   lastSubjectSeq,
-  streamBounds,
   streamState,
   type StreamMessage,
 } from '../transport/consumer.js';
 import { isPending } from '../transport/relays.js';
 import type { RelayLagSample } from '../observability/observer.js';
-import { findBase, type LoadedBase } from '../history/base.js';
+import { surveyHistory, type LoadedBase } from '../history/base.js';
 import { RetentionTracker } from '../history/retention.js';
 import type { EpochCut } from '../protocol/records.js';
 import { DivergedError, decodeMeta, discards, encodeMeta, type Applier, type ApplyMode } from './applier.js';
@@ -406,7 +405,8 @@ export class StandbyRunner {
 
   async #prepare(trustOwn: boolean): Promise<void> {
     const o = this.#o;
-    const survey = await findBase({ links: o.links, names: o.names, codec: o.codec, app: o.app });
+    // The base and the stream bounds read consistently (a purge between them is not a lost base).
+    const survey = await surveyHistory({ links: o.links, names: o.names, codec: o.codec, app: o.app });
     const base = survey.base;
     const ownOrWhy = trustOwn
       ? await this.#ownStore(base?.manifest.history ?? [], base?.manifest.checkpoint ?? 0)
@@ -414,18 +414,7 @@ export class StandbyRunner {
     // Without a base, only an untrimmed history can rebuild the image (or the store): it is
     // trimmed when no connected relay still holds its stream from the first message (one relay
     // that does, such as one a new primary backfilled, is enough to replay from).
-    const firstSeqs = await Promise.all(
-      o.links.map((l) =>
-        l.connected()
-          ? streamBounds(l, o.names.stream).then(
-              (b) => b.firstSeq,
-              () => undefined,
-            )
-          : Promise.resolve(undefined),
-      ),
-    );
-    const read = firstSeqs.filter((f): f is number => f !== undefined);
-    const trimmed = base === undefined && read.length > 0 && read.every((f) => f > 1);
+    const trimmed = base === undefined && survey.trimmed;
     this.#base = base;
     const bc = base?.manifest.checkpoint;
     const own =

@@ -124,6 +124,10 @@ interface RelayState {
   readonly backlog: Outgoing[];
   draining: boolean;
   backfilling: boolean;
+  /** Bytes handed to the client and not yet settled (acked, or failed for good): the window. */
+  inFlightBytes: number;
+  /** Messages waiting for room in the window, in the order they were published. */
+  readonly waiting: { readonly bytes: Uint8Array; readonly send: () => void }[];
 }
 
 /** How often a relay that was down at start is tried again. */
@@ -135,6 +139,18 @@ function describeSpec(spec: RelaySpec): string {
 
 /** Most messages one relay's backlog holds before the oldest are dropped (the relay then has a gap). */
 const MAX_BACKLOG = 100_000;
+
+/**
+ * Most bytes handed to one relay's client and not yet acknowledged (the send window). A large
+ * frame (a keyframe of a 100 MB state: ~54 parts of 1 MB) used to go to the client in one tick:
+ * each publish packs and writes its part synchronously, which held the event loop for 0.1–1 s,
+ * and the lease's renewals, which share relay 0's connection, then queued behind tens of MB in
+ * the socket and at the server. With the window, a part is handed over only when the acks of
+ * earlier ones made room, so the event loop turns between batches of at most this many bytes,
+ * and whatever else uses the connection waits behind at most this much. A message larger than
+ * the window goes alone.
+ */
+export const SEND_WINDOW_BYTES = 4 * 1024 * 1024;
 
 /**
  * A chaos hook for drills and tests: sees every message on its way to a relay and may drop it,
@@ -326,7 +342,15 @@ export class RelaySet {
       new FramePublisher(link, { app: opts.app, subject: opts.names.subject, timeoutMs: opts.timeoutMs });
     const relays: RelayState[] = links.map((l, i) => {
       const link = l ?? pendingLink(describeSpec(opts.specs[i]!));
-      return { link, publisher: publisherOf(link), backlog: [], draining: false, backfilling: false };
+      return {
+        link,
+        publisher: publisherOf(link),
+        backlog: [],
+        draining: false,
+        backfilling: false,
+        inFlightBytes: 0,
+        waiting: [],
+      };
     });
     const set = new RelaySet(relays, {
       need: fec ? fec.shardsNeeded : acksNeeded(opts.ack, n),
@@ -447,11 +471,15 @@ export class RelaySet {
 
   /**
    * Catches relay `target` up from the other relays with the parts of epochs from `fromEpoch` on
-   * that it lacks (see backfill.ts). `undefined` when it is not connected, or already running.
+   * that it lacks (see backfill.ts). `undefined` when it is not connected, already running, or
+   * no other relay is connected to copy from (a single relay: reading its own stream would find
+   * nothing to copy, and that read, tens of MB with a large state, came over the connection the
+   * lease shares and delayed a new primary's renewals until it was demoted).
    */
   async backfill(target: number, fromEpoch: number): Promise<BackfillResult | undefined> {
     const r = this.#relays[target]!;
     if (r.backfilling || !r.link.connected() || this.#closed) return undefined;
+    if (!this.#relays.some((s, i) => i !== target && s.link.connected())) return undefined;
     r.backfilling = true;
     try {
       return await backfill({
@@ -554,7 +582,7 @@ export class RelaySet {
         }
         if (fault && 'bytes' in fault) bytes = fault.bytes;
         const out: Outgoing = { bytes, msgId: m.msgId, done };
-        const go = (): void => {
+        const send = (): void => {
           if (this.#closed) {
             done(false);
             return;
@@ -564,19 +592,47 @@ export class RelaySet {
             this.#enqueue(r, out);
             return;
           }
+          r.inFlightBytes += bytes.byteLength;
+          const room = (): void => {
+            r.inFlightBytes -= bytes.byteLength;
+            this.#pump(r);
+          };
           r.publisher.send(bytes, m.msgId).then(
-            () => done(true),
+            () => {
+              room();
+              done(true);
+            },
             (err: unknown) => {
+              room();
               this.#onError(`relay ${r.link.servers} missed ${m.msgId}: ${(err as Error).message}`);
               settle(false);
               this.#enqueue(r, out);
             },
           );
         };
+        // In publish order behind what waits for the window (see SEND_WINDOW_BYTES).
+        const go = (): void => {
+          r.waiting.push({ bytes, send });
+          this.#pump(r);
+        };
         if (fault && 'delayMs' in fault) setTimeout(go, fault.delayMs);
         else go();
       }
     });
+  }
+
+  /**
+   * Hands relay `r`'s waiting messages to its client, in order, while the window has room (one
+   * at a time when the head alone is larger than the window). Called when a message is published
+   * and when one in flight settles, so the event loop turns between batches.
+   */
+  #pump(r: RelayState): void {
+    while (r.waiting.length > 0) {
+      const head = r.waiting[0]!;
+      if (r.inFlightBytes > 0 && r.inFlightBytes + head.bytes.byteLength > SEND_WINDOW_BYTES) return;
+      r.waiting.shift();
+      head.send();
+    }
   }
 
   #enqueue(r: RelayState, out: Outgoing): void {
@@ -623,6 +679,8 @@ export class RelaySet {
   halt(): void {
     this.#closed = true;
     this.#stop.abort();
+    // What waits for the window was never handed to a client: it fails now (send sees closed).
+    for (const r of this.#relays) for (const w of r.waiting.splice(0)) w.send();
     for (const r of this.#relays) for (const out of r.backlog.splice(0)) out.done(false);
   }
 
@@ -630,6 +688,7 @@ export class RelaySet {
   async close(keep?: NatsLink): Promise<void> {
     this.#closed = true;
     this.#stop.abort();
+    for (const r of this.#relays) for (const w of r.waiting.splice(0)) w.send();
     await Promise.all(this.#connecting);
     await Promise.allSettled([...this.#backfills]);
     for (const r of this.#relays) if (r.link !== keep && !isPending(r.link)) await closeLink(r.link);
