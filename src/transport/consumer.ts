@@ -13,6 +13,9 @@ export interface StreamMessage {
   readonly timestampMs: number;
 }
 
+/** Bytes a reader asks a relay for at a time: well under nats-server's 64 MB pending limit. */
+export const READ_WINDOW_BYTES = 16 * 1024 * 1024;
+
 /** Reads a stream from `startSeq` (1 = the beginning) and hands each message to `onMessage`. */
 export class StreamReader {
   readonly #link: NatsLink;
@@ -46,8 +49,17 @@ export class StreamReader {
         : { opt_start_seq: startSeq, ...filter },
     );
     // Short heartbeats: after a relay restarts, a stalled consumer is noticed and re-created in
-    // seconds rather than the client's default half minute.
-    const messages = await consumer.consume({ max_messages: 512, idle_heartbeat: 1_000, expires: 5_000 });
+    // seconds rather than the client's default half minute. Pulls are bounded by bytes (the
+    // client then asks for at most 100 messages a pull, refilled at 75 %): a count alone let a
+    // burst of 1 MB parts (a large keyframe) put more than nats-server's per-client pending limit
+    // (64 MB) on the wire, the server dropped the rest, and the reader stalled at a gap.
+    const messages = await consumer.consume({
+      // At least two messages of the largest size the server takes (a pull smaller than one
+      // message would never be served).
+      max_bytes: Math.max(READ_WINDOW_BYTES, 2 * this.#link.maxPayload),
+      idle_heartbeat: 1_000,
+      expires: 5_000,
+    });
     this.#messages = messages;
     this.#done = (async () => {
       try {
