@@ -40,6 +40,10 @@ const { values: args } = parseArgs({
     // A full GC (for the heap figure) every this many samples, and at the start and the end;
     // 0: only at the start and the end.
     'gc-every': { type: 'string', default: '20' },
+    // The standby's forced GCs: every this many samples (default 6: once a minute). It holds no
+    // lease, so a GC pause there threatens nothing; and one figure taken while it applies a 100 MB
+    // keyframe holds two images, so the verdict needs enough of them to take medians of thirds.
+    'standby-gc-every': { type: 'string', default: '6' },
     'lease-ms': { type: 'string', default: '1000' },
     json: { type: 'boolean', default: false },
     // Internal: the standby runs in a child process of its own (`--role standby --app A`).
@@ -54,7 +58,7 @@ const sampleMs = Number(args['sample-s']) * 1000;
 const gcEvery = Number(args['gc-every']);
 if (!(minutes > 0) || !(stateMb > 0) || !(stepMs >= 0) || !(sampleMs > 0)) {
   console.error(
-    'usage: soak-large-state.mjs [--minutes N] [--state-mb MB] [--step-ms MS] [--sample-s S] [--lease-ms MS] [--json]',
+    'usage: soak-large-state.mjs [--minutes N] [--state-mb MB] [--step-ms MS] [--sample-s S] [--lease-ms MS] [--gc-every N] [--standby-gc-every N] [--json]',
   );
   process.exit(2);
 }
@@ -236,7 +240,7 @@ function spawnStandby(standbySamples) {
       '--sample-s',
       args['sample-s'],
       '--gc-every',
-      args['gc-every'],
+      args['standby-gc-every'],
     ],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
@@ -329,6 +333,7 @@ async function main() {
       lastThirdMedian: +last.toFixed(1),
       growthPct: +((100 * (last - first)) / first).toFixed(1),
       flat: (last - first) / first <= 0.2,
+      figuresMB: xs.map((x) => +x.toFixed(1)),
     };
   };
   const heap = thirds(samples);
@@ -357,7 +362,7 @@ async function main() {
     ]) {
       if (!h) continue;
       log(
-        `${who === 'primary' ? '\n' : ''}${who} heap used: first-third median ${h.firstThirdMedian} MB, last-third median ${h.lastThirdMedian} MB (${h.growthPct} %) → ${h.flat ? 'flat' : 'GROWING'}`,
+        `${who === 'primary' ? '\n' : ''}${who} heap used: first-third median ${h.firstThirdMedian} MB, last-third median ${h.lastThirdMedian} MB (${h.growthPct} %) → ${h.flat ? 'flat' : 'GROWING'}; figures ${h.figuresMB.join(' ')}`,
       );
     }
     log(
