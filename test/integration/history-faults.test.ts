@@ -19,14 +19,7 @@ import { fileAdapter } from '../../adapters/file/index.js';
 import type { LogEvent, StartOptions } from '../../src/index.js';
 import { FrameCodec } from '../../src/protocol/codec.js';
 import { FrameKind, type Frame } from '../../src/protocol/frame.js';
-import {
-  ImageCodec,
-  ImageFormat,
-  encodeFence,
-  encodeImage,
-  encodeSeal,
-  encodeWrites,
-} from '../../src/protocol/records.js';
+import { encodeFence, encodeImage, encodeSeal, encodeWrites } from '../../src/protocol/records.js';
 import { appNames, baseMessageId, messageId } from '../../src/protocol/subjects.js';
 import { serializeImage } from '../../src/image/serialize.js';
 import { baseFrames } from '../../src/history/base.js';
@@ -34,6 +27,7 @@ import { closeLink, ensureStream, openLeaseBucket, openLink } from '../../src/tr
 import { liveNodes, nodeOptions } from '../helpers/live.js';
 import { NATS_URL } from '../helpers/nats.js';
 import { watchStandby } from '../helpers/standby.js';
+import { rawFullImage } from '../helpers/image-records.js';
 
 interface S {
   n: number;
@@ -91,14 +85,7 @@ async function publisher(nc: Parameters<typeof jetstream>[0], app: string) {
       epoch,
       seq: seq + 1,
       checkpoint: cp,
-      body: encodeImage({
-        format: ImageFormat.Full,
-        codec: ImageCodec.None,
-        base: 0,
-        stateVersion: 1,
-        rawLength: raw.byteLength,
-        payload: raw,
-      }),
+      body: encodeImage(rawFullImage(raw)),
     });
     await send({
       kind: FrameKind.Seal,
@@ -194,14 +181,7 @@ describe('history faults', () => {
     await pub.close();
     const image = (cp: number) => {
       const raw = serializeImage({ n: cp, epoch: 1 } satisfies S);
-      return {
-        format: ImageFormat.Full,
-        codec: ImageCodec.None,
-        base: 0,
-        stateVersion: 1,
-        rawLength: raw.byteLength,
-        payload: raw,
-      } as const;
+      return rawFullImage(raw);
     };
     const entries = (cp: number) =>
       Array.from({ length: cp }, (_, i) => ({
@@ -275,14 +255,7 @@ describe('history faults', () => {
           key: `k${i + 1}`,
           value: Buffer.from(`1:${i + 1}`),
         })),
-        image: {
-          format: ImageFormat.Full,
-          codec: ImageCodec.None,
-          base: 0,
-          stateVersion: 1,
-          rawLength: raw.byteLength,
-          payload: raw,
-        },
+        image: rawFullImage(raw),
         history: [{ epoch: 1, cutoff: 0, cutoffEpoch: 0 }],
       },
       { builder: 'x', retainFrom: 9, builtAt: 1 },

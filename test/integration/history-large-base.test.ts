@@ -25,7 +25,6 @@ import { memoryAdapter } from '../../adapters/memory/index.js';
 import type { StartOptions } from '../../src/index.js';
 import { baseFrames, findBase, publishBase, surveyHistory } from '../../src/history/base.js';
 import { serializeImage } from '../../src/image/serialize.js';
-import { ImageCodec, ImageFormat } from '../../src/protocol/records.js';
 import { FrameCodec } from '../../src/protocol/codec.js';
 import { appNames } from '../../src/protocol/subjects.js';
 import { closeLink, ensureStream, openLink } from '../../src/transport/connection.js';
@@ -33,6 +32,7 @@ import { lastStreamSeq, purgeBelow, streamBounds } from '../../src/transport/con
 import { liveNodes, nodeOptions } from '../helpers/live.js';
 import { NATS_URL } from '../helpers/nats.js';
 import { watchStandby } from '../helpers/standby.js';
+import { rawFullImage } from '../helpers/image-records.js';
 
 interface S {
   n: number;
@@ -126,14 +126,7 @@ describe('bases of a state larger than the byte window', () => {
             key: `k${i + 1}`,
             value: Buffer.from(`v${i + 1}`),
           })),
-          image: {
-            format: ImageFormat.Full,
-            codec: ImageCodec.None,
-            base: 0,
-            stateVersion: 1,
-            rawLength: raw.byteLength,
-            payload: raw,
-          },
+          image: rawFullImage(raw),
           history: [],
         },
         { builder: 't', retainFrom: 11, builtAt: Date.now() },
@@ -174,14 +167,7 @@ describe('bases of a state larger than the byte window', () => {
           checkpoint: 5,
           epoch: 1,
           entries: [{ op: 'put', key: 'k', value: Buffer.from('v') }],
-          image: {
-            format: ImageFormat.Full,
-            codec: ImageCodec.None,
-            base: 0,
-            stateVersion: 1,
-            rawLength: raw.byteLength,
-            payload: raw,
-          },
+          image: rawFullImage(raw),
           history: [],
         },
         { builder: 't', retainFrom: 1, builtAt: Date.now() },
