@@ -518,17 +518,26 @@ export class StandbyRunner {
    */
   async #rebuild(): Promise<void> {
     this.#generation++;
+    await this.#readAgain(Promise.resolve());
+    // The new readers' messages are taken (#handle drops them while rebuilding); the old ones'
+    // are dropped by their generation.
+    this.#rebuilding = false;
+    await this.#startReaders();
+  }
+
+  /**
+   * Both rebuilds: stops the readers, waits for `drained`, forgets every relay's position,
+   * clears the store and loads the newest base (#prepare). The caller starts the new readers.
+   */
+  async #readAgain(drained: Promise<unknown>): Promise<void> {
     await Promise.all(this.#readers.map((r) => r.stop()));
+    await drained;
     this.#readers = this.#o.links.map((l) => new StreamReader(l, this.#o.names.stream));
     this.#applied.fill(0);
     this.#committedSeq.fill(0);
     this.#appliedAt.fill(0);
     this.#fresh();
     await this.#prepare(false);
-    // The new readers' messages are taken (#handle drops them while rebuilding); the old ones'
-    // are dropped by their generation.
-    this.#rebuilding = false;
-    await this.#startReaders();
   }
 
   /** Whether the run is rebuilding its store (after a divergence, or behind the purge). */
@@ -556,14 +565,8 @@ export class StandbyRunner {
     });
     try {
       this.#o.onStartPath?.({ from: 'base', base: undefined, own: undefined, why: `rebuild: ${why}` });
-      await Promise.all(this.#readers.map((r) => r.stop()));
-      await this.#chain; // messages queued by the old readers are dropped (generation)
-      this.#readers = this.#o.links.map((l) => new StreamReader(l, this.#o.names.stream));
-      this.#applied.fill(0);
-      this.#committedSeq.fill(0);
-      this.#appliedAt.fill(0);
-      this.#fresh();
-      await this.#prepare(false);
+      // Messages queued by the old readers are dropped (generation): wait for them to drain.
+      await this.#readAgain(this.#chain);
     } catch (err) {
       this.#fail(err);
       throw err;
