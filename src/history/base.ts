@@ -35,7 +35,7 @@ import { baseMessageId, type AppNames } from '../protocol/subjects.js';
 import { addEntry, digestHex, emptyDigest, entryLanes } from '../storage/digest.js';
 import type { WriteOp } from '../storage/adapter.js';
 import type { NatsLink } from '../transport/connection.js';
-import { streamBounds } from '../transport/consumer.js';
+import { endConsume, streamBounds } from '../transport/consumer.js';
 import { FramePublisher } from '../transport/publisher.js';
 
 /** The seq of chunk `index` of a build tagged `tag`. */
@@ -236,7 +236,7 @@ async function readBaseMessages(link: NatsLink, names: AppNames, stallMs: number
     }
   } finally {
     clearInterval(stall);
-    await messages.close()?.catch(() => undefined);
+    await endConsume(consumer, messages);
   }
   return out;
 }
