@@ -7,7 +7,11 @@
  *
  * Ratios: `store.<adapter>.replicated_over_raw` = replicated writes/s ÷ raw writes/s, and
  * `store.memory.replicated_over_publish` = replicated writes/s (memory store) ÷ the raw async
- * JetStream publish of the same bytes to the same server (`rawPublish`).
+ * JetStream publish of the same bytes to the same server (`rawPublish`), and
+ * `store.memory.replicated_over_publish_synced` = the same replicated writes/s ÷ that raw publish
+ * with the replicated writer's sync points: it awaits every ack after each 1 000 values, where the
+ * writer awaits its checkpoint. The first baseline never waits; the second pays the same pipeline
+ * drains the restart points do, so its ratio is the framework's own overhead.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -105,26 +109,32 @@ const FRAME_BYTES = 256 * 1024;
  * The transport's own limit for the same bytes: `n` 1 KiB values, cut into messages of the size
  * the replicator's write frames have (`batchBytes`, 256 KiB by default), published to the app's
  * stream on the same server with the same stream settings and dedupe ids, up to 256 in flight
- * (the publisher's default), every ack awaited. Returns ms.
+ * (the publisher's default), every ack awaited. With `syncEvery`, a message also ends at each
+ * multiple of `syncEvery` values, and every ack is awaited there before the next value is sent:
+ * the same pipeline drains as a writer awaiting a checkpoint every `syncEvery` writes, whose last
+ * frame before each checkpoint is short the same way. Returns ms.
  */
-async function rawPublish(ctx: BenchContext, n: number): Promise<number> {
+async function rawPublish(ctx: BenchContext, n: number, syncEvery?: number): Promise<number> {
   const app = `bench-${randomBytes(4).toString('hex')}`;
   const names = appNames(app);
   const link = await openLink({ servers: ctx.nats }, 'bench-raw-publish');
   try {
     await ensureStream(link, names);
     const perMsg = Math.floor(Math.min(FRAME_BYTES, link.maxPayload - 4096) / VALUE.length);
-    const msgs = Math.ceil(n / perMsg);
     const t0 = performance.now();
     const inFlight = new Set<Promise<unknown>>();
-    for (let m = 0; m < msgs; m++) {
-      const count = Math.min(perMsg, n - m * perMsg);
+    let m = 0;
+    for (let sent = 0; sent < n;) {
+      const toSync = syncEvery === undefined ? Infinity : syncEvery - (sent % syncEvery);
+      const count = Math.min(perMsg, n - sent, toSync);
       const body = Buffer.allocUnsafe(count * VALUE.length);
       for (let i = 0; i < count; i++) VALUE.copy(body, i * VALUE.length);
-      const p = link.js.publish(names.subject, body, { msgID: `${app}.1.${m + 1}.0` });
+      const p = link.js.publish(names.subject, body, { msgID: `${app}.1.${++m}.0` });
       inFlight.add(p);
       void p.finally(() => inFlight.delete(p));
-      if (inFlight.size >= 256) await Promise.race(inFlight);
+      sent += count;
+      if (count === toSync) await Promise.all(inFlight);
+      else if (inFlight.size >= 256) await Promise.race(inFlight);
     }
     await Promise.all(inFlight);
     return performance.now() - t0;
@@ -297,6 +307,15 @@ export const storeSuite: Suite = {
           note: 'raw JetStream publish of the same bytes, 256 KiB messages, 256 in flight',
         });
         ratios['store.memory.replicated_over_publish'] = rep / pub;
+        const syncedMs = await medianOf(ctx.repeat, () => rawPublish(ctx, WRITES, CHECKPOINT_EVERY));
+        const synced = (WRITES / syncedMs) * 1000;
+        rows.push({
+          name: 'store.memory.publish_synced',
+          value: synced,
+          unit: 'writes/s',
+          note: `the same, every ack awaited after each ${CHECKPOINT_EVERY} values (the writer's checkpoints)`,
+        });
+        ratios['store.memory.replicated_over_publish_synced'] = rep / synced;
       }
       const apply = await medianOf(ctx.repeat, () => applyRate(ctx, kind, 10_000));
       rows.push({
