@@ -912,7 +912,7 @@ function standbyReports(
   o: ResolvedOptions<unknown>,
   rpt: NodeReporter,
   guard: ResumeGuard,
-): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence' | 'onLateCopy'> {
+): Pick<StandbyOptions, 'onReject' | 'onCommit' | 'onFence' | 'onRollback' | 'onLateCopy'> {
   return {
     onReject: (err, seq) => {
       rpt.observe('rejected', err.reason);
@@ -928,6 +928,17 @@ function standbyReports(
     },
     onFence: (epoch, nodeId, seq) =>
       o.log({ level: 'info', msg: 'fence applied', epoch, nodeId, streamSeq: seq }),
+    // A deposed primary's frames after the cut that were read before the fence: dropped with it.
+    onRollback: (r) =>
+      o.log({
+        level: 'info',
+        msg: 'fence rolled back',
+        epoch: r.epoch,
+        cutoff: r.cutoff,
+        frames: r.frames,
+        checkpoints: r.checkpoints.join(','),
+        epochs: r.epochs.join(','),
+      }),
     // Another relay's copy of a committed frame: expected with several relays, not a rejection.
     onLateCopy: (key, relay, seq) =>
       o.log({

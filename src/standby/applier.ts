@@ -118,6 +118,17 @@ export interface ApplierCounters {
   batches: number;
 }
 
+/** What a fence discarded when it took effect (see `ApplierOptions.onRollback`). */
+export interface RollbackReport {
+  /** The fence's epoch and cut. */
+  readonly epoch: number;
+  readonly cutoff: number;
+  /** Frames discarded, and the checkpoints and epochs they belonged to (ascending). */
+  readonly frames: number;
+  readonly checkpoints: readonly number[];
+  readonly epochs: readonly number[];
+}
+
 /** Standby modes the applier implements. */
 export type ApplyMode = 'delay-write' | 'snapshot';
 
@@ -144,6 +155,13 @@ export interface ApplierOptions {
   readonly onStoreRetry?: (err: RestartpointError, attempt: number) => void;
   /** Called when a newer epoch's fence is applied. */
   readonly onFence?: (epoch: number, nodeId: string, streamSeq: number) => void;
+  /**
+   * Called when a fence that took effect discarded frames older epochs had sent for checkpoints
+   * after its cut: taken and staged, or waiting for their turn. They are a deposed primary's
+   * unacknowledged tail, or a zombie's late frames that arrived before the fence did; the same
+   * frames arriving after it are refused one by one as `stale` (`onReject`).
+   */
+  readonly onRollback?: (r: RollbackReport) => void;
   /**
    * Whether every frame `(epoch, seq)` of `seqs` is durable under the ack policy as far as this
    * standby can see (with several relays: seen on as many relays as the policy needs acks). A
@@ -616,16 +634,40 @@ export class Applier {
     this.#fenceEpoch = h.epoch;
     this.#fences.push({ epoch: h.epoch, cutoff: h.cutoff, cutoffEpoch: h.cutoffEpoch });
     // Rollback: whatever an older primary staged after the cutoff is gone for good.
-    for (const [cp, st] of this.#staged) if (st.epoch < h.epoch && cp > h.cutoff) this.#unstage(cp, st);
+    const gone = { frames: 0, checkpoints: new Set<number>(), epochs: new Set<number>() };
+    const drop = (f: Frame): void => {
+      gone.frames++;
+      gone.checkpoints.add(f.checkpoint);
+      gone.epochs.add(f.epoch);
+    };
+    for (const [cp, st] of this.#staged) {
+      if (st.epoch < h.epoch && cp > h.cutoff) {
+        st.frames.forEach(drop);
+        this.#unstage(cp, st);
+      }
+    }
     for (const [e, ord] of this.#order) {
       if (e >= h.epoch) continue;
-      for (const x of ord.early.values()) this.#stagedBytes -= x.frame.body.byteLength;
+      for (const x of ord.early.values()) {
+        drop(x.frame);
+        this.#stagedBytes -= x.frame.body.byteLength;
+      }
       // Cleared, not only forgotten: a take loop of that epoch may still hold the object.
       ord.early.clear();
       this.#order.delete(e);
     }
     if (this.#mode === 'snapshot') await this.#store(() => this.#o.adapter.releaseAreas!());
     this.#o.onFence?.(h.epoch, h.nodeId, h.streamSeq);
+    if (gone.frames > 0) {
+      const asc = (xs: Set<number>): number[] => [...xs].sort((a, b) => a - b);
+      this.#o.onRollback?.({
+        epoch: h.epoch,
+        cutoff: h.cutoff,
+        frames: gone.frames,
+        checkpoints: asc(gone.checkpoints),
+        epochs: asc(gone.epochs),
+      });
+    }
     const waiting = this.#waiting;
     this.#waiting = [];
     for (const w of waiting) this.#stagedBytes -= w.frame.body.byteLength;

@@ -41,6 +41,7 @@ export interface IntakeOptions {
   readonly onReject?: (err: FrameError, streamSeq: number) => void;
   readonly onCommit?: ApplierOptions['onCommit'];
   readonly onFence?: ApplierOptions['onFence'];
+  readonly onRollback?: ApplierOptions['onRollback'];
   readonly onStoreRetry?: ApplierOptions['onStoreRetry'];
   /**
    * A late copy: another relay's copy of a frame of a checkpoint already committed here (its
@@ -62,13 +63,15 @@ export interface IntakeCounters {
   rejected: Record<string, number>;
   /** Copies of frames of already committed checkpoints read from another relay. */
   lateCopies: number;
+  /** Frames of older epochs a fence discarded when it took effect (`ApplierOptions.onRollback`). */
+  rolledBack: number;
 }
 
 /** The message path of one standby run. */
 export class Intake {
   readonly applier: Applier;
   readonly witnesses = new Witnesses();
-  readonly counters: IntakeCounters = { rejected: {}, lateCopies: 0 };
+  readonly counters: IntakeCounters = { rejected: {}, lateCopies: 0, rolledBack: 0 };
   /** Frames up to here (epoch, seq) had their witnesses forgotten at a commit. */
   #forgot: { epoch: number; seq: number } | undefined;
   readonly #o: IntakeOptions;
@@ -105,6 +108,10 @@ export class Intake {
       onFence: (epoch, nodeId, seq) => {
         this.#decoder.discardBefore(epoch);
         o.onFence?.(epoch, nodeId, seq);
+      },
+      onRollback: (r) => {
+        this.counters.rolledBack += r.frames;
+        o.onRollback?.(r);
       },
       onStoreRetry: o.onStoreRetry,
       onSkippedSeal: o.onSkippedSeal,

@@ -58,6 +58,7 @@ export interface StandbyOptions {
   readonly onReject?: IntakeOptions['onReject'];
   readonly onCommit?: IntakeOptions['onCommit'];
   readonly onFence?: IntakeOptions['onFence'];
+  readonly onRollback?: IntakeOptions['onRollback'];
   readonly onStoreRetry?: IntakeOptions['onStoreRetry'];
   /** Another relay's copy of a frame already committed (expected; logged at debug level). */
   readonly onLateCopy?: IntakeOptions['onLateCopy'];
@@ -196,6 +197,7 @@ export class StandbyRunner {
         opts.onCommit?.(pos, sealSeq);
       },
       onFence: opts.onFence,
+      onRollback: opts.onRollback,
       onStoreRetry: opts.onStoreRetry,
       onLateCopy: opts.onLateCopy,
       onSkippedSeal: (epoch, checkpoint, sealSeq) =>

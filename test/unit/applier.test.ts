@@ -128,12 +128,43 @@ describe('applier (delay-write)', () => {
     // The deposed primary's seal arrives after the fence: it must not commit checkpoint 2.
     await feed(old.seal(2, 1, 1));
     expect(intake.counters.rejected.stale).toBe(1);
+    // The writes and image of checkpoint 2, staged before the fence, were rolled back with it.
+    expect(intake.counters.rolledBack).toBe(2);
     expect(applier.position).toMatchObject({ epoch: 1, checkpoint: 1 });
     expect(await dump(adapter)).toEqual({ a: '1' });
     await feed(next.writes(2, [put('b', 'new')]), next.image(2, { v: 'new' }), next.seal(2, 1, 1));
     expect(await dump(adapter)).toEqual({ a: '1', b: 'new' });
     expect(chain.materialize()).toEqual({ v: 'new' });
     expect(applier.position).toMatchObject({ epoch: 2, checkpoint: 2 });
+  });
+
+  it("reports a deposed primary's frames a fence discards: rolled back before it took effect, stale after", async () => {
+    const adapter = memoryAdapter();
+    await adapter.open();
+    const rollbacks: unknown[] = [];
+    const rejected: string[] = [];
+    const { intake, feed } = testIntake({
+      app: APP,
+      adapter,
+      onRollback: (r) => rollbacks.push(r),
+      onReject: (err) => rejected.push(err.reason),
+    });
+    const old = new FakePrimary(1);
+    await feed(old.fence(), old.writes(1, [put('a', '1')]), old.image(1, { v: 1 }), old.seal(1, 1, 1));
+    // A zombie's checkpoints 2 and 3 (3 sealed but missing its image), read before the new fence.
+    await feed(old.writes(2, [put('z', 'x')]), old.image(2, { v: 2 }));
+    await feed(old.writes(3, [put('z', 'y')]), old.seal(3, 1, 1));
+    expect(rollbacks).toEqual([]);
+    const next = new FakePrimary(2);
+    await feed(next.fence(1));
+    expect(rollbacks).toEqual([{ epoch: 2, cutoff: 1, frames: 4, checkpoints: [2, 3], epochs: [1] }]);
+    expect(intake.counters.rolledBack).toBe(4);
+    expect(rejected).toEqual([]);
+    // The same deposed epoch's frames read after the fence: refused one by one.
+    await feed(old.seal(2, 1, 1), old.image(3, { v: 3 }));
+    expect(rejected).toEqual(['stale', 'stale']);
+    expect(rollbacks).toHaveLength(1);
+    expect(await dump(adapter)).toEqual({ a: '1' });
   });
 
   it('ignores replays of committed checkpoints and counts corrupt frames without applying them', async () => {
