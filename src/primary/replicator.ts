@@ -250,10 +250,16 @@ export class Replicator {
   }
 
   #kick(): void {
-    this.#draining ??= this.#drain().finally(() => {
-      this.#draining = undefined;
-      if (this.#queue.length > 0) this.#kick();
-    });
+    // Started a microtask later, not at once: the writes an app calls in one synchronous run
+    // (a loop of puts) then reach the store as one group. Started at once, the first write of
+    // such a run went to the store alone, and the rest followed as a second group: one more
+    // store round trip per burst (Redis: 1 + 99 ops for a burst of 100).
+    this.#draining ??= Promise.resolve()
+      .then(() => this.#drain())
+      .finally(() => {
+        this.#draining = undefined;
+        if (this.#queue.length > 0) this.#kick();
+      });
   }
 
   async #drain(): Promise<void> {
@@ -307,7 +313,15 @@ export class Replicator {
       this.#sendSettled();
       const open = this.#staging;
       if (open !== undefined && open.unsettled === 0 && open.body.count > 0) {
-        this.#flushTimer ??= setTimeout(() => this.#flushIdle(), 5);
+        // Group commit: with nothing of ours in flight the relay is idle, and the frame goes now
+        // (a store's next round trip then overlaps the relay's ack of this one); with frames in
+        // flight it fills up to `batchBytes`, or goes once the writes pause.
+        if (this.#pending.size === 0) {
+          this.#close(open);
+          this.#sendSettled();
+        } else {
+          this.#flushTimer ??= setTimeout(() => this.#flushIdle(), 5);
+        }
       }
       if (accepted.length > 0) {
         // One `then` for the group: the writes settle with the publisher's `ready()`.

@@ -218,6 +218,48 @@ describe('replicator write path', () => {
     expect(sink.parts.length).toBeGreaterThan(4);
     expect(Buffer.compare(Buffer.from(writes[0]!.body), encodeWrites(ops))).toBe(0);
   });
+
+  it('writes called in one synchronous run reach the store in one apply call', async () => {
+    const store = memoryAdapter();
+    const groups: number[] = [];
+    const apply = store.apply!.bind(store);
+    store.apply = (ops) => {
+      groups.push(ops.length);
+      return apply(ops);
+    };
+    const { rep } = await primary(store);
+    const run = (n: number, from: number): Promise<void>[] =>
+      Array.from({ length: n }, (_, i) => rep.write(put(`k${from + i}`, 'v')));
+    await Promise.all(run(100, 0));
+    await Promise.all(run(40, 100));
+    // Not 1 + 99: the first write of a run used to go to the store alone.
+    expect(groups).toEqual([100, 40]);
+  });
+
+  it('group commit: a settled frame goes at once while the relay is idle, and fills while one is in flight', async () => {
+    const acks: (() => void)[] = [];
+    const sink = new Sink();
+    const publish = sink.publish.bind(sink);
+    sink.publish = (frame) => {
+      void publish(frame);
+      return new Promise<void>((resolve) => acks.push(resolve));
+    };
+    const { rep } = await primary(memoryAdapter(), 1 << 20, sink);
+    const run = (n: number, from: number): Promise<void>[] =>
+      Array.from({ length: n }, (_, i) => rep.write(put(`k${from + i}`, 'v')));
+    await Promise.all(run(10, 0));
+    // Nothing was in flight: the first group went out as soon as the store had it.
+    expect(sink.writes().map((w) => w.ops.length)).toEqual([10]);
+    await Promise.all(run(10, 10));
+    await Promise.all(run(10, 20));
+    // Its ack has not come: the next groups wait in one frame (no timer has run yet).
+    expect(sink.writes().map((w) => w.ops.length)).toEqual([10]);
+    const cp = rep.checkpoint({ n: 30 });
+    await new Promise((r) => setImmediate(r));
+    expect(sink.writes().map((w) => w.ops.length)).toEqual([10, 20]);
+    while (acks.length > 0) acks.shift()!();
+    await cp;
+  });
 });
 
 describe('WritesBuilder', () => {
