@@ -12,6 +12,8 @@
  * with the replicated writer's sync points: it awaits every ack after each 1 000 values, where the
  * writer awaits its checkpoint. The first baseline never waits; the second pays the same pipeline
  * drains the restart points do, so its ratio is the framework's own overhead.
+ * `store.memory.floor_over_publish` = the floor of any replicated write path (`floorPath`) ÷ the
+ * unsynced raw publish: what `replicated_over_publish` can reach on this host at best.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -136,6 +138,67 @@ async function rawPublish(ctx: BenchContext, n: number, syncEvery?: number): Pro
       if (count === toSync) await Promise.all(inFlight);
       else if (inFlight.size >= 256) await Promise.race(inFlight);
     }
+    await Promise.all(inFlight);
+    return performance.now() - t0;
+  } finally {
+    await closeLink(link);
+    await dropApp(ctx.nats, app);
+  }
+}
+
+/**
+ * The floor of any replicated write path on this host: the least work a primary must do per write
+ * with the replicated side's workload, and nothing else. Each write is a promise, its record (op
+ * byte, key, value) is copied into a 256 KiB message being filled, its value copied into a `Map`
+ * the way the memory adapter copies (an exact allocation per value); full messages are published as they fill, up to
+ * 256 in flight; every `syncEvery` writes the open message goes out and every ack is awaited (a
+ * checkpoint's wait, without its image or seal). No SDK, no framing or CRC, no frame sequence, no
+ * lease. `store.memory.floor_over_publish` bounds what `replicated_over_publish` can reach here.
+ */
+async function floorPath(ctx: BenchContext, n: number, syncEvery: number): Promise<number> {
+  const app = `bench-${randomBytes(4).toString('hex')}`;
+  const names = appNames(app);
+  const link = await openLink({ servers: ctx.nats }, 'bench-floor');
+  try {
+    await ensureStream(link, names);
+    const cap = Math.min(FRAME_BYTES, link.maxPayload - 4096);
+    const map = new Map<string, Uint8Array>();
+    const inFlight = new Set<Promise<unknown>>();
+    let m = 0;
+    let body = Buffer.allocUnsafe(cap + 4096);
+    let off = 0;
+    const flush = (): void => {
+      const p = link.js.publish(names.subject, body.subarray(0, off), { msgID: `${app}.1.${++m}.0` });
+      inFlight.add(p);
+      void p.finally(() => inFlight.delete(p));
+      body = Buffer.allocUnsafe(cap + 4096);
+      off = 0;
+    };
+    const write = (key: string): Promise<void> =>
+      new Promise<void>((resolve) => {
+        body[off] = 1;
+        body.writeUInt32BE(key.length, off + 1);
+        off += 5 + body.write(key, off + 5, 'latin1');
+        body.writeUInt32BE(VALUE.length, off);
+        VALUE.copy(body, off + 4);
+        off += 4 + VALUE.length;
+        map.set(key, new Uint8Array(VALUE));
+        if (off >= cap) flush();
+        resolve();
+      });
+    const t0 = performance.now();
+    for (let i = 0; i < n; i += IN_FLIGHT) {
+      const batch: Promise<void>[] = [];
+      for (let j = i; j < Math.min(n, i + IN_FLIGHT); j++) batch.push(write(`k${j % 5000}`));
+      await Promise.all(batch);
+      if ((i + IN_FLIGHT) % syncEvery === 0) {
+        if (off > 0) flush();
+        await Promise.all(inFlight);
+      } else if (inFlight.size >= 256) {
+        await Promise.race(inFlight);
+      }
+    }
+    if (off > 0) flush();
     await Promise.all(inFlight);
     return performance.now() - t0;
   } finally {
@@ -316,6 +379,15 @@ export const storeSuite: Suite = {
           note: `the same, every ack awaited after each ${CHECKPOINT_EVERY} values (the writer's checkpoints)`,
         });
         ratios['store.memory.replicated_over_publish_synced'] = rep / synced;
+        const floorMs = await medianOf(ctx.repeat, () => floorPath(ctx, WRITES, CHECKPOINT_EVERY));
+        const floor = (WRITES / floorMs) * 1000;
+        rows.push({
+          name: 'store.memory.floor',
+          value: floor,
+          unit: 'writes/s',
+          note: 'the least work per write: a promise, a copy into the message and one into a Map, the same syncs',
+        });
+        ratios['store.memory.floor_over_publish'] = floor / pub;
       }
       const apply = await medianOf(ctx.repeat, () => applyRate(ctx, kind, 10_000));
       rows.push({
