@@ -57,6 +57,26 @@ export async function medianOf(n: number, fn: () => Promise<number>): Promise<nu
   return median(out);
 }
 
+/**
+ * Medians of `n` rounds of several measurements taken in turn: each round runs every one of `fns`
+ * once, in an order that rotates from round to round, so a drift of the host's load during the
+ * suite reaches all of them alike instead of whichever ran last.
+ */
+export async function mediansInterleaved<K extends string>(
+  n: number,
+  fns: Record<K, () => Promise<number>>,
+): Promise<Record<K, number>> {
+  const keys = Object.keys(fns) as K[];
+  const out = Object.fromEntries(keys.map((k) => [k, [] as number[]])) as Record<K, number[]>;
+  for (let round = 0; round < n; round++) {
+    for (let i = 0; i < keys.length; i++) {
+      const k = keys[(i + round) % keys.length]!;
+      out[k].push(await fns[k]());
+    }
+  }
+  return Object.fromEntries(keys.map((k) => [k, median(out[k])])) as Record<K, number>;
+}
+
 /** Rounds for display and JSON: 3 significant digits. */
 export function round(x: number): number {
   if (!Number.isFinite(x) || x === 0) return x;
