@@ -108,6 +108,9 @@ type QueueItem =
     }
   | { readonly kind: 'mark'; run(): void };
 
+/** A store call that took this long went over the network (see `#drain`). */
+const REMOTE_STORE_MS = 0.1;
+
 /** Most ops handed to the store in one `apply` call. */
 const MAX_APPLY_OPS = 1000;
 
@@ -136,6 +139,8 @@ export class Replicator {
   #openWriteOps = 0;
   #openWriteBytes = 0;
   #flushTimer: NodeJS.Timeout | undefined;
+  /** A `#sendGroup` waiting for the next turn of the event loop (a remote store's group). */
+  #sendTimer: NodeJS.Immediate | undefined;
   /** Frames not yet acked. */
   readonly #pending = new Set<Pending>();
   /**
@@ -172,6 +177,7 @@ export class Replicator {
   stop(err: RestartpointError): void {
     this.#stopped ??= err;
     clearTimeout(this.#flushTimer);
+    clearImmediate(this.#sendTimer);
     // A deposed primary must not keep re-sending its backlog to relays that missed frames.
     this.#o.publisher.halt?.();
   }
@@ -267,6 +273,12 @@ export class Replicator {
       const head = this.#queue[0]!;
       if (head.kind === 'mark') {
         this.#queue.shift();
+        // Frames a remote store's group left for the next turn go first: a mark (a checkpoint's
+        // seal, `drain()`) finds every frame the store answered before it sent.
+        if (this.#sendTimer !== undefined) {
+          clearImmediate(this.#sendTimer);
+          this.#sendGroup();
+        }
         head.run();
         continue;
       }
@@ -290,7 +302,9 @@ export class Replicator {
       }
       const ops = new Array<WriteOp>(group.length);
       for (let i = 0; i < group.length; i++) ops[i] = group[i]!.op;
+      const appliedFrom = performance.now();
       const ok = await this.#applyLocally(ops);
+      const remote = performance.now() - appliedFrom >= REMOTE_STORE_MS;
       const accepted: typeof group = [];
       for (let i = 0; i < group.length; i++) {
         const g = group[i]!;
@@ -310,19 +324,12 @@ export class Replicator {
         const failed = ok.find((e) => e instanceof StorageError);
         if (failed !== undefined && !this.#stopped) this.#o.onStoreFailure?.(failed as StorageError);
       }
-      this.#sendSettled();
-      const open = this.#staging;
-      if (open !== undefined && open.unsettled === 0 && open.body.count > 0) {
-        // Group commit: with nothing of ours in flight the relay is idle, and the frame goes now
-        // (a store's next round trip then overlaps the relay's ack of this one); with frames in
-        // flight it fills up to `batchBytes`, or goes once the writes pause.
-        if (this.#pending.size === 0) {
-          this.#close(open);
-          this.#sendSettled();
-        } else {
-          this.#flushTimer ??= setTimeout(() => this.#flushIdle(), 5);
-        }
-      }
+      // A store that answered over the network (Redis, PostgreSQL): the frames go out in the next
+      // turn of the event loop, once the writes settled below let the app send its next group to
+      // the store, so that publishing overlaps the store's next round trip. A store in memory
+      // answers at once: its frames go now, or the relay would idle until the next checkpoint.
+      if (remote) this.#sendTimer ??= setImmediate(() => this.#sendGroup());
+      else this.#sendGroup();
       if (accepted.length > 0) {
         // One `then` for the group: the writes settle with the publisher's `ready()`.
         this.#o.publisher.ready().then(
@@ -334,6 +341,23 @@ export class Replicator {
           },
         );
       }
+    }
+  }
+
+  /** Sends the frames the store has answered, and the open one too while the relay is idle. */
+  #sendGroup(): void {
+    this.#sendTimer = undefined;
+    this.#sendSettled();
+    const open = this.#staging;
+    if (open === undefined || open.unsettled > 0 || open.body.count === 0) return;
+    // Group commit: with nothing of ours in flight the relay is idle, and the frame goes now
+    // (a store's next round trip then overlaps the relay's ack of this one); with frames in
+    // flight it fills up to `batchBytes`, or goes once the writes pause.
+    if (this.#pending.size === 0) {
+      this.#close(open);
+      this.#sendSettled();
+    } else {
+      this.#flushTimer ??= setTimeout(() => this.#flushIdle(), 5);
     }
   }
 

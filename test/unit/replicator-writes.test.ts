@@ -236,6 +236,29 @@ describe('replicator write path', () => {
     expect(groups).toEqual([100, 40]);
   });
 
+  it("a store that answers over the network: its group's frame goes in the next turn, after the writes settle", async () => {
+    const store = memoryAdapter();
+    const apply = store.apply!.bind(store);
+    // A round trip, as Redis or PostgreSQL take.
+    store.apply = async (ops) => {
+      await new Promise((r) => setTimeout(r, 2));
+      return apply(ops);
+    };
+    const { rep, sink } = await primary(store);
+    await Promise.all(Array.from({ length: 10 }, (_, i) => rep.write(put(`k${i}`, 'v'))));
+    // Settled, and the app may send its next group to the store before the frame is published.
+    expect(sink.writes()).toEqual([]);
+    await new Promise((r) => setImmediate(r));
+    expect(sink.writes().map((w) => w.ops.length)).toEqual([10]);
+    await rep.checkpoint({ n: 10 });
+    // A mark (here `drain()`, right behind the group) finds the group's frame sent.
+    const more = Array.from({ length: 5 }, (_, i) => rep.write(put(`m${i}`, 'v')));
+    const drained = rep.drain();
+    await Promise.all(more);
+    await drained;
+    expect(sink.writes().map((w) => w.ops.length)).toEqual([10, 5]);
+  });
+
   it('group commit: a settled frame goes at once while the relay is idle, and fills while one is in flight', async () => {
     const acks: (() => void)[] = [];
     const sink = new Sink();
