@@ -139,6 +139,12 @@ export async function publishBase(
     app: string;
     /** Called once each chunk is durable (chunks then go one at a time): a test's kill point. */
     afterChunk?: (durable: number, chunks: number) => Promise<void>;
+    /**
+     * Asked between windows of chunks: once it says yes, nothing more is sent and the publish
+     * rejects with `BaseHaltedError` (the node took over; its relays' bandwidth is the new
+     * primary's now). What was sent stays as chunks without a manifest, which no reader takes.
+     */
+    halted?: () => boolean;
   },
 ): Promise<PublishedBase> {
   const pubs = o.links.map(
@@ -177,12 +183,29 @@ export async function publishBase(
   };
   const window = o.afterChunk ? 1 : 8;
   const chunks = frames.slice(0, -1);
+  const check = (sent: number): void => {
+    if (o.halted?.()) throw new BaseHaltedError(frames.at(-1)!.checkpoint, sent, chunks.length);
+  };
   for (let i = 0; i < chunks.length; i += window) {
+    check(i);
     await Promise.all(chunks.slice(i, i + window).map(sendFrame));
     await o.afterChunk?.(Math.min(i + window, chunks.length), chunks.length);
   }
+  check(chunks.length);
   await sendFrame(frames.at(-1)!);
   return { firstSeq, complete };
+}
+
+/** A base publish stopped by its `halted` option: no manifest was sent. */
+export class BaseHaltedError extends Error {
+  constructor(
+    readonly checkpoint: number,
+    readonly sent: number,
+    readonly chunks: number,
+  ) {
+    super(`base ${checkpoint}: halted after ${sent} of ${chunks} chunks, before its manifest`);
+    this.name = 'BaseHaltedError';
+  }
 }
 
 /** A base read back and checked. */

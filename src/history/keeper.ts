@@ -22,7 +22,7 @@ import type { NatsLink } from '../transport/connection.js';
 import { purgeBelow, streamBounds } from '../transport/consumer.js';
 import type { StandbyRunner } from '../standby/runner.js';
 import type { LogEvent } from '../types.js';
-import { baseFrames, publishBase, type BaseContent } from './base.js';
+import { BaseHaltedError, baseFrames, publishBase, type BaseContent } from './base.js';
 import { DEFAULT_RETAIN, type RetainOptions } from './retention.js';
 
 /** Options of a keeper. */
@@ -82,6 +82,8 @@ export class BaseKeeper {
   #timer: NodeJS.Timeout | undefined;
   #busy: Promise<void> | undefined;
   #stopped = false;
+  /** Halted (the node is taking over): a build in flight sends nothing more and purges nothing. */
+  #halted = false;
   /** Checkpoint of the last base this keeper made durable (or the one its run started from). */
   #last: number;
   /** Purges still to do, per relay: the cut, and the checkpoint the window ends at. */
@@ -107,7 +109,12 @@ export class BaseKeeper {
     if (this.#busy || this.#stopped) return this.#busy ?? Promise.resolve();
     this.#busy = this.#tick(force)
       .catch((err: unknown) =>
-        this.#o.log?.({ level: 'warn', msg: 'base', error: (err as Error)?.message ?? String(err) }),
+        this.#o.log?.({
+          // A build the takeover halted is not a failure.
+          level: err instanceof BaseHaltedError ? 'info' : 'warn',
+          msg: 'base',
+          error: (err as Error)?.message ?? String(err),
+        }),
       )
       .finally(() => {
         this.#busy = undefined;
@@ -174,7 +181,9 @@ export class BaseKeeper {
       timeoutMs: o.timeoutMs,
       app: o.app,
       afterChunk: holdAfterChunks(content.checkpoint, o.log),
+      halted: () => this.#halted,
     });
+    if (this.#halted) return undefined;
     this.#last = content.checkpoint;
     // Durable under the policy: cut each relay below the window, never below this base.
     for (let r = 0; r < o.links.length; r++) {
@@ -208,6 +217,7 @@ export class BaseKeeper {
 
   async #purgePending(): Promise<void> {
     const o = this.#o;
+    if (this.#halted) return;
     await Promise.all(
       this.#pending.map(async (p, r) => {
         if (!p) return;
@@ -287,9 +297,13 @@ export class BaseKeeper {
     await this.#busy;
   }
 
-  /** Stops at once, without waiting for a build in flight (the node is taking over). */
+  /**
+   * Stops at once, without waiting for a build in flight (the node is taking over): that build
+   * sends no more chunks, no manifest, and purges nothing.
+   */
   halt(): void {
     this.#stopped = true;
+    this.#halted = true;
     clearInterval(this.#timer);
   }
 }

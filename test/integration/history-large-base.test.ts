@@ -153,6 +153,39 @@ describe('bases of a state larger than the byte window', () => {
     }
   }, 30_000);
 
+  it('a halted publish sends no more chunks and no manifest (the node took over mid-build)', async () => {
+    const app = live.app('hhalt');
+    const link = await openLink({ servers: NATS_URL }, `test:${app}`);
+    const names = appNames(app);
+    const codec = new FrameCodec({ app, relays: 1, maxPayload: link.maxPayload });
+    try {
+      await ensureStream(link, names, 1);
+      // 40 entries in chunks of one each: 40 entry chunks, the image, the manifest.
+      const entries = Array.from({ length: 40 }, (_, i) => ({
+        op: 'put' as const,
+        key: `k${i}`,
+        value: randomBytes(1000),
+      }));
+      const { frames } = baseFrames(
+        { checkpoint: 7, epoch: 1, entries, image: rawFullImage(randomBytes(100)), history: [] },
+        { builder: 't', retainFrom: 1, builtAt: Date.now(), chunkBytes: 1100 },
+      );
+      expect(frames).toHaveLength(42);
+      // The takeover comes while the second window of chunks is out.
+      let asked = 0;
+      const halted = (): boolean => ++asked > 2;
+      await expect(
+        publishBase(frames, { links: [link], names, codec, need: 1, timeoutMs: 10_000, app, halted }),
+      ).rejects.toThrow(/halted after 16 of 41 chunks, before its manifest/);
+      const info = await link.jsm.streams.info(names.stream, { subjects_filter: names.baseSubject });
+      expect(info.state.subjects?.[names.baseSubject]).toBe(16);
+      const survey = await findBase({ links: [link], names, codec, app });
+      expect(survey.base).toBeUndefined();
+    } finally {
+      await closeLink(link);
+    }
+  }, 30_000);
+
   it('finds a base of 100 MB (more than a client may have pending at once)', async () => {
     const app = live.app('hbig');
     const link = await openLink({ servers: NATS_URL }, `test:${app}`);
