@@ -65,12 +65,12 @@ export class HoldProxy {
   }
 
   /**
-   * The restartpoint frame parts held back for `app` (messages on `rp.<app>.frames`), decoded;
+   * The payloads of the messages held back for `app`'s frames (`rp.<app>.frames`), in order;
    * a message not yet complete in the buffer is left out.
    */
-  heldParts(app: string): FramePart[] {
+  heldMessages(app: string): Buffer[] {
     const text = this.held.toString('latin1');
-    const out: FramePart[] = [];
+    const out: Buffer[] = [];
     const verb = `HPUB rp.${app}.frames `;
     for (let at = text.indexOf(verb); at >= 0; at = text.indexOf(verb, at + 1)) {
       const eol = text.indexOf('\r\n', at);
@@ -80,9 +80,14 @@ export class HoldProxy {
       const total = Number(fields[fields.length - 1]);
       const start = eol + 2;
       if (start + total > this.held.length) break;
-      out.push(decodePart(this.held.subarray(start + hdr, start + total), app));
+      out.push(this.held.subarray(start + hdr, start + total));
     }
     return out;
+  }
+
+  /** The restartpoint frame parts held back for `app`, decoded (see `heldMessages`). */
+  heldParts(app: string): FramePart[] {
+    return this.heldMessages(app).map((m) => decodePart(m, app));
   }
 
   /** JetStream publish acks for `stream` the server sent back since `release()`. */

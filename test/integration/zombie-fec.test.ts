@@ -11,7 +11,6 @@
  * checkpoint of a's after the cut; a, woken, acknowledges nothing more and is demoted.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +21,7 @@ import { decodeShard, type Shard } from '../../src/fec/shard.js';
 import { FrameKind } from '../../src/protocol/frame.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 import { HoldProxy } from '../helpers/hold-proxy.js';
+import { first, staleCount, stopped, takeover } from '../helpers/stopped-process.js';
 
 let nc: NatsConnection;
 let dir: string;
@@ -68,44 +68,14 @@ function node(id: string, via: string[] = relays.map((r) => r.urls[0]!)): AppPro
   return p;
 }
 
-/** The shards of `app` a proxy holds back, decoded (a message not complete yet is left out). */
+/** The shards of `app` a proxy holds back, decoded, with the frame kind where it shows. */
 function heldShards(proxy: HoldProxy): { shard: Shard; kind: number | undefined }[] {
-  const held = proxy.held;
-  const text = held.toString('latin1');
-  const out: { shard: Shard; kind: number | undefined }[] = [];
-  const verb = `HPUB rp.${app}.frames `;
-  for (let at = text.indexOf(verb); at >= 0; at = text.indexOf(verb, at + 1)) {
-    const eol = text.indexOf('\r\n', at);
-    if (eol < 0) break;
-    const fields = text.slice(at, eol).split(' ');
-    const hdr = Number(fields[fields.length - 2]);
-    const total = Number(fields[fields.length - 1]);
-    const start = eol + 2;
-    if (start + total > held.length) break;
-    const shard = decodeShard(held.subarray(start + hdr, start + total), app);
+  return proxy.heldMessages(app).map((m) => {
+    const shard = decodeShard(m, app);
     // Data shard 0 begins with the part's first bytes: its header, whose byte 3 is the kind.
-    out.push({ shard, kind: shard.index === 0 ? shard.payload[3] : undefined });
-  }
-  return out;
+    return { shard, kind: shard.index === 0 ? shard.payload[3] : undefined };
+  });
 }
-
-/** The state letter of a process in /proc (`T`: stopped). */
-function procState(pid: number): string {
-  return /\) (\S) /.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1] ?? '?';
-}
-
-async function stopped(pid: number): Promise<void> {
-  for (let i = 0; i < 10_000 && procState(pid) !== 'T'; i++) await new Promise((r) => setImmediate(r));
-  expect(procState(pid)).toBe('T');
-}
-
-type AppEvent = Parameters<Parameters<AppProcess['on']>[0]>[0];
-function first<T>(waits: Promise<T>[]): Promise<T> {
-  for (const w of waits) w.catch(() => undefined);
-  return Promise.race(waits);
-}
-const staleCount = (e: AppEvent): number =>
-  Number((e.rejected as Record<string, number> | undefined)?.stale ?? 0);
 
 describe('zombie primary with FEC (2+1 over three relays, SIGSTOP mid-checkpoint)', () => {
   it("drops the paused primary's late shards as stale on the live and on a fresh standby", async () => {
@@ -144,14 +114,7 @@ describe('zombie primary with FEC (2+1 over three relays, SIGSTOP mid-checkpoint
     phase = 'stopped';
     await stopped(a.child!.pid!);
 
-    const [winner, other] = await first([
-      b.waitFor((e) => e.ev === 'primary', 'b takes over', 20_000).then((e) => [b, c, e] as const),
-      c.waitFor((e) => e.ev === 'primary', 'c takes over', 20_000).then((e) => [c, b, e] as const),
-    ]).then(([w, o, e]) => {
-      expect(Number(e.epoch)).toBeGreaterThan(aEpoch);
-      expect(e.storeDigest).toBe(e.mirrorDigest);
-      return [{ p: w, ev: e }, o] as const;
-    });
+    const [winner, other] = await takeover(b, c, aEpoch);
     const cutoff = Number(winner.ev.resumed);
     expect(cutoff).toBeGreaterThanOrEqual(Math.max(...aAcks.map((x) => x.checkpoint)));
 

@@ -20,7 +20,6 @@
  *   image's mirror and holds no write of a's epoch after the cutoff.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,6 +28,7 @@ import { AppProcess } from '../../src/drill/drill.js';
 import { FrameKind } from '../../src/protocol/frame.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 import { HoldProxy } from '../helpers/hold-proxy.js';
+import { first, staleCount, stopped, takeover } from '../helpers/stopped-process.js';
 
 let nc: NatsConnection;
 let dir: string;
@@ -72,26 +72,6 @@ function node(id: string, relay = NATS_URL): AppProcess {
   return p;
 }
 
-/** The state letter of a process in /proc (`T`: stopped). */
-function procState(pid: number): string {
-  return /\) (\S) /.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1] ?? '?';
-}
-
-async function stopped(pid: number): Promise<void> {
-  for (let i = 0; i < 10_000 && procState(pid) !== 'T'; i++) await new Promise((r) => setImmediate(r));
-  expect(procState(pid)).toBe('T');
-}
-
-type AppEvent = Parameters<Parameters<AppProcess['on']>[0]>[0];
-/** The first of several waits; the others may reject later (a timeout, a kill) unobserved. */
-function first<T>(waits: Promise<T>[]): Promise<T> {
-  for (const w of waits) w.catch(() => undefined);
-  return Promise.race(waits);
-}
-
-const staleCount = (e: AppEvent): number =>
-  Number((e.rejected as Record<string, number> | undefined)?.stale ?? 0);
-
 describe('zombie primary (SIGSTOP mid-checkpoint, takeover, SIGCONT)', () => {
   it('acknowledges nothing after SIGCONT, is demoted, and its late frames are dropped as stale everywhere', async () => {
     const a = node('a', proxy.url);
@@ -122,14 +102,7 @@ describe('zombie primary (SIGSTOP mid-checkpoint, takeover, SIGCONT)', () => {
     await stopped(a.child!.pid!);
 
     // A standby takes over and fences at a's last checkpoint that reached the relay.
-    const [winner, other] = await first([
-      b.waitFor((e) => e.ev === 'primary', 'b takes over', 20_000).then((e) => [b, c, e] as const),
-      c.waitFor((e) => e.ev === 'primary', 'c takes over', 20_000).then((e) => [c, b, e] as const),
-    ]).then(([w, o, e]) => {
-      expect(Number(e.epoch)).toBeGreaterThan(aEpoch);
-      expect(e.storeDigest).toBe(e.mirrorDigest);
-      return [{ p: w, ev: e }, o] as const;
-    });
+    const [winner, other] = await takeover(b, c, aEpoch);
     const cutoff = Number(winner.ev.resumed);
     const lastAcked = Math.max(...aAcks.map((x) => x.checkpoint));
     expect(cutoff).toBeGreaterThanOrEqual(lastAcked);
