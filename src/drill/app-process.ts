@@ -33,6 +33,42 @@ export function sampleAppPath(): string {
   return app;
 }
 
+/** Where a drill's node keeps its store and reaches its lease, and how it runs. */
+export interface LedgerArgs {
+  readonly app: string;
+  readonly store: string;
+  /** The node's file store directory. */
+  readonly dir: string;
+  /** The lease's NATS server(s), comma-separated. */
+  readonly nats: string;
+  readonly leaseTtlMs: number;
+  readonly mode?: string;
+  readonly redisUrl?: string;
+  readonly postgresUrl?: string;
+}
+
+/** The sample app's arguments every drill passes a node (store, lease, mode, store URLs). */
+export function ledgerArgs(o: LedgerArgs): string[] {
+  return [
+    '--app',
+    o.app,
+    '--store',
+    o.store,
+    '--dir',
+    o.dir,
+    '--nats',
+    o.nats,
+    '--ttl',
+    String(o.leaseTtlMs),
+    '--mode',
+    o.mode ?? 'delay-write',
+    '--redis-url',
+    o.redisUrl ?? 'redis://127.0.0.1:6379',
+    '--postgres-url',
+    o.postgresUrl ?? 'postgres://postgres@127.0.0.1:5432/test',
+  ];
+}
+
 /** A sample-app process the drill drives through JSON lines. */
 export class AppProcess {
   readonly id: string;

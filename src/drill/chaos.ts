@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { appNames } from '../protocol/subjects.js';
 import { deleteAppAt, kvStreamName, splitServers } from '../transport/inspect.js';
-import { AppProcess, clearStore, num, type AppEvent } from './app-process.js';
+import { AppProcess, clearStore, ledgerArgs, num, type AppEvent } from './app-process.js';
 import { checkZombie, takeoverViolations, warm } from './checks.js';
 import { LeaseWatch, checkTakeoverLease } from './lease-watch.js';
 import { DrillLedger, takeoverRecord } from './ledger.js';
@@ -257,22 +257,7 @@ export async function runChaos(opts: DrillOptions): Promise<DrillReport> {
       relays.map((r) => r.urls.map(via).join('|')).join(','),
       '--ack',
       'quorum',
-      '--app',
-      app,
-      '--store',
-      opts.store,
-      '--dir',
-      join(dir, id),
-      '--nats',
-      natsServers.map(via).join(','),
-      '--ttl',
-      String(opts.leaseTtlMs),
-      '--mode',
-      opts.mode ?? 'delay-write',
-      '--redis-url',
-      opts.redisUrl ?? 'redis://127.0.0.1:6379',
-      '--postgres-url',
-      opts.postgresUrl ?? 'postgres://postgres@127.0.0.1:5432/test',
+      ...ledgerArgs({ ...opts, app, dir: join(dir, id), nats: natsServers.map(via).join(',') }),
       ...(opts.key !== undefined ? ['--key', opts.key] : []),
       ...(stepMs > 0 ? ['--step-ms', String(stepMs)] : []),
     ];

@@ -22,7 +22,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deleteAppAt, splitServers } from '../transport/inspect.js';
-import { AppProcess, clearStore, num } from './app-process.js';
+import { AppProcess, clearStore, ledgerArgs, num } from './app-process.js';
 import {
   CORRUPT_REASONS,
   FORGED_REASONS,
@@ -101,22 +101,7 @@ export async function runDrill(opts: DrillOptions): Promise<DrillReport> {
   };
   const args = (id: string): string[] => [
     ...relayArgs(),
-    '--app',
-    app,
-    '--store',
-    opts.store,
-    '--dir',
-    join(dir, id),
-    '--nats',
-    proxies.get(id)?.url ?? natsUrl,
-    '--ttl',
-    String(opts.leaseTtlMs),
-    '--mode',
-    opts.mode ?? 'delay-write',
-    '--redis-url',
-    opts.redisUrl ?? 'redis://127.0.0.1:6379',
-    '--postgres-url',
-    opts.postgresUrl ?? 'postgres://postgres@127.0.0.1:5432/test',
+    ...ledgerArgs({ ...opts, app, dir: join(dir, id), nats: proxies.get(id)?.url ?? natsUrl }),
     ...(opts.key !== undefined ? ['--key', opts.key] : []),
     ...(stateMb > 0 ? ['--state-mb', String(stateMb)] : []),
     ...(stepMs > 0 ? ['--step-ms', String(stepMs)] : []),

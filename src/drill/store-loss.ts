@@ -22,7 +22,7 @@ import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deleteAppAt } from '../transport/inspect.js';
-import { AppProcess, clearStore, num, type AppEvent } from './app-process.js';
+import { AppProcess, clearStore, ledgerArgs, num, type AppEvent } from './app-process.js';
 import { takeoverViolations, warm } from './checks.js';
 import { DrillLedger, takeoverRecord } from './ledger.js';
 import { RedisServerProcess } from './redis-server.js';
@@ -259,22 +259,13 @@ export async function runStoreLossDrill(opts: DrillOptions): Promise<DrillReport
   const nodes = { a: new AppProcess('a'), b: new AppProcess('b') } as Record<string, AppProcess>;
   const h: StoreHandles = {};
   const args = (id: string): string[] => [
-    '--app',
-    app,
-    '--store',
-    opts.store,
-    '--dir',
-    join(dir, id),
-    '--nats',
-    opts.nats,
-    '--ttl',
-    String(opts.leaseTtlMs),
-    '--mode',
-    mode,
-    '--redis-url',
-    h.redis?.get(id)?.server.url ?? opts.redisUrl ?? 'redis://127.0.0.1:6379',
-    '--postgres-url',
-    opts.postgresUrl ?? 'postgres://postgres@127.0.0.1:5432/test',
+    ...ledgerArgs({
+      ...opts,
+      app,
+      dir: join(dir, id),
+      mode,
+      redisUrl: h.redis?.get(id)?.server.url ?? opts.redisUrl,
+    }),
     '--step-ms',
     String(report.stepMs),
   ];

@@ -27,7 +27,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { connectServers, deleteAppAt, openLeaseBucket, readPresence } from '../transport/inspect.js';
-import { AppProcess, clearStore, num, sampleAppPath, type AppEvent } from './app-process.js';
+import { AppProcess, clearStore, ledgerArgs, num, sampleAppPath, type AppEvent } from './app-process.js';
 import { DrillLedger, takeoverRecord } from './ledger.js';
 import {
   DEFAULT_STEP_MS,
@@ -163,22 +163,7 @@ export async function runUpgradeDrill(opts: DrillOptions): Promise<DrillReport &
   };
   let run = 0;
   const args = (id: string, build: 1 | 2): string[] => [
-    '--app',
-    app,
-    '--store',
-    opts.store,
-    '--dir',
-    join(dir, `${id}-${++run}`),
-    '--nats',
-    opts.nats,
-    '--ttl',
-    String(opts.leaseTtlMs),
-    '--mode',
-    opts.mode ?? 'delay-write',
-    '--redis-url',
-    opts.redisUrl ?? 'redis://127.0.0.1:6379',
-    '--postgres-url',
-    opts.postgresUrl ?? 'postgres://postgres@127.0.0.1:5432/test',
+    ...ledgerArgs({ ...opts, app, dir: join(dir, `${id}-${++run}`) }),
     '--build',
     String(build),
     ...(stepMs > 0 ? ['--step-ms', String(stepMs)] : []),
