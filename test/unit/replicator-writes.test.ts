@@ -72,6 +72,8 @@ async function primary(
 }
 
 const put = (key: string, value: string): WriteOp => ({ op: 'put', key, value: Buffer.from(value) });
+/** A 20-byte value: a put of a 2-byte key takes 31 bytes of a frame. */
+const V20 = 'v'.repeat(20);
 const text = (v: Uint8Array | undefined): string | undefined =>
   v === undefined ? undefined : Buffer.from(v).toString();
 
@@ -244,15 +246,16 @@ describe('replicator write path', () => {
       await new Promise((r) => setTimeout(r, 2));
       return apply(ops);
     };
-    const { rep, sink } = await primary(store);
-    await Promise.all(Array.from({ length: 10 }, (_, i) => rep.write(put(`k${i}`, 'v'))));
+    // Frames of 1 KiB: a group of 10 ops of 31 bytes is over the eighth that goes out at once.
+    const { rep, sink } = await primary(store, 1024);
+    await Promise.all(Array.from({ length: 10 }, (_, i) => rep.write(put(`k${i}`, V20))));
     // Settled, and the app may send its next group to the store before the frame is published.
     expect(sink.writes()).toEqual([]);
     await new Promise((r) => setImmediate(r));
     expect(sink.writes().map((w) => w.ops.length)).toEqual([10]);
     await rep.checkpoint({ n: 10 });
     // A mark (here `drain()`, right behind the group) finds the group's frame sent.
-    const more = Array.from({ length: 5 }, (_, i) => rep.write(put(`m${i}`, 'v')));
+    const more = Array.from({ length: 5 }, (_, i) => rep.write(put(`m${i}`, V20)));
     const drained = rep.drain();
     await Promise.all(more);
     await drained;
@@ -267,9 +270,9 @@ describe('replicator write path', () => {
       void publish(frame);
       return new Promise<void>((resolve) => acks.push(resolve));
     };
-    const { rep } = await primary(memoryAdapter(), 1 << 20, sink);
+    const { rep } = await primary(memoryAdapter(), 1024, sink);
     const run = (n: number, from: number): Promise<void>[] =>
-      Array.from({ length: n }, (_, i) => rep.write(put(`k${from + i}`, 'v')));
+      Array.from({ length: n }, (_, i) => rep.write(put(`k${from + i}`, V20)));
     await Promise.all(run(10, 0));
     // Nothing was in flight: the first group went out as soon as the store had it.
     expect(sink.writes().map((w) => w.ops.length)).toEqual([10]);
@@ -282,6 +285,18 @@ describe('replicator write path', () => {
     expect(sink.writes().map((w) => w.ops.length)).toEqual([10, 20]);
     while (acks.length > 0) acks.shift()!();
     await cp;
+  });
+
+  it('group commit: a group under an eighth of batchBytes waits, so a writer that awaits each put sends no frame per write', async () => {
+    const { rep, sink } = await primary(memoryAdapter(), 1024);
+    for (let i = 0; i < 3; i++) {
+      await rep.write(put(`k${i}`, V20));
+      await new Promise((r) => setImmediate(r));
+    }
+    // Idle relay, but 93 bytes: the frame fills (or goes with the checkpoint, or the 5 ms timer).
+    expect(sink.writes()).toEqual([]);
+    await rep.checkpoint({ n: 3 });
+    expect(sink.writes().map((w) => w.ops.length)).toEqual([3]);
   });
 });
 
