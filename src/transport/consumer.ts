@@ -100,7 +100,11 @@ export async function endConsume(consumer: Consumer, messages: ConsumerMessages)
   } catch {
     // already closed with the connection
   }
-  consumer.delete().catch(() => undefined);
+  try {
+    consumer.delete().catch(() => undefined);
+  } catch {
+    // no consumer info to delete by (it was never created)
+  }
 }
 
 /** The stream's last sequence (0 when empty). */

@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { AppProcess } from '../../src/drill/drill.js';
+import { ledgerArgs } from '../../src/drill/app-process.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 
 let nc: NatsConnection;
@@ -39,18 +40,9 @@ afterAll(async () => {
 function node(id: string): AppProcess {
   const p = new AppProcess(id);
   p.start([
-    '--app',
-    app,
-    '--store',
-    'file',
-    '--dir',
-    join(dir, id),
-    '--nats',
-    NATS_URL,
     // A long lease: the fresh primary's first keyframe of the whole state is still encoded on
     // its event loop, which must not demote it here (this test is about the verify).
-    '--ttl',
-    '4000',
+    ...ledgerArgs({ app, store: 'file', dir: join(dir, id), nats: NATS_URL, leaseTtlMs: 4000 }),
     '--state-mb',
     '10',
     '--step-ms',

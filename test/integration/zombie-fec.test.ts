@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { AppProcess } from '../../src/drill/drill.js';
+import { ledgerArgs } from '../../src/drill/app-process.js';
 import { TestRelay } from '../../src/drill/nats-servers.js';
 import { decodeShard, type Shard } from '../../src/fec/shard.js';
 import { FrameKind } from '../../src/protocol/frame.js';
@@ -49,20 +50,11 @@ afterAll(async () => {
 function node(id: string, via: string[] = relays.map((r) => r.urls[0]!)): AppProcess {
   const p = new AppProcess(id);
   p.start([
-    '--app',
-    app,
-    '--store',
-    'file',
-    '--dir',
-    join(dir, id),
-    '--nats',
-    NATS_URL,
+    ...ledgerArgs({ app, store: 'file', dir: join(dir, id), nats: NATS_URL, leaseTtlMs: 800 }),
     '--relays',
     via.join(','),
     '--fec',
     '2+1:1',
-    '--ttl',
-    '800',
   ]);
   procs.push(p);
   return p;

@@ -25,6 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { AppProcess } from '../../src/drill/drill.js';
+import { ledgerArgs } from '../../src/drill/app-process.js';
 import { FrameKind } from '../../src/protocol/frame.js';
 import { NATS_URL, deleteApp, freshApp, requireNats } from '../helpers/nats.js';
 import { HoldProxy } from '../helpers/hold-proxy.js';
@@ -53,20 +54,11 @@ afterAll(async () => {
 function node(id: string, relay = NATS_URL): AppProcess {
   const p = new AppProcess(id);
   p.start([
-    '--app',
-    app,
-    '--store',
-    'file',
-    '--dir',
-    join(dir, id),
-    '--nats',
-    NATS_URL,
+    ...ledgerArgs({ app, store: 'file', dir: join(dir, id), nats: NATS_URL, leaseTtlMs: 800 }),
     '--relays',
     relay,
     '--ack',
     'all',
-    '--ttl',
-    '800',
   ]);
   procs.push(p);
   return p;
